@@ -1,0 +1,126 @@
+"""The `smsagg` command: run the daemon, check a configuration, or run the self-contained demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from aggregator.config import Config, ConfigError, load_config, load_default_config
+from aggregator.log import get_logger, setup_logging
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+async def serve(config: Config, drain_seconds: float) -> int:
+    """Run until SIGINT/SIGTERM, then drain and stop. A second signal exits at once."""
+    from aggregator.app import App
+
+    log = get_logger("smsagg.cli")
+    app = App(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            log.warning("forced_exit", signal=signame)
+            os._exit(1)
+        log.info("signal", signal=signame)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await app.start()
+    except Exception as exc:
+        log.error("start_failed", error=str(exc))
+        await app.stop(0)
+        return 1
+    await stop.wait()
+    await app.stop(drain_seconds)
+    return 0
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path) if path else load_default_config()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"smsagg: configuration is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+    return run_loop(serve(config, args.drain_seconds))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: OK ({len(config.accounts)} accounts, {len(config.providers)} providers, "
+        f"{len(config.routes)} routes)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from aggregator.demo import run_demo
+
+    return run_loop(run_demo(count=args.count, rate=args.rate, concurrency=args.concurrency,
+                             timeout=args.timeout))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smsagg", description="SMS aggregator daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", help="TOML configuration (default: the embedded one)")
+    run.add_argument("--log-format", choices=["json", "console"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--drain-seconds", type=float, default=10.0,
+                     help="on SIGTERM, how long in-flight submits may take (default 10)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser(
+        "demo", help="start the simulator and the daemon, send a burst, report, exit"
+    )
+    demo.add_argument("--count", type=int, default=2000, help="messages to send (default 2000)")
+    demo.add_argument("--rate", type=float, default=0.0,
+                      help="messages per second to offer; 0 = as fast as accepted (default)")
+    demo.add_argument("--concurrency", type=int, default=50,
+                      help="HTTP requests in flight (default 50)")
+    demo.add_argument("--timeout", type=float, default=120.0,
+                      help="seconds to wait for every receipt (default 120)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

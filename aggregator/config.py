@@ -1,0 +1,728 @@
+"""Daemon configuration: TOML file -> validated, immutable Config.
+
+Each optional [section] is one dataclass plus one ``_parse_*`` function that reads its keys
+through a ``_Reader``. The reader is the schema: keys a parse function never asks for are
+reported as unknown, and keys without a dataclass default are required. Adding a section
+means: dataclass, parse function, a Config field and one ``_section(...)`` line in
+``parse_config``.
+
+Every problem in a file is collected before raising, so one run of the daemon shows them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+__all__ = [
+    "AccountConfig",
+    "CallbacksConfig",
+    "Config",
+    "ConfigError",
+    "HttpConfig",
+    "ListenAddress",
+    "LogConfig",
+    "MessagesConfig",
+    "ProviderConfig",
+    "RouteConfig",
+    "StoreConfig",
+    "default_config_text",
+    "load_config",
+    "load_default_config",
+    "parse_config",
+    "with_overrides",
+]
+
+DEFAULT_SOURCE: Final = "<embedded default>"
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("json", "console")
+RECEIPT_ID_MODES: Final = ("as_is", "hex_to_dec", "dec_to_hex")
+
+# SMPP 3.4 C-octet string limits (without the NUL); aiosmpplib refuses longer values at bind
+# time, which would otherwise surface as a reconnect loop instead of a config error.
+_SMPP_MAX_SYSTEM_ID: Final = 15
+_SMPP_MAX_PASSWORD: Final = 8
+_SMPP_MAX_SYSTEM_TYPE: Final = 12
+
+_PREFIX_RE: Final = re.compile(r"\+[0-9]{1,15}")  # E.164: at most 15 digits
+_PORT_RE: Final = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() accepts "²"
+_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_POS_RE: Final = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+
+
+# --------------------------------------------------------------------------- data types
+
+
+@dataclass(slots=True, frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        # Brackets keep an IPv6 host unambiguous and round-trip through parse().
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """Parse "host:port" ("[v6]:port" for IPv6); raises ValueError with a short reason."""
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+        else:
+            host, sep, port = text.rpartition(":")
+            if ":" in host:
+                raise ValueError('must be "host:port" with an IPv6 host in brackets')
+        if not sep or not host or not _PORT_RE.fullmatch(port):
+            raise ValueError('must be "host:port"')
+        if int(port) > 65535:
+            raise ValueError("port must be between 0 and 65535")
+        return cls(host, int(port))
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class HttpConfig:
+    listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
+    max_body_bytes: int = 65536
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class StoreConfig:
+    path: str = "smsagg.db"
+    max_pending: int = 200_000
+    commit_batch: int = 1000
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class MessagesConfig:
+    max_segments: int = 10
+    default_validity: float = 86400.0
+    max_attempts: int = 20
+    retry_min: float = 0.5
+    retry_max: float = 60.0
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class CallbacksConfig:
+    timeout: float = 5.0
+    max_attempts: int = 10
+    retry_min: float = 1.0
+    retry_max: float = 300.0
+    concurrency: int = 32
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"
+    log_numbers: bool = False
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class AccountConfig:
+    name: str
+    api_key: str = field(repr=False)
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class ProviderConfig:
+    # kw_only: required fields (binds, window, max_tps) follow defaulted ones in contract order.
+    name: str
+    host: str
+    port: int
+    system_id: str
+    password: str = field(repr=False)
+    system_type: str = ""
+    binds: int
+    window: int
+    max_tps: float
+    receipt_id: str = "as_is"
+    response_timeout: float = 10.0
+    enquire_link_interval: float = 30.0
+    bind_timeout: float = 10.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class RouteConfig:
+    prefixes: tuple[str, ...]
+    providers: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class Config:
+    http: HttpConfig
+    store: StoreConfig
+    messages: MessagesConfig
+    callbacks: CallbacksConfig
+    log: LogConfig
+    accounts: tuple[AccountConfig, ...]
+    providers: tuple[ProviderConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    source: str
+
+    def provider(self, name: str) -> ProviderConfig:
+        for provider in self.providers:
+            if provider.name == name:
+                return provider
+        raise KeyError(name)
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration, each "FILE: key.path: problem"."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: list[str] = list(problems)
+        super().__init__(self.problems)  # args stay (list,) so the error pickles intact
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# --------------------------------------------------------------------------- reader
+
+_T = TypeVar("_T")
+
+
+class _Absent:
+    """Sentinel type for "no value" (distinct from None, which TOML cannot express anyway)."""
+
+    __slots__ = ()
+
+
+_ABSENT: Final = _Absent()
+
+
+def _key_text(key: str) -> str:
+    return key if _BARE_KEY_RE.fullmatch(key) else f'"{key}"'
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{_key_text(key)}" if path else _key_text(key)
+
+
+def _kind(value: object) -> str:
+    """TOML-flavoured type name, used instead of the value where the value may be secret."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return f"a {type(value).__name__}"  # TOML dates and times
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, int | float):
+        return repr(value)
+    return _kind(value)
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int subclass, but `binds = true` is a mistake, not 1.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _Reader:
+    """Typed, problem-collecting access to one TOML table.
+
+    Getters never raise: a bad value is reported and a placeholder of the right type is
+    returned, so parsing continues and every problem is collected. ``bad`` lets cross-field
+    checks skip keys already reported, avoiding follow-on noise.
+    """
+
+    __slots__ = ("_asked", "_data", "_defaults", "_noun", "bad", "path", "problems", "source")
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        source: str,
+        problems: list[str],
+        defaults_from: type[Any] | None = None,
+        noun: str = "key",
+    ) -> None:
+        self._data = data
+        self.path = path
+        self.source = source
+        self.problems = problems
+        self._defaults: dict[str, Any] = {}
+        if defaults_from is not None:
+            for f in dataclasses.fields(defaults_from):
+                if f.default is not dataclasses.MISSING:
+                    self._defaults[f.name] = f.default
+        self._noun = noun
+        self._asked: list[str] = []
+        self.bad: set[str] = set()
+
+    def where(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def problem(self, key: str, message: str, *, at: str | None = None) -> None:
+        self.bad.add(key)
+        self.problems.append(f"{self.source}: {at or self.where(key)}: {message}")
+
+    def ok(self, *keys: str) -> bool:
+        return self.bad.isdisjoint(keys)
+
+    def optional(self, key: str) -> Any:
+        """The file's value or _ABSENT, without defaults or a missing-key report."""
+        self._asked.append(key)
+        return self._data.get(key, _ABSENT)
+
+    def lookup(self, key: str) -> tuple[Any, bool]:
+        """(value, given): the file's value, else the dataclass default, else _ABSENT.
+
+        A missing required key is reported here; ``given`` is False for defaults, which are
+        trusted and not validated.
+        """
+        self._asked.append(key)
+        if key in self._data:
+            return self._data[key], True
+        if key in self._defaults:
+            return self._defaults[key], False
+        self.problem(key, "required key is missing")
+        return _ABSENT, False
+
+    def integer(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int:
+        value, given = self.lookup(key)
+        if not given:
+            return value if isinstance(value, int) else 0
+        if not _is_number(value) or not isinstance(value, int):
+            self.problem(key, f"must be an integer{_range_text(lo, hi)}, got {_show(value)}")
+            return 0
+        if lo is not None and value < lo:
+            self.problem(key, f"must be an integer >= {lo}, got {value}")
+        elif hi is not None and value > hi:
+            self.problem(key, f"must be an integer <= {hi}, got {value}")
+        return value
+
+    def number(self, key: str, *, gt: float | None = None, ge: float | None = None) -> float:
+        value, given = self.lookup(key)
+        if not given:
+            return float(value) if _is_number(value) else 0.0
+        bound = f" > {gt:g}" if gt is not None else f" >= {ge:g}" if ge is not None else ""
+        if not _is_number(value):
+            self.problem(key, f"must be a number{bound}, got {_show(value)}")
+            return 0.0
+        number = float(value)
+        if not math.isfinite(number):
+            self.problem(key, f"must be a finite number, got {_show(value)}")
+        elif (gt is not None and number <= gt) or (ge is not None and number < ge):
+            self.problem(key, f"must be a number{bound}, got {_show(value)}")
+        return number
+
+    def boolean(self, key: str) -> bool:
+        value, given = self.lookup(key)
+        if given and not isinstance(value, bool):
+            self.problem(key, f"must be true or false, got {_show(value)}")
+            return False
+        return value if isinstance(value, bool) else False
+
+    def string(
+        self,
+        key: str,
+        *,
+        choices: Sequence[str] = (),
+        nonempty: bool = False,
+        smpp_max: int | None = None,
+        secret: bool = False,
+    ) -> str:
+        """A string; ``secret`` values are never echoed, only their type or length."""
+        value, given = self.lookup(key)
+        if not given:
+            return value if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            got = _kind(value) if secret else _show(value)
+            self.problem(key, f"must be a string, got {got}")
+            return ""
+        text: str = value
+        if choices and text not in choices:
+            options = ", ".join(repr(c) for c in choices)
+            self.problem(key, f"must be one of {options}, got {_show(text)}")
+        elif nonempty and not text:
+            self.problem(key, "must not be empty")
+        elif smpp_max is not None and not text.isascii():
+            self.problem(key, "must contain only ASCII characters (SMPP C-octet string)")
+        elif smpp_max is not None and len(text) > smpp_max:
+            self.problem(
+                key,
+                f"must be at most {smpp_max} characters (SMPP limit), got {len(text)}",
+            )
+        return text
+
+    def string_list(self, key: str) -> tuple[str, ...]:
+        """A non-empty array of strings; item problems are reported as key[i]."""
+        value, given = self.lookup(key)
+        if not given:
+            return tuple(value) if isinstance(value, tuple) else ()
+        if not isinstance(value, list | tuple):
+            self.problem(key, f"must be an array of strings, got {_show(value)}")
+            return ()
+        if not value:
+            self.problem(key, "must not be empty")
+        items: list[str] = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                items.append(item)
+            else:
+                self.problem(key, f"must be a string, got {_show(item)}", at=self.item(key, i))
+        return tuple(items)
+
+    def item(self, key: str, index: int) -> str:
+        return f"{self.where(key)}[{index}]"
+
+    def finish(self) -> None:
+        """Report keys present in the table that no parse function asked for."""
+        for key in self._data:
+            if key in self._asked:
+                continue
+            if not isinstance(key, str):  # only reachable from Python callers
+                self.problems.append(f"{self.source}: {self.path}: key {key!r} is not a string")
+                continue
+            hint = difflib.get_close_matches(key, self._asked, n=1)
+            message = f"unknown {self._noun}"
+            if hint:
+                message += f"; did you mean {hint[0]!r}?"
+            self.problems.append(f"{self.source}: {self.where(key)}: {message}")
+
+
+def _range_text(lo: int | None, hi: int | None) -> str:
+    if lo is not None and hi is not None:
+        return f" between {lo} and {hi}"
+    if lo is not None:
+        return f" >= {lo}"
+    if hi is not None:
+        return f" <= {hi}"
+    return ""
+
+
+def _section(top: _Reader, name: str, cls: type[_T], parse: Callable[[_Reader], _T]) -> _T:
+    """Parse an optional [name] table; an absent table gets every default."""
+    raw = top.optional(name)
+    if raw is _ABSENT:
+        raw = {}
+    elif not isinstance(raw, Mapping):
+        top.problem(name, f"must be a table ([{name}]), got {_show(raw)}")
+        raw = {}
+    reader = _Reader(raw, name, top.source, top.problems, cls)
+    result = parse(reader)
+    reader.finish()
+    return result
+
+
+def _array(
+    top: _Reader, name: str, cls: type[_T], parse: Callable[[_Reader], _T]
+) -> Iterator[tuple[_T, _Reader]]:
+    """Parse a required, non-empty [[name]] array of tables, yielding (item, its reader)."""
+    raw, given = top.lookup(name)
+    if not given:
+        return  # lookup() reported it: [[name]] has no default
+    if not isinstance(raw, list | tuple) or not all(isinstance(x, Mapping) for x in raw):
+        top.problem(name, f"must be an array of tables ([[{name}]]), got {_show(raw)}")
+        return
+    if not raw:
+        top.problem(name, f"at least one [[{name}]] entry is required")
+        return
+    for index, table in enumerate(raw):
+        reader = _Reader(table, f"{name}[{index}]", top.source, top.problems, cls)
+        item = parse(reader)
+        reader.finish()
+        yield item, reader
+
+
+def _ordered(r: _Reader, low: str, high: str) -> tuple[float, float]:
+    """Read a positive (min, max) pair; min > max is reported unless either is already bad."""
+    low_value, high_value = r.number(low, gt=0), r.number(high, gt=0)
+    if r.ok(low, high) and low_value > high_value:
+        r.problem(low, f"must be <= {high} ({high_value:g}), got {low_value:g}")
+    return low_value, high_value
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _parse_http(r: _Reader) -> HttpConfig:
+    listen, given = r.lookup("listen")
+    if given:
+        if isinstance(listen, str):
+            try:
+                listen = ListenAddress.parse(listen)
+            except ValueError as exc:
+                r.problem("listen", f"{exc}, got {_show(listen)}")
+        else:
+            r.problem("listen", f'must be a string "host:port", got {_show(listen)}')
+    if not isinstance(listen, ListenAddress):
+        listen = ListenAddress("", 0)
+    return HttpConfig(listen=listen, max_body_bytes=r.integer("max_body_bytes", lo=1))
+
+
+def _parse_store(r: _Reader) -> StoreConfig:
+    return StoreConfig(
+        path=r.string("path", nonempty=True),
+        max_pending=r.integer("max_pending", lo=1),
+        commit_batch=r.integer("commit_batch", lo=1),
+    )
+
+
+def _parse_messages(r: _Reader) -> MessagesConfig:
+    max_segments = r.integer("max_segments", lo=1, hi=255)  # SAR/UDH counts are one octet
+    default_validity = r.number("default_validity", gt=0)
+    max_attempts = r.integer("max_attempts", lo=1)
+    retry_min, retry_max = _ordered(r, "retry_min", "retry_max")
+    return MessagesConfig(
+        max_segments=max_segments,
+        default_validity=default_validity,
+        max_attempts=max_attempts,
+        retry_min=retry_min,
+        retry_max=retry_max,
+    )
+
+
+def _parse_callbacks(r: _Reader) -> CallbacksConfig:
+    timeout = r.number("timeout", gt=0)
+    max_attempts = r.integer("max_attempts", lo=1)
+    retry_min, retry_max = _ordered(r, "retry_min", "retry_max")
+    return CallbacksConfig(
+        timeout=timeout,
+        max_attempts=max_attempts,
+        retry_min=retry_min,
+        retry_max=retry_max,
+        concurrency=r.integer("concurrency", lo=1),
+    )
+
+
+def _parse_log(r: _Reader) -> LogConfig:
+    return LogConfig(
+        level=r.string("level", choices=LOG_LEVELS),
+        format=r.string("format", choices=LOG_FORMATS),
+        log_numbers=r.boolean("log_numbers"),
+    )
+
+
+def _parse_account(r: _Reader) -> AccountConfig:
+    name = r.string("name", nonempty=True)
+    api_key = r.string("api_key", secret=True)
+    if r.ok("api_key") and (not api_key or any(c.isspace() for c in api_key)):
+        # Sent as "Authorization: Bearer <key>": whitespace could never match.
+        r.problem("api_key", "must be non-empty and contain no whitespace")
+    return AccountConfig(name=name, api_key=api_key)
+
+
+def _parse_provider(r: _Reader) -> ProviderConfig:
+    # Read in contract order so problems come out in the order a reader of the file expects.
+    name = r.string("name", nonempty=True)
+    host = r.string("host", nonempty=True)
+    port = r.integer("port", lo=0, hi=65535)
+    system_id = r.string("system_id", smpp_max=_SMPP_MAX_SYSTEM_ID)
+    password = r.string("password", smpp_max=_SMPP_MAX_PASSWORD, secret=True)
+    system_type = r.string("system_type", smpp_max=_SMPP_MAX_SYSTEM_TYPE)
+    binds = r.integer("binds", lo=1, hi=64)
+    window = r.integer("window", lo=1, hi=1000)
+    max_tps = r.number("max_tps", gt=0)
+    receipt_id = r.string("receipt_id", choices=RECEIPT_ID_MODES)
+    response_timeout = r.number("response_timeout", gt=0)
+    enquire_link_interval = r.number("enquire_link_interval", gt=0)
+    bind_timeout = r.number("bind_timeout", gt=0)
+    reconnect_min, reconnect_max = _ordered(r, "reconnect_min", "reconnect_max")
+    return ProviderConfig(
+        name=name,
+        host=host,
+        port=port,
+        system_id=system_id,
+        password=password,
+        system_type=system_type,
+        binds=binds,
+        window=window,
+        max_tps=max_tps,
+        receipt_id=receipt_id,
+        response_timeout=response_timeout,
+        enquire_link_interval=enquire_link_interval,
+        bind_timeout=bind_timeout,
+        reconnect_min=reconnect_min,
+        reconnect_max=reconnect_max,
+    )
+
+
+def _valid_prefix(prefix: str) -> bool:
+    return prefix == "*" or _PREFIX_RE.fullmatch(prefix) is not None
+
+
+def _parse_route(r: _Reader) -> RouteConfig:
+    prefixes = r.string_list("prefixes")
+    for i, prefix in enumerate(prefixes):
+        if not _valid_prefix(prefix):
+            r.problem(
+                "prefixes",
+                f'must be "*" or "+" followed by 1-15 digits, got {_show(prefix)}',
+                at=r.item("prefixes", i),
+            )
+    return RouteConfig(prefixes=prefixes, providers=r.string_list("providers"))
+
+
+# --------------------------------------------------------------------------- cross checks
+
+
+def _check_unique(
+    items: Sequence[tuple[Any, _Reader]], key: str, what: str, *, secret: bool = False
+) -> None:
+    first: dict[str, str] = {}  # value -> where it was first defined
+    for item, r in items:
+        value = getattr(item, key)
+        if not r.ok(key) or not value:
+            continue
+        if value in first:
+            shown = f"same {what} as" if secret else f"duplicate {what} {value!r}, also in"
+            r.problem(key, f"{shown} {first[value]}")
+        else:
+            first[value] = r.path
+
+
+def _check_routes(
+    routes: Sequence[tuple[RouteConfig, _Reader]],
+    providers: Sequence[tuple[ProviderConfig, _Reader]],
+) -> None:
+    # A provider with a broken name would make every reference to it look unknown: skip then.
+    names_known = bool(providers) and all(r.ok("name") for _, r in providers)
+    names = {p.name for p, _ in providers}
+    routed: dict[str, str] = {}  # prefix -> route that claims it
+    for route, r in routes:
+        for i, prefix in enumerate(route.prefixes):
+            if not _valid_prefix(prefix):
+                continue  # already reported by _parse_route()
+            # Two routes for one prefix leave the choice to list order: refuse the ambiguity.
+            if prefix in routed:
+                owner = routed[prefix]
+                message = (
+                    f"prefix {prefix!r} listed twice"
+                    if owner == r.path
+                    else f"prefix {prefix!r} is already routed by {owner}"
+                )
+                r.problem("prefixes", message, at=r.item("prefixes", i))
+            else:
+                routed[prefix] = r.path
+        if not r.ok("providers"):
+            continue
+        seen: set[str] = set()
+        for i, name in enumerate(route.providers):
+            if name in seen:
+                r.problem("providers", f"provider {name!r} listed twice", at=r.item("providers", i))
+            elif names_known and name not in names:
+                hint = difflib.get_close_matches(name, sorted(names), n=1)
+                message = f"no [[providers]] entry named {name!r}"
+                if hint:
+                    message += f"; did you mean {hint[0]!r}?"
+                r.problem("providers", message, at=r.item("providers", i))
+            seen.add(name)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> Config:
+    """Validate a decoded TOML document; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    top = _Reader(data, "", source, problems, noun="section")
+    http = _section(top, "http", HttpConfig, _parse_http)
+    store = _section(top, "store", StoreConfig, _parse_store)
+    messages = _section(top, "messages", MessagesConfig, _parse_messages)
+    callbacks = _section(top, "callbacks", CallbacksConfig, _parse_callbacks)
+    log = _section(top, "log", LogConfig, _parse_log)
+    accounts = list(_array(top, "accounts", AccountConfig, _parse_account))
+    providers = list(_array(top, "providers", ProviderConfig, _parse_provider))
+    routes = list(_array(top, "routes", RouteConfig, _parse_route))
+    top.finish()
+
+    _check_unique(accounts, "name", "account name")
+    _check_unique(accounts, "api_key", "api_key", secret=True)
+    _check_unique(providers, "name", "provider name")
+    _check_routes(routes, providers)
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        http=http,
+        store=store,
+        messages=messages,
+        callbacks=callbacks,
+        log=log,
+        accounts=tuple(a for a, _ in accounts),
+        providers=tuple(p for p, _ in providers),
+        routes=tuple(r for r, _ in routes),
+        source=source,
+    )
+
+
+def _loads(text: str, source: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11 has no lineno attribute; the position is only in the message.
+        message = str(exc)
+        match = _TOML_POS_RE.match(message)
+        if match:
+            where = f"line {match['line']}, column {match['col']}"
+            message = match["msg"]
+        else:
+            where = "end of file" if message.endswith("(at end of document)") else "TOML"
+            message = message.removesuffix(" (at end of document)")
+        raise ConfigError([f"{source}: {where}: invalid TOML: {message}"]) from None
+    return parse_config(data, source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; every failure is a ConfigError naming the file."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read file: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 by definition
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: byte {exc.start}: file is not valid UTF-8"]) from None
+    return _loads(text, source)
+
+
+def default_config_text() -> str:
+    """The packaged aggregator/default.toml."""
+    return resources.files("aggregator").joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load_default_config() -> Config:
+    return _loads(default_config_text(), DEFAULT_SOURCE)
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    """dataclasses.replace for Config; a Mapping for a section field updates just those keys.
+
+    ``with_overrides(cfg, store={"path": tmp}, http={"listen": ListenAddress("127.0.0.1", 0)})``
+    Not re-validated: meant for tests and programmatic tweaks of an already valid Config.
+    """
+    resolved: dict[str, Any] = {}
+    for name, value in changes.items():
+        current = getattr(config, name, None)
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(current):
+            if isinstance(current, type):  # pragma: no cover - fields hold instances
+                raise TypeError(name)
+            value = dataclasses.replace(current, **value)
+        resolved[name] = value
+    return dataclasses.replace(config, **resolved)

@@ -1,0 +1,205 @@
+"""Takes due messages from the store, picks a provider from the route, submits every segment
+through its pool, and turns the outcome into the next durable state: submitted, retry later, or
+failed. The store is the only source of work, so a restart resumes from the last commit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+
+from aggregator import metrics
+from aggregator.config import MessagesConfig
+from aggregator.log import get_logger
+from aggregator.model import FinalNotice, Message, MessageStatus, SegmentSubmit
+from aggregator.outbound.errors import Outcome
+from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
+from aggregator.routing import RouteTable
+from aggregator.store.base import Store, StoreError
+from aggregator.text import encode_message
+
+log = get_logger("smsagg.dispatch")
+
+CLAIM_BATCH = 500
+IDLE_POLL = 1.0  # seconds between looks at the store when nothing woke us
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        routes: RouteTable,
+        pools: Mapping[str, ProviderPool],
+        config: MessagesConfig,
+        on_final: Callable[[FinalNotice], None],
+        *,
+        max_in_flight: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._routes = routes
+        self._pools = pools
+        self._config = config
+        self._on_final = on_final
+        self._max_in_flight = max_in_flight
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def wake(self) -> None:
+        """New work was committed (or a bind came up): look at the store now."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self, deadline: float) -> None:
+        """Take no new work; let submits in flight finish until the deadline (monotonic)."""
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(
+                self._tasks, timeout=max(0.0, deadline - time.monotonic())
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            free = self._max_in_flight - len(self._tasks)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wake.clear()
+            try:
+                batch = await self._store.claim_due(self._clock(), min(free, CLAIM_BATCH))
+            except StoreError as exc:
+                metrics.store_errors.labels("claim_due").inc()
+                log.error("claim_failed", error=str(exc))
+                await self._sleep_or_wake(IDLE_POLL)
+                continue
+            for message in batch:
+                task = asyncio.create_task(self._handle(message))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+            if len(batch) < min(free, CLAIM_BATCH):
+                await self._sleep_or_wake(await self._idle_wait())
+
+    async def _idle_wait(self) -> float:
+        try:
+            due = await self._store.next_due_at()
+        except StoreError:
+            return IDLE_POLL
+        if due is None:
+            return IDLE_POLL
+        return min(IDLE_POLL, max(0.0, due - self._clock()))
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        if seconds <= 0 or self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dispatch_task_failed", error=repr(task.exception()))
+
+    def _choose_pool(self, message: Message) -> ProviderPool | None:
+        """First provider on the route with a bind up; else the first (it may come up)."""
+        names = self._routes.providers_for(message.to)
+        pools = [self._pools[n] for n in names if n in self._pools]
+        for pool in pools:
+            if pool.binds_up > 0:
+                return pool
+        return pools[0] if pools else None
+
+    async def _handle(self, message: Message) -> None:
+        now = self._clock()
+        if now >= message.expires_at:
+            await self._finish(message, MessageStatus.EXPIRED, "validity period elapsed")
+            return
+        pool = self._choose_pool(message)
+        if pool is None:
+            await self._finish(message, MessageStatus.FAILED, "no route to destination")
+            return
+        encoded = encode_message(message.text, message.encoding, message.concat_ref)
+        # Parts an earlier attempt got an id for stay sent, if the same provider takes the rest:
+        # operators reassemble per link.
+        keep_done = message.done_segments if message.provider == pool.name else frozenset()
+        todo = [
+            SubmitRequest(message.id, seq, message.sender, message.to, encoded.data_coding,
+                          encoded.esm_class, part)
+            for seq, part in enumerate(encoded.parts, start=1)
+            if seq not in keep_done
+        ]
+        results = await asyncio.gather(*(pool.submit(r) for r in todo))
+        sent = [
+            SegmentSubmit(req.seq, res.provider_msg_id)
+            for req, res in zip(todo, results, strict=True)
+            if res.outcome is Outcome.OK and res.provider_msg_id is not None
+        ]
+        failures = [r for r in results if r.outcome is not Outcome.OK]
+        try:
+            if not failures:
+                await self._store.record_submitted(message.id, pool.name, sent, self._clock())
+                metrics.accept_to_submit.observe(max(0.0, self._clock() - message.created_at))
+                log.debug("submitted", message_id=message.id, provider=pool.name,
+                          segments=len(encoded.parts))
+                return
+            final = next((r for r in failures if r.outcome is Outcome.FINAL), None)
+            if final is not None:
+                await self._finish(message, MessageStatus.FAILED, final.error)
+                return
+            await self._retry(message, pool, sent, failures[0])
+        except StoreError as exc:
+            # The message stays 'queued' in the store and is dispatched again at restart;
+            # log loudly, since this needs an operator.
+            metrics.store_errors.labels("dispatch").inc()
+            log.error("dispatch_store_failed", message_id=message.id, error=str(exc))
+
+    async def _retry(
+        self,
+        message: Message,
+        pool: ProviderPool,
+        sent: list[SegmentSubmit],
+        failure: SubmitResult,
+    ) -> None:
+        attempts = message.attempts + 1
+        metrics.retries.labels(pool.name, failure.reason).inc()
+        if attempts >= self._config.max_attempts:
+            await self._finish(
+                message, MessageStatus.FAILED,
+                f"gave up after {attempts} attempts; last error: {failure.error}",
+            )
+            return
+        backoff = min(self._config.retry_max, self._config.retry_min * 2 ** (attempts - 1))
+        next_at = self._clock() + backoff
+        if next_at >= message.expires_at:
+            await self._finish(message, MessageStatus.EXPIRED,
+                               f"validity period elapsed; last error: {failure.error}")
+            return
+        log.debug("retry", message_id=message.id, provider=pool.name, reason=failure.reason,
+                  in_seconds=backoff)
+        await self._store.reschedule(message.id, pool.name, sent, next_at, failure.error)
+
+    async def _finish(self, message: Message, status: MessageStatus, error: str | None) -> None:
+        notice = await self._store.finish(message.id, status, error, self._clock())
+        log.info("message_final", message_id=message.id, status=status.value, error=error)
+        if notice is not None:
+            metrics.messages_final.labels(status.value).inc()
+            self._on_final(notice)

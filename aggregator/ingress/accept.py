@@ -1,0 +1,113 @@
+"""The accept path every ingress shares after decoding: validate the number, the sender and the
+text, find a route, and commit the message before anyone is told it was accepted."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aggregator import metrics
+from aggregator.config import MessagesConfig
+from aggregator.model import ApiError, ErrorCode, Message, new_message_id
+from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
+from aggregator.routing import RouteTable
+from aggregator.store.base import AcceptResult, Store, StoreBusy, StoreError
+from aggregator.text import choose_encoding, count_segments, transliterate
+
+
+@dataclass(slots=True, frozen=True)
+class SubmitInput:
+    """A message as an upstream handed it to us, already decoded from HTTP or SMPP."""
+
+    to: str
+    sender: str
+    text: str
+    callback_url: str | None = None
+    reference: str | None = None
+    transliterate: bool = False
+    idempotency_key: str | None = None
+
+
+class Acceptor:
+    def __init__(
+        self,
+        store: Store,
+        routes: RouteTable,
+        config: MessagesConfig,
+        *,
+        max_pending: int,
+        on_accepted: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._routes = routes
+        self._config = config
+        self._max_pending = max_pending
+        self._on_accepted = on_accepted
+        self._clock = clock
+
+    def _reject(self, status: int, code: ErrorCode, message: str) -> ApiError:
+        metrics.messages_rejected.labels(code.value).inc()
+        return ApiError(status, code, message)
+
+    def build(self, account: str, item: SubmitInput) -> Message:
+        """Validate and build the message; raises ApiError with the specific reason."""
+        try:
+            dest = parse_destination(item.to)
+        except NumberError as exc:
+            raise self._reject(422, exc.code, str(exc)) from None
+        try:
+            sender = parse_sender(item.sender)
+        except SenderError as exc:
+            raise self._reject(422, ErrorCode.INVALID_SENDER, str(exc)) from None
+        if not item.text:
+            raise self._reject(422, ErrorCode.EMPTY_TEXT, "text must not be empty")
+        text = transliterate(item.text) if item.transliterate else item.text
+        encoding = choose_encoding(text)
+        segments = count_segments(text, encoding)
+        if segments > self._config.max_segments:
+            raise self._reject(
+                422, ErrorCode.TOO_LONG,
+                f"text needs {segments} {encoding.value} segments; the maximum is "
+                f"{self._config.max_segments}",
+            )
+        if not self._routes.providers_for(dest.e164):
+            raise self._reject(422, ErrorCode.NO_ROUTE, f"no route for {dest.e164[:4]}...")
+        now = self._clock()
+        return Message(
+            id=new_message_id(),
+            account=account,
+            to=dest.e164,
+            region=dest.region,
+            sender=sender,
+            text=text,
+            encoding=encoding,
+            segments=segments,
+            concat_ref=os.urandom(1)[0],
+            created_at=now,
+            callback_url=item.callback_url,
+            reference=item.reference,
+            next_attempt_at=now,
+            expires_at=now + self._config.default_validity,
+        )
+
+    async def accept(self, account: str, item: SubmitInput) -> AcceptResult:
+        message = self.build(account, item)
+        if self._store.pending >= self._max_pending:
+            raise self._reject(
+                503, ErrorCode.QUEUE_FULL,
+                f"{self._store.pending} messages are waiting to be sent; try again shortly",
+            )
+        try:
+            result = await self._store.accept(message, item.idempotency_key)
+        except StoreBusy as exc:
+            raise self._reject(503, ErrorCode.QUEUE_FULL, str(exc)) from None
+        except StoreError as exc:
+            metrics.store_errors.labels("accept").inc()
+            raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        if result.created:
+            metrics.messages_accepted.labels(account).inc()
+            self._on_accepted()
+        return result

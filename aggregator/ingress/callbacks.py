@@ -1,0 +1,109 @@
+"""HTTP callbacks to upstream systems, from the durable outbox the store fills when a message
+becomes final. Runs beside the pipeline with bounded concurrency, so a slow receiver slows only
+its own callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from aggregator import metrics
+from aggregator.config import CallbacksConfig
+from aggregator.log import get_logger
+from aggregator.store.base import CallbackJob, Store, StoreError
+
+log = get_logger("smsagg.callbacks")
+
+
+class CallbackSender:
+    def __init__(self, store: Store, config: CallbacksConfig) -> None:
+        self._store = store
+        self._config = config
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._sem = asyncio.Semaphore(config.concurrency)
+        self._active: set[int] = set()
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._config.timeout),
+            headers={"User-Agent": "smsagg"},
+        )
+        self._task = asyncio.create_task(self._run(), name="callbacks")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        for job in list(self._jobs):
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                jobs = await self._store.due_callbacks(time.time(), self._config.concurrency * 4)
+            except StoreError:
+                jobs = []
+            for job in jobs:
+                if job.id in self._active:
+                    continue
+                self._active.add(job.id)
+                await self._sem.acquire()
+                task = asyncio.create_task(self._send(job))
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
+            try:
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+    async def _send(self, job: CallbackJob) -> None:
+        try:
+            error = await self._post(job)
+            if error is None:
+                metrics.callbacks.labels("ok").inc()
+                await self._store.callback_done(job.id)
+                return
+            attempts = job.attempts + 1
+            if attempts >= self._config.max_attempts:
+                metrics.callbacks.labels("gave_up").inc()
+                log.warning("callback_gave_up", message_id=job.message_id, attempts=attempts,
+                            error=error)
+                await self._store.callback_give_up(job.id, error)
+                return
+            metrics.callbacks.labels("retry").inc()
+            delay = min(self._config.retry_max, self._config.retry_min * 2 ** (attempts - 1))
+            log.info("callback_retry", message_id=job.message_id, attempts=attempts,
+                     error=error, in_seconds=delay)
+            await self._store.callback_retry(job.id, time.time() + delay, error)
+        except StoreError as exc:
+            log.error("callback_store_failed", message_id=job.message_id, error=str(exc))
+        finally:
+            self._active.discard(job.id)
+            self._sem.release()
+
+    async def _post(self, job: CallbackJob) -> str | None:
+        assert self._session is not None
+        try:
+            async with self._session.post(
+                job.url, data=job.payload, headers={"Content-Type": "application/json"}
+            ) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return None
+                return f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]

@@ -1,0 +1,214 @@
+"""The HTTP API (aiohttp): submit and look up messages, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aggregator import metrics
+from aggregator.config import AccountConfig
+from aggregator.ingress.accept import Acceptor, SubmitInput
+from aggregator.log import get_logger
+from aggregator.model import ApiError, ErrorCode, Message
+from aggregator.store.base import Store, StoreError
+from aggregator.timefmt import iso_utc
+
+log = get_logger("smsagg.http")
+
+MAX_REFERENCE = 128
+MAX_URL = 2048
+MAX_IDEMPOTENCY_KEY = 128
+MAX_TEXT = 10_000  # characters; the segment limit is the real bound
+
+_FIELDS: dict[str, tuple[type, bool]] = {  # name: (type, required)
+    "to": (str, True),
+    "from": (str, True),
+    "text": (str, True),
+    "callback_url": (str, False),
+    "reference": (str, False),
+    "transliterate": (bool, False),
+}
+
+
+def error_response(status: int, code: ErrorCode | str, message: str,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"code": str(code), "message": message}}, status=status, headers=headers
+    )
+
+
+def message_view(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "status": m.status.value,
+        "to": m.to,
+        "from": m.sender.value,
+        "segments": m.segments,
+        "encoding": m.encoding.value,
+        "provider": m.provider,
+        "submitted_at": iso_utc(m.submitted_at),
+        "done_at": iso_utc(m.done_at),
+        "error": m.error,
+        "reference": m.reference,
+    }
+
+
+def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
+    """Type-check a request body; raises ApiError(400) naming the field."""
+    if not isinstance(body, dict):
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "body must be a JSON object")
+    for key in body:
+        if key not in _FIELDS:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown field '{key}'")
+    for name, (kind, required) in _FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            if required:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, f"field '{name}' is required")
+            continue
+        if not isinstance(value, kind):
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           f"field '{name}' must be a {'boolean' if kind is bool else 'string'}")
+    text: str = body["text"]
+    if len(text) > MAX_TEXT:
+        raise ApiError(422, ErrorCode.TOO_LONG, f"text is longer than {MAX_TEXT} characters")
+    reference = body.get("reference")
+    if reference is not None and len(reference) > MAX_REFERENCE:
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"field 'reference' is longer than {MAX_REFERENCE} characters")
+    url = body.get("callback_url")
+    if url is not None:
+        parts = urlsplit(url)
+        if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           "field 'callback_url' must be an http or https URL")
+    return SubmitInput(
+        to=body["to"],
+        sender=body["from"],
+        text=text,
+        callback_url=url,
+        reference=reference,
+        transliterate=bool(body.get("transliterate", False)),
+        idempotency_key=idempotency_key,
+    )
+
+
+class HttpApi:
+    def __init__(
+        self,
+        acceptor: Acceptor,
+        store: Store,
+        accounts: tuple[AccountConfig, ...],
+        *,
+        max_body_bytes: int,
+        ready: Callable[[], tuple[bool, list[str]]],
+    ) -> None:
+        self._acceptor = acceptor
+        self._store = store
+        self._by_key = {a.api_key: a.name for a in accounts}
+        self._max_body = max_body_bytes
+        self._ready = ready
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
+        app.router.add_post("/v1/messages", self.post_message)
+        app.router.add_get("/v1/messages/{id}", self.get_message)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            return error_response(exc.status, exc.code, exc.message, headers)
+        except web.HTTPRequestEntityTooLarge:
+            metrics.messages_rejected.labels(ErrorCode.BODY_TOO_LARGE.value).inc()
+            return error_response(413, ErrorCode.BODY_TOO_LARGE,
+                                  f"request body is larger than {self._max_body} bytes")
+        except web.HTTPNotFound:
+            return error_response(404, ErrorCode.NOT_FOUND, "no such endpoint")
+        except web.HTTPMethodNotAllowed:
+            return error_response(405, "method_not_allowed", "method not allowed here")
+
+    def _account(self, request: web.Request) -> str:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED,
+                           "missing 'Authorization: Bearer <api key>' header")
+        account = self._by_key.get(token.strip())
+        if account is None:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "unknown API key")
+        return account
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            account = self._account(request)
+        except ApiError:
+            metrics.messages_rejected.labels(ErrorCode.UNAUTHORIZED.value).inc()
+            raise
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        try:
+            item = parse_submit(body, key)
+        except ApiError as exc:
+            metrics.messages_rejected.labels(exc.code.value).inc()
+            raise
+        result = await self._acceptor.accept(account, item)
+        m = result.message
+        metrics.accept_latency.observe(time.perf_counter() - started)
+        log.debug("accepted", message_id=m.id, account=account, segments=m.segments,
+                  replay=not result.created)
+        return web.json_response(
+            {"id": m.id, "status": "accepted", "segments": m.segments,
+             "encoding": m.encoding.value},
+            status=202,
+        )
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        message_id = request.match_info["id"]
+        try:
+            message = await self._store.get_message(account, message_id)
+        except StoreError as exc:
+            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        if message is None:  # another account's id looks exactly like an unknown one
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
+        return web.json_response(message_view(message))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ok, problems = self._ready()
+        if ok:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready", "problems": problems}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(metrics.REGISTRY))
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        resp.charset = "utf-8"
+        return resp

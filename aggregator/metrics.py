@@ -1,0 +1,81 @@
+"""Every Prometheus metric object, in one place. Labels are bounded sets; never a number or id."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# 1 ms to 60 s, roughly x2.5 per step.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+# Receipts can take hours (handset off, roaming).
+RECEIPT_BUCKETS = (
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0,
+    12 * 3600.0, 24 * 3600.0,
+)
+
+messages_accepted = Counter(
+    "smsagg_messages_accepted_total", "Messages accepted and stored", ["account"],
+    registry=REGISTRY,
+)
+messages_rejected = Counter(
+    "smsagg_messages_rejected_total", "Requests refused at accept time", ["reason"],
+    registry=REGISTRY,
+)
+messages_final = Counter(
+    "smsagg_messages_final_total", "Messages that reached a final state", ["status"],
+    registry=REGISTRY,
+)
+accept_latency = Histogram(
+    "smsagg_accept_latency_seconds", "HTTP accept handling time, request to 202",
+    buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+submits = Counter(
+    "smsagg_submits_total", "submit_sm outcomes per provider", ["provider", "status"],
+    registry=REGISTRY,
+)
+submit_latency = Histogram(
+    "smsagg_submit_latency_seconds", "submit_sm to submit_sm_resp", ["provider"],
+    buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+accept_to_submit = Histogram(
+    "smsagg_accept_to_submit_seconds", "Accepted to every segment submitted",
+    buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+receipt_latency = Histogram(
+    "smsagg_receipt_latency_seconds", "Submitted to final receipt", ["provider"],
+    buckets=RECEIPT_BUCKETS, registry=REGISTRY,
+)
+receipts = Counter(
+    "smsagg_receipts_total", "Receipts received per provider and status", ["provider", "status"],
+    registry=REGISTRY,
+)
+window_in_use = Gauge(
+    "smsagg_window_in_use", "submit_sm awaiting a response", ["provider", "bind"],
+    registry=REGISTRY,
+)
+bind_up = Gauge("smsagg_bind_up", "1 when the bind is bound", ["provider", "bind"],
+                registry=REGISTRY)
+bind_failures = Counter(
+    "smsagg_bind_failures_total", "Failed connects or binds", ["provider", "reason"],
+    registry=REGISTRY,
+)
+queue_depth = Gauge("smsagg_queue_depth", "Messages per state in the store", ["state"],
+                    registry=REGISTRY)
+store_waiting = Gauge("smsagg_store_writes_waiting", "Writes waiting for a group commit",
+                      registry=REGISTRY)
+store_commits = Counter("smsagg_store_commits_total", "Group commits", registry=REGISTRY)
+store_errors = Counter("smsagg_store_errors_total", "Store operations that failed", ["op"],
+                       registry=REGISTRY)
+failovers = Counter("smsagg_failovers_total", "Segments moved to another provider",
+                    ["from", "to"], registry=REGISTRY)
+retries = Counter("smsagg_retries_total", "Submit attempts retried", ["provider", "reason"],
+                  registry=REGISTRY)
+callbacks = Counter("smsagg_callbacks_total", "Callback attempts", ["result"],
+                    registry=REGISTRY)
+receipts_unmatched = Counter(
+    "smsagg_receipts_unmatched_total", "Receipts whose id matched no submitted segment",
+    ["provider"], registry=REGISTRY,
+)

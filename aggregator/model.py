@@ -1,0 +1,161 @@
+"""Plain data types shared by every stage, and the error codes the API returns. No I/O."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class MessageStatus(StrEnum):
+    ACCEPTED = "accepted"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {
+        MessageStatus.DELIVERED,
+        MessageStatus.UNDELIVERABLE,
+        MessageStatus.EXPIRED,
+        MessageStatus.REJECTED,
+        MessageStatus.FAILED,
+    }
+)
+
+
+class Encoding(StrEnum):
+    GSM7 = "gsm7"
+    UCS2 = "ucs2"
+
+
+class SenderKind(StrEnum):
+    ALPHANUMERIC = "alphanumeric"  # TON 5, NPI 0
+    INTERNATIONAL = "international"  # TON 1, NPI 1
+    SHORTCODE = "shortcode"  # TON 3, NPI 0
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable error codes shared by the HTTP API and (mapped) SMPP ingress."""
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    BODY_TOO_LARGE = "body_too_large"
+    INVALID_NUMBER = "invalid_number"
+    NOT_MOBILE = "not_mobile"
+    NO_ROUTE = "no_route"
+    TOO_LONG = "too_long"
+    INVALID_SENDER = "invalid_sender"
+    EMPTY_TEXT = "empty_text"
+    STORE_UNAVAILABLE = "store_unavailable"
+    QUEUE_FULL = "queue_full"
+
+
+class ApiError(Exception):
+    """A request refused with an HTTP status, a code and a human message."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def new_message_id() -> str:
+    """32 hex chars: 48-bit milliseconds (sortable) + 80 random bits. Fits SMPP's 65 octets."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+@dataclass(slots=True, frozen=True)
+class Sender:
+    value: str
+    kind: SenderKind
+
+    @property
+    def ton(self) -> int:
+        return {SenderKind.ALPHANUMERIC: 5, SenderKind.INTERNATIONAL: 1, SenderKind.SHORTCODE: 3}[
+            self.kind
+        ]
+
+    @property
+    def npi(self) -> int:
+        return 1 if self.kind is SenderKind.INTERNATIONAL else 0
+
+    @property
+    def address(self) -> str:
+        """The address as it goes on the wire (no leading '+')."""
+        return self.value.lstrip("+")
+
+
+@dataclass(slots=True)
+class Message:
+    """One accepted message, as stored. Times are UTC epoch seconds."""
+
+    id: str
+    account: str
+    to: str  # E.164 with '+'
+    sender: Sender
+    text: str
+    encoding: Encoding
+    segments: int
+    concat_ref: int  # 8-bit UDH reference shared by all parts (0..255)
+    created_at: float
+    status: MessageStatus = MessageStatus.ACCEPTED
+    callback_url: str | None = None
+    reference: str | None = None
+    region: str | None = None
+    provider: str | None = None
+    error: str | None = None
+    submitted_at: float | None = None
+    done_at: float | None = None
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    expires_at: float = 0.0
+    # Segment numbers (1-based) that an earlier attempt already got an id for.
+    done_segments: frozenset[int] = field(default_factory=frozenset)
+
+
+@dataclass(slots=True, frozen=True)
+class SegmentSubmit:
+    """One segment accepted by a provider: the id it gave us, for receipt correlation."""
+
+    seq: int
+    provider_msg_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class ReceiptUpdate:
+    """A receipt as parsed from a deliver_sm, before correlation."""
+
+    provider: str
+    provider_msg_id: str
+    status: MessageStatus  # DELIVERED / UNDELIVERABLE / EXPIRED / REJECTED / SUBMITTED(enroute)
+    error: str | None
+    received_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class FinalNotice:
+    """What a callback carries once a message reached a final state."""
+
+    message_id: str
+    account: str
+    status: MessageStatus
+    reference: str | None
+    error: str | None
+    done_at: float
+    callback_url: str | None
+    submitted_at: float | None
+    provider: str | None

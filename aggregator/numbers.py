@@ -1,0 +1,145 @@
+"""Destination and sender address validation over `phonenumbers`. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneNumberType, ValidationResult
+
+from aggregator.model import ErrorCode, Sender, SenderKind
+
+
+class NumberError(ValueError):
+    """A destination refused: code is ErrorCode.INVALID_NUMBER or ErrorCode.NOT_MOBILE."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SenderError(ValueError):
+    """A sender (source address) refused; the message names the rule broken."""
+
+    code = ErrorCode.INVALID_SENDER
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(slots=True, frozen=True)
+class Destination:
+    e164: str  # "+38344123456"
+    region: str | None  # "XK", "KZ", ...; None for non-geographic numbers
+    number_type: str  # lower-case PhoneNumberType name: "mobile", "fixed_line_or_mobile", ...
+
+
+_SEPARATORS = re.compile(r"[\s\-().]")
+_PLUS_DIGITS = re.compile(r"\+[0-9]+")
+_SMS_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
+_LENGTH_REASONS = {
+    ValidationResult.TOO_SHORT: "too short",
+    ValidationResult.TOO_LONG: "too long",
+    ValidationResult.INVALID_LENGTH: "the wrong length",
+}
+
+
+def _invalid(raw: str, why: str) -> NumberError:
+    return NumberError(ErrorCode.INVALID_NUMBER, f"{raw!r} is not a valid number: {why}")
+
+
+def parse_destination(raw: str) -> Destination:
+    """Validate an international destination ("+<digits>" or "00<cc>...", separators allowed).
+
+    Raises NumberError(INVALID_NUMBER) or NumberError(NOT_MOBILE).
+    """
+    norm = _SEPARATORS.sub("", raw)
+    if norm.startswith("00"):
+        norm = "+" + norm[2:]
+    return _parse_destination(norm)
+
+
+# Keyed on the normalised string so differently formatted inputs share an entry; only
+# successes are cached (lru_cache does not cache raised exceptions).
+@lru_cache(maxsize=65536)
+def _parse_destination(norm: str) -> Destination:
+    if not norm:
+        raise _invalid(norm, "it is empty")
+    if not norm.startswith("+"):
+        if norm.isdigit():
+            raise _invalid(norm, "missing country code; use +<country code><number>")
+        raise _invalid(norm, "not a phone number")
+    if not _PLUS_DIGITS.fullmatch(norm):
+        raise _invalid(norm, "not a phone number (only digits may follow '+')")
+    if len(norm) > 17:  # E.164 allows 15 digits; cheap guard before phonenumbers
+        raise _invalid(norm, "too long")
+    try:
+        num = phonenumbers.parse(norm, None)
+    except NumberParseException as exc:
+        if exc.error_type == NumberParseException.INVALID_COUNTRY_CODE:
+            raise _invalid(norm, "unknown country code") from None
+        raise _invalid(norm, "not a phone number") from None
+    region = phonenumbers.region_code_for_number(num)
+    if not phonenumbers.is_valid_number(num):
+        reason = _LENGTH_REASONS.get(phonenumbers.is_possible_number_with_reason(num))
+        where = f"for {region}" if region and region != "ZZ" else "for its country code"
+        if reason:
+            raise _invalid(norm, f"{reason} {where}")
+        raise _invalid(norm, f"invalid {where}")
+    kind = phonenumbers.number_type(num)
+    e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    if kind not in _SMS_TYPES:
+        name = PhoneNumberType.to_string(kind).lower().replace("_", "-")
+        raise NumberError(ErrorCode.NOT_MOBILE, f"{e164} is a {name} number; it cannot receive SMS")
+    return Destination(
+        e164=e164,
+        region=region if region and region != "ZZ" else None,
+        number_type=PhoneNumberType.to_string(kind).lower(),
+    )
+
+
+# Printable ASCII letters, digits, space and the punctuation operators commonly accept.
+_ALNUM_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .-_&'!")
+
+
+@lru_cache(maxsize=4096)
+def parse_sender(raw: str) -> Sender:
+    """Classify and validate a sender: +E.164, 3-8 digit short code, or 1-11 char alphanumeric.
+
+    Surrounding whitespace is ignored.
+    """
+    value = raw.strip()
+    if not value:
+        raise SenderError("sender is empty")
+    if value.startswith("+"):
+        if not _PLUS_DIGITS.fullmatch(value) or len(value) > 16:
+            raise SenderError(f"sender {raw!r}: '+' must be followed by a 1-15 digit number")
+        try:
+            num = phonenumbers.parse(value, None)
+        except NumberParseException:
+            raise SenderError(f"sender {raw!r} is not a valid international number") from None
+        if not phonenumbers.is_valid_number(num):
+            raise SenderError(f"sender {raw!r} is not a valid international number")
+        e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+        return Sender(e164, SenderKind.INTERNATIONAL)
+    if value.isascii() and value.isdigit():
+        if 3 <= len(value) <= 8:
+            return Sender(value, SenderKind.SHORTCODE)
+        raise SenderError(
+            f"digits-only sender {raw!r} has {len(value)} digits: a short code has 3-8; "
+            "use +<country code><number> for a full number"
+        )
+    if len(value) > 11:
+        raise SenderError(f"alphanumeric sender {raw!r} is longer than 11 characters")
+    bad = next((c for c in value if c not in _ALNUM_ALLOWED), None)
+    if bad is not None:
+        raise SenderError(
+            f"sender {raw!r} contains {bad!r}; allowed: A-Z a-z 0-9 space . - _ & ' !"
+        )
+    if not any(c.isalpha() for c in value):
+        raise SenderError(f"alphanumeric sender {raw!r} must contain at least one letter")
+    return Sender(value, SenderKind.ALPHANUMERIC)

@@ -1,0 +1,215 @@
+"""Delivery receipts: parse them (text format and TLVs), map provider ids back to messages through
+the store, and hand final states on (metrics, callbacks)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aggregator import metrics
+from aggregator.log import get_logger
+from aggregator.model import FinalNotice, MessageStatus, ReceiptUpdate
+from aggregator.store.base import ReceiptResult, Store, StoreError
+
+log = get_logger("smsagg.receipts")
+
+RECEIPTED_MESSAGE_ID = 0x001E
+MESSAGE_STATE = 0x0427
+NETWORK_ERROR_CODE = 0x0423
+
+# message_state TLV values (SMPP 3.4 section 5.2.28)
+_STATE_TO_STATUS: dict[int, MessageStatus] = {
+    1: MessageStatus.SUBMITTED,  # ENROUTE
+    2: MessageStatus.DELIVERED,
+    3: MessageStatus.EXPIRED,
+    4: MessageStatus.UNDELIVERABLE,  # DELETED
+    5: MessageStatus.UNDELIVERABLE,
+    6: MessageStatus.SUBMITTED,  # ACCEPTED: still on its way
+    7: MessageStatus.UNDELIVERABLE,  # UNKNOWN: final, in an invalid state
+    8: MessageStatus.REJECTED,
+}
+_STAT_TO_STATUS: dict[str, MessageStatus] = {
+    "DELIVRD": MessageStatus.DELIVERED,
+    "DELIVERED": MessageStatus.DELIVERED,
+    "EXPIRED": MessageStatus.EXPIRED,
+    "DELETED": MessageStatus.UNDELIVERABLE,
+    "UNDELIV": MessageStatus.UNDELIVERABLE,
+    "UNDELIVERABLE": MessageStatus.UNDELIVERABLE,
+    "ACCEPTD": MessageStatus.SUBMITTED,
+    "ENROUTE": MessageStatus.SUBMITTED,
+    "UNKNOWN": MessageStatus.UNDELIVERABLE,
+    "REJECTD": MessageStatus.REJECTED,
+    "REJECTED": MessageStatus.REJECTED,
+}
+_STATE_NAMES = {1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV",
+                6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD"}
+
+_ID_RE = re.compile(r"\bid:(\S+)", re.IGNORECASE)
+_STAT_RE = re.compile(r"\bstat:(\w+)", re.IGNORECASE)
+_ERR_RE = re.compile(r"\berr:(\w+)", re.IGNORECASE)
+
+
+@dataclass(slots=True, frozen=True)
+class ParsedReceipt:
+    provider_msg_id: str
+    status: MessageStatus
+    stat: str  # the operator's word for it, e.g. UNDELIV
+    err: str | None
+
+
+def parse_receipt(text: str, tlvs: dict[int, Any]) -> ParsedReceipt | None:
+    """The TLVs win where present (they are typed); the text form fills what they lack.
+    Returns None when neither gives an id and a state."""
+    m_id = _ID_RE.search(text)
+    m_stat = _STAT_RE.search(text)
+    m_err = _ERR_RE.search(text)
+    msg_id = tlvs.get(RECEIPTED_MESSAGE_ID) or (m_id.group(1) if m_id else None)
+    state = tlvs.get(MESSAGE_STATE)
+    status: MessageStatus | None = None
+    stat = ""
+    if isinstance(state, int) and state in _STATE_TO_STATUS:
+        status = _STATE_TO_STATUS[state]
+        stat = _STATE_NAMES[state]
+    elif m_stat is not None:
+        stat = m_stat.group(1).upper()
+        status = _STAT_TO_STATUS.get(stat)
+    if not msg_id or status is None:
+        return None
+    err = m_err.group(1) if m_err else None
+    net_err = tlvs.get(NETWORK_ERROR_CODE)
+    if err is None and net_err:
+        err = str(net_err)
+    return ParsedReceipt(str(msg_id).strip("\x00"), status, stat, err)
+
+
+def normalise_submit_id(provider_msg_id: str, mode: str) -> str:
+    """The id from submit_sm_resp in the form receipts will carry (see `receipt_id`)."""
+    try:
+        if mode == "hex_to_dec":
+            return str(int(provider_msg_id, 16))
+        if mode == "dec_to_hex":
+            return format(int(provider_msg_id, 10), "x")
+    except ValueError:
+        return provider_msg_id
+    return provider_msg_id
+
+
+def normalise_receipt_id(receipt_id: str, mode: str) -> str:
+    """Canonical form of a receipt's id so it compares equal to normalise_submit_id's output."""
+    try:
+        if mode == "hex_to_dec":
+            return str(int(receipt_id, 10))
+        if mode == "dec_to_hex":
+            return format(int(receipt_id, 16), "x")
+    except ValueError:
+        return receipt_id
+    return receipt_id
+
+
+def receipt_error(parsed: ParsedReceipt) -> str | None:
+    if parsed.status is MessageStatus.DELIVERED:
+        return None
+    return f"{parsed.stat} err:{parsed.err}" if parsed.err else parsed.stat
+
+
+class ReceiptProcessor:
+    """Applies receipts to the store in micro-batches (one store operation per loop turn) and
+    resolves each caller once its receipt is durable, so the deliver_sm_resp follows the commit."""
+
+    UNMATCHED_RETRIES = 5
+    UNMATCHED_DELAY = 0.5
+    MAX_UNMATCHED = 10_000
+
+    def __init__(self, store: Store, on_final: Callable[[FinalNotice], None]) -> None:
+        self._store = store
+        self._on_final = on_final
+        self._batch: list[tuple[ReceiptUpdate, asyncio.Future[ReceiptResult]]] = []
+        self._flush_scheduled = False
+        self._unmatched = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def apply(self, update: ReceiptUpdate) -> ReceiptResult:
+        result = await self._enqueue(update)
+        self._account(result)
+        if not result.matched:
+            self._retry_later(update)
+        return result
+
+    def _enqueue(self, update: ReceiptUpdate) -> asyncio.Future[ReceiptResult]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[ReceiptResult] = loop.create_future()
+        self._batch.append((update, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._apply_batch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply_batch(
+        self, batch: list[tuple[ReceiptUpdate, asyncio.Future[ReceiptResult]]]
+    ) -> None:
+        try:
+            results = await self._store.apply_receipts([u for u, _ in batch])
+        except StoreError as exc:
+            metrics.store_errors.labels("apply_receipts").inc()
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+
+    def _account(self, result: ReceiptResult) -> None:
+        u = result.update
+        if result.matched:
+            metrics.receipts.labels(u.provider, u.status.value).inc()
+        final = result.final
+        if final is not None:
+            metrics.messages_final.labels(final.status.value).inc()
+            if final.submitted_at is not None:
+                metrics.receipt_latency.labels(u.provider).observe(
+                    max(0.0, final.done_at - final.submitted_at)
+                )
+            self._on_final(final)
+
+    def _retry_later(self, update: ReceiptUpdate, attempt: int = 1) -> None:
+        """A receipt can overtake the commit of its own submit_sm_resp: look again shortly."""
+        if attempt > self.UNMATCHED_RETRIES or self._unmatched >= self.MAX_UNMATCHED:
+            metrics.receipts_unmatched.labels(update.provider).inc()
+            log.warning("receipt_unmatched", provider=update.provider,
+                        provider_msg_id=update.provider_msg_id)
+            return
+        self._unmatched += 1
+
+        async def again() -> None:
+            await asyncio.sleep(self.UNMATCHED_DELAY * attempt)
+            self._unmatched -= 1
+            try:
+                result = await self._enqueue(update)
+            except StoreError:
+                self._retry_later(update, attempt + 1)
+                return
+            if result.matched:
+                self._account(result)
+            else:
+                self._retry_later(update, attempt + 1)
+
+        task = asyncio.ensure_future(again())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+

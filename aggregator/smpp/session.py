@@ -1,0 +1,711 @@
+"""The SMPP 3.4 session as a plain state machine: bytes and `now` in, events and bytes out.
+
+No sockets, no asyncio, no logging (h11 / aioquic style). The caller feeds received bytes with
+`receive_data`, sends what `data_to_send` returns, and calls `handle_timers` at `next_deadline`.
+PDUs are aiosmpplib's classes; the header is read here with struct because aiosmpplib's
+`parse_header` raises on unknown command ids and command statuses.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final, TypeAlias
+
+from aiosmpplib.protocol import (
+    MESSAGE_TYPE_MAP,
+    BindReceiver,
+    BindReceiverResp,
+    BindTransceiver,
+    BindTransceiverResp,
+    BindTransmitter,
+    BindTransmitterResp,
+    EnquireLink,
+    PduHeader,
+    SmppMessage,
+    Unbind,
+)
+from aiosmpplib.state import SmppCommandStatus
+
+# aiosmpplib ships no type information: its PDU objects are Any to mypy.
+Pdu: TypeAlias = SmppMessage
+
+_HEADER: Final = struct.Struct("!IIII")
+HEADER_LENGTH: Final = 16
+MAX_SEQUENCE: Final = 0x7FFFFFFF
+
+# Command ids (plain ints: dict lookups on the hot path stay cheap).
+GENERIC_NACK: Final = 0x80000000
+BIND_RECEIVER: Final = 0x00000001
+BIND_TRANSMITTER: Final = 0x00000002
+QUERY_SM: Final = 0x00000003
+SUBMIT_SM: Final = 0x00000004
+DELIVER_SM: Final = 0x00000005
+UNBIND: Final = 0x00000006
+REPLACE_SM: Final = 0x00000007
+CANCEL_SM: Final = 0x00000008
+BIND_TRANSCEIVER: Final = 0x00000009
+ENQUIRE_LINK: Final = 0x00000015
+SUBMIT_MULTI: Final = 0x00000021
+ALERT_NOTIFICATION: Final = 0x00000102
+DATA_SM: Final = 0x00000103
+RESP_BIT: Final = 0x80000000
+
+# command_status values used here.
+ESME_ROK: Final = 0x00
+ESME_RINVMSGLEN: Final = 0x01
+ESME_RINVCMDLEN: Final = 0x02
+ESME_RINVCMDID: Final = 0x03
+ESME_RINVBNDSTS: Final = 0x04
+ESME_RALYBND: Final = 0x05
+ESME_RSYSERR: Final = 0x08
+ESME_RBINDFAIL: Final = 0x0D
+
+
+class Role(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class BindMode(Enum):
+    TRANSMITTER = "tx"
+    RECEIVER = "rx"
+    TRANSCEIVER = "trx"
+
+
+class SessionState(Enum):
+    OPEN = "open"
+    BINDING = "binding"
+    BOUND = "bound"
+    UNBINDING = "unbinding"
+    CLOSED = "closed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(slots=True, frozen=True)
+class RequestReceived:
+    """A data request from the peer on a bound session; answer it with `send_response`."""
+
+    pdu: Pdu
+
+
+@dataclass(slots=True, frozen=True)
+class BindRequested:
+    """SERVER: the peer sent bind_*; call `accept_bind` or `reject_bind`."""
+
+    pdu: Pdu
+
+
+@dataclass(slots=True, frozen=True)
+class Bound:
+    mode: BindMode
+    system_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class BindFailed:
+    status: int
+
+
+@dataclass(slots=True, frozen=True)
+class ResponseReceived:
+    """Response (or generic_nack) to a request we sent; `context` is what send_request got."""
+
+    pdu: Pdu
+    context: object
+
+
+@dataclass(slots=True, frozen=True)
+class RequestTimedOut:
+    sequence_num: int
+    context: object
+
+
+@dataclass(slots=True, frozen=True)
+class RequestAborted:
+    """The connection is gone with this request unanswered (from `abort`)."""
+
+    sequence_num: int
+    context: object
+
+
+@dataclass(slots=True, frozen=True)
+class SessionClosed:
+    """The transport must flush `data_to_send()` and close the connection."""
+
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class ProtocolError:
+    """blame is "remote" or "local". Unless followed by SessionClosed, already handled."""
+
+    reason: str
+    blame: str
+
+
+Event: TypeAlias = (
+    RequestReceived
+    | BindRequested
+    | Bound
+    | BindFailed
+    | ResponseReceived
+    | RequestTimedOut
+    | RequestAborted
+    | SessionClosed
+    | ProtocolError
+)
+
+
+class SessionError(Exception):
+    """A local misuse of the session (wrong state, wrong role, ...)."""
+
+
+class WindowFull(SessionError):
+    pass
+
+
+class NotBound(SessionError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Static tables
+
+# Decoders by command id, including responses.
+_PDU_CLASSES: Final[dict[int, Any]] = {int(cmd): cls for cmd, cls in MESSAGE_TYPE_MAP.items()}
+# Response class for each request we can decode or send.
+_RESP_CLASSES: Final[dict[int, Any]] = {
+    cmd: _PDU_CLASSES[cmd | RESP_BIT]
+    for cmd in _PDU_CLASSES
+    if not cmd & RESP_BIT and cmd | RESP_BIT in _PDU_CLASSES
+}
+
+_BIND_COMMANDS: Final[dict[BindMode, int]] = {
+    BindMode.TRANSMITTER: BIND_TRANSMITTER,
+    BindMode.RECEIVER: BIND_RECEIVER,
+    BindMode.TRANSCEIVER: BIND_TRANSCEIVER,
+}
+_BIND_MODES: Final[dict[int, BindMode]] = {cmd: mode for mode, cmd in _BIND_COMMANDS.items()}
+_BIND_CLASSES: Final[dict[BindMode, tuple[Any, Any]]] = {
+    BindMode.TRANSMITTER: (BindTransmitter, BindTransmitterResp),
+    BindMode.RECEIVER: (BindReceiver, BindReceiverResp),
+    BindMode.TRANSCEIVER: (BindTransceiver, BindTransceiverResp),
+}
+
+# Requests that occupy a window slot.
+_DATA_COMMANDS: Final = frozenset({SUBMIT_SM, DELIVER_SM, DATA_SM})
+# Body decode errors in these get ESME_RINVMSGLEN; other requests get ESME_RSYSERR.
+_MESSAGE_COMMANDS: Final = frozenset({SUBMIT_SM, DELIVER_SM, DATA_SM, SUBMIT_MULTI})
+# Commands that only the session itself sends (start_bind / unbind / send_response).
+_RESERVED_COMMANDS: Final = frozenset({BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, UNBIND})
+
+_TX: Final = frozenset({BindMode.TRANSMITTER, BindMode.TRANSCEIVER})
+_RX: Final = frozenset({BindMode.RECEIVER, BindMode.TRANSCEIVER})
+# Which bind modes allow a request, keyed by the role of the side that SENDS it. Used both to
+# refuse a local send (NotBound) and to answer a peer's request with ESME_RINVBNDSTS.
+# Commands not listed (enquire_link) are allowed in every bound mode.
+_ALLOWED_MODES: Final[dict[tuple[Role, int], frozenset[BindMode]]] = {
+    (Role.CLIENT, SUBMIT_SM): _TX,
+    (Role.CLIENT, DATA_SM): _TX,
+    (Role.CLIENT, SUBMIT_MULTI): _TX,
+    (Role.CLIENT, QUERY_SM): _TX,
+    (Role.CLIENT, REPLACE_SM): _TX,
+    (Role.CLIENT, CANCEL_SM): _TX,
+    (Role.CLIENT, DELIVER_SM): frozenset(),
+    (Role.SERVER, DELIVER_SM): _RX,
+    (Role.SERVER, DATA_SM): _RX,
+    (Role.SERVER, ALERT_NOTIFICATION): _RX,
+    (Role.SERVER, SUBMIT_SM): frozenset(),
+}
+_PEER_ROLE: Final = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
+
+# Known statuses become SmppCommandStatus (aiosmpplib's constructors insist on it); others
+# (vendor-specific 0x400-0x4FF, ...) are set as plain ints after decoding.
+_STATUSES: Final[dict[int, Any]] = {int(s): s for s in SmppCommandStatus}
+_ROK_STATUS: Final = SmppCommandStatus.ESME_ROK
+
+# What an outstanding request is, to decide what its response or timeout means.
+_KIND_DATA: Final = 0  # counts toward the window -> ResponseReceived / RequestTimedOut
+_KIND_OTHER: Final = 1  # app's non-data request (enquire_link) -> same events, no window
+_KIND_BIND: Final = 2  # our bind -> Bound / BindFailed; timeout closes
+_KIND_ENQUIRE: Final = 3  # our automatic enquire_link -> silent; timeout closes
+_KIND_UNBIND: Final = 4  # our unbind -> closes either way
+
+
+@dataclass(slots=True)
+class _Pending:
+    command_id: int
+    kind: int
+    deadline: float
+    context: object
+
+
+def _status_of(status: int) -> Any:
+    return _STATUSES.get(status, _ROK_STATUS)
+
+
+def _decode(cls: Any, data: bytes, length: int, command_id: int, status: int, seq: int) -> Pdu:
+    """Decode with aiosmpplib; raises whatever aiosmpplib raises on a bad body."""
+    known = _STATUSES.get(status)
+    # data_coding 0 is GSM 03.38 here (SMPP-REFERENCE.md), not aiosmpplib's ASCII fallback.
+    pdu = cls.from_pdu(
+        data, PduHeader(length, command_id, known or _ROK_STATUS, seq), "gsm0338"
+    )
+    if known is None:
+        pdu.command_status = status
+    return pdu
+
+
+_Handler: TypeAlias = Callable[["SmppSession", int, int, int, bytes, list[Event]], None]
+
+
+class SmppSession:
+    """One SMPP session, either side. See the module docstring for how to drive it."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        now: float,
+        window: int = 10,
+        response_timeout: float = 10.0,
+        enquire_link_interval: float = 30.0,
+        idle_timeout: float | None = None,
+        bind_timeout: float = 10.0,
+        max_pdu_length: int = 65536,
+        first_sequence_num: int = 1,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        if not 1 <= first_sequence_num <= MAX_SEQUENCE:
+            raise ValueError("first_sequence_num must be in 1..0x7FFFFFFF")
+        self.role: Role = role
+        self.state: SessionState = SessionState.OPEN
+        self.mode: BindMode | None = None
+        self.system_id: str = ""
+        self.window: int = window
+        self.in_flight: int = 0
+        self.response_timeout = response_timeout
+        self.enquire_link_interval = enquire_link_interval
+        self.idle_timeout = idle_timeout
+        self.bind_timeout = bind_timeout
+        self.max_pdu_length = max_pdu_length
+        self._seq = first_sequence_num
+        self._in = bytearray()
+        self._out = bytearray()
+        self._pending: dict[int, _Pending] = {}
+        # (deadline, seq) min-heap of response deadlines; entries whose request was answered
+        # stay until they surface (lazy deletion: no O(n) removal per response).
+        self._timers: list[tuple[float, int]] = []
+        self._opened_at = now
+        self._last_rx = now
+        self._enquire_outstanding = False
+
+    # -- properties --------------------------------------------------------------------------
+
+    @property
+    def free_window(self) -> int:
+        if self.state is not SessionState.BOUND:
+            return 0
+        return self.window - self.in_flight
+
+    @property
+    def closed(self) -> bool:
+        return self.state is SessionState.CLOSED
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued for `data_to_send`."""
+        return len(self._out)
+
+    @property
+    def outstanding(self) -> int:
+        """All requests awaiting a response, including bind/enquire_link/unbind."""
+        return len(self._pending)
+
+    # -- local actions -----------------------------------------------------------------------
+
+    def start_bind(
+        self, mode: BindMode, system_id: str, password: str, now: float, system_type: str = ""
+    ) -> None:
+        if self.role is not Role.CLIENT:
+            raise SessionError("only a client session binds")
+        if self.state is not SessionState.OPEN:
+            raise SessionError(f"cannot bind in state {self.state.name}")
+        request_cls = _BIND_CLASSES[mode][0]
+        pdu = request_cls(system_id=system_id, password=password, system_type=system_type)
+        self._send(pdu, _KIND_BIND, now + self.bind_timeout, mode)
+        self.state = SessionState.BINDING
+
+    def accept_bind(self, request: Pdu, system_id: str, now: float) -> list[Event]:
+        """SERVER: answer the bind OK. Returns [Bound] (also what the client side sees)."""
+        mode = self._check_bind_answer(request)
+        resp = _BIND_CLASSES[mode][1](sequence_num=request.sequence_num, system_id=system_id)
+        self._out += resp.pdu()
+        self.state = SessionState.BOUND
+        self.mode = mode
+        self.system_id = request.system_id
+        self._last_rx = max(self._last_rx, now)
+        return [Bound(mode, self.system_id)]
+
+    def reject_bind(self, request: Pdu, status: int, now: float) -> None:
+        """SERVER: answer the bind with an error status; the session stays OPEN."""
+        mode = self._check_bind_answer(request)
+        if status == ESME_ROK:
+            raise SessionError("reject_bind needs an error status")
+        self._out += _HEADER.pack(
+            HEADER_LENGTH, _BIND_COMMANDS[mode] | RESP_BIT, status, request.sequence_num
+        )
+        self.state = SessionState.OPEN
+
+    def send_request(self, pdu: Pdu, now: float, context: object = None) -> int:
+        """Queue a request; returns its sequence number. Raises NotBound / WindowFull."""
+        command_id = int(pdu.smpp_command)
+        if command_id & RESP_BIT or command_id in _RESERVED_COMMANDS:
+            raise SessionError(f"command 0x{command_id:08X} is not sent with send_request")
+        if self.state is not SessionState.BOUND:
+            raise NotBound(f"session is {self.state.name}")
+        allowed = _ALLOWED_MODES.get((self.role, command_id))
+        if allowed is not None and self.mode not in allowed:
+            raise NotBound(f"command 0x{command_id:08X} not allowed for {self.role.value}"
+                           f" bound as {self.mode}")
+        if command_id in _DATA_COMMANDS:
+            if self.in_flight >= self.window:
+                raise WindowFull(f"{self.in_flight} requests in flight")
+            seq = self._send(pdu, _KIND_DATA, now + self.response_timeout, context)
+            self.in_flight += 1
+            return seq
+        return self._send(pdu, _KIND_OTHER, now + self.response_timeout, context)
+
+    def send_response(self, request: Pdu, response: Pdu) -> None:
+        if self.state is SessionState.CLOSED:
+            return  # the connection is going away; nobody will read it
+        response.sequence_num = request.sequence_num
+        self._out += response.pdu()
+
+    def unbind(self, now: float) -> None:
+        if self.state is SessionState.UNBINDING:
+            return
+        if self.state is not SessionState.BOUND:
+            raise NotBound(f"session is {self.state.name}")
+        self._send(Unbind(), _KIND_UNBIND, now + self.response_timeout, None)
+        self.state = SessionState.UNBINDING
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def abort(self) -> list[Event]:
+        """The connection is lost: fail every outstanding app request."""
+        events: list[Event] = [
+            RequestAborted(seq, p.context)
+            for seq, p in self._pending.items()
+            if p.kind <= _KIND_OTHER
+        ]
+        self._pending.clear()
+        self._timers.clear()
+        self.in_flight = 0
+        self.state = SessionState.CLOSED
+        self._in.clear()
+        return events
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self.state is SessionState.CLOSED:
+            return None
+        timers = self._timers
+        pending = self._pending
+        while timers:  # drop answered entries from the top so they cause no wake-ups
+            deadline, seq = timers[0]
+            p = pending.get(seq)
+            if p is not None and p.deadline == deadline:
+                break
+            heapq.heappop(timers)
+        best = timers[0][0] if timers else None
+        for candidate in self._session_deadlines():
+            if best is None or candidate < best:
+                best = candidate
+        return best
+
+    def _session_deadlines(self) -> list[float]:
+        deadlines = []
+        if self.state is SessionState.BOUND and not self._enquire_outstanding:
+            deadlines.append(self._last_rx + self.enquire_link_interval)
+        if self.idle_timeout is not None:
+            deadlines.append(self._last_rx + self.idle_timeout)
+        if self.role is Role.SERVER and self.state in (SessionState.OPEN, SessionState.BINDING):
+            deadlines.append(self._opened_at + self.bind_timeout)
+        return deadlines
+
+    def handle_timers(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        if self.state is SessionState.CLOSED:
+            return events
+        timers = self._timers
+        pending = self._pending
+        while timers and timers[0][0] <= now:
+            deadline, seq = heapq.heappop(timers)
+            p = pending.get(seq)
+            if p is None or p.deadline != deadline:
+                continue
+            del pending[seq]
+            self._expire(seq, p, events)
+            if self.closed:
+                return events
+        if self.idle_timeout is not None and now >= self._last_rx + self.idle_timeout:
+            self._close("idle timeout", events)
+        elif (
+            self.role is Role.SERVER
+            and self.state in (SessionState.OPEN, SessionState.BINDING)
+            and now >= self._opened_at + self.bind_timeout
+        ):
+            self._close("bind timeout", events)
+        elif (
+            self.state is SessionState.BOUND
+            and not self._enquire_outstanding
+            and now >= self._last_rx + self.enquire_link_interval
+        ):
+            self._send(EnquireLink(), _KIND_ENQUIRE, now + self.response_timeout, None)
+            self._enquire_outstanding = True
+        return events
+
+    def _expire(self, seq: int, p: _Pending, events: list[Event]) -> None:
+        kind = p.kind
+        if kind == _KIND_DATA:
+            self.in_flight -= 1
+            events.append(RequestTimedOut(seq, p.context))
+        elif kind == _KIND_OTHER:
+            events.append(RequestTimedOut(seq, p.context))
+        elif kind == _KIND_BIND:
+            self._close("bind timeout", events)
+        elif kind == _KIND_ENQUIRE:
+            self._close("enquire_link timeout", events)
+        else:
+            self._close("unbind timeout", events)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        events: list[Event] = []
+        if self.state is SessionState.CLOSED or not data:
+            return events
+        self._last_rx = now
+        buf = self._in
+        buf += data
+        end = len(buf)
+        pos = 0
+        handlers = _HANDLERS
+        while end - pos >= HEADER_LENGTH:
+            length, command_id, status, seq = _HEADER.unpack_from(buf, pos)
+            if length < HEADER_LENGTH or length > self.max_pdu_length:
+                # We cannot find the next PDU boundary: answer and give up on the connection.
+                self._nack(ESME_RINVCMDLEN, seq)
+                events.append(ProtocolError(f"invalid command_length {length}", "remote"))
+                self._close("invalid command_length", events)
+                buf.clear()
+                return events
+            if end - pos < length:
+                break
+            pdu_bytes = bytes(buf[pos : pos + length])
+            pos += length
+            handler = handlers.get(command_id)
+            if handler is None:
+                self._nack(ESME_RINVCMDID, seq)
+                events.append(ProtocolError(f"unknown command_id 0x{command_id:08X}", "remote"))
+                continue
+            handler(self, command_id, status, seq, pdu_bytes, events)
+            if self.closed:
+                buf.clear()
+                return events
+        del buf[:pos]
+        return events
+
+    # Handlers: (self, command_id, command_status, sequence_num, pdu bytes, events out).
+
+    def _on_data_request(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        allowed = _ALLOWED_MODES.get((_PEER_ROLE[self.role], command_id))
+        if self.state is not SessionState.BOUND or (
+            allowed is not None and self.mode not in allowed
+        ):
+            # Also during our UNBINDING: refusing makes the peer keep the message for later.
+            self._respond_error(command_id, ESME_RINVBNDSTS, seq)
+            return
+        try:
+            pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
+        except Exception as exc:  # aiosmpplib raises many types on bad bodies
+            self._respond_error(command_id, ESME_RINVMSGLEN, seq)
+            events.append(ProtocolError(f"bad body in 0x{command_id:08X}: {exc!r}", "remote"))
+            return
+        events.append(RequestReceived(pdu))
+
+    def _on_bind(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        if self.role is Role.CLIENT:
+            self._respond_error(command_id, ESME_RINVBNDSTS, seq)
+            events.append(ProtocolError("bind sent to a client session", "remote"))
+            return
+        if self.state is not SessionState.OPEN:
+            self._respond_error(command_id, ESME_RALYBND, seq)
+            return
+        try:
+            pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
+        except Exception as exc:  # aiosmpplib raises many types on bad bodies
+            self._respond_error(command_id, ESME_RSYSERR, seq)
+            events.append(ProtocolError(f"bad bind body: {exc!r}", "remote"))
+            return
+        self.state = SessionState.BINDING
+        events.append(BindRequested(pdu))
+
+    def _on_enquire_link(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, ESME_ROK, seq)
+
+    def _on_unbind(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, ESME_ROK, seq)
+        self._close("peer unbound", events)
+
+    def _on_response(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        p = self._pending.get(seq)
+        if p is None:
+            events.append(ProtocolError(
+                f"response 0x{command_id:08X} for unknown sequence_num {seq}", "remote"))
+            return
+        if command_id != p.command_id | RESP_BIT and command_id != GENERIC_NACK:
+            events.append(ProtocolError(
+                f"response 0x{command_id:08X} to request 0x{p.command_id:08X}", "remote"))
+            return  # leave the request to its timeout
+        del self._pending[seq]
+        cls = _PDU_CLASSES[command_id]
+        try:
+            pdu = _decode(cls, data, len(data), command_id, status, seq)
+        except Exception as exc:  # aiosmpplib raises many types on bad bodies
+            # Error responses usually come without a body (aiosmpplib's bind_resp decoder
+            # requires one); a bodiless object still carries the status to the caller.
+            pdu = cls(sequence_num=seq, command_status=_status_of(status))
+            if status not in _STATUSES:
+                pdu.command_status = status
+            if status == ESME_ROK:
+                events.append(ProtocolError(f"bad body in 0x{command_id:08X}: {exc!r}", "remote"))
+        kind = p.kind
+        if kind == _KIND_DATA:
+            self.in_flight -= 1
+            events.append(ResponseReceived(pdu, p.context))
+        elif kind == _KIND_OTHER:
+            events.append(ResponseReceived(pdu, p.context))
+        elif kind == _KIND_ENQUIRE:
+            self._enquire_outstanding = False
+        elif kind == _KIND_BIND:
+            if status == ESME_ROK and command_id != GENERIC_NACK:
+                assert isinstance(p.context, BindMode)
+                self.state = SessionState.BOUND
+                self.mode = p.context
+                self.system_id = pdu.system_id
+                events.append(Bound(p.context, self.system_id))
+            else:
+                self.state = SessionState.OPEN
+                events.append(BindFailed(status or ESME_RBINDFAIL))
+        else:
+            self._close("unbound", events)
+
+    def _on_generic_nack(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        if seq in self._pending:
+            self._on_response(command_id, status, seq, data, events)
+        else:
+            # The peer could not parse something we sent (often sequence_num 0).
+            events.append(ProtocolError(
+                f"generic_nack status 0x{status:08X} sequence_num {seq}", "local"))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _send(self, pdu: Pdu, kind: int, deadline: float, context: object) -> int:
+        seq = self._seq
+        pending = self._pending
+        while seq in pending:  # only after a wrap with a very old request still outstanding
+            seq = seq + 1 if seq < MAX_SEQUENCE else 1
+        pdu.sequence_num = seq
+        self._out += pdu.pdu()  # encode before registering: a local encode error leaves no trace
+        self._seq = seq + 1 if seq < MAX_SEQUENCE else 1
+        pending[seq] = _Pending(int(pdu.smpp_command), kind, deadline, context)
+        heapq.heappush(self._timers, (deadline, seq))
+        return seq
+
+    def _nack(self, status: int, seq: int) -> None:
+        self._out += _HEADER.pack(HEADER_LENGTH, GENERIC_NACK, status, seq)
+
+    def _respond_error(self, command_id: int, status: int, seq: int) -> None:
+        """Answer a request with its own *_resp, header only (the spec omits error bodies)."""
+        if command_id in _RESP_CLASSES or command_id in _DATA_COMMANDS:
+            self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, status, seq)
+        else:
+            self._nack(ESME_RINVCMDLEN, seq)
+
+    def _check_bind_answer(self, request: Pdu) -> BindMode:
+        if self.role is not Role.SERVER:
+            raise SessionError("only a server session answers binds")
+        if self.state is not SessionState.BINDING:
+            raise SessionError(f"no bind to answer in state {self.state.name}")
+        mode = _BIND_MODES.get(int(request.smpp_command))
+        if mode is None:
+            raise SessionError("not a bind request")
+        return mode
+
+    def _close(self, reason: str, events: list[Event]) -> None:
+        self.state = SessionState.CLOSED
+        events.append(SessionClosed(reason))
+
+
+# All receive-side transitions, by command id. A missing id is answered with generic_nack.
+_HANDLERS: Final[dict[int, _Handler]] = {
+    BIND_RECEIVER: SmppSession._on_bind,
+    BIND_TRANSMITTER: SmppSession._on_bind,
+    BIND_TRANSCEIVER: SmppSession._on_bind,
+    SUBMIT_SM: SmppSession._on_data_request,
+    DELIVER_SM: SmppSession._on_data_request,
+    ENQUIRE_LINK: SmppSession._on_enquire_link,
+    UNBIND: SmppSession._on_unbind,
+    GENERIC_NACK: SmppSession._on_generic_nack,
+    **{
+        cmd | RESP_BIT: SmppSession._on_response
+        for cmd in (BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, SUBMIT_SM, DELIVER_SM,
+                    ENQUIRE_LINK, UNBIND)
+    },
+}
+
+__all__ = [
+    "BindFailed",
+    "BindMode",
+    "BindRequested",
+    "Bound",
+    "Event",
+    "NotBound",
+    "ProtocolError",
+    "RequestAborted",
+    "RequestReceived",
+    "RequestTimedOut",
+    "ResponseReceived",
+    "Role",
+    "SessionClosed",
+    "SessionError",
+    "SessionState",
+    "SmppSession",
+    "WindowFull",
+]

@@ -1,0 +1,301 @@
+"""Thin asyncio adapter for SmppSession: feeds it bytes, writes what it returns, owns one timer.
+
+Responses, timeouts and aborts of requests sent with `request()` resolve that request's future
+(the future is the session's request context); every other event goes to `on_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+from .session import (
+    BindFailed,
+    BindMode,
+    Bound,
+    Event,
+    Pdu,
+    RequestAborted,
+    RequestTimedOut,
+    ResponseReceived,
+    Role,
+    SessionClosed,
+    SessionState,
+    SmppSession,
+)
+
+
+class RequestTimeout(Exception):
+    """No response within the session's response_timeout."""
+
+
+class ConnectionLost(Exception):
+    """The connection closed with the request unanswered."""
+
+
+class BindError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"bind failed with command_status 0x{status:08X}")
+        self.status = status
+
+
+EventHandler = Callable[["SmppConnection", Event], None]
+
+
+class SmppConnection(asyncio.Protocol):
+    def __init__(self, session: SmppSession, on_event: EventHandler | None = None) -> None:
+        self.session = session
+        self.on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        self.peername = ""
+        self.writable = True
+        self._transport: asyncio.Transport | None = None
+        self._close_reason: str | None = None
+        self._closed_notified = False
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; they have the same interface.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peername = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._flush()
+        self._rearm()
+
+    def data_received(self, data: bytes) -> None:
+        self._process(self.session.receive_data(data, self._loop.time()))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._cancel_timer()
+        reason = self._close_reason or (f"connection lost: {exc!r}" if exc else "connection lost")
+        self._close_reason = reason
+        events = self.session.abort()
+        if not self._closed_notified:
+            events.append(SessionClosed(reason))
+        self._process(events)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+
+    # -- API ---------------------------------------------------------------------------------
+
+    def request(self, pdu: Pdu) -> asyncio.Future[Any]:
+        """Send a request; the future gets the response PDU (any status, or a generic_nack)."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self.session.send_request(pdu, self._loop.time(), future)  # WindowFull / NotBound
+        self._after_send()
+        return future
+
+    def respond(self, request: Pdu, response: Pdu) -> None:
+        self.session.send_response(request, response)
+        self._schedule_flush()
+
+    def start_bind(
+        self, mode: BindMode, system_id: str, password: str, system_type: str = ""
+    ) -> None:
+        """CLIENT: send the bind; Bound / BindFailed arrive through on_event."""
+        self.session.start_bind(mode, system_id, password, self._loop.time(), system_type)
+        self._after_send()
+
+    def accept_bind(self, request: Pdu, system_id: str) -> None:
+        """SERVER: answer a BindRequested OK; on_event gets Bound."""
+        events = self.session.accept_bind(request, system_id, self._loop.time())
+        self._after_send()
+        self._process(events)
+
+    def reject_bind(self, request: Pdu, status: int) -> None:
+        self.session.reject_bind(request, status, self._loop.time())
+        self._after_send()
+
+    async def unbind(self, timeout: float = 5.0) -> None:
+        """Polite close: unbind, wait for unbind_resp (or timeout), close."""
+        if self.session.state is SessionState.BOUND and self._transport is not None:
+            self.session.unbind(self._loop.time())
+            self._after_send()
+            try:
+                await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+                return
+            except TimeoutError:
+                pass
+        self.close()
+        await self.closed
+
+    def close(self) -> None:
+        """Hard close: flushes what is queued and closes the connection."""
+        if self._close_reason is None:
+            self._close_reason = "closed locally"
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+        elif not self.closed.done():
+            # Never connected: nothing will call connection_lost.
+            self.connection_lost(None)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _after_send(self) -> None:
+        self._schedule_flush()
+        self._rearm()
+
+    def _process(self, events: list[Event]) -> None:
+        if self.session.pending_output:  # e.g. automatic enquire_link_resp, nacks
+            self._schedule_flush()
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                fut = event.context
+                if isinstance(fut, asyncio.Future) and not fut.done():
+                    fut.set_result(event.pdu)
+            elif isinstance(event, RequestTimedOut):
+                fut = event.context
+                if isinstance(fut, asyncio.Future) and not fut.done():
+                    fut.set_exception(RequestTimeout(f"sequence_num {event.sequence_num}"))
+            elif isinstance(event, RequestAborted):
+                fut = event.context
+                if isinstance(fut, asyncio.Future) and not fut.done():
+                    fut.set_exception(ConnectionLost(self._close_reason or "connection lost"))
+            else:
+                if isinstance(event, SessionClosed):
+                    self._on_session_closed(event.reason)
+                self._emit(event)
+        if self._transport is not None:
+            self._rearm()
+
+    def _on_session_closed(self, reason: str) -> None:
+        self._closed_notified = True
+        if self._close_reason is None:
+            self._close_reason = reason
+        if self._transport is not None:
+            self._flush()  # e.g. our unbind_resp or generic_nack goes out before the close
+            self._transport.close()
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(self, event)
+        except Exception as exc:  # one bad handler must not stall the other events
+            self._loop.call_exception_handler(
+                {"message": "SMPP on_event handler failed", "exception": exc, "protocol": self}
+            )
+
+    def _schedule_flush(self) -> None:
+        # Coalesce: everything queued during this loop turn goes out in one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.session.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _rearm(self) -> None:
+        deadline = self.session.next_deadline()
+        if deadline is None:
+            self._cancel_timer()
+            return
+        # Only move the timer earlier; a later deadline is picked up when the timer fires. This
+        # keeps timer churn off the per-PDU path.
+        if self._timer is not None and self._timer_when is not None:
+            if self._timer_when <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_when = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_when = None
+
+    def _on_timer(self) -> None:
+        when = self._timer_when
+        self._timer = None
+        self._timer_when = None
+        # asyncio may fire a timer up to its clock resolution early.
+        now = self._loop.time()
+        if when is not None and now < when:
+            now = when
+        self._process(self.session.handle_timers(now))
+
+
+async def open_client(
+    host: str,
+    port: int,
+    *,
+    mode: BindMode,
+    system_id: str,
+    password: str,
+    window: int = 10,
+    response_timeout: float = 10.0,
+    enquire_link_interval: float = 30.0,
+    bind_timeout: float = 10.0,
+    system_type: str = "",
+    on_event: EventHandler | None = None,
+) -> SmppConnection:
+    """Connect and bind. Raises BindError, TimeoutError (bind timeout) or ConnectionLost."""
+    loop = asyncio.get_running_loop()
+    bind_result: asyncio.Future[Event] = loop.create_future()
+
+    def handler(conn: SmppConnection, event: Event) -> None:
+        if isinstance(event, Bound | BindFailed) and not bind_result.done():
+            bind_result.set_result(event)
+        if on_event is not None:
+            on_event(conn, event)
+
+    session = SmppSession(
+        Role.CLIENT,
+        now=loop.time(),
+        window=window,
+        response_timeout=response_timeout,
+        enquire_link_interval=enquire_link_interval,
+        bind_timeout=bind_timeout,
+    )
+    _, conn = await asyncio.wait_for(
+        loop.create_connection(lambda: SmppConnection(session, handler), host, port),
+        bind_timeout,
+    )
+    conn.start_bind(mode, system_id, password, system_type)
+    # The session's own bind timer closes the connection; the outer wait is a safety net.
+    waiting: set[asyncio.Future[Any]] = {bind_result, conn.closed}
+    done, _ = await asyncio.wait(
+        waiting, timeout=bind_timeout + 1.0,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if bind_result in done:
+        result = bind_result.result()
+        if isinstance(result, Bound):
+            return conn
+        conn.close()
+        assert isinstance(result, BindFailed)
+        raise BindError(result.status)
+    bind_result.cancel()
+    conn.close()
+    if conn.closed.done() and conn.closed.result() != "bind timeout":
+        raise ConnectionLost(conn.closed.result())
+    raise TimeoutError("bind timeout")
+
+
+async def start_server(
+    host: str, port: int, connection_factory: Callable[[], SmppConnection]
+) -> asyncio.Server:
+    """Listen; port 0 picks a free port (read server.sockets[0].getsockname()[1])."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(connection_factory, host, port)

@@ -1,0 +1,87 @@
+"""The store seam: what dispatch, ingress and receipts need from durable storage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aggregator.model import FinalNotice, Message, MessageStatus, ReceiptUpdate, SegmentSubmit
+
+
+class StoreError(Exception):
+    """The store cannot take writes now (disk full, locked, closed). Callers answer 503."""
+
+
+class StoreBusy(StoreError):
+    """Too many writes waiting for a commit: back-pressure, not a fault."""
+
+
+@dataclass(slots=True, frozen=True)
+class AcceptResult:
+    message: Message
+    created: bool  # False when an idempotency key replayed an earlier message
+
+
+@dataclass(slots=True, frozen=True)
+class ReceiptResult:
+    update: ReceiptUpdate
+    matched: bool
+    message_id: str | None
+    final: FinalNotice | None  # set when this receipt made the message final
+
+
+@dataclass(slots=True, frozen=True)
+class CallbackJob:
+    id: int
+    message_id: str
+    url: str
+    payload: str  # JSON body
+    attempts: int
+
+
+class Store(Protocol):
+    pending: int  # messages accepted and not yet submitted or final
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult: ...
+
+    async def claim_due(self, now: float, limit: int) -> list[Message]:
+        """Move due accepted messages to queued and return them (with done_segments filled)."""
+        ...
+
+    async def next_due_at(self) -> float | None: ...
+
+    async def record_submitted(
+        self, message_id: str, provider: str, parts: Sequence[SegmentSubmit], now: float
+    ) -> None:
+        """Every segment now has a provider id: the message becomes submitted."""
+        ...
+
+    async def reschedule(
+        self,
+        message_id: str,
+        provider: str | None,
+        parts: Sequence[SegmentSubmit],
+        next_attempt_at: float,
+        error: str | None,
+    ) -> None:
+        """Back to accepted for another attempt; parts that got an id are kept."""
+        ...
+
+    async def finish(
+        self, message_id: str, status: MessageStatus, error: str | None, now: float
+    ) -> FinalNotice | None: ...
+
+    async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]: ...
+
+    async def get_message(self, account: str, message_id: str) -> Message | None: ...
+
+    async def due_callbacks(self, now: float, limit: int) -> list[CallbackJob]: ...
+    async def callback_done(self, job_id: int) -> None: ...
+    async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None: ...
+    async def callback_give_up(self, job_id: int, error: str) -> None: ...
+
+    async def count_by_status(self) -> dict[str, int]: ...

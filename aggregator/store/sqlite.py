@@ -1,0 +1,609 @@
+"""SQLite store: WAL, synchronous=FULL, one writer thread that commits operations in groups.
+
+Every write is a function run inside the writer thread; the thread takes all operations waiting
+(up to `commit_batch`), runs each in its own savepoint inside one transaction, commits once and
+then resolves their futures on the event loop. Thousands of accepts per second share a few fsyncs,
+and an operation's future resolves only after its data is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aggregator.model import (
+    FINAL_STATUSES,
+    Encoding,
+    FinalNotice,
+    Message,
+    MessageStatus,
+    ReceiptUpdate,
+    SegmentSubmit,
+    Sender,
+    SenderKind,
+)
+from aggregator.store.base import (
+    AcceptResult,
+    CallbackJob,
+    ReceiptResult,
+    StoreBusy,
+    StoreError,
+)
+from aggregator.timefmt import iso_utc
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+IDEMPOTENCY_TTL = 24 * 3600.0
+
+# Versioned migrations: index i brings the schema from version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        dest TEXT NOT NULL,
+        region TEXT,
+        sender TEXT NOT NULL,
+        sender_kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        encoding TEXT NOT NULL,
+        segments INTEGER NOT NULL,
+        concat_ref INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        callback_url TEXT,
+        reference TEXT,
+        provider TEXT,
+        error TEXT,
+        created_at REAL NOT NULL,
+        submitted_at REAL,
+        done_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_due ON messages (next_attempt_at) WHERE status = 'accepted';
+    CREATE INDEX messages_status ON messages (status);
+    CREATE TABLE segments (
+        message_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        provider_msg_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        submitted_at REAL NOT NULL,
+        done_at REAL,
+        PRIMARY KEY (message_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX segments_by_provider_id ON segments (provider, provider_msg_id);
+    CREATE TABLE idempotency (
+        account TEXT NOT NULL,
+        key TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (account, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE callbacks (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        given_up INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX callbacks_due ON callbacks (next_attempt_at) WHERE given_up = 0;
+    """,
+]
+
+_MESSAGE_COLUMNS = (
+    "id, account, dest, region, sender, sender_kind, body, encoding, segments, concat_ref, "
+    "status, callback_url, reference, provider, error, created_at, submitted_at, done_at, "
+    "attempts, next_attempt_at, expires_at"
+)
+_PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.QUEUED.value)
+
+
+def _row_to_message(row: Sequence[Any]) -> Message:
+    return Message(
+        id=row[0],
+        account=row[1],
+        to=row[2],
+        region=row[3],
+        sender=Sender(row[4], SenderKind(row[5])),
+        text=row[6],
+        encoding=Encoding(row[7]),
+        segments=row[8],
+        concat_ref=row[9],
+        status=MessageStatus(row[10]),
+        callback_url=row[11],
+        reference=row[12],
+        provider=row[13],
+        error=row[14],
+        created_at=row[15],
+        submitted_at=row[16],
+        done_at=row[17],
+        attempts=row[18],
+        next_attempt_at=row[19],
+        expires_at=row[20],
+    )
+
+
+def callback_payload(notice: FinalNotice) -> str:
+    return json.dumps(
+        {
+            "id": notice.message_id,
+            "status": notice.status.value,
+            "reference": notice.reference,
+            "error": notice.error,
+            "done_at": iso_utc(notice.done_at),
+        },
+        separators=(",", ":"),
+    )
+
+
+class _Op:
+    __slots__ = ("error", "fn", "future", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
+        self.fn = fn
+        self.future = future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+class SqliteStore:
+    def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000) -> None:
+        self.path = path
+        self.commit_batch = commit_batch
+        self.max_waiting = max_waiting
+        self.pending = 0
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._waiting = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._closed = True
+        self.commits = 0  # for metrics: group commits done
+        self.last_batch = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        conn = await asyncio.to_thread(self._open_sync)
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._writer, args=(conn,), name="smsagg-store-writer", daemon=True
+        )
+        self._thread.start()
+        self._reader = await asyncio.to_thread(_connect, self.path)
+        self.pending = (await self.count_by_status()).get("accepted", 0)
+
+    def _open_sync(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = _connect(self.path)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: database schema version {version} is newer than this smsagg "
+                    f"understands ({SCHEMA_VERSION}); upgrade smsagg or use another store path"
+                )
+            for target in range(version, SCHEMA_VERSION):
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target + 1}")
+                conn.execute("COMMIT")
+            # Messages claimed by a dispatcher that died are due again: resend, never lose.
+            conn.execute(
+                "UPDATE messages SET status = 'accepted' WHERE status = 'queued'"
+            )
+            conn.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path}: not a usable smsagg database ({exc}); "
+                "restore it from a backup or point [store] path elsewhere"
+            ) from exc
+        return conn
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        if self._reader is not None:
+            self._reader.close()
+
+    # ---- the writer --------------------------------------------------------------------------
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.commit_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result = op.fn(conn)
+                    conn.execute("RELEASE op")
+                except sqlite3.OperationalError:
+                    raise  # disk full, I/O error, locked: the whole batch fails
+                except Exception as exc:  # an op's own failure must not sink its neighbours
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    op.error = exc
+            conn.execute("COMMIT")
+            self.commits += 1
+            self.last_batch = len(batch)
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = StoreError(f"store write failed: {exc}")
+            for op in batch:
+                op.result = None
+                op.error = err
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._resolve, batch)
+        except RuntimeError:
+            pass  # loop closed during shutdown
+
+    def _resolve(self, batch: list[_Op]) -> None:
+        self._waiting -= len(batch)
+        for op in batch:
+            if op.future.done():
+                continue
+            if op.error is not None:
+                op.future.set_exception(op.error)
+            else:
+                op.future.set_result(op.result)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        if self._closed or self._loop is None:
+            raise StoreError("store is closed")
+        if self._waiting >= self.max_waiting:
+            raise StoreBusy("too many writes waiting for the store")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._waiting += 1
+        self._queue.put(_Op(fn, future))
+        return future
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
+        m = message
+
+        def op(conn: sqlite3.Connection) -> AcceptResult:
+            if idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT message_id, created_at FROM idempotency WHERE account = ? AND key = ?",
+                    (m.account, idempotency_key),
+                ).fetchone()
+                if row is not None and row[1] > m.created_at - IDEMPOTENCY_TTL:
+                    prior = conn.execute(
+                        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (row[0],)
+                    ).fetchone()
+                    if prior is not None:
+                        return AcceptResult(_row_to_message(prior), created=False)
+                conn.execute(
+                    "INSERT OR REPLACE INTO idempotency (account, key, message_id, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (m.account, idempotency_key, m.id, m.created_at),
+                )
+            conn.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
+                    m.encoding.value, m.segments, m.concat_ref, m.status.value, m.callback_url,
+                    m.reference, m.provider, m.error, m.created_at, m.submitted_at, m.done_at,
+                    m.attempts, m.next_attempt_at, m.expires_at,
+                ),
+            )
+            return AcceptResult(m, created=True)
+
+        result = await self._submit(op)
+        if result.created and m.status is MessageStatus.ACCEPTED:
+            self.pending += 1
+        return result
+
+    async def claim_due(self, now: float, limit: int) -> list[Message]:
+        def op(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(
+                f"UPDATE messages SET status = 'queued' WHERE id IN ("
+                "SELECT id FROM messages WHERE status = 'accepted' AND next_attempt_at <= ? "
+                f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
+                (now, limit),
+            ).fetchall()
+            messages = [_row_to_message(r) for r in rows]
+            multi = [m.id for m in messages if m.segments > 1]
+            if multi:
+                done: dict[str, set[int]] = {}
+                marks = ",".join("?" * len(multi))
+                for mid, seq in conn.execute(
+                    f"SELECT message_id, seq FROM segments WHERE message_id IN ({marks})", multi
+                ):
+                    done.setdefault(mid, set()).add(seq)
+                for m in messages:
+                    if m.id in done:
+                        m.done_segments = frozenset(done[m.id])
+            return messages
+
+        return await self._submit(op)
+
+    async def next_due_at(self) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(next_attempt_at) FROM messages WHERE status = 'accepted'"
+            ).fetchone()
+            return None if row is None else row[0]
+
+        return await self._submit(op)
+
+    @staticmethod
+    def _insert_parts(
+        conn: sqlite3.Connection,
+        message_id: str,
+        provider: str,
+        parts: Sequence[SegmentSubmit],
+        now: float,
+    ) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO segments "
+            "(message_id, seq, provider, provider_msg_id, status, submitted_at) "
+            "VALUES (?, ?, ?, ?, 'submitted', ?)",
+            [(message_id, p.seq, provider, p.provider_msg_id, now) for p in parts],
+        )
+
+    async def record_submitted(
+        self, message_id: str, provider: str, parts: Sequence[SegmentSubmit], now: float
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            self._insert_parts(conn, message_id, provider, parts, now)
+            # A receipt can only make a message final after this; never step back from final.
+            conn.execute(
+                "UPDATE messages SET status = 'submitted', provider = ?, submitted_at = ?, "
+                "attempts = attempts + 1 WHERE id = ? AND status IN ('accepted', 'queued')",
+                (provider, now, message_id),
+            )
+
+        await self._submit(op)
+        self.pending -= 1
+
+    async def reschedule(
+        self,
+        message_id: str,
+        provider: str | None,
+        parts: Sequence[SegmentSubmit],
+        next_attempt_at: float,
+        error: str | None,
+    ) -> None:
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            if parts and provider is not None:
+                self._insert_parts(conn, message_id, provider, parts, now)
+            conn.execute(
+                "UPDATE messages SET status = 'accepted', next_attempt_at = ?, error = ?, "
+                "provider = COALESCE(?, provider), attempts = attempts + 1 "
+                "WHERE id = ? AND status = 'queued'",
+                (next_attempt_at, error, provider if parts else None, message_id),
+            )
+
+        await self._submit(op)
+
+    def _finish_sync(
+        self,
+        conn: sqlite3.Connection,
+        message_id: str,
+        status: MessageStatus,
+        error: str | None,
+        now: float,
+    ) -> FinalNotice | None:
+        row = conn.execute(
+            "UPDATE messages SET status = ?, error = ?, done_at = ? "
+            "WHERE id = ? AND status NOT IN ('delivered', 'undeliverable', 'expired', "
+            "'rejected', 'failed') "
+            "RETURNING account, reference, callback_url, submitted_at, provider",
+            (status.value, error, now, message_id),
+        ).fetchone()
+        if row is None:
+            return None
+        notice = FinalNotice(
+            message_id=message_id,
+            account=row[0],
+            status=status,
+            reference=row[1],
+            error=error,
+            done_at=now,
+            callback_url=row[2],
+            submitted_at=row[3],
+            provider=row[4],
+        )
+        if notice.callback_url:
+            conn.execute(
+                "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
+                "VALUES (?, ?, ?, ?)",
+                (message_id, notice.callback_url, callback_payload(notice), now),
+            )
+        return notice
+
+    async def finish(
+        self, message_id: str, status: MessageStatus, error: str | None, now: float
+    ) -> FinalNotice | None:
+        assert status in FINAL_STATUSES
+
+        def op(conn: sqlite3.Connection) -> tuple[FinalNotice | None, bool]:
+            prior = conn.execute(
+                "SELECT status FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            was_pending = prior is not None and prior[0] in _PENDING
+            return self._finish_sync(conn, message_id, status, error, now), was_pending
+
+        notice, was_pending = await self._submit(op)
+        if was_pending:
+            self.pending -= 1
+        return notice
+
+    async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]:
+        def op(conn: sqlite3.Connection) -> list[ReceiptResult]:
+            return [self._apply_receipt(conn, u) for u in updates]
+
+        return await self._submit(op)
+
+    def _apply_receipt(self, conn: sqlite3.Connection, u: ReceiptUpdate) -> ReceiptResult:
+        row = conn.execute(
+            "SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ?",
+            (u.provider, u.provider_msg_id),
+        ).fetchone()
+        if row is None:
+            return ReceiptResult(u, matched=False, message_id=None, final=None)
+        message_id, seq = row
+        if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
+            return ReceiptResult(u, matched=True, message_id=message_id, final=None)
+        conn.execute(
+            "UPDATE segments SET status = ?, error = ?, done_at = ? "
+            "WHERE message_id = ? AND seq = ?",
+            (u.status.value, u.error, u.received_at, message_id, seq),
+        )
+        msg = conn.execute(
+            "SELECT segments, status FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+        if msg is None or MessageStatus(msg[1]) in FINAL_STATUSES:
+            return ReceiptResult(u, matched=True, message_id=message_id, final=None)
+        final_status: MessageStatus | None = None
+        if u.status is not MessageStatus.DELIVERED:
+            final_status = u.status  # one part finally failed: the message did
+        elif msg[0] == 1:
+            final_status = MessageStatus.DELIVERED
+        else:
+            delivered = conn.execute(
+                "SELECT COUNT(*) FROM segments WHERE message_id = ? AND status = 'delivered'",
+                (message_id,),
+            ).fetchone()[0]
+            if delivered >= msg[0]:
+                final_status = MessageStatus.DELIVERED
+        notice = None
+        if final_status is not None:
+            notice = self._finish_sync(conn, message_id, final_status, u.error, u.received_at)
+        return ReceiptResult(u, matched=True, message_id=message_id, final=notice)
+
+    # ---- callbacks outbox --------------------------------------------------------------------
+
+    async def due_callbacks(self, now: float, limit: int) -> list[CallbackJob]:
+        def op(conn: sqlite3.Connection) -> list[CallbackJob]:
+            rows = conn.execute(
+                "SELECT id, message_id, url, payload, attempts FROM callbacks "
+                "WHERE given_up = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [CallbackJob(*r) for r in rows]
+
+        return await self._submit(op)
+
+    async def callback_done(self, job_id: int) -> None:
+        await self._submit(lambda c: c.execute("DELETE FROM callbacks WHERE id = ?", (job_id,)))
+
+    async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None:
+        await self._submit(
+            lambda c: c.execute(
+                "UPDATE callbacks SET attempts = attempts + 1, next_attempt_at = ?, "
+                "last_error = ? WHERE id = ?",
+                (next_attempt_at, error, job_id),
+            )
+        )
+
+    async def callback_give_up(self, job_id: int, error: str) -> None:
+        await self._submit(
+            lambda c: c.execute(
+                "UPDATE callbacks SET attempts = attempts + 1, given_up = 1, last_error = ? "
+                "WHERE id = ?",
+                (error, job_id),
+            )
+        )
+
+    # ---- reads (own connection, WAL lets them run beside the writer) --------------------------
+
+    def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        if self._reader is None:
+            raise StoreError("store is closed")
+        with self._reader_lock:
+            return self._reader.execute(sql, args).fetchall()
+
+    async def get_message(self, account: str, message_id: str) -> Message | None:
+        rows = await asyncio.to_thread(
+            self._read,
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND account = ?",
+            (message_id, account),
+        )
+        return _row_to_message(rows[0]) if rows else None
+
+    async def count_by_status(self) -> dict[str, int]:
+        if self._reader is None:
+            conn = await asyncio.to_thread(_connect, self.path)
+            try:
+                rows = conn.execute(
+                    "SELECT status, COUNT(*) FROM messages GROUP BY status"
+                ).fetchall()
+            finally:
+                conn.close()
+        else:
+            rows = await asyncio.to_thread(
+                self._read, "SELECT status, COUNT(*) FROM messages GROUP BY status", ()
+            )
+        return {status: count for status, count in rows}
+
+    async def segments_of(self, message_id: str) -> list[tuple[int, str, str, str]]:
+        """(seq, provider, provider_msg_id, status) of a message's parts; for tests and tools."""
+        rows = await asyncio.to_thread(
+            self._read,
+            "SELECT seq, provider, provider_msg_id, status FROM segments "
+            "WHERE message_id = ? ORDER BY seq",
+            (message_id,),
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]

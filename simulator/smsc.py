@@ -1,0 +1,664 @@
+"""Operator SMSC simulator: an SMPP server built on aggregator.smpp's session and transport.
+
+It answers submit_sm (after a configurable latency, or ESME_RTHROTTLED above a rate) and sends
+delivery receipts back as deliver_sm, in the text form and as TLVs. Everything runs on the event
+loop: timers are loop.call_later handles, never a sleeping task per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiosmpplib import (
+    DeliverSm,
+    DeliverSmResp,
+    GenericNack,
+    OptionalParam,
+    PhoneNumber,
+    SmppCommandStatus,
+    SmppDataCoding,
+    SubmitSm,
+    SubmitSmResp,
+)
+from aiosmpplib.codec import find_codec_info
+
+from aggregator.smpp.session import (
+    BindMode,
+    BindRequested,
+    Bound,
+    ProtocolError,
+    RequestReceived,
+    Role,
+    SessionClosed,
+    SessionError,
+    SessionState,
+    SmppSession,
+)
+from aggregator.smpp.transport import ConnectionLost, SmppConnection, start_server
+
+log = logging.getLogger(__name__)
+
+RECEIPTED_MESSAGE_ID = 0x001E
+MESSAGE_STATE = 0x0427
+STATE_DELIVERED = 2
+STATE_UNDELIVERABLE = 5
+SMSC_SYSTEM_ID = "smsagg-sim"
+RECEIVED_MAX = 200_000
+PENDING_MAX = 100_000
+RECEIPT_RETRIES = 3
+UDHI = 0x40
+SAR_MSG_REF_NUM = 0x020C
+SAR_TOTAL_SEGMENTS = 0x020E
+SAR_SEGMENT_SEQNUM = 0x020F
+_CAN_RECEIVE = (BindMode.RECEIVER, BindMode.TRANSCEIVER)
+
+
+@dataclass(slots=True)
+class SmscProfile:
+    latency: float = 0.0  # seconds before answering submit_sm
+    receipt_delay: float = 0.0  # seconds after the submit_sm_resp before the receipt is sent
+    undeliverable_ratio: float = 0.0  # share of receipts with stat:UNDELIV (state 5, err:001)
+    max_tps: float | None = None  # submits/s per system_id above which: ESME_RTHROTTLED
+    receipts: bool = True
+    # "same": the receipt carries the submit_sm_resp id (hex); "decimal": that number in decimal
+    receipt_id_format: str = "same"
+    system_id: str | None = None  # when set, binds with another system_id get ESME_RINVSYSID
+    password: str | None = None  # when set, binds with another password get ESME_RINVPASWD
+    window: int = 100  # our window for deliver_sm receipts per session
+    seed: int | None = None  # seeds the undeliverable choice, for reproducible runs
+    # Like a real SMSC, send a receipt only if registered_delivery asks for one
+    # (bits 1-0: 01 always, 10 on failure only); False sends one for every submit.
+    honor_registered_delivery: bool = True
+
+    def __post_init__(self) -> None:
+        if self.receipt_id_format not in ("same", "decimal"):
+            raise ValueError(f"receipt_id_format must be 'same' or 'decimal', "
+                             f"not {self.receipt_id_format!r}")
+        if not 0.0 <= self.undeliverable_ratio <= 1.0:
+            raise ValueError("undeliverable_ratio must be within 0..1")
+        if self.max_tps is not None and self.max_tps <= 0:
+            raise ValueError("max_tps must be positive")
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
+
+
+@dataclass(slots=True)
+class BindStats:
+    bind_id: str
+    system_id: str
+    submits: int = 0
+    max_outstanding: int = 0
+    outstanding: int = 0  # submits received, not yet answered
+    mode: str = ""
+    bound: bool = True  # False once the session has closed
+
+
+@dataclass(slots=True)
+class ReceivedSubmit:
+    smsc_id: str
+    source: str
+    destination: str
+    esm_class: int
+    data_coding: int
+    short_message: bytes  # raw octets, UDH included (re-encoded from the decoded PDU)
+    bind_id: str
+    received_at: float  # time.time()
+
+
+@dataclass(slots=True)
+class _Receipt:
+    message_id: str
+    system_id: str
+    origin: SmppConnection | None  # preferred session: the one the submit came on
+    source: PhoneNumber  # the submit's destination
+    destination: PhoneNumber  # the submit's source
+    submitted_at: float
+    delivered: bool
+    attempts: int = 0  # deliver_sm sent that timed out or were refused
+
+
+@dataclass(slots=True)
+class _Peer:
+    """What we know about one connection; stats exists once it is bound."""
+
+    conn: SmppConnection
+    stats: BindStats | None = None
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Token bucket with one second of burst."""
+
+    rate: float
+    tokens: float
+    last: float
+
+    def take(self, now: float) -> bool:
+        capacity = max(self.rate, 1.0)
+        self.tokens = min(capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class _Waiter:
+    condition: Callable[[], bool]
+    future: asyncio.Future[None]
+
+
+class Smsc:
+    """SMPP server simulating an operator SMSC with a configurable profile."""
+
+    def __init__(
+        self, profile: SmscProfile | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.profile = profile if profile is not None else SmscProfile()
+        self.host = host
+        self.port = port
+        self.submits_total = 0
+        self.throttled_total = 0
+        self.receipts_sent = 0
+        self.receipts_acked = 0
+        self.receipts_failed = 0  # given up after RECEIPT_RETRIES
+        self.receipts_dropped = 0  # pushed out of the full pending queue
+        self.binds_total = 0
+        self.bind_failures = 0
+        self.bind_stats: dict[str, BindStats] = {}
+        # The last RECEIVED_MAX (up to 10% more: trimmed in chunks so appends stay O(1)).
+        self.received: list[ReceivedSubmit] = []
+        self._peers: dict[SmppConnection, _Peer] = {}
+        # Receipts waiting for a bound RX/TRX session with a free slot, per system_id.
+        self._pending: dict[str, deque[_Receipt]] = {}
+        self._pending_count = 0
+        self._buckets: dict[str, _Bucket] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._waiters: list[_Waiter] = []
+        self._rng = random.Random(self.profile.seed)
+        # Random high part so that ids differ between runs (as a restarted SMSC's would).
+        self._id_base = secrets.randbits(24) << 40
+        self._id_counter = 0
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handlers: dict[type[Any], Callable[[SmppConnection, Any], None]] = {
+            BindRequested: self._on_bind_requested,
+            Bound: self._on_bound,
+            RequestReceived: self._on_request,
+            SessionClosed: self._on_closed,
+            ProtocolError: self._on_protocol_error,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await start_server(self.host, self.port, self._new_connection)
+        sockets = self._server.sockets
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        log.info("smsc listening on %s:%d", self.host, self.port)
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening, unbind every session (closing those that do not answer)."""
+        if self._server is not None:
+            self._server.close()
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        conns = list(self._peers)
+        if conns:
+            await asyncio.gather(
+                *(self._unbind(conn, timeout) for conn in conns), return_exceptions=True
+            )
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout)
+            self._server = None
+
+    async def _unbind(self, conn: SmppConnection, timeout: float) -> None:
+        try:
+            await conn.unbind(timeout=timeout)  # closes unbound sessions right away
+        except Exception as exc:  # the peer may be gone or misbehaving: close anyway
+            log.debug("unbind of %s failed: %r", conn.peername, exc)
+            conn.close()
+
+    # -- stats --------------------------------------------------------------------------------
+
+    @property
+    def max_outstanding(self) -> int:
+        return max((s.max_outstanding for s in self.bind_stats.values()), default=0)
+
+    @property
+    def pending_receipts(self) -> int:
+        return self._pending_count
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "submits": self.submits_total,
+            "accepted": self.submits_total - self.throttled_total,
+            "throttled": self.throttled_total,
+            "receipts_sent": self.receipts_sent,
+            "receipts_acked": self.receipts_acked,
+            "receipts_failed": self.receipts_failed,
+            "receipts_dropped": self.receipts_dropped,
+            "receipts_pending": self._pending_count,
+            "binds": self.binds_total,
+            "bind_failures": self.bind_failures,
+            "active_binds": sum(1 for s in self.bind_stats.values() if s.bound),
+            "max_outstanding": self.max_outstanding,
+            "bind_stats": [asdict(s) for s in self.bind_stats.values()],
+        }
+
+    async def wait_for_submits(self, n: int, timeout: float) -> None:
+        """Wait until submits_total >= n; raises TimeoutError after `timeout` seconds."""
+        await self.wait_until(lambda: self.submits_total >= n, timeout)
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Wait until `condition()` holds; it is re-checked whenever a counter changes."""
+        if condition():
+            return
+        waiter = _Waiter(condition, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _notify(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.future.done() and waiter.condition():
+                waiter.future.set_result(None)
+
+    # -- connections and events -----------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _new_connection(self) -> SmppConnection:
+        session = SmppSession(Role.SERVER, now=self._now(), window=self.profile.window)
+        conn = SmppConnection(session, on_event=self._on_event)
+        self._peers[conn] = _Peer(conn)
+        return conn
+
+    def _on_event(self, conn: SmppConnection, event: object) -> None:
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            return
+        try:
+            handler(conn, event)
+        except Exception:  # a bug or a misbehaving client must not take the server down
+            log.exception("smsc: error handling %s from %s", type(event).__name__, conn.peername)
+
+    def _on_bind_requested(self, conn: SmppConnection, event: BindRequested) -> None:
+        request = event.pdu
+        status = self._check_credentials(request.system_id, request.password)
+        if status is None:
+            conn.accept_bind(request, SMSC_SYSTEM_ID)  # on_event gets Bound from within
+        else:
+            self.bind_failures += 1
+            conn.reject_bind(request, status)
+
+    def _check_credentials(self, system_id: str, password: str) -> int | None:
+        wanted_id, wanted_password = self.profile.system_id, self.profile.password
+        if wanted_id is not None and system_id != wanted_id:
+            return int(SmppCommandStatus.ESME_RINVSYSID)
+        if wanted_password is not None and password != wanted_password:
+            return int(SmppCommandStatus.ESME_RINVPASWD)
+        return None
+
+    def _on_bound(self, conn: SmppConnection, event: Bound) -> None:
+        peer = self._peers.get(conn)
+        if peer is None:
+            peer = self._peers[conn] = _Peer(conn)
+        self.binds_total += 1
+        bind_id = f"b{self.binds_total}"
+        peer.stats = BindStats(bind_id, event.system_id, mode=event.mode.value)
+        self.bind_stats[bind_id] = peer.stats
+        log.info("smsc: %s bound as %s (%s) from %s",
+                 event.system_id, event.mode.value, bind_id, conn.peername)
+        if event.mode in _CAN_RECEIVE:
+            self._drain(event.system_id)
+        self._notify()
+
+    def _on_closed(self, conn: SmppConnection, event: SessionClosed) -> None:
+        peer = self._peers.pop(conn, None)
+        if peer is not None and peer.stats is not None:
+            peer.stats.bound = False
+            peer.stats.outstanding = 0
+        log.info("smsc: session from %s closed: %s", conn.peername, event.reason)
+        self._notify()
+
+    def _on_protocol_error(self, conn: SmppConnection, event: ProtocolError) -> None:
+        log.warning("smsc: protocol error from %s: %s", conn.peername, event.reason)
+
+    def _on_request(self, conn: SmppConnection, event: RequestReceived) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, DeliverSm):  # an SMSC does not take deliver_sm from an ESME
+            conn.respond(pdu, DeliverSmResp(sequence_num=pdu.sequence_num,
+                                            command_status=SmppCommandStatus.ESME_RINVCMDID))
+        elif isinstance(pdu, SubmitSm):
+            self._on_submit(conn, pdu)
+        else:
+            conn.respond(pdu, GenericNack(sequence_num=pdu.sequence_num,
+                                          command_status=SmppCommandStatus.ESME_RINVCMDID))
+
+    # -- submit_sm ------------------------------------------------------------------------------
+
+    def _on_submit(self, conn: SmppConnection, pdu: Any) -> None:
+        peer = self._peers.get(conn)
+        stats = peer.stats if peer is not None else None
+        if stats is None:  # the session lets only bound peers submit; be safe anyway
+            conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num,
+                                           command_status=SmppCommandStatus.ESME_RINVBNDSTS))
+            return
+        self.submits_total += 1
+        stats.submits += 1
+        if not self._take_token(stats.system_id):
+            self.throttled_total += 1
+            conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num,
+                                           command_status=SmppCommandStatus.ESME_RTHROTTLED))
+            self._notify()
+            return
+        message_id = self._next_id()
+        self._record(_received_submit(pdu, message_id, stats.bind_id))
+        stats.outstanding += 1
+        stats.max_outstanding = max(stats.max_outstanding, stats.outstanding)
+        self._notify()
+        if self.profile.latency > 0:
+            self._later(self.profile.latency, self._answer, conn, stats, pdu, message_id)
+        else:
+            self._answer(conn, stats, pdu, message_id)
+
+    def _record(self, submit: ReceivedSubmit) -> None:
+        received = self.received
+        received.append(submit)
+        if len(received) >= RECEIVED_MAX + RECEIVED_MAX // 10:
+            del received[: len(received) - RECEIVED_MAX]
+
+    def _take_token(self, system_id: str) -> bool:
+        rate = self.profile.max_tps
+        if rate is None:
+            return True
+        now = self._now()
+        bucket = self._buckets.get(system_id)
+        if bucket is None:
+            bucket = self._buckets[system_id] = _Bucket(rate, max(rate, 1.0), now)
+        return bucket.take(now)
+
+    def _next_id(self) -> str:
+        self._id_counter += 1
+        return f"{self._id_base + self._id_counter:x}"
+
+    def _answer(self, conn: SmppConnection, stats: BindStats, pdu: Any, message_id: str) -> None:
+        if stats.outstanding > 0:
+            stats.outstanding -= 1
+            self._notify()
+        if conn not in self._peers or conn.session.closed:
+            return  # the session went away while we were "processing": nobody to answer
+        try:
+            conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num, message_id=message_id))
+        except Exception as exc:
+            log.debug("smsc: could not answer submit on %s: %r", conn.peername, exc)
+            return
+        receipt = self._make_receipt(conn, stats.system_id, pdu, message_id)
+        if receipt is None:
+            return
+        if self.profile.receipt_delay > 0:
+            self._later(self.profile.receipt_delay, self._dispatch, receipt)
+        else:
+            self._dispatch(receipt)
+
+    def _make_receipt(
+        self, conn: SmppConnection, system_id: str, pdu: Any, message_id: str
+    ) -> _Receipt | None:
+        if not self.profile.receipts:
+            return None
+        ratio = self.profile.undeliverable_ratio
+        delivered = not (ratio > 0 and self._rng.random() < ratio)
+        if self.profile.honor_registered_delivery:
+            wanted = pdu.registered_delivery & 0x03
+            if wanted == 0 or (wanted == 2 and delivered):
+                return None
+        return _Receipt(
+            message_id=message_id, system_id=system_id, origin=conn,
+            source=pdu.destination, destination=pdu.source,
+            submitted_at=time.time(), delivered=delivered,
+        )
+
+    # -- receipts -------------------------------------------------------------------------------
+
+    def _dispatch(self, receipt: _Receipt) -> None:
+        """Send the receipt on a bound RX/TRX session with a free slot, or queue it."""
+        conn = self._pick_session(receipt)
+        if conn is None:
+            self._enqueue(receipt)
+        else:
+            self._send_receipt(conn, receipt)
+
+    def _pick_session(self, receipt: _Receipt) -> SmppConnection | None:
+        origin = receipt.origin
+        if origin is not None and self._can_deliver(origin, receipt.system_id):
+            return origin
+        receipt.origin = None  # no longer useful; lets a closed connection be collected
+        best: SmppConnection | None = None
+        for conn in self._peers:
+            if self._can_deliver(conn, receipt.system_id) and (
+                best is None or conn.session.free_window > best.session.free_window
+            ):
+                best = conn
+        return best
+
+    def _can_deliver(self, conn: SmppConnection, system_id: str) -> bool:
+        peer = self._peers.get(conn)
+        if peer is None or peer.stats is None or peer.stats.system_id != system_id:
+            return False
+        session = conn.session
+        return (
+            session.state is SessionState.BOUND
+            and session.mode in _CAN_RECEIVE
+            and session.free_window > 0
+        )
+
+    def _enqueue(self, receipt: _Receipt) -> None:
+        queue = self._pending.setdefault(receipt.system_id, deque())
+        if self._pending_count >= PENDING_MAX:
+            # Bounded: drop the oldest receipt of this system_id (or refuse if it has none).
+            if not queue:
+                self.receipts_dropped += 1
+                return
+            queue.popleft()
+            self._pending_count -= 1
+            self.receipts_dropped += 1
+        queue.append(receipt)
+        self._pending_count += 1
+        self._notify()
+
+    def _drain(self, system_id: str) -> None:
+        queue = self._pending.get(system_id)
+        while queue:
+            conn = self._pick_session(queue[0])
+            if conn is None:
+                return
+            receipt = queue.popleft()
+            self._pending_count -= 1
+            self._send_receipt(conn, receipt)
+
+    def _send_receipt(self, conn: SmppConnection, receipt: _Receipt) -> None:
+        pdu = self._receipt_pdu(receipt)
+        try:
+            future = conn.request(pdu)
+        except SessionError as exc:  # WindowFull / NotBound: raced with the session
+            log.debug("smsc: receipt not sent on %s: %r", conn.peername, exc)
+            self._enqueue(receipt)
+            return
+        self.receipts_sent += 1
+        future.add_done_callback(
+            lambda fut: self._on_receipt_result(fut, receipt)
+        )
+
+    def _on_receipt_result(self, future: asyncio.Future[Any], receipt: _Receipt) -> None:
+        if future.cancelled():
+            self._enqueue(receipt)
+            return
+        exc = future.exception()
+        if exc is None and future.result().command_status == SmppCommandStatus.ESME_ROK:
+            self.receipts_acked += 1
+        elif exc is not None and not _counts_as_attempt(exc):
+            # The connection went away (or the window was full): not the receipt's fault.
+            self._enqueue(receipt)
+        else:
+            receipt.attempts += 1
+            if receipt.attempts > RECEIPT_RETRIES:
+                self.receipts_failed += 1
+                log.info("smsc: giving up receipt %s after %d attempts",
+                         receipt.message_id, receipt.attempts)
+            else:
+                self._dispatch(receipt)
+        # A slot has freed on some session: send what waits for this system_id.
+        self._drain(receipt.system_id)
+        self._notify()
+
+    def _receipt_pdu(self, receipt: _Receipt) -> Any:
+        receipt_id = receipt.message_id
+        if self.profile.receipt_id_format == "decimal":
+            receipt_id = str(int(receipt_id, 16))
+        if receipt.delivered:
+            stat, dlvrd, err, state = "DELIVRD", 1, 0, STATE_DELIVERED
+        else:
+            stat, dlvrd, err, state = "UNDELIV", 0, 1, STATE_UNDELIVERABLE
+        text = (
+            f"id:{receipt_id} sub:001 dlvrd:{dlvrd:03d}"
+            f" submit date:{_smpp_date(receipt.submitted_at)}"
+            f" done date:{_smpp_date(time.time())}"
+            f" stat:{stat} err:{err:03d} text:"
+        )
+        return DeliverSm(
+            short_message=text,
+            source=receipt.source,
+            destination=receipt.destination,
+            esm_class=0x04,
+            registered_delivery=0,
+            optional_params=[
+                OptionalParam(RECEIPTED_MESSAGE_ID, receipt_id),
+                OptionalParam(MESSAGE_STATE, state),
+            ],
+        )
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def _later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("smsc: timer callback failed")
+
+        handle = self._loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+
+def _counts_as_attempt(exc: BaseException) -> bool:
+    """A timeout counts against the receipt's retries; a lost connection does not."""
+    return not isinstance(exc, ConnectionLost | SessionError)
+
+
+def _smpp_date(timestamp: float) -> str:
+    return time.strftime("%y%m%d%H%M", time.gmtime(timestamp))
+
+
+def _received_submit(pdu: Any, message_id: str, bind_id: str) -> ReceivedSubmit:
+    data_coding, octets = raw_short_message(pdu)
+    return ReceivedSubmit(
+        smsc_id=message_id,
+        source=pdu.source.number,
+        destination=pdu.destination.number,
+        esm_class=pdu.esm_class,
+        data_coding=data_coding,
+        short_message=octets,
+        bind_id=bind_id,
+        received_at=time.time(),
+    )
+
+
+def raw_short_message(pdu: Any) -> tuple[int, bytes]:
+    """(data_coding, raw octets incl. UDH) of a decoded submit_sm, by re-encoding it.
+
+    aiosmpplib keeps only the decoded text and turns a concatenation UDH into SAR TLVs (reading
+    a 16-bit reference as 4 bytes: RH RL TT NN), so the UDH is rebuilt from those.
+    """
+    # pdu.encoding is None when data_coding 0 was decoded as GSM 03.38, "" when it was decoded
+    # without a default encoding, else a SmppDataCoding name. aiosmpplib decodes "" and names
+    # Python has no codec for (8-bit binary) as ASCII: one char per octet, so latin_1 undoes it.
+    encoding: str | None = pdu.encoding
+    data_coding = 0
+    if encoding is None:
+        encoding = "gsm0338"
+    elif encoding == "":
+        encoding = "latin_1"
+    else:
+        with contextlib.suppress(KeyError):
+            data_coding = int(SmppDataCoding[encoding].value)
+    text: str = pdu.short_message or pdu.message_payload
+    if encoding == "gsm0338" and _SAME_IN_GSM.fullmatch(text):
+        body = text.encode("ascii")  # fast path: aiosmpplib's GSM encoder is slow per char
+    else:
+        body = _encode(text, encoding)
+    if not pdu.esm_class & UDHI:
+        return data_coding, body
+    return data_coding, _concat_udh(pdu.optional_params or []) + body
+
+
+def _encode(text: str, encoding: str) -> bytes:
+    try:
+        codec = find_codec_info(encoding)
+    except LookupError:
+        codec = find_codec_info("latin_1")  # octets decoded as single bytes survive as such
+    try:
+        return bytes(codec.encode(text, "strict")[0])
+    except (UnicodeError, ValueError):
+        return text.encode("latin_1", "replace")
+
+
+def _same_in_gsm() -> re.Pattern[str]:
+    """Regex for texts of ASCII characters whose GSM 03.38 septet equals their ASCII code."""
+    codec = find_codec_info("gsm0338")
+    same = "".join(chr(c) for c in range(128) if codec.encode(chr(c), "ignore")[0] == bytes([c]))
+    return re.compile(f"[{re.escape(same)}]*")
+
+
+_SAME_IN_GSM = _same_in_gsm()
+
+
+def _concat_udh(params: list[Any]) -> bytes:
+    values: dict[int, int] = {}
+    for param in params:  # the UDH-derived values come first; keep those
+        if param.tag in (SAR_MSG_REF_NUM, SAR_TOTAL_SEGMENTS, SAR_SEGMENT_SEQNUM):
+            values.setdefault(param.tag, int(param.value))
+    ref = values.get(SAR_MSG_REF_NUM, 0)
+    total = values.get(SAR_TOTAL_SEGMENTS, 1) & 0xFF
+    seq = values.get(SAR_SEGMENT_SEQNUM, 1) & 0xFF
+    if ref > 0xFF:  # 16-bit form, read by aiosmpplib as RH RL TT NN
+        ref16 = (ref >> 16) & 0xFFFF
+        return bytes([6, 8, 4, ref16 >> 8, ref16 & 0xFF, total, seq])
+    return bytes([5, 0, 3, ref, total, seq])
+
+
+__all__ = ["BindStats", "ReceivedSubmit", "Smsc", "SmscProfile", "raw_short_message"]
