@@ -5,6 +5,7 @@ failed. The store is the only source of work, so a restart resumes from the last
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 
@@ -108,10 +109,8 @@ class Dispatcher:
     async def _sleep_or_wake(self, seconds: float) -> None:
         if seconds <= 0 or self._stopping:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

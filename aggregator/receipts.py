@@ -117,25 +117,33 @@ def receipt_error(parsed: ParsedReceipt) -> str | None:
 
 class ReceiptProcessor:
     """Applies receipts to the store in micro-batches (one store operation per loop turn) and
-    resolves each caller once its receipt is durable, so the deliver_sm_resp follows the commit."""
+    returns once the receipt is durable, so the deliver_sm_resp follows the commit.
 
-    UNMATCHED_RETRIES = 5
-    UNMATCHED_DELAY = 0.5
-    MAX_UNMATCHED = 10_000
+    A receipt can overtake the commit of its own submit_sm_resp. Such a receipt is matched again
+    after short delays and is not acknowledged meanwhile: if we die, the operator still has it."""
+
+    UNMATCHED_DELAYS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
     def __init__(self, store: Store, on_final: Callable[[FinalNotice], None]) -> None:
         self._store = store
         self._on_final = on_final
         self._batch: list[tuple[ReceiptUpdate, asyncio.Future[ReceiptResult]]] = []
         self._flush_scheduled = False
-        self._unmatched = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def apply(self, update: ReceiptUpdate) -> ReceiptResult:
         result = await self._enqueue(update)
-        self._account(result)
-        if not result.matched:
-            self._retry_later(update)
+        for delay in self.UNMATCHED_DELAYS:
+            if result.matched:
+                break
+            await asyncio.sleep(delay)
+            result = await self._enqueue(update)
+        if result.matched:
+            self._account(result)
+        else:
+            metrics.receipts_unmatched.labels(update.provider).inc()
+            log.warning("receipt_unmatched", provider=update.provider,
+                        provider_msg_id=update.provider_msg_id)
         return result
 
     def _enqueue(self, update: ReceiptUpdate) -> asyncio.Future[ReceiptResult]:
@@ -171,8 +179,7 @@ class ReceiptProcessor:
 
     def _account(self, result: ReceiptResult) -> None:
         u = result.update
-        if result.matched:
-            metrics.receipts.labels(u.provider, u.status.value).inc()
+        metrics.receipts.labels(u.provider, u.status.value).inc()
         final = result.final
         if final is not None:
             metrics.messages_final.labels(final.status.value).inc()
@@ -182,34 +189,7 @@ class ReceiptProcessor:
                 )
             self._on_final(final)
 
-    def _retry_later(self, update: ReceiptUpdate, attempt: int = 1) -> None:
-        """A receipt can overtake the commit of its own submit_sm_resp: look again shortly."""
-        if attempt > self.UNMATCHED_RETRIES or self._unmatched >= self.MAX_UNMATCHED:
-            metrics.receipts_unmatched.labels(update.provider).inc()
-            log.warning("receipt_unmatched", provider=update.provider,
-                        provider_msg_id=update.provider_msg_id)
-            return
-        self._unmatched += 1
-
-        async def again() -> None:
-            await asyncio.sleep(self.UNMATCHED_DELAY * attempt)
-            self._unmatched -= 1
-            try:
-                result = await self._enqueue(update)
-            except StoreError:
-                self._retry_later(update, attempt + 1)
-                return
-            if result.matched:
-                self._account(result)
-            else:
-                self._retry_later(update, attempt + 1)
-
-        task = asyncio.ensure_future(again())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-

@@ -5,6 +5,7 @@ its own callbacks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -65,10 +66,8 @@ class CallbackSender:
                 task = asyncio.create_task(self._send(job))
                 self._jobs.add(task)
                 task.add_done_callback(self._jobs.discard)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
-            except TimeoutError:
-                pass
 
     async def _send(self, job: CallbackJob) -> None:
         try:

@@ -44,11 +44,12 @@ class TokenBucket:
                 await asyncio.sleep(wait)
 
     def slow_down(self) -> None:
-        """The operator said throttled / queue full: halve our rate (down to 1/s)."""
-        self.rate = max(1.0, self.rate / 2)
+        """The operator said throttled / queue full: halve our rate (down to 1/s, or the
+        configured rate if that is lower)."""
+        self.rate = max(min(1.0, self.max_rate), self.rate / 2)
         self._tokens = min(self._tokens, 0.0)
 
     def recover(self) -> None:
-        """A success: creep back towards the configured rate (5% of it per success batch)."""
+        """A success: creep back towards the configured rate (1% of it per success)."""
         if self.rate < self.max_rate:
-            self.rate = min(self.max_rate, self.rate + max(1.0, self.max_rate * 0.01))
+            self.rate = min(self.max_rate, self.rate + max(0.01, self.max_rate * 0.01))

@@ -9,6 +9,7 @@ and an operation's future resolves only after its data is on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -203,6 +204,7 @@ class SqliteStore:
             conn = _connect(self.path)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
+                conn.close()
                 raise StoreError(
                     f"{self.path}: database schema version {version} is newer than this smsagg "
                     f"understands ({SCHEMA_VERSION}); upgrade smsagg or use another store path"
@@ -275,19 +277,15 @@ class SqliteStore:
             self.commits += 1
             self.last_batch = len(batch)
         except sqlite3.Error as exc:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             err = StoreError(f"store write failed: {exc}")
             for op in batch:
                 op.result = None
                 op.error = err
         assert self._loop is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self._loop.call_soon_threadsafe(self._resolve, batch)
-        except RuntimeError:
-            pass  # loop closed during shutdown
 
     def _resolve(self, batch: list[_Op]) -> None:
         self._waiting -= len(batch)
@@ -403,17 +401,16 @@ class SqliteStore:
     async def record_submitted(
         self, message_id: str, provider: str, parts: Sequence[SegmentSubmit], now: float
     ) -> None:
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> int:
             self._insert_parts(conn, message_id, provider, parts, now)
-            # A receipt can only make a message final after this; never step back from final.
-            conn.execute(
+            # Never step back from final (a receipt may have got there first).
+            return conn.execute(
                 "UPDATE messages SET status = 'submitted', provider = ?, submitted_at = ?, "
                 "attempts = attempts + 1 WHERE id = ? AND status IN ('accepted', 'queued')",
                 (provider, now, message_id),
-            )
+            ).rowcount
 
-        await self._submit(op)
-        self.pending -= 1
+        self.pending -= await self._submit(op)
 
     async def reschedule(
         self,
@@ -444,16 +441,17 @@ class SqliteStore:
         status: MessageStatus,
         error: str | None,
         now: float,
-    ) -> FinalNotice | None:
+    ) -> tuple[FinalNotice | None, bool]:
+        """Make a message final unless it already is; returns the notice and whether the message
+        was still pending (accepted/queued) before, for the pending count."""
+        prior = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if prior is None or MessageStatus(prior[0]) in FINAL_STATUSES:
+            return None, False
         row = conn.execute(
-            "UPDATE messages SET status = ?, error = ?, done_at = ? "
-            "WHERE id = ? AND status NOT IN ('delivered', 'undeliverable', 'expired', "
-            "'rejected', 'failed') "
+            "UPDATE messages SET status = ?, error = ?, done_at = ? WHERE id = ? "
             "RETURNING account, reference, callback_url, submitted_at, provider",
             (status.value, error, now, message_id),
         ).fetchone()
-        if row is None:
-            return None
         notice = FinalNotice(
             message_id=message_id,
             account=row[0],
@@ -471,41 +469,39 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?)",
                 (message_id, notice.callback_url, callback_payload(notice), now),
             )
-        return notice
+        return notice, prior[0] in _PENDING
 
     async def finish(
         self, message_id: str, status: MessageStatus, error: str | None, now: float
     ) -> FinalNotice | None:
         assert status in FINAL_STATUSES
-
-        def op(conn: sqlite3.Connection) -> tuple[FinalNotice | None, bool]:
-            prior = conn.execute(
-                "SELECT status FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            was_pending = prior is not None and prior[0] in _PENDING
-            return self._finish_sync(conn, message_id, status, error, now), was_pending
-
-        notice, was_pending = await self._submit(op)
+        notice, was_pending = await self._submit(
+            lambda conn: self._finish_sync(conn, message_id, status, error, now)
+        )
         if was_pending:
             self.pending -= 1
         return notice
 
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]:
-        def op(conn: sqlite3.Connection) -> list[ReceiptResult]:
+        def op(conn: sqlite3.Connection) -> list[tuple[ReceiptResult, bool]]:
             return [self._apply_receipt(conn, u) for u in updates]
 
-        return await self._submit(op)
+        applied = await self._submit(op)
+        self.pending -= sum(1 for _, was_pending in applied if was_pending)
+        return [result for result, _ in applied]
 
-    def _apply_receipt(self, conn: sqlite3.Connection, u: ReceiptUpdate) -> ReceiptResult:
+    def _apply_receipt(
+        self, conn: sqlite3.Connection, u: ReceiptUpdate
+    ) -> tuple[ReceiptResult, bool]:
         row = conn.execute(
             "SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ?",
             (u.provider, u.provider_msg_id),
         ).fetchone()
         if row is None:
-            return ReceiptResult(u, matched=False, message_id=None, final=None)
+            return ReceiptResult(u, matched=False, message_id=None, final=None), False
         message_id, seq = row
         if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
-            return ReceiptResult(u, matched=True, message_id=message_id, final=None)
+            return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
         conn.execute(
             "UPDATE segments SET status = ?, error = ?, done_at = ? "
             "WHERE message_id = ? AND seq = ?",
@@ -515,7 +511,7 @@ class SqliteStore:
             "SELECT segments, status FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if msg is None or MessageStatus(msg[1]) in FINAL_STATUSES:
-            return ReceiptResult(u, matched=True, message_id=message_id, final=None)
+            return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
         final_status: MessageStatus | None = None
         if u.status is not MessageStatus.DELIVERED:
             final_status = u.status  # one part finally failed: the message did
@@ -528,10 +524,12 @@ class SqliteStore:
             ).fetchone()[0]
             if delivered >= msg[0]:
                 final_status = MessageStatus.DELIVERED
-        notice = None
+        notice, was_pending = None, False
         if final_status is not None:
-            notice = self._finish_sync(conn, message_id, final_status, u.error, u.received_at)
-        return ReceiptResult(u, matched=True, message_id=message_id, final=notice)
+            notice, was_pending = self._finish_sync(
+                conn, message_id, final_status, u.error, u.received_at
+            )
+        return ReceiptResult(u, matched=True, message_id=message_id, final=notice), was_pending
 
     # ---- callbacks outbox --------------------------------------------------------------------
 
@@ -606,4 +604,4 @@ class SqliteStore:
             "WHERE message_id = ? ORDER BY seq",
             (message_id,),
         )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]

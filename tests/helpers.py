@@ -1,0 +1,162 @@
+"""Shared pieces for end-to-end tests: configs, a running daemon + simulator, waiting helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from aggregator.app import App
+from aggregator.config import Config, parse_config
+from simulator.smsc import Smsc, SmscProfile
+
+DEADLINE = 20.0
+API_KEY = "shop-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def make_config(
+    store: Path,
+    smsc_port: int,
+    *,
+    binds: int = 2,
+    window: int = 10,
+    max_tps: float = 2000,
+    extra_provider: dict[str, Any] | None = None,
+    prefixes: tuple[str, ...] = ("*",),
+    messages: dict[str, Any] | None = None,
+    http: dict[str, Any] | None = None,
+    store_opts: dict[str, Any] | None = None,
+) -> Config:
+    provider: dict[str, Any] = {
+        "name": "sim", "host": "127.0.0.1", "port": smsc_port, "system_id": "smsagg",
+        "password": "pw", "binds": binds, "window": window, "max_tps": max_tps,
+        "reconnect_min": 0.05, "reconnect_max": 0.5,
+    }
+    provider.update(extra_provider or {})
+    data: dict[str, Any] = {
+        "http": {"listen": "127.0.0.1:0", **(http or {})},
+        "store": {"path": str(store), **(store_opts or {})},
+        "messages": {"retry_min": 0.05, "retry_max": 0.5, **(messages or {})},
+        "callbacks": {"retry_min": 0.05, "retry_max": 0.2},
+        "accounts": [
+            {"name": "shop", "api_key": API_KEY},
+            {"name": "bank", "api_key": "bank-key"},
+        ],
+        "providers": [provider],
+        "routes": [{"prefixes": list(prefixes), "providers": ["sim"]}],
+    }
+    return parse_config(data, "<test>")
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE,
+                   what: str = "condition") -> None:
+    """Poll a cheap in-memory condition with a deadline (for state we cannot await)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@dataclass
+class CallbackSink:
+    """An HTTP server that records delivery callbacks."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_count(self, n: int, timeout: float = DEADLINE) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n:
+            self.changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{len(self.received)} of {n} callbacks arrived")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), remaining)
+
+
+@asynccontextmanager
+async def callback_sink() -> AsyncIterator[CallbackSink]:
+    sink = CallbackSink()
+
+    async def receive(request: web.Request) -> web.Response:
+        sink.received.append(await request.json())
+        sink.changed.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/cb", receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sink.url = f"http://127.0.0.1:{port}/cb"
+    try:
+        yield sink
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class Running:
+    app: App
+    smsc: Smsc
+    http: aiohttp.ClientSession
+    base: str
+
+    async def post(self, body: Any, *, headers: dict[str, str] | None = None,
+                   raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        hdrs = {**AUTH, **(headers or {})}
+        kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
+        async with self.http.post(f"{self.base}/v1/messages", headers=hdrs, **kwargs) as r:
+            return r.status, await r.json()
+
+    async def get(self, message_id: str, key: str = API_KEY) -> tuple[int, dict[str, Any]]:
+        async with self.http.get(f"{self.base}/v1/messages/{message_id}",
+                                 headers={"Authorization": f"Bearer {key}"}) as r:
+            return r.status, await r.json()
+
+    async def wait_status(self, message_id: str, statuses: set[str],
+                          timeout: float = DEADLINE) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            _, body = await self.get(message_id)
+            if body.get("status") in statuses:
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{message_id} stayed {body.get('status')}")
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path,
+    profile: SmscProfile | None = None,
+    **config_opts: Any,
+) -> AsyncIterator[Running]:
+    smsc = Smsc(profile or SmscProfile())
+    await smsc.start()
+    app = App(make_config(tmp_path / "smsagg.db", smsc.port, **config_opts))
+    await app.start()
+    http = aiohttp.ClientSession()
+    try:
+        await wait_for(lambda: all(p.binds_up == p.config.binds for p in app.pools.values()),
+                       what="binds up")
+        run = Running(app, smsc, http, f"http://127.0.0.1:{app.http_port}")
+        yield run
+        smsc = run.smsc  # a test may have replaced it
+    finally:
+        await http.close()
+        await app.stop(drain_seconds=2.0)
+        await smsc.stop()
