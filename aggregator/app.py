@@ -108,6 +108,7 @@ class App:
             received_at=time.time(),
         )
         try:
+            await self.pools[provider.name].wait_recorded(update.provider_msg_id)
             await self.receipts.apply(update)
         except StoreError as exc:
             # Not acknowledged: the operator sends it again.

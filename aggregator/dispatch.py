@@ -154,11 +154,24 @@ class Dispatcher:
         ]
         failures = [r for r in results if r.outcome is not Outcome.OK]
         try:
+            await self._record(message, pool, encoded.parts, sent, failures)
+        finally:
+            pool.recorded(s.provider_msg_id for s in sent)
+
+    async def _record(
+        self,
+        message: Message,
+        pool: ProviderPool,
+        parts: tuple[bytes, ...],
+        sent: list[SegmentSubmit],
+        failures: list[SubmitResult],
+    ) -> None:
+        try:
             if not failures:
                 await self._store.record_submitted(message.id, pool.name, sent, self._clock())
                 metrics.accept_to_submit.observe(max(0.0, self._clock() - message.created_at))
                 log.debug("submitted", message_id=message.id, provider=pool.name,
-                          segments=len(encoded.parts))
+                          segments=len(parts))
                 return
             final = next((r for r in failures if r.outcome is Outcome.FINAL), None)
             if final is not None:

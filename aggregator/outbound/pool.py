@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,9 @@ class ProviderPool:
         self._latency = metrics.submit_latency.labels(self.name)
         self._ok = metrics.submits.labels(self.name, "ok")
         self.on_bind_change: Callable[[], None] | None = None
+        # Ids answered in submit_sm_resp whose store record is not committed yet: a receipt for
+        # one waits for that commit instead of missing it (bounded by submits in flight).
+        self._unrecorded: dict[str, asyncio.Future[None]] = {}
 
     @property
     def binds_up(self) -> int:
@@ -87,6 +90,18 @@ class ProviderPool:
         if self._bucket is None:
             self._bucket = TokenBucket(self.config.max_tps)
         return self._bucket
+
+    def recorded(self, provider_msg_ids: Iterable[str]) -> None:
+        """The dispatcher committed (or gave up on) these ids: receipts may look them up."""
+        for msg_id in provider_msg_ids:
+            fut = self._unrecorded.pop(msg_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    async def wait_recorded(self, provider_msg_id: str) -> None:
+        fut = self._unrecorded.get(provider_msg_id)
+        if fut is not None:
+            await asyncio.shield(fut)
 
     def start(self) -> None:
         _ = self.bucket
@@ -183,6 +198,8 @@ class ProviderPool:
             self._ok.inc()
             self.bucket.recover()
             msg_id = normalise_submit_id(str(resp.message_id), self.config.receipt_id)
+            if msg_id not in self._unrecorded:
+                self._unrecorded[msg_id] = asyncio.get_running_loop().create_future()
             return SubmitResult(Outcome.OK, provider_msg_id=msg_id)
         name = errors.status_name(status)
         metrics.submits.labels(self.name, name).inc()
