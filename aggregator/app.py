@@ -46,7 +46,10 @@ class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = SqliteStore(config.store.path, commit_batch=config.store.commit_batch)
-        self.routes = RouteTable(Route(r.prefixes, r.providers) for r in config.routes)
+        self.routes = RouteTable(
+            Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
+            for r in config.routes
+        )
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}
         self.callbacks = CallbackSender(self.store, config.callbacks)
         self.receipts = ReceiptProcessor(self.store, self._on_final)
@@ -57,6 +60,7 @@ class App:
         )
         for pool in self.pools.values():
             pool.on_bind_change = self.dispatcher.wake
+            pool.on_bind_up = self.dispatcher.provider_back
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,

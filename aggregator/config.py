@@ -46,6 +46,8 @@ DEFAULT_SOURCE: Final = "<embedded default>"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
 RECEIPT_ID_MODES: Final = ("as_is", "hex_to_dec", "dec_to_hex")
+MESSAGE_CLASSES: Final = ("transactional", "marketing")
+ROUTE_STRATEGIES: Final = ("failover", "weighted")
 
 # SMPP 3.4 C-octet string limits (without the NUL); aiosmpplib refuses longer values at bind
 # time, which would otherwise surface as a reconnect loop instead of a config error.
@@ -149,12 +151,18 @@ class ProviderConfig:
     bind_timeout: float = 10.0
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
+    breaker_failures: int = 5  # consecutive failures that open the circuit breaker
+    breaker_cooldown: float = 10.0  # seconds open before a single probe (half-open)
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class RouteConfig:
     prefixes: tuple[str, ...]
     providers: tuple[str, ...]
+    message_class: str | None = None  # TOML key "class": transactional | marketing | any
+    strategy: str = "failover"  # failover | weighted
+    weights: tuple[int, ...] = ()
+    max_tps: float | None = None
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -543,6 +551,8 @@ def _parse_provider(r: _Reader) -> ProviderConfig:
     enquire_link_interval = r.number("enquire_link_interval", gt=0)
     bind_timeout = r.number("bind_timeout", gt=0)
     reconnect_min, reconnect_max = _ordered(r, "reconnect_min", "reconnect_max")
+    breaker_failures = r.integer("breaker_failures", lo=1, hi=10_000)
+    breaker_cooldown = r.number("breaker_cooldown", gt=0)
     return ProviderConfig(
         name=name,
         host=host,
@@ -559,6 +569,8 @@ def _parse_provider(r: _Reader) -> ProviderConfig:
         bind_timeout=bind_timeout,
         reconnect_min=reconnect_min,
         reconnect_max=reconnect_max,
+        breaker_failures=breaker_failures,
+        breaker_cooldown=breaker_cooldown,
     )
 
 
@@ -575,7 +587,41 @@ def _parse_route(r: _Reader) -> RouteConfig:
                 f'must be "*" or "+" followed by 1-15 digits, got {_show(prefix)}',
                 at=r.item("prefixes", i),
             )
-    return RouteConfig(prefixes=prefixes, providers=r.string_list("providers"))
+    providers = r.string_list("providers")
+    message_class: str | None = None
+    raw_class = r.optional("class")
+    if raw_class is not _ABSENT:
+        if raw_class not in MESSAGE_CLASSES:
+            options = ", ".join(repr(c) for c in MESSAGE_CLASSES)
+            r.problem("class", f"must be one of {options}, got {_show(raw_class)}")
+        else:
+            message_class = str(raw_class)
+    strategy = r.string("strategy", choices=ROUTE_STRATEGIES)
+    weights: tuple[int, ...] = ()
+    raw_weights = r.optional("weights")
+    if raw_weights is not _ABSENT:
+        if not isinstance(raw_weights, list) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in raw_weights
+        ):
+            r.problem("weights", f"must be an array of integers >= 0, got {_show(raw_weights)}")
+        elif len(raw_weights) != len(providers):
+            r.problem("weights", f"needs one weight per provider ({len(providers)}), "
+                                 f"got {len(raw_weights)}")
+        elif not any(raw_weights):
+            r.problem("weights", "at least one weight must be above 0")
+        else:
+            weights = tuple(raw_weights)
+    if strategy == "weighted" and not weights and r.ok("weights", "strategy"):
+        r.problem("weights", 'strategy "weighted" needs weights, one per provider')
+    max_tps: float | None = None
+    raw_tps = r.optional("max_tps")
+    if raw_tps is not _ABSENT:
+        if not _is_number(raw_tps) or not math.isfinite(raw_tps) or raw_tps <= 0:
+            r.problem("max_tps", f"must be a number > 0, got {_show(raw_tps)}")
+        else:
+            max_tps = float(raw_tps)
+    return RouteConfig(prefixes=prefixes, providers=providers, message_class=message_class,
+                       strategy=strategy, weights=weights, max_tps=max_tps)
 
 
 # --------------------------------------------------------------------------- cross checks
@@ -603,14 +649,15 @@ def _check_routes(
     # A provider with a broken name would make every reference to it look unknown: skip then.
     names_known = bool(providers) and all(r.ok("name") for _, r in providers)
     names = {p.name for p, _ in providers}
-    routed: dict[str, str] = {}  # prefix -> route that claims it
+    routed: dict[tuple[str, str | None], str] = {}  # (prefix, class) -> route that claims it
     for route, r in routes:
         for i, prefix in enumerate(route.prefixes):
             if not _valid_prefix(prefix):
                 continue  # already reported by _parse_route()
-            # Two routes for one prefix leave the choice to list order: refuse the ambiguity.
-            if prefix in routed:
-                owner = routed[prefix]
+            # Two routes for one prefix and class leave the choice to list order: refuse that.
+            key = (prefix, route.message_class)
+            if key in routed:
+                owner = routed[key]
                 message = (
                     f"prefix {prefix!r} listed twice"
                     if owner == r.path
@@ -618,7 +665,7 @@ def _check_routes(
                 )
                 r.problem("prefixes", message, at=r.item("prefixes", i))
             else:
-                routed[prefix] = r.path
+                routed[key] = r.path
         if not r.ok("providers"):
             continue
         seen: set[str] = set()

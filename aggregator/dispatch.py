@@ -15,9 +15,10 @@ from aggregator.log import get_logger
 from aggregator.model import FinalNotice, Message, MessageStatus, SegmentSubmit
 from aggregator.outbound.errors import Outcome
 from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
-from aggregator.routing import RouteTable
-from aggregator.store.base import Store, StoreError
-from aggregator.text import encode_message
+from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.routing import Route, RouteTable
+from aggregator.store.base import NO_PROVIDER, Store, StoreError
+from aggregator.text import EncodedMessage, encode_message
 
 log = get_logger("smsagg.dispatch")
 
@@ -49,6 +50,7 @@ class Dispatcher:
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
+        self._route_buckets: dict[int, TokenBucket] = {}
 
     @property
     def in_flight(self) -> int:
@@ -118,27 +120,80 @@ class Dispatcher:
         if not task.cancelled() and task.exception() is not None:
             log.error("dispatch_task_failed", error=repr(task.exception()))
 
-    def _choose_pool(self, message: Message) -> ProviderPool | None:
-        """First provider on the route with a bind up; else the first (it may come up)."""
-        names = self._routes.providers_for(message.to)
-        pools = [self._pools[n] for n in names if n in self._pools]
-        for pool in pools:
-            if pool.binds_up > 0:
-                return pool
-        return pools[0] if pools else None
+    async def _route_rate(self, route: Route) -> None:
+        if route.max_tps is None:
+            return
+        bucket = self._route_buckets.get(id(route))
+        if bucket is None:
+            bucket = self._route_buckets[id(route)] = TokenBucket(route.max_tps)
+        if bucket.try_take() > 0:
+            metrics.route_rate_waits.labels(route.name).inc()
+            await bucket.take()
 
     async def _handle(self, message: Message) -> None:
         now = self._clock()
         if now >= message.expires_at:
             await self._finish(message, MessageStatus.EXPIRED, "validity period elapsed")
             return
-        pool = self._choose_pool(message)
-        if pool is None:
+        route = self._routes.lookup(message.to, message.message_class)
+        if route is None:
             await self._finish(message, MessageStatus.FAILED, "no route to destination")
             return
+        await self._route_rate(route)
         encoded = encode_message(message.text, message.encoding, message.concat_ref)
-        # Parts an earlier attempt got an id for stay sent, if the same provider takes the rest:
-        # operators reassemble per link.
+        previous: ProviderPool | None = None
+        last_failure: SubmitResult | None = None
+        for name in route.order():
+            pool = self._pools.get(name)
+            # A provider with no bind up, or whose breaker is open, gets no new traffic.
+            if pool is None or pool.binds_up == 0 or not pool.breaker.allow():
+                continue
+            if previous is not None:
+                metrics.failovers.labels(previous.name, pool.name).inc()
+            sent, failures = await self._submit_all(message, pool, encoded)
+            try:
+                if not failures:
+                    pool.breaker.success()
+                    await self._store.record_submitted(message.id, pool.name, sent,
+                                                       self._clock())
+                    metrics.accept_to_submit.observe(max(0.0, self._clock() - message.created_at))
+                    log.debug("submitted", message_id=message.id, provider=pool.name,
+                              segments=len(encoded.parts))
+                    return
+                final = next((f for f in failures if f.outcome is Outcome.FINAL), None)
+                if final is not None:
+                    pool.breaker.success()  # the provider is fine; the message is not
+                    await self._finish(message, MessageStatus.FAILED, final.error)
+                    return
+                slow = next((f for f in failures if f.outcome is Outcome.SLOW_DOWN), None)
+                if slow is not None:  # still throttled after backing off: later, same provider
+                    await self._retry(message, pool, sent, slow)
+                    return
+                pool.breaker.failure()
+                previous, last_failure = pool, failures[0]
+                log.debug("failover", message_id=message.id, provider=pool.name,
+                          reason=last_failure.reason)
+            except StoreError as exc:
+                # The message stays 'queued' in the store and is dispatched again at restart.
+                metrics.store_errors.labels("dispatch").inc()
+                log.error("dispatch_store_failed", message_id=message.id, error=str(exc))
+                return
+            finally:
+                pool.recorded(s.provider_msg_id for s in sent)
+        try:
+            if previous is not None and last_failure is not None:
+                await self._retry(message, previous, [], last_failure)
+            else:
+                await self._wait_for_provider(message, route)
+        except StoreError as exc:
+            metrics.store_errors.labels("dispatch").inc()
+            log.error("dispatch_store_failed", message_id=message.id, error=str(exc))
+
+    async def _submit_all(
+        self, message: Message, pool: ProviderPool, encoded: EncodedMessage
+    ) -> tuple[list[SegmentSubmit], list[SubmitResult]]:
+        # Parts an earlier attempt got an id for stay sent if the same provider takes the rest:
+        # operators reassemble per link, so all parts of a message go through one provider.
         keep_done = message.done_segments if message.provider == pool.name else frozenset()
         todo = [
             SubmitRequest(message.id, seq, message.sender, message.to, encoded.data_coding,
@@ -152,37 +207,34 @@ class Dispatcher:
             for req, res in zip(todo, results, strict=True)
             if res.outcome is Outcome.OK and res.provider_msg_id is not None
         ]
-        failures = [r for r in results if r.outcome is not Outcome.OK]
-        try:
-            await self._record(message, pool, encoded.parts, sent, failures)
-        finally:
-            pool.recorded(s.provider_msg_id for s in sent)
+        return sent, [r for r in results if r.outcome is not Outcome.OK]
 
-    async def _record(
-        self,
-        message: Message,
-        pool: ProviderPool,
-        parts: tuple[bytes, ...],
-        sent: list[SegmentSubmit],
-        failures: list[SubmitResult],
-    ) -> None:
+    async def _wait_for_provider(self, message: Message, route: Route) -> None:
+        """Every provider on the route is down or open: wait without spending an attempt."""
+        delay = self._config.retry_max / 4
+        next_at = self._clock() + delay
+        if next_at >= message.expires_at:
+            await self._finish(message, MessageStatus.EXPIRED,
+                               "validity period elapsed; no provider available")
+            return
+        metrics.retries.labels(route.providers[0], "no_provider").inc()
+        await self._store.reschedule(message.id, None, [], next_at, NO_PROVIDER,
+                                     count_attempt=False)
+
+    def provider_back(self) -> None:
+        """A bind came up: what waited for a provider is due now."""
+        task = asyncio.ensure_future(self._release_waiting())
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _release_waiting(self) -> None:
         try:
-            if not failures:
-                await self._store.record_submitted(message.id, pool.name, sent, self._clock())
-                metrics.accept_to_submit.observe(max(0.0, self._clock() - message.created_at))
-                log.debug("submitted", message_id=message.id, provider=pool.name,
-                          segments=len(parts))
-                return
-            final = next((r for r in failures if r.outcome is Outcome.FINAL), None)
-            if final is not None:
-                await self._finish(message, MessageStatus.FAILED, final.error)
-                return
-            await self._retry(message, pool, sent, failures[0])
-        except StoreError as exc:
-            # The message stays 'queued' in the store and is dispatched again at restart;
-            # log loudly, since this needs an operator.
-            metrics.store_errors.labels("dispatch").inc()
-            log.error("dispatch_store_failed", message_id=message.id, error=str(exc))
+            released = await self._store.release_waiting(self._clock())
+        except StoreError:
+            return
+        if released:
+            log.info("provider_back", released=released)
+        self.wake()
 
     async def _retry(
         self,

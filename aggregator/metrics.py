@@ -79,3 +79,11 @@ receipts_unmatched = Counter(
     "smsagg_receipts_unmatched_total", "Receipts whose id matched no submitted segment",
     ["provider"], registry=REGISTRY,
 )
+breaker_state = Gauge(
+    "smsagg_breaker_state", "Circuit breaker per provider: 0 closed, 1 open, 2 half-open",
+    ["provider"], registry=REGISTRY,
+)
+route_rate_waits = Counter(
+    "smsagg_route_rate_limited_total", "Messages that waited for a route's max_tps", ["route"],
+    registry=REGISTRY,
+)

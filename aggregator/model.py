@@ -116,6 +116,7 @@ class Message:
     callback_url: str | None = None
     reference: str | None = None
     region: str | None = None
+    message_class: str = "transactional"
     provider: str | None = None
     error: str | None = None
     submitted_at: float | None = None

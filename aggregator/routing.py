@@ -1,36 +1,68 @@
-"""The route table: destination E.164 prefix to an ordered list of providers."""
+"""The route table: destination (longest E.164 prefix) and message class to providers, with the
+order to try them in (failover) or the share each gets (weighted)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, eq=False)
 class Route:
     prefixes: tuple[str, ...]
     providers: tuple[str, ...]
+    message_class: str | None = None  # None: any class
+    strategy: str = "failover"
+    weights: tuple[int, ...] = ()
+    max_tps: float | None = None
+    # Smooth weighted round robin state (nginx): exact shares, no randomness.
+    _current: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def name(self) -> str:
+        """A bounded label for metrics: the first prefix and the class."""
+        return f"{self.prefixes[0]}/{self.message_class or 'any'}"
+
+    def order(self) -> list[str]:
+        """Providers in the order to try them for the next message."""
+        if self.strategy != "weighted" or not self.weights:
+            return list(self.providers)
+        if not self._current:
+            self._current = [0] * len(self.providers)
+        total = sum(self.weights)
+        for i, w in enumerate(self.weights):
+            self._current[i] += w
+        best = max(range(len(self.providers)), key=lambda i: self._current[i])
+        self._current[best] -= total
+        # The chosen one first; the others as fallbacks, heavier first, zero weights last.
+        rest = sorted((i for i in range(len(self.providers)) if i != best),
+                      key=lambda i: -self.weights[i])
+        return [self.providers[best]] + [self.providers[i] for i in rest]
 
 
 class RouteTable:
-    """Longest-prefix match over E.164 numbers; "*" matches everything."""
+    """Longest prefix wins; at one prefix a route for the message's class beats a route for
+    any class; "*" matches every number."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
-        self._by_prefix: dict[str, Route] = {}
-        for route in routes:
+        self.routes = list(routes)
+        self._by_key: dict[tuple[str, str | None], Route] = {}
+        for route in self.routes:
             for prefix in route.prefixes:
-                # The first route naming a prefix wins, as in the file's order.
-                self._by_prefix.setdefault(prefix, route)
-        self._lengths = sorted({len(p) for p in self._by_prefix if p != "*"}, reverse=True)
-        self._default = self._by_prefix.get("*")
+                # The first route naming a prefix and class wins, as in the file's order.
+                self._by_key.setdefault((prefix, route.message_class), route)
+        self._lengths = sorted({len(p) for p, _ in self._by_key if p != "*"}, reverse=True)
 
-    def lookup(self, e164: str) -> Route | None:
+    def _at(self, prefix: str, message_class: str) -> Route | None:
+        return self._by_key.get((prefix, message_class)) or self._by_key.get((prefix, None))
+
+    def lookup(self, e164: str, message_class: str = "transactional") -> Route | None:
         for n in self._lengths:
-            route = self._by_prefix.get(e164[:n])
+            route = self._at(e164[:n], message_class)
             if route is not None:
                 return route
-        return self._default
+        return self._at("*", message_class)
 
-    def providers_for(self, e164: str) -> tuple[str, ...]:
-        route = self.lookup(e164)
+    def providers_for(self, e164: str, message_class: str = "transactional") -> tuple[str, ...]:
+        route = self.lookup(e164, message_class)
         return route.providers if route is not None else ()

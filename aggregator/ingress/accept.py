@@ -28,6 +28,8 @@ class SubmitInput:
     reference: str | None = None
     transliterate: bool = False
     idempotency_key: str | None = None
+    message_class: str = "transactional"
+    validity: float | None = None  # seconds; None: the configured default
 
 
 class Acceptor:
@@ -73,8 +75,11 @@ class Acceptor:
                 f"text needs {segments} {encoding.value} segments; the maximum is "
                 f"{self._config.max_segments}",
             )
-        if not self._routes.providers_for(dest.e164):
-            raise self._reject(422, ErrorCode.NO_ROUTE, f"no route for {dest.e164[:4]}...")
+        if not self._routes.providers_for(dest.e164, item.message_class):
+            raise self._reject(
+                422, ErrorCode.NO_ROUTE,
+                f"no route for {item.message_class} messages to {dest.e164[:4]}...",
+            )
         now = self._clock()
         return Message(
             id=new_message_id(),
@@ -89,8 +94,9 @@ class Acceptor:
             created_at=now,
             callback_url=item.callback_url,
             reference=item.reference,
+            message_class=item.message_class,
             next_attempt_at=now,
-            expires_at=now + self._config.default_validity,
+            expires_at=now + (item.validity or self._config.default_validity),
         )
 
     async def accept(self, account: str, item: SubmitInput) -> AcceptResult:

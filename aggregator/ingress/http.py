@@ -33,7 +33,11 @@ _FIELDS: dict[str, tuple[type, bool]] = {  # name: (type, required)
     "callback_url": (str, False),
     "reference": (str, False),
     "transliterate": (bool, False),
+    "class": (str, False),
+    "validity": (int, False),
 }
+MESSAGE_CLASSES = ("transactional", "marketing")
+MAX_VALIDITY = 7 * 24 * 3600
 
 
 def error_response(status: int, code: ErrorCode | str, message: str,
@@ -56,6 +60,7 @@ def message_view(m: Message) -> dict[str, Any]:
         "done_at": iso_utc(m.done_at),
         "error": m.error,
         "reference": m.reference,
+        "class": m.message_class,
     }
 
 
@@ -72,9 +77,17 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
             if required:
                 raise ApiError(400, ErrorCode.BAD_REQUEST, f"field '{name}' is required")
             continue
-        if not isinstance(value, kind):
-            raise ApiError(400, ErrorCode.BAD_REQUEST,
-                           f"field '{name}' must be a {'boolean' if kind is bool else 'string'}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            noun = {bool: "boolean", int: "whole number", str: "string"}[kind]
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"field '{name}' must be a {noun}")
+    message_class = body.get("class", "transactional")
+    if message_class not in MESSAGE_CLASSES:
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       "field 'class' must be 'transactional' or 'marketing'")
+    validity = body.get("validity")
+    if validity is not None and not 60 <= validity <= MAX_VALIDITY:
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"field 'validity' must be between 60 and {MAX_VALIDITY} seconds")
     text: str = body["text"]
     if len(text) > MAX_TEXT:
         raise ApiError(422, ErrorCode.TOO_LONG, f"text is longer than {MAX_TEXT} characters")
@@ -96,6 +109,8 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         reference=reference,
         transliterate=bool(body.get("transliterate", False)),
         idempotency_key=idempotency_key,
+        message_class=message_class,
+        validity=float(validity) if validity is not None else None,
     )
 
 

@@ -26,12 +26,14 @@ class Bind:
         index: int,
         on_deliver: DeliverHandler,
         on_change: Callable[[], None],
+        on_up: Callable[[], None] | None = None,
     ) -> None:
         self.provider = provider
         self.name = str(index)
         self.conn: SmppConnection | None = None
         self._on_deliver = on_deliver
         self._on_change = on_change
+        self._on_up = on_up
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._g_up = metrics.bind_up.labels(provider.name, self.name)
@@ -121,6 +123,8 @@ class Bind:
             self._g_up.set(1)
             log.info("bind_up", provider=p.name, bind=self.name, host=p.host, port=p.port)
             self._on_change()
+            if self._on_up is not None:
+                self._on_up()
             reason = await conn.closed
             self._g_up.set(0)
             self._g_window.set(0)

@@ -19,6 +19,7 @@ from aggregator.model import Sender
 from aggregator.outbound import errors
 from aggregator.outbound.connection import Bind, DeliverHandler
 from aggregator.outbound.errors import Outcome
+from aggregator.outbound.health import CircuitBreaker
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.receipts import normalise_submit_id
 from aggregator.smpp.session import WindowFull
@@ -67,12 +68,17 @@ class ProviderPool:
     def __init__(self, config: ProviderConfig, on_deliver: DeliverHandler) -> None:
         self.config = config
         self.name = config.name
-        self.binds = [Bind(config, i + 1, on_deliver, self._wake) for i in range(config.binds)]
+        self.binds = [
+            Bind(config, i + 1, on_deliver, self._wake, self._bind_up) for i in range(config.binds)
+        ]
+        self.breaker = CircuitBreaker(config.name, config.breaker_failures,
+                                      config.breaker_cooldown)
         self._bucket: TokenBucket | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._latency = metrics.submit_latency.labels(self.name)
         self._ok = metrics.submits.labels(self.name, "ok")
         self.on_bind_change: Callable[[], None] | None = None
+        self.on_bind_up: Callable[[], None] | None = None
         # Ids answered in submit_sm_resp whose store record is not committed yet: a receipt for
         # one waits for that commit instead of missing it (bounded by submits in flight).
         self._unrecorded: dict[str, asyncio.Future[None]] = {}
@@ -120,6 +126,10 @@ class ProviderPool:
                 free -= 1
         if self.on_bind_change is not None:
             self.on_bind_change()
+
+    def _bind_up(self) -> None:
+        if self.on_bind_up is not None:
+            self.on_bind_up()
 
     def _best_bind(self) -> Bind | None:
         best: Bind | None = None

@@ -22,6 +22,8 @@ class TokenBucket:
         self._clock = clock or asyncio.get_running_loop().time
         self._tokens = self.burst
         self._stamp = self._clock()
+        self._last_cut = float("-inf")
+        self._last_grow = self._stamp
         self._lock = asyncio.Lock()
 
     def _refill(self) -> None:
@@ -44,12 +46,23 @@ class TokenBucket:
                 await asyncio.sleep(wait)
 
     def slow_down(self) -> None:
-        """The operator said throttled / queue full: halve our rate (down to 1/s, or the
-        configured rate if that is lower)."""
-        self.rate = max(min(1.0, self.max_rate), self.rate / 2)
+        """The operator said throttled / queue full: cut our rate by 30% (down to 1/s, or the
+        configured rate if lower). Answers to submits already in flight say the same thing
+        again, so one cut per quarter second."""
+        now = self._clock()
+        if now - self._last_cut < 0.25:
+            return
+        self._last_cut = now
+        self._last_grow = now
+        self._refill()
+        self.rate = max(min(1.0, self.max_rate), self.rate * 0.7)
         self._tokens = min(self._tokens, 0.0)
 
     def recover(self) -> None:
-        """A success: creep back towards the configured rate (1% of it per success)."""
+        """A success: grow back towards the configured rate by 5% of it per second, so the
+        rate settles just under what the operator takes instead of bouncing off it."""
+        now = self._clock()
         if self.rate < self.max_rate:
-            self.rate = min(self.max_rate, self.rate + max(0.01, self.max_rate * 0.01))
+            self.rate = min(self.max_rate,
+                            self.rate + self.max_rate * 0.05 * (now - self._last_grow))
+        self._last_grow = now

@@ -8,6 +8,9 @@ from typing import Protocol
 
 from aggregator.model import FinalNotice, Message, MessageStatus, ReceiptUpdate, SegmentSubmit
 
+# The error a message waits with when no provider can take it; release_waiting() looks for it.
+NO_PROVIDER = "no provider available (no bind up or breaker open)"
+
 
 class StoreError(Exception):
     """The store cannot take writes now (disk full, locked, closed). Callers answer 503."""
@@ -67,8 +70,14 @@ class Store(Protocol):
         parts: Sequence[SegmentSubmit],
         next_attempt_at: float,
         error: str | None,
+        count_attempt: bool = True,
     ) -> None:
-        """Back to accepted for another attempt; parts that got an id are kept."""
+        """Back to accepted for another attempt; parts that got an id are kept. A wait for a
+        provider to come back does not count as an attempt (validity bounds it)."""
+        ...
+
+    async def release_waiting(self, now: float) -> int:
+        """Messages rescheduled for want of a provider become due now (one came back)."""
         ...
 
     async def finish(

@@ -31,6 +31,7 @@ from aggregator.model import (
     SenderKind,
 )
 from aggregator.store.base import (
+    NO_PROVIDER,
     AcceptResult,
     CallbackJob,
     ReceiptResult,
@@ -58,6 +59,7 @@ MIGRATIONS: list[str] = [
         encoding TEXT NOT NULL,
         segments INTEGER NOT NULL,
         concat_ref INTEGER NOT NULL,
+        message_class TEXT NOT NULL,
         status TEXT NOT NULL,
         callback_url TEXT,
         reference TEXT,
@@ -107,8 +109,8 @@ MIGRATIONS: list[str] = [
 
 _MESSAGE_COLUMNS = (
     "id, account, dest, region, sender, sender_kind, body, encoding, segments, concat_ref, "
-    "status, callback_url, reference, provider, error, created_at, submitted_at, done_at, "
-    "attempts, next_attempt_at, expires_at"
+    "message_class, status, callback_url, reference, provider, error, created_at, "
+    "submitted_at, done_at, attempts, next_attempt_at, expires_at"
 )
 _PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.QUEUED.value)
 
@@ -124,17 +126,18 @@ def _row_to_message(row: Sequence[Any]) -> Message:
         encoding=Encoding(row[7]),
         segments=row[8],
         concat_ref=row[9],
-        status=MessageStatus(row[10]),
-        callback_url=row[11],
-        reference=row[12],
-        provider=row[13],
-        error=row[14],
-        created_at=row[15],
-        submitted_at=row[16],
-        done_at=row[17],
-        attempts=row[18],
-        next_attempt_at=row[19],
-        expires_at=row[20],
+        message_class=row[10],
+        status=MessageStatus(row[11]),
+        callback_url=row[12],
+        reference=row[13],
+        provider=row[14],
+        error=row[15],
+        created_at=row[16],
+        submitted_at=row[17],
+        done_at=row[18],
+        attempts=row[19],
+        next_attempt_at=row[20],
+        expires_at=row[21],
     )
 
 
@@ -335,10 +338,11 @@ class SqliteStore:
                 )
             conn.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
-                    m.encoding.value, m.segments, m.concat_ref, m.status.value, m.callback_url,
+                    m.encoding.value, m.segments, m.concat_ref, m.message_class, m.status.value,
+                    m.callback_url,
                     m.reference, m.provider, m.error, m.created_at, m.submitted_at, m.done_at,
                     m.attempts, m.next_attempt_at, m.expires_at,
                 ),
@@ -419,6 +423,7 @@ class SqliteStore:
         parts: Sequence[SegmentSubmit],
         next_attempt_at: float,
         error: str | None,
+        count_attempt: bool = True,
     ) -> None:
         now = time.time()
 
@@ -427,9 +432,10 @@ class SqliteStore:
                 self._insert_parts(conn, message_id, provider, parts, now)
             conn.execute(
                 "UPDATE messages SET status = 'accepted', next_attempt_at = ?, error = ?, "
-                "provider = COALESCE(?, provider), attempts = attempts + 1 "
+                "provider = COALESCE(?, provider), attempts = attempts + ? "
                 "WHERE id = ? AND status = 'queued'",
-                (next_attempt_at, error, provider if parts else None, message_id),
+                (next_attempt_at, error, provider if parts else None, int(count_attempt),
+                 message_id),
             )
 
         await self._submit(op)
@@ -470,6 +476,17 @@ class SqliteStore:
                 (message_id, notice.callback_url, callback_payload(notice), now),
             )
         return notice, prior[0] in _PENDING
+
+    async def release_waiting(self, now: float) -> int:
+        """A provider came back: messages waiting for one are due now."""
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE messages SET next_attempt_at = ? WHERE status = 'accepted' "
+                "AND next_attempt_at > ? AND error = ?",
+                (now, now, NO_PROVIDER),
+            ).rowcount
+
+        return await self._submit(op)
 
     async def finish(
         self, message_id: str, status: MessageStatus, error: str | None, now: float
