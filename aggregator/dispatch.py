@@ -13,6 +13,7 @@ from aggregator import metrics
 from aggregator.config import MessagesConfig
 from aggregator.log import get_logger
 from aggregator.model import FinalNotice, Message, MessageStatus, SegmentSubmit
+from aggregator.outbound import errors
 from aggregator.outbound.errors import Outcome
 from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
 from aggregator.outbound.ratelimit import TokenBucket
@@ -169,7 +170,8 @@ class Dispatcher:
                 if slow is not None:  # still throttled after backing off: later, same provider
                     await self._retry(message, pool, sent, slow)
                     return
-                pool.breaker.failure()
+                if any(f.reason != errors.BREAKER_OPEN for f in failures):
+                    pool.breaker.failure()
                 previous, last_failure = pool, failures[0]
                 log.debug("failover", message_id=message.id, provider=pool.name,
                           reason=last_failure.reason)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulator.profiles import SmscSpec, load_profiles
 from simulator.smsc import Smsc, SmscProfile
 
 
@@ -88,9 +89,53 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=100,
                         help="deliver_sm window per session")
     parser.add_argument("--seed", type=int, default=None)
+    faults = parser.add_argument_group("faults")
+    faults.add_argument("--error-ratio", type=float, default=0.0,
+                        help="share of submit_sm answered with --error-status, no receipt (0..1)")
+    faults.add_argument("--error-status", type=_command_status, default=0x08,
+                        help="command_status for --error-ratio, e.g. 0x08 or 8 (default 0x08)")
+    faults.add_argument("--drop-ratio", type=float, default=0.0,
+                        help="share of submit_sm never answered (0..1)")
+    faults.add_argument("--disconnect-after", type=int, default=None, metavar="N",
+                        help="close a session's connection (no unbind) at its Nth submit_sm")
+    faults.add_argument("--disconnect-every", type=float, default=None, metavar="SECONDS",
+                        help="close every bound session's connection every SECONDS")
+    faults.add_argument("--refuse-binds", action="store_true",
+                        help="answer every bind with ESME_RBINDFAIL")
+    faults.add_argument("--latency-jitter-ms", type=float, default=0.0,
+                        help="answer latency uniform in latency +/- this (floor 0)")
+    parser.add_argument("--profile", metavar="FILE", default=None,
+                        help="TOML file with one [[smsc]] table per SMSC (name, port, profile"
+                             " keys; see config/sim-profile.example.toml): runs them all;"
+                             " the profile options above are then not allowed")
     parser.add_argument("--stats-interval", type=float, default=5.0,
                         help="seconds between stats lines on stderr (0: none)")
     parser.add_argument("--stats-file", default=None, help="also write the final JSON here")
+
+
+def _command_status(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r} (0x08 or 8)") from None
+
+
+# Options that describe one SMSC; with --profile they come from the file instead.
+_PER_SMSC_OPTIONS = (
+    "port", "latency_ms", "receipt_delay_ms", "undeliverable_ratio", "max_tps", "no_receipts",
+    "all_receipts", "receipt_id_format", "system_id", "password", "window", "seed",
+    "error_ratio", "error_status", "drop_ratio", "disconnect_after", "disconnect_every",
+    "refuse_binds", "latency_jitter_ms",
+)
+
+
+def _check_no_per_smsc_options(args: argparse.Namespace) -> None:
+    defaults = argparse.ArgumentParser()
+    _add_smsc_args(defaults)
+    for dest in _PER_SMSC_OPTIONS:
+        if getattr(args, dest) != defaults.get_default(dest):
+            option = "--" + dest.replace("_", "-")
+            raise ValueError(f"{option} cannot be combined with --profile (set it in the file)")
 
 
 def _smsc_profile(args: argparse.Namespace) -> SmscProfile:
@@ -106,6 +151,13 @@ def _smsc_profile(args: argparse.Namespace) -> SmscProfile:
         window=args.window,
         seed=args.seed,
         honor_registered_delivery=not args.all_receipts,
+        error_ratio=args.error_ratio,
+        error_status=args.error_status,
+        drop_ratio=args.drop_ratio,
+        disconnect_after=args.disconnect_after,
+        disconnect_every=args.disconnect_every,
+        refuse_binds=args.refuse_binds,
+        latency_jitter=args.latency_jitter_ms / 1000.0,
     )
 
 
@@ -116,39 +168,78 @@ def _stats_line(smsc: Smsc, previous_submits: int, interval: float) -> str:
     )
     return (
         f"submits={smsc.submits_total} rate={rate:.0f}/s throttled={smsc.throttled_total}"
+        f" errors={smsc.errors_total} dropped={smsc.dropped_total}"
+        f" disconnects={smsc.disconnects_total} bind_failures={smsc.bind_failures}"
         f" receipts_sent={smsc.receipts_sent} receipts_acked={smsc.receipts_acked}"
         f" pending={smsc.pending_receipts} binds={smsc.binds_total}"
         f" max_outstanding[{per_bind}]"
     )
 
 
-async def _serve_smsc(args: argparse.Namespace) -> int:
-    smsc = Smsc(_smsc_profile(args), host=args.host, port=args.port)
+@dataclass(slots=True)
+class _Served:
+    name: str | None  # None: the single SMSC of the command-line options
+    smsc: Smsc
+    last_submits: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}: " if self.name is not None else ""
+
+
+async def _serve_smsc(args: argparse.Namespace, specs: list[SmscSpec] | None) -> int:
+    if specs is None:
+        served = [_Served(None, Smsc(_smsc_profile(args), host=args.host, port=args.port))]
+    else:
+        served = [_Served(s.name, Smsc(s.profile, host=args.host, port=s.port)) for s in specs]
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await smsc.start()
-    print(f"listening on {smsc.host}:{smsc.port}", file=sys.stderr, flush=True)
+    try:
+        for one in served:
+            await one.smsc.start()
+    except BaseException:
+        await asyncio.gather(*(one.smsc.stop() for one in served), return_exceptions=True)
+        raise
+    for one in served:
+        suffix = f" ({one.name})" if one.name is not None else ""
+        print(f"listening on {one.smsc.host}:{one.smsc.port}{suffix}", file=sys.stderr,
+              flush=True)
     started = last_time = time.monotonic()
-    last_submits = 0
     interval = args.stats_interval if args.stats_interval > 0 else None
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), interval)
         except TimeoutError:
             now = time.monotonic()
-            print(_stats_line(smsc, last_submits, now - last_time), file=sys.stderr, flush=True)
-            last_time, last_submits = now, smsc.submits_total
-    await smsc.stop()
-    summary = smsc.summary()
+            for one in served:
+                line = _stats_line(one.smsc, one.last_submits, now - last_time)
+                print(one.label + line, file=sys.stderr, flush=True)
+                one.last_submits = one.smsc.submits_total
+            last_time = now
+    await asyncio.gather(*(one.smsc.stop() for one in served))
     elapsed = time.monotonic() - started
-    summary["elapsed_s"] = round(elapsed, 3)
-    summary["submit_rate"] = round(smsc.submits_total / elapsed, 1) if elapsed > 0 else 0.0
+    if specs is None:
+        summary = _final_summary(served[0].smsc, elapsed)
+    else:  # keyed by SMSC name
+        summary = {str(one.name): _final_summary(one.smsc, elapsed) for one in served}
     emit_summary(summary, args.stats_file)
     return 0
 
 
+def _final_summary(smsc: Smsc, elapsed: float) -> dict[str, Any]:
+    summary = smsc.summary()
+    summary["elapsed_s"] = round(elapsed, 3)
+    summary["submit_rate"] = round(smsc.submits_total / elapsed, 1) if elapsed > 0 else 0.0
+    summary["port"] = smsc.port
+    return summary
+
+
 def _run_smsc(args: argparse.Namespace) -> int:
-    return run_async(_serve_smsc(args), args.loop)
+    specs = None
+    if args.profile is not None:
+        _check_no_per_smsc_options(args)
+        specs = load_profiles(args.profile)  # ProfileError (a ValueError): exit code 2
+    return run_async(_serve_smsc(args, specs), args.loop)
 
 
 COMMANDS: dict[str, Command] = {

@@ -3,6 +3,10 @@
 It answers submit_sm (after a configurable latency, or ESME_RTHROTTLED above a rate) and sends
 delivery receipts back as deliver_sm, in the text form and as TLVs. Everything runs on the event
 loop: timers are loop.call_later handles, never a sleeping task per message.
+
+Faults for tests (all off by default, see SmscProfile): error answers, dropped submits (no answer
+at all), link drops after N submits per session or every T seconds, refused binds and latency
+jitter. `Smsc.profile` may be replaced or changed at run time; see Smsc.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import random
 import re
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,11 +65,28 @@ UDHI = 0x40
 SAR_MSG_REF_NUM = 0x020C
 SAR_TOTAL_SEGMENTS = 0x020E
 SAR_SEGMENT_SEQNUM = 0x020F
+SUBMIT_SM_RESP = 0x80000004
+ESME_RBINDFAIL = 0x0D
+# How often a disabled disconnect_every is checked for having been enabled at run time.
+DISCONNECT_POLL = 0.25
 _CAN_RECEIVE = (BindMode.RECEIVER, BindMode.TRANSCEIVER)
+_HEADER = struct.Struct("!IIII")
 
 
 @dataclass(slots=True)
 class SmscProfile:
+    """How the simulated SMSC behaves. The defaults are a healthy, fast operator.
+
+    Fault fields: of the submit_sm that are not throttled, a share `drop_ratio` gets no answer
+    at all (the client times out) and a share `error_ratio` is answered with `error_status`
+    (after the latency, and without a receipt); drop_ratio + error_ratio must not exceed 1.
+    `disconnect_after` closes a session's TCP connection (no unbind) when that session sends
+    its Nth submit_sm, which stays unanswered, as do its submits still waiting for their
+    latency. `disconnect_every` closes every bound session's connection every T seconds.
+    `refuse_binds` answers every bind with ESME_RBINDFAIL. `latency_jitter` spreads the
+    answer latency uniformly over [latency - jitter, latency + jitter], floored at 0.
+    """
+
     latency: float = 0.0  # seconds before answering submit_sm
     receipt_delay: float = 0.0  # seconds after the submit_sm_resp before the receipt is sent
     undeliverable_ratio: float = 0.0  # share of receipts with stat:UNDELIV (state 5, err:001)
@@ -79,6 +101,13 @@ class SmscProfile:
     # Like a real SMSC, send a receipt only if registered_delivery asks for one
     # (bits 1-0: 01 always, 10 on failure only); False sends one for every submit.
     honor_registered_delivery: bool = True
+    error_ratio: float = 0.0  # share of submit_sm answered with error_status (no receipt)
+    error_status: int = 0x08  # ESME_RSYSERR
+    drop_ratio: float = 0.0  # share of submit_sm never answered (counted in dropped_total)
+    disconnect_after: int | None = None  # close a session's connection at its Nth submit_sm
+    disconnect_every: float | None = None  # close every bound session every T seconds
+    refuse_binds: bool = False  # answer every bind with ESME_RBINDFAIL (0x0D)
+    latency_jitter: float = 0.0  # seconds; latency uniform in [latency -/+ jitter], floor 0
 
     def __post_init__(self) -> None:
         if self.receipt_id_format not in ("same", "decimal"):
@@ -90,6 +119,20 @@ class SmscProfile:
             raise ValueError("max_tps must be positive")
         if self.window < 1:
             raise ValueError("window must be at least 1")
+        for name in ("latency", "receipt_delay", "latency_jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("error_ratio", "drop_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1")
+        if self.error_ratio + self.drop_ratio > 1.0:
+            raise ValueError("error_ratio + drop_ratio must not exceed 1")
+        if not 0 < self.error_status <= 0xFFFFFFFF:
+            raise ValueError("error_status must be a non-zero 32-bit command_status")
+        if self.disconnect_after is not None and self.disconnect_after < 1:
+            raise ValueError("disconnect_after must be at least 1")
+        if self.disconnect_every is not None and self.disconnect_every <= 0:
+            raise ValueError("disconnect_every must be positive")
 
 
 @dataclass(slots=True)
@@ -153,6 +196,20 @@ class _Bucket:
         return False
 
 
+class _ErrorResp:
+    """A bodiless submit_sm_resp with any command_status (aiosmpplib's takes only its enum).
+
+    SMPP 3.4 leaves the body out of an error response; the client decodes it as such.
+    """
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.sequence_num = 0  # set by SmppSession.send_response
+
+    def pdu(self) -> bytes:
+        return _HEADER.pack(_HEADER.size, SUBMIT_SM_RESP, self.status, self.sequence_num)
+
+
 @dataclass(slots=True)
 class _Waiter:
     condition: Callable[[], bool]
@@ -160,7 +217,14 @@ class _Waiter:
 
 
 class Smsc:
-    """SMPP server simulating an operator SMSC with a configurable profile."""
+    """SMPP server simulating an operator SMSC with a configurable profile.
+
+    `profile` is a plain mutable attribute: assign a new SmscProfile (validated on creation)
+    or change its fields while the SMSC runs, and the next submit_sm or bind follows it.
+    Tests use this to flip a healthy operator to failing and back. Exceptions: `seed` is read
+    once (here), `window` when a connection opens, and a change of `disconnect_every` is seen
+    at the next due drop, or within DISCONNECT_POLL seconds when it was off.
+    """
 
     def __init__(
         self, profile: SmscProfile | None = None, host: str = "127.0.0.1", port: int = 0
@@ -176,6 +240,10 @@ class Smsc:
         self.receipts_dropped = 0  # pushed out of the full pending queue
         self.binds_total = 0
         self.bind_failures = 0
+        self.accepted_total = 0  # submits answered ESME_ROK (or about to be: latency)
+        self.errors_total = 0  # answered with profile.error_status
+        self.dropped_total = 0  # never answered (drop_ratio)
+        self.disconnects_total = 0  # connections closed by disconnect_after / disconnect_every
         self.bind_stats: dict[str, BindStats] = {}
         # The last RECEIVED_MAX (up to 10% more: trimmed in chunks so appends stay O(1)).
         self.received: list[ReceivedSubmit] = []
@@ -192,6 +260,8 @@ class Smsc:
         self._id_counter = 0
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._last_link_drop: float | None = None  # disconnect_every: base of the next drop
         self._handlers: dict[type[Any], Callable[[SmppConnection, Any], None]] = {
             BindRequested: self._on_bind_requested,
             Bound: self._on_bound,
@@ -208,10 +278,13 @@ class Smsc:
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
+        self._stopping = False
+        self._disconnect_tick()
         log.info("smsc listening on %s:%d", self.host, self.port)
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Stop listening, unbind every session (closing those that do not answer)."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         for handle in self._timers:
@@ -247,8 +320,11 @@ class Smsc:
     def summary(self) -> dict[str, Any]:
         return {
             "submits": self.submits_total,
-            "accepted": self.submits_total - self.throttled_total,
+            "accepted": self.accepted_total,
             "throttled": self.throttled_total,
+            "errors": self.errors_total,
+            "dropped": self.dropped_total,
+            "disconnects": self.disconnects_total,
             "receipts_sent": self.receipts_sent,
             "receipts_acked": self.receipts_acked,
             "receipts_failed": self.receipts_failed,
@@ -305,7 +381,10 @@ class Smsc:
 
     def _on_bind_requested(self, conn: SmppConnection, event: BindRequested) -> None:
         request = event.pdu
-        status = self._check_credentials(request.system_id, request.password)
+        if self.profile.refuse_binds:
+            status: int | None = ESME_RBINDFAIL
+        else:
+            status = self._check_credentials(request.system_id, request.password)
         if status is None:
             conn.accept_bind(request, SMSC_SYSTEM_ID)  # on_event gets Bound from within
         else:
@@ -365,23 +444,61 @@ class Smsc:
             conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num,
                                            command_status=SmppCommandStatus.ESME_RINVBNDSTS))
             return
+        profile = self.profile
         self.submits_total += 1
         stats.submits += 1
+        if profile.disconnect_after is not None and stats.submits >= profile.disconnect_after:
+            self._drop_link(conn, f"disconnect_after={profile.disconnect_after}")
+            self._notify()
+            return
         if not self._take_token(stats.system_id):
             self.throttled_total += 1
             conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num,
                                            command_status=SmppCommandStatus.ESME_RTHROTTLED))
             self._notify()
             return
-        message_id = self._next_id()
-        self._record(_received_submit(pdu, message_id, stats.bind_id))
+        fault = self._roll_fault(profile)
+        if fault == "drop":
+            self.dropped_total += 1
+            self._notify()
+            return
         stats.outstanding += 1
         stats.max_outstanding = max(stats.max_outstanding, stats.outstanding)
+        if fault == "error":
+            self.errors_total += 1
+            self._notify()
+            self._after_latency(profile, self._answer_error, conn, stats, pdu,
+                                profile.error_status)
+            return
+        self.accepted_total += 1
+        message_id = self._next_id()
+        self._record(_received_submit(pdu, message_id, stats.bind_id))
         self._notify()
-        if self.profile.latency > 0:
-            self._later(self.profile.latency, self._answer, conn, stats, pdu, message_id)
+        self._after_latency(profile, self._answer, conn, stats, pdu, message_id)
+
+    def _roll_fault(self, profile: SmscProfile) -> str | None:
+        """None (answer normally), "drop" or "error"; one draw, only when a ratio is set."""
+        drop, error = profile.drop_ratio, profile.error_ratio
+        if drop <= 0 and error <= 0:
+            return None
+        draw = self._rng.random()
+        if draw < drop:
+            return "drop"
+        if draw < drop + error:
+            return "error"
+        return None
+
+    def _after_latency(
+        self, profile: SmscProfile, callback: Callable[..., None], *args: Any
+    ) -> None:
+        delay = profile.latency
+        if profile.latency_jitter > 0:
+            delay = max(0.0, delay + self._rng.uniform(-profile.latency_jitter,
+                                                       profile.latency_jitter))
+        if delay > 0:
+            self._later(delay, callback, *args)
         else:
-            self._answer(conn, stats, pdu, message_id)
+            callback(*args)
 
     def _record(self, submit: ReceivedSubmit) -> None:
         received = self.received
@@ -397,18 +514,37 @@ class Smsc:
         bucket = self._buckets.get(system_id)
         if bucket is None:
             bucket = self._buckets[system_id] = _Bucket(rate, max(rate, 1.0), now)
+        elif bucket.rate != rate:  # the profile changed at run time: refill at the old rate
+            bucket.tokens = min(max(rate, 1.0), bucket.tokens + (now - bucket.last) * bucket.rate)
+            bucket.last = now
+            bucket.rate = rate
         return bucket.take(now)
 
     def _next_id(self) -> str:
         self._id_counter += 1
         return f"{self._id_base + self._id_counter:x}"
 
-    def _answer(self, conn: SmppConnection, stats: BindStats, pdu: Any, message_id: str) -> None:
+    def _settle(self, conn: SmppConnection, stats: BindStats) -> bool:
+        """One outstanding submit is answered now; False if there is nobody to answer."""
         if stats.outstanding > 0:
             stats.outstanding -= 1
             self._notify()
-        if conn not in self._peers or conn.session.closed:
-            return  # the session went away while we were "processing": nobody to answer
+        # The session may have gone away while we were "processing" (or we dropped it).
+        return conn in self._peers and not conn.session.closed
+
+    def _answer_error(
+        self, conn: SmppConnection, stats: BindStats, pdu: Any, status: int
+    ) -> None:
+        if not self._settle(conn, stats):
+            return
+        try:
+            conn.respond(pdu, _ErrorResp(status))
+        except Exception as exc:
+            log.debug("smsc: could not answer submit on %s: %r", conn.peername, exc)
+
+    def _answer(self, conn: SmppConnection, stats: BindStats, pdu: Any, message_id: str) -> None:
+        if not self._settle(conn, stats):
+            return
         try:
             conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num, message_id=message_id))
         except Exception as exc:
@@ -438,6 +574,39 @@ class Smsc:
             source=pdu.destination, destination=pdu.source,
             submitted_at=time.time(), delivered=delivered,
         )
+
+    # -- link drops -----------------------------------------------------------------------------
+
+    def _drop_link(self, conn: SmppConnection, reason: str) -> None:
+        """Close the TCP connection without unbind; its unanswered submits stay unanswered."""
+        peer = self._peers.pop(conn, None)  # from now on, nothing is answered or sent on it
+        if peer is not None and peer.stats is not None:
+            peer.stats.bound = False
+            peer.stats.outstanding = 0
+        self.disconnects_total += 1
+        log.info("smsc: dropping the link of %s (%s)", conn.peername, reason)
+        conn.close()
+
+    def _disconnect_tick(self) -> None:
+        """disconnect_every: drop every bound session when due; re-read the profile each time."""
+        if self._stopping:
+            return
+        every = self.profile.disconnect_every
+        now = self._now()
+        if every is None:
+            self._last_link_drop = None
+            self._later(DISCONNECT_POLL, self._disconnect_tick)
+            return
+        if self._last_link_drop is None:  # just switched on (or at start)
+            self._last_link_drop = now
+        elif now >= self._last_link_drop + every - 0.001:  # timers may fire a little early
+            self._last_link_drop = now
+            for conn, peer in list(self._peers.items()):
+                if peer.stats is not None:
+                    self._drop_link(conn, f"disconnect_every={every}")
+            self._notify()
+        delay = min(DISCONNECT_POLL, self._last_link_drop + every - now)
+        self._later(max(delay, 0.001), self._disconnect_tick)
 
     # -- receipts -------------------------------------------------------------------------------
 

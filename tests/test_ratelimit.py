@@ -100,13 +100,22 @@ def test_recover_climbs_back_to_max_rate_and_not_beyond(clock: FakeClock) -> Non
     bucket.slow_down()
     assert bucket.rate == pytest.approx(70.0)
     rates = [bucket.rate]
-    for _ in range(100):  # successes every 0.1 s: +5% of max_rate per second
+    for _ in range(200):  # successes every 0.1 s: +5% of the current rate per second
         clock.advance(0.1)
         bucket.recover()
         rates.append(bucket.rate)
-    assert rates[10] == pytest.approx(75.0)
+    assert rates[10] == pytest.approx(70.0 * 1.005**10, rel=1e-6)
     assert all(b >= a for a, b in itertools.pairwise(rates))
     assert rates[-1] == 100.0 and max(rates) == 100.0
+
+
+def test_throttle_drops_to_what_the_operator_accepted(clock: FakeClock) -> None:
+    bucket = TokenBucket(400.0, clock=clock)
+    for _ in range(50):  # the operator took 50 in the last second
+        clock.advance(0.02)
+        bucket.recover()
+    bucket.slow_down()
+    assert bucket.rate == pytest.approx(0.95 * 50)
 
 
 def test_recover_at_max_rate_changes_nothing(clock: FakeClock) -> None:
@@ -126,7 +135,7 @@ def test_recover_growth_depends_on_time_not_on_the_number_of_successes(
     clock.advance(1.0)
     for _ in range(500):  # a burst of successes in the same instant
         bucket.recover()
-    assert bucket.rate == pytest.approx(before + 10.0)
+    assert bucket.rate == pytest.approx(before * 1.05)
 
 
 def test_slow_down_never_raises_the_rate_above_max(clock: FakeClock) -> None:

@@ -62,6 +62,7 @@ _CLASSES: dict[int, Outcome] = {
 TIMEOUT = "timeout"
 CONNECTION_LOST = "connection_lost"
 NO_BIND = "no_bind"
+BREAKER_OPEN = "breaker_open"
 
 
 def classify(command_status: int) -> Outcome:

@@ -19,7 +19,7 @@ from aggregator.model import Sender
 from aggregator.outbound import errors
 from aggregator.outbound.connection import Bind, DeliverHandler
 from aggregator.outbound.errors import Outcome
-from aggregator.outbound.health import CircuitBreaker
+from aggregator.outbound.health import BreakerState, CircuitBreaker
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.receipts import normalise_submit_id
 from aggregator.smpp.session import WindowFull
@@ -118,7 +118,8 @@ class ProviderPool:
         await asyncio.gather(*(b.stop() for b in self.binds))
 
     def _wake(self) -> None:
-        free = sum(b.free_window for b in self.binds)
+        # With no bind left, every waiter must learn it now and fail over, not time out.
+        free = sum(b.free_window for b in self.binds) if self.binds_up else len(self._waiters)
         while free > 0 and self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -159,7 +160,7 @@ class ProviderPool:
             bind = self._best_bind()
             if bind is not None:
                 return bind
-            if loop.time() >= deadline:
+            if self.binds_up == 0 or loop.time() >= deadline:
                 return None
 
     async def submit(self, req: SubmitRequest) -> SubmitResult:
@@ -184,6 +185,10 @@ class ProviderPool:
         if bind is None:
             metrics.submits.labels(self.name, errors.NO_BIND).inc()
             return SubmitResult(Outcome.FAILOVER, error="no bind up", reason=errors.NO_BIND)
+        if self.breaker.state is BreakerState.OPEN:
+            # It opened while this segment waited for a slot: do not send into a known fault.
+            return SubmitResult(Outcome.FAILOVER, error="circuit breaker open",
+                                reason=errors.BREAKER_OPEN)
         started = time.monotonic()
         try:
             resp = await bind.request(build_submit_sm(req))

@@ -4,6 +4,7 @@ when the operator throttles us."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 
@@ -24,6 +25,8 @@ class TokenBucket:
         self._stamp = self._clock()
         self._last_cut = float("-inf")
         self._last_grow = self._stamp
+        # Recent successes, to learn the rate the operator really takes when it throttles.
+        self._ok_times: deque[float] = deque(maxlen=max(16, int(rate * 2)))
         self._lock = asyncio.Lock()
 
     def _refill(self) -> None:
@@ -46,23 +49,28 @@ class TokenBucket:
                 await asyncio.sleep(wait)
 
     def slow_down(self) -> None:
-        """The operator said throttled / queue full: cut our rate by 30% (down to 1/s, or the
-        configured rate if lower). Answers to submits already in flight say the same thing
-        again, so one cut per quarter second."""
+        """The operator said throttled / queue full. Drop to just under what it accepted in the
+        last second (or by 30% if that says little), floor 1/s. Answers to submits already in
+        flight say the same thing again, so at most one cut per quarter second."""
         now = self._clock()
         if now - self._last_cut < 0.25:
             return
         self._last_cut = now
         self._last_grow = now
         self._refill()
-        self.rate = max(min(1.0, self.max_rate), self.rate * 0.7)
+        accepted = sum(1 for t in self._ok_times if t >= now - 1.0)
+        target = self.rate * 0.7
+        if accepted >= 5:
+            target = min(target, 0.95 * accepted)
+        self.rate = max(min(1.0, self.max_rate), target)
         self._tokens = min(self._tokens, 0.0)
 
     def recover(self) -> None:
-        """A success: grow back towards the configured rate by 5% of it per second, so the
-        rate settles just under what the operator takes instead of bouncing off it."""
+        """A success: grow by 5% of the current rate per second, so the rate creeps up to the
+        operator's limit (one throttle now and then) instead of bouncing off it."""
         now = self._clock()
+        self._ok_times.append(now)
         if self.rate < self.max_rate:
-            self.rate = min(self.max_rate,
-                            self.rate + self.max_rate * 0.05 * (now - self._last_grow))
+            growth = max(1.0, self.rate * 0.05) * (now - self._last_grow)
+            self.rate = min(self.max_rate, self.rate + growth)
         self._last_grow = now
