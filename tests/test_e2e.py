@@ -193,3 +193,32 @@ async def test_concurrent_burst_all_final(tmp_path: Path) -> None:
         await sink.wait_count(300, timeout=30)
         assert {c["id"] for c in sink.received} == set(ids)
         assert all(c["status"] == "delivered" for c in sink.received)
+
+
+async def test_message_past_its_validity_expires(tmp_path: Path) -> None:
+    from aggregator.model import Encoding, Message, Sender, SenderKind
+
+    async with running(tmp_path) as r:
+        now = time.time()
+        old = Message(id="e" * 32, account="shop", to=KOSOVO_MOBILE,
+                      sender=Sender("ACME", SenderKind.ALPHANUMERIC), text="late",
+                      encoding=Encoding.GSM7, segments=1, concat_ref=1, created_at=now - 120,
+                      next_attempt_at=now, expires_at=now - 1)
+        await r.app.store.accept(old, None)
+        r.app.dispatcher.wake()
+        view = await r.wait_status(old.id, {"expired"})
+        assert "validity" in view["error"]
+        assert not any(s.short_message == b"late" for s in r.smsc.received)
+
+
+async def test_validity_and_class_are_accepted_and_checked(tmp_path: Path) -> None:
+    async with running(tmp_path) as r:
+        status, body = await r.post({"to": KOSOVO_MOBILE, "from": "ACME", "text": "v",
+                                     "validity": 3600, "class": "marketing"})
+        assert status == 202
+        _, view = await r.get(body["id"])
+        assert view["class"] == "marketing"
+        for bad in ({"validity": 5}, {"validity": "1h"}, {"class": "promo"}):
+            status, data = await r.post({"to": KOSOVO_MOBILE, "from": "ACME", "text": "v",
+                                         **bad})
+            assert status == 400 and data["error"]["code"] == "bad_request"

@@ -69,3 +69,41 @@ def test_first_route_wins_for_a_duplicate_prefix() -> None:
     assert table.providers_for("+447911123456") == ("first",)
     assert table.providers_for("+33612345678") == ("second",)  # its other prefix still counts
     assert table.providers_for("+15551234567") == ("global",)  # the first "*" too
+
+
+def test_class_specific_route_beats_any_class_at_the_same_prefix() -> None:
+    table = RouteTable([
+        Route(("+383",), ("A",)),
+        Route(("+383",), ("M",), message_class="marketing"),
+        Route(("*",), ("Z",)),
+    ])
+    assert table.providers_for("+38344123456", "transactional") == ("A",)
+    assert table.providers_for("+38344123456", "marketing") == ("M",)
+    assert table.providers_for("+77011234567", "marketing") == ("Z",)
+
+
+def test_longer_prefix_wins_over_class_at_a_shorter_one() -> None:
+    table = RouteTable([
+        Route(("+3834",), ("A",)),
+        Route(("+383",), ("M",), message_class="marketing"),
+    ])
+    assert table.providers_for("+38344123456", "marketing") == ("A",)
+
+
+def test_marketing_only_route_gives_no_route_for_transactional() -> None:
+    table = RouteTable([Route(("+383",), ("M",), message_class="marketing")])
+    assert table.providers_for("+38344123456", "transactional") == ()
+
+
+def test_weighted_order_is_exact_and_keeps_fallbacks() -> None:
+    route = Route(("*",), ("A", "B"), strategy="weighted", weights=(3, 1))
+    orders = [route.order() for _ in range(1000)]
+    firsts = [o[0] for o in orders]
+    assert firsts.count("A") == 750 and firsts.count("B") == 250
+    assert all(sorted(o) == ["A", "B"] for o in orders)  # the other one stays as fallback
+
+
+def test_failover_order_is_the_configured_order() -> None:
+    route = Route(("*",), ("A", "B", "C"))
+    assert route.order() == ["A", "B", "C"]
+    assert route.name == "*/any"
