@@ -17,6 +17,7 @@ from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
 from aggregator.ingress.callbacks import CallbackSender
 from aggregator.ingress.http import HttpApi
+from aggregator.ingress.smpp import SmppServer
 from aggregator.log import get_logger
 from aggregator.model import FinalNotice, ReceiptUpdate
 from aggregator.outbound.connection import Bind
@@ -69,6 +70,10 @@ class App:
             self.acceptor, self.store, config.accounts,
             max_body_bytes=config.http.max_body_bytes, ready=self.readiness,
         )
+        self.smpp = (
+            SmppServer(config.smpp, config.accounts, self.acceptor, self.store)
+            if config.smpp is not None else None
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -81,6 +86,8 @@ class App:
     def _on_final(self, notice: FinalNotice) -> None:
         if notice.callback_url:
             self.callbacks.wake()
+        if self.smpp is not None:
+            self.smpp.wake_receipts(notice.account)
 
     def _on_deliver(self, bind: Bind, pdu: Any) -> None:
         task = asyncio.ensure_future(self._handle_deliver(bind, pdu))
@@ -159,7 +166,10 @@ class App:
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else listen.port
+        if self.smpp is not None:
+            await self.smpp.start()
         log.info("started", http=f"{listen.host}:{self.http_port}",
+                 smpp=self.smpp.port if self.smpp else None,
                  providers=[p.name for p in self.config.providers],
                  store=self.config.store.path, pending=self.store.pending)
         self.started.set()
@@ -170,6 +180,8 @@ class App:
         log.info("stopping", in_flight=self.dispatcher.in_flight)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.smpp is not None:
+            await self.smpp.stop(timeout=2.0)
         await self.dispatcher.stop(deadline)
         # Receipts still arriving for what we just sent are worth a moment.
         if self._tasks:

@@ -128,9 +128,26 @@ class LogConfig:
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
+class SmppConfig:
+    """The SMPP server for upstream ESMEs; the section's absence disables it."""
+
+    listen: ListenAddress = ListenAddress("127.0.0.1", 2775)
+    max_sessions: int = 100  # in total, over all accounts
+    idle_timeout: float = 120.0  # seconds without any PDU before a session is closed
+    window: int = 50  # deliver_sm (receipts) awaiting a response, per session
+    reassembly_timeout: float = 60.0  # seconds to wait for every part of a long message
+    max_pending_parts: int = 10_000  # parts held for reassembly, over all sessions
+    receipt_attempts: int = 10  # deliver_sm receipt attempts before giving up
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
 class AccountConfig:
     name: str
     api_key: str = field(repr=False)
+    system_id: str | None = None  # SMPP bind credentials; None: this account cannot bind
+    password: str | None = field(default=None, repr=False)
+    max_binds: int = 4
+    max_tps: float | None = None  # submits per second over SMPP; None: no account limit
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -172,6 +189,7 @@ class Config:
     messages: MessagesConfig
     callbacks: CallbacksConfig
     log: LogConfig
+    smpp: SmppConfig | None
     accounts: tuple[AccountConfig, ...]
     providers: tuple[ProviderConfig, ...]
     routes: tuple[RouteConfig, ...]
@@ -468,6 +486,31 @@ def _ordered(r: _Reader, low: str, high: str) -> tuple[float, float]:
 # --------------------------------------------------------------------------- sections
 
 
+def _listen(r: _Reader) -> ListenAddress:
+    listen, given = r.lookup("listen")
+    if given:
+        if isinstance(listen, str):
+            try:
+                listen = ListenAddress.parse(listen)
+            except ValueError as exc:
+                r.problem("listen", f"{exc}, got {_show(listen)}")
+        else:
+            r.problem("listen", f'must be a string "host:port", got {_show(listen)}')
+    return listen if isinstance(listen, ListenAddress) else ListenAddress("", 0)
+
+
+def _parse_smpp(r: _Reader) -> SmppConfig:
+    return SmppConfig(
+        listen=_listen(r),
+        max_sessions=r.integer("max_sessions", lo=1, hi=100_000),
+        idle_timeout=r.number("idle_timeout", gt=0),
+        window=r.integer("window", lo=1, hi=1000),
+        reassembly_timeout=r.number("reassembly_timeout", gt=0),
+        max_pending_parts=r.integer("max_pending_parts", lo=1),
+        receipt_attempts=r.integer("receipt_attempts", lo=1, hi=1000),
+    )
+
+
 def _parse_http(r: _Reader) -> HttpConfig:
     listen, given = r.lookup("listen")
     if given:
@@ -532,7 +575,23 @@ def _parse_account(r: _Reader) -> AccountConfig:
     if r.ok("api_key") and (not api_key or any(c.isspace() for c in api_key)):
         # Sent as "Authorization: Bearer <key>": whitespace could never match.
         r.problem("api_key", "must be non-empty and contain no whitespace")
-    return AccountConfig(name=name, api_key=api_key)
+    system_id: str | None = None
+    password: str | None = None
+    if r.optional("system_id") is not _ABSENT:
+        system_id = r.string("system_id", nonempty=True, smpp_max=_SMPP_MAX_SYSTEM_ID)
+        password = r.string("password", smpp_max=_SMPP_MAX_PASSWORD, secret=True)
+    elif r.optional("password") is not _ABSENT:
+        r.problem("password", "needs system_id: both are the SMPP bind credentials")
+    max_binds = r.integer("max_binds", lo=1, hi=1000)
+    max_tps: float | None = None
+    raw_tps = r.optional("max_tps")
+    if raw_tps is not _ABSENT:
+        if not _is_number(raw_tps) or not math.isfinite(raw_tps) or raw_tps <= 0:
+            r.problem("max_tps", f"must be a number > 0, got {_show(raw_tps)}")
+        else:
+            max_tps = float(raw_tps)
+    return AccountConfig(name=name, api_key=api_key, system_id=system_id, password=password,
+                         max_binds=max_binds, max_tps=max_tps)
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:
@@ -693,6 +752,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     messages = _section(top, "messages", MessagesConfig, _parse_messages)
     callbacks = _section(top, "callbacks", CallbacksConfig, _parse_callbacks)
     log = _section(top, "log", LogConfig, _parse_log)
+    smpp = _section(top, "smpp", SmppConfig, _parse_smpp) if "smpp" in data else None
     accounts = list(_array(top, "accounts", AccountConfig, _parse_account))
     providers = list(_array(top, "providers", ProviderConfig, _parse_provider))
     routes = list(_array(top, "routes", RouteConfig, _parse_route))
@@ -700,6 +760,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
 
     _check_unique(accounts, "name", "account name")
     _check_unique(accounts, "api_key", "api_key", secret=True)
+    _check_unique(accounts, "system_id", "system_id")
     _check_unique(providers, "name", "provider name")
     _check_routes(routes, providers)
 
@@ -711,6 +772,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         messages=messages,
         callbacks=callbacks,
         log=log,
+        smpp=smpp,
         accounts=tuple(a for a, _ in accounts),
         providers=tuple(p for p, _ in providers),
         routes=tuple(r for r, _ in routes),

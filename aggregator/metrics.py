@@ -87,3 +87,9 @@ route_rate_waits = Counter(
     "smsagg_route_rate_limited_total", "Messages that waited for a route's max_tps", ["route"],
     registry=REGISTRY,
 )
+smpp_binds = Counter("smsagg_smpp_binds_total", "Upstream SMPP bind attempts", ["result"],
+                     registry=REGISTRY)
+smpp_submits = Counter("smsagg_smpp_submits_total", "Upstream submit_sm by outcome", ["result"],
+                       registry=REGISTRY)
+smpp_receipts = Counter("smsagg_smpp_receipts_total", "Receipts sent to upstream SMPP clients",
+                        ["result"], registry=REGISTRY)

@@ -117,6 +117,7 @@ class Message:
     reference: str | None = None
     region: str | None = None
     message_class: str = "transactional"
+    receipt_mode: int = 0  # SMPP registered_delivery bits 1-0: 0 none, 1 always, 2 on failure
     provider: str | None = None
     error: str | None = None
     submitted_at: float | None = None

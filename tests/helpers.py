@@ -34,6 +34,8 @@ def make_config(
     messages: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
     store_opts: dict[str, Any] | None = None,
+    smpp: dict[str, Any] | None = None,
+    shop: dict[str, Any] | None = None,
 ) -> Config:
     provider: dict[str, Any] = {
         "name": "sim", "host": "127.0.0.1", "port": smsc_port, "system_id": "smsagg",
@@ -47,12 +49,14 @@ def make_config(
         "messages": {"retry_min": 0.05, "retry_max": 0.5, **(messages or {})},
         "callbacks": {"retry_min": 0.05, "retry_max": 0.2},
         "accounts": [
-            {"name": "shop", "api_key": API_KEY},
+            {"name": "shop", "api_key": API_KEY, **(shop or {})},
             {"name": "bank", "api_key": "bank-key"},
         ],
         "providers": [provider],
         "routes": [{"prefixes": list(prefixes), "providers": ["sim"]}],
     }
+    if smpp is not None:
+        data["smpp"] = {"listen": "127.0.0.1:0", **smpp}
     return parse_config(data, "<test>")
 
 

@@ -30,6 +30,7 @@ class SubmitInput:
     idempotency_key: str | None = None
     message_class: str = "transactional"
     validity: float | None = None  # seconds; None: the configured default
+    receipt_mode: int = 0  # SMPP upstreams: registered_delivery bits 1-0
 
 
 class Acceptor:
@@ -95,6 +96,7 @@ class Acceptor:
             callback_url=item.callback_url,
             reference=item.reference,
             message_class=item.message_class,
+            receipt_mode=item.receipt_mode,
             next_attempt_at=now,
             expires_at=now + (item.validity or self._config.default_validity),
         )

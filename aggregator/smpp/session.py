@@ -90,9 +90,11 @@ class SessionState(Enum):
 
 @dataclass(slots=True, frozen=True)
 class RequestReceived:
-    """A data request from the peer on a bound session; answer it with `send_response`."""
+    """A data request from the peer on a bound session; answer it with `send_response`.
+    `raw` is the whole PDU as received, for fields aiosmpplib decodes wrongly (UDH)."""
 
     pdu: Pdu
+    raw: bytes = b""
 
 
 @dataclass(slots=True, frozen=True)
@@ -547,7 +549,7 @@ class SmppSession:
             self._respond_error(command_id, ESME_RINVMSGLEN, seq)
             events.append(ProtocolError(f"bad body in 0x{command_id:08X}: {exc!r}", "remote"))
             return
-        events.append(RequestReceived(pdu))
+        events.append(RequestReceived(pdu, bytes(data)))
 
     def _on_bind(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]

@@ -43,6 +43,22 @@ class CallbackJob:
     attempts: int
 
 
+@dataclass(slots=True, frozen=True)
+class SmppReceipt:
+    """A final state owed to an upstream SMPP client as a deliver_sm receipt."""
+
+    id: int
+    account: str
+    message_id: str
+    source: str  # the original sender
+    dest: str  # the original destination (E.164)
+    status: MessageStatus
+    error: str | None
+    submitted_at: float
+    done_at: float
+    attempts: int
+
+
 class Store(Protocol):
     pending: int  # messages accepted and not yet submitted or final
 
@@ -92,5 +108,13 @@ class Store(Protocol):
     async def callback_done(self, job_id: int) -> None: ...
     async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None: ...
     async def callback_give_up(self, job_id: int, error: str) -> None: ...
+
+    async def due_smpp_receipts(
+        self, account: str, now: float, limit: int
+    ) -> list[SmppReceipt]: ...
+    async def smpp_receipt_done(self, receipt_id: int) -> None: ...
+    async def smpp_receipt_retry(
+        self, receipt_id: int, next_attempt_at: float, give_up: bool
+    ) -> None: ...
 
     async def count_by_status(self) -> dict[str, int]: ...

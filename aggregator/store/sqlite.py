@@ -35,6 +35,7 @@ from aggregator.store.base import (
     AcceptResult,
     CallbackJob,
     ReceiptResult,
+    SmppReceipt,
     StoreBusy,
     StoreError,
 )
@@ -60,6 +61,7 @@ MIGRATIONS: list[str] = [
         segments INTEGER NOT NULL,
         concat_ref INTEGER NOT NULL,
         message_class TEXT NOT NULL,
+        receipt_mode INTEGER NOT NULL,
         status TEXT NOT NULL,
         callback_url TEXT,
         reference TEXT,
@@ -104,12 +106,28 @@ MIGRATIONS: list[str] = [
         given_up INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX callbacks_due ON callbacks (next_attempt_at) WHERE given_up = 0;
+    CREATE TABLE smpp_receipts (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        dest TEXT NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        submitted_at REAL NOT NULL,
+        done_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        given_up INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX smpp_receipts_due ON smpp_receipts (account, next_attempt_at)
+        WHERE given_up = 0;
     """,
 ]
 
 _MESSAGE_COLUMNS = (
     "id, account, dest, region, sender, sender_kind, body, encoding, segments, concat_ref, "
-    "message_class, status, callback_url, reference, provider, error, created_at, "
+    "message_class, receipt_mode, status, callback_url, reference, provider, error, created_at, "
     "submitted_at, done_at, attempts, next_attempt_at, expires_at"
 )
 _PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.QUEUED.value)
@@ -127,17 +145,18 @@ def _row_to_message(row: Sequence[Any]) -> Message:
         segments=row[8],
         concat_ref=row[9],
         message_class=row[10],
-        status=MessageStatus(row[11]),
-        callback_url=row[12],
-        reference=row[13],
-        provider=row[14],
-        error=row[15],
-        created_at=row[16],
-        submitted_at=row[17],
-        done_at=row[18],
-        attempts=row[19],
-        next_attempt_at=row[20],
-        expires_at=row[21],
+        receipt_mode=row[11],
+        status=MessageStatus(row[12]),
+        callback_url=row[13],
+        reference=row[14],
+        provider=row[15],
+        error=row[16],
+        created_at=row[17],
+        submitted_at=row[18],
+        done_at=row[19],
+        attempts=row[20],
+        next_attempt_at=row[21],
+        expires_at=row[22],
     )
 
 
@@ -338,11 +357,11 @@ class SqliteStore:
                 )
             conn.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
-                    m.encoding.value, m.segments, m.concat_ref, m.message_class, m.status.value,
-                    m.callback_url,
+                    m.encoding.value, m.segments, m.concat_ref, m.message_class, m.receipt_mode,
+                    m.status.value, m.callback_url,
                     m.reference, m.provider, m.error, m.created_at, m.submitted_at, m.done_at,
                     m.attempts, m.next_attempt_at, m.expires_at,
                 ),
@@ -455,7 +474,8 @@ class SqliteStore:
             return None, False
         row = conn.execute(
             "UPDATE messages SET status = ?, error = ?, done_at = ? WHERE id = ? "
-            "RETURNING account, reference, callback_url, submitted_at, provider",
+            "RETURNING account, reference, callback_url, submitted_at, provider, receipt_mode, "
+            "sender, dest, created_at",
             (status.value, error, now, message_id),
         ).fetchone()
         notice = FinalNotice(
@@ -474,6 +494,13 @@ class SqliteStore:
                 "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
                 "VALUES (?, ?, ?, ?)",
                 (message_id, notice.callback_url, callback_payload(notice), now),
+            )
+        receipt_mode = row[5]
+        if receipt_mode == 1 or (receipt_mode == 2 and status is not MessageStatus.DELIVERED):
+            conn.execute(
+                "INSERT INTO smpp_receipts (account, message_id, source, dest, status, error, "
+                "submitted_at, done_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row[0], message_id, row[6], row[7], status.value, error, row[8], now, now),
             )
         return notice, prior[0] in _PENDING
 
@@ -579,6 +606,39 @@ class SqliteStore:
                 "UPDATE callbacks SET attempts = attempts + 1, given_up = 1, last_error = ? "
                 "WHERE id = ?",
                 (error, job_id),
+            )
+        )
+
+    # ---- SMPP receipts outbox -----------------------------------------------------------------
+
+    async def due_smpp_receipts(self, account: str, now: float, limit: int) -> list[SmppReceipt]:
+        def op(conn: sqlite3.Connection) -> list[SmppReceipt]:
+            rows = conn.execute(
+                "SELECT id, account, message_id, source, dest, status, error, submitted_at, "
+                "done_at, attempts FROM smpp_receipts WHERE account = ? AND given_up = 0 "
+                "AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                (account, now, limit),
+            ).fetchall()
+            return [
+                SmppReceipt(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7], r[8],
+                            r[9])
+                for r in rows
+            ]
+
+        return await self._submit(op)
+
+    async def smpp_receipt_done(self, receipt_id: int) -> None:
+        await self._submit(
+            lambda c: c.execute("DELETE FROM smpp_receipts WHERE id = ?", (receipt_id,))
+        )
+
+    async def smpp_receipt_retry(self, receipt_id: int, next_attempt_at: float,
+                                 give_up: bool) -> None:
+        await self._submit(
+            lambda c: c.execute(
+                "UPDATE smpp_receipts SET attempts = attempts + 1, next_attempt_at = ?, "
+                "given_up = ? WHERE id = ?",
+                (next_attempt_at, int(give_up), receipt_id),
             )
         )
 

@@ -1,0 +1,439 @@
+"""SMPP server for upstream ESMEs: binds, submit_sm through the same accept path as HTTP, long
+messages reassembled, and receipts back as deliver_sm from a durable outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiosmpplib import (
+    NPI,
+    TON,
+    DeliverSm,
+    DeliverSmResp,
+    OptionalParam,
+    PhoneNumber,
+    SubmitSm,
+    SubmitSmResp,
+)
+
+from aggregator import metrics
+from aggregator.config import AccountConfig, SmppConfig
+from aggregator.ingress.accept import Acceptor, SubmitInput
+from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
+from aggregator.log import get_logger
+from aggregator.model import ApiError, ErrorCode, MessageStatus
+from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.smpp.fields import RawSubmit, parse_submit
+from aggregator.smpp.session import (
+    BindMode,
+    BindRequested,
+    Bound,
+    RequestReceived,
+    Role,
+    SessionClosed,
+    SessionError,
+    SmppSession,
+    WindowFull,
+)
+from aggregator.smpp.transport import SmppConnection, start_server
+from aggregator.store.base import SmppReceipt, Store, StoreError
+from aggregator.text import ESM_CLASS_UDHI, decode_text, parse_udh
+
+log = get_logger("smsagg.smpp")
+
+ESME_ROK = 0x00
+ESME_RINVMSGLEN = 0x01
+ESME_RINVCMDID = 0x03
+ESME_RSYSERR = 0x08
+ESME_RINVSRCADR = 0x0A
+ESME_RINVDSTADR = 0x0B
+ESME_RBINDFAIL = 0x0D
+ESME_RINVPASWD = 0x0E
+ESME_RINVSYSID = 0x0F
+ESME_RMSGQFUL = 0x14
+ESME_RSUBMITFAIL = 0x45
+ESME_RTHROTTLED = 0x58
+ESME_RINVDCS = 0x104  # SMPP 5.0 status; 3.4 ESMEs treat it as a generic failure
+
+# One table from the accept path's error codes to SMPP statuses.
+STATUS_FOR_CODE: dict[str, int] = {
+    ErrorCode.INVALID_NUMBER: ESME_RINVDSTADR,
+    ErrorCode.NOT_MOBILE: ESME_RINVDSTADR,
+    ErrorCode.NO_ROUTE: ESME_RINVDSTADR,
+    ErrorCode.INVALID_SENDER: ESME_RINVSRCADR,
+    ErrorCode.TOO_LONG: ESME_RINVMSGLEN,
+    ErrorCode.EMPTY_TEXT: ESME_RINVMSGLEN,
+    ErrorCode.QUEUE_FULL: ESME_RMSGQFUL,
+    ErrorCode.STORE_UNAVAILABLE: ESME_RSYSERR,
+}
+DECODABLE = {0, 1, 3, 8}
+
+_STATE = {
+    MessageStatus.DELIVERED: ("DELIVRD", 2),
+    MessageStatus.EXPIRED: ("EXPIRED", 3),
+    MessageStatus.UNDELIVERABLE: ("UNDELIV", 5),
+    MessageStatus.REJECTED: ("REJECTD", 8),
+    MessageStatus.FAILED: ("UNDELIV", 5),
+}
+
+
+def smpp_status_for(code: str) -> int:
+    return STATUS_FOR_CODE.get(code, ESME_RSUBMITFAIL)
+
+
+def _smpp_date(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%y%m%d%H%M")
+
+
+def receipt_pdu(r: SmppReceipt) -> Any:
+    stat, state = _STATE.get(r.status, ("UNKNOWN", 7))
+    delivered = r.status is MessageStatus.DELIVERED
+    text = (
+        f"id:{r.message_id} sub:001 dlvrd:{'001' if delivered else '000'}"
+        f" submit date:{_smpp_date(r.submitted_at)} done date:{_smpp_date(r.done_at)}"
+        f" stat:{stat} err:{'000' if delivered else '001'} text:"
+    )
+    src_ton = TON.INTERNATIONAL if r.source.startswith("+") else TON.ALPHANUMERIC
+    return DeliverSm(
+        short_message=text,
+        source=PhoneNumber(r.dest.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
+        destination=PhoneNumber(r.source.lstrip("+"), src_ton,
+                                NPI.ISDN if src_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
+        esm_class=0x04,
+        registered_delivery=0,
+        optional_params=[OptionalParam(0x001E, r.message_id), OptionalParam(0x0427, state)],
+    )
+
+
+def _address(number: str, ton: int) -> str:
+    """An SMPP address as the accept path expects it: E.164 numbers with '+'."""
+    if ton == 1 and number and not number.startswith("+"):
+        return "+" + number
+    return number
+
+
+@dataclass(slots=True)
+class _Client:
+    account: AccountConfig
+    conn: SmppConnection
+    mode: BindMode
+
+
+@dataclass(slots=True)
+class _AccountState:
+    config: AccountConfig
+    clients: list[_Client] = field(default_factory=list)
+    bucket: TokenBucket | None = None
+    receipts_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    receipts_task: asyncio.Task[None] | None = None
+
+
+class SmppServer:
+    def __init__(
+        self,
+        config: SmppConfig,
+        accounts: tuple[AccountConfig, ...],
+        acceptor: Acceptor,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._acceptor = acceptor
+        self._store = store
+        self._clock = clock
+        self._by_system_id = {a.system_id: a for a in accounts if a.system_id}
+        self._accounts: dict[str, _AccountState] = {}
+        self._conns: set[SmppConnection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._reassembler: Reassembler[tuple[SmppConnection, Any]] = Reassembler(
+            config.reassembly_timeout, config.max_pending_parts
+        )
+        self._expiry: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending_bind: dict[SmppConnection, AccountConfig] = {}
+        self.port = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for account in self._by_system_id.values():
+            self._accounts[account.name] = _AccountState(account)
+        listen = self.config.listen
+        self._server = await start_server(listen.host, listen.port, self._new_connection)
+        self.port = self._server.sockets[0].getsockname()[1]
+        for state in self._accounts.values():
+            state.receipts_task = asyncio.create_task(self._send_receipts(state))
+        self._expiry = asyncio.create_task(self._expire_parts())
+        log.info("smpp_listening", listen=f"{listen.host}:{self.port}")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = [s.receipts_task for s in self._accounts.values() if s.receipts_task]
+        for task in [*tasks, *([self._expiry] if self._expiry else [])]:
+            task.cancel()
+        await asyncio.gather(*tasks, *([self._expiry] if self._expiry else []),
+                             return_exceptions=True)
+        await asyncio.gather(*(c.unbind(timeout) for c in list(self._conns)),
+                             return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def wake_receipts(self, account: str) -> None:
+        state = self._accounts.get(account)
+        if state is not None:
+            state.receipts_wake.set()
+
+    # ---- sessions -------------------------------------------------------------------------------
+
+    def _new_connection(self) -> SmppConnection:
+        session = SmppSession(
+            Role.SERVER, now=asyncio.get_running_loop().time(), window=self.config.window,
+            idle_timeout=self.config.idle_timeout,
+            # Our keep-alive must be inside the client's idle limit; theirs drives the link.
+            enquire_link_interval=self.config.idle_timeout / 2,
+        )
+        conn = SmppConnection(session, self._on_event)
+        self._conns.add(conn)
+        conn.closed.add_done_callback(lambda _f: self._forget(conn))
+        return conn
+
+    def _forget(self, conn: SmppConnection) -> None:
+        self._conns.discard(conn)
+        self._pending_bind.pop(conn, None)
+        for state in self._accounts.values():
+            state.clients = [c for c in state.clients if c.conn is not conn]
+
+    def _on_event(self, conn: SmppConnection, event: object) -> None:
+        if isinstance(event, BindRequested):
+            self._on_bind(conn, event.pdu)
+        elif isinstance(event, Bound):
+            self._on_bound(conn, event)
+        elif isinstance(event, SessionClosed):
+            log.info("smpp_session_closed", peer=conn.peername, reason=event.reason)
+        elif isinstance(event, RequestReceived):
+            pdu = event.pdu
+            if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
+                self._spawn(self._on_submit(conn, pdu, event.raw))
+            else:  # deliver_sm goes from an SMSC to an ESME, not the other way
+                conn.respond(pdu, _resp(DeliverSmResp, ESME_RINVCMDID))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_bind(self, conn: SmppConnection, pdu: Any) -> None:
+        account = self._by_system_id.get(pdu.system_id)
+        status = ESME_ROK
+        if account is None:
+            status = ESME_RINVSYSID
+        elif pdu.password != (account.password or ""):
+            status = ESME_RINVPASWD
+        elif not self._room_for(account):
+            status = ESME_RBINDFAIL
+        if status != ESME_ROK:
+            metrics.smpp_binds.labels("rejected").inc()
+            log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
+                        status=f"0x{status:02X}")
+            conn.reject_bind(pdu, status)
+            return
+        assert account is not None
+        self._pending_bind[conn] = account
+        try:
+            conn.accept_bind(pdu, "smsagg")
+        except SessionError:  # the peer unbound or dropped in the same breath
+            self._pending_bind.pop(conn, None)
+
+    def _room_for(self, account: AccountConfig) -> bool:
+        total = sum(len(s.clients) for s in self._accounts.values()) + len(self._pending_bind)
+        return (len(self._accounts[account.name].clients) < account.max_binds
+                and total < self.config.max_sessions)
+
+    def _on_bound(self, conn: SmppConnection, event: Bound) -> None:
+        account = self._pending_bind.pop(conn)
+        state = self._accounts[account.name]
+        state.clients.append(_Client(account, conn, event.mode))
+        metrics.smpp_binds.labels("ok").inc()
+        log.info("smpp_bound", account=account.name, peer=conn.peername, mode=event.mode.value)
+        if event.mode in (BindMode.RECEIVER, BindMode.TRANSCEIVER):
+            state.receipts_wake.set()
+
+    def _client(self, conn: SmppConnection) -> _Client | None:
+        for state in self._accounts.values():
+            for client in state.clients:
+                if client.conn is conn:
+                    return client
+        return None
+
+    # ---- submit_sm ------------------------------------------------------------------------------
+
+    def _refuse(self, conn: SmppConnection, pdu: Any, status: int, reason: str) -> None:
+        metrics.smpp_submits.labels(reason).inc()
+        conn.respond(pdu, _resp(SubmitSmResp, status))
+
+    async def _on_submit(self, conn: SmppConnection, pdu: Any, raw: bytes) -> None:
+        client = self._client(conn)
+        if client is None:  # closed meanwhile
+            return
+        state = self._accounts[client.account.name]
+        if client.account.max_tps is not None:
+            if state.bucket is None:
+                state.bucket = TokenBucket(client.account.max_tps,
+                                           burst=max(1.0, client.account.max_tps))
+            if state.bucket.try_take() > 0:
+                self._refuse(conn, pdu, ESME_RTHROTTLED, "throttled")
+                return
+        try:
+            fields = parse_submit(raw)
+        except ValueError:
+            self._refuse(conn, pdu, ESME_RINVMSGLEN, "malformed")
+            return
+        if fields.data_coding not in DECODABLE:
+            self._refuse(conn, pdu, ESME_RINVDCS, "data_coding")
+            return
+        concat, body = None, fields.message
+        if fields.esm_class & ESM_CLASS_UDHI:
+            try:
+                concat, body = parse_udh(fields.message)
+            except ValueError:
+                self._refuse(conn, pdu, ESME_RINVMSGLEN, "malformed_udh")
+                return
+        parts = None
+        if concat is not None and concat.total > 1:
+            parts = (concat.reference, concat.total, concat.seq)
+        elif fields.sar is not None and fields.sar.total > 1:
+            parts = (fields.sar.reference, fields.sar.total, fields.sar.seq)
+        if parts is None:
+            await self._accept(client, [(conn, pdu)], pdu, fields, body)
+            return
+        key = (client.account.name, pdu.source.number, pdu.destination.number, parts[0],
+               parts[1])
+        try:
+            whole = self._reassembler.add(key, parts[1], parts[2], body, (conn, pdu),
+                                          self._clock())
+        except ReassemblyFull:
+            self._refuse(conn, pdu, ESME_RMSGQFUL, "reassembly_full")
+            return
+        except ValueError:
+            self._refuse(conn, pdu, ESME_RINVMSGLEN, "bad_part_number")
+            return
+        if whole is not None:
+            await self._accept(client, whole.contexts, pdu, fields, whole.body)
+
+    async def _accept(self, client: _Client, requests: list[tuple[SmppConnection, Any]],
+                      pdu: Any, fields: RawSubmit, body: bytes) -> None:
+        try:
+            text = decode_text(body, fields.data_coding)
+        except ValueError:
+            for conn, req in requests:
+                self._refuse(conn, req, ESME_RINVMSGLEN, "undecodable")
+            return
+        item = SubmitInput(
+            to=_address(pdu.destination.number, int(pdu.destination.ton)),
+            sender=_address(pdu.source.number, int(pdu.source.ton)),
+            text=text,
+            receipt_mode=fields.registered_delivery & 0x03,
+        )
+        try:
+            result = await self._acceptor.accept(client.account.name, item)
+        except ApiError as exc:
+            status = smpp_status_for(exc.code)
+            log.debug("smpp_submit_refused", account=client.account.name, code=exc.code.value)
+            for conn, req in requests:
+                self._refuse(conn, req, status, exc.code.value)
+            return
+        metrics.smpp_submits.labels("ok").inc()
+        for conn, req in requests:
+            if not conn.closed.done():
+                conn.respond(req, SubmitSmResp(message_id=result.message.id))
+
+    async def _expire_parts(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for contexts in self._reassembler.expire(self._clock()):
+                for conn, req in contexts:
+                    if not conn.closed.done():
+                        self._refuse(conn, req, ESME_RSUBMITFAIL, "reassembly_timeout")
+
+    # ---- receipts back --------------------------------------------------------------------------
+
+    def _receiver(self, state: _AccountState) -> SmppConnection | None:
+        best: SmppConnection | None = None
+        for client in state.clients:
+            if client.mode is BindMode.TRANSMITTER or client.conn.closed.done():
+                continue
+            if best is None or client.conn.session.free_window > best.session.free_window:
+                best = client.conn
+        if best is not None and best.session.free_window <= 0:
+            return None
+        return best
+
+    async def _send_receipts(self, state: _AccountState) -> None:
+        in_flight: set[int] = set()
+        while True:
+            state.receipts_wake.clear()
+            sent_any = False
+            if self._receiver(state) is not None:
+                try:
+                    due = await self._store.due_smpp_receipts(
+                        state.config.name, self._clock(), self.config.window * 4)
+                except StoreError:
+                    due = []
+                for receipt in due:
+                    if receipt.id in in_flight:
+                        continue
+                    conn = self._receiver(state)
+                    if conn is None:
+                        break
+                    try:
+                        fut = conn.request(receipt_pdu(receipt))
+                    except WindowFull:
+                        break
+                    except Exception:  # NotBound: the session went away
+                        break
+                    in_flight.add(receipt.id)
+                    sent_any = True
+                    self._spawn(self._await_receipt(state, receipt, fut, in_flight))
+            if not sent_any:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.receipts_wake.wait(), 1.0)
+            else:
+                await asyncio.sleep(0)
+
+    async def _await_receipt(self, state: _AccountState, receipt: SmppReceipt,
+                             fut: asyncio.Future[Any], in_flight: set[int]) -> None:
+        try:
+            resp = await fut
+            ok = int(resp.command_status) == ESME_ROK
+        except Exception:  # timeout or the session closed: try again
+            ok = False
+        try:
+            if ok:
+                metrics.smpp_receipts.labels("ok").inc()
+                await self._store.smpp_receipt_done(receipt.id)
+            else:
+                attempts = receipt.attempts + 1
+                give_up = attempts >= self.config.receipt_attempts
+                metrics.smpp_receipts.labels("gave_up" if give_up else "retry").inc()
+                await self._store.smpp_receipt_retry(
+                    receipt.id, self._clock() + min(60.0, 2.0 ** attempts), give_up)
+        except StoreError as exc:
+            log.error("smpp_receipt_store_failed", error=str(exc))
+        finally:
+            in_flight.discard(receipt.id)
+            state.receipts_wake.set()
+
+
+def _resp(cls: Any, status: int) -> Any:
+    """A header-only error response; aiosmpplib's enum lacks some statuses, so set it after."""
+    resp = cls()
+    resp.command_status = status
+    return resp
