@@ -18,7 +18,7 @@ OK = {"to": MOBILE, "from": "ACME", "text": "hello"}
 
 @pytest.fixture
 async def r(tmp_path: Path) -> AsyncIterator[Running]:
-    async with running(tmp_path, prefixes=("+383", "+7"), http={"max_body_bytes": 4096},
+    async with running(tmp_path, prefixes=("+383", "+7"), http={"max_body_bytes": 200_000},
                        messages={"max_segments": 3}) as run:
         yield run
 
@@ -87,7 +87,7 @@ async def test_unknown_and_foreign_ids_are_404(r: Running) -> None:
 
 
 async def test_body_too_large_is_413(r: Running) -> None:
-    await expect(r, 413, "body_too_large", {**OK, "text": "x" * 5000})
+    await expect(r, 413, "body_too_large", {**OK, "text": "x" * 250_000})
 
 
 @pytest.mark.parametrize(
@@ -147,3 +147,30 @@ async def test_callback_is_retried_until_it_answers_2xx(tmp_path: Path) -> None:
             assert len(calls) == 3
     finally:
         await runner.cleanup()
+
+
+async def test_batch_answers_each_item_in_order_and_stores_the_valid_ones(r: Running) -> None:
+    items = [OK, {**OK, "to": "12"}, {"to": MOBILE}, {**OK, "text": "second"}]
+    async with r.http.post(f"{r.base}/v1/messages/batch", json={"messages": items},
+                           headers={"Authorization": "Bearer shop-key"}) as resp:
+        assert resp.status == 200
+        results = (await resp.json())["results"]
+    assert [x["status"] for x in results] == [202, 422, 400, 202]
+    assert results[1]["error"]["code"] == "invalid_number"
+    assert "messages[2]" in results[2]["error"]["message"]
+    for x in (results[0], results[3]):
+        _, view = await r.get(x["id"])
+        assert view["status"] in ("accepted", "queued", "submitted", "delivered")
+
+
+@pytest.mark.parametrize(("body", "status"),
+                         [({"messages": []}, 400), ({"nope": 1}, 400),
+                          ({"messages": [OK] * 1001}, 413)])
+async def test_batch_shape_errors(r: Running, body: Any, status: int) -> None:
+    async with running_batch(r, body) as resp:
+        assert resp.status == status
+
+
+def running_batch(r: Running, body: Any) -> Any:
+    return r.http.post(f"{r.base}/v1/messages/batch", json=body,
+                       headers={"Authorization": "Bearer shop-key"})

@@ -101,13 +101,16 @@ class Acceptor:
             expires_at=now + (item.validity or self._config.default_validity),
         )
 
-    async def accept(self, account: str, item: SubmitInput) -> AcceptResult:
-        message = self.build(account, item)
-        if self._store.pending >= self._max_pending:
+    def _check_room(self, n: int = 1) -> None:
+        if self._store.pending + n > self._max_pending:
             raise self._reject(
                 503, ErrorCode.QUEUE_FULL,
                 f"{self._store.pending} messages are waiting to be sent; try again shortly",
             )
+
+    async def accept(self, account: str, item: SubmitInput) -> AcceptResult:
+        message = self.build(account, item)
+        self._check_room()
         try:
             result = await self._store.accept(message, item.idempotency_key)
         except StoreBusy as exc:
@@ -119,3 +122,32 @@ class Acceptor:
             metrics.messages_accepted.labels(account).inc()
             self._on_accepted()
         return result
+
+    async def accept_batch(
+        self, account: str, items: list[SubmitInput | ApiError]
+    ) -> list[Message | ApiError]:
+        """Validate each item; store every valid one in one transaction. Results in order.
+        Items that failed to parse come in as their ApiError and go out unchanged."""
+        results: list[Message | ApiError] = []
+        for item in items:
+            if isinstance(item, ApiError):
+                results.append(item)
+                continue
+            try:
+                results.append(self.build(account, item))
+            except ApiError as exc:
+                results.append(exc)
+        valid = [r for r in results if isinstance(r, Message)]
+        if not valid:
+            return results
+        self._check_room(len(valid))
+        try:
+            await self._store.accept_many(valid)
+        except StoreBusy as exc:
+            raise self._reject(503, ErrorCode.QUEUE_FULL, str(exc)) from None
+        except StoreError as exc:
+            metrics.store_errors.labels("accept").inc()
+            raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        metrics.messages_accepted.labels(account).inc(len(valid))
+        self._on_accepted()
+        return results

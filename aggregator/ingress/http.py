@@ -25,6 +25,7 @@ MAX_REFERENCE = 128
 MAX_URL = 2048
 MAX_IDEMPOTENCY_KEY = 128
 MAX_TEXT = 10_000  # characters; the segment limit is the real bound
+MAX_BATCH = 1000
 
 _FIELDS: dict[str, tuple[type, bool]] = {  # name: (type, required)
     "to": (str, True),
@@ -133,6 +134,7 @@ class HttpApi:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
         app.router.add_post("/v1/messages", self.post_message)
+        app.router.add_post("/v1/messages/batch", self.post_batch)
         app.router.add_get("/v1/messages/{id}", self.get_message)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -176,12 +178,7 @@ class HttpApi:
         except ApiError:
             metrics.messages_rejected.labels(ErrorCode.UNAUTHORIZED.value).inc()
             raise
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
+        body = await self._json_body(request)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
@@ -201,6 +198,46 @@ class HttpApi:
              "encoding": m.encoding.value},
             status=202,
         )
+
+    async def _json_body(self, request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
+
+    async def post_batch(self, request: web.Request) -> web.Response:
+        """Up to MAX_BATCH messages, each answered in order with the single endpoint's result;
+        the valid ones are committed in one transaction before the answer."""
+        started = time.perf_counter()
+        account = self._account(request)
+        body = await self._json_body(request)
+        items = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           "body must be {\"messages\": [...]} with at least one message")
+        if len(items) > MAX_BATCH:
+            raise ApiError(413, ErrorCode.BODY_TOO_LARGE,
+                           f"a batch holds at most {MAX_BATCH} messages, got {len(items)}")
+        parsed: list[SubmitInput | ApiError] = []
+        for i, item in enumerate(items):
+            try:
+                parsed.append(parse_submit(item, None))
+            except ApiError as exc:
+                metrics.messages_rejected.labels(exc.code.value).inc()
+                parsed.append(ApiError(exc.status, exc.code, f"messages[{i}]: {exc.message}"))
+        results = await self._acceptor.accept_batch(account, parsed)
+        out: list[dict[str, Any]] = []
+        for r in results:
+            if isinstance(r, ApiError):
+                out.append({"status": r.status,
+                            "error": {"code": r.code.value, "message": r.message}})
+            else:
+                out.append({"status": 202, "id": r.id, "segments": r.segments,
+                            "encoding": r.encoding.value})
+        metrics.accept_latency.observe(time.perf_counter() - started)
+        return web.json_response({"results": out})
 
     async def get_message(self, request: web.Request) -> web.Response:
         account = self._account(request)

@@ -67,6 +67,10 @@ class Store(Protocol):
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult: ...
 
+    async def accept_many(self, messages: Sequence[Message]) -> None:
+        """All in one transaction: every message is stored, or none is."""
+        ...
+
     async def claim_due(self, now: float, limit: int) -> list[Message]:
         """Move due accepted messages to queued and return them (with done_segments filled)."""
         ...

@@ -335,18 +335,43 @@ class SqliteStore:
 
     # ---- writes ------------------------------------------------------------------------------
 
+    async def accept_many(self, messages: Sequence[Message]) -> None:
+        """Insert several messages in one transaction: all are stored, or none."""
+        rows = [self._row(m) for m in messages]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(self._INSERT, rows)
+
+        await self._submit(op)
+        self.pending += sum(1 for m in messages if m.status is MessageStatus.ACCEPTED)
+
+    _INSERT = (
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    @staticmethod
+    def _row(m: Message) -> tuple[Any, ...]:
+        return (
+            m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
+            m.encoding.value, m.segments, m.concat_ref, m.message_class, m.receipt_mode,
+            m.status.value, m.callback_url, m.reference, m.provider, m.error, m.created_at,
+            m.submitted_at, m.done_at, m.attempts, m.next_attempt_at, m.expires_at,
+        )
+
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         m = message
+        values = self._row(m)
 
         def op(conn: sqlite3.Connection) -> AcceptResult:
             if idempotency_key is not None:
-                row = conn.execute(
+                known = conn.execute(
                     "SELECT message_id, created_at FROM idempotency WHERE account = ? AND key = ?",
                     (m.account, idempotency_key),
                 ).fetchone()
-                if row is not None and row[1] > m.created_at - IDEMPOTENCY_TTL:
+                if known is not None and known[1] > m.created_at - IDEMPOTENCY_TTL:
                     prior = conn.execute(
-                        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (row[0],)
+                        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (known[0],)
                     ).fetchone()
                     if prior is not None:
                         return AcceptResult(_row_to_message(prior), created=False)
@@ -355,17 +380,7 @@ class SqliteStore:
                     "VALUES (?, ?, ?, ?)",
                     (m.account, idempotency_key, m.id, m.created_at),
                 )
-            conn.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
-                    m.encoding.value, m.segments, m.concat_ref, m.message_class, m.receipt_mode,
-                    m.status.value, m.callback_url,
-                    m.reference, m.provider, m.error, m.created_at, m.submitted_at, m.done_at,
-                    m.attempts, m.next_attempt_at, m.expires_at,
-                ),
-            )
+            conn.execute(self._INSERT, values)
             return AcceptResult(m, created=True)
 
         result = await self._submit(op)
