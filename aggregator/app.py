@@ -75,6 +75,7 @@ class App:
             if config.smpp is not None else None
         )
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gauges: asyncio.Task[None] | None = None
@@ -147,6 +148,7 @@ class App:
             except StoreError:
                 pass
             metrics.store_waiting.set(self.store.waiting)
+            metrics.store_bytes.set(self.store.size_bytes())
             await asyncio.sleep(GAUGE_INTERVAL)
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -158,6 +160,13 @@ class App:
         self.callbacks.start()
         self.dispatcher.start()
         self._gauges = asyncio.create_task(self._update_gauges(), name="gauges")
+        metrics.queue_bound.set(self.config.store.max_pending)
+        if self.config.metrics is not None:
+            self._metrics_runner = web.AppRunner(self.api.metrics_app(), access_log=None,
+                                                 handle_signals=False)
+            await self._metrics_runner.setup()
+            m = self.config.metrics.listen
+            await web.TCPSite(self._metrics_runner, m.host, m.port).start()
         self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         listen = self.config.http.listen
@@ -180,6 +189,8 @@ class App:
         log.info("stopping", in_flight=self.dispatcher.in_flight)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         if self.smpp is not None:
             await self.smpp.stop(timeout=2.0)
         await self.dispatcher.stop(deadline)

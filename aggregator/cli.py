@@ -61,7 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"smsagg: configuration is invalid:\n{exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format)
+    setup_logging(args.log_level or config.log.level, args.log_format or config.log.format,
+                  config.log.log_numbers)
     return run_loop(serve(config, args.drain_seconds))
 
 

@@ -128,6 +128,13 @@ class LogConfig:
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
+class MetricsConfig:
+    """/metrics on its own address too (it is always on the HTTP listener)."""
+
+    listen: ListenAddress = ListenAddress("127.0.0.1", 9108)
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
 class SmppConfig:
     """The SMPP server for upstream ESMEs; the section's absence disables it."""
 
@@ -190,6 +197,7 @@ class Config:
     callbacks: CallbacksConfig
     log: LogConfig
     smpp: SmppConfig | None
+    metrics: MetricsConfig | None
     accounts: tuple[AccountConfig, ...]
     providers: tuple[ProviderConfig, ...]
     routes: tuple[RouteConfig, ...]
@@ -499,6 +507,10 @@ def _listen(r: _Reader) -> ListenAddress:
     return listen if isinstance(listen, ListenAddress) else ListenAddress("", 0)
 
 
+def _parse_metrics(r: _Reader) -> MetricsConfig:
+    return MetricsConfig(listen=_listen(r))
+
+
 def _parse_smpp(r: _Reader) -> SmppConfig:
     return SmppConfig(
         listen=_listen(r),
@@ -753,6 +765,9 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     callbacks = _section(top, "callbacks", CallbacksConfig, _parse_callbacks)
     log = _section(top, "log", LogConfig, _parse_log)
     smpp = _section(top, "smpp", SmppConfig, _parse_smpp) if "smpp" in data else None
+    metrics = (
+        _section(top, "metrics", MetricsConfig, _parse_metrics) if "metrics" in data else None
+    )
     accounts = list(_array(top, "accounts", AccountConfig, _parse_account))
     providers = list(_array(top, "providers", ProviderConfig, _parse_provider))
     routes = list(_array(top, "routes", RouteConfig, _parse_route))
@@ -773,6 +788,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         callbacks=callbacks,
         log=log,
         smpp=smpp,
+        metrics=metrics,
         accounts=tuple(a for a, _ in accounts),
         providers=tuple(p for p, _ in providers),
         routes=tuple(r for r, _ in routes),

@@ -159,7 +159,7 @@ class Dispatcher:
                                                        self._clock())
                     metrics.accept_to_submit.observe(max(0.0, self._clock() - message.created_at))
                     log.debug("submitted", message_id=message.id, provider=pool.name,
-                              segments=len(encoded.parts))
+                              to=message.to, segments=len(encoded.parts))
                     return
                 final = next((f for f in failures if f.outcome is Outcome.FINAL), None)
                 if final is not None:

@@ -93,3 +93,7 @@ smpp_submits = Counter("smsagg_smpp_submits_total", "Upstream submit_sm by outco
                        registry=REGISTRY)
 smpp_receipts = Counter("smsagg_smpp_receipts_total", "Receipts sent to upstream SMPP clients",
                         ["result"], registry=REGISTRY)
+store_bytes = Gauge("smsagg_store_bytes", "Size of the store on disk (database and WAL)",
+                    registry=REGISTRY)
+queue_bound = Gauge("smsagg_queue_bound", "Pending messages above which accepts get 503",
+                    registry=REGISTRY)

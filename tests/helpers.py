@@ -36,6 +36,7 @@ def make_config(
     store_opts: dict[str, Any] | None = None,
     smpp: dict[str, Any] | None = None,
     shop: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Config:
     provider: dict[str, Any] = {
         "name": "sim", "host": "127.0.0.1", "port": smsc_port, "system_id": "smsagg",
@@ -57,6 +58,8 @@ def make_config(
     }
     if smpp is not None:
         data["smpp"] = {"listen": "127.0.0.1:0", **smpp}
+    if metrics is not None:
+        data["metrics"] = metrics
     return parse_config(data, "<test>")
 
 

@@ -141,6 +141,11 @@ class HttpApi:
         app.router.add_get("/metrics", self.metrics)
         return app
 
+    def metrics_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
     @web.middleware
     async def _errors(
         self, request: web.Request,
@@ -191,7 +196,7 @@ class HttpApi:
         result = await self._acceptor.accept(account, item)
         m = result.message
         metrics.accept_latency.observe(time.perf_counter() - started)
-        log.debug("accepted", message_id=m.id, account=account, segments=m.segments,
+        log.debug("accepted", message_id=m.id, account=account, to=m.to, segments=m.segments,
                   replay=not result.created)
         return web.json_response(
             {"id": m.id, "status": "accepted", "segments": m.segments,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -656,6 +657,13 @@ class SqliteStore:
                 (next_attempt_at, int(give_up), receipt_id),
             )
         )
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(self.path + suffix)
+        return total
 
     # ---- reads (own connection, WAL lets them run beside the writer) --------------------------
 

@@ -1,0 +1,175 @@
+"""Metrics after an end-to-end run (parsed, promtool-checked, matching what was sent) and logs
+(JSON lines, numbers masked, no message text, no secrets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from simulator.smsc import Smsc, SmscProfile
+from tests.helpers import AUTH, DEADLINE, running
+
+ROOT = Path(__file__).resolve().parent.parent
+PHONE_LIKE = re.compile(r"^\+?\d{7,15}$")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(snap: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **labels: str) -> float:
+    return snap.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return await resp.text()
+
+
+async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> None:
+    async with running(tmp_path, SmscProfile(undeliverable_ratio=0.0),
+                       metrics={"listen": "127.0.0.1:0"}) as r:
+        before = samples(await scrape(r.http, f"{r.base}/metrics"))
+        ids = []
+        for i in range(30):
+            status, body = await r.post({"to": f"+38344{700000 + i}", "from": "ACME",
+                                         "text": f"m{i}"})
+            assert status == 202
+            ids.append(body["id"])
+        for bad in ("+38338123456", "123"):
+            status, _ = await r.post({"to": bad, "from": "ACME", "text": "x"})
+            assert status == 422
+        for mid in ids:
+            await r.wait_status(mid, {"delivered"})
+        text = await scrape(r.http, f"{r.base}/metrics")
+        after = samples(text)
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert delta("smsagg_messages_accepted_total", account="shop") == 30
+        assert delta("smsagg_messages_rejected_total", reason="not_mobile") == 1
+        assert delta("smsagg_messages_rejected_total", reason="invalid_number") == 1
+        assert delta("smsagg_submits_total", provider="sim", status="ok") == 30
+        assert delta("smsagg_receipts_total", provider="sim", status="delivered") == 30
+        assert delta("smsagg_messages_final_total", status="delivered") == 30
+        assert delta("smsagg_submit_latency_seconds_count", provider="sim") == 30
+        assert delta("smsagg_receipt_latency_seconds_count", provider="sim") == 30
+        assert value(after, "smsagg_bind_up", provider="sim", bind="1") == 1
+        assert value(after, "smsagg_breaker_state", provider="sim") == 0
+        # Durations are histograms in seconds, 1 ms to 60 s.
+        assert ("smsagg_submit_latency_seconds_bucket",
+                (("le", "0.001"), ("provider", "sim"))) in after
+        assert ("smsagg_submit_latency_seconds_bucket",
+                (("le", "60.0"), ("provider", "sim"))) in after
+        for name, labels in after:
+            for _, label_value in labels:
+                assert not PHONE_LIKE.match(label_value), (name, label_value)
+        assert "38344" not in text  # no number anywhere, not even in help text
+        # The separate metrics listener serves the same registry.
+        m_port = r.app._metrics_runner.addresses[0][1]  # type: ignore[union-attr]
+        assert "smsagg_messages_accepted_total" in await scrape(
+            r.http, f"http://127.0.0.1:{m_port}/metrics")
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus'); .ci/run installs it")
+    check = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                           capture_output=True, timeout=60)
+    assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+
+
+async def test_logs_are_json_with_masked_numbers_and_no_text_or_secrets(tmp_path: Path) -> None:
+    smsc = Smsc(SmscProfile())
+    await smsc.start()
+    config = tmp_path / "smsagg.toml"
+    config.write_text(f"""
+[http]
+listen = "127.0.0.1:0"
+[store]
+path = "{tmp_path / 'smsagg.db'}"
+[log]
+level = "debug"
+[[accounts]]
+name = "shop"
+api_key = "shop-key"
+[[providers]]
+name = "sim"
+host = "127.0.0.1"
+port = {smsc.port}
+system_id = "smsagg"
+password = "hunter2"
+binds = 1
+window = 10
+max_tps = 100
+[[routes]]
+prefixes = ["*"]
+providers = ["sim"]
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aggregator", "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        base = ""
+        while not base:
+            line = (await asyncio.wait_for(proc.stdout.readline(), DEADLINE)).decode()
+            assert line, "daemon exited"
+            lines.append(line)
+            if '"started"' in line:
+                base = "http://" + json.loads(line)["http"]
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            for _ in range(100):
+                async with http.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+            async with http.post(f"{base}/v1/messages", json={
+                "to": "+38344123456", "from": "ACME", "text": "SECRET-TEXT-4711"}) as resp:
+                mid = (await resp.json())["id"]
+            for _ in range(200):
+                async with http.get(f"{base}/v1/messages/{mid}") as resp:
+                    if (await resp.json())["status"] == "delivered":
+                        break
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
+        lines += rest.decode().splitlines()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await smsc.stop()
+    assert proc.returncode == 0
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert all({"event", "level", "timestamp"} <= rec.keys() for rec in records)
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$", rec["timestamp"])
+               for rec in records)
+    everything = "\n".join(lines)
+    assert "+38344***456" in everything  # the number, masked, with the message id
+    assert "38344123456" not in everything
+    assert "SECRET-TEXT-4711" not in everything
+    assert "hunter2" not in everything and "shop-key" not in everything
+    accepted = [rec for rec in records if rec["event"] == "accepted"]
+    assert accepted and accepted[0]["message_id"] == mid and accepted[0]["level"] == "debug"
+    assert any(rec.get("provider") == "sim" and rec.get("bind") == "1" for rec in records)
