@@ -47,7 +47,12 @@ async def serve(config: Config, drain_seconds: float) -> int:
         await app.stop(0)
         return 1
     await stop.wait()
-    await app.stop(drain_seconds)
+    try:
+        # The drain has its own deadline; this one catches a stage that never returns.
+        await asyncio.wait_for(app.stop(drain_seconds), drain_seconds + 15)
+    except TimeoutError:
+        log.error("stop_timed_out", seconds=drain_seconds + 15)
+        return 1
     return 0
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulator import load as load_command
+from simulator.handsets import HandsetBook
 from simulator.profiles import SmscSpec, load_profiles
 from simulator.smsc import Smsc, SmscProfile
 
@@ -104,6 +106,18 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
                         help="answer every bind with ESME_RBINDFAIL")
     faults.add_argument("--latency-jitter-ms", type=float, default=0.0,
                         help="answer latency uniform in latency +/- this (floor 0)")
+    handsets = parser.add_argument_group("handsets")
+    handsets.add_argument("--handset", action="append", type=_number_value, default=None,
+                          metavar="NUMBER_OR_PREFIX=BEHAVIOUR",
+                          help="deliver, unreachable, roaming or invalid for this number or"
+                               " prefix (longest prefix wins); repeatable")
+    handsets.add_argument("--reply", action="append", type=_number_value, default=None,
+                          metavar="NUMBER=TEXT",
+                          help="this number (or prefix) answers every message it receives"
+                               " with TEXT as an MO deliver_sm, e.g. +38344123456=STOP;"
+                               " repeatable")
+    handsets.add_argument("--roaming-delay-ms", type=float, default=5000.0,
+                          help="extra receipt delay for roaming handsets (default 5000)")
     parser.add_argument("--profile", metavar="FILE", default=None,
                         help="TOML file with one [[smsc]] table per SMSC (name, port, profile"
                              " keys; see config/sim-profile.example.toml): runs them all;"
@@ -111,6 +125,30 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-interval", type=float, default=5.0,
                         help="seconds between stats lines on stderr (0: none)")
     parser.add_argument("--stats-file", default=None, help="also write the final JSON here")
+
+
+def _number_value(text: str) -> tuple[str, str]:
+    number, sep, value = text.partition("=")
+    if not sep or not number or not value:
+        raise argparse.ArgumentTypeError(f"expected NUMBER=VALUE, got {text!r}")
+    return number.strip(), value
+
+
+def _handset_book(args: argparse.Namespace) -> HandsetBook | None:
+    if not args.handset and not args.reply:
+        return None
+    book = HandsetBook()
+    for number, behaviour in args.handset or ():
+        try:
+            book.set_behaviour(number, behaviour)
+        except ValueError as exc:
+            raise ValueError(f"--handset {number}={behaviour}: {exc}") from None
+    for number, text in args.reply or ():
+        try:
+            book.set_reply(number, text)
+        except ValueError as exc:
+            raise ValueError(f"--reply {number}={text}: {exc}") from None
+    return book
 
 
 def _command_status(text: str) -> int:
@@ -125,7 +163,7 @@ _PER_SMSC_OPTIONS = (
     "port", "latency_ms", "receipt_delay_ms", "undeliverable_ratio", "max_tps", "no_receipts",
     "all_receipts", "receipt_id_format", "system_id", "password", "window", "seed",
     "error_ratio", "error_status", "drop_ratio", "disconnect_after", "disconnect_every",
-    "refuse_binds", "latency_jitter_ms",
+    "refuse_binds", "latency_jitter_ms", "handset", "reply", "roaming_delay_ms",
 )
 
 
@@ -158,6 +196,8 @@ def _smsc_profile(args: argparse.Namespace) -> SmscProfile:
         disconnect_every=args.disconnect_every,
         refuse_binds=args.refuse_binds,
         latency_jitter=args.latency_jitter_ms / 1000.0,
+        handsets=_handset_book(args),
+        roaming_delay=args.roaming_delay_ms / 1000.0,
     )
 
 
@@ -244,6 +284,8 @@ def _run_smsc(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {
     "smsc": Command("run a simulated operator SMSC (SMPP server)", _add_smsc_args, _run_smsc),
+    "load": Command("generate load against smsagg over HTTP or SMPP and report latencies",
+                    load_command.add_arguments, load_command.run_command),
 }
 
 

@@ -8,6 +8,11 @@ and any SmscProfile field by its own name, times in seconds:
     port = 2776
     max_tps = 50
     disconnect_every = 10.0
+    roaming_delay = 2.0
+    replies = { "+38344123456" = "NDALO" }    # MO reply from this number to every message
+    [smsc.handsets]                             # number or prefix = behaviour (longest prefix)
+    "+38338" = "invalid"                        # deliver, unreachable, roaming or invalid
+    "+38344999" = { behaviour = "roaming", reply = "STOP", reply_delay = 1.5 }
 
 Errors name the file, the entry and the key (ProfileError, a ValueError).
 """
@@ -21,9 +26,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple, Union, get_args, get_origin, get_type_hints
 
+from simulator.handsets import HandsetBook
 from simulator.smsc import SmscProfile
 
 _ENTRY_KEYS = ("name", "port")
+_HANDSET_KEYS = ("handsets", "replies")  # tables, parsed together into SmscProfile.handsets
+_HANDSET_TABLE_KEYS = ("behaviour", "reply", "reply_delay")
 _PROFILE_TYPES: dict[str, Any] = get_type_hints(SmscProfile)
 _PROFILE_KEYS = tuple(f.name for f in fields(SmscProfile))
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -83,8 +91,8 @@ def parse_profiles(data: Mapping[str, Any], source: str) -> list[SmscSpec]:
 
 def _parse_entry(entry: dict[str, Any], where: str) -> SmscSpec:
     for key in entry:
-        if key not in _ENTRY_KEYS and key not in _PROFILE_KEYS:
-            known = ", ".join((*_ENTRY_KEYS, *_PROFILE_KEYS))
+        if key not in _ENTRY_KEYS and key not in _PROFILE_KEYS and key not in _HANDSET_KEYS:
+            known = ", ".join((*_ENTRY_KEYS, *_PROFILE_KEYS, "replies"))
             raise ProfileError(f"{where}: unknown key {key!r} (known keys: {known})")
     for key in _ENTRY_KEYS:
         if key not in entry:
@@ -96,8 +104,10 @@ def _parse_entry(entry: dict[str, Any], where: str) -> SmscSpec:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ProfileError(f"{where}: key 'port': expected an integer 0..65535, got {port!r}")
     values: dict[str, Any] = {}
+    if any(key in entry for key in _HANDSET_KEYS):
+        values["handsets"] = _parse_handsets(entry, where)
     for key, value in entry.items():
-        if key in _ENTRY_KEYS:
+        if key in _ENTRY_KEYS or key in _HANDSET_KEYS:
             continue
         values[key] = _convert(value, _PROFILE_TYPES[key], f"{where}: key {key!r}")
         try:  # alone first, so that a range error names its key
@@ -109,6 +119,59 @@ def _parse_entry(entry: dict[str, Any], where: str) -> SmscSpec:
     except ValueError as exc:  # a rule over several keys; the message names them
         raise ProfileError(f"{where}: {exc}") from exc
     return SmscSpec(name, port, profile)
+
+
+def _parse_handsets(entry: dict[str, Any], where: str) -> HandsetBook:
+    """`handsets` (number or prefix = behaviour, or a table of behaviour, reply, reply_delay)
+    and `replies` (number or prefix = reply text), merged into one book."""
+    book = HandsetBook()
+    for table_key in _HANDSET_KEYS:
+        table = entry.get(table_key, {})
+        if not isinstance(table, dict):
+            raise ProfileError(f"{where}: key {table_key!r}: expected a table of number = "
+                               f"{'behaviour' if table_key == 'handsets' else 'text'}, "
+                               f"got {table!r}")
+        for number, value in table.items():
+            at = f"{where}: key {table_key!r}: {number!r}"
+            try:
+                if table_key == "replies":
+                    _set_reply(book, number, value, None, at)
+                elif isinstance(value, dict):
+                    _set_handset_table(book, number, value, at)
+                elif isinstance(value, str):
+                    book.set_behaviour(number, value)
+                else:
+                    raise ProfileError(f"{at}: expected a behaviour string or a table "
+                                       f"({', '.join(_HANDSET_TABLE_KEYS)}), got {value!r}")
+            except ProfileError:
+                raise
+            except ValueError as exc:
+                raise ProfileError(f"{at}: {exc}") from exc
+    return book
+
+
+def _set_handset_table(book: HandsetBook, number: str, value: dict[str, Any], at: str) -> None:
+    for key in value:
+        if key not in _HANDSET_TABLE_KEYS:
+            raise ProfileError(f"{at}: unknown key {key!r} "
+                               f"(known keys: {', '.join(_HANDSET_TABLE_KEYS)})")
+    behaviour = value.get("behaviour", "deliver")
+    if not isinstance(behaviour, str):
+        raise ProfileError(f"{at}: key 'behaviour': expected a string, got {behaviour!r}")
+    book.set_behaviour(number, behaviour)
+    delay = None
+    if "reply_delay" in value:
+        delay = _convert(value["reply_delay"], float, f"{at}: key 'reply_delay'")
+    if "reply" in value:
+        _set_reply(book, number, value["reply"], delay, at)
+    elif delay is not None:
+        raise ProfileError(f"{at}: key 'reply_delay' needs a 'reply'")
+
+
+def _set_reply(book: HandsetBook, number: str, text: Any, delay: float | None, at: str) -> None:
+    if not isinstance(text, str) or not text:
+        raise ProfileError(f"{at}: expected a non-empty reply text, got {text!r}")
+    book.set_reply(number, text, delay)
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:

@@ -7,6 +7,11 @@ loop: timers are loop.call_later handles, never a sleeping task per message.
 Faults for tests (all off by default, see SmscProfile): error answers, dropped submits (no answer
 at all), link drops after N submits per session or every T seconds, refused binds and latency
 jitter. `Smsc.profile` may be replaced or changed at run time; see Smsc.
+
+Handsets (simulator.handsets, `SmscProfile.handsets`): per destination number or prefix, a
+message is delivered, unreachable (UNDELIV), roaming (DELIVRD after an extra roaming_delay) or
+invalid (ESME_RINVDSTADR at once); a handset with a reply answers each message it receives with
+a mobile-originated deliver_sm, queued and retried like a receipt.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from aiosmpplib import (
     SubmitSmResp,
 )
 from aiosmpplib.codec import find_codec_info
+from aiosmpplib.state import NPI, TON
 
 from aggregator.smpp.session import (
     BindMode,
@@ -50,6 +56,7 @@ from aggregator.smpp.session import (
     SmppSession,
 )
 from aggregator.smpp.transport import ConnectionLost, SmppConnection, start_server
+from simulator.handsets import Handset, HandsetBook
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,7 @@ SAR_TOTAL_SEGMENTS = 0x020E
 SAR_SEGMENT_SEQNUM = 0x020F
 SUBMIT_SM_RESP = 0x80000004
 ESME_RBINDFAIL = 0x0D
+ESME_RINVDSTADR = 0x0B
 # How often a disabled disconnect_every is checked for having been enabled at run time.
 DISCONNECT_POLL = 0.25
 _CAN_RECEIVE = (BindMode.RECEIVER, BindMode.TRANSCEIVER)
@@ -108,6 +116,10 @@ class SmscProfile:
     disconnect_every: float | None = None  # close every bound session every T seconds
     refuse_binds: bool = False  # answer every bind with ESME_RBINDFAIL (0x0D)
     latency_jitter: float = 0.0  # seconds; latency uniform in [latency -/+ jitter], floor 0
+    # What happens per destination number/prefix, and which handsets reply (simulator.handsets);
+    # None: every number is a handset that takes the message and does not reply.
+    handsets: HandsetBook | None = None
+    roaming_delay: float = 5.0  # seconds added to receipt_delay for "roaming" handsets
 
     def __post_init__(self) -> None:
         if self.receipt_id_format not in ("same", "decimal"):
@@ -119,7 +131,7 @@ class SmscProfile:
             raise ValueError("max_tps must be positive")
         if self.window < 1:
             raise ValueError("window must be at least 1")
-        for name in ("latency", "receipt_delay", "latency_jitter"):
+        for name in ("latency", "receipt_delay", "latency_jitter", "roaming_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("error_ratio", "drop_ratio"):
@@ -168,6 +180,9 @@ class _Receipt:
     submitted_at: float
     delivered: bool
     attempts: int = 0  # deliver_sm sent that timed out or were refused
+    # Set: not a receipt but a handset's mobile-originated reply with this text (source: the
+    # handset, destination: the sender it replies to); it shares the receipts' queue and retries.
+    mo_text: str | None = None
 
 
 @dataclass(slots=True)
@@ -223,7 +238,8 @@ class Smsc:
     or change its fields while the SMSC runs, and the next submit_sm or bind follows it.
     Tests use this to flip a healthy operator to failing and back. Exceptions: `seed` is read
     once (here), `window` when a connection opens, and a change of `disconnect_every` is seen
-    at the next due drop, or within DISCONNECT_POLL seconds when it was off.
+    at the next due drop, or within DISCONNECT_POLL seconds when it was off. `handsets` is the
+    profile's HandsetBook (read and set through either), looked up at each submit_sm.
     """
 
     def __init__(
@@ -244,6 +260,10 @@ class Smsc:
         self.errors_total = 0  # answered with profile.error_status
         self.dropped_total = 0  # never answered (drop_ratio)
         self.disconnects_total = 0  # connections closed by disconnect_after / disconnect_every
+        self.invalid_total = 0  # answered ESME_RINVDSTADR: the handset is "invalid"
+        self.mo_sent_total = 0  # handset replies (MO deliver_sm) sent, retries included
+        self.mo_acked_total = 0
+        self.mo_failed_total = 0  # given up after RECEIPT_RETRIES
         self.bind_stats: dict[str, BindStats] = {}
         # The last RECEIVED_MAX (up to 10% more: trimmed in chunks so appends stay O(1)).
         self.received: list[ReceivedSubmit] = []
@@ -269,6 +289,14 @@ class Smsc:
             SessionClosed: self._on_closed,
             ProtocolError: self._on_protocol_error,
         }
+
+    @property
+    def handsets(self) -> HandsetBook | None:
+        return self.profile.handsets
+
+    @handsets.setter
+    def handsets(self, book: HandsetBook | None) -> None:
+        self.profile.handsets = book
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -330,6 +358,10 @@ class Smsc:
             "receipts_failed": self.receipts_failed,
             "receipts_dropped": self.receipts_dropped,
             "receipts_pending": self._pending_count,
+            "invalid": self.invalid_total,
+            "mo_sent": self.mo_sent_total,
+            "mo_acked": self.mo_acked_total,
+            "mo_failed": self.mo_failed_total,
             "binds": self.binds_total,
             "bind_failures": self.bind_failures,
             "active_binds": sum(1 for s in self.bind_stats.values() if s.bound),
@@ -457,6 +489,12 @@ class Smsc:
                                            command_status=SmppCommandStatus.ESME_RTHROTTLED))
             self._notify()
             return
+        handset = profile.handsets.lookup(pdu.destination.number) if profile.handsets else None
+        if handset is not None and handset.behaviour == "invalid":
+            self.invalid_total += 1
+            conn.respond(pdu, _ErrorResp(ESME_RINVDSTADR))
+            self._notify()
+            return
         fault = self._roll_fault(profile)
         if fault == "drop":
             self.dropped_total += 1
@@ -474,7 +512,7 @@ class Smsc:
         message_id = self._next_id()
         self._record(_received_submit(pdu, message_id, stats.bind_id))
         self._notify()
-        self._after_latency(profile, self._answer, conn, stats, pdu, message_id)
+        self._after_latency(profile, self._answer, conn, stats, pdu, message_id, handset)
 
     def _roll_fault(self, profile: SmscProfile) -> str | None:
         """None (answer normally), "drop" or "error"; one draw, only when a ratio is set."""
@@ -542,7 +580,10 @@ class Smsc:
         except Exception as exc:
             log.debug("smsc: could not answer submit on %s: %r", conn.peername, exc)
 
-    def _answer(self, conn: SmppConnection, stats: BindStats, pdu: Any, message_id: str) -> None:
+    def _answer(
+        self, conn: SmppConnection, stats: BindStats, pdu: Any, message_id: str,
+        handset: Handset | None,
+    ) -> None:
         if not self._settle(conn, stats):
             return
         try:
@@ -550,21 +591,49 @@ class Smsc:
         except Exception as exc:
             log.debug("smsc: could not answer submit on %s: %r", conn.peername, exc)
             return
-        receipt = self._make_receipt(conn, stats.system_id, pdu, message_id)
-        if receipt is None:
-            return
-        if self.profile.receipt_delay > 0:
-            self._later(self.profile.receipt_delay, self._dispatch, receipt)
+        profile = self.profile
+        if handset is not None and handset.behaviour == "unreachable":
+            delivered = False
         else:
+            ratio = profile.undeliverable_ratio
+            delivered = not (ratio > 0 and self._rng.random() < ratio)
+        receipt = self._make_receipt(conn, stats.system_id, pdu, message_id, delivered)
+        reply = None
+        if delivered and handset is not None and handset.reply and _completes_message(pdu):
+            reply = _Receipt(
+                message_id=message_id, system_id=stats.system_id, origin=conn,
+                source=PhoneNumber(_strip_plus(pdu.destination.number), TON(1), NPI(1)),
+                destination=pdu.source, submitted_at=time.time(), delivered=True,
+                mo_text=handset.reply,
+            )
+        if receipt is None and reply is None:
+            return
+        delay = profile.receipt_delay
+        if handset is not None and handset.behaviour == "roaming":
+            delay += profile.roaming_delay
+        reply_delay = handset.reply_delay if handset is not None else 0.0
+        if delay > 0:
+            self._later(delay, self._delivered, receipt, reply, reply_delay)
+        else:
+            self._delivered(receipt, reply, reply_delay)
+
+    def _delivered(
+        self, receipt: _Receipt | None, reply: _Receipt | None, reply_delay: float
+    ) -> None:
+        """The handset has the message: send the receipt, then (after its delay) the reply."""
+        if receipt is not None:
             self._dispatch(receipt)
+        if reply is not None:
+            if reply_delay > 0:
+                self._later(reply_delay, self._dispatch, reply)
+            else:
+                self._dispatch(reply)
 
     def _make_receipt(
-        self, conn: SmppConnection, system_id: str, pdu: Any, message_id: str
+        self, conn: SmppConnection, system_id: str, pdu: Any, message_id: str, delivered: bool
     ) -> _Receipt | None:
         if not self.profile.receipts:
             return None
-        ratio = self.profile.undeliverable_ratio
-        delivered = not (ratio > 0 and self._rng.random() < ratio)
         if self.profile.honor_registered_delivery:
             wanted = pdu.registered_delivery & 0x03
             if wanted == 0 or (wanted == 2 and delivered):
@@ -674,7 +743,10 @@ class Smsc:
             log.debug("smsc: receipt not sent on %s: %r", conn.peername, exc)
             self._enqueue(receipt)
             return
-        self.receipts_sent += 1
+        if receipt.mo_text is None:
+            self.receipts_sent += 1
+        else:
+            self.mo_sent_total += 1
         future.add_done_callback(
             lambda fut: self._on_receipt_result(fut, receipt)
         )
@@ -685,15 +757,22 @@ class Smsc:
             return
         exc = future.exception()
         if exc is None and future.result().command_status == SmppCommandStatus.ESME_ROK:
-            self.receipts_acked += 1
+            if receipt.mo_text is None:
+                self.receipts_acked += 1
+            else:
+                self.mo_acked_total += 1
         elif exc is not None and not _counts_as_attempt(exc):
             # The connection went away (or the window was full): not the receipt's fault.
             self._enqueue(receipt)
         else:
             receipt.attempts += 1
             if receipt.attempts > RECEIPT_RETRIES:
-                self.receipts_failed += 1
-                log.info("smsc: giving up receipt %s after %d attempts",
+                if receipt.mo_text is None:
+                    self.receipts_failed += 1
+                else:
+                    self.mo_failed_total += 1
+                log.info("smsc: giving up %s %s after %d attempts",
+                         "receipt" if receipt.mo_text is None else "reply to",
                          receipt.message_id, receipt.attempts)
             else:
                 self._dispatch(receipt)
@@ -702,6 +781,8 @@ class Smsc:
         self._notify()
 
     def _receipt_pdu(self, receipt: _Receipt) -> Any:
+        if receipt.mo_text is not None:
+            return _mo_pdu(receipt)
         receipt_id = receipt.message_id
         if self.profile.receipt_id_format == "decimal":
             receipt_id = str(int(receipt_id, 16))
@@ -747,6 +828,60 @@ class Smsc:
 def _counts_as_attempt(exc: BaseException) -> bool:
     """A timeout counts against the receipt's retries; a lost connection does not."""
     return not isinstance(exc, ConnectionLost | SessionError)
+
+
+def _mo_pdu(reply: _Receipt) -> Any:
+    """A handset's reply: GSM 03.38 (data_coding 0) when the text fits it, else UCS-2 (8)."""
+    text = reply.mo_text or ""
+    return DeliverSm(
+        short_message=text,
+        source=reply.source,
+        destination=reply.destination,
+        esm_class=0x00,
+        registered_delivery=0,
+        encoding=None if _fits_gsm(text) else "ucs2",
+    )
+
+
+def _fits_gsm(text: str) -> bool:
+    try:
+        find_codec_info("gsm0338").encode(text, "strict")
+    except (UnicodeError, ValueError):
+        return False
+    return True
+
+
+def _strip_plus(number: str) -> str:
+    return number[1:] if number.startswith("+") else number
+
+
+def _completes_message(pdu: Any) -> bool:
+    """True unless the submit is a part, other than the last, of a concatenated message."""
+    if pdu.esm_class & UDHI:
+        _, octets = raw_short_message(pdu)
+        seq_total = _udh_part(octets)
+    else:
+        values = {p.tag: p.value for p in pdu.optional_params or []}
+        seq, total = values.get(SAR_SEGMENT_SEQNUM), values.get(SAR_TOTAL_SEGMENTS)
+        seq_total = None if seq is None or total is None else (int(seq), int(total))
+    return seq_total is None or seq_total[0] >= seq_total[1]
+
+
+def _udh_part(octets: bytes) -> tuple[int, int] | None:
+    """(part number, parts) from a concatenation UDH (IEI 0x00 or 0x08), else None."""
+    if not octets:
+        return None
+    end = 1 + octets[0]
+    pos = 1
+    while pos + 2 <= end and end <= len(octets):
+        iei, length = octets[pos], octets[pos + 1]
+        data = octets[pos + 2: pos + 2 + length]
+        if iei == 0x00 and length == 3 and len(data) == 3:
+            return data[2], data[1]
+        if iei == 0x08 and length == 4 and len(data) == 4:
+            return data[3], data[2]
+        pos += 2 + length
+    return None
 
 
 def _smpp_date(timestamp: float) -> str:

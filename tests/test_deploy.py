@@ -84,7 +84,7 @@ def test_yaml_files_exist() -> None:
     for expected in (
         "docker-compose.yml",
         "prometheus.yml",
-        "prometheus-local.yml",
+        "prometheus-compose.yml",
         "alerts.yml",
         "alerts_test.yml",
         "k8s/deployment.yaml",
@@ -223,7 +223,7 @@ def test_promtool_check_rules() -> None:
 
 
 @needs_promtool
-@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-local.yml"])
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-compose.yml"])
 def test_promtool_check_config(config: str) -> None:
     _promtool("check", "config", config)
 
