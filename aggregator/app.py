@@ -19,9 +19,12 @@ from aggregator.ingress.callbacks import CallbackSender
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.smpp import SmppServer
 from aggregator.log import get_logger
+from aggregator.mo import MoHandler
 from aggregator.model import FinalNotice, ReceiptUpdate
 from aggregator.outbound.connection import Bind
 from aggregator.outbound.pool import ProviderPool
+from aggregator.policy.gate import PolicyGate
+from aggregator.policy.profiles import bundled_profiles, load_profiles
 from aggregator.receipts import (
     ReceiptProcessor,
     normalise_receipt_id,
@@ -66,6 +69,12 @@ class App:
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
         )
+        self.profiles = (load_profiles(config.policy.countries) if config.policy.countries
+                         else bundled_profiles())
+        accounts = {a.name: a for a in config.accounts}
+        self.acceptor.policy = PolicyGate(self.profiles, accounts, self.store)
+        self.mo = MoHandler(self.store, self.profiles, accounts, self.acceptor,
+                            self.callbacks.wake)
         self.api = HttpApi(
             self.acceptor, self.store, config.accounts,
             max_body_bytes=config.http.max_body_bytes, ready=self.readiness,
@@ -99,9 +108,12 @@ class App:
         conn = bind.conn
         provider = bind.provider
         if not isinstance(pdu, DeliverSm) or not pdu.is_receipt():
-            # Mobile-originated messages are routed to accounts in a later stage; ack for now.
-            metrics.receipts.labels(provider.name, "mo").inc()
-            if conn is not None:
+            try:
+                await self.mo.handle(provider.name, pdu)
+            except StoreError as exc:  # not acknowledged: the operator sends it again
+                log.error("mo_store_failed", provider=provider.name, error=str(exc))
+                return
+            if conn is not None and not conn.closed.done():
                 conn.respond(pdu, DeliverSmResp())
             return
         tlvs = {p.tag: p.value for p in (pdu.optional_params or [])}

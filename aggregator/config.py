@@ -155,6 +155,16 @@ class AccountConfig:
     password: str | None = field(default=None, repr=False)
     max_binds: int = 4
     max_tps: float | None = None  # submits per second over SMPP; None: no account limit
+    registered_senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    mo_url: str | None = None  # replies from handsets (not opt-out/help) are POSTed here
+    block_transactional_to_opted_out: bool = False
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class PolicyConfig:
+    """Country rules: profiles from a directory of TOML files (default: the bundled ones)."""
+
+    countries: str | None = None
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -198,6 +208,7 @@ class Config:
     log: LogConfig
     smpp: SmppConfig | None
     metrics: MetricsConfig | None
+    policy: PolicyConfig
     accounts: tuple[AccountConfig, ...]
     providers: tuple[ProviderConfig, ...]
     routes: tuple[RouteConfig, ...]
@@ -507,6 +518,17 @@ def _listen(r: _Reader) -> ListenAddress:
     return listen if isinstance(listen, ListenAddress) else ListenAddress("", 0)
 
 
+def _parse_policy(r: _Reader) -> PolicyConfig:
+    countries: str | None = None
+    raw = r.optional("countries")
+    if raw is not _ABSENT:
+        if not isinstance(raw, str) or not raw:
+            r.problem("countries", f"must be a directory path, got {_show(raw)}")
+        else:
+            countries = raw
+    return PolicyConfig(countries=countries)
+
+
 def _parse_metrics(r: _Reader) -> MetricsConfig:
     return MetricsConfig(listen=_listen(r))
 
@@ -602,8 +624,34 @@ def _parse_account(r: _Reader) -> AccountConfig:
             r.problem("max_tps", f"must be a number > 0, got {_show(raw_tps)}")
         else:
             max_tps = float(raw_tps)
+    registered: dict[str, tuple[str, ...]] = {}
+    raw_reg = r.optional("registered_senders")
+    if raw_reg is not _ABSENT:
+        if not isinstance(raw_reg, Mapping):
+            r.problem("registered_senders",
+                      f'must be a table like {{ KZ = ["ACME"] }}, got {_show(raw_reg)}')
+        else:
+            for region, senders in raw_reg.items():
+                if not (isinstance(region, str) and len(region) == 2 and region.isupper()):
+                    r.problem("registered_senders",
+                              f"keys are ISO region codes like 'KZ', got {_show(region)}")
+                elif not isinstance(senders, list) or not all(
+                        isinstance(x, str) and x for x in senders):
+                    r.problem("registered_senders",
+                              f"{region} must be an array of sender IDs, got {_show(senders)}")
+                else:
+                    registered[region] = tuple(senders)
+    mo_url: str | None = None
+    raw_url = r.optional("mo_url")
+    if raw_url is not _ABSENT:
+        if not isinstance(raw_url, str) or not raw_url.startswith(("http://", "https://")):
+            r.problem("mo_url", f"must be an http or https URL, got {_show(raw_url)}")
+        else:
+            mo_url = raw_url
+    block = r.boolean("block_transactional_to_opted_out")
     return AccountConfig(name=name, api_key=api_key, system_id=system_id, password=password,
-                         max_binds=max_binds, max_tps=max_tps)
+                         max_binds=max_binds, max_tps=max_tps, registered_senders=registered,
+                         mo_url=mo_url, block_transactional_to_opted_out=block)
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:
@@ -768,6 +816,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
     metrics = (
         _section(top, "metrics", MetricsConfig, _parse_metrics) if "metrics" in data else None
     )
+    policy = _section(top, "policy", PolicyConfig, _parse_policy)
     accounts = list(_array(top, "accounts", AccountConfig, _parse_account))
     providers = list(_array(top, "providers", ProviderConfig, _parse_provider))
     routes = list(_array(top, "routes", RouteConfig, _parse_route))
@@ -789,6 +838,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         log=log,
         smpp=smpp,
         metrics=metrics,
+        policy=policy,
         accounts=tuple(a for a, _ in accounts),
         providers=tuple(p for p, _ in providers),
         routes=tuple(r for r, _ in routes),

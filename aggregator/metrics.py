@@ -97,3 +97,8 @@ store_bytes = Gauge("smsagg_store_bytes", "Size of the store on disk (database a
                     registry=REGISTRY)
 queue_bound = Gauge("smsagg_queue_bound", "Pending messages above which accepts get 503",
                     registry=REGISTRY)
+messages_scheduled = Counter("smsagg_messages_scheduled_total",
+                             "Marketing messages held for a country's sending window",
+                             registry=REGISTRY)
+mo_messages = Counter("smsagg_mo_messages_total", "Mobile-originated messages by what they were",
+                      ["kind"], registry=REGISTRY)

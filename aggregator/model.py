@@ -61,6 +61,12 @@ class ErrorCode(StrEnum):
     EMPTY_TEXT = "empty_text"
     STORE_UNAVAILABLE = "store_unavailable"
     QUEUE_FULL = "queue_full"
+    # Country rules (policy/)
+    SENDER_NOT_REGISTERED = "sender_not_registered"
+    SENDER_TYPE_UNSUPPORTED = "sender_type_unsupported"
+    OPTED_OUT = "opted_out"
+    CONTENT_REJECTED = "content_rejected"
+    FREQUENCY_CAPPED = "frequency_capped"
 
 
 class ApiError(Exception):

@@ -203,33 +203,35 @@ async def test_concurrent_accepts_with_one_key_create_one_message(store: SqliteS
 # ---- claim_due --------------------------------------------------------------------------------
 
 
-async def test_claim_due_returns_only_due_accepted_messages_and_queues_them(
+async def test_claim_due_returns_only_due_messages_and_queues_them(
     store: SqliteStore,
 ) -> None:
     early = make_message(next_attempt_at=NOW - 10)
     due = make_message(next_attempt_at=NOW)
     future = make_message(next_attempt_at=NOW + 60)
-    scheduled = make_message(next_attempt_at=NOW - 20, status=MessageStatus.SCHEDULED)
+    window_open = make_message(next_attempt_at=NOW - 20, status=MessageStatus.SCHEDULED)
+    window_shut = make_message(next_attempt_at=NOW + 90, status=MessageStatus.SCHEDULED)
     failed = make_message(next_attempt_at=NOW - 30)
-    for m in (early, due, future, scheduled, failed):
+    for m in (early, due, future, window_open, window_shut, failed):
         await store.accept(m, None)
     await store.finish(failed.id, MessageStatus.FAILED, "no route", NOW)
 
     claimed = await store.claim_due(NOW, 10)
 
-    assert [m.id for m in claimed] == [early.id, due.id]  # ordered by next_attempt_at
+    # A scheduled message is due once its window opens.
+    assert {m.id for m in claimed} == {window_open.id, early.id, due.id}
     assert all(m.status is MessageStatus.QUEUED for m in claimed)
     assert await status_of(store, early) is MessageStatus.QUEUED
     assert await status_of(store, due) is MessageStatus.QUEUED
     assert await status_of(store, future) is MessageStatus.ACCEPTED
-    assert await status_of(store, scheduled) is MessageStatus.SCHEDULED
+    assert await status_of(store, window_shut) is MessageStatus.SCHEDULED
 
     assert await store.claim_due(NOW, 10) == []  # already queued: not claimed twice
     assert await store.next_due_at() == NOW + 60
 
     later = await store.claim_due(NOW + 60, 10)
     assert [m.id for m in later] == [future.id]
-    assert await store.next_due_at() is None
+    assert await store.next_due_at() == NOW + 90
 
 
 async def test_claim_due_respects_limit(store: SqliteStore) -> None:

@@ -12,6 +12,7 @@ from aggregator import metrics
 from aggregator.config import MessagesConfig
 from aggregator.model import ApiError, ErrorCode, Message, new_message_id
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
+from aggregator.policy.gate import PolicyGate
 from aggregator.routing import RouteTable
 from aggregator.store.base import AcceptResult, Store, StoreBusy, StoreError
 from aggregator.text import choose_encoding, count_segments, transliterate
@@ -50,13 +51,22 @@ class Acceptor:
         self._max_pending = max_pending
         self._on_accepted = on_accepted
         self._clock = clock
+        self.policy: PolicyGate | None = None
 
     def _reject(self, status: int, code: ErrorCode, message: str) -> ApiError:
         metrics.messages_rejected.labels(code.value).inc()
         return ApiError(status, code, message)
 
-    def build(self, account: str, item: SubmitInput) -> Message:
-        """Validate and build the message; raises ApiError with the specific reason."""
+    async def _admit(self, account: str, item: SubmitInput) -> Message:
+        """Build, then apply the country rules (which may schedule the message)."""
+        message, number_type = self._build(account, item)
+        if self.policy is not None:
+            message = await self.policy.apply(message, number_type)
+        return message
+
+    def _build(self, account: str, item: SubmitInput) -> tuple[Message, str]:
+        """Validate and build the message; raises ApiError with the specific reason.
+        Also returns the destination's number type, for the country rules."""
         try:
             dest = parse_destination(item.to)
         except NumberError as exc:
@@ -82,7 +92,7 @@ class Acceptor:
                 f"no route for {item.message_class} messages to {dest.e164[:4]}...",
             )
         now = self._clock()
-        return Message(
+        message = Message(
             id=new_message_id(),
             account=account,
             to=dest.e164,
@@ -100,6 +110,7 @@ class Acceptor:
             next_attempt_at=now,
             expires_at=now + (item.validity or self._config.default_validity),
         )
+        return message, dest.number_type
 
     def _check_room(self, n: int = 1) -> None:
         if self._store.pending + n > self._max_pending:
@@ -109,7 +120,7 @@ class Acceptor:
             )
 
     async def accept(self, account: str, item: SubmitInput) -> AcceptResult:
-        message = self.build(account, item)
+        message = await self._admit(account, item)
         self._check_room()
         try:
             result = await self._store.accept(message, item.idempotency_key)
@@ -134,7 +145,7 @@ class Acceptor:
                 results.append(item)
                 continue
             try:
-                results.append(self.build(account, item))
+                results.append(await self._admit(account, item))
             except ApiError as exc:
                 results.append(exc)
         valid = [r for r in results if isinstance(r, Message)]

@@ -16,6 +16,7 @@ from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message
+from aggregator.numbers import NumberError, parse_destination
 from aggregator.store.base import Store, StoreError
 from aggregator.timefmt import iso_utc
 
@@ -37,6 +38,7 @@ _FIELDS: dict[str, tuple[type, bool]] = {  # name: (type, required)
     "class": (str, False),
     "validity": (int, False),
 }
+# Opt-out list API: numbers in the path arrive URL-decoded ("+383..." or "%2B383...").
 MESSAGE_CLASSES = ("transactional", "marketing")
 MAX_VALIDITY = 7 * 24 * 3600
 
@@ -136,6 +138,9 @@ class HttpApi:
         app.router.add_post("/v1/messages", self.post_message)
         app.router.add_post("/v1/messages/batch", self.post_batch)
         app.router.add_get("/v1/messages/{id}", self.get_message)
+        app.router.add_get("/v1/optouts", self.get_optouts)
+        app.router.add_post("/v1/optouts", self.post_optout)
+        app.router.add_delete("/v1/optouts/{number}", self.delete_optout)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -254,6 +259,45 @@ class HttpApi:
         if message is None:  # another account's id looks exactly like an unknown one
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
         return web.json_response(message_view(message))
+
+    @staticmethod
+    def _number(raw: object) -> str:
+        if not isinstance(raw, str):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "field 'number' must be a string")
+        try:
+            return parse_destination(raw).e164
+        except NumberError as exc:
+            raise ApiError(422, exc.code, str(exc)) from None
+
+    async def get_optouts(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        number = request.query.get("number")
+        rows = await self._store.list_optouts(
+            account, self._number(number) if number is not None else None, 1000)
+        return web.json_response({"optouts": [
+            {"number": n, "created_at": iso_utc(at), "source": src} for n, at, src in rows]})
+
+    async def post_optout(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        body = await self._json_body(request)
+        number = self._number(body.get("number") if isinstance(body, dict) else None)
+        try:
+            added = await self._store.add_optout(account, number, "api", time.time())
+        except StoreError as exc:
+            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        return web.json_response({"number": number, "created": added},
+                                 status=201 if added else 200)
+
+    async def delete_optout(self, request: web.Request) -> web.Response:
+        account = self._account(request)
+        number = self._number(request.match_info["number"])
+        try:
+            removed = await self._store.remove_optout(account, number)
+        except StoreError as exc:
+            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        if not removed:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"{number} is not on the opt-out list")
+        return web.Response(status=204)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -71,6 +71,10 @@ STATUS_FOR_CODE: dict[str, int] = {
     ErrorCode.EMPTY_TEXT: ESME_RINVMSGLEN,
     ErrorCode.QUEUE_FULL: ESME_RMSGQFUL,
     ErrorCode.STORE_UNAVAILABLE: ESME_RSYSERR,
+    ErrorCode.SENDER_NOT_REGISTERED: ESME_RINVSRCADR,
+    ErrorCode.SENDER_TYPE_UNSUPPORTED: ESME_RINVSRCADR,
+    ErrorCode.FREQUENCY_CAPPED: ESME_RTHROTTLED,
+    # opted_out and content_rejected: ESME_RSUBMITFAIL (the default below)
 }
 DECODABLE = {0, 1, 3, 8}
 

@@ -75,7 +75,9 @@ MIGRATIONS: list[str] = [
         next_attempt_at REAL NOT NULL,
         expires_at REAL NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX messages_due ON messages (next_attempt_at) WHERE status = 'accepted';
+    CREATE INDEX messages_due ON messages (next_attempt_at)
+        WHERE status IN ('accepted', 'scheduled');
+    CREATE INDEX messages_by_dest ON messages (dest, created_at);
     CREATE INDEX messages_status ON messages (status);
     CREATE TABLE segments (
         message_id TEXT NOT NULL,
@@ -123,6 +125,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX smpp_receipts_due ON smpp_receipts (account, next_attempt_at)
         WHERE given_up = 0;
+    CREATE TABLE optouts (
+        account TEXT NOT NULL,
+        number TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (account, number)
+    ) WITHOUT ROWID;
+    CREATE TABLE marketing_log (
+        account TEXT NOT NULL,
+        number TEXT NOT NULL,
+        sent_at REAL NOT NULL
+    );
+    CREATE INDEX marketing_log_by_number ON marketing_log (account, number, sent_at);
     """,
 ]
 
@@ -131,7 +146,9 @@ _MESSAGE_COLUMNS = (
     "message_class, receipt_mode, status, callback_url, reference, provider, error, created_at, "
     "submitted_at, done_at, attempts, next_attempt_at, expires_at"
 )
-_PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.QUEUED.value)
+_PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.SCHEDULED.value,
+            MessageStatus.QUEUED.value)
+_WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
 
 
 def _row_to_message(row: Sequence[Any]) -> Message:
@@ -219,7 +236,8 @@ class SqliteStore:
         )
         self._thread.start()
         self._reader = await asyncio.to_thread(_connect, self.path)
-        self.pending = (await self.count_by_status()).get("accepted", 0)
+        counts = await self.count_by_status()
+        self.pending = sum(counts.get(s, 0) for s in _PENDING)
 
     def _open_sync(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -340,16 +358,22 @@ class SqliteStore:
         """Insert several messages in one transaction: all are stored, or none."""
         rows = [self._row(m) for m in messages]
 
+        marketing = [(m.account, m.to, m.created_at) for m in messages
+                     if m.message_class == "marketing"]
+
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(self._INSERT, rows)
+            conn.executemany(self._LOG_MARKETING, marketing)
 
         await self._submit(op)
-        self.pending += sum(1 for m in messages if m.status is MessageStatus.ACCEPTED)
+        self.pending += sum(1 for m in messages if m.status in _WAITING)
 
     _INSERT = (
         f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
+
+    _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES (?, ?, ?)"
 
     @staticmethod
     def _row(m: Message) -> tuple[Any, ...]:
@@ -382,10 +406,12 @@ class SqliteStore:
                     (m.account, idempotency_key, m.id, m.created_at),
                 )
             conn.execute(self._INSERT, values)
+            if m.message_class == "marketing":  # frequency caps count what was accepted
+                conn.execute(self._LOG_MARKETING, (m.account, m.to, m.created_at))
             return AcceptResult(m, created=True)
 
         result = await self._submit(op)
-        if result.created and m.status is MessageStatus.ACCEPTED:
+        if result.created and m.status in _WAITING:
             self.pending += 1
         return result
 
@@ -393,7 +419,8 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> list[Message]:
             rows = conn.execute(
                 f"UPDATE messages SET status = 'queued' WHERE id IN ("
-                "SELECT id FROM messages WHERE status = 'accepted' AND next_attempt_at <= ? "
+                "SELECT id FROM messages WHERE status IN ('accepted', 'scheduled') "
+                "AND next_attempt_at <= ? "
                 f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
                 (now, limit),
             ).fetchall()
@@ -416,7 +443,8 @@ class SqliteStore:
     async def next_due_at(self) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(next_attempt_at) FROM messages WHERE status = 'accepted'"
+                "SELECT MIN(next_attempt_at) FROM messages "
+                "WHERE status IN ('accepted', 'scheduled')"
             ).fetchone()
             return None if row is None else row[0]
 
@@ -657,6 +685,56 @@ class SqliteStore:
                 (next_attempt_at, int(give_up), receipt_id),
             )
         )
+
+    # ---- opt-outs and marketing frequency -------------------------------------------------
+
+    async def add_optout(self, account: str, number: str, source: str, now: float) -> bool:
+        """Record an opt-out (kept with when and where from); False if it was already there."""
+        return bool(await self._submit(lambda c: c.execute(
+            "INSERT OR IGNORE INTO optouts (account, number, created_at, source) "
+            "VALUES (?, ?, ?, ?)", (account, number, now, source)).rowcount))
+
+    async def remove_optout(self, account: str, number: str) -> bool:
+        return bool(await self._submit(lambda c: c.execute(
+            "DELETE FROM optouts WHERE account = ? AND number = ?", (account, number)).rowcount))
+
+    async def is_opted_out(self, account: str, number: str) -> bool:
+        rows = await asyncio.to_thread(
+            self._read, "SELECT 1 FROM optouts WHERE account = ? AND number = ?",
+            (account, number))
+        return bool(rows)
+
+    async def list_optouts(self, account: str, number: str | None,
+                           limit: int) -> list[tuple[str, float, str]]:
+        sql = "SELECT number, created_at, source FROM optouts WHERE account = ?"
+        args: list[Any] = [account]
+        if number is not None:
+            sql += " AND number = ?"
+            args.append(number)
+        rows = await asyncio.to_thread(self._read, sql + " ORDER BY created_at LIMIT ?",
+                                       (*args, limit))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def marketing_history(self, account: str, number: str,
+                                since: float) -> tuple[int, float | None]:
+        """Marketing messages accepted for this number since `since`, and the latest one."""
+        rows = await asyncio.to_thread(
+            self._read, "SELECT COUNT(*), MAX(sent_at) FROM marketing_log "
+            "WHERE account = ? AND number = ? AND sent_at >= ?", (account, number, since))
+        return int(rows[0][0]), rows[0][1]
+
+    async def account_for_reply(self, number: str, sender: str) -> str | None:
+        """The account that last sent to this number from this sender: a reply is for it."""
+        rows = await asyncio.to_thread(
+            self._read, "SELECT account FROM messages WHERE dest = ? AND sender = ? "
+            "ORDER BY created_at DESC LIMIT 1", (number, sender))
+        return rows[0][0] if rows else None
+
+    async def enqueue_callback(self, url: str, payload: str, now: float) -> None:
+        """An HTTP POST for the callback sender that is not about a message (e.g. an MO)."""
+        await self._submit(lambda c: c.execute(
+            "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
+            "VALUES ('', ?, ?, ?)", (url, payload, now)))
 
     def size_bytes(self) -> int:
         total = 0

@@ -1,0 +1,71 @@
+"""The country-rules stage of the accept path: looks up what the rules need (opt-outs, marketing
+history) and turns the pure engine's verdict into accept, schedule or a refusal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from aggregator import metrics
+from aggregator.config import AccountConfig
+from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
+from aggregator.policy.profiles import CountryProfile
+from aggregator.policy.rules import Defer, PolicyInput, Reject, evaluate
+from aggregator.store.base import Store
+
+MONTH = 30 * 24 * 3600.0
+
+
+class PolicyGate:
+    def __init__(
+        self,
+        profiles: Mapping[str, CountryProfile],
+        accounts: Mapping[str, AccountConfig],
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.profiles = profiles
+        self._accounts = accounts
+        self._store = store
+        self._clock = clock
+
+    async def apply(self, message: Message, number_type: str) -> Message:
+        """The message as it may be stored (possibly scheduled); raises ApiError if refused."""
+        account = self._accounts[message.account]
+        profile = self.profiles.get(message.region) if message.region else None
+        marketing = message.message_class == "marketing"
+        opted_out = False
+        if marketing or account.block_transactional_to_opted_out:
+            opted_out = await self._store.is_opted_out(message.account, message.to)
+        if profile is None and not opted_out:
+            return message  # the common case for transactional traffic: no store reads
+        count, last = 0, None
+        now = self._clock()
+        if marketing and profile is not None:
+            count, last_ts = await self._store.marketing_history(message.account, message.to,
+                                                                 now - MONTH)
+            last = datetime.fromtimestamp(last_ts, UTC) if last_ts is not None else None
+        verdict = evaluate(profile, PolicyInput(
+            region=message.region,
+            number_type=number_type,
+            message_class=message.message_class,
+            sender=message.sender.value,
+            sender_kind=message.sender.kind.value,
+            text=message.text,
+            account=message.account,
+            registered_senders=account.registered_senders,
+            opted_out=opted_out,
+            block_transactional_to_opted_out=account.block_transactional_to_opted_out,
+            marketing_sent_last_30d=count,
+            last_marketing_at=last,
+        ), datetime.fromtimestamp(now, UTC))
+        if isinstance(verdict, Reject):
+            metrics.messages_rejected.labels(verdict.code).inc()
+            raise ApiError(verdict.status, ErrorCode(verdict.code), verdict.message)
+        if isinstance(verdict, Defer):
+            metrics.messages_scheduled.inc()
+            return replace(message, status=MessageStatus.SCHEDULED,
+                           next_attempt_at=verdict.until_utc.timestamp())
+        return message
