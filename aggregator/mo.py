@@ -65,7 +65,9 @@ class MoHandler:
             added = await self._store.add_optout(account.name, number, f"mo:{provider}", now)
             log.info("optout", account=account.name, number=number, provider=provider,
                      new=added)
-            if profile is not None and profile.optout.confirmation:
+            # Only for a new opt-out: a repeated STOP (or an auto-replying handset) gets no
+            # answer, so two machines cannot talk to each other forever.
+            if added and profile is not None and profile.optout.confirmation:
                 await self._reply(account.name, number, replied_to, profile.optout.confirmation)
         elif kind == "help":
             if profile is not None and profile.optout.help_text:

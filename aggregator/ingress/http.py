@@ -15,7 +15,7 @@ from aggregator import metrics
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.log import get_logger
-from aggregator.model import ApiError, ErrorCode, Message
+from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
 from aggregator.store.base import Store, StoreError
 from aggregator.timefmt import iso_utc
@@ -48,6 +48,11 @@ def error_response(status: int, code: ErrorCode | str, message: str,
     return web.json_response(
         {"error": {"code": str(code), "message": message}}, status=status, headers=headers
     )
+
+
+def accepted_status(m: Message) -> str:
+    """What a 202 says: held for a sending window, or on its way."""
+    return "scheduled" if m.status is MessageStatus.SCHEDULED else "accepted"
 
 
 def message_view(m: Message) -> dict[str, Any]:
@@ -204,7 +209,7 @@ class HttpApi:
         log.debug("accepted", message_id=m.id, account=account, to=m.to, segments=m.segments,
                   replay=not result.created)
         return web.json_response(
-            {"id": m.id, "status": "accepted", "segments": m.segments,
+            {"id": m.id, "status": accepted_status(m), "segments": m.segments,
              "encoding": m.encoding.value},
             status=202,
         )
@@ -245,7 +250,7 @@ class HttpApi:
                             "error": {"code": r.code.value, "message": r.message}})
             else:
                 out.append({"status": 202, "id": r.id, "segments": r.segments,
-                            "encoding": r.encoding.value})
+                            "encoding": r.encoding.value, "state": accepted_status(r)})
         metrics.accept_latency.observe(time.perf_counter() - started)
         return web.json_response({"results": out})
 
