@@ -203,7 +203,10 @@ class Dispatcher:
             for seq, part in enumerate(encoded.parts, start=1)
             if seq not in keep_done
         ]
-        results = await asyncio.gather(*(pool.submit(r) for r in todo))
+        if len(todo) == 1:  # most messages: no gather, no extra task
+            results = [await pool.submit(todo[0])]
+        else:
+            results = list(await asyncio.gather(*(pool.submit(r) for r in todo)))
         sent = [
             SegmentSubmit(req.seq, res.provider_msg_id)
             for req, res in zip(todo, results, strict=True)

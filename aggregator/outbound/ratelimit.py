@@ -43,6 +43,8 @@ class TokenBucket:
         return (1.0 - self._tokens) / self.rate
 
     async def take(self) -> None:
+        if not self._lock.locked() and self.try_take() == 0.0:
+            return  # a token is there and nobody queues for one: no lock, no await
         # The lock keeps waiters in FIFO order instead of all waking at once.
         async with self._lock:
             while (wait := self.try_take()) > 0:

@@ -302,31 +302,41 @@ class SqliteStore:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._commit(conn, batch)
+        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: all fail
+            self._fail(batch, exc)
+        except Exception:
+            # One op failed on its own (a bug or a constraint): run each in its own
+            # transaction so it cannot sink its neighbours. Rare, so the fast path stays lean.
             for op in batch:
-                conn.execute("SAVEPOINT op")
                 try:
-                    op.result = op.fn(conn)
-                    conn.execute("RELEASE op")
-                except sqlite3.OperationalError:
-                    raise  # disk full, I/O error, locked: the whole batch fails
-                except Exception as exc:  # an op's own failure must not sink its neighbours
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    op.error = exc
-            conn.execute("COMMIT")
-            self.commits += 1
-            self.last_batch = len(batch)
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            err = StoreError(f"store write failed: {exc}")
-            for op in batch:
-                op.result = None
-                op.error = err
+                    self._commit(conn, [op])
+                except sqlite3.OperationalError as exc:
+                    self._fail([op], exc)
+                except Exception as exc:
+                    op.result, op.error = None, exc
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self._loop.call_soon_threadsafe(self._resolve, batch)
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in batch:
+                op.result = op.fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.last_batch = len(batch)
+
+    @staticmethod
+    def _fail(batch: list[_Op], exc: Exception) -> None:
+        err = StoreError(f"store write failed: {exc}")
+        for op in batch:
+            op.result, op.error = None, err
 
     def _resolve(self, batch: list[_Op]) -> None:
         self._waiting -= len(batch)
