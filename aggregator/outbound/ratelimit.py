@@ -18,8 +18,7 @@ class TokenBucket:
     ) -> None:
         self.max_rate = rate
         self.rate = rate
-        # A tenth of a second of burst keeps the rate smooth at the operator's side.
-        self.burst = burst if burst is not None else max(1.0, rate / 10)
+        self._fixed_burst = burst
         self._clock = clock or asyncio.get_running_loop().time
         self._tokens = self.burst
         self._stamp = self._clock()
@@ -28,6 +27,12 @@ class TokenBucket:
         # Recent successes, to learn the rate the operator really takes when it throttles.
         self._ok_times: deque[float] = deque(maxlen=max(16, int(rate * 2)))
         self._lock = asyncio.Lock()
+
+    @property
+    def burst(self) -> float:
+        # A tenth of a second of the current rate: after a throttle the burst shrinks too, so
+        # a pause cannot save up a volley the operator would refuse.
+        return self._fixed_burst if self._fixed_burst is not None else max(1.0, self.rate / 10)
 
     def _refill(self) -> None:
         now = self._clock()
@@ -43,8 +48,6 @@ class TokenBucket:
         return (1.0 - self._tokens) / self.rate
 
     async def take(self) -> None:
-        if not self._lock.locked() and self.try_take() == 0.0:
-            return  # a token is there and nobody queues for one: no lock, no await
         # The lock keeps waiters in FIFO order instead of all waking at once.
         async with self._lock:
             while (wait := self.try_take()) > 0:
