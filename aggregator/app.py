@@ -74,7 +74,7 @@ class App:
         accounts = {a.name: a for a in config.accounts}
         self.acceptor.policy = PolicyGate(self.profiles, accounts, self.store)
         self.mo = MoHandler(self.store, self.profiles, accounts, self.acceptor,
-                            self.callbacks.wake)
+                            self.callbacks.wake, on_smpp=self._wake_smpp)
         self.api = HttpApi(
             self.acceptor, self.store, config.accounts,
             max_body_bytes=config.http.max_body_bytes, ready=self.readiness,
@@ -92,6 +92,10 @@ class App:
         self.started = asyncio.Event()
 
     # ---- wiring callbacks ----------------------------------------------------------------------
+
+    def _wake_smpp(self, account: str) -> None:
+        if self.smpp is not None:
+            self.smpp.wake_receipts(account)
 
     def _on_final(self, notice: FinalNotice) -> None:
         if notice.callback_url:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
+
+from aggregator.auth import digest
 
 __all__ = [
     "AccountConfig",
@@ -149,15 +152,29 @@ class SmppConfig:
 
 @dataclass(slots=True, frozen=True, kw_only=True)
 class AccountConfig:
+    """One upstream sender. Credentials are checked only through their SHA-256 digests
+    (``aggregator.auth``); ``api_key`` / ``password`` hold the plain text only when the file
+    gave it as such (not for the ``*_sha256`` and ``*_env`` forms), and the digests are derived
+    from them when not given, so ``AccountConfig(name=..., api_key=...)`` still works."""
+
     name: str
-    api_key: str = field(repr=False)
+    api_key: str = field(default="", repr=False)  # "" when given as api_key_sha256 / _env
+    api_key_digest: bytes = field(default=b"", repr=False)
     system_id: str | None = None  # SMPP bind credentials; None: this account cannot bind
     password: str | None = field(default=None, repr=False)
+    password_digest: bytes | None = field(default=None, repr=False)  # None: cannot bind
     max_binds: int = 4
     max_tps: float | None = None  # submits per second over SMPP; None: no account limit
+    max_http_tps: float | None = None  # messages per second over HTTP; None: no account limit
     registered_senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     mo_url: str | None = None  # replies from handsets (not opt-out/help) are POSTed here
     block_transactional_to_opted_out: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.api_key_digest and self.api_key:
+            object.__setattr__(self, "api_key_digest", digest(self.api_key))
+        if self.password_digest is None and self.system_id is not None:
+            object.__setattr__(self, "password_digest", digest(self.password or ""))
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -603,27 +620,99 @@ def _parse_log(r: _Reader) -> LogConfig:
     )
 
 
-def _parse_account(r: _Reader) -> AccountConfig:
+_SHA256_HEX_RE: Final = re.compile(r"[0-9A-Fa-f]{64}")
+
+
+def _secret(
+    r: _Reader,
+    key: str,
+    environ: Mapping[str, str],
+    check: Callable[[str], str | None],
+) -> tuple[str | None, bytes | None]:
+    """A secret given as exactly one of KEY, KEY_sha256 (64 hex digits) or KEY_env (the name of
+    an environment variable, read now): (plain text if given as KEY, SHA-256 digest), or
+    (None, None) when absent or bad. ``check`` returns a problem with a value, or None.
+    Values are never echoed; an environment variable is named, not shown."""
+    forms = (key, f"{key}_sha256", f"{key}_env")
+    given = [k for k in forms if r.optional(k) is not _ABSENT]
+    if not given:
+        return None, None
+    if len(given) > 1:
+        r.problem(given[1], f"conflicts with {given[0]}: give exactly one of {', '.join(forms)}")
+        return None, None
+    form = given[0]
+    if form == key:
+        value = r.string(key, secret=True)
+        problem = check(value) if r.ok(key) else None
+        if problem:
+            r.problem(key, problem)
+        return (value, digest(value)) if r.ok(key) else (None, None)
+    raw = r.optional(form)
+    if form.endswith("_sha256"):
+        if not isinstance(raw, str) or not _SHA256_HEX_RE.fullmatch(raw):
+            got = f"{len(raw)} characters" if isinstance(raw, str) else _kind(raw)
+            r.problem(form, f"must be 64 hexadecimal digits (a SHA-256 digest), got {got}")
+            return None, None
+        return None, bytes.fromhex(raw)
+    if not isinstance(raw, str) or not raw or "=" in raw or "\0" in raw:
+        r.problem(form, f"must be the name of an environment variable, got {_show(raw)}")
+        return None, None
+    from_env = environ.get(raw)
+    if from_env is None:
+        r.problem(form, f"environment variable {raw!r} is not set")
+        return None, None
+    problem = "is empty" if not from_env else check(from_env)
+    if problem:
+        r.problem(form, f"environment variable {raw!r}: {problem}")
+        return None, None
+    return None, digest(from_env)
+
+
+def _api_key_problem(value: str) -> str | None:
+    # Sent as "Authorization: Bearer <key>": whitespace could never match.
+    if not value or any(c.isspace() for c in value):
+        return "must be non-empty and contain no whitespace"
+    return None
+
+
+def _smpp_password_problem(value: str) -> str | None:
+    if not value.isascii():
+        return "must contain only ASCII characters (SMPP C-octet string)"
+    if len(value) > _SMPP_MAX_PASSWORD:
+        return f"must be at most {_SMPP_MAX_PASSWORD} characters (SMPP limit), got {len(value)}"
+    return None
+
+
+def _optional_rate(r: _Reader, key: str) -> float | None:
+    raw = r.optional(key)
+    if raw is _ABSENT:
+        return None
+    if not _is_number(raw) or not math.isfinite(raw) or raw <= 0:
+        r.problem(key, f"must be a number > 0, got {_show(raw)}")
+        return None
+    return float(raw)
+
+
+def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
     name = r.string("name", nonempty=True)
-    api_key = r.string("api_key", secret=True)
-    if r.ok("api_key") and (not api_key or any(c.isspace() for c in api_key)):
-        # Sent as "Authorization: Bearer <key>": whitespace could never match.
-        r.problem("api_key", "must be non-empty and contain no whitespace")
+    api_key, api_key_digest = _secret(r, "api_key", environ, _api_key_problem)
+    if api_key_digest is None and r.ok("api_key", "api_key_sha256", "api_key_env"):
+        r.problem("api_key", "required key is missing")
     system_id: str | None = None
     password: str | None = None
+    password_digest: bytes | None = None
     if r.optional("system_id") is not _ABSENT:
         system_id = r.string("system_id", nonempty=True, smpp_max=_SMPP_MAX_SYSTEM_ID)
-        password = r.string("password", smpp_max=_SMPP_MAX_PASSWORD, secret=True)
-    elif r.optional("password") is not _ABSENT:
-        r.problem("password", "needs system_id: both are the SMPP bind credentials")
+        password, password_digest = _secret(r, "password", environ, _smpp_password_problem)
+        if password_digest is None and r.ok("password", "password_sha256", "password_env"):
+            r.problem("password", "required with system_id (or password_sha256, password_env)")
+    else:
+        for key in ("password", "password_sha256", "password_env"):
+            if r.optional(key) is not _ABSENT:
+                r.problem(key, "needs system_id: both are the SMPP bind credentials")
     max_binds = r.integer("max_binds", lo=1, hi=1000)
-    max_tps: float | None = None
-    raw_tps = r.optional("max_tps")
-    if raw_tps is not _ABSENT:
-        if not _is_number(raw_tps) or not math.isfinite(raw_tps) or raw_tps <= 0:
-            r.problem("max_tps", f"must be a number > 0, got {_show(raw_tps)}")
-        else:
-            max_tps = float(raw_tps)
+    max_tps = _optional_rate(r, "max_tps")
+    max_http_tps = _optional_rate(r, "max_http_tps")
     registered: dict[str, tuple[str, ...]] = {}
     raw_reg = r.optional("registered_senders")
     if raw_reg is not _ABSENT:
@@ -649,9 +738,12 @@ def _parse_account(r: _Reader) -> AccountConfig:
         else:
             mo_url = raw_url
     block = r.boolean("block_transactional_to_opted_out")
-    return AccountConfig(name=name, api_key=api_key, system_id=system_id, password=password,
-                         max_binds=max_binds, max_tps=max_tps, registered_senders=registered,
-                         mo_url=mo_url, block_transactional_to_opted_out=block)
+    return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
+                         system_id=system_id, password=password,
+                         password_digest=password_digest if system_id is not None else None,
+                         max_binds=max_binds, max_tps=max_tps, max_http_tps=max_http_tps,
+                         registered_senders=registered, mo_url=mo_url,
+                         block_transactional_to_opted_out=block)
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:
@@ -761,6 +853,20 @@ def _check_unique(
             first[value] = r.path
 
 
+def _check_unique_keys(accounts: Sequence[tuple[AccountConfig, _Reader]]) -> None:
+    """Two accounts with one API key (in whichever form given): reported, never shown."""
+    first: dict[bytes, str] = {}  # digest -> the account that has it
+    for account, r in accounts:
+        if not account.api_key_digest:
+            continue  # missing or already reported
+        key = next((k for k in ("api_key", "api_key_sha256", "api_key_env")
+                    if r.optional(k) is not _ABSENT), "api_key")
+        if account.api_key_digest in first:
+            r.problem(key, f"same api_key as {first[account.api_key_digest]}")
+        else:
+            first[account.api_key_digest] = r.path
+
+
 def _check_routes(
     routes: Sequence[tuple[RouteConfig, _Reader]],
     providers: Sequence[tuple[ProviderConfig, _Reader]],
@@ -803,8 +909,13 @@ def _check_routes(
 # --------------------------------------------------------------------------- entry points
 
 
-def parse_config(data: Mapping[str, Any], source: str) -> Config:
-    """Validate a decoded TOML document; raises ConfigError listing every problem."""
+def parse_config(
+    data: Mapping[str, Any], source: str, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a decoded TOML document; raises ConfigError listing every problem.
+
+    ``environ`` (default: os.environ) is where ``*_env`` account secrets are read from."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
     problems: list[str] = []
     top = _Reader(data, "", source, problems, noun="section")
     http = _section(top, "http", HttpConfig, _parse_http)
@@ -817,13 +928,13 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
         _section(top, "metrics", MetricsConfig, _parse_metrics) if "metrics" in data else None
     )
     policy = _section(top, "policy", PolicyConfig, _parse_policy)
-    accounts = list(_array(top, "accounts", AccountConfig, _parse_account))
+    accounts = list(_array(top, "accounts", AccountConfig, lambda r: _parse_account(r, env)))
     providers = list(_array(top, "providers", ProviderConfig, _parse_provider))
     routes = list(_array(top, "routes", RouteConfig, _parse_route))
     top.finish()
 
     _check_unique(accounts, "name", "account name")
-    _check_unique(accounts, "api_key", "api_key", secret=True)
+    _check_unique_keys(accounts)
     _check_unique(accounts, "system_id", "system_id")
     _check_unique(providers, "name", "provider name")
     _check_routes(routes, providers)

@@ -268,7 +268,7 @@ class Dispatcher:
 
     async def _finish(self, message: Message, status: MessageStatus, error: str | None) -> None:
         notice = await self._store.finish(message.id, status, error, self._clock())
-        log.info("message_final", message_id=message.id, status=status.value, error=error)
+        log.debug("message_final", message_id=message.id, status=status.value, error=error)
         if notice is not None:
             metrics.messages_final.labels(status.value).inc()
             self._on_final(notice)

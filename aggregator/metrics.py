@@ -102,3 +102,13 @@ messages_scheduled = Counter("smsagg_messages_scheduled_total",
                              registry=REGISTRY)
 mo_messages = Counter("smsagg_mo_messages_total", "Mobile-originated messages by what they were",
                       ["kind"], registry=REGISTRY)
+auth_failures = Counter(
+    "smsagg_auth_failures_total",
+    "Refused logins: wrong or missing API key / SMPP credentials, or an address cooling down",
+    ["interface"], registry=REGISTRY,
+)
+rate_limited = Counter(
+    "smsagg_rate_limited_total",
+    "Requests refused by an account's rate limit (HTTP max_http_tps, SMPP max_tps)",
+    ["interface"], registry=REGISTRY,
+)

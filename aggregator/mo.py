@@ -1,6 +1,6 @@
 """Mobile-originated messages from providers: opt-out and help keywords handled here (the
 opt-out committed before the operator gets its deliver_sm_resp), the rest forwarded to the
-account's mo_url through the durable callback outbox."""
+account's mo_url through the durable callback outbox, or to its bound SMPP receiver."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class MoHandler:
         accounts: Mapping[str, AccountConfig],
         acceptor: Acceptor,
         on_callback: Callable[[], None],
+        on_smpp: Callable[[str], None] = lambda _account: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -38,6 +39,7 @@ class MoHandler:
         self._accounts = accounts
         self._acceptor = acceptor
         self._on_callback = on_callback
+        self._on_smpp = on_smpp
         self._clock = clock
 
     async def handle(self, provider: str, pdu: Any) -> None:
@@ -77,8 +79,13 @@ class MoHandler:
                                   "received_at": iso_utc(now), "provider": provider})
             await self._store.enqueue_callback(account.mo_url, payload, now)
             self._on_callback()
+        elif account.system_id:
+            # No mo_url: the account's bound SMPP receiver gets it (kept until one binds).
+            await self._store.enqueue_smpp_mo(account.name, number, replied_to, text, now)
+            self._on_smpp(account.name)
         else:
-            log.info("mo_dropped_no_mo_url", account=account.name, provider=provider)
+            log.warning("mo_dropped", account=account.name, provider=provider,
+                        why="the account has neither mo_url nor SMPP credentials")
 
     async def _reply(self, account: str, number: str, sender: str, text: str) -> None:
         """Answer the handset from the sender it wrote to (a transactional message)."""

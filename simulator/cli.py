@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulator import bench as bench_command
 from simulator import load as load_command
 from simulator.handsets import HandsetBook
 from simulator.profiles import SmscSpec, load_profiles
@@ -286,6 +287,8 @@ COMMANDS: dict[str, Command] = {
     "smsc": Command("run a simulated operator SMSC (SMPP server)", _add_smsc_args, _run_smsc),
     "load": Command("generate load against smsagg over HTTP or SMPP and report latencies",
                     load_command.add_arguments, load_command.run_command),
+    "bench": Command("run end-to-end scenarios (SMSC + smsagg subprocesses) and print a table",
+                     bench_command.add_arguments, bench_command.run_command),
 }
 
 

@@ -194,3 +194,51 @@ def test_config_rejects_a_bad_registered_senders_table(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         make_config(tmp_path / "x.db", 1, shop={"registered_senders": {"kz": "ACME"}})
     assert "registered_senders" in str(err.value)
+
+
+async def test_help_keyword_gets_the_profiles_help_text(tmp_path: Path) -> None:
+    book = HandsetBook({XK: Handset(reply="ndihme")})
+    async with running(tmp_path, SmscProfile(handsets=book), shop=SHOP) as r:
+        status, _ = await post(r)
+        assert status == 202
+
+        def helped() -> bool:
+            for sub in r.smsc.received:
+                body = sub.short_message[6:] if sub.esm_class & 0x40 else sub.short_message
+                text = body.decode("utf-16-be" if sub.data_coding == 8 else "latin-1")
+                if text.startswith("Për t'u çregjistruar") and sub.source == "ACME":
+                    return True
+            return False
+
+        await wait_for(helped, what="help text")
+        assert await r.app.store.list_optouts("shop", XK, 10) == []  # help is not an opt-out
+
+
+async def test_other_mo_goes_to_the_bound_smpp_receiver_without_mo_url(tmp_path: Path) -> None:
+    from aiosmpplib import DeliverSmResp
+
+    from aggregator.smpp.session import BindMode, RequestReceived
+    from aggregator.smpp.transport import SmppConnection, open_client
+
+    book = HandsetBook({XK: Handset(reply="Call me tomorrow")})
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_event(conn: SmppConnection, event: object) -> None:
+        if isinstance(event, RequestReceived):
+            got.put_nowait(event.pdu)
+            conn.respond(event.pdu, DeliverSmResp())
+
+    async with running(tmp_path, SmscProfile(handsets=book), smpp={},
+                       shop={**SHOP, "system_id": "shop", "password": "secret"}) as r:
+        status, _ = await post(r)
+        assert status == 202
+        await r.smsc.wait_until(lambda: r.smsc.mo_acked_total >= 1, 20)  # stored, then acked
+        assert r.app.smpp is not None
+        await open_client("127.0.0.1", r.app.smpp.port, mode=BindMode.RECEIVER,
+                          system_id="shop", password="secret", on_event=on_event)
+        while True:  # the receipt for the message may come first
+            pdu = await asyncio.wait_for(got.get(), 20)
+            if not pdu.is_receipt():
+                break
+    assert pdu.short_message == "Call me tomorrow"
+    assert pdu.source.number == XK.lstrip("+") and pdu.destination.number == "ACME"

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aggregator import metrics
+from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.log import get_logger
@@ -50,6 +51,15 @@ def error_response(status: int, code: ErrorCode | str, message: str,
     )
 
 
+def _too_many_requests(code: str, message: str, wait: float) -> web.HTTPTooManyRequests:
+    """429 in the API's error shape, with Retry-After in whole seconds (at least 1)."""
+    return web.HTTPTooManyRequests(
+        text=json.dumps({"error": {"code": code, "message": message}}),
+        content_type="application/json",
+        headers={"Retry-After": str(retry_after(wait))},
+    )
+
+
 def accepted_status(m: Message) -> str:
     """What a 202 says: held for a sending window, or on its way."""
     return "scheduled" if m.status is MessageStatus.SCHEDULED else "accepted"
@@ -72,6 +82,17 @@ def message_view(m: Message) -> dict[str, Any]:
     }
 
 
+def _is_unicode(value: str) -> bool:
+    """False for a str with lone surrogates (valid JSON escapes, but not encodable)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
     """Type-check a request body; raises ApiError(400) naming the field."""
     if not isinstance(body, dict):
@@ -88,6 +109,9 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             noun = {bool: "boolean", int: "whole number", str: "string"}[kind]
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"field '{name}' must be a {noun}")
+        if isinstance(value, str) and not _is_unicode(value):  # JSON "\ud800": unstorable
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           f"field '{name}' contains an unpaired surrogate")
     message_class = body.get("class", "transactional")
     if message_class not in MESSAGE_CLASSES:
         raise ApiError(400, ErrorCode.BAD_REQUEST,
@@ -131,10 +155,14 @@ class HttpApi:
         *,
         max_body_bytes: int,
         ready: Callable[[], tuple[bool, list[str]]],
+        failed_logins: FailedLogins | None = None,
     ) -> None:
         self._acceptor = acceptor
         self._store = store
-        self._by_key = {a.api_key: a.name for a in accounts}
+        self._auth = Authenticator(accounts)
+        self._failed_logins = FailedLogins() if failed_logins is None else failed_logins
+        self._limits = {a.name: RateLimit(a.max_http_tps) for a in accounts
+                        if a.max_http_tps is not None}
         self._max_body = max_body_bytes
         self._ready = ready
 
@@ -176,15 +204,39 @@ class HttpApi:
             return error_response(405, "method_not_allowed", "method not allowed here")
 
     def _account(self, request: web.Request) -> str:
+        """The calling account from "Authorization: Bearer <key>". An address with too many
+        wrong keys lately gets 429 without its key being looked at."""
+        address = request.remote or ""
+        blocked = self._failed_logins.blocked_for(address)
+        if blocked > 0:
+            metrics.auth_failures.labels("http").inc()
+            raise _too_many_requests("too_many_failed_logins",
+                                     "too many failed logins from this address", blocked)
         auth = request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
+            metrics.auth_failures.labels("http").inc()
             raise ApiError(401, ErrorCode.UNAUTHORIZED,
                            "missing 'Authorization: Bearer <api key>' header")
-        account = self._by_key.get(token.strip())
+        account = self._auth.account_for_key(token.strip())
         if account is None:
+            metrics.auth_failures.labels("http").inc()
+            if self._failed_logins.failed(address):
+                log.warning("http_logins_blocked", peer=address,
+                            seconds=self._failed_logins.cooldown)
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "unknown API key")
         return account
+
+    def _rate_limit(self, account: str, messages: int) -> None:
+        """Raise 429 rate_limited when the account's max_http_tps has no room for these."""
+        limit = self._limits.get(account)
+        if limit is None:
+            return
+        wait = limit.try_take(messages)
+        if wait > 0:
+            metrics.rate_limited.labels("http").inc()
+            raise _too_many_requests(
+                "rate_limited", f"account is limited to {limit.rate:g} messages per second", wait)
 
     async def post_message(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -193,6 +245,7 @@ class HttpApi:
         except ApiError:
             metrics.messages_rejected.labels(ErrorCode.UNAUTHORIZED.value).inc()
             raise
+        self._rate_limit(account, 1)
         body = await self._json_body(request)
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
@@ -218,7 +271,7 @@ class HttpApi:
         raw = await request.read()
         try:
             return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
             metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
             raise ApiError(400, ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
 
@@ -235,6 +288,7 @@ class HttpApi:
         if len(items) > MAX_BATCH:
             raise ApiError(413, ErrorCode.BODY_TOO_LARGE,
                            f"a batch holds at most {MAX_BATCH} messages, got {len(items)}")
+        self._rate_limit(account, len(items))
         parsed: list[SubmitInput | ApiError] = []
         for i, item in enumerate(items):
             try:

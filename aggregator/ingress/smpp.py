@@ -23,6 +23,7 @@ from aiosmpplib import (
 )
 
 from aggregator import metrics
+from aggregator.auth import Authenticator, FailedLogins
 from aggregator.config import AccountConfig, SmppConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
@@ -95,7 +96,22 @@ def _smpp_date(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%y%m%d%H%M")
 
 
+def mo_pdu(r: SmppReceipt) -> Any:
+    """A handset's message (source) to what it replied to (dest), for the upstream."""
+    dest_ton = TON.INTERNATIONAL if r.dest.lstrip("+").isdigit() else TON.ALPHANUMERIC
+    return DeliverSm(
+        short_message=r.text or " ",
+        source=PhoneNumber(r.source.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
+        destination=PhoneNumber(r.dest.lstrip("+"), dest_ton,
+                                NPI.ISDN if dest_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
+        esm_class=0x00,
+        registered_delivery=0,
+    )
+
+
 def receipt_pdu(r: SmppReceipt) -> Any:
+    if r.kind == "mo":
+        return mo_pdu(r)
     stat, state = _STATE.get(r.status, ("UNKNOWN", 7))
     delivered = r.status is MessageStatus.DELIVERED
     text = (
@@ -146,12 +162,15 @@ class SmppServer:
         acceptor: Acceptor,
         store: Store,
         clock: Callable[[], float] = time.time,
+        failed_logins: FailedLogins | None = None,
     ) -> None:
         self.config = config
         self._acceptor = acceptor
         self._store = store
         self._clock = clock
         self._by_system_id = {a.system_id: a for a in accounts if a.system_id}
+        self._auth = Authenticator(accounts)
+        self._failed_logins = FailedLogins() if failed_logins is None else failed_logins
         self._accounts: dict[str, _AccountState] = {}
         self._conns: set[SmppConnection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -235,14 +254,21 @@ class SmppServer:
         task.add_done_callback(self._tasks.discard)
 
     def _on_bind(self, conn: SmppConnection, pdu: Any) -> None:
-        account = self._by_system_id.get(pdu.system_id)
-        status = ESME_ROK
-        if account is None:
-            status = ESME_RINVSYSID
-        elif pdu.password != (account.password or ""):
-            status = ESME_RINVPASWD
-        elif not self._room_for(account):
+        # An address with too many failed binds lately is refused before any credential check.
+        address = conn.peername.rpartition(":")[0] or conn.peername
+        account: AccountConfig | None = None
+        if self._failed_logins.blocked_for(address) > 0:
             status = ESME_RBINDFAIL
+            metrics.auth_failures.labels("smpp").inc()
+        else:
+            account, status = self._auth.check_bind(str(pdu.system_id), str(pdu.password or ""))
+            if account is None:
+                metrics.auth_failures.labels("smpp").inc()
+                if self._failed_logins.failed(address):
+                    log.warning("smpp_logins_blocked", peer=address,
+                                seconds=self._failed_logins.cooldown)
+            elif not self._room_for(account):
+                status = ESME_RBINDFAIL
         if status != ESME_ROK:
             metrics.smpp_binds.labels("rejected").inc()
             log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
@@ -293,6 +319,7 @@ class SmppServer:
                 state.bucket = TokenBucket(client.account.max_tps,
                                            burst=max(1.0, client.account.max_tps))
             if state.bucket.try_take() > 0:
+                metrics.rate_limited.labels("smpp").inc()
                 self._refuse(conn, pdu, ESME_RTHROTTLED, "throttled")
                 return
         try:

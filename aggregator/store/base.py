@@ -57,6 +57,8 @@ class SmppReceipt:
     submitted_at: float
     done_at: float
     attempts: int
+    kind: str = "receipt"  # or "mo": a handset's message to the upstream (source -> dest)
+    text: str | None = None
 
 
 class Store(Protocol):
@@ -116,6 +118,9 @@ class Store(Protocol):
     async def due_smpp_receipts(
         self, account: str, now: float, limit: int
     ) -> list[SmppReceipt]: ...
+    async def enqueue_smpp_mo(
+        self, account: str, source: str, dest: str, text: str, now: float
+    ) -> None: ...
     async def smpp_receipt_done(self, receipt_id: int) -> None: ...
     async def smpp_receipt_retry(
         self, receipt_id: int, next_attempt_at: float, give_up: bool

@@ -111,6 +111,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX callbacks_due ON callbacks (next_attempt_at) WHERE given_up = 0;
     CREATE TABLE smpp_receipts (
         id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL DEFAULT 'receipt',
+        text TEXT,
         account TEXT NOT NULL,
         message_id TEXT NOT NULL,
         source TEXT NOT NULL,
@@ -669,17 +671,27 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> list[SmppReceipt]:
             rows = conn.execute(
                 "SELECT id, account, message_id, source, dest, status, error, submitted_at, "
-                "done_at, attempts FROM smpp_receipts WHERE account = ? AND given_up = 0 "
+                "done_at, attempts, kind, text FROM smpp_receipts WHERE account = ? "
+                "AND given_up = 0 "
                 "AND next_attempt_at <= ? ORDER BY id LIMIT ?",
                 (account, now, limit),
             ).fetchall()
             return [
                 SmppReceipt(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7], r[8],
-                            r[9])
+                            r[9], r[10], r[11])
                 for r in rows
             ]
 
         return await self._submit(op)
+
+    async def enqueue_smpp_mo(self, account: str, source: str, dest: str, text: str,
+                              now: float) -> None:
+        """A handset's message for an account's bound SMPP receiver, sent like a receipt."""
+        await self._submit(lambda c: c.execute(
+            "INSERT INTO smpp_receipts (kind, text, account, message_id, source, dest, status, "
+            "submitted_at, done_at, next_attempt_at) "
+            "VALUES ('mo', ?, ?, '', ?, ?, 'delivered', ?, ?, ?)",
+            (text, account, source, dest, now, now, now)))
 
     async def smpp_receipt_done(self, receipt_id: int) -> None:
         await self._submit(

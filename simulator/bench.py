@@ -1,0 +1,524 @@
+"""`smsagg-sim bench`: documented end-to-end scenarios on one machine, one table of figures.
+
+Each scenario gets a fresh temporary directory and its own processes, started as an operator
+would run them:
+
+- the simulator SMSC: ``python -m simulator smsc --port 0 --stats-interval 0.25 --stats-file
+  DIR/smsc.json`` (its "listening on HOST:PORT" line gives the port; its stats lines on stderr
+  give the ``submits=`` counter over time);
+- smsagg: ``python -m aggregator run --config DIR/smsagg.toml`` with a generated config: SQLite
+  store in DIR (durable: ``synchronous=FULL`` always), HTTP on 127.0.0.1:0, log level info (the
+  JSON "started" line gives the HTTP address and the SMPP port; stdout is drained), one
+  provider with 2 binds, ``window`` (default 10) per bind, ``max_tps`` 100000;
+
+then the load generator runs in this process (`simulator.load.run_load`) with receipts on:
+
+| scenario | load |
+|---|---|
+| a | single-message HTTP, ``POST /v1/messages``, 50 requests in flight |
+| b | batch HTTP, ``POST /v1/messages/batch``, 100 messages per request, 4 requests in flight |
+| c | SMPP ingress: 1 transceiver bind, window 50, ``registered_delivery`` 1 |
+
+Figures per scenario:
+
+- accepted msg/s: accepted messages / sending time (start to the last accept answer);
+- relayed msg/s: the SMSC's ``submit_sm`` count during that same window / its length (the
+  counter is sampled every 0.25 s from the SMSC's stats lines and interpolated at the window's
+  ends), so a backlog the daemon works off after the load does not count;
+- accept latency p50/p99 (request to 202 / ``submit_sm_resp``), receipt latency p50/p99
+  (request to callback / ``deliver_sm`` receipt), errors (non-accepted requests), receipts
+  received / expected.
+
+Processes are stopped with SIGTERM, then killed after a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from simulator.load import LoadOptions, LoadResult, run_load
+
+API_KEY = "bench-key"
+SMPP_SYSTEM_ID = "bench"
+SMPP_PASSWORD = "bench-pw"  # SMPP passwords are at most 8 characters
+STATS_INTERVAL = 0.25  # seconds between the SMSC's stats lines
+START_TIMEOUT = 30.0  # for "listening on", "started" and /readyz
+STOP_TIMEOUT = 20.0  # after SIGTERM, before SIGKILL
+DRAIN_SECONDS = 5.0  # smsagg --drain-seconds
+PROVIDER_BINDS = 2
+PROVIDER_MAX_TPS = 100_000
+HTTP_CONCURRENCY = 50
+BATCH_SIZE = 100
+BATCH_CONCURRENCY = 4
+SMPP_BINDS = 1
+SMPP_WINDOW = 50
+
+_SUBMITS_RE = re.compile(r"\bsubmits=(\d+)\b")
+
+
+@dataclass(slots=True, frozen=True)
+class Scenario:
+    key: str
+    title: str
+    mode: str  # LoadOptions.mode
+
+    @property
+    def smpp_ingress(self) -> bool:
+        return self.mode == "smpp"
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "a": Scenario("a", "single-message HTTP", "http"),
+    "b": Scenario("b", f"batch HTTP ({BATCH_SIZE}/request)", "batch"),
+    "c": Scenario("c", f"SMPP ingress ({SMPP_BINDS} bind, window {SMPP_WINDOW})", "smpp"),
+}
+
+
+@dataclass(slots=True)
+class BenchOptions:
+    scenarios: tuple[str, ...] = ("a", "b", "c")
+    duration: float | None = 10.0  # seconds of sending; None with count
+    count: int | None = None  # messages per scenario instead of a duration
+    window: int = 10  # per provider bind
+    receipt_wait: float = 60.0  # after sending, seconds to wait for every receipt
+    seed: int | None = 1
+
+    def check(self) -> None:
+        if not self.scenarios:
+            raise ValueError("--scenarios: name at least one of a, b, c")
+        unknown = [s for s in self.scenarios if s not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"--scenarios: unknown {', '.join(unknown)} (known: a, b, c)")
+        if (self.duration is None) == (self.count is None):
+            raise ValueError("give one of --duration and --count")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("--duration must be > 0")
+        if self.count is not None and self.count < 1:
+            raise ValueError("--count must be >= 1")
+        if not 1 <= self.window <= 1000:
+            raise ValueError("--window must be between 1 and 1000")
+        if self.receipt_wait < 0:
+            raise ValueError("--receipt-wait must be >= 0")
+
+
+@dataclass(slots=True)
+class ScenarioResult:
+    scenario: Scenario
+    load: LoadResult
+    window_s: float  # sending window: load start to the last accept answer
+    relayed: float  # SMSC submits during the window (interpolated)
+    relayed_total: int  # SMSC submits over the whole scenario (final summary)
+    smsc: dict[str, Any] = field(default_factory=dict)  # the SMSC's final summary
+
+    @property
+    def accepted_rate(self) -> float:
+        return self.load.throughput
+
+    @property
+    def relayed_rate(self) -> float:
+        return self.relayed / self.window_s if self.window_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        load = self.load.to_dict()
+        load.pop("timeline", None)
+        return {
+            "scenario": self.scenario.key,
+            "title": self.scenario.title,
+            "accepted": self.load.accepted,
+            "accepted_msg_s": round(self.accepted_rate, 1),
+            "relayed_during_load": round(self.relayed),
+            "relayed_msg_s": round(self.relayed_rate, 1),
+            "relayed_total": self.relayed_total,
+            "window_s": round(self.window_s, 3),
+            "accept_latency_ms": self.load.accept_latency.summary_ms(),
+            "receipt_latency_ms": self.load.receipt_latency.summary_ms(),
+            "errors": self.load.errors_total,
+            "receipts": self.load.receipts,
+            "receipts_expected": self.load.receipts_expected,
+            "load": load,
+            "smsc": {k: v for k, v in self.smsc.items() if k != "bind_stats"},
+        }
+
+
+# -- the SMSC submit counter --------------------------------------------------------------------
+
+
+def parse_submits(line: str) -> int | None:
+    """The cumulative ``submits=N`` of an SMSC stats line, else None."""
+    match = _SUBMITS_RE.search(line)
+    return int(match.group(1)) if match else None
+
+
+def submits_at(samples: Sequence[tuple[float, int]], t: float) -> float:
+    """The submit counter at time `t`, linearly interpolated between (time, submits) samples
+    sorted by time; clamped to the first / last sample outside their range."""
+    if not samples:
+        return 0.0
+    times = [s[0] for s in samples]
+    i = bisect.bisect_right(times, t)
+    if i == 0:
+        return float(samples[0][1])
+    if i == len(samples):
+        return float(samples[-1][1])
+    (t0, n0), (t1, n1) = samples[i - 1], samples[i]
+    if t1 <= t0:
+        return float(n1)
+    return n0 + (n1 - n0) * (t - t0) / (t1 - t0)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+class Process:
+    """A child process whose output is read line by line (so it never blocks on a full pipe)
+    and whose last lines are kept for error messages."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.tail: deque[str] = deque(maxlen=20)
+        self._readers: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def start(cls, name: str, *args: str) -> Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(name, proc)
+
+    async def wait_for_line(self, stream: asyncio.StreamReader | None, marker: str,
+                            timeout: float) -> str:
+        """The first line containing `marker` (lines before it are kept in the tail)."""
+        assert stream is not None
+
+        async def scan() -> str:
+            while True:
+                raw = await stream.readline()
+                if not raw:
+                    raise RuntimeError(f"{self.name} exited before printing {marker!r}"
+                                       f"{self.describe_tail()}")
+                line = raw.decode(errors="replace").rstrip("\n")
+                if marker in line:
+                    return line
+                self.tail.append(line)
+
+        try:
+            return await asyncio.wait_for(scan(), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} printed no {marker!r} within {timeout:g} s"
+                               f"{self.describe_tail()}") from None
+
+    def follow(self, stream: asyncio.StreamReader | None,
+               on_line: Callable[[str], None] | None = None) -> None:
+        """Read `stream` to its end in the background, calling on_line(line) for each line."""
+        if stream is None:
+            return
+
+        async def read() -> None:
+            while True:
+                raw = await stream.readline()
+                if not raw:
+                    return
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.tail.append(line)
+                if on_line is not None:
+                    on_line(line)
+
+        self._readers.append(asyncio.create_task(read(), name=f"{self.name}-reader"))
+
+    def describe_tail(self) -> str:
+        return (":\n  " + "\n  ".join(self.tail)) if self.tail else ""
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then SIGKILL after `timeout` seconds; waits for the output readers."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            code = await self.proc.wait()
+        if self._readers:
+            _, pending = await asyncio.wait(self._readers, timeout=5)
+            for task in pending:
+                task.cancel()
+        return code
+
+
+def config_text(store: Path, smsc_port: int, window: int, smpp_ingress: bool) -> str:
+    """The smsagg configuration of one scenario."""
+    smpp = f"""
+[smpp]
+listen = "127.0.0.1:0"
+window = {SMPP_WINDOW}
+""" if smpp_ingress else ""
+    credentials = f"""system_id = "{SMPP_SYSTEM_ID}"
+password = "{SMPP_PASSWORD}"
+""" if smpp_ingress else ""
+    return f"""[http]
+listen = "127.0.0.1:0"
+[store]
+path = "{store}"
+[log]
+level = "info"
+{smpp}
+[[accounts]]
+name = "bench"
+api_key = "{API_KEY}"
+{credentials}
+[[providers]]
+name = "sim"
+host = "127.0.0.1"
+port = {smsc_port}
+system_id = "smsagg"
+password = "pw"
+binds = {PROVIDER_BINDS}
+window = {window}
+max_tps = {PROVIDER_MAX_TPS}
+
+[[routes]]
+prefixes = ["*"]
+providers = ["sim"]
+"""
+
+
+async def wait_ready(base: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"{base}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"smsagg not ready within {timeout:g} s (no provider bind up)")
+
+
+def load_options(scenario: Scenario, options: BenchOptions, http_base: str,
+                 smpp_port: int | None) -> LoadOptions:
+    common: dict[str, Any] = {
+        "count": options.count, "duration": options.duration, "receipts": True,
+        "receipt_wait": options.receipt_wait, "seed": options.seed, "progress": False,
+    }
+    if scenario.mode == "http":
+        return LoadOptions(mode="http", url=http_base, api_key=API_KEY,
+                           concurrency=HTTP_CONCURRENCY, **common)
+    if scenario.mode == "batch":
+        return LoadOptions(mode="batch", url=http_base, api_key=API_KEY,
+                           batch_size=BATCH_SIZE, concurrency=BATCH_CONCURRENCY, **common)
+    assert smpp_port is not None
+    return LoadOptions(mode="smpp", smpp_host="127.0.0.1", smpp_port=smpp_port,
+                       system_id=SMPP_SYSTEM_ID, password=SMPP_PASSWORD, binds=SMPP_BINDS,
+                       window=SMPP_WINDOW, **common)
+
+
+async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioResult:
+    with tempfile.TemporaryDirectory(prefix=f"smsagg-bench-{scenario.key}-") as tmp:
+        tmp_dir = Path(tmp)
+        stats_file = tmp_dir / "smsc.json"
+        samples: list[tuple[float, int]] = []
+        procs: list[Process] = []
+        try:
+            smsc = await Process.start(
+                "simulator SMSC", "-m", "simulator", "smsc", "--port", "0",
+                "--stats-interval", str(STATS_INTERVAL), "--stats-file", str(stats_file),
+            )
+            procs.append(smsc)
+            line = await smsc.wait_for_line(smsc.proc.stderr, "listening on", START_TIMEOUT)
+            samples.append((time.perf_counter(), 0))
+            smsc_port = int(line.rsplit(":", 1)[1].split()[0])
+
+            def on_stats(text: str) -> None:
+                n = parse_submits(text)
+                if n is not None:
+                    samples.append((time.perf_counter(), n))
+
+            smsc.follow(smsc.proc.stderr, on_stats)
+            smsc.follow(smsc.proc.stdout)
+
+            config = tmp_dir / "smsagg.toml"
+            config.write_text(config_text(tmp_dir / "smsagg.db", smsc_port, options.window,
+                                          scenario.smpp_ingress), encoding="utf-8")
+            daemon = await Process.start(
+                "smsagg", "-m", "aggregator", "run", "--config", str(config),
+                "--drain-seconds", str(DRAIN_SECONDS),
+            )
+            procs.append(daemon)
+            daemon.follow(daemon.proc.stderr)
+            started = json.loads(
+                await daemon.wait_for_line(daemon.proc.stdout, '"started"', START_TIMEOUT))
+            daemon.follow(daemon.proc.stdout)
+            http_base = f"http://{started['http']}"
+            smpp_port = started.get("smpp")
+            if scenario.smpp_ingress and not isinstance(smpp_port, int):
+                raise RuntimeError(f"smsagg started without an SMPP listener: {started}")
+            await wait_ready(http_base, START_TIMEOUT)
+
+            load_opts = load_options(scenario, options, http_base,
+                                     smpp_port if isinstance(smpp_port, int) else None)
+            t_start = time.perf_counter()
+            result = await run_load(load_opts)
+            window_end = t_start + result.elapsed
+            # One more stats sample after the window, so its end is interpolated, not clamped.
+            deadline = time.perf_counter() + 5 * STATS_INTERVAL + 2
+            while samples[-1][0] <= window_end and time.perf_counter() < deadline:
+                await asyncio.sleep(STATS_INTERVAL / 5)
+            snapshot = list(samples)
+            relayed = submits_at(snapshot, window_end) - submits_at(snapshot, t_start)
+        finally:
+            for proc in reversed(procs):  # the daemon first: it unbinds from the SMSC
+                await proc.stop()
+        summary: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            summary = json.loads(stats_file.read_text(encoding="utf-8"))
+        return ScenarioResult(
+            scenario=scenario, load=result, window_s=result.elapsed, relayed=relayed,
+            relayed_total=int(summary.get("submits", snapshot[-1][1] if snapshot else 0)),
+            smsc=summary,
+        )
+
+
+async def run_bench(options: BenchOptions,
+                    progress: Callable[[str], None] | None = None) -> list[ScenarioResult]:
+    """Run the chosen scenarios one after the other; `progress(text)` is told about each."""
+    options.check()
+    results = []
+    for key in options.scenarios:
+        scenario = SCENARIOS[key]
+        if progress is not None:
+            progress(f"bench: scenario {key} ({scenario.title})...")
+        result = await run_scenario(scenario, options)
+        if progress is not None:
+            progress(f"bench: scenario {key}: accepted {result.accepted_rate:.0f} msg/s,"
+                     f" relayed {result.relayed_rate:.0f} msg/s, errors {result.load.errors_total},"
+                     f" receipts {result.load.receipts}/{result.load.receipts_expected}")
+        results.append(result)
+    return results
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _ms(summary: dict[str, float | int], key: str, count: int) -> str:
+    return f"{summary[key]:.1f}" if count else "-"
+
+
+def markdown_table(results: Sequence[ScenarioResult]) -> str:
+    lines = [
+        "| scenario | accepted | accepted msg/s | relayed msg/s | accept p50 ms | accept p99 ms"
+        " | receipt p50 ms | receipt p99 ms | errors | receipts |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        accept = r.load.accept_latency.summary_ms()
+        receipt = r.load.receipt_latency.summary_ms()
+        n_acc, n_rec = r.load.accepted, r.load.receipts
+        lines.append(
+            f"| {r.scenario.key}: {r.scenario.title} | {r.load.accepted}"
+            f" | {r.accepted_rate:.0f} | {r.relayed_rate:.0f}"
+            f" | {_ms(accept, 'p50', n_acc)} | {_ms(accept, 'p99', n_acc)}"
+            f" | {_ms(receipt, 'p50', n_rec)} | {_ms(receipt, 'p99', n_rec)}"
+            f" | {r.load.errors_total} | {r.load.receipts}/{r.load.receipts_expected} |"
+        )
+    return "\n".join(lines)
+
+
+def header_line(options: BenchOptions, load_average: float) -> str:
+    amount = (f"{options.count} messages" if options.count is not None
+              else f"{options.duration:g} s")
+    return (f"smsagg-sim bench: {amount} per scenario; provider {PROVIDER_BINDS} binds x window"
+            f" {options.window}; {os.cpu_count()} CPUs, 1-min load average {load_average:.2f}"
+            " at start")
+
+
+def report(options: BenchOptions, results: Sequence[ScenarioResult],
+           load_average: float) -> str:
+    return header_line(options, load_average) + "\n\n" + markdown_table(results) + "\n"
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = BenchOptions()
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help=f"seconds of sending per scenario (default {d.duration:g})")
+    amount.add_argument("--count", type=int, default=None,
+                        help="messages per scenario instead of --duration")
+    parser.add_argument("--scenarios", default=",".join(d.scenarios),
+                        help="comma-separated: a single-message HTTP, b batch HTTP,"
+                             " c SMPP ingress (default a,b,c)")
+    parser.add_argument("--window", type=int, default=d.window,
+                        help=f"window per provider bind (default {d.window})")
+    parser.add_argument("--receipt-wait", type=float, default=d.receipt_wait,
+                        metavar="SECONDS",
+                        help=f"after sending, wait this long for receipts (default"
+                             f" {d.receipt_wait:g})")
+    parser.add_argument("--markdown", default=None, metavar="FILE",
+                        help="also write the Markdown table here")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="write every figure (and the SMSC's summary) as JSON")
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    keys = tuple(k.strip() for k in args.scenarios.split(",") if k.strip())
+    duration = args.duration
+    if duration is None and args.count is None:
+        duration = BenchOptions().duration
+    return BenchOptions(scenarios=keys, duration=duration, count=args.count,
+                        window=args.window, receipt_wait=args.receipt_wait)
+
+
+async def _bench_code(options: BenchOptions, box: list[list[ScenarioResult]]) -> int:
+    box.append(await run_bench(options, lambda text: print(text, file=sys.stderr, flush=True)))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Exit 0 when every scenario ran, 1 when one could not run, 2 on bad options."""
+    from simulator.cli import run_async
+
+    options = options_from_args(args)
+    options.check()  # ValueError: the CLI prints it and exits 2
+    load_average = os.getloadavg()[0]
+    box: list[list[ScenarioResult]] = []
+    try:
+        run_async(_bench_code(options, box), args.loop)
+    except RuntimeError as exc:
+        print(f"smsagg-sim bench: {exc}", file=sys.stderr)
+        return 1
+    results = box[0]
+    text = report(options, results, load_average)
+    print(text, end="", flush=True)
+    if args.markdown:
+        Path(args.markdown).write_text(text, encoding="utf-8")
+    if args.json:
+        data = {"options": {"scenarios": list(options.scenarios), "duration": options.duration,
+                            "count": options.count, "window": options.window,
+                            "provider_binds": PROVIDER_BINDS},
+                "load_average_1m": load_average,
+                "scenarios": [r.to_dict() for r in results]}
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return 0
