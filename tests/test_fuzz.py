@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from aggregator.smpp.fields import parse_submit
@@ -255,9 +255,13 @@ def check_session(session: SmppSession, stream: bytes, pieces: list[bytes],
     for req_id, req_seq in consumed:
         if req_id in HANDLED_RESPONSES:
             continue
+        # A generic_nack answers only what has no response of its own (an unknown id or an
+        # invalid length); sequence numbers may repeat, so that is what tells them apart.
+        supported = req_id in SUPPORTED_REQUESTS
         if next_answer is not None and next_answer[2] == req_seq and (
-                next_answer[0] == GENERIC_NACK or next_answer[0] == req_id | RESP):
-            if req_id not in SUPPORTED_REQUESTS:  # unknown id, or an invalid command_length
+                next_answer[0] == req_id | RESP
+                or (next_answer[0] == GENERIC_NACK and not supported)):
+            if not supported:
                 assert next_answer[0] == GENERIC_NACK
                 assert next_answer[1] != 0
             next_answer = next(answers, None)
@@ -299,6 +303,9 @@ def test_session_survives_arbitrary_bytes(data: bytes, cuts: list[int], bound: b
 @fast(1500)
 @given(pdus=st.lists(raw_pdus(), min_size=1, max_size=4),
        cuts=st.lists(st.integers(0, 600), max_size=3))
+# Found in CI: a bad bind, a good bind and an unknown id, all with sequence number 1.
+@example(pdus=[RawPdu(16, 1, 0, 1, b""), RawPdu(23, 1, 0, 1, b"\0" * 7),
+               RawPdu(16, 3, 0, 1, b"")], cuts=[])
 def test_unbound_session_answers_malformed_pdus(pdus: list[RawPdu], cuts: list[int]) -> None:
     tick("session_pdus_unbound")
     stream = b"".join(p.wire() for p in pdus)
