@@ -180,6 +180,7 @@ class SmppServer:
         self._expiry: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_bind: dict[SmppConnection, AccountConfig] = {}
+        self._stopping = False
         self.port = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -198,11 +199,18 @@ class SmppServer:
     async def stop(self, timeout: float = 5.0) -> None:
         if self._server is not None:
             self._server.close()
+        # The loops end on this flag: on Python 3.11 wait_for() can swallow a cancel that
+        # races with its timeout, so cancelling alone could leave a loop running forever.
+        self._stopping = True
         tasks = [s.receipts_task for s in self._accounts.values() if s.receipts_task]
-        for task in [*tasks, *([self._expiry] if self._expiry else [])]:
+        if self._expiry is not None:
+            tasks.append(self._expiry)
+        for state in self._accounts.values():
+            state.receipts_wake.set()
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, *([self._expiry] if self._expiry else []),
-                             return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
         await asyncio.gather(*(c.unbind(timeout) for c in list(self._conns)),
                              return_exceptions=True)
         for task in list(self._tasks):
@@ -387,7 +395,7 @@ class SmppServer:
                 conn.respond(req, SubmitSmResp(message_id=result.message.id))
 
     async def _expire_parts(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(1.0)
             for contexts in self._reassembler.expire(self._clock()):
                 for conn, req in contexts:
@@ -409,7 +417,7 @@ class SmppServer:
 
     async def _send_receipts(self, state: _AccountState) -> None:
         in_flight: set[int] = set()
-        while True:
+        while not self._stopping:
             state.receipts_wake.clear()
             sent_any = False
             if self._receiver(state) is not None:

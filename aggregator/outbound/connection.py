@@ -117,6 +117,9 @@ class Bind:
                 await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
                 delay = min(p.reconnect_max, delay * 2)
                 continue
+            if self._stopping:  # a cancel swallowed by wait_for (Python 3.11) lands here
+                conn.close()
+                break
             self.conn = conn
             delay = p.reconnect_min
             last_error = ""
