@@ -563,18 +563,7 @@ def _parse_smpp(r: _Reader) -> SmppConfig:
 
 
 def _parse_http(r: _Reader) -> HttpConfig:
-    listen, given = r.lookup("listen")
-    if given:
-        if isinstance(listen, str):
-            try:
-                listen = ListenAddress.parse(listen)
-            except ValueError as exc:
-                r.problem("listen", f"{exc}, got {_show(listen)}")
-        else:
-            r.problem("listen", f'must be a string "host:port", got {_show(listen)}')
-    if not isinstance(listen, ListenAddress):
-        listen = ListenAddress("", 0)
-    return HttpConfig(listen=listen, max_body_bytes=r.integer("max_body_bytes", lo=1))
+    return HttpConfig(listen=_listen(r), max_body_bytes=r.integer("max_body_bytes", lo=1))
 
 
 def _parse_store(r: _Reader) -> StoreConfig:
