@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from aggregator.auth import digest
+from aggregator.tomlcheck import ABSENT as _ABSENT
+from aggregator.tomlcheck import is_number as _is_number
+from aggregator.tomlcheck import join_key as _join
+from aggregator.tomlcheck import kind as _kind
+from aggregator.tomlcheck import show as _show
+from aggregator.tomlcheck import toml_problem
 
 __all__ = [
     "AccountConfig",
@@ -60,8 +66,6 @@ _SMPP_MAX_SYSTEM_TYPE: Final = 12
 
 _PREFIX_RE: Final = re.compile(r"\+[0-9]{1,15}")  # E.164: at most 15 digits
 _PORT_RE: Final = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() accepts "²"
-_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
-_TOML_POS_RE: Final = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
 # --------------------------------------------------------------------------- data types
@@ -252,55 +256,6 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------- reader
 
 _T = TypeVar("_T")
-
-
-class _Absent:
-    """Sentinel type for "no value" (distinct from None, which TOML cannot express anyway)."""
-
-    __slots__ = ()
-
-
-_ABSENT: Final = _Absent()
-
-
-def _key_text(key: str) -> str:
-    return key if _BARE_KEY_RE.fullmatch(key) else f'"{key}"'
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{_key_text(key)}" if path else _key_text(key)
-
-
-def _kind(value: object) -> str:
-    """TOML-flavoured type name, used instead of the value where the value may be secret."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return f"a {type(value).__name__}"  # TOML dates and times
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, int | float):
-        return repr(value)
-    return _kind(value)
-
-
-def _is_number(value: object) -> bool:
-    # bool is an int subclass, but `binds = true` is a mistake, not 1.
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class _Reader:
@@ -950,16 +905,7 @@ def _loads(text: str, source: str) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        # Python 3.11 has no lineno attribute; the position is only in the message.
-        message = str(exc)
-        match = _TOML_POS_RE.match(message)
-        if match:
-            where = f"line {match['line']}, column {match['col']}"
-            message = match["msg"]
-        else:
-            where = "end of file" if message.endswith("(at end of document)") else "TOML"
-            message = message.removesuffix(" (at end of document)")
-        raise ConfigError([f"{source}: {where}: invalid TOML: {message}"]) from None
+        raise ConfigError([toml_problem(exc, source)]) from None
     return parse_config(data, source)
 
 

@@ -27,6 +27,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from aggregator.config import ConfigError
+from aggregator.tomlcheck import ABSENT as _ABSENT
+from aggregator.tomlcheck import is_number as _is_number
+from aggregator.tomlcheck import key_text as _key_text
+from aggregator.tomlcheck import show as _show
+from aggregator.tomlcheck import toml_problem
 
 __all__ = [
     "DEFAULT_URL_SHORTENERS",
@@ -57,9 +62,7 @@ DEFAULT_URL_SHORTENERS: Final = (
 _REGION_RE: Final = re.compile(r"[A-Z]{2}")
 _TIME_RE: Final = re.compile(r"(?P<h>[0-9]{2}):(?P<m>[0-9]{2})")
 _DOMAIN_RE: Final = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+")
-_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
 _CATEGORY_RE: Final = re.compile(r"[a-z0-9_]+")
-_TOML_POS_RE: Final = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 
 
 # --------------------------------------------------------------------------- data types
@@ -149,35 +152,6 @@ class ProfileError(ConfigError):
 
 
 # --------------------------------------------------------------------------- reader
-
-
-class _Absent:
-    __slots__ = ()
-
-
-_ABSENT: Final = _Absent()
-
-
-def _key_text(key: str) -> str:
-    return key if _BARE_KEY_RE.fullmatch(key) else f'"{key}"'
-
-
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return f"a {type(value).__name__}"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class _Reader:
@@ -509,12 +483,7 @@ def _decode(raw: bytes, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        match = _TOML_POS_RE.match(message)
-        where = "TOML"
-        if match:
-            where, message = f"line {match['line']}, column {match['col']}", match["msg"]
-        raise ProfileError([f"{source}: {where}: invalid TOML: {message}"]) from None
+        raise ProfileError([toml_problem(exc, source)]) from None
 
 
 def _load_all(files: Iterable[tuple[str, str, bytes]]) -> dict[str, CountryProfile]:
