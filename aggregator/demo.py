@@ -166,7 +166,8 @@ async def _send_burst(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _wait_ready(base: str, timeout: float) -> None:
+async def wait_ready(base: str, timeout: float) -> None:
+    """Poll /readyz until the daemon has a bind up (also used by `smsagg-sim bench`)."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
@@ -175,7 +176,7 @@ async def _wait_ready(base: str, timeout: float) -> None:
                     if resp.status == 200:
                         return
             await asyncio.sleep(0.05)
-    raise RuntimeError("the daemon did not become ready (no bind up)")
+    raise RuntimeError(f"smsagg not ready within {timeout:g} s (no provider bind up)")
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> int:
@@ -210,7 +211,7 @@ async def run_demo(count: int, rate: float, concurrency: int, timeout: float) ->
             base = f"http://{started['http']}"
             drains.append(asyncio.create_task(_drain(daemon.stdout)))
             drains.append(asyncio.create_task(_drain(daemon.stderr)))
-            await _wait_ready(base, 30)
+            await wait_ready(base, 30)
             cb_runner, cb_port = await _callback_server(result, expected)
             print(f"smsagg demo: SMSC on 127.0.0.1:{smsc_port}, daemon on {started['http']}; "
                   f"sending {count} messages (concurrency {concurrency}"

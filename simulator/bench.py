@@ -51,8 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from aggregator.demo import wait_ready
 from simulator.load import LoadOptions, LoadResult, run_load
 
 API_KEY = "bench-key"
@@ -301,18 +300,6 @@ max_tps = {PROVIDER_MAX_TPS}
 prefixes = ["*"]
 providers = ["sim"]
 """
-
-
-async def wait_ready(base: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"smsagg not ready within {timeout:g} s (no provider bind up)")
 
 
 def load_options(scenario: Scenario, options: BenchOptions, http_base: str,
