@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from aggregator.config import Config, parse_config
 from simulator.smsc import Smsc, SmscProfile
 
 DEADLINE = 20.0
+Start = Callable[..., Awaitable[Smsc]]  # the start_smsc fixture (conftest.py)
 API_KEY = "shop-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

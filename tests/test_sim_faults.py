@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +27,11 @@ from aggregator.smpp.transport import (
 from simulator.cli import _smsc_profile, build_parser, main
 from simulator.profiles import ProfileError, SmscSpec, load_profiles, parse_profiles
 from simulator.smsc import Smsc, SmscProfile
+from tests.helpers import Start
 from tests.test_sim_smsc import Client, Connect, make_submit
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 5.0
-Start = Callable[..., Awaitable[Smsc]]
-
-
-@pytest.fixture
-async def start_smsc() -> AsyncIterator[Start]:
-    started: list[Smsc] = []
-
-    async def start(**profile: Any) -> Smsc:
-        smsc = Smsc(SmscProfile(**profile))
-        await smsc.start()
-        started.append(smsc)
-        return smsc
-
-    yield start
-    for smsc in started:
-        await smsc.stop(timeout=1.0)
 
 
 @pytest.fixture

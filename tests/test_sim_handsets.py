@@ -18,6 +18,7 @@ from simulator.cli import _smsc_profile, build_parser, main
 from simulator.handsets import Handset, HandsetBook
 from simulator.profiles import ProfileError, load_profiles, parse_profiles
 from simulator.smsc import Smsc, SmscProfile
+from tests.helpers import Start
 
 DEADLINE = 5.0
 HANDSET = "38344123456"
@@ -38,23 +39,7 @@ class Client:
         return await asyncio.wait_for(self.delivers.get(), DEADLINE)
 
 
-Start = Callable[..., Awaitable[Smsc]]
 Connect = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-async def start_smsc() -> AsyncIterator[Start]:
-    started: list[Smsc] = []
-
-    async def start(**profile: Any) -> Smsc:
-        smsc = Smsc(SmscProfile(**profile))
-        await smsc.start()
-        started.append(smsc)
-        return smsc
-
-    yield start
-    for smsc in started:
-        await smsc.stop(timeout=1.0)
 
 
 @pytest.fixture

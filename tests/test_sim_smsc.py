@@ -25,7 +25,8 @@ from aiosmpplib import (
 
 from aggregator.smpp.session import BindMode, Event, RequestReceived, SessionClosed
 from aggregator.smpp.transport import BindError, SmppConnection, open_client
-from simulator.smsc import Smsc, SmscProfile, raw_short_message
+from simulator.smsc import Smsc, raw_short_message
+from tests.helpers import Start
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 5.0
@@ -49,22 +50,6 @@ class Client:
 
 
 Connect = Callable[..., Awaitable[Client]]
-Start = Callable[..., Awaitable[Smsc]]
-
-
-@pytest.fixture
-async def start_smsc() -> AsyncIterator[Start]:
-    started: list[Smsc] = []
-
-    async def start(**profile: Any) -> Smsc:
-        smsc = Smsc(SmscProfile(**profile))
-        await smsc.start()
-        started.append(smsc)
-        return smsc
-
-    yield start
-    for smsc in started:
-        await smsc.stop(timeout=1.0)
 
 
 @pytest.fixture
