@@ -65,14 +65,14 @@ class App:
         for pool in self.pools.values():
             pool.on_bind_change = self.dispatcher.wake
             pool.on_bind_up = self.dispatcher.provider_back
-        self.acceptor = Acceptor(
-            self.store, self.routes, config.messages,
-            max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
-        )
         self.profiles = (load_profiles(config.policy.countries) if config.policy.countries
                          else bundled_profiles())
         accounts = {a.name: a for a in config.accounts}
-        self.acceptor.policy = PolicyGate(self.profiles, accounts, self.store)
+        self.acceptor = Acceptor(
+            self.store, self.routes, config.messages,
+            max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
+            policy=PolicyGate(self.profiles, accounts, self.store),
+        )
         self.mo = MoHandler(self.store, self.profiles, accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp)
         self.api = HttpApi(

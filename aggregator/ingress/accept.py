@@ -43,6 +43,7 @@ class Acceptor:
         *,
         max_pending: int,
         on_accepted: Callable[[], None],
+        policy: PolicyGate | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -51,7 +52,7 @@ class Acceptor:
         self._max_pending = max_pending
         self._on_accepted = on_accepted
         self._clock = clock
-        self.policy: PolicyGate | None = None
+        self.policy = policy  # country rules; None: none apply
 
     def _reject(self, status: int, code: ErrorCode, message: str) -> ApiError:
         metrics.messages_rejected.labels(code.value).inc()
