@@ -4,6 +4,7 @@ The one module that knows all the others."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,12 +13,19 @@ from aiohttp import web
 from aiosmpplib import DeliverSm, DeliverSmResp
 
 from aggregator import metrics
-from aggregator.config import Config
+from aggregator.config import (
+    Config,
+    ConfigError,
+    ListenAddress,
+    ProviderConfig,
+    load_config,
+    load_default_config,
+)
 from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
 from aggregator.ingress.callbacks import CallbackSender
 from aggregator.ingress.http import HttpApi
-from aggregator.ingress.smpp import SmppServer
+from aggregator.ingress.smpp import ESME_RTHROTTLED, SmppServer
 from aggregator.log import get_logger
 from aggregator.mo import MoHandler
 from aggregator.model import FinalNotice, ReceiptUpdate
@@ -34,10 +42,16 @@ from aggregator.receipts import (
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore
+from aggregator.tls import server_context
 
 log = get_logger("smsagg.app")
 
 GAUGE_INTERVAL = 5.0
+# deliver_sm (receipts, MO) from providers being handled at once; above: ESME_RTHROTTLED, and
+# the provider sends it again later.
+MAX_DELIVERS = 10_000
+# Sections a reload does not apply: what they say is used at start-up only.
+RESTART_ONLY = ("http", "store", "messages", "callbacks", "log", "smpp", "metrics", "policy")
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,26 +68,25 @@ class App:
             Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
             for r in config.routes
         )
+        # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}
         self.callbacks = CallbackSender(self.store, config.callbacks)
         self.receipts = ReceiptProcessor(self.store, self._on_final)
-        window_total = sum(p.binds * p.window for p in config.providers)
         self.dispatcher = Dispatcher(
             self.store, self.routes, self.pools, config.messages, self._on_final,
-            max_in_flight=max(100, 4 * window_total),
+            max_in_flight=self._max_in_flight(config),
         )
         for pool in self.pools.values():
-            pool.on_bind_change = self.dispatcher.wake
-            pool.on_bind_up = self.dispatcher.provider_back
+            self._wire(pool)
         self.profiles = (load_profiles(config.policy.countries) if config.policy.countries
                          else bundled_profiles())
-        accounts = {a.name: a for a in config.accounts}
+        self.accounts = {a.name: a for a in config.accounts}
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
-            policy=PolicyGate(self.profiles, accounts, self.store),
+            policy=PolicyGate(self.profiles, self.accounts, self.store),
         )
-        self.mo = MoHandler(self.store, self.profiles, accounts, self.acceptor,
+        self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp)
         self.api = HttpApi(
             self.acceptor, self.store, config.accounts,
@@ -88,8 +101,22 @@ class App:
         self._site: web.TCPSite | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gauges: asyncio.Task[None] | None = None
+        self.max_delivers = MAX_DELIVERS
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[ProviderPool] = set()  # removed or replaced, draining
+        self._retire_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.http_port = 0
+        self.http_scheme = "https" if config.http.tls_cert else "http"
         self.started = asyncio.Event()
+
+    @staticmethod
+    def _max_in_flight(config: Config) -> int:
+        return max(100, 4 * sum(p.binds * p.window for p in config.providers))
+
+    def _wire(self, pool: ProviderPool) -> None:
+        pool.on_bind_change = self.dispatcher.wake
+        pool.on_bind_up = self.dispatcher.provider_back
 
     # ---- wiring callbacks ----------------------------------------------------------------------
 
@@ -104,6 +131,13 @@ class App:
             self.smpp.wake_receipts(notice.account)
 
     def _on_deliver(self, bind: Bind, pdu: Any) -> None:
+        if len(self._tasks) >= self.max_delivers:
+            metrics.receipts.labels(bind.provider.name, "throttled").inc()
+            if bind.conn is not None and not bind.conn.closed.done():
+                resp = DeliverSmResp()
+                resp.command_status = ESME_RTHROTTLED
+                bind.conn.respond(pdu, resp)
+            return
         task = asyncio.ensure_future(self._handle_deliver(bind, pdu))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -115,6 +149,7 @@ class App:
             try:
                 await self.mo.handle(provider.name, pdu)
             except StoreError as exc:  # not acknowledged: the operator sends it again
+                metrics.store_errors.labels("mo").inc()
                 log.error("mo_store_failed", provider=provider.name, error=str(exc))
                 return
             if conn is not None and not conn.closed.done():
@@ -135,8 +170,10 @@ class App:
             error=receipt_error(parsed),
             received_at=time.time(),
         )
+        pool = self._pool_of(bind)
         try:
-            await self.pools[provider.name].wait_recorded(update.provider_msg_id)
+            if pool is not None:
+                await pool.wait_recorded(update.provider_msg_id)
             await self.receipts.apply(update)
         except StoreError as exc:
             # Not acknowledged: the operator sends it again.
@@ -144,6 +181,13 @@ class App:
             return
         if conn is not None and not conn.closed.done():
             conn.respond(pdu, DeliverSmResp())
+
+    def _pool_of(self, bind: Bind) -> ProviderPool | None:
+        """The pool a bind belongs to: the current one, or one draining after a reload."""
+        pool = self.pools.get(bind.provider.name)
+        if pool is not None and bind in pool.binds:
+            return pool
+        return next((p for p in self._retiring if bind in p.binds), None)
 
     # ---- health ---------------------------------------------------------------------------------
 
@@ -153,6 +197,9 @@ class App:
             problems.append("not started")
         if not any(p.binds_up for p in self.pools.values()):
             problems.append("no provider bind is up")
+        store_error = self.store.write_failure()
+        if store_error is not None:  # accepts get 503 store_unavailable meanwhile
+            problems.append(f"store is failing writes: {store_error}")
         return not problems, problems
 
     async def _update_gauges(self) -> None:
@@ -167,6 +214,17 @@ class App:
             metrics.store_bytes.set(self.store.size_bytes())
             await asyncio.sleep(GAUGE_INTERVAL)
 
+    def _publish_bounds(self) -> None:
+        """Each in-memory queue's bound, and its depth read at scrape time."""
+        for name, bound, depth in (
+            ("store_pending", self.config.store.max_pending, lambda: self.store.pending),
+            ("store_writes", self.store.max_waiting, lambda: self.store.waiting),
+            ("dispatch", self.dispatcher.max_in_flight, lambda: self.dispatcher.in_flight),
+            ("provider_delivers", self.max_delivers, lambda: len(self._tasks)),
+        ):
+            metrics.buffer_bound.labels(name).set(bound)
+            metrics.buffer_depth.labels(name).set_function(depth)
+
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -177,6 +235,8 @@ class App:
         self.dispatcher.start()
         self._gauges = asyncio.create_task(self._update_gauges(), name="gauges")
         metrics.queue_bound.set(self.config.store.max_pending)
+        self._publish_bounds()
+        metrics.config_loaded_at.set(time.time())
         if self.config.metrics is not None:
             self._metrics_runner = web.AppRunner(self.api.metrics_app(), access_log=None,
                                                  handle_signals=False)
@@ -186,7 +246,11 @@ class App:
         self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         listen = self.config.http.listen
-        self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=1024)
+        http = self.config.http
+        ssl_context = (server_context(http.tls_cert, http.tls_key)  # HTTPS only
+                       if http.tls_cert and http.tls_key else None)
+        self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=1024,
+                                 ssl_context=ssl_context)
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
@@ -194,6 +258,7 @@ class App:
         if self.smpp is not None:
             await self.smpp.start()
         log.info("started", http=f"{listen.host}:{self.http_port}",
+                 url=f"{self.http_scheme}://{ListenAddress(listen.host, self.http_port)}",
                  smpp=self.smpp.port if self.smpp else None,
                  providers=[p.name for p in self.config.providers],
                  store=self.config.store.path, pending=self.store.pending)
@@ -202,7 +267,11 @@ class App:
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop taking requests, let submits in flight finish, unbind, close the store."""
         deadline = time.monotonic() + drain_seconds
+        self._stopping = True
         log.info("stopping", in_flight=self.dispatcher.in_flight)
+        for retire in list(self._retire_tasks):
+            retire.cancel()
+        await asyncio.gather(*self._retire_tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._metrics_runner is not None:
@@ -213,7 +282,7 @@ class App:
         # Receipts still arriving for what we just sent are worth a moment.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.0, min(1.0, deadline - time.monotonic())))
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self._retiring]:
             await pool.stop()
         await self.callbacks.stop()
         await self.receipts.close()
@@ -224,4 +293,135 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+        for name in ("store_pending", "store_writes", "dispatch", "provider_delivers",
+                     "callbacks"):
+            metrics.buffer_depth.labels(name).set_function(lambda: 0)
         log.info("stopped")
+
+    # ---- reload (SIGHUP) ------------------------------------------------------------------------
+
+    async def reload_file(self, path: str | None) -> bool:
+        """Read the configuration again (``path``, or the embedded default for None) and apply
+        it. An invalid file changes nothing: its problems are logged and counted, and the
+        running configuration stays."""
+        try:
+            new = await asyncio.to_thread(load_config, path) if path else load_default_config()
+        except ConfigError as exc:
+            metrics.config_reloads.labels("error").inc()
+            log.error("config_reload_failed", source=path or "<embedded default>",
+                      problems=exc.problems, keeping=self.config.source)
+            return False
+        return await self.reload(new)
+
+    async def reload(self, new: Config) -> bool:
+        """Apply a new, valid configuration while running: accounts, providers and routes.
+
+        Providers whose settings did not change keep their pools and binds as they are. A
+        changed provider's old pool gets no new submits, drains what it has in flight, unbinds,
+        and then the new pool binds (break before make: operators limit binds per system_id);
+        meanwhile its messages go to the route's other providers or wait for it. Added
+        providers bind at once; removed ones drain and unbind. Every other setting is used at
+        start-up only: a change to one is logged as ignored until a restart."""
+        async with self._reload_lock:
+            if self._stopping:
+                return False
+            old = self.config
+            before = {p.name: p for p in old.providers}
+            after = {p.name: p for p in new.providers}
+            added = [n for n in after if n not in before]
+            changed = [n for n in after if n in before and after[n] != before[n]]
+            removed = [n for n in before if n not in after]
+            # Added pools first, as the only step that can fail (e.g. a TLS file): then nothing
+            # else has changed yet and the old configuration stays whole.
+            fresh: dict[str, ProviderPool] = {}
+            try:
+                for name in added:
+                    fresh[name] = ProviderPool(after[name], self._on_deliver)
+                    self._wire(fresh[name])
+                    fresh[name].start()
+            except Exception as exc:
+                for pool in fresh.values():
+                    await pool.stop()
+                    pool.forget_metrics()
+                metrics.config_reloads.labels("error").inc()
+                log.error("config_reload_failed", source=new.source, error=str(exc),
+                          keeping=old.source)
+                return False
+            ignored = _restart_only_changes(old, new)
+            if ignored:
+                log.warning("config_reload_ignored", keys=ignored, why="needs a restart")
+            self.accounts.clear()
+            self.accounts.update((a.name, a) for a in new.accounts)
+            self.api.set_accounts(new.accounts)
+            if self.smpp is not None:
+                self.smpp.set_accounts(new.accounts)
+            self.pools.update(fresh)
+            self.routes.replace(
+                Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
+                for r in new.routes
+            )
+            self.dispatcher.routes_changed()
+            for name in changed:
+                self._retire(self.pools.pop(name), after[name])
+            for name in removed:
+                self._retire(self.pools.pop(name), None)
+            self.dispatcher.max_in_flight = self._max_in_flight(new)
+            metrics.buffer_bound.labels("dispatch").set(self.dispatcher.max_in_flight)
+            self.config = dataclasses.replace(
+                old, accounts=new.accounts, providers=new.providers, routes=new.routes,
+                source=new.source)
+            self.dispatcher.wake()
+            metrics.config_reloads.labels("ok").inc()
+            metrics.config_loaded_at.set(time.time())
+            log.info("config_reloaded", source=new.source,
+                     accounts=[a.name for a in new.accounts], routes=len(new.routes),
+                     providers_added=added, providers_changed=changed,
+                     providers_removed=removed,
+                     providers_kept=[n for n in after if n not in added and n not in changed])
+            return True
+
+    def _retire(self, pool: ProviderPool, replacement: ProviderConfig | None) -> None:
+        """Drain and stop a pool in the background; then start its replacement, if any."""
+        self._retiring.add(pool)
+        task = asyncio.create_task(self._drain_pool(pool, replacement),
+                                   name=f"retire-{pool.name}")
+        self._retire_tasks.add(task)
+        task.add_done_callback(self._retire_tasks.discard)
+
+    async def _drain_pool(self, pool: ProviderPool, replacement: ProviderConfig | None) -> None:
+        deadline = time.monotonic() + pool.config.response_timeout + 1.0
+        while pool.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        log.info("provider_retired", provider=pool.name, unanswered=pool.in_flight,
+                 replaced=replacement is not None)
+        await pool.stop()
+        self._retiring.discard(pool)
+        pool.forget_metrics()
+        if replacement is None or self._stopping:
+            return
+        new = ProviderPool(replacement, self._on_deliver)
+        self._wire(new)
+        try:
+            new.start()
+        except Exception as exc:  # e.g. a TLS file that went missing since the check
+            log.error("provider_start_failed", provider=new.name, error=str(exc))
+            await new.stop()
+            return
+        self.pools[new.name] = new
+        self.dispatcher.wake()
+
+
+def _restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The keys (``section.key``, or a whole optional section) that differ in sections a
+    reload does not apply."""
+    keys: list[str] = []
+    for section in RESTART_ONLY:
+        a, b = getattr(old, section), getattr(new, section)
+        if a == b:
+            continue
+        if a is None or b is None:
+            keys.append(section)
+            continue
+        keys.extend(f"{section}.{f.name}" for f in dataclasses.fields(a)
+                    if getattr(a, f.name) != getattr(b, f.name))
+    return keys

@@ -22,14 +22,26 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-async def serve(config: Config, drain_seconds: float) -> int:
-    """Run until SIGINT/SIGTERM, then drain and stop. A second signal exits at once."""
+async def serve(config: Config, drain_seconds: float, config_path: str | None = None) -> int:
+    """Run until SIGINT/SIGTERM, then drain and stop. A second signal exits at once. SIGHUP
+    reloads accounts, providers and routes from ``config_path`` (None: the embedded default)."""
     from aggregator.app import App
 
     log = get_logger("smsagg.cli")
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        if stop.is_set() or not app.started.is_set():
+            log.warning("reload_skipped", signal="SIGHUP",
+                        why="stopping" if stop.is_set() else "still starting")
+            return
+        log.info("signal", signal="SIGHUP")
+        task = asyncio.create_task(app.reload_file(config_path), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     def on_signal(signame: str) -> None:
         if stop.is_set():
@@ -40,13 +52,19 @@ async def serve(config: Config, drain_seconds: float) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await app.start()
     except Exception as exc:
         log.error("start_failed", error=str(exc))
+        # Also plainly on stderr: the log may be JSON on stdout, or filtered by level.
+        print(f"smsagg: cannot start: {exc}", file=sys.stderr)
         await app.stop(0)
         return 1
     await stop.wait()
+    for task in reloads:
+        task.cancel()
+    await asyncio.gather(*reloads, return_exceptions=True)
     try:
         # The drain has its own deadline; this one catches a stage that never returns.
         await asyncio.wait_for(app.stop(drain_seconds), drain_seconds + 15)
@@ -68,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format,
                   config.log.log_numbers)
-    return run_loop(serve(config, args.drain_seconds))
+    return run_loop(serve(config, args.drain_seconds, args.config))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

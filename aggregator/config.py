@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from aggregator.auth import digest
+from aggregator.tls import TlsFileError, check_ca, server_context
 from aggregator.tomlcheck import ABSENT as _ABSENT
 from aggregator.tomlcheck import is_number as _is_number
 from aggregator.tomlcheck import join_key as _join
@@ -100,6 +101,8 @@ class ListenAddress:
 class HttpConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
     max_body_bytes: int = 65536
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key: HTTPS only
+    tls_key: str | None = None  # PEM private key (unencrypted) of tls_cert
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -208,6 +211,10 @@ class ProviderConfig:
     reconnect_max: float = 30.0
     breaker_failures: int = 5  # consecutive failures that open the circuit breaker
     breaker_cooldown: float = 10.0  # seconds open before a single probe (half-open)
+    tls: bool = False  # bind over TLS
+    tls_ca: str | None = None  # PEM CA file the SMSC's certificate must chain to; None: system
+    tls_verify: bool = True  # False: no certificate or hostname check (lab use only)
+    tls_server_name: str | None = None  # SNI and name to verify; None: host
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -518,7 +525,30 @@ def _parse_smpp(r: _Reader) -> SmppConfig:
 
 
 def _parse_http(r: _Reader) -> HttpConfig:
-    return HttpConfig(listen=_listen(r), max_body_bytes=r.integer("max_body_bytes", lo=1))
+    listen = _listen(r)
+    max_body_bytes = r.integer("max_body_bytes", lo=1)
+    tls_cert, tls_key = _optional_path(r, "tls_cert"), _optional_path(r, "tls_key")
+    if r.ok("tls_cert", "tls_key") and (tls_cert is None) != (tls_key is None):
+        missing, given = ("tls_key", "tls_cert") if tls_key is None else ("tls_cert", "tls_key")
+        r.problem(missing, f"required with {given}: HTTPS needs the certificate and its key")
+    elif tls_cert is not None and tls_key is not None:
+        try:  # loaded now, so that a bad file is a config error and not a failed start
+            server_context(tls_cert, tls_key)
+        except TlsFileError as exc:
+            r.problem(f"tls_{exc.which}", str(exc))
+    return HttpConfig(listen=listen, max_body_bytes=max_body_bytes, tls_cert=tls_cert,
+                      tls_key=tls_key)
+
+
+def _optional_path(r: _Reader, key: str) -> str | None:
+    """An optional file path (relative: to the working directory); None when absent."""
+    raw = r.optional(key)
+    if raw is _ABSENT:
+        return None
+    if not isinstance(raw, str) or not raw or "\0" in raw:
+        r.problem(key, f"must be a file path, got {_show(raw)}")
+        return None
+    return raw
 
 
 def _parse_store(r: _Reader) -> StoreConfig:
@@ -708,6 +738,28 @@ def _parse_provider(r: _Reader) -> ProviderConfig:
     reconnect_min, reconnect_max = _ordered(r, "reconnect_min", "reconnect_max")
     breaker_failures = r.integer("breaker_failures", lo=1, hi=10_000)
     breaker_cooldown = r.number("breaker_cooldown", gt=0)
+    tls = r.boolean("tls")
+    tls_ca = _optional_path(r, "tls_ca")
+    tls_verify = r.boolean("tls_verify")
+    tls_server_name: str | None = None
+    raw_name = r.optional("tls_server_name")
+    if raw_name is not _ABSENT:
+        if not isinstance(raw_name, str) or not raw_name or not raw_name.isprintable() or any(
+                c.isspace() for c in raw_name):
+            r.problem("tls_server_name", f"must be a host name, got {_show(raw_name)}")
+        else:
+            tls_server_name = raw_name
+    if not tls:
+        for key in ("tls_ca", "tls_verify", "tls_server_name"):
+            if r.optional(key) is not _ABSENT and r.ok("tls", key):
+                r.problem(key, "only takes effect with tls = true")
+    elif tls_ca is not None and r.ok("tls_verify") and not tls_verify:
+        r.problem("tls_ca", "has no effect with tls_verify = false (nothing is verified)")
+    elif tls_ca is not None:
+        try:
+            check_ca(tls_ca)
+        except TlsFileError as exc:
+            r.problem("tls_ca", str(exc))
     return ProviderConfig(
         name=name,
         host=host,
@@ -726,6 +778,10 @@ def _parse_provider(r: _Reader) -> ProviderConfig:
         reconnect_max=reconnect_max,
         breaker_failures=breaker_failures,
         breaker_cooldown=breaker_cooldown,
+        tls=tls,
+        tls_ca=tls_ca,
+        tls_verify=tls_verify,
+        tls_server_name=tls_server_name,
     )
 
 
@@ -858,7 +914,8 @@ def parse_config(
 ) -> Config:
     """Validate a decoded TOML document; raises ConfigError listing every problem.
 
-    ``environ`` (default: os.environ) is where ``*_env`` account secrets are read from."""
+    ``environ`` (default: os.environ) is where ``*_env`` account secrets are read from. TLS
+    files ([http] tls_cert / tls_key, [[providers]] tls_ca) are loaded here to check them."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     problems: list[str] = []
     top = _Reader(data, "", source, problems, noun="section")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import ParamSpec, TypeVar
 
 from aggregator import metrics
 from aggregator.config import MessagesConfig
@@ -25,6 +26,11 @@ log = get_logger("smsagg.dispatch")
 
 CLAIM_BATCH = 500
 IDLE_POLL = 1.0  # seconds between looks at the store when nothing woke us
+STORE_RETRY_MIN = 0.05  # seconds before writing an outcome again after the store failed
+STORE_RETRY_MAX = 1.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Dispatcher:
@@ -51,11 +57,26 @@ class Dispatcher:
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
-        self._route_buckets: dict[int, TokenBucket] = {}
+        self._route_buckets: dict[Route, TokenBucket] = {}
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Messages handled at once; the store keeps the rest."""
+        return self._max_in_flight
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        self._max_in_flight = value
+        self._slot_free.set()
+
+    def routes_changed(self) -> None:
+        """The route table was reloaded: forget the rate buckets of routes that are gone."""
+        live = set(self._routes.routes)
+        self._route_buckets = {r: b for r, b in self._route_buckets.items() if r in live}
 
     def wake(self) -> None:
         """New work was committed (or a bind came up): look at the store now."""
@@ -124,9 +145,9 @@ class Dispatcher:
     async def _route_rate(self, route: Route) -> None:
         if route.max_tps is None:
             return
-        bucket = self._route_buckets.get(id(route))
+        bucket = self._route_buckets.get(route)
         if bucket is None:
-            bucket = self._route_buckets[id(route)] = TokenBucket(route.max_tps)
+            bucket = self._route_buckets[route] = TokenBucket(route.max_tps)
         if bucket.try_take() > 0:
             metrics.route_rate_waits.labels(route.name).inc()
             await bucket.take()
@@ -155,8 +176,8 @@ class Dispatcher:
             try:
                 if not failures:
                     pool.breaker.success()
-                    await self._store.record_submitted(message.id, pool.name, sent,
-                                                       self._clock())
+                    await self._durably(message, self._store.record_submitted, message.id,
+                                        pool.name, sent, self._clock())
                     metrics.accept_to_submit.observe(max(0.0, self._clock() - message.created_at))
                     log.debug("submitted", message_id=message.id, provider=pool.name,
                               to=message.to, segments=len(encoded.parts))
@@ -175,21 +196,36 @@ class Dispatcher:
                 previous, last_failure = pool, failures[0]
                 log.debug("failover", message_id=message.id, provider=pool.name,
                           reason=last_failure.reason)
-            except StoreError as exc:
-                # The message stays 'queued' in the store and is dispatched again at restart.
-                metrics.store_errors.labels("dispatch").inc()
-                log.error("dispatch_store_failed", message_id=message.id, error=str(exc))
-                return
             finally:
                 pool.recorded(s.provider_msg_id for s in sent)
-        try:
-            if previous is not None and last_failure is not None:
-                await self._retry(message, previous, [], last_failure)
+        if previous is not None and last_failure is not None:
+            await self._retry(message, previous, [], last_failure)
+        else:
+            await self._wait_for_provider(message, route)
+
+    async def _durably(self, message: Message, write: Callable[P, Awaitable[T]],
+                       *args: P.args, **kwargs: P.kwargs) -> T:
+        """Write a message's outcome, again and again while the store fails (disk full,
+        locked): the message is 'queued', which nothing else picks up before a restart, and
+        receipts for its parts wait for this write. stop() cancels it at the drain deadline."""
+        delay = STORE_RETRY_MIN
+        failures = 0
+        while True:
+            try:
+                result = await write(*args, **kwargs)
+            except StoreError as exc:
+                failures += 1
+                metrics.store_errors.labels("dispatch").inc()
+                (log.error if failures == 1 else log.debug)(
+                    "dispatch_store_failed", message_id=message.id, error=str(exc),
+                    attempts=failures, retry_in=delay)
             else:
-                await self._wait_for_provider(message, route)
-        except StoreError as exc:
-            metrics.store_errors.labels("dispatch").inc()
-            log.error("dispatch_store_failed", message_id=message.id, error=str(exc))
+                if failures:
+                    log.info("dispatch_store_recovered", message_id=message.id,
+                             attempts=failures + 1)
+                return result
+            await asyncio.sleep(delay)
+            delay = min(STORE_RETRY_MAX, delay * 2)
 
     async def _submit_all(
         self, message: Message, pool: ProviderPool, encoded: EncodedMessage
@@ -223,8 +259,8 @@ class Dispatcher:
                                "validity period elapsed; no provider available")
             return
         metrics.retries.labels(route.providers[0], "no_provider").inc()
-        await self._store.reschedule(message.id, None, [], next_at, NO_PROVIDER,
-                                     count_attempt=False)
+        await self._durably(message, self._store.reschedule, message.id, None, [], next_at,
+                            NO_PROVIDER, count_attempt=False)
 
     def provider_back(self) -> None:
         """A bind came up: what waited for a provider is due now."""
@@ -264,10 +300,12 @@ class Dispatcher:
             return
         log.debug("retry", message_id=message.id, provider=pool.name, reason=failure.reason,
                   in_seconds=backoff)
-        await self._store.reschedule(message.id, pool.name, sent, next_at, failure.error)
+        await self._durably(message, self._store.reschedule, message.id, pool.name, sent,
+                            next_at, failure.error)
 
     async def _finish(self, message: Message, status: MessageStatus, error: str | None) -> None:
-        notice = await self._store.finish(message.id, status, error, self._clock())
+        notice = await self._durably(message, self._store.finish, message.id, status, error,
+                                     self._clock())
         log.debug("message_final", message_id=message.id, status=status.value, error=error)
         if notice is not None:
             metrics.messages_final.labels(status.value).inc()

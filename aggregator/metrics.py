@@ -112,3 +112,25 @@ rate_limited = Counter(
     "Requests refused by an account's rate limit (HTTP max_http_tps, SMPP max_tps)",
     ["interface"], registry=REGISTRY,
 )
+smpp_sessions = Gauge("smsagg_smpp_sessions", "Upstream SMPP sessions bound, per account",
+                      ["account"], registry=REGISTRY)
+smpp_sessions_max = Gauge("smsagg_smpp_sessions_max",
+                          "Upstream SMPP sessions allowed over all accounts ([smpp] max_sessions)",
+                          registry=REGISTRY)
+smpp_account_sessions_max = Gauge(
+    "smsagg_smpp_account_sessions_max",
+    "Upstream SMPP sessions allowed per account ([[accounts]] max_binds)", ["account"],
+    registry=REGISTRY,
+)
+# Every in-memory queue or set of work in flight, with its bound; `buffer` is a fixed set of
+# names (store_pending, store_writes, dispatch, callbacks, reassembly, smpp_submits,
+# smpp_receipts, provider_delivers).
+buffer_depth = Gauge("smsagg_buffer_depth", "Items held now, per in-memory queue", ["buffer"],
+                     registry=REGISTRY)
+buffer_bound = Gauge("smsagg_buffer_bound", "Most items a queue holds; above it work is refused "
+                     "or waits", ["buffer"], registry=REGISTRY)
+config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration reloads",
+                         ["result"], registry=REGISTRY)
+config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",
+                         "When the configuration in effect was loaded (Unix time)",
+                         registry=REGISTRY)

@@ -19,6 +19,12 @@ class Route:
     _current: list[int] = field(default_factory=list, repr=False)
 
     @property
+    def key(self) -> tuple[object, ...]:
+        """What the configuration says about this route (not its rotation state)."""
+        return (self.prefixes, self.providers, self.message_class, self.strategy, self.weights,
+                self.max_tps)
+
+    @property
     def name(self) -> str:
         """A bounded label for metrics: the first prefix and the class."""
         return f"{self.prefixes[0]}/{self.message_class or 'any'}"
@@ -45,6 +51,15 @@ class RouteTable:
     any class; "*" matches every number."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
+        self._build(routes)
+
+    def replace(self, routes: Iterable[Route]) -> None:
+        """Take a reloaded set of routes in place (everyone holding this table sees them). A
+        route the same as a current one stays that object: its weighted rotation carries on."""
+        current = {r.key: r for r in self.routes}
+        self._build([current.get(r.key, r) for r in routes])
+
+    def _build(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
         self._by_key: dict[tuple[str, str | None], Route] = {}
         for route in self.routes:

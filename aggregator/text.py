@@ -6,11 +6,13 @@ extension-table characters as ESC (0x1B) + code. UCS-2 is UTF-16BE (non-BMP = su
 
 from __future__ import annotations
 
+import codecs
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
 from aiosmpplib.codec import (
+    GSM_BASIC_DECODE_MAP,
     GSM_BASIC_ENCODE_MAP,
     GSM_EXTENDED_ENCODE_MAP,
     GSM_REPLACE_ENCODE_MAP,
@@ -37,6 +39,21 @@ _CODEC = GSM7BitCodec()
 # translate + encode("latin-1") instead of a Python loop per character.
 _GSM_TRANSLATE: dict[int, str] = {ord(c): chr(v) for c, v in GSM_BASIC_ENCODE_MAP.items()}
 _GSM_TRANSLATE.update({ord(c): chr(_ESC) + chr(v) for c, v in GSM_EXTENDED_ENCODE_MAP.items()})
+
+# And back: septets without an ESC decode with one translate; aiosmpplib's codec goes a
+# character at a time (about 3% of the daemon's CPU on receipts under load).
+_GSM_DECODE: dict[int, str] = dict(GSM_BASIC_DECODE_MAP)
+
+
+def gsm7_decode(payload: bytes, errors: str = "strict") -> tuple[str, int]:
+    """Unpacked GSM 03.38 octets to text, as aiosmpplib's codec does (same errors)."""
+    if _ESC not in payload and (not payload or max(payload) < 0x80):
+        return payload.decode("latin-1").translate(_GSM_DECODE), len(payload)
+    return _CODEC.decode(payload, errors)  # type: ignore[no-any-return]
+
+
+# For aiosmpplib's `custom_codecs`: its PDU decoder then uses the fast path too.
+GSM7_CODEC = codecs.CodecInfo(_CODEC.encode, gsm7_decode, name="gsm0338")  # type: ignore[arg-type]
 
 # Explicit look-alikes (things NFKD does not fold, or folds into non-GSM characters).
 _TRANSLIT_EXPLICIT: dict[str, str | None] = {
@@ -230,7 +247,7 @@ def decode_text(payload: bytes, data_coding: int) -> str:
     """Decode short_message octets (UDH already removed) for the supported data_coding values."""
     try:
         if data_coding == 0:
-            return _CODEC.decode(payload)[0]  # type: ignore[no-any-return]
+            return gsm7_decode(payload)[0]
         if data_coding == 1:
             return payload.decode("ascii")
         if data_coding == 3:

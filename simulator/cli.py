@@ -126,6 +126,11 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-interval", type=float, default=5.0,
                         help="seconds between stats lines on stderr (0: none)")
     parser.add_argument("--stats-file", default=None, help="also write the final JSON here")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM",
+                        help="serve SMPP over TLS only, with this certificate chain (PEM);"
+                             " needs --tls-key; with --profile, for every SMSC")
+    parser.add_argument("--tls-key", default=None, metavar="PEM",
+                        help="the unencrypted private key (PEM) of --tls-cert")
 
 
 def _number_value(text: str) -> tuple[str, str]:
@@ -229,10 +234,13 @@ class _Served:
 
 
 async def _serve_smsc(args: argparse.Namespace, specs: list[SmscSpec] | None) -> int:
+    tls = {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
     if specs is None:
-        served = [_Served(None, Smsc(_smsc_profile(args), host=args.host, port=args.port))]
+        served = [_Served(None, Smsc(_smsc_profile(args), host=args.host, port=args.port,
+                                     **tls))]
     else:
-        served = [_Served(s.name, Smsc(s.profile, host=args.host, port=s.port)) for s in specs]
+        served = [_Served(s.name, Smsc(s.profile, host=args.host, port=s.port, **tls))
+                  for s in specs]
     stop = asyncio.Event()
     install_stop_signals(stop)
     try:
@@ -242,7 +250,10 @@ async def _serve_smsc(args: argparse.Namespace, specs: list[SmscSpec] | None) ->
         await asyncio.gather(*(one.smsc.stop() for one in served), return_exceptions=True)
         raise
     for one in served:
-        suffix = f" ({one.name})" if one.name is not None else ""
+        notes = [one.name] if one.name is not None else []
+        if args.tls_cert is not None:
+            notes.append("TLS")
+        suffix = f" ({', '.join(notes)})" if notes else ""
         print(f"listening on {one.smsc.host}:{one.smsc.port}{suffix}", file=sys.stderr,
               flush=True)
     started = last_time = time.monotonic()
@@ -277,6 +288,8 @@ def _final_summary(smsc: Smsc, elapsed: float) -> dict[str, Any]:
 
 def _run_smsc(args: argparse.Namespace) -> int:
     specs = None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
     if args.profile is not None:
         _check_no_per_smsc_options(args)
         specs = load_profiles(args.profile)  # ProfileError (a ValueError): exit code 2

@@ -7,7 +7,9 @@ text and JSON, optionally as a plot.
 
 Memory is bounded: latencies go into fixed log-bucket histograms (`simulator.stats`), requests
 in flight are bounded by --concurrency (HTTP) or --binds x --window (SMPP), and messages waiting
-for their receipt by `LoadOptions.max_pending_receipts`.
+for their receipt by `LoadOptions.max_pending_receipts`. The one exception is asked for: with
+--ids FILE (`LoadOptions.record_ids`) every accepted message id is kept, for tests that check
+what became of each.
 
 Programmatic use (benchmarks): `await run_load(LoadOptions(...))` returns a `LoadResult`.
 """
@@ -87,6 +89,7 @@ class LoadOptions:
     seed: int | None = None
     progress: bool = False  # live progress on `progress_stream` (stderr by default)
     max_pending_receipts: int = 1_000_000
+    record_ids: bool = False  # keep every accepted id in LoadResult.ids (--ids FILE)
 
     def check(self) -> None:
         """Raise ValueError naming the option that is wrong."""
@@ -150,6 +153,7 @@ class LoadResult:
     untracked: int = 0  # accepted but dropped from receipt matching (max_pending_receipts)
     stopped: bool = False  # interrupted (stop event)
     timeline: list[TimelinePoint] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # accepted ids in order, with record_ids
 
     @property
     def errors_total(self) -> int:
@@ -279,6 +283,8 @@ class Recorder:
         second.accepted += 1
         self.result.accept_latency.record(now - t0)
         second.accept.record(now - t0)
+        if self.result.options.record_ids:
+            self.result.ids.append(message_id)
         if not self.track_receipts:
             return
         self.result.receipts_expected += 1
@@ -811,6 +817,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the results (with a per-second timeline) as JSON")
     output.add_argument("--plot", default=None, metavar="FILE.png",
                         help="plot rate and latency over time (needs matplotlib)")
+    output.add_argument("--ids", default=None, metavar="FILE",
+                        help="write every accepted message id to FILE, one per line")
     output.add_argument("--no-progress", action="store_true", help="no live progress on stderr")
 
 
@@ -824,7 +832,7 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
         segments=args.segments, callback_url=args.callback_url,
         callback_listen=args.callback_listen, receipts=not args.no_receipts,
         receipt_wait=args.receipt_wait, timeout=args.timeout, seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress, record_ids=args.ids is not None,
     )
 
 
@@ -860,4 +868,6 @@ def run_command(args: argparse.Namespace) -> int:
                                    encoding="utf-8")
     if args.plot:
         write_plot(result, args.plot)
+    if args.ids is not None:
+        Path(args.ids).write_text("".join(f"{i}\n" for i in result.ids), encoding="utf-8")
     return 0 if result.accepted > 0 or result.sent == 0 else 1

@@ -6,7 +6,9 @@ loop: timers are loop.call_later handles, never a sleeping task per message.
 
 Faults for tests (all off by default, see SmscProfile): error answers, dropped submits (no answer
 at all), link drops after N submits per session or every T seconds, refused binds and latency
-jitter. `Smsc.profile` may be replaced or changed at run time; see Smsc.
+jitter. `Smsc.profile` may be replaced or changed at run time; see Smsc. Whole-SMSC faults are
+methods: `abort()` crashes it (start() restarts it on the same port) and `pause()` / `resume()`
+hang it and bring it back.
 
 Handsets (simulator.handsets, `SmscProfile.handsets`): per destination number or prefix, a
 message is delivered, unreachable (UNDELIV), roaming (DELIVRD after an extra roaming_delay) or
@@ -56,6 +58,7 @@ from aggregator.smpp.session import (
     SmppSession,
 )
 from aggregator.smpp.transport import ConnectionLost, SmppConnection, start_server
+from aggregator.tls import server_context
 from simulator.handsets import Handset, HandsetBook
 
 log = logging.getLogger(__name__)
@@ -240,14 +243,21 @@ class Smsc:
     once (here), `window` when a connection opens, and a change of `disconnect_every` is seen
     at the next due drop, or within DISCONNECT_POLL seconds when it was off. `handsets` is the
     profile's HandsetBook (read and set through either), looked up at each submit_sm.
+    With `tls_cert` and `tls_key` (PEM files, loaded by start()) it serves SMPP over TLS only.
     """
 
     def __init__(
-        self, profile: SmscProfile | None = None, host: str = "127.0.0.1", port: int = 0
+        self, profile: SmscProfile | None = None, host: str = "127.0.0.1", port: int = 0,
+        *, tls_cert: str | None = None, tls_key: str | None = None,
     ) -> None:
         self.profile = profile if profile is not None else SmscProfile()
         self.host = host
         self.port = port
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        # TLS only (like a provider's TLS port) when given: PEM certificate chain and its key.
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
         self.submits_total = 0
         self.throttled_total = 0
         self.receipts_sent = 0
@@ -259,7 +269,7 @@ class Smsc:
         self.accepted_total = 0  # submits answered ESME_ROK (or about to be: latency)
         self.errors_total = 0  # answered with profile.error_status
         self.dropped_total = 0  # never answered (drop_ratio)
-        self.disconnects_total = 0  # connections closed by disconnect_after / disconnect_every
+        self.disconnects_total = 0  # links dropped by disconnect_after/every, abort()
         self.invalid_total = 0  # answered ESME_RINVDSTADR: the handset is "invalid"
         self.mo_sent_total = 0  # handset replies (MO deliver_sm) sent, retries included
         self.mo_acked_total = 0
@@ -281,6 +291,9 @@ class Smsc:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._ticking = False  # the _disconnect_tick timer chain runs
+        self._paused = False
+        self._held: list[tuple[Callable[..., None], tuple[Any, ...]]] = []  # answers pause() held
         self._last_link_drop: float | None = None  # disconnect_every: base of the next drop
         self._handlers: dict[type[Any], Callable[[SmppConnection, Any], None]] = {
             BindRequested: self._on_bind_requested,
@@ -302,13 +315,18 @@ class Smsc:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._server = await start_server(self.host, self.port, self._new_connection)
+        tls = None
+        if self.tls_cert is not None and self.tls_key is not None:
+            tls = server_context(self.tls_cert, self.tls_key)  # TlsFileError: a ValueError
+        self._server = await start_server(self.host, self.port, self._new_connection, ssl=tls)
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
         self._stopping = False
-        self._disconnect_tick()
-        log.info("smsc listening on %s:%d", self.host, self.port)
+        if not self._ticking:  # it still runs after abort()
+            self._ticking = True
+            self._disconnect_tick()
+        log.info("smsc listening on %s:%d%s", self.host, self.port, " (TLS)" if tls else "")
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Stop listening, unbind every session (closing those that do not answer)."""
@@ -318,6 +336,9 @@ class Smsc:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
+        self._ticking = False
+        self._paused = False
+        self._held.clear()
         conns = list(self._peers)
         if conns:
             await asyncio.gather(
@@ -327,6 +348,51 @@ class Smsc:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout)
             self._server = None
+
+    def abort(self) -> int:
+        """Crash: close the listener and every connection at once, with no unbind and no answer
+        to the submit_sm still outstanding. Returns how many submit_sm were left unanswered
+        (received and recorded, no submit_sm_resp sent): a client sends those again.
+
+        What an operator keeps on disk survives for a restart with start() on the same port: the
+        counters, `received`, and the receipts not sent yet (they go out on the next binds).
+        """
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        unanswered = sum(p.stats.outstanding for p in self._peers.values() if p.stats is not None)
+        self._paused = False
+        self._held.clear()  # their connections go now
+        for conn in list(self._peers):
+            self._drop_link(conn, "abort")
+        self._notify()
+        log.info("smsc: aborted with %d submits unanswered", unanswered)
+        return unanswered
+
+    def pause(self) -> None:
+        """Hang: connections stay open and submit_sm are still read (and recorded) but none is
+        answered, and no receipt is sent, until resume(). The session layer still answers
+        enquire_link, so the links look alive."""
+        self._paused = True
+
+    def resume(self) -> int:
+        """End pause(): send the held answers now (late: the client has probably given up on
+        them and sends those messages again) and the queued receipts. Returns how many submit_sm
+        answers were held."""
+        self._paused = False
+        held, self._held = self._held, []
+        for callback, args in held:
+            callback(*args)
+        for system_id in list(self._pending):
+            self._drain(system_id)
+        self._notify()
+        return len(held)
+
+    def _hold(self, callback: Callable[..., None], *args: Any) -> bool:
+        """While paused, keep this answer for resume() and return True."""
+        if self._paused:
+            self._held.append((callback, args))
+        return self._paused
 
     async def _unbind(self, conn: SmppConnection, timeout: float) -> None:
         try:
@@ -485,14 +551,14 @@ class Smsc:
             return
         if not self._take_token(stats.system_id):
             self.throttled_total += 1
-            conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num,
-                                           command_status=SmppCommandStatus.ESME_RTHROTTLED))
+            self._respond(conn, pdu, SubmitSmResp(
+                sequence_num=pdu.sequence_num, command_status=SmppCommandStatus.ESME_RTHROTTLED))
             self._notify()
             return
         handset = profile.handsets.lookup(pdu.destination.number) if profile.handsets else None
         if handset is not None and handset.behaviour == "invalid":
             self.invalid_total += 1
-            conn.respond(pdu, _ErrorResp(ESME_RINVDSTADR))
+            self._respond(conn, pdu, _ErrorResp(ESME_RINVDSTADR))
             self._notify()
             return
         fault = self._roll_fault(profile)
@@ -562,6 +628,11 @@ class Smsc:
         self._id_counter += 1
         return f"{self._id_base + self._id_counter:x}"
 
+    def _respond(self, conn: SmppConnection, pdu: Any, resp: Any) -> None:
+        """An immediate answer (throttled, invalid number), unless paused."""
+        if not self._hold(self._respond, conn, pdu, resp) and conn in self._peers:
+            conn.respond(pdu, resp)
+
     def _settle(self, conn: SmppConnection, stats: BindStats) -> bool:
         """One outstanding submit is answered now; False if there is nobody to answer."""
         if stats.outstanding > 0:
@@ -573,7 +644,9 @@ class Smsc:
     def _answer_error(
         self, conn: SmppConnection, stats: BindStats, pdu: Any, status: int
     ) -> None:
-        if not self._settle(conn, stats):
+        if self._hold(self._answer_error, conn, stats, pdu, status) or not self._settle(
+            conn, stats
+        ):
             return
         try:
             conn.respond(pdu, _ErrorResp(status))
@@ -584,7 +657,9 @@ class Smsc:
         self, conn: SmppConnection, stats: BindStats, pdu: Any, message_id: str,
         handset: Handset | None,
     ) -> None:
-        if not self._settle(conn, stats):
+        if self._hold(self._answer, conn, stats, pdu, message_id, handset) or not self._settle(
+            conn, stats
+        ):
             return
         try:
             conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num, message_id=message_id))
@@ -659,6 +734,7 @@ class Smsc:
     def _disconnect_tick(self) -> None:
         """disconnect_every: drop every bound session when due; re-read the profile each time."""
         if self._stopping:
+            self._ticking = False
             return
         every = self.profile.disconnect_every
         now = self._now()
@@ -681,7 +757,7 @@ class Smsc:
 
     def _dispatch(self, receipt: _Receipt) -> None:
         """Send the receipt on a bound RX/TRX session with a free slot, or queue it."""
-        conn = self._pick_session(receipt)
+        conn = None if self._paused else self._pick_session(receipt)
         if conn is None:
             self._enqueue(receipt)
         else:
@@ -727,7 +803,7 @@ class Smsc:
 
     def _drain(self, system_id: str) -> None:
         queue = self._pending.get(system_id)
-        while queue:
+        while queue and not self._paused:
             conn = self._pick_session(queue[0])
             if conn is None:
                 return

@@ -1,8 +1,13 @@
-"""Shared pieces for end-to-end tests: configs, a running daemon + simulator, waiting helpers."""
+"""Shared pieces for end-to-end tests: configs, a running daemon + simulator (in-process, or the
+daemon as a subprocess for crash tests), waiting helpers."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -17,6 +22,7 @@ from aggregator.app import App
 from aggregator.config import Config, parse_config
 from simulator.smsc import Smsc, SmscProfile
 
+ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 20.0
 Start = Callable[..., Awaitable[Smsc]]  # the start_smsc fixture (conftest.py)
 API_KEY = "shop-key"
@@ -38,6 +44,7 @@ def make_config(
     smpp: dict[str, Any] | None = None,
     shop: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    bank: dict[str, Any] | None = None,
 ) -> Config:
     provider: dict[str, Any] = {
         "name": "sim", "host": "127.0.0.1", "port": smsc_port, "system_id": "smsagg",
@@ -52,7 +59,7 @@ def make_config(
         "callbacks": {"retry_min": 0.05, "retry_max": 0.2},
         "accounts": [
             {"name": "shop", "api_key": API_KEY, **(shop or {})},
-            {"name": "bank", "api_key": "bank-key"},
+            {"name": "bank", "api_key": "bank-key", **(bank or {})},
         ],
         "providers": [provider],
         "routes": [{"prefixes": list(prefixes), "providers": ["sim"]}],
@@ -168,3 +175,103 @@ async def running(
         await http.close()
         await app.stop(drain_seconds=2.0)
         await smsc.stop()
+
+
+# -- the daemon as a subprocess (`python -m aggregator run`), for tests that kill it ---------------
+
+
+def free_port() -> int:
+    """A port the OS hands out as ephemeral now, for a server that keeps it across restarts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_daemon_config(
+    path: Path,
+    store: Path,
+    smsc_port: int,
+    *,
+    http_port: int = 0,
+    binds: int = 2,
+    window: int = 10,
+    max_tps: float = 150,
+    provider: dict[str, float] | None = None,
+) -> None:
+    """A TOML config for `daemon()`: account "shop" (API_KEY), one provider "sim" on every route;
+    `provider` adds keys to it (response_timeout, breaker_cooldown, ...)."""
+    extra = "".join(f"{key} = {value!r}\n" for key, value in (provider or {}).items())
+    path.write_text(f"""
+[http]
+listen = "127.0.0.1:{http_port}"
+[store]
+path = "{store}"
+[messages]
+retry_min = 0.05
+retry_max = 0.5
+[[accounts]]
+name = "shop"
+api_key = "{API_KEY}"
+[[providers]]
+name = "sim"
+host = "127.0.0.1"
+port = {smsc_port}
+system_id = "smsagg"
+password = "pw"
+binds = {binds}
+window = {window}
+max_tps = {max_tps}
+reconnect_min = 0.05
+reconnect_max = 0.5
+{extra}
+[[routes]]
+prefixes = ["*"]
+providers = ["sim"]
+""")
+
+
+@asynccontextmanager
+async def daemon(
+    config: Path, log: Path | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """Run the daemon on `config` until it has started; yields the process and its HTTP base URL.
+    Its output goes to `log` (appended) when given. Killed on exit if still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aggregator", "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=config.parent,
+    )
+    assert proc.stdout is not None
+    sink = log.open("ab") if log is not None else None
+    try:
+        base = ""
+        while not base:
+            line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE)
+            assert line, "daemon exited before it started"
+            if sink is not None:
+                sink.write(line)
+            if b'"started"' in line:
+                base = "http://" + json.loads(line)["http"]
+
+        async def drain() -> None:
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                if sink is not None:
+                    sink.write(line)
+
+        drainer = asyncio.create_task(drain())
+        try:
+            yield proc, base
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            with suppress(TimeoutError):  # the rest of its output, if the pipe closes soon
+                await asyncio.wait_for(drainer, 1.0)
+            drainer.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if sink is not None:
+            sink.close()

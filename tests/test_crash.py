@@ -3,88 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE
+from tests.helpers import AUTH, DEADLINE, daemon, write_daemon_config
 
-ROOT = Path(__file__).resolve().parent.parent
 BINDS, WINDOW = 2, 10
-
-
-def write_config(path: Path, store: Path, smsc_port: int) -> None:
-    path.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = "{store}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[[accounts]]
-name = "shop"
-api_key = "shop-key"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = {BINDS}
-window = {WINDOW}
-max_tps = 150
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
-
-
-@asynccontextmanager
-async def daemon(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aggregator", "run", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=config.parent,
-    )
-    assert proc.stdout is not None
-    base = ""
-    while not base:
-        line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE)
-        assert line, "daemon exited before it started"
-        if b'"started"' in line:
-            base = "http://" + json.loads(line)["http"]
-
-    async def drain() -> None:
-        assert proc.stdout is not None
-        while await proc.stdout.readline():
-            pass
-
-    drainer = asyncio.create_task(drain())
-    try:
-        yield proc, base
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-        drainer.cancel()
 
 
 async def test_sigkill_mid_queue_loses_nothing(tmp_path: Path) -> None:
     smsc = Smsc(SmscProfile(latency=0.01))
     await smsc.start()
     config = tmp_path / "smsagg.toml"
-    write_config(config, tmp_path / "smsagg.db", smsc.port)
+    write_daemon_config(config, tmp_path / "smsagg.db", smsc.port, binds=BINDS, window=WINDOW)
     accepted: dict[str, str] = {}  # id -> destination
     try:
         async with daemon(config) as (proc, base), aiohttp.ClientSession(headers=AUTH) as http:

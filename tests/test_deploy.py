@@ -292,6 +292,7 @@ def test_systemd_unit_hardening() -> None:
         assert s.get(key) == [value], key
     assert "@system-service" in s["SystemCallFilter"]
     assert s["ExecStart"] == ["/opt/smsagg/.venv/bin/smsagg run --config /etc/smsagg/smsagg.toml"]
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")

@@ -204,6 +204,59 @@ async def test_latency_jitter_stays_within_bounds(start_smsc: Start, connect: Co
     assert max(latencies) - min(latencies) > 0.02  # spread, not one fixed latency
 
 
+# -- whole-SMSC faults: crash and hang -------------------------------------------------------
+
+
+async def test_abort_drops_every_link_and_start_listens_again(
+    start_smsc: Start, connect: Connect
+) -> None:
+    smsc = await start_smsc(latency=0.2, receipt_delay=1.0)
+    client = await connect(smsc)
+    first = await client.submit(make_submit("answered"))
+    unanswered = [client.conn.request(make_submit(f"u{i}")) for i in range(2)]
+    await smsc.wait_until(lambda: smsc.bind_stats["b1"].outstanding == 2, DEADLINE)
+    port = smsc.port
+
+    assert smsc.abort() == 2
+    for future in unanswered:
+        with pytest.raises(ConnectionLost):
+            await asyncio.wait_for(future, DEADLINE)
+    await asyncio.wait_for(client.closed.wait(), DEADLINE)
+    with pytest.raises(OSError):  # the listener is gone too
+        await connect(port)
+    assert not smsc.bind_stats["b1"].bound and smsc.bind_stats["b1"].outstanding == 0
+
+    await smsc.start()  # the restart: same port, same record
+    assert smsc.port == port
+    again = await connect(smsc)
+    receipt = await asyncio.wait_for(again.delivers.get(), DEADLINE)  # kept across the crash
+    assert next(p.value for p in receipt.optional_params if p.tag == 0x001E) == first.message_id
+    assert int((await again.submit(make_submit("after"))).command_status) == 0
+    assert smsc.submits_total == 4 and len(smsc.received) == 4
+
+
+async def test_pause_holds_answers_and_receipts_until_resume(
+    start_smsc: Start, connect: Connect
+) -> None:
+    smsc = await start_smsc(receipt_delay=0.2)
+    client = await connect(smsc, response_timeout=0.3)
+    first = await client.submit(make_submit("before"))
+    smsc.pause()
+    await smsc.wait_until(lambda: smsc.pending_receipts == 1, DEADLINE)  # due, not sent
+    for future in [client.conn.request(make_submit(f"p{i}")) for i in range(2)]:
+        with pytest.raises(RequestTimeout):
+            await asyncio.wait_for(future, DEADLINE)
+    assert smsc.submits_total == 3 and len(smsc.received) == 3  # read and recorded
+    assert client.delivers.empty() and not client.closed.is_set()  # the link stays up
+
+    assert smsc.resume() == 2  # the late answers, then their receipts, go out now
+    receipts = [await asyncio.wait_for(client.delivers.get(), DEADLINE) for _ in range(3)]
+    ids = {next(p.value for p in r.optional_params if p.tag == 0x001E) for r in receipts}
+    assert first.message_id in ids and len(ids) == 3
+    assert int((await client.submit(make_submit("after"))).command_status) == 0
+    assert not client.closed.is_set()
+
+
 def test_profile_validation() -> None:
     for bad in (
         {"error_ratio": 1.5}, {"drop_ratio": -0.1}, {"error_ratio": 0.6, "drop_ratio": 0.6},

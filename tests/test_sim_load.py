@@ -353,6 +353,20 @@ async def test_cli_run_writes_json(tmp_path: Path) -> None:
     assert data["accepted"] == 20 and data["receipts"] == 20
 
 
+async def test_ids_records_every_accepted_id(tmp_path: Path) -> None:
+    ids_file = tmp_path / "ids.txt"
+    async with fake_api() as api:
+        recorded = await run_load(LoadOptions(url=api.url, api_key="k", count=10, batch_size=4,
+                                              mode="batch", receipts=False, record_ids=True))
+        plain = await run_load(LoadOptions(url=api.url, api_key="k", count=3, receipts=False))
+        code, _, err = await _cli("--url", api.url, "--api-key", "k", "--count", "5",
+                                  "--no-receipts", "--ids", str(ids_file))
+    assert sorted(recorded.ids) == sorted(f"id{n}" for n in range(1, 11))
+    assert plain.ids == [] and plain.accepted == 3  # only kept when asked for
+    assert code == 0, err
+    assert sorted(ids_file.read_text().splitlines()) == sorted(f"id{n}" for n in range(14, 19))
+
+
 async def test_cli_bad_option_exits_2() -> None:
     code, _, err = await _cli("--prefix", "abc")
     assert code == 2 and "--prefix" in err

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from aiosmpplib.codec import GSM7BitCodec
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aggregator.model import Encoding
 from aggregator.text import (
@@ -11,6 +14,7 @@ from aggregator.text import (
     count_segments,
     decode_text,
     encode_message,
+    gsm7_decode,
     gsm7_units,
     is_gsm7,
     parse_udh,
@@ -176,3 +180,16 @@ def test_decode_text() -> None:
             decode_text(payload, dc)
     with pytest.raises(ValueError):
         decode_text(b"abc", 4)
+
+
+@given(st.binary(max_size=40).map(lambda b: bytes(x & 0x7F for x in b)) | st.binary(max_size=40))
+def test_fast_gsm7_decode_matches_aiosmpplib_codec(data: bytes) -> None:
+    try:
+        expected: object = GSM7BitCodec().decode(data)
+    except UnicodeDecodeError as exc:
+        expected = exc.reason
+    try:
+        got: object = gsm7_decode(data)
+    except UnicodeDecodeError as exc:
+        got = exc.reason
+    assert got == expected

@@ -33,7 +33,14 @@ class CallbackSender:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def in_flight(self) -> int:
+        """Callback requests under way (at most ``concurrency``)."""
+        return len(self._jobs)
+
     def start(self) -> None:
+        metrics.buffer_bound.labels("callbacks").set(self._config.concurrency)
+        metrics.buffer_depth.labels("callbacks").set_function(lambda: self.in_flight)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.timeout),
             headers={"User-Agent": "smsagg"},
@@ -44,6 +51,8 @@ class CallbackSender:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
+            # It may be waiting for a slot that a stuck receiver holds for a whole timeout.
+            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for job in list(self._jobs):
             job.cancel()
@@ -59,6 +68,8 @@ class CallbackSender:
             except StoreError:
                 jobs = []
             for job in jobs:
+                if self._stopping:
+                    return
                 if job.id in self._active:
                     continue
                 self._active.add(job.id)
@@ -88,7 +99,8 @@ class CallbackSender:
             log.info("callback_retry", message_id=job.message_id, attempts=attempts,
                      error=error, in_seconds=delay)
             await self._store.callback_retry(job.id, time.time() + delay, error)
-        except StoreError as exc:
+        except StoreError as exc:  # the job stays due: sent again later
+            metrics.store_errors.labels("callbacks").inc()
             log.error("callback_store_failed", message_id=job.message_id, error=str(exc))
         finally:
             self._active.discard(job.id)

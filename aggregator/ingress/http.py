@@ -166,6 +166,19 @@ class HttpApi:
         self._max_body = max_body_bytes
         self._ready = ready
 
+    def set_accounts(self, accounts: tuple[AccountConfig, ...]) -> None:
+        """Take a reloaded set of accounts: keys of removed accounts stop working at once; a
+        rate limit that did not change keeps its bucket."""
+        self._auth = Authenticator(accounts)
+        limits: dict[str, RateLimit] = {}
+        for a in accounts:
+            if a.max_http_tps is None:
+                continue
+            old = self._limits.get(a.name)
+            limits[a.name] = old if old is not None and old.rate == a.max_http_tps else (
+                RateLimit(a.max_http_tps))
+        self._limits = limits
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
         app.router.add_post("/v1/messages", self.post_message)

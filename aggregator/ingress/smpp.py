@@ -152,6 +152,7 @@ class _AccountState:
     bucket: TokenBucket | None = None
     receipts_wake: asyncio.Event = field(default_factory=asyncio.Event)
     receipts_task: asyncio.Task[None] | None = None
+    removed: bool = False  # by a configuration reload: its receipt loop ends
 
 
 class SmppServer:
@@ -180,6 +181,9 @@ class SmppServer:
         self._expiry: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_bind: dict[SmppConnection, AccountConfig] = {}
+        # submit_sm of each session being accepted (answer not sent yet): at most `window`.
+        self._submits: dict[SmppConnection, int] = {}
+        self._receipts_in_flight = 0
         self._stopping = False
         self.port = 0
 
@@ -188,13 +192,74 @@ class SmppServer:
     async def start(self) -> None:
         for account in self._by_system_id.values():
             self._accounts[account.name] = _AccountState(account)
+            self._publish_account(account)
         listen = self.config.listen
         self._server = await start_server(listen.host, listen.port, self._new_connection)
         self.port = self._server.sockets[0].getsockname()[1]
         for state in self._accounts.values():
             state.receipts_task = asyncio.create_task(self._send_receipts(state))
         self._expiry = asyncio.create_task(self._expire_parts())
+        metrics.smpp_sessions_max.set(self.config.max_sessions)
+        window_total = self.config.window * self.config.max_sessions
+        for name, bound, depth in (
+            ("reassembly", self.config.max_pending_parts, lambda: self._reassembler.held),
+            ("smpp_submits", window_total, lambda: sum(self._submits.values())),
+            ("smpp_receipts", window_total, lambda: self._receipts_in_flight),
+        ):
+            metrics.buffer_bound.labels(name).set(bound)
+            metrics.buffer_depth.labels(name).set_function(depth)
         log.info("smpp_listening", listen=f"{listen.host}:{self.port}")
+
+    @staticmethod
+    def _publish_account(account: AccountConfig) -> None:
+        metrics.smpp_account_sessions_max.labels(account.name).set(account.max_binds)
+        metrics.smpp_sessions.labels(account.name).set(0)
+
+    @property
+    def sessions(self) -> dict[str, int]:
+        """Bound sessions per account that may bind."""
+        return {name: len(state.clients) for name, state in self._accounts.items()}
+
+    def set_accounts(self, accounts: tuple[AccountConfig, ...]) -> None:
+        """Take a reloaded set of accounts. New credentials apply to the next bind. Sessions of
+        an account that was removed, lost its system_id or had its system_id or password
+        changed are unbound (their credentials are no longer valid); other sessions stay, with
+        the account's new settings (max_tps, ...). A lower max_binds refuses new binds only."""
+        self._by_system_id = {a.system_id: a for a in accounts if a.system_id}
+        self._auth = Authenticator(accounts)
+        wanted = {a.name: a for a in self._by_system_id.values()}
+        for name, state in list(self._accounts.items()):
+            new = wanted.get(name)
+            old = state.config
+            if new is None or (new.system_id, new.password_digest) != (
+                    old.system_id, old.password_digest):
+                for client in state.clients:
+                    log.info("smpp_session_revoked", account=name, peer=client.conn.peername)
+                    self._spawn(client.conn.unbind(5.0))
+            if new is None:
+                del self._accounts[name]
+                state.removed = True
+                state.receipts_wake.set()
+                if state.receipts_task is not None:
+                    state.receipts_task.cancel()
+                for gauge in (metrics.smpp_sessions, metrics.smpp_account_sessions_max):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name)
+                continue
+            state.config = new
+            if new.max_tps != old.max_tps:
+                state.bucket = None
+            for client in state.clients:
+                client.account = new
+            metrics.smpp_account_sessions_max.labels(name).set(new.max_binds)
+        for name, account in wanted.items():
+            if name in self._accounts:
+                continue
+            state = _AccountState(account)
+            self._accounts[name] = state
+            self._publish_account(account)
+            if self._server is not None and not self._stopping:
+                state.receipts_task = asyncio.create_task(self._send_receipts(state))
 
     async def stop(self, timeout: float = 5.0) -> None:
         if self._server is not None:
@@ -216,6 +281,8 @@ class SmppServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for name in ("reassembly", "smpp_submits", "smpp_receipts"):
+            metrics.buffer_depth.labels(name).set_function(lambda: 0)
 
     def wake_receipts(self, account: str) -> None:
         state = self._accounts.get(account)
@@ -239,8 +306,11 @@ class SmppServer:
     def _forget(self, conn: SmppConnection) -> None:
         self._conns.discard(conn)
         self._pending_bind.pop(conn, None)
-        for state in self._accounts.values():
+        for name, state in self._accounts.items():
+            before = len(state.clients)
             state.clients = [c for c in state.clients if c.conn is not conn]
+            if len(state.clients) != before:
+                metrics.smpp_sessions.labels(name).set(len(state.clients))
 
     def _on_event(self, conn: SmppConnection, event: object) -> None:
         if isinstance(event, BindRequested):
@@ -252,19 +322,35 @@ class SmppServer:
         elif isinstance(event, RequestReceived):
             pdu = event.pdu
             if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
-                self._spawn(self._on_submit(conn, pdu, event.raw))
+                open_now = self._submits.get(conn, 0)
+                if open_now >= self.config.window:  # the ESME ignores its window: slow it down
+                    self._refuse(conn, pdu, ESME_RTHROTTLED, "window_full")
+                    return
+                self._submits[conn] = open_now + 1
+                self._spawn(self._on_submit(conn, pdu, event.raw),
+                            lambda: self._submit_done(conn))
             else:  # deliver_sm goes from an SMSC to an ESME, not the other way
                 conn.respond(pdu, _resp(DeliverSmResp, ESME_RINVCMDID))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, done: Callable[[], None] | None = None) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if done is not None:
+            task.add_done_callback(lambda _t: done())
+
+    def _submit_done(self, conn: SmppConnection) -> None:
+        left = self._submits.get(conn, 0) - 1
+        if left > 0:
+            self._submits[conn] = left
+        else:
+            self._submits.pop(conn, None)
 
     def _on_bind(self, conn: SmppConnection, pdu: Any) -> None:
         # An address with too many failed binds lately is refused before any credential check.
         address = conn.peername.rpartition(":")[0] or conn.peername
         account: AccountConfig | None = None
+        result = "rejected"
         if self._failed_logins.blocked_for(address) > 0:
             status = ESME_RBINDFAIL
             metrics.auth_failures.labels("smpp").inc()
@@ -275,12 +361,22 @@ class SmppServer:
                 if self._failed_logins.failed(address):
                     log.warning("smpp_logins_blocked", peer=address,
                                 seconds=self._failed_logins.cooldown)
-            elif not self._room_for(account):
-                status = ESME_RBINDFAIL
+            else:
+                limit = self._limit_reached(account)
+                if limit is not None:
+                    status, result = ESME_RBINDFAIL, limit
         if status != ESME_ROK:
-            metrics.smpp_binds.labels("rejected").inc()
-            log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
-                        status=f"0x{status:02X}")
+            metrics.smpp_binds.labels(result).inc()
+            if result == "rejected":
+                log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
+                            status=f"0x{status:02X}")
+            else:
+                assert account is not None
+                log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
+                            status=f"0x{status:02X}", reason=result, account=account.name,
+                            account_sessions=self._sessions_of(account),
+                            max_binds=account.max_binds, sessions=self._sessions_total(),
+                            max_sessions=self.config.max_sessions)
             conn.reject_bind(pdu, status)
             return
         assert account is not None
@@ -290,15 +386,30 @@ class SmppServer:
         except SessionError:  # the peer unbound or dropped in the same breath
             self._pending_bind.pop(conn, None)
 
-    def _room_for(self, account: AccountConfig) -> bool:
-        total = sum(len(s.clients) for s in self._accounts.values()) + len(self._pending_bind)
-        return (len(self._accounts[account.name].clients) < account.max_binds
-                and total < self.config.max_sessions)
+    def _sessions_of(self, account: AccountConfig) -> int:
+        """Bound sessions of the account, and binds of it accepted but not yet Bound."""
+        pending = sum(1 for a in self._pending_bind.values() if a.name == account.name)
+        return len(self._accounts[account.name].clients) + pending
+
+    def _sessions_total(self) -> int:
+        return sum(len(s.clients) for s in self._accounts.values()) + len(self._pending_bind)
+
+    def _limit_reached(self, account: AccountConfig) -> str | None:
+        """None if the account may bind one more session, else which limit stops it."""
+        if self._sessions_of(account) >= account.max_binds:
+            return "account_limit"
+        if self._sessions_total() >= self.config.max_sessions:
+            return "total_limit"
+        return None
 
     def _on_bound(self, conn: SmppConnection, event: Bound) -> None:
         account = self._pending_bind.pop(conn)
-        state = self._accounts[account.name]
+        state = self._accounts.get(account.name)
+        if state is None:  # the account was removed by a reload in between
+            self._spawn(conn.unbind(5.0))
+            return
         state.clients.append(_Client(account, conn, event.mode))
+        metrics.smpp_sessions.labels(account.name).set(len(state.clients))
         metrics.smpp_binds.labels("ok").inc()
         log.info("smpp_bound", account=account.name, peer=conn.peername, mode=event.mode.value)
         if event.mode in (BindMode.RECEIVER, BindMode.TRANSCEIVER):
@@ -417,7 +528,7 @@ class SmppServer:
 
     async def _send_receipts(self, state: _AccountState) -> None:
         in_flight: set[int] = set()
-        while not self._stopping:
+        while not self._stopping and not state.removed:
             state.receipts_wake.clear()
             sent_any = False
             if self._receiver(state) is not None:
@@ -439,6 +550,7 @@ class SmppServer:
                     except Exception:  # NotBound: the session went away
                         break
                     in_flight.add(receipt.id)
+                    self._receipts_in_flight += 1
                     sent_any = True
                     self._spawn(self._await_receipt(state, receipt, fut, in_flight))
             if not sent_any:
@@ -464,10 +576,12 @@ class SmppServer:
                 metrics.smpp_receipts.labels("gave_up" if give_up else "retry").inc()
                 await self._store.smpp_receipt_retry(
                     receipt.id, self._clock() + min(60.0, 2.0 ** attempts), give_up)
-        except StoreError as exc:
+        except StoreError as exc:  # the receipt stays due: sent again later
+            metrics.store_errors.labels("smpp_receipts").inc()
             log.error("smpp_receipt_store_failed", error=str(exc))
         finally:
             in_flight.discard(receipt.id)
+            self._receipts_in_flight -= 1
             state.receipts_wake.set()
 
 

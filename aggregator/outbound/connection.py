@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from aggregator import metrics
 from aggregator.config import ProviderConfig
 from aggregator.log import get_logger
 from aggregator.smpp.session import BindMode, RequestReceived, SessionClosed
-from aggregator.smpp.transport import BindError, SmppConnection, open_client
+from aggregator.smpp.transport import BindError, ConnectionLost, SmppConnection, open_client
 
 log = get_logger("smsagg.outbound")
 
@@ -35,6 +36,7 @@ class Bind:
         self._on_change = on_change
         self._on_up = on_up
         self._task: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
         self._stopping = False
         self._g_up = metrics.bind_up.labels(provider.name, self.name)
         self._g_window = metrics.window_in_use.labels(provider.name, self.name)
@@ -56,7 +58,9 @@ class Bind:
     def in_flight(self) -> int:
         return int(self.conn.session.in_flight) if self.conn is not None else 0
 
-    def start(self) -> None:
+    def start(self, tls: ssl.SSLContext | None = None) -> None:
+        """Keep the bind up from now on; over TLS with ``tls`` (the provider's tls = true)."""
+        self._tls = tls
         self._task = asyncio.create_task(self._run(), name=f"bind-{self.provider.name}-{self.name}")
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -71,15 +75,14 @@ class Bind:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def request(self, pdu: Any) -> asyncio.Future[Any]:
-        """Send now (the caller picked this bind for its free window); raises WindowFull."""
+    def request(self, pdu: Any, future: asyncio.Future[Any]) -> None:
+        """Send now (the caller picked this bind for its free window); ``future`` gets the
+        response. Raises WindowFull or NotBound."""
         assert self.conn is not None
-        fut = self.conn.request(pdu)
+        self.conn.request(pdu, future)
         self._g_window.set(self.conn.session.in_flight)
-        fut.add_done_callback(self._after_response)
-        return fut
 
-    def _after_response(self, _fut: asyncio.Future[Any]) -> None:
+    def _window_freed(self) -> None:
         if self.conn is not None:
             self._g_window.set(self.conn.session.in_flight)
         self._on_change()
@@ -102,12 +105,14 @@ class Bind:
                     password=p.password, system_type=p.system_type, window=p.window,
                     response_timeout=p.response_timeout,
                     enquire_link_interval=p.enquire_link_interval, bind_timeout=p.bind_timeout,
-                    on_event=self._on_event,
+                    on_event=self._on_event, ssl=self._tls, server_hostname=p.tls_server_name,
                 )
-            except (OSError, TimeoutError, BindError) as exc:
+            except (OSError, TimeoutError, BindError, ConnectionLost) as exc:
                 reason = _failure_reason(exc)
                 metrics.bind_failures.labels(p.name, reason).inc()
                 error = f"{type(exc).__name__}: {exc}"
+                if reason == "tls":
+                    error = f"TLS handshake failed: {error}"
                 # Once per backoff step, and quieter when nothing changed.
                 (log.warning if error != last_error else log.info)(
                     "bind_failed", provider=p.name, bind=self.name, host=p.host, port=p.port,
@@ -121,10 +126,12 @@ class Bind:
                 conn.close()
                 break
             self.conn = conn
+            conn.on_window_free = self._window_freed
             delay = p.reconnect_min
             last_error = ""
             self._g_up.set(1)
-            log.info("bind_up", provider=p.name, bind=self.name, host=p.host, port=p.port)
+            log.info("bind_up", provider=p.name, bind=self.name, host=p.host, port=p.port,
+                     tls=self._tls is not None)
             self._on_change()
             if self._on_up is not None:
                 self._on_up()
@@ -138,6 +145,8 @@ class Bind:
 
 
 def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):  # certificate not trusted, wrong name, not TLS, ...
+        return "tls"
     if isinstance(exc, BindError):
         return "bind_rejected"
     if isinstance(exc, TimeoutError):

@@ -4,6 +4,7 @@ with the most free window, and every submit_sm outcome classified into an `Outco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -22,8 +23,8 @@ from aggregator.outbound.errors import Outcome
 from aggregator.outbound.health import BreakerState, CircuitBreaker
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.receipts import normalise_submit_id
-from aggregator.smpp.session import WindowFull
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout
+from aggregator.tls import client_context
 
 log = get_logger("smsagg.outbound")
 
@@ -47,6 +48,18 @@ class SubmitResult:
     reason: str = "ok"  # bounded label: status name, timeout, connection_lost, no_bind
 
 
+@dataclass(slots=True, eq=False)
+class _Queued:
+    """A segment waiting for a window slot and a token. Its future gets the submit_sm_resp (or
+    the transport's RequestTimeout / ConnectionLost) once sent, or a SubmitResult if it never is."""
+
+    req: SubmitRequest
+    future: asyncio.Future[Any]
+    deadline: float  # loop time: not sent by then -> fails over as no_bind
+    came_without_bind: bool  # queued while no bind was up: waits for one to come back
+    sent_at: float = 0.0
+
+
 def build_submit_sm(req: SubmitRequest) -> Any:
     pdu = SubmitSm(
         short_message="-",  # replaced by the pre-encoded octets (UDH included)
@@ -61,9 +74,16 @@ def build_submit_sm(req: SubmitRequest) -> Any:
     return pdu
 
 
+_NO_BIND = SubmitResult(Outcome.FAILOVER, error="no bind up", reason=errors.NO_BIND)
+_BREAKER_OPEN = SubmitResult(Outcome.FAILOVER, error="circuit breaker open",
+                             reason=errors.BREAKER_OPEN)
+
+
 class ProviderPool:
     THROTTLE_RETRIES = 8  # slow-down answers retried here before the message goes back to store
     NO_BIND_WAIT = 2.0  # seconds a submit waits for a bind to come up
+    WINDOW_WAIT = 30.0  # seconds a submit waits for a free window slot
+    EXPIRY_TICK = 0.5  # seconds between looks for queued submits past their deadline
 
     def __init__(self, config: ProviderConfig, on_deliver: DeliverHandler) -> None:
         self.config = config
@@ -74,7 +94,12 @@ class ProviderPool:
         self.breaker = CircuitBreaker(config.name, config.breaker_failures,
                                       config.breaker_cooldown)
         self._bucket: TokenBucket | None = None
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Segments waiting for a slot, in order. Sent from _pump, which runs in the same turn
+        # as the response that freed the slot: under load the window is refilled without
+        # waiting for the caller's task to be scheduled (bounded by the dispatcher's tasks).
+        self._queue: deque[_Queued] = deque()
+        self._token_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self._latency = metrics.submit_latency.labels(self.name)
         self._ok = metrics.submits.labels(self.name, "ok")
         self.on_bind_change: Callable[[], None] | None = None
@@ -90,6 +115,11 @@ class ProviderPool:
     @property
     def in_flight(self) -> int:
         return sum(b.in_flight for b in self.binds)
+
+    @property
+    def busy(self) -> int:
+        """Submits sent and awaiting a response, or waiting for a free window."""
+        return self.in_flight + len(self._queue)
 
     @property
     def bucket(self) -> TokenBucket:
@@ -110,23 +140,104 @@ class ProviderPool:
             await asyncio.shield(fut)
 
     def start(self) -> None:
+        """Start every bind; raises TlsFileError when tls_ca cannot be loaded (any more)."""
         _ = self.bucket
+        c = self.config
+        tls = client_context(ca=c.tls_ca, verify=c.tls_verify) if c.tls else None
+        if c.tls and not c.tls_verify:
+            log.warning("provider_tls_unverified", provider=self.name, host=c.host,
+                        note="tls_verify = false: the SMSC's certificate and name are not "
+                             "checked; for lab use only")
         for bind in self.binds:
-            bind.start()
+            bind.start(tls)
 
     async def stop(self) -> None:
+        for timer in (self._token_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._token_timer = self._expiry_timer = None
         await asyncio.gather(*(b.stop() for b in self.binds))
+        self._wake()  # submits still waiting for a window learn now that none will come
+
+    def forget_metrics(self) -> None:
+        """Drop this provider's per-bind and breaker series (it was removed or replaced)."""
+        for bind in self.binds:
+            for gauge in (metrics.bind_up, metrics.window_in_use):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.name, bind.name)
+        with contextlib.suppress(KeyError):
+            metrics.breaker_state.remove(self.name)
 
     def _wake(self) -> None:
-        # With no bind left, every waiter must learn it now and fail over, not time out.
-        free = sum(b.free_window for b in self.binds) if self.binds_up else len(self._waiters)
-        while free > 0 and self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                free -= 1
+        """A bind came up or went down, or window slots were freed."""
+        if self.binds_up == 0 and self._queue:
+            # With no bind left, what waited for a slot must learn it now and fail over, not
+            # time out; what came while none was up waits for a reconnect until its deadline.
+            keep: deque[_Queued] = deque()
+            for entry in self._queue:
+                if entry.future.done():
+                    continue
+                if entry.came_without_bind:
+                    keep.append(entry)
+                else:
+                    entry.future.set_result(_NO_BIND)
+            self._queue = keep
+        self._pump()
         if self.on_bind_change is not None:
             self.on_bind_change()
+
+    def _pump(self) -> None:
+        """Send queued segments while a bind has a free slot and the rate allows."""
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            if entry.future.done():  # its caller was cancelled
+                queue.popleft()
+                continue
+            bind = self._best_bind()
+            if bind is None:
+                return  # a response, a timeout or a bind coming up pumps again
+            if self.breaker.state is BreakerState.OPEN:
+                # It opened while this segment waited for a slot: do not send into a known fault.
+                queue.popleft()
+                entry.future.set_result(_BREAKER_OPEN)
+                continue
+            wait = self.bucket.try_take()
+            if wait > 0:
+                if self._token_timer is None:
+                    self._token_timer = asyncio.get_running_loop().call_later(
+                        wait, self._token_due)
+                return
+            queue.popleft()
+            entry.sent_at = time.monotonic()
+            try:
+                bind.request(build_submit_sm(entry.req), entry.future)
+            except Exception as exc:  # WindowFull/NotBound cannot happen after _best_bind; be safe
+                if not entry.future.done():
+                    entry.future.set_exception(ConnectionLost(f"{type(exc).__name__}: {exc}"))
+
+    def _token_due(self) -> None:
+        self._token_timer = None
+        self._pump()
+
+    def _expire(self) -> None:
+        self._expiry_timer = None
+        now = asyncio.get_running_loop().time()
+        keep: deque[_Queued] = deque()
+        for entry in self._queue:
+            if entry.future.done():
+                continue
+            if entry.deadline <= now:
+                entry.future.set_result(_NO_BIND)
+            else:
+                keep.append(entry)
+        self._queue = keep
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        if self._queue and self._expiry_timer is None:
+            self._expiry_timer = asyncio.get_running_loop().call_later(
+                self.EXPIRY_TICK, self._expire)
 
     def _bind_up(self) -> None:
         if self.on_bind_up is not None:
@@ -141,28 +252,6 @@ class ProviderPool:
                 best, best_free = bind, free
         return best
 
-    async def _acquire(self) -> Bind | None:
-        bind = self._best_bind()
-        if bind is not None and not self._waiters:
-            return bind
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.NO_BIND_WAIT if self.binds_up == 0 else 30.0)
-        while True:
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(fut)
-            try:
-                await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                return None
-            finally:
-                if not fut.done():
-                    fut.cancel()
-            bind = self._best_bind()
-            if bind is not None:
-                return bind
-            if self.binds_up == 0 or loop.time() >= deadline:
-                return None
-
     async def submit(self, req: SubmitRequest) -> SubmitResult:
         """Send one segment; retries slow-down answers here with a lower rate."""
         result = SubmitResult(Outcome.FAILOVER, error="not sent", reason=errors.NO_BIND)
@@ -174,26 +263,15 @@ class ProviderPool:
         return result
 
     async def _submit_once(self, req: SubmitRequest) -> SubmitResult:
-        if self.binds_up == 0 and not self._waiters:
-            # Do not hold a token while no bind can take the segment.
-            bind = await self._acquire()
-            if bind is None:
-                metrics.submits.labels(self.name, errors.NO_BIND).inc()
-                return SubmitResult(Outcome.FAILOVER, error="no bind up", reason=errors.NO_BIND)
-        await self.bucket.take()
-        bind = await self._acquire()
-        if bind is None:
-            metrics.submits.labels(self.name, errors.NO_BIND).inc()
-            return SubmitResult(Outcome.FAILOVER, error="no bind up", reason=errors.NO_BIND)
-        if self.breaker.state is BreakerState.OPEN:
-            # It opened while this segment waited for a slot: do not send into a known fault.
-            return SubmitResult(Outcome.FAILOVER, error="circuit breaker open",
-                                reason=errors.BREAKER_OPEN)
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        without_bind = self.binds_up == 0
+        wait = self.NO_BIND_WAIT if without_bind else self.WINDOW_WAIT
+        entry = _Queued(req, loop.create_future(), loop.time() + wait, without_bind)
+        self._queue.append(entry)
+        self._pump()
+        self._arm_expiry()
         try:
-            resp = await bind.request(build_submit_sm(req))
-        except WindowFull:  # cannot happen after _acquire in the same turn; be safe
-            return SubmitResult(Outcome.SLOW_DOWN, error="window full", reason="window_full")
+            answer = await entry.future
         except RequestTimeout:
             metrics.submits.labels(self.name, errors.TIMEOUT).inc()
             return SubmitResult(Outcome.FAILOVER, error="submit_sm response timeout",
@@ -202,11 +280,12 @@ class ProviderPool:
             metrics.submits.labels(self.name, errors.CONNECTION_LOST).inc()
             return SubmitResult(Outcome.FAILOVER, error=f"connection lost: {exc}",
                                 reason=errors.CONNECTION_LOST)
-        except Exception as exc:  # e.g. NotBound after the bind dropped
-            metrics.submits.labels(self.name, errors.CONNECTION_LOST).inc()
-            return SubmitResult(Outcome.FAILOVER, error=f"{type(exc).__name__}: {exc}",
-                                reason=errors.CONNECTION_LOST)
-        self._latency.observe(time.monotonic() - started)
+        if isinstance(answer, SubmitResult):  # never sent
+            if answer.reason == errors.NO_BIND:
+                metrics.submits.labels(self.name, errors.NO_BIND).inc()
+            return answer
+        resp = answer
+        self._latency.observe(time.monotonic() - entry.sent_at)
         status = int(resp.command_status)
         outcome = errors.classify(status)
         if outcome is Outcome.OK:

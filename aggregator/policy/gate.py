@@ -33,7 +33,9 @@ class PolicyGate:
 
     async def apply(self, message: Message, number_type: str) -> Message:
         """The message as it may be stored (possibly scheduled); raises ApiError if refused."""
-        account = self._accounts[message.account]
+        account = self._accounts.get(message.account)
+        if account is None:  # removed by a configuration reload while this request was under way
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "the account no longer exists")
         profile = self.profiles.get(message.region) if message.region else None
         marketing = message.message_class == "marketing"
         opted_out = False

@@ -30,6 +30,8 @@ from aiosmpplib.protocol import (
 )
 from aiosmpplib.state import SmppCommandStatus
 
+from aggregator.text import GSM7_CODEC
+
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
 Pdu: TypeAlias = SmppMessage
 
@@ -253,12 +255,15 @@ def _status_of(status: int) -> Any:
     return _STATUSES.get(status, _ROK_STATUS)
 
 
+_CODECS = {"gsm0338": GSM7_CODEC}
+
+
 def _decode(cls: Any, data: bytes, length: int, command_id: int, status: int, seq: int) -> Pdu:
     """Decode with aiosmpplib; raises whatever aiosmpplib raises on a bad body."""
     known = _STATUSES.get(status)
     # data_coding 0 is GSM 03.38 here (SMPP-REFERENCE.md), not aiosmpplib's ASCII fallback.
     pdu = cls.from_pdu(
-        data, PduHeader(length, command_id, known or _ROK_STATUS, seq), "gsm0338"
+        data, PduHeader(length, command_id, known or _ROK_STATUS, seq), "gsm0338", _CODECS
     )
     if known is None:
         pdu.command_status = status

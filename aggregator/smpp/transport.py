@@ -7,6 +7,7 @@ Responses, timeouts and aborts of requests sent with `request()` resolve that re
 from __future__ import annotations
 
 import asyncio
+import ssl as _ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -47,6 +48,9 @@ class SmppConnection(asyncio.Protocol):
     def __init__(self, session: SmppSession, on_event: EventHandler | None = None) -> None:
         self.session = session
         self.on_event = on_event
+        # Called in the same turn as a response, timeout or abort that freed window slots, so
+        # the owner can send the next requests at once.
+        self.on_window_free: Callable[[], None] | None = None
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self.peername = ""
@@ -94,9 +98,11 @@ class SmppConnection(asyncio.Protocol):
 
     # -- API ---------------------------------------------------------------------------------
 
-    def request(self, pdu: Pdu) -> asyncio.Future[Any]:
-        """Send a request; the future gets the response PDU (any status, or a generic_nack)."""
-        future: asyncio.Future[Any] = self._loop.create_future()
+    def request(self, pdu: Pdu, future: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
+        """Send a request; the future (``future`` if given) gets the response PDU (any status,
+        or a generic_nack), or RequestTimeout / ConnectionLost."""
+        if future is None:
+            future = self._loop.create_future()
         self.session.send_request(pdu, self._loop.time(), future)  # WindowFull / NotBound
         self._after_send()
         return future
@@ -155,16 +161,20 @@ class SmppConnection(asyncio.Protocol):
     def _process(self, events: list[Event]) -> None:
         if self.session.pending_output:  # e.g. automatic enquire_link_resp, nacks
             self._schedule_flush()
+        freed = False
         for event in events:
             if isinstance(event, ResponseReceived):
+                freed = True
                 fut = event.context
                 if isinstance(fut, asyncio.Future) and not fut.done():
                     fut.set_result(event.pdu)
             elif isinstance(event, RequestTimedOut):
+                freed = True
                 fut = event.context
                 if isinstance(fut, asyncio.Future) and not fut.done():
                     fut.set_exception(RequestTimeout(f"sequence_num {event.sequence_num}"))
             elif isinstance(event, RequestAborted):
+                freed = True
                 fut = event.context
                 if isinstance(fut, asyncio.Future) and not fut.done():
                     fut.set_exception(ConnectionLost(self._close_reason or "connection lost"))
@@ -172,6 +182,8 @@ class SmppConnection(asyncio.Protocol):
                 if isinstance(event, SessionClosed):
                     self._on_session_closed(event.reason)
                 self._emit(event)
+        if freed and self.on_window_free is not None:
+            self.on_window_free()
         if self._transport is not None:
             self._rearm()
 
@@ -249,8 +261,12 @@ async def open_client(
     bind_timeout: float = 10.0,
     system_type: str = "",
     on_event: EventHandler | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> SmppConnection:
-    """Connect and bind. Raises BindError, TimeoutError (bind timeout) or ConnectionLost."""
+    """Connect and bind. Raises BindError, TimeoutError (bind timeout) or ConnectionLost; with
+    ``ssl`` the connection is TLS (``server_hostname``: SNI and the name to verify, default
+    ``host``), and a failed handshake raises ssl.SSLError."""
     loop = asyncio.get_running_loop()
     bind_result: asyncio.Future[Event] = loop.create_future()
 
@@ -268,8 +284,11 @@ async def open_client(
         enquire_link_interval=enquire_link_interval,
         bind_timeout=bind_timeout,
     )
+    tls: dict[str, Any] = {}
+    if ssl is not None:
+        tls = {"ssl": ssl, "server_hostname": server_hostname or host}
     _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: SmppConnection(session, handler), host, port),
+        loop.create_connection(lambda: SmppConnection(session, handler), host, port, **tls),
         bind_timeout,
     )
     conn.start_bind(mode, system_id, password, system_type)
@@ -294,8 +313,10 @@ async def open_client(
 
 
 async def start_server(
-    host: str, port: int, connection_factory: Callable[[], SmppConnection]
+    host: str, port: int, connection_factory: Callable[[], SmppConnection],
+    ssl: _ssl.SSLContext | None = None,
 ) -> asyncio.Server:
-    """Listen; port 0 picks a free port (read server.sockets[0].getsockname()[1])."""
+    """Listen; port 0 picks a free port (read server.sockets[0].getsockname()[1]). With
+    ``ssl`` every connection is TLS."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(connection_factory, host, port)
+    return await loop.create_server(connection_factory, host, port, ssl=ssl)

@@ -44,8 +44,13 @@ from aggregator.timefmt import iso_utc
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # == len(MIGRATIONS)
 IDEMPOTENCY_TTL = 24 * 3600.0
+# Seconds a write waits for a lock another process holds before it fails (HTTP answers 503):
+# short, so a request never hangs long on a locked database.
+BUSY_TIMEOUT = 2.0
+# Readiness fails while the last write failed less than this many seconds ago.
+WRITE_FAILURE_WINDOW = 10.0
 
 # Versioned migrations: index i brings the schema from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -194,17 +199,31 @@ def callback_payload(notice: FinalNotice) -> str:
 
 
 class _Op:
-    __slots__ = ("error", "fn", "future", "result")
+    __slots__ = ("bare", "error", "fn", "future", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any],
+                 bare: bool = False):
         self.fn = fn
         self.future = future
+        self.bare = bare  # run outside any transaction (run_on_writer)
         self.result: Any = None
         self.error: BaseException | None = None
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+def _is_fault(exc: BaseException) -> bool:
+    """A fault of the database rather than of one operation: full, locked, read-only, I/O
+    error (OperationalError) or corrupt (a bare DatabaseError)."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+# Primary result codes that say the environment failed, not the file: PERM, BUSY, LOCKED,
+# NOMEM, READONLY, IOERR, FULL, CANTOPEN.
+_NOT_THE_FILE = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
+
+
+def _connect(path: str, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=busy_timeout)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=OFF")
@@ -212,8 +231,10 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class SqliteStore:
-    def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000) -> None:
+    def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
         self.pending = 0
@@ -226,6 +247,12 @@ class SqliteStore:
         self._closed = True
         self.commits = 0  # for metrics: group commits done
         self.last_batch = 0
+        # Write faults (set by the writer thread): how many groups failed, the last error, and
+        # when (monotonic) the last group failed and the last one committed.
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+        self.last_write_error_at = 0.0
+        self.last_write_ok_at = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -237,39 +264,77 @@ class SqliteStore:
             target=self._writer, args=(conn,), name="smsagg-store-writer", daemon=True
         )
         self._thread.start()
-        self._reader = await asyncio.to_thread(_connect, self.path)
+        self._reader = await asyncio.to_thread(_connect, self.path, self.busy_timeout)
         counts = await self.count_by_status()
         self.pending = sum(counts.get(s, 0) for s in _PENDING)
 
     def _open_sync(self) -> sqlite3.Connection:
+        """Connect, refuse what is not our database, migrate, check, recover claimed messages.
+        Every refusal is a StoreError whose message says what is wrong and what to do."""
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn: sqlite3.Connection | None = None
         try:
-            conn = _connect(self.path)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                conn.close()
+            conn = _connect(self.path, self.busy_timeout)
+            self._migrate(conn)
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                detail = "; ".join(problems).replace("\n", "; ")[:500]
                 raise StoreError(
-                    f"{self.path}: database schema version {version} is newer than this smsagg "
-                    f"understands ({SCHEMA_VERSION}); upgrade smsagg or use another store path"
+                    f"{self.path}: not a usable smsagg database (integrity check failed: "
+                    f"{detail}); restore it from a backup or point [store] path elsewhere"
                 )
-            for target in range(version, SCHEMA_VERSION):
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target + 1}")
-                conn.execute("COMMIT")
             # Messages claimed by a dispatcher that died are due again: resend, never lose.
             conn.execute(
                 "UPDATE messages SET status = 'accepted' WHERE status = 'queued'"
             )
-            conn.execute("PRAGMA quick_check").fetchone()
-        except sqlite3.DatabaseError as exc:
+        except BaseException as exc:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if not isinstance(exc, sqlite3.DatabaseError):
+                raise
+            code = getattr(exc, "sqlite_errorcode", None)
+            if isinstance(code, int) and code & 0xFF in _NOT_THE_FILE:  # the file may be fine
+                raise StoreError(f"{self.path}: cannot open the database ({exc})") from exc
             raise StoreError(
                 f"{self.path}: not a usable smsagg database ({exc}); "
                 "restore it from a backup or point [store] path elsewhere"
             ) from exc
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema to SCHEMA_VERSION, one transaction per step: a step that fails
+        leaves the database at the version before it."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: database schema version {version} is newer than this smsagg "
+                f"understands ({SCHEMA_VERSION}); upgrade smsagg or use another store path"
+            )
+        if version < 0:
+            raise StoreError(f"{self.path}: database schema version {version} is not one "
+                             "smsagg writes; point [store] path at an smsagg database")
+        if version == 0 and conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(
+                f"{self.path}: has tables but no smsagg schema version: not an smsagg "
+                "database; point [store] path elsewhere"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target + 1}")
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise StoreError(
+                    f"{self.path}: migrating the database schema from version {target} to "
+                    f"{target + 1} failed ({exc}); it was left at version {target}. Restore "
+                    "a backup or report this with the smsagg version"
+                ) from exc
 
     async def close(self) -> None:
         if self._closed:
@@ -303,20 +368,32 @@ class SqliteStore:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        try:
-            self._commit(conn, batch)
-        except sqlite3.OperationalError as exc:  # disk full, I/O error, locked: all fail
-            self._fail(batch, exc)
-        except Exception:
-            # One op failed on its own (a bug or a constraint): run each in its own
-            # transaction so it cannot sink its neighbours. Rare, so the fast path stays lean.
+        todo = batch
+        if any(op.bare for op in batch):  # run_on_writer: before the group, outside it
+            todo = [op for op in batch if not op.bare]
             for op in batch:
-                try:
-                    self._commit(conn, [op])
-                except sqlite3.OperationalError as exc:
-                    self._fail([op], exc)
-                except Exception as exc:
-                    op.result, op.error = None, exc
+                if op.bare:
+                    try:
+                        op.result = op.fn(conn)
+                    except Exception as exc:
+                        op.error = exc
+        try:
+            if todo:
+                self._commit(conn, todo)
+        except Exception as exc:
+            if _is_fault(exc):  # disk full, I/O error, locked, read-only: all fail
+                self._fail(todo, exc)
+            else:
+                # One op failed on its own (a bug or a constraint): run each in its own
+                # transaction so it cannot sink its neighbours. Rare: the fast path stays lean.
+                for op in todo:
+                    try:
+                        self._commit(conn, [op])
+                    except Exception as op_exc:
+                        if _is_fault(op_exc):
+                            self._fail([op], op_exc)
+                        else:
+                            op.result, op.error = None, op_exc
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self._loop.call_soon_threadsafe(self._resolve, batch)
@@ -333,12 +410,23 @@ class SqliteStore:
             raise
         self.commits += 1
         self.last_batch = len(batch)
+        self.last_write_ok_at = time.monotonic()
 
-    @staticmethod
-    def _fail(batch: list[_Op], exc: Exception) -> None:
+    def _fail(self, batch: list[_Op], exc: Exception) -> None:
         err = StoreError(f"store write failed: {exc}")
         for op in batch:
             op.result, op.error = None, err
+        self.write_errors += 1
+        self.last_write_error = str(exc)
+        self.last_write_error_at = time.monotonic()
+
+    def write_failure(self) -> str | None:
+        """The last write error while writes are failing (the last group failed, within
+        WRITE_FAILURE_WINDOW seconds); None when the store takes writes. For readiness."""
+        error, at = self.last_write_error, self.last_write_error_at
+        if error is None or at <= self.last_write_ok_at:
+            return None
+        return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
 
     def _resolve(self, batch: list[_Op]) -> None:
         self._waiting -= len(batch)
@@ -363,6 +451,17 @@ class SqliteStore:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the writer's connection between transactions, before the writes queued
+        with it. For tests and tools: e.g. PRAGMA max_page_count (a full disk), query_only (a
+        read-only file) or busy_timeout."""
+        if self._closed or self._loop is None:
+            raise StoreError("store is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._waiting += 1
+        self._queue.put(_Op(fn, future, bare=True))
+        return await future
 
     # ---- writes ------------------------------------------------------------------------------
 
