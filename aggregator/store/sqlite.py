@@ -530,7 +530,10 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> list[Message]:
             rows = conn.execute(
                 f"UPDATE messages SET status = 'queued' WHERE id IN ("
-                "SELECT id FROM messages WHERE status IN ('accepted', 'scheduled') "
+                # Without INDEXED BY the planner picks messages_status and sorts every waiting
+                # row on each claim: 14 ms per claim at a 16k backlog, which capped relaying.
+                "SELECT id FROM messages INDEXED BY messages_due "
+                "WHERE status IN ('accepted', 'scheduled') "
                 "AND next_attempt_at <= ? "
                 f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
                 (now, limit),
@@ -554,7 +557,7 @@ class SqliteStore:
     async def next_due_at(self) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(next_attempt_at) FROM messages "
+                "SELECT MIN(next_attempt_at) FROM messages INDEXED BY messages_due "
                 "WHERE status IN ('accepted', 'scheduled')"
             ).fetchone()
             return None if row is None else row[0]
