@@ -159,6 +159,7 @@ class BindStats:
     outstanding: int = 0  # submits received, not yet answered
     mode: str = ""
     bound: bool = True  # False once the session has closed
+    close_reason: str = ""  # why it closed: "peer unbound" after a clean unbind from the client
 
 
 @dataclass(slots=True)
@@ -516,6 +517,7 @@ class Smsc:
         if peer is not None and peer.stats is not None:
             peer.stats.bound = False
             peer.stats.outstanding = 0
+            peer.stats.close_reason = event.reason
         log.info("smsc: session from %s closed: %s", conn.peername, event.reason)
         self._notify()
 
@@ -727,6 +729,7 @@ class Smsc:
         if peer is not None and peer.stats is not None:
             peer.stats.bound = False
             peer.stats.outstanding = 0
+            peer.stats.close_reason = reason
         self.disconnects_total += 1
         log.info("smsc: dropping the link of %s (%s)", conn.peername, reason)
         conn.close()
