@@ -64,8 +64,9 @@ def parse_destination(raw: str) -> Destination:
 
 
 # Keyed on the normalised string so differently formatted inputs share an entry; only
-# successes are cached (lru_cache does not cache raised exceptions).
-@lru_cache(maxsize=65536)
+# successes are cached (lru_cache does not cache raised exceptions). An entry is about 700 bytes:
+# 65,536 of them made the daemon's memory climb by 45 MB over a soak with random numbers.
+@lru_cache(maxsize=8192)
 def _parse_destination(norm: str) -> Destination:
     if not norm:
         raise _invalid(norm, "it is empty")
