@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import phonenumbers
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aggregator.model import ErrorCode, Sender, SenderKind
 from aggregator.numbers import (
@@ -99,3 +102,23 @@ def test_invalid_senders(raw: str, why: str) -> None:
     assert exc.value.code is ErrorCode.INVALID_SENDER
     assert why in str(exc.value)
     assert isinstance(exc.value, ValueError)
+
+
+@given(st.sampled_from(["1", "7", "44", "49", "383", "77", "355", "61", "86", "91"]),
+       st.text("0123456789", min_size=4, max_size=12))
+def test_a_number_is_accepted_exactly_when_phonenumbers_calls_it_valid(cc: str,
+                                                                       digits: str) -> None:
+    # parse_destination asks number_type once instead of is_valid_number and then number_type.
+    raw = f"+{cc}{digits}"
+    try:
+        num = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        return
+    valid = phonenumbers.is_valid_number(num)
+    try:
+        parse_destination(raw)
+        accepted = True
+    except NumberError as exc:
+        accepted = exc.code is ErrorCode.NOT_MOBILE  # valid, but a landline & co.
+        assert not accepted or valid
+    assert accepted == valid
