@@ -86,7 +86,7 @@ def _parse_destination(norm: str) -> Destination:
         raise _invalid(norm, "not a phone number") from None
     region = phonenumbers.region_code_for_number(num)
     # number_type is what is_valid_number decides on (a region for the country code and a type
-    # other than UNKNOWN); asking once halves the cost of a number, the accept path's largest.
+    # other than UNKNOWN); asking once saves a quarter of a number's cost (65 -> 50 us here).
     kind = phonenumbers.number_type(num) if region is not None else PhoneNumberType.UNKNOWN
     if kind == PhoneNumberType.UNKNOWN:
         reason = _LENGTH_REASONS.get(phonenumbers.is_possible_number_with_reason(num))
