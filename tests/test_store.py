@@ -607,3 +607,20 @@ async def test_claiming_walks_the_due_index_instead_of_sorting_the_backlog(
             assert "TEMP B-TREE" not in plan, (sql, plan)
     finally:
         check.close()
+
+
+async def test_pending_count_stays_exact_when_accepts_overlap_a_submit_record(
+    store: SqliteStore,
+) -> None:
+    first = make_message()
+    await store.accept(first, None)
+    assert [m.id for m in await store.claim_due(NOW, 10)] == [first.id]
+    # Accepts that commit while the submit record waits for its own commit must all stay
+    # counted (the record used to write back a count read before it waited).
+    others = [make_message() for _ in range(20)]
+    await asyncio.gather(
+        *(store.accept(m, None) for m in others),
+        store.record_submitted(first.id, PROVIDER, parts(first, 1), NOW + 1),
+    )
+    counts = await store.count_by_status()
+    assert store.pending == counts.get("accepted", 0) == len(others)

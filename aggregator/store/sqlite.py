@@ -591,7 +591,10 @@ class SqliteStore:
                 (provider, now, message_id),
             ).rowcount
 
-        self.pending -= await self._submit(op)
+        # Not `self.pending -= await ...`: that reads the count before the await and writes
+        # it back after, losing every accept counted meanwhile (the count drifted negative).
+        submitted = await self._submit(op)
+        self.pending -= submitted
 
     async def reschedule(
         self,
