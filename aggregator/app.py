@@ -26,6 +26,7 @@ from aggregator.ingress.accept import Acceptor
 from aggregator.ingress.callbacks import CallbackSender
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.smpp import ESME_RTHROTTLED, SmppServer
+from aggregator.ingress.workers import IngressWorkers
 from aggregator.log import get_logger
 from aggregator.mo import MoHandler
 from aggregator.model import FinalNotice, ReceiptUpdate
@@ -61,8 +62,9 @@ class BoundAddresses:
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # what ingress workers read (None: the embedded one)
         self.store = SqliteStore(config.store.path, commit_batch=config.store.commit_batch)
         self.routes = RouteTable(
             Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
@@ -88,9 +90,15 @@ class App:
         )
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp)
+        self.workers = (
+            IngressWorkers(config.http.workers, config.http.listen, config_path, self.store,
+                           self.dispatcher.wake, self.readiness)
+            if config.http.workers else None
+        )
         self.api = HttpApi(
             self.acceptor, self.store, config.accounts,
             max_body_bytes=config.http.max_body_bytes, ready=self.readiness,
+            exposition=self._exposition if self.workers is not None else None,
         )
         self.smpp = (
             SmppServer(config.smpp, config.accounts, self.acceptor, self.store)
@@ -193,8 +201,11 @@ class App:
 
     def readiness(self) -> tuple[bool, list[str]]:
         problems = []
-        if self.store.pending < 0 or self._runner is None:
-            problems.append("not started")
+        if self.store.pending < 0 or not self.started.is_set():
+            problems.append(f"not started {self.store.pending} {self.started.is_set()}")
+        if self.workers is not None and self.workers.connected < self.workers.count:
+            problems.append(f"{self.workers.connected} of {self.workers.count} ingress "
+                            "workers connected")
         if not any(p.binds_up for p in self.pools.values()):
             problems.append("no provider bind is up")
         store_error = self.store.write_failure()
@@ -243,18 +254,12 @@ class App:
             await self._metrics_runner.setup()
             m = self.config.metrics.listen
             await web.TCPSite(self._metrics_runner, m.host, m.port).start()
-        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
         listen = self.config.http.listen
-        http = self.config.http
-        ssl_context = (server_context(http.tls_cert, http.tls_key)  # HTTPS only
-                       if http.tls_cert and http.tls_key else None)
-        self._site = web.TCPSite(self._runner, listen.host, listen.port, backlog=1024,
-                                 ssl_context=ssl_context)
-        await self._site.start()
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else listen.port
+        if self.workers is not None:  # they serve HTTP; this process relays
+            await self.workers.start()
+            self.http_port = self.workers.port
+        else:
+            await self._serve_http()
         if self.smpp is not None:
             await self.smpp.start()
         log.info("started", http=f"{listen.host}:{self.http_port}",
@@ -264,6 +269,23 @@ class App:
                  store=self.config.store.path, pending=self.store.pending)
         self.started.set()
 
+    async def _serve_http(self) -> None:
+        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        http = self.config.http
+        ssl_context = (server_context(http.tls_cert, http.tls_key)  # HTTPS only
+                       if http.tls_cert and http.tls_key else None)
+        self._site = web.TCPSite(self._runner, http.listen.host, http.listen.port, backlog=1024,
+                                 ssl_context=ssl_context)
+        await self._site.start()
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else http.listen.port
+
+    async def _exposition(self) -> bytes:
+        assert self.workers is not None
+        return self.workers.exposition().encode()
+
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop taking requests, let submits in flight finish, unbind, close the store."""
         deadline = time.monotonic() + drain_seconds
@@ -272,6 +294,8 @@ class App:
         for retire in list(self._retire_tasks):
             retire.cancel()
         await asyncio.gather(*self._retire_tasks, return_exceptions=True)
+        if self.workers is not None:
+            await self.workers.stop(deadline)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._metrics_runner is not None:
@@ -311,7 +335,10 @@ class App:
             log.error("config_reload_failed", source=path or "<embedded default>",
                       problems=exc.problems, keeping=self.config.source)
             return False
-        return await self.reload(new)
+        applied = await self.reload(new)
+        if applied and self.workers is not None:
+            self.workers.reload()
+        return applied
 
     async def reload(self, new: Config) -> bool:
         """Apply a new, valid configuration while running: accounts, providers and routes.

@@ -28,7 +28,7 @@ async def serve(config: Config, drain_seconds: float, config_path: str | None = 
     from aggregator.app import App
 
     log = get_logger("smsagg.cli")
-    app = App(config)
+    app = App(config, config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()
@@ -89,6 +89,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_loop(serve(config, args.drain_seconds, args.config))
 
 
+def cmd_ingress_worker(args: argparse.Namespace) -> int:
+    from aggregator.ingress.worker import run_worker
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"smsagg: configuration is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level, config.log.format, config.log.log_numbers)
+    return run_loop(run_worker(config, args.config, args.rpc, args.port))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
@@ -122,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-seconds", type=float, default=10.0,
                      help="on SIGTERM, how long in-flight submits may take (default 10)")
     run.set_defaults(func=cmd_run)
+
+    worker = sub.add_parser(
+        "ingress-worker", help="an HTTP ingress process ([http] workers); the daemon starts it")
+    worker.add_argument("--config", help="TOML configuration (default: the embedded one)")
+    worker.add_argument("--rpc", required=True, help="the daemon's store socket")
+    worker.add_argument("--port", type=int, required=True, help="the HTTP port to share")
+    worker.set_defaults(func=cmd_ingress_worker)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")

@@ -103,6 +103,7 @@ class HttpConfig:
     max_body_bytes: int = 65536
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: HTTPS only
     tls_key: str | None = None  # PEM private key (unencrypted) of tls_cert
+    workers: int = 0  # ingress worker processes serving HTTP; 0: the daemon serves it itself
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -536,8 +537,9 @@ def _parse_http(r: _Reader) -> HttpConfig:
             server_context(tls_cert, tls_key)
         except TlsFileError as exc:
             r.problem(f"tls_{exc.which}", str(exc))
+    workers = r.integer("workers", lo=0, hi=64)
     return HttpConfig(listen=listen, max_body_bytes=max_body_bytes, tls_cert=tls_cert,
-                      tls_key=tls_key)
+                      tls_key=tls_key, workers=workers)
 
 
 def _optional_path(r: _Reader, key: str) -> str | None:

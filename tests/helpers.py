@@ -197,6 +197,7 @@ def write_daemon_config(
     window: int = 10,
     max_tps: float = 150,
     provider: dict[str, float] | None = None,
+    http_workers: int = 0,
 ) -> None:
     """A TOML config for `daemon()`: account "shop" (API_KEY), one provider "sim" on every route;
     `provider` adds keys to it (response_timeout, breaker_cooldown, ...)."""
@@ -204,6 +205,7 @@ def write_daemon_config(
     path.write_text(f"""
 [http]
 listen = "127.0.0.1:{http_port}"
+workers = {http_workers}
 [store]
 path = "{store}"
 [messages]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -146,6 +147,9 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
     )
 
 
+Readiness = tuple[bool, list[str]]  # ready, and the problems when not
+
+
 class HttpApi:
     def __init__(
         self,
@@ -154,9 +158,11 @@ class HttpApi:
         accounts: tuple[AccountConfig, ...],
         *,
         max_body_bytes: int,
-        ready: Callable[[], tuple[bool, list[str]]],
+        ready: Callable[[], Readiness | Awaitable[Readiness]],
         failed_logins: FailedLogins | None = None,
+        exposition: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
+        self._exposition = exposition  # /metrics text; None: this process's registry
         self._acceptor = acceptor
         self._store = store
         self._auth = Authenticator(accounts)
@@ -375,13 +381,16 @@ class HttpApi:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ok, problems = self._ready()
+        answer = self._ready()  # in an ingress worker: asked of the daemon
+        ok, problems = await answer if inspect.isawaitable(answer) else answer
         if ok:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "not_ready", "problems": problems}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(metrics.REGISTRY))
+        body = (await self._exposition() if self._exposition is not None
+                else generate_latest(metrics.REGISTRY))
+        resp = web.Response(body=body)
         resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         resp.charset = "utf-8"
         return resp

@@ -11,15 +11,17 @@
 #    max-pending-submits = 10 each, store-type = file), loaded by
 #    `wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s` with single-message sendsms GETs
 #    (dlr-mask=31, so the SMSC sends receipts);
-# 3. smsagg (`python -m aggregator run`: 2 binds x window 10, receipts always requested, SQLite
-#    store with synchronous=FULL), loaded the same way with POST /v1/messages;
+# 3. smsagg (`python -m aggregator run`: 2 binds x window 10, WORKERS HTTP ingress processes,
+#    receipts always requested, SQLite store with synchronous=FULL), loaded the same way with
+#    POST /v1/messages;
 # then it prints, for both: accepted req/s (2xx answers / wrk's duration) and the msg/s that
 # reached the SMSC during the load (submit counter interpolated at wrk's start and end), and
 # the ratio smsagg/Kannel of the relayed msg/s. No receipt callbacks on either side (Kannel: no
 # dlr-url, smsbox logs at panic level only, else it logs an error per receipt; smsagg: no
 # callback_url, log level warning).
 #
-# Environment: DURATION (s, default 20), THREADS (2), CONNECTIONS (50), PYTHON (default: the
+# Environment: DURATION (s, default 20), THREADS (2), CONNECTIONS (50), WORKERS (smsagg's
+# [http] workers: HTTP ingress processes next to the daemon, default 1), PYTHON (default: the
 # repository's .venv/bin/python, else python3; it must import smsagg), TOOL_PATH (where to look
 # for bearerbox/smsbox/wrk; default $PATH:/usr/sbin:/usr/local/sbin), KEEP=1 keeps the temp dir.
 # Exit: 0 measured, 1 a step failed, 2 tools missing.
@@ -29,6 +31,7 @@ export LC_ALL=C  # a '.' in $EPOCHREALTIME and in printf
 
 DURATION=${DURATION:-20}
 THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-1}
 CONNECTIONS=${CONNECTIONS:-50}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -222,6 +225,7 @@ stop_pid "$BEARERBOX_PID"
 cat >"$DIR/smsagg.toml" <<EOF
 [http]
 listen = "127.0.0.1:$HTTP_PORT"
+workers = $WORKERS
 [store]
 path = "$DIR/smsagg.db"
 [log]

@@ -1,0 +1,202 @@
+"""The store, reached from ingress worker processes over a UNIX socket.
+
+Only the daemon's process writes the SQLite file: a second writing process gets "database is
+locked" under load. Ingress workers parse and validate HTTP requests on the other cores and
+call the store methods below through the daemon, whose answer comes after its commit, so a 202
+from a worker means what it means in-process. Frames are a 4-byte length and a pickle, on a
+socket in a directory only the daemon's user can open (pickle trusts its peer)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import pickle
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aggregator.log import get_logger
+from aggregator.model import Message
+from aggregator.store.base import AcceptResult, Store, StoreError
+
+log = get_logger("smsagg.rpc")
+
+# Store methods a worker may call; anything else is refused.
+STORE_METHODS = frozenset({
+    "accept", "accept_many", "is_opted_out", "marketing_history", "get_message",
+    "list_optouts", "add_optout", "remove_optout",
+})
+STATUS_EVERY = 0.5  # seconds between a worker's status calls (its metrics, the pending count)
+_LEN = struct.Struct("!I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    return pickle.loads(await reader.readexactly(size))
+
+
+def _frame(obj: object) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(data)) + data
+
+
+class StoreServer:
+    """In the daemon: answers the workers' store calls and collects their status reports."""
+
+    def __init__(self, store: Store, on_accepted: Callable[[], None],
+                 ready: Callable[[], tuple[bool, list[str]]],
+                 exposition: Callable[[], str]) -> None:
+        self._store = store
+        self._on_accepted = on_accepted
+        self._ready = ready
+        self._exposition = exposition  # every process's metrics, summed
+        self._server: asyncio.AbstractServer | None = None
+        self._reports: dict[asyncio.StreamWriter, str] = {}  # each worker's metrics text
+        self._serving: set[asyncio.StreamWriter] = set()  # workers listening on the port
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def workers(self) -> int:
+        """Workers connected and listening on the HTTP port."""
+        return len(self._serving)
+
+    def worker_metrics(self) -> list[str]:
+        return [text for text in self._reports.values() if text]
+
+    async def start(self, path: str) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reports[writer] = ""
+        try:
+            while True:
+                rid, name, args, kwargs = await _read_frame(reader)
+                task = asyncio.create_task(self._call(writer, rid, name, args, kwargs))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception as exc:  # a malformed frame: drop this worker, it reconnects
+            log.error("rpc_bad_frame", error=repr(exc))
+        finally:
+            self._reports.pop(writer, None)
+            self._serving.discard(writer)
+            writer.close()
+
+    async def _call(self, writer: asyncio.StreamWriter, rid: int, name: str,
+                    args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        try:
+            if name == "status":  # the worker's metrics in, the pending count out
+                self._reports[writer] = str(args[0])
+                result: Any = self._store.pending
+            elif name == "metrics":
+                result = self._exposition()
+            elif name == "ready":
+                result = self._ready()
+            elif name == "serving":  # the worker's HTTP site is up
+                self._serving.add(writer)
+                result = None
+            elif name in STORE_METHODS:
+                result = await getattr(self._store, name)(*args, **kwargs)
+                if name in ("accept", "accept_many"):
+                    self._on_accepted()
+            else:
+                raise StoreError(f"store method {name!r} is not served to workers")
+            frame = _frame((rid, True, result))
+        except Exception as exc:
+            frame = _frame((rid, False, exc))
+        if not writer.is_closing():
+            writer.write(frame)
+
+
+class RemoteStore:
+    """In a worker: the store methods the HTTP API and the accept path use, done by the
+    daemon. A lost connection fails every call with StoreError (503) and sets `lost`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self.pending = 0
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def connect(cls, path: str, report: Callable[[], str]) -> RemoteStore:
+        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME)
+        store = cls(reader, writer)
+        store._tasks = [asyncio.create_task(store._read()),
+                        asyncio.create_task(store._status(report))]
+        return store
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._writer.close()
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self.lost.done():
+            raise StoreError("the daemon is gone")
+        rid = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        self._writer.write(_frame((rid, name, args, kwargs)))
+        return await future
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                rid, ok, result = await _read_frame(self._reader)
+                future = self._waiting.pop(rid, None)
+                if future is None or future.done():
+                    continue
+                if ok:
+                    future.set_result(result)
+                else:
+                    future.set_exception(result)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(StoreError("lost the connection to the daemon"))
+            self._waiting.clear()
+            if not self.lost.done():
+                self.lost.set_result(None)
+
+    async def _status(self, report: Callable[[], str]) -> None:
+        while not self.lost.done():
+            with contextlib.suppress(StoreError):
+                self.pending = await self.call("status", report())
+            await asyncio.sleep(STATUS_EVERY)
+
+    # ---- the Store methods the HTTP API, the accept path and the policy gate use ----------
+
+    async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
+        result: AcceptResult = await self.call("accept", message, idempotency_key)
+        return result
+
+    async def accept_many(self, messages: Sequence[Message]) -> None:
+        await self.call("accept_many", list(messages))
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if name not in STORE_METHODS:
+            raise AttributeError(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(name, *args, **kwargs)
+
+        return call

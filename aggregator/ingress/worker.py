@@ -1,0 +1,94 @@
+"""An ingress worker process (`[http] workers`): serves the HTTP API on the daemon's port
+(SO_REUSEPORT), parses and validates here, and stores through the daemon (ingress/rpc.py).
+
+The daemon starts it with `smsagg ingress-worker`; it exits when the daemon goes away, stops on
+SIGTERM after the requests under way, and re-reads the accounts on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any, cast
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from aggregator import metrics
+from aggregator.config import Config, ConfigError, load_config, load_default_config
+from aggregator.ingress.accept import Acceptor
+from aggregator.ingress.http import HttpApi
+from aggregator.ingress.rpc import RemoteStore
+from aggregator.log import get_logger
+from aggregator.policy.gate import PolicyGate
+from aggregator.policy.profiles import bundled_profiles, load_profiles
+from aggregator.routing import Route, RouteTable
+from aggregator.store.base import Store
+from aggregator.tls import server_context
+
+log = get_logger("smsagg.worker")
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path) if path else load_default_config()
+
+
+async def run_worker(config: Config, config_path: str | None, rpc_path: str, port: int) -> int:
+    remote = await RemoteStore.connect(
+        rpc_path, lambda: generate_latest(metrics.REGISTRY).decode())
+    store = cast(Store, remote)  # the subset of Store that ingress uses, done by the daemon
+    routes = RouteTable(
+        Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
+        for r in config.routes
+    )
+    profiles = (load_profiles(config.policy.countries) if config.policy.countries
+                else bundled_profiles())
+    accounts = {a.name: a for a in config.accounts}
+    acceptor = Acceptor(store, routes, config.messages, max_pending=config.store.max_pending,
+                        on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store))
+
+    async def exposition() -> bytes:
+        text: str = await remote.call("metrics")
+        return text.encode()
+
+    api = HttpApi(acceptor, store, config.accounts, max_body_bytes=config.http.max_body_bytes,
+                  ready=lambda: remote.call("ready"), exposition=exposition)
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    http = config.http
+    ssl_context = (server_context(http.tls_cert, http.tls_key)
+                   if http.tls_cert and http.tls_key else None)
+    site = web.TCPSite(runner, http.listen.host, port, backlog=1024, reuse_port=True,
+                       ssl_context=ssl_context)
+    await site.start()
+    await remote.call("serving")  # the daemon says "started" once every worker has
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            new = _load(config_path)
+        except ConfigError as exc:
+            log.error("worker_reload_failed", problems=exc.problems)
+            return
+        accounts.clear()
+        accounts.update((a.name, a) for a in new.accounts)
+        api.set_accounts(new.accounts)
+        routes.replace(
+            Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
+            for r in new.routes
+        )
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    log.info("worker_started", port=port)
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    ends: list[asyncio.Future[Any]] = [stopping, remote.lost]
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if remote.lost.done() and not stop.is_set():
+        log.error("worker_lost_daemon", note="the daemon is gone; exiting")
+    await runner.cleanup()  # stops listening, then lets the requests under way finish
+    await remote.close()
+    return 0
