@@ -87,9 +87,11 @@ async def fetch(http: aiohttp.ClientSession, base: str, ids: set[str]) -> dict[s
     return dict(await asyncio.gather(*(one(m) for m in ids)))
 
 
-async def test_chaos_under_load_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("http_workers", [0, 1], ids=["one-process", "ingress-worker"])
+async def test_chaos_under_load_loses_nothing(tmp_path: Path, http_workers: int) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
-    print(f"\nchaos seed {seed} (rerun: CHAOS_SEED={seed} pytest -s tests/test_chaos.py)")
+    print(f"\nchaos seed {seed}, [http] workers = {http_workers} "
+          f"(rerun: CHAOS_SEED={seed} pytest -s tests/test_chaos.py)")
     rng = random.Random(seed)
     started = time.monotonic()
     smsc = Smsc(SmscProfile(latency=0.01, latency_jitter=0.005, receipt_delay=0.05, seed=seed))
@@ -97,7 +99,7 @@ async def test_chaos_under_load_loses_nothing(tmp_path: Path) -> None:
     config = tmp_path / "smsagg.toml"
     write_daemon_config(
         config, tmp_path / "smsagg.db", smsc.port, http_port=free_port(), binds=BINDS,
-        window=WINDOW, max_tps=400,
+        window=WINDOW, max_tps=400, http_workers=http_workers,
         provider={"response_timeout": RESPONSE_TIMEOUT, "breaker_cooldown": 0.5,
                   "bind_timeout": 2.0},
     )
@@ -188,7 +190,8 @@ async def test_chaos_under_load_loses_nothing(tmp_path: Path) -> None:
     bound = sum(f.bound for f in faults)
     kinds = Counter(f.kind for f in faults)
     per_fault = ", ".join(f"{f.kind} {f.duplicates}/{f.bound}" for f in faults)
-    print(f"chaos seed {seed}: accepted {len(accepted)}, delivered {delivered}, lost {lost},"
+    print(f"chaos seed {seed}, workers {http_workers}: accepted {len(accepted)},"
+          f" delivered {delivered}, lost {lost},"
           f" duplicated {duplicated} (bound {bound}), daemon kills {kinds['daemon kill']},"
           f" SMSC kills {kinds['smsc kill']}, SMSC pauses {kinds['smsc pause']};"
           f" load errors {result.errors_total}, wall {time.monotonic() - started:.1f} s;"
