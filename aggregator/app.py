@@ -63,8 +63,9 @@ class BoundAddresses:
 
 class App:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
+        """`config_path` is what ingress workers read ([http] workers; None: the embedded
+        default configuration)."""
         self.config = config
-        self.config_path = config_path  # what ingress workers read (None: the embedded one)
         self.store = SqliteStore(config.store.path, commit_batch=config.store.commit_batch)
         self.routes = RouteTable(
             Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
@@ -202,7 +203,7 @@ class App:
     def readiness(self) -> tuple[bool, list[str]]:
         problems = []
         if self.store.pending < 0 or not self.started.is_set():
-            problems.append(f"not started {self.store.pending} {self.started.is_set()}")
+            problems.append("not started")
         if self.workers is not None and self.workers.connected < self.workers.count:
             problems.append(f"{self.workers.connected} of {self.workers.count} ingress "
                             "workers connected")
