@@ -87,7 +87,7 @@ class StoreServer:
                 task.add_done_callback(self._tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except Exception as exc:  # a malformed frame: drop this worker, it reconnects
+        except Exception as exc:  # a malformed frame: drop the worker; it exits, is restarted
             log.error("rpc_bad_frame", error=repr(exc))
         finally:
             self._reports.pop(writer, None)
@@ -98,7 +98,8 @@ class StoreServer:
                     args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         try:
             if name == "status":  # the worker's metrics in, the pending count out
-                self._reports[writer] = str(args[0])
+                if writer in self._reports:  # not after it disconnected: no stale figures
+                    self._reports[writer] = str(args[0])
                 result: Any = self._store.pending
             elif name == "metrics":
                 result = self._exposition()
@@ -115,7 +116,10 @@ class StoreServer:
                 raise StoreError(f"store method {name!r} is not served to workers")
             frame = _frame((rid, True, result))
         except Exception as exc:
-            frame = _frame((rid, False, exc))
+            try:
+                frame = _frame((rid, False, exc))
+            except Exception:  # an exception that does not pickle still gets an answer
+                frame = _frame((rid, False, StoreError(f"{type(exc).__name__}: {exc}")))
         if not writer.is_closing():
             writer.write(frame)
 
