@@ -96,6 +96,7 @@ class BenchOptions:
     duration: float | None = 10.0  # seconds of sending; None with count
     count: int | None = None  # messages per scenario instead of a duration
     window: int = 10  # per provider bind
+    workers: int = 0  # smsagg's [http] workers (HTTP ingress processes)
     receipt_wait: float = 60.0  # after sending, seconds to wait for every receipt
     seed: int | None = 1
 
@@ -113,6 +114,8 @@ class BenchOptions:
             raise ValueError("--count must be >= 1")
         if not 1 <= self.window <= 1000:
             raise ValueError("--window must be between 1 and 1000")
+        if not 0 <= self.workers <= 64:
+            raise ValueError("--workers must be between 0 and 64")
         if self.receipt_wait < 0:
             raise ValueError("--receipt-wait must be >= 0")
 
@@ -265,7 +268,8 @@ class Process:
         return code
 
 
-def config_text(store: Path, smsc_port: int, window: int, smpp_ingress: bool) -> str:
+def config_text(store: Path, smsc_port: int, window: int, smpp_ingress: bool,
+                workers: int = 0) -> str:
     """The smsagg configuration of one scenario."""
     smpp = f"""
 [smpp]
@@ -277,6 +281,7 @@ password = "{SMPP_PASSWORD}"
 """ if smpp_ingress else ""
     return f"""[http]
 listen = "127.0.0.1:0"
+workers = {workers}
 [store]
 path = "{store}"
 [log]
@@ -346,7 +351,8 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
 
             config = tmp_dir / "smsagg.toml"
             config.write_text(config_text(tmp_dir / "smsagg.db", smsc_port, options.window,
-                                          scenario.smpp_ingress), encoding="utf-8")
+                                          scenario.smpp_ingress, options.workers),
+                              encoding="utf-8")
             daemon = await Process.start(
                 "smsagg", "-m", "aggregator", "run", "--config", str(config),
                 "--drain-seconds", str(DRAIN_SECONDS),
@@ -435,8 +441,8 @@ def header_line(options: BenchOptions, load_average: float) -> str:
     amount = (f"{options.count} messages" if options.count is not None
               else f"{options.duration:g} s")
     return (f"smsagg-sim bench: {amount} per scenario; provider {PROVIDER_BINDS} binds x window"
-            f" {options.window}; {os.cpu_count()} CPUs, 1-min load average {load_average:.2f}"
-            " at start")
+            f" {options.window}; [http] workers {options.workers}; {os.cpu_count()} CPUs,"
+            f" 1-min load average {load_average:.2f} at start")
 
 
 def report(options: BenchOptions, results: Sequence[ScenarioResult],
@@ -459,6 +465,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              " c SMPP ingress (default a,b,c)")
     parser.add_argument("--window", type=int, default=d.window,
                         help=f"window per provider bind (default {d.window})")
+    parser.add_argument("--workers", type=int, default=d.workers,
+                        help=f"smsagg's [http] workers, HTTP ingress processes (default"
+                             f" {d.workers})")
     parser.add_argument("--receipt-wait", type=float, default=d.receipt_wait,
                         metavar="SECONDS",
                         help=f"after sending, wait this long for receipts (default"
@@ -475,7 +484,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     if duration is None and args.count is None:
         duration = BenchOptions().duration
     return BenchOptions(scenarios=keys, duration=duration, count=args.count,
-                        window=args.window, receipt_wait=args.receipt_wait)
+                        window=args.window, workers=args.workers,
+                        receipt_wait=args.receipt_wait)
 
 
 async def _bench_code(options: BenchOptions, box: list[list[ScenarioResult]]) -> int:

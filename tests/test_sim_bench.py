@@ -71,6 +71,11 @@ def test_options_and_config() -> None:
         BenchOptions(scenarios=("a", "d")).check()
     http_only = config_text(Path("/tmp/x.db"), 2776, 20, smpp_ingress=False)
     assert "window = 20" in http_only and "[smpp]" not in http_only
+    assert "workers = 0" in http_only
+    assert "workers = 1" in config_text(Path("/tmp/x.db"), 2776, 10, False, workers=1)
+    assert options_from_args(parser.parse_args(["bench", "--workers", "1"])).workers == 1
+    with pytest.raises(ValueError, match="--workers"):
+        BenchOptions(workers=65).check()
     assert "binds = 2" in http_only
     with_smpp = config_text(Path("/tmp/x.db"), 2776, 10, smpp_ingress=True)
     assert '[smpp]\nlisten = "127.0.0.1:0"' in with_smpp and 'system_id = "bench"' in with_smpp
