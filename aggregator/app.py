@@ -33,7 +33,7 @@ from aggregator.model import FinalNotice, ReceiptUpdate
 from aggregator.outbound.connection import Bind
 from aggregator.outbound.pool import ProviderPool
 from aggregator.policy.gate import PolicyGate
-from aggregator.policy.profiles import bundled_profiles, load_profiles
+from aggregator.policy.profiles import profiles_for
 from aggregator.receipts import (
     ReceiptProcessor,
     normalise_receipt_id,
@@ -67,10 +67,7 @@ class App:
         default configuration)."""
         self.config = config
         self.store = SqliteStore(config.store.path, commit_batch=config.store.commit_batch)
-        self.routes = RouteTable(
-            Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
-            for r in config.routes
-        )
+        self.routes = RouteTable(Route.from_config(r) for r in config.routes)
         # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}
         self.callbacks = CallbackSender(self.store, config.callbacks)
@@ -81,8 +78,7 @@ class App:
         )
         for pool in self.pools.values():
             self._wire(pool)
-        self.profiles = (load_profiles(config.policy.countries) if config.policy.countries
-                         else bundled_profiles())
+        self.profiles = profiles_for(config.policy.countries)
         self.accounts = {a.name: a for a in config.accounts}
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
@@ -384,10 +380,7 @@ class App:
             if self.smpp is not None:
                 self.smpp.set_accounts(new.accounts)
             self.pools.update(fresh)
-            self.routes.replace(
-                Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
-                for r in new.routes
-            )
+            self.routes.replace(Route.from_config(r) for r in new.routes)
             self.dispatcher.routes_changed()
             for name in changed:
                 self._retire(self.pools.pop(name), after[name])

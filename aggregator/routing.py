@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aggregator.config import RouteConfig
 
 
 @dataclass(slots=True, eq=False)
@@ -17,6 +21,10 @@ class Route:
     max_tps: float | None = None
     # Smooth weighted round robin state (nginx): exact shares, no randomness.
     _current: list[int] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_config(cls, r: RouteConfig) -> Route:
+        return cls(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
 
     @property
     def key(self) -> tuple[object, ...]:

@@ -20,7 +20,7 @@ from aggregator.ingress.http import HttpApi
 from aggregator.ingress.rpc import RemoteStore
 from aggregator.log import get_logger
 from aggregator.policy.gate import PolicyGate
-from aggregator.policy.profiles import bundled_profiles, load_profiles
+from aggregator.policy.profiles import profiles_for
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import Store
 from aggregator.tls import server_context
@@ -36,12 +36,8 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
     remote = await RemoteStore.connect(
         rpc_path, lambda: generate_latest(metrics.REGISTRY).decode())
     store = cast(Store, remote)  # the subset of Store that ingress uses, done by the daemon
-    routes = RouteTable(
-        Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
-        for r in config.routes
-    )
-    profiles = (load_profiles(config.policy.countries) if config.policy.countries
-                else bundled_profiles())
+    routes = RouteTable(Route.from_config(r) for r in config.routes)
+    profiles = profiles_for(config.policy.countries)
     accounts = {a.name: a for a in config.accounts}
     acceptor = Acceptor(store, routes, config.messages, max_pending=config.store.max_pending,
                         on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store))
@@ -74,10 +70,7 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
         accounts.clear()
         accounts.update((a.name, a) for a in new.accounts)
         api.set_accounts(new.accounts)
-        routes.replace(
-            Route(r.prefixes, r.providers, r.message_class, r.strategy, r.weights, r.max_tps)
-            for r in new.routes
-        )
+        routes.replace(Route.from_config(r) for r in new.routes)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)

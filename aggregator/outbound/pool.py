@@ -170,18 +170,10 @@ class ProviderPool:
 
     def _wake(self) -> None:
         """A bind came up or went down, or window slots were freed."""
-        if self.binds_up == 0 and self._queue:
+        if self._queue and self.binds_up == 0:
             # With no bind left, what waited for a slot must learn it now and fail over, not
             # time out; what came while none was up waits for a reconnect until its deadline.
-            keep: deque[_Queued] = deque()
-            for entry in self._queue:
-                if entry.future.done():
-                    continue
-                if entry.came_without_bind:
-                    keep.append(entry)
-                else:
-                    entry.future.set_result(_NO_BIND)
-            self._queue = keep
+            self._fail_queued(lambda entry: not entry.came_without_bind)
         self._pump()
         if self.on_bind_change is not None:
             self.on_bind_change()
@@ -223,16 +215,21 @@ class ProviderPool:
     def _expire(self) -> None:
         self._expiry_timer = None
         now = asyncio.get_running_loop().time()
+        self._fail_queued(lambda entry: entry.deadline <= now)
+        self._arm_expiry()
+
+    def _fail_queued(self, fails: Callable[[_Queued], bool]) -> None:
+        """Answer the queued segments `fails` picks with no_bind (they fail over); drop those
+        whose caller is gone; keep the rest in order."""
         keep: deque[_Queued] = deque()
         for entry in self._queue:
             if entry.future.done():
                 continue
-            if entry.deadline <= now:
+            if fails(entry):
                 entry.future.set_result(_NO_BIND)
             else:
                 keep.append(entry)
         self._queue = keep
-        self._arm_expiry()
 
     def _arm_expiry(self) -> None:
         if self._queue and self._expiry_timer is None:

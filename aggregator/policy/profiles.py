@@ -523,6 +523,11 @@ def _bundled_dir() -> Traversable:
     return resources.files("aggregator.policy").joinpath("countries")
 
 
+def profiles_for(countries: str | None) -> dict[str, CountryProfile]:
+    """`[policy] countries`: that directory's profiles; None: the bundled ones."""
+    return load_profiles(countries) if countries else bundled_profiles()
+
+
 def bundled_profiles() -> dict[str, CountryProfile]:
     """The profiles shipped inside the package (aggregator/policy/countries/*.toml)."""
     entries: Sequence[Traversable] = sorted(
