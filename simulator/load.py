@@ -28,8 +28,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SubmitSm
 
@@ -37,6 +37,7 @@ from aggregator.model import Encoding
 from aggregator.smpp.session import BindMode, NotBound, RequestReceived, WindowFull
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout, SmppConnection, open_client
 from aggregator.text import GSM7_PART, GSM7_SINGLE, count_segments, is_gsm7
+from simulator.http_client import HttpClient, HttpError
 from simulator.stats import LatencyHistogram
 
 MODES = ("http", "batch", "smpp")
@@ -44,6 +45,7 @@ CALLBACK_PATH = "/receipts"
 TTY_PROGRESS_INTERVAL = 1.0
 PLAIN_PROGRESS_INTERVAL = 5.0
 _EARLY_RECEIPTS_MAX = 10_000
+_STOP_CHECK = 0.05  # seconds a sender sleeps at most before it looks at the stop event again
 
 # SMPP message_state (TLV 0x0427) to the status names of the HTTP API.
 _MESSAGE_STATES = {
@@ -115,6 +117,8 @@ class LoadOptions:
             raise ValueError("--receipt-wait must be >= 0 and --timeout > 0")
         if self.callback_listen is not None:
             _split_host_port(self.callback_listen)
+        if self.mode != "smpp":
+            http_target(self.url)
 
     def public_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -342,46 +346,40 @@ async def schedule(options: LoadOptions, issue: Issue, slots: int, unit: int, st
                    stop: asyncio.Event) -> None:
     """Issue requests of up to `unit` messages with at most `slots` in flight.
 
-    Message i is due at start + i / rate: the loop sleeps only when the next request is not yet
-    due, so when it is behind it issues back to back (limited by free slots) and catches up."""
+    Message i is due at start + i / rate. `slots` senders take the next index in turn and sleep
+    only when it is not yet due, so when they are behind they issue back to back (as many as are
+    free) and catch up. No task or semaphore per request: at thousands of requests a second the
+    load generator's own CPU is taken from the daemon it measures."""
     count = options.count
     if count is None and options.duration is None:
         count = 1000
     deadline = start + options.duration if options.duration is not None else None
-    free = asyncio.Semaphore(slots)
-    tasks: set[asyncio.Task[None]] = set()
-    index = 0
+    rate = options.rate
+    next_index = 0
 
-    async def run(first: int, n: int) -> None:
-        try:
-            await issue(first, n)
-        finally:
-            free.release()
-
-    try:
+    async def sender() -> None:
+        nonlocal next_index
         while not stop.is_set():
-            n = unit if count is None else min(unit, count - index)
+            first = next_index
+            n = unit if count is None else min(unit, count - first)
             if n <= 0:
-                break
-            now = time.perf_counter()
-            if deadline is not None and now >= deadline:
-                break
-            if options.rate > 0:
-                due = start + index / options.rate
-                if deadline is not None and due >= deadline:
+                return
+            due = start + first / rate if rate > 0 else 0.0
+            if deadline is not None and due >= deadline:
+                return
+            next_index = first + n
+            while True:
+                now = time.perf_counter()
+                if deadline is not None and now >= deadline:
+                    return
+                if due <= now:
                     break
-                if due > now:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), due - now)
-                    continue  # re-check stop and the deadline
-            await free.acquire()
-            task = asyncio.create_task(run(index, n))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            index += n
-    finally:
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.sleep(min(due - now, _STOP_CHECK))
+                if stop.is_set():
+                    return
+            await issue(first, n)
+
+    await asyncio.gather(*(sender() for _ in range(slots)))
 
 
 # -- HTTP -----------------------------------------------------------------------------------------
@@ -397,61 +395,70 @@ def _error_code(status: int, data: object) -> str:
 
 class HttpLoad:
     def __init__(self, options: LoadOptions, rec: Recorder, content: Callable[[], dict[str, Any]],
-                 session: aiohttp.ClientSession) -> None:
+                 client: HttpClient) -> None:
         self.options = options
         self.rec = rec
         self.content = content
-        self.session = session
-        self.base = options.url.rstrip("/")
+        self.client = client
+        self.path = urlsplit(options.url).path.rstrip("/")
 
     async def single(self, index: int, n: int) -> None:
-        body = self.content()
+        body = json.dumps(self.content()).encode()
         rec = self.rec
         t0 = time.perf_counter()
         rec.sent(1, t0)
         try:
-            async with self.session.post(f"{self.base}/v1/messages", json=body) as resp:
-                data = await _json_or_none(resp)
-                now = time.perf_counter()
-                if resp.status == 202 and isinstance(data, dict) and "id" in data:
-                    rec.accepted(str(data["id"]), t0, now)
-                else:
-                    rec.error(_error_code(resp.status, data), now)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            rec.error(type(exc).__name__, time.perf_counter())
+            status, raw = await self.client.post(f"{self.path}/v1/messages", body)
+        except HttpError as exc:
+            rec.error(exc.code, time.perf_counter())
+            return
+        now = time.perf_counter()
+        data = _json_or_none(raw)
+        if status == 202 and isinstance(data, dict) and "id" in data:
+            rec.accepted(str(data["id"]), t0, now)
+        else:
+            rec.error(_error_code(status, data), now)
 
     async def batch(self, index: int, n: int) -> None:
-        messages = [self.content() for _ in range(n)]
+        body = json.dumps({"messages": [self.content() for _ in range(n)]}).encode()
         rec = self.rec
         t0 = time.perf_counter()
         rec.sent(n, t0)
         try:
-            async with self.session.post(f"{self.base}/v1/messages/batch",
-                                         json={"messages": messages}) as resp:
-                data = await _json_or_none(resp)
-                now = time.perf_counter()
-                results = data.get("results") if isinstance(data, dict) else None
-                if resp.status != 200 or not isinstance(results, list):
-                    rec.error(_error_code(resp.status, data), now, n)
-                    return
-                for item in results[:n]:
-                    if not isinstance(item, dict):
-                        rec.error("bad_batch_item", now)
-                    elif item.get("status") == 202 and "id" in item:
-                        rec.accepted(str(item["id"]), t0, now)
-                    else:
-                        rec.error(_error_code(int(item.get("status") or 0), item), now)
-                if len(results) < n:
-                    rec.error("missing_batch_result", now, n - len(results))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            rec.error(type(exc).__name__, time.perf_counter(), n)
+            status, raw = await self.client.post(f"{self.path}/v1/messages/batch", body)
+        except HttpError as exc:
+            rec.error(exc.code, time.perf_counter(), n)
+            return
+        now = time.perf_counter()
+        data = _json_or_none(raw)
+        results = data.get("results") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(results, list):
+            rec.error(_error_code(status, data), now, n)
+            return
+        for item in results[:n]:
+            if not isinstance(item, dict):
+                rec.error("bad_batch_item", now)
+            elif item.get("status") == 202 and "id" in item:
+                rec.accepted(str(item["id"]), t0, now)
+            else:
+                rec.error(_error_code(int(item.get("status") or 0), item), now)
+        if len(results) < n:
+            rec.error("missing_batch_result", now, n - len(results))
 
 
-async def _json_or_none(resp: aiohttp.ClientResponse) -> object:
+def _json_or_none(raw: bytes) -> object:
     try:
-        return await resp.json(content_type=None)
-    except (ValueError, aiohttp.ContentTypeError):
+        return json.loads(raw)
+    except ValueError:
         return None
+
+
+def http_target(url: str) -> tuple[str, int]:
+    """(host, port) of an http:// URL; ValueError for anything the load cannot drive."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"--url must be http://host:port, not {url!r}")
+    return parts.hostname, parts.port or 80
 
 
 def _split_host_port(text: str) -> tuple[str, int]:
@@ -509,12 +516,11 @@ async def _run_http(options: LoadOptions, rec: Recorder, start: float, stop: asy
                 body["callback_url"] = callback_url
             return body
 
-        connector = aiohttp.TCPConnector(limit=options.concurrency)
-        session = await stack.enter_async_context(aiohttp.ClientSession(
-            connector=connector, headers={"Authorization": f"Bearer {options.api_key}"},
-            timeout=aiohttp.ClientTimeout(total=options.timeout),
-        ))
-        load = HttpLoad(options, rec, content, session)
+        host, port = http_target(options.url)
+        client = HttpClient(host, port, {"Authorization": f"Bearer {options.api_key}"},
+                            options.timeout)
+        stack.callback(client.close)
+        load = HttpLoad(options, rec, content, client)
         if options.mode == "batch":
             await schedule(options, load.batch, options.concurrency, options.batch_size, start,
                            stop)

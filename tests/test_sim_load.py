@@ -164,7 +164,7 @@ async def test_connection_errors_are_counted_by_exception() -> None:
     async with fake_api() as api:
         url = api.url
     result = await run_load(LoadOptions(url=url, api_key="k", count=3, receipts=False))
-    assert result.errors == {"ClientConnectorError": 3} and result.sent == 3
+    assert result.errors == {"ConnectionRefusedError": 3} and result.sent == 3
 
 
 # -- against the fake API -------------------------------------------------------------------------
