@@ -52,8 +52,16 @@ def gsm7_decode(payload: bytes, errors: str = "strict") -> tuple[str, int]:
     return _CODEC.decode(payload, errors)  # type: ignore[no-any-return]
 
 
-# For aiosmpplib's `custom_codecs`: its PDU decoder then uses the fast path too.
-GSM7_CODEC = codecs.CodecInfo(_CODEC.encode, gsm7_decode, name="gsm0338")  # type: ignore[arg-type]
+def gsm7_encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
+    """Text to unpacked GSM 03.38 octets, as aiosmpplib's codec does (same errors)."""
+    if _GSM.issuperset(text):
+        return text.translate(_GSM_TRANSLATE).encode("latin-1"), len(text)
+    return _CODEC.encode(text, errors)  # type: ignore[no-any-return]
+
+
+# For aiosmpplib's `custom_codecs`: its PDU coder then uses the fast paths too.
+GSM7_CODEC = codecs.CodecInfo(gsm7_encode, gsm7_decode, name="gsm0338")  # type: ignore[arg-type]
+GSM7_CODECS = {"gsm0338": GSM7_CODEC}
 
 # Explicit look-alikes (things NFKD does not fold, or folds into non-GSM characters).
 _TRANSLIT_EXPLICIT: dict[str, str | None] = {

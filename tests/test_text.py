@@ -15,6 +15,7 @@ from aggregator.text import (
     decode_text,
     encode_message,
     gsm7_decode,
+    gsm7_encode,
     gsm7_units,
     is_gsm7,
     parse_udh,
@@ -191,5 +192,19 @@ def test_fast_gsm7_decode_matches_aiosmpplib_codec(data: bytes) -> None:
     try:
         got: object = gsm7_decode(data)
     except UnicodeDecodeError as exc:
+        got = exc.reason
+    assert got == expected
+
+
+@given(st.text(alphabet=st.sampled_from("aZ09 @£$¥èé{}[]~|€^\\\nΩΔÄß") | st.characters(),
+               max_size=40))
+def test_fast_gsm7_encode_matches_aiosmpplib_codec(text: str) -> None:
+    try:
+        expected: object = GSM7BitCodec().encode(text)
+    except UnicodeEncodeError as exc:
+        expected = exc.reason
+    try:
+        got: object = gsm7_encode(text)
+    except UnicodeEncodeError as exc:
         got = exc.reason
     assert got == expected

@@ -26,11 +26,12 @@ from aiosmpplib.protocol import (
     EnquireLink,
     PduHeader,
     SmppMessage,
+    SubmitSm,
     Unbind,
 )
 from aiosmpplib.state import SmppCommandStatus
 
-from aggregator.text import GSM7_CODEC
+from aggregator.text import GSM7_CODECS
 
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
 Pdu: TypeAlias = SmppMessage
@@ -255,7 +256,7 @@ def _status_of(status: int) -> Any:
     return _STATUSES.get(status, _ROK_STATUS)
 
 
-_CODECS = {"gsm0338": GSM7_CODEC}
+_CODECS = GSM7_CODECS
 
 
 def _decode(cls: Any, data: bytes, length: int, command_id: int, status: int, seq: int) -> Pdu:
@@ -649,6 +650,8 @@ class SmppSession:
         while seq in pending:  # only after a wrap with a very old request still outstanding
             seq = seq + 1 if seq < MAX_SEQUENCE else 1
         pdu.sequence_num = seq
+        if isinstance(pdu, SubmitSm):  # and DeliverSm: text not yet encoded takes the fast coder
+            pdu.set_encoding_info("gsm0338", _CODECS)
         self._out += pdu.pdu()  # encode before registering: a local encode error leaves no trace
         self._seq = seq + 1 if seq < MAX_SEQUENCE else 1
         pending[seq] = _Pending(int(pdu.smpp_command), kind, deadline, context)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aggregator.model import FinalNotice, Message, MessageStatus, ReceiptUpdate, SegmentSubmit
 
@@ -24,6 +24,9 @@ class StoreBusy(StoreError):
 class AcceptResult:
     message: Message
     created: bool  # False when an idempotency key replayed an earlier message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return AcceptResult, (self.message, self.created)  # see Message.__reduce__
 
 
 @dataclass(slots=True, frozen=True)

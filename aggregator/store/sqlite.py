@@ -156,6 +156,7 @@ _MESSAGE_COLUMNS = (
 _PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.SCHEDULED.value,
             MessageStatus.QUEUED.value)
 _WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
+_FINAL_VALUES = frozenset(status.value for status in FINAL_STATUSES)
 
 
 def _row_to_message(row: Sequence[Any]) -> Message:
@@ -627,11 +628,18 @@ class SqliteStore:
         status: MessageStatus,
         error: str | None,
         now: float,
+        prior_status: str | None = None,
     ) -> tuple[FinalNotice | None, bool]:
         """Make a message final unless it already is; returns the notice and whether the message
-        was still pending (accepted/queued) before, for the pending count."""
-        prior = conn.execute("SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
-        if prior is None or MessageStatus(prior[0]) in FINAL_STATUSES:
+        was still pending (accepted/queued) before, for the pending count. `prior_status`: the
+        status the caller read in this transaction, to spare reading it again."""
+        if prior_status is None:
+            prior = conn.execute(
+                "SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if prior is None:
+                return None, False
+            prior_status = prior[0]
+        if prior_status in _FINAL_VALUES:
             return None, False
         row = conn.execute(
             "UPDATE messages SET status = ?, error = ?, done_at = ? WHERE id = ? "
@@ -663,7 +671,7 @@ class SqliteStore:
                 "submitted_at, done_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row[0], message_id, row[6], row[7], status.value, error, row[8], now, now),
             )
-        return notice, prior[0] in _PENDING
+        return notice, prior_status in _PENDING
 
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
@@ -715,7 +723,7 @@ class SqliteStore:
         msg = conn.execute(
             "SELECT segments, status FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
-        if msg is None or MessageStatus(msg[1]) in FINAL_STATUSES:
+        if msg is None or msg[1] in _FINAL_VALUES:
             return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
         final_status: MessageStatus | None = None
         if u.status is not MessageStatus.DELIVERED:
@@ -732,7 +740,7 @@ class SqliteStore:
         notice, was_pending = None, False
         if final_status is not None:
             notice, was_pending = self._finish_sync(
-                conn, message_id, final_status, u.error, u.received_at
+                conn, message_id, final_status, u.error, u.received_at, msg[1]
             )
         return ReceiptResult(u, matched=True, message_id=message_id, final=notice), was_pending
 
