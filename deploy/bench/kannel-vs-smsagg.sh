@@ -73,7 +73,7 @@ WRK=$(find_tool wrk)
 if [[ -z ${PYTHON:-} ]]; then
     if [[ -x $ROOT/.venv/bin/python ]]; then PYTHON=$ROOT/.venv/bin/python; else PYTHON=python3; fi
 fi
-(cd "$ROOT" && "$PYTHON" -c 'import aggregator, simulator') 2>/dev/null \
+(cd "$ROOT" && "$PYTHON" -c 'import aggregator.app, simulator.cli') 2>/dev/null \
     || die "$PYTHON cannot import smsagg: set PYTHON=/path/to/venv/bin/python (pip install -e .)"
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/kannel-vs-smsagg.XXXXXX")
