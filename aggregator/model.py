@@ -139,7 +139,7 @@ class Message:
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled twice per accept through an ingress worker (ingress/rpc.py). The slots
         # dataclass default walks fields() each time, and each enum pickles through Python
-        # code: this way is 4 times faster.
+        # code: this way, dumps + loads of an accept call take 15 µs instead of 40.
         values = list(_message_values(self))
         values[_STATUS] = self.status.value
         values[_ENCODING] = self.encoding.value
