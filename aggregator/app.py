@@ -18,8 +18,7 @@ from aggregator.config import (
     ConfigError,
     ListenAddress,
     ProviderConfig,
-    load_config,
-    load_default_config,
+    load_config_or_default,
 )
 from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
@@ -43,7 +42,6 @@ from aggregator.receipts import (
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore
-from aggregator.tls import server_context
 
 log = get_logger("smsagg.app")
 
@@ -224,14 +222,12 @@ class App:
 
     def _publish_bounds(self) -> None:
         """Each in-memory queue's bound, and its depth read at scrape time."""
-        for name, bound, depth in (
-            ("store_pending", self.config.store.max_pending, lambda: self.store.pending),
-            ("store_writes", self.store.max_waiting, lambda: self.store.waiting),
-            ("dispatch", self.dispatcher.max_in_flight, lambda: self.dispatcher.in_flight),
-            ("provider_delivers", self.max_delivers, lambda: len(self._tasks)),
-        ):
-            metrics.buffer_bound.labels(name).set(bound)
-            metrics.buffer_depth.labels(name).set_function(depth)
+        metrics.watch_buffer("store_pending", self.config.store.max_pending,
+                             lambda: self.store.pending)
+        metrics.watch_buffer("store_writes", self.store.max_waiting, lambda: self.store.waiting)
+        metrics.watch_buffer("dispatch", self.dispatcher.max_in_flight,
+                             lambda: self.dispatcher.in_flight)
+        metrics.watch_buffer("provider_delivers", self.max_delivers, lambda: len(self._tasks))
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -270,10 +266,8 @@ class App:
         self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         http = self.config.http
-        ssl_context = (server_context(http.tls_cert, http.tls_key)  # HTTPS only
-                       if http.tls_cert and http.tls_key else None)
         self._site = web.TCPSite(self._runner, http.listen.host, http.listen.port, backlog=1024,
-                                 ssl_context=ssl_context)
+                                 ssl_context=http.ssl_context())
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
@@ -314,9 +308,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
-        for name in ("store_pending", "store_writes", "dispatch", "provider_delivers",
-                     "callbacks"):
-            metrics.buffer_depth.labels(name).set_function(lambda: 0)
+        metrics.unwatch_buffers("store_pending", "store_writes", "dispatch", "provider_delivers")
         log.info("stopped")
 
     # ---- reload (SIGHUP) ------------------------------------------------------------------------
@@ -326,7 +318,7 @@ class App:
         it. An invalid file changes nothing: its problems are logged and counted, and the
         running configuration stays."""
         try:
-            new = await asyncio.to_thread(load_config, path) if path else load_default_config()
+            new = await asyncio.to_thread(load_config_or_default, path)
         except ConfigError as exc:
             metrics.config_reloads.labels("error").inc()
             log.error("config_reload_failed", source=path or "<embedded default>",

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from aggregator.outbound.ratelimit import TokenBucket
+
 if TYPE_CHECKING:
     from aggregator.config import AccountConfig
 
@@ -153,33 +155,13 @@ class FailedLogins:
         return False
 
 
-class RateLimit:
-    """A token bucket for requests that may cost several tokens (a batch of n messages).
-
-    A request is let through when the bucket holds its cost (or is full, for a cost above the
-    burst); the bucket may then go below zero, and later requests wait until it has refilled,
-    so the long-run rate holds for any batch size.
-    """
-
-    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
+class RateLimit(TokenBucket):
+    """An account's request rate (a batch of n messages costs n): a token bucket holding one
+    second's worth, on the monotonic clock (no event loop needed to build one)."""
 
     def __init__(self, rate: float, *, burst: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self._clock = clock
-        self._tokens = self.burst
-        self._stamp = clock()
-
-    def try_take(self, cost: float = 1.0) -> float:
-        """Take ``cost`` tokens: 0.0 if done, else the seconds until the request would pass."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        needed = min(cost, self.burst)
-        if self._tokens >= needed:
-            self._tokens -= cost
-            return 0.0
-        return (needed - self._tokens) / self.rate
+        super().__init__(rate, burst=burst if burst is not None else max(1.0, rate),
+                         clock=clock)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from aggregator.config import Config, ConfigError, load_config, load_default_config
+from aggregator.config import Config, ConfigError, load_config, load_config_or_default
 from aggregator.log import get_logger, setup_logging
 
 
@@ -74,13 +74,9 @@ async def serve(config: Config, drain_seconds: float, config_path: str | None = 
     return 0
 
 
-def _load(path: str | None) -> Config:
-    return load_config(path) if path else load_default_config()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        config = _load(args.config)
+        config = load_config_or_default(args.config)
     except ConfigError as exc:
         print(f"smsagg: configuration is invalid:\n{exc}", file=sys.stderr)
         return 2
@@ -93,7 +89,7 @@ def cmd_ingress_worker(args: argparse.Namespace) -> int:
     from aggregator.ingress.worker import run_worker
 
     try:
-        config = _load(args.config)
+        config = load_config_or_default(args.config)
     except ConfigError as exc:
         print(f"smsagg: configuration is invalid:\n{exc}", file=sys.stderr)
         return 2

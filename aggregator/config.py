@@ -16,6 +16,7 @@ import difflib
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,12 @@ class HttpConfig:
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: HTTPS only
     tls_key: str | None = None  # PEM private key (unencrypted) of tls_cert
     workers: int = 0  # ingress worker processes serving HTTP; 0: the daemon serves it itself
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server side of HTTPS when tls_cert and tls_key are set; None: plain HTTP."""
+        if self.tls_cert and self.tls_key:
+            return server_context(self.tls_cert, self.tls_key)
+        return None
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -989,6 +996,11 @@ def default_config_text() -> str:
 
 def load_default_config() -> Config:
     return _loads(default_config_text(), DEFAULT_SOURCE)
+
+
+def load_config_or_default(path: str | None) -> Config:
+    """The file at ``path``, or the embedded default configuration for None."""
+    return load_config(path) if path else load_default_config()
 
 
 def with_overrides(config: Config, **changes: Any) -> Config:

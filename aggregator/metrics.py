@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -129,6 +131,18 @@ buffer_depth = Gauge("smsagg_buffer_depth", "Items held now, per in-memory queue
                      registry=REGISTRY)
 buffer_bound = Gauge("smsagg_buffer_bound", "Most items a queue holds; above it work is refused "
                      "or waits", ["buffer"], registry=REGISTRY)
+
+
+def watch_buffer(name: str, bound: float, depth: Callable[[], float]) -> None:
+    """Publish an in-memory queue's bound, and its depth as read at scrape time."""
+    buffer_bound.labels(name).set(bound)
+    buffer_depth.labels(name).set_function(depth)
+
+
+def unwatch_buffers(*names: str) -> None:
+    """The queues are gone (shutdown): their depth reads 0 and no longer holds their owner."""
+    for name in names:
+        buffer_depth.labels(name).set_function(lambda: 0)
 config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration reloads",
                          ["result"], registry=REGISTRY)
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from aggregator.app import App
+from aggregator.store.base import StoreError
 from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import SmscProfile
 from tests.helpers import Running, make_config, running, wait_for
@@ -126,6 +127,24 @@ async def test_optout_list_api(r: Running) -> None:
         assert resp.status == 204
     async with r.http.delete(f"{r.base}/v1/optouts/{XK}", headers=hdr) as resp:
         assert resp.status == 404
+
+
+async def test_store_failures_on_every_read_and_write_endpoint_are_503(
+        r: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fail(*_args: Any) -> Any:
+        raise StoreError("database is locked")
+
+    for method in ("list_optouts", "add_optout", "remove_optout", "get_message"):
+        monkeypatch.setattr(r.app.store, method, fail)
+    hdr = {"Authorization": "Bearer shop-key"}
+    for method, path, body in (("GET", "/v1/optouts", None),
+                               ("POST", "/v1/optouts", {"number": XK}),
+                               ("DELETE", f"/v1/optouts/{XK}", None),
+                               ("GET", "/v1/messages/0123", None)):
+        async with r.http.request(method, f"{r.base}{path}", json=body, headers=hdr) as resp:
+            data = await resp.json()
+            assert (resp.status, data["error"]["code"]) == (503, "store_unavailable"), path
+            assert resp.headers["Retry-After"] == "1"
 
 
 async def test_handset_replying_ndalo_opts_out_end_to_end(tmp_path: Path) -> None:

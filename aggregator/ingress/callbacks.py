@@ -39,8 +39,7 @@ class CallbackSender:
         return len(self._jobs)
 
     def start(self) -> None:
-        metrics.buffer_bound.labels("callbacks").set(self._config.concurrency)
-        metrics.buffer_depth.labels("callbacks").set_function(lambda: self.in_flight)
+        metrics.watch_buffer("callbacks", self._config.concurrency, lambda: self.in_flight)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.timeout),
             headers={"User-Agent": "smsagg"},
@@ -59,6 +58,7 @@ class CallbackSender:
         await asyncio.gather(*self._jobs, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        metrics.unwatch_buffers("callbacks")
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -40,7 +40,6 @@ _FIELDS: dict[str, tuple[type, bool]] = {  # name: (type, required)
     "class": (str, False),
     "validity": (int, False),
 }
-# Opt-out list API: numbers in the path arrive URL-decoded ("+383..." or "%2B383...").
 MESSAGE_CLASSES = ("transactional", "marketing")
 MAX_VALIDITY = 7 * 24 * 3600
 
@@ -213,6 +212,9 @@ class HttpApi:
         except ApiError as exc:
             headers = {"Retry-After": "1"} if exc.status == 503 else None
             return error_response(exc.status, exc.code, exc.message, headers)
+        except StoreError as exc:  # a read or write the accept path did not answer itself
+            return error_response(503, ErrorCode.STORE_UNAVAILABLE, str(exc),
+                                  {"Retry-After": "1"})
         except web.HTTPRequestEntityTooLarge:
             metrics.messages_rejected.labels(ErrorCode.BODY_TOO_LARGE.value).inc()
             return error_response(413, ErrorCode.BODY_TOO_LARGE,
@@ -330,16 +332,15 @@ class HttpApi:
     async def get_message(self, request: web.Request) -> web.Response:
         account = self._account(request)
         message_id = request.match_info["id"]
-        try:
-            message = await self._store.get_message(account, message_id)
-        except StoreError as exc:
-            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        message = await self._store.get_message(account, message_id)
         if message is None:  # another account's id looks exactly like an unknown one
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
         return web.json_response(message_view(message))
 
     @staticmethod
     def _number(raw: object) -> str:
+        """A number from the opt-out API (in a path it arrives URL-decoded: "+383..." or
+        "%2B383..." alike), as E.164."""
         if not isinstance(raw, str):
             raise ApiError(400, ErrorCode.BAD_REQUEST, "field 'number' must be a string")
         try:
@@ -359,20 +360,14 @@ class HttpApi:
         account = self._account(request)
         body = await self._json_body(request)
         number = self._number(body.get("number") if isinstance(body, dict) else None)
-        try:
-            added = await self._store.add_optout(account, number, "api", time.time())
-        except StoreError as exc:
-            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        added = await self._store.add_optout(account, number, "api", time.time())
         return web.json_response({"number": number, "created": added},
                                  status=201 if added else 200)
 
     async def delete_optout(self, request: web.Request) -> web.Response:
         account = self._account(request)
         number = self._number(request.match_info["number"])
-        try:
-            removed = await self._store.remove_optout(account, number)
-        except StoreError as exc:
-            raise ApiError(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
+        removed = await self._store.remove_optout(account, number)
         if not removed:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"{number} is not on the opt-out list")
         return web.Response(status=204)

@@ -201,13 +201,10 @@ class SmppServer:
         self._expiry = asyncio.create_task(self._expire_parts())
         metrics.smpp_sessions_max.set(self.config.max_sessions)
         window_total = self.config.window * self.config.max_sessions
-        for name, bound, depth in (
-            ("reassembly", self.config.max_pending_parts, lambda: self._reassembler.held),
-            ("smpp_submits", window_total, lambda: sum(self._submits.values())),
-            ("smpp_receipts", window_total, lambda: self._receipts_in_flight),
-        ):
-            metrics.buffer_bound.labels(name).set(bound)
-            metrics.buffer_depth.labels(name).set_function(depth)
+        metrics.watch_buffer("reassembly", self.config.max_pending_parts,
+                             lambda: self._reassembler.held)
+        metrics.watch_buffer("smpp_submits", window_total, lambda: sum(self._submits.values()))
+        metrics.watch_buffer("smpp_receipts", window_total, lambda: self._receipts_in_flight)
         log.info("smpp_listening", listen=f"{listen.host}:{self.port}")
 
     @staticmethod
@@ -281,8 +278,7 @@ class SmppServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for name in ("reassembly", "smpp_submits", "smpp_receipts"):
-            metrics.buffer_depth.labels(name).set_function(lambda: 0)
+        metrics.unwatch_buffers("reassembly", "smpp_submits", "smpp_receipts")
 
     def wake_receipts(self, account: str) -> None:
         state = self._accounts.get(account)

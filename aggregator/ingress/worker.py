@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from aggregator import metrics
-from aggregator.config import Config, ConfigError, load_config, load_default_config
+from aggregator.config import Config, ConfigError, load_config_or_default
 from aggregator.ingress.accept import Acceptor
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.rpc import RemoteStore
@@ -23,13 +23,8 @@ from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import Store
-from aggregator.tls import server_context
 
 log = get_logger("smsagg.worker")
-
-
-def _load(path: str | None) -> Config:
-    return load_config(path) if path else load_default_config()
 
 
 async def run_worker(config: Config, config_path: str | None, rpc_path: str, port: int) -> int:
@@ -50,11 +45,8 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
                   ready=lambda: remote.call("ready"), exposition=exposition)
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    http = config.http
-    ssl_context = (server_context(http.tls_cert, http.tls_key)
-                   if http.tls_cert and http.tls_key else None)
-    site = web.TCPSite(runner, http.listen.host, port, backlog=1024, reuse_port=True,
-                       ssl_context=ssl_context)
+    site = web.TCPSite(runner, config.http.listen.host, port, backlog=1024, reuse_port=True,
+                       ssl_context=config.http.ssl_context())
     await site.start()
     await remote.call("serving")  # the daemon says "started" once every worker has
 
@@ -63,7 +55,7 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
 
     def reload() -> None:
         try:
-            new = _load(config_path)
+            new = load_config_or_default(config_path)
         except ConfigError as exc:
             log.error("worker_reload_failed", problems=exc.problems)
             return

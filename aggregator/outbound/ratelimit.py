@@ -39,13 +39,16 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
-    def try_take(self) -> float:
-        """Take a token if one is there: 0.0; otherwise the seconds until one will be."""
+    def try_take(self, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens if they are there: 0.0; otherwise the seconds until they will
+        be. A cost above the burst (a batch) passes on a full bucket, which then goes below
+        zero: later takes wait until it has refilled, so the long-run rate holds."""
         self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        needed = min(cost, self.burst)
+        if self._tokens >= needed:
+            self._tokens -= cost
             return 0.0
-        return (1.0 - self._tokens) / self.rate
+        return (needed - self._tokens) / self.rate
 
     async def take(self) -> None:
         # The lock keeps waiters in FIFO order instead of all waking at once.

@@ -439,14 +439,15 @@ class SqliteStore:
             else:
                 op.future.set_result(op.result)
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _submit(self, fn: Callable[[sqlite3.Connection], T],
+                bare: bool = False) -> asyncio.Future[T]:
         if self._closed or self._loop is None:
             raise StoreError("store is closed")
-        if self._waiting >= self.max_waiting:
+        if self._waiting >= self.max_waiting and not bare:
             raise StoreBusy("too many writes waiting for the store")
         future: asyncio.Future[T] = self._loop.create_future()
         self._waiting += 1
-        self._queue.put(_Op(fn, future))
+        self._queue.put(_Op(fn, future, bare))
         return future
 
     @property
@@ -457,12 +458,7 @@ class SqliteStore:
         """Run `fn` on the writer's connection between transactions, before the writes queued
         with it. For tests and tools: e.g. PRAGMA max_page_count (a full disk), query_only (a
         read-only file) or busy_timeout."""
-        if self._closed or self._loop is None:
-            raise StoreError("store is closed")
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._waiting += 1
-        self._queue.put(_Op(fn, future, bare=True))
-        return await future
+        return await self._submit(fn, bare=True)
 
     # ---- writes ------------------------------------------------------------------------------
 
