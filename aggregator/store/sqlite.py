@@ -233,8 +233,11 @@ def _connect(path: str, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connectio
 
 class SqliteStore:
     def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
-                 busy_timeout: float = BUSY_TIMEOUT) -> None:
+                 busy_timeout: float = BUSY_TIMEOUT,
+                 on_commit: Callable[[], None] | None = None) -> None:
+        """`on_commit` is called on the writer thread after each group commit (a metric)."""
         self.path = path
+        self._on_commit = on_commit
         self.busy_timeout = busy_timeout
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
@@ -410,6 +413,8 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
         self.commits += 1
+        if self._on_commit is not None:
+            self._on_commit()
         self.last_batch = len(batch)
         self.last_write_ok_at = time.monotonic()
 
