@@ -14,7 +14,7 @@ import itertools
 import pickle
 import struct
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from aggregator.log import get_logger
 from aggregator.model import Message
@@ -32,16 +32,102 @@ _LEN = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> Any:
-    (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
-    if size > MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes")
-    return pickle.loads(await reader.readexactly(size))
-
-
 def _frame(obj: object) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return _LEN.pack(len(data)) + data
+
+
+class _Link(asyncio.Protocol):
+    """One end of the socket: every whole frame in a read is handled in that turn, and the
+    frames sent in one loop turn leave in one write. A stream reader cost two `readexactly`
+    calls per frame, and a write per answer was a syscall per accepted message."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._partial = bytearray()  # the start of a frame not yet whole
+        self._need = 0  # bytes _partial must hold before a frame in it is whole
+        self._out: list[bytes] = []
+
+    def frame_received(self, obj: Any) -> None:
+        raise NotImplementedError
+
+    def lost(self, exc: Exception | None) -> None:
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._out.clear()
+        self.lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._partial:
+            self._partial += data
+            if len(self._partial) < self._need:  # a big frame arriving in pieces: no parse
+                return
+            data = bytes(self._partial)
+            self._partial.clear()
+        view = memoryview(data)
+        pos, size = 0, len(data)
+        try:
+            while size - pos >= _LEN.size:
+                (length,) = _LEN.unpack_from(data, pos)
+                if length > MAX_FRAME:
+                    raise ValueError(f"frame of {length} bytes")
+                end = pos + _LEN.size + length
+                if end > size:
+                    break
+                obj = pickle.loads(view[pos + _LEN.size:end])
+                pos = end
+                self.frame_received(obj)
+        except Exception as exc:  # a malformed frame: the peer is broken; drop it
+            log.error("rpc_bad_frame", error=repr(exc))
+            self.close()
+            return
+        if pos < size:
+            self._partial += view[pos:]
+            self._need = _LEN.size
+            if len(self._partial) >= _LEN.size:
+                self._need += _LEN.unpack_from(self._partial)[0]
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _WorkerLink(_Link):
+    """The daemon's end of one worker's connection."""
+
+    def __init__(self, server: StoreServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server._reports[self] = ""
+
+    def frame_received(self, obj: Any) -> None:
+        rid, name, args, kwargs = obj
+        self._server._received(self, rid, name, args, kwargs)
+
+    def lost(self, exc: Exception | None) -> None:
+        self._server._reports.pop(self, None)
+        self._server._serving.discard(self)
 
 
 class StoreServer:
@@ -55,8 +141,8 @@ class StoreServer:
         self._ready = ready
         self._exposition = exposition  # every process's metrics, summed
         self._server: asyncio.AbstractServer | None = None
-        self._reports: dict[asyncio.StreamWriter, str] = {}  # each worker's metrics text
-        self._serving: set[asyncio.StreamWriter] = set()  # workers listening on the port
+        self._reports: dict[_WorkerLink, str] = {}  # each connected worker's metrics text
+        self._serving: set[_WorkerLink] = set()  # workers listening on the port
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -68,88 +154,103 @@ class StoreServer:
         return [text for text in self._reports.values() if text]
 
     async def start(self, path: str) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _WorkerLink(self), path)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        for link in list(self._reports):
+            link.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reports[writer] = ""
-        try:
-            while True:
-                rid, name, args, kwargs = await _read_frame(reader)
-                task = asyncio.create_task(self._call(writer, rid, name, args, kwargs))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception as exc:  # a malformed frame: drop the worker; it exits, is restarted
-            log.error("rpc_bad_frame", error=repr(exc))
-        finally:
-            self._reports.pop(writer, None)
-            self._serving.discard(writer)
-            writer.close()
-
-    async def _call(self, writer: asyncio.StreamWriter, rid: int, name: str,
-                    args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    def _received(self, link: _WorkerLink, rid: int, name: str, args: Sequence[Any],
+                  kwargs: dict[str, Any]) -> None:
+        if name in STORE_METHODS:  # the store answers after its commit: in a task
+            task = asyncio.create_task(self._call(link, rid, name, args, kwargs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         try:
             if name == "status":  # the worker's metrics in, the pending count out
-                if writer in self._reports:  # not after it disconnected: no stale figures
-                    self._reports[writer] = str(args[0])
+                if link in self._reports:  # not after it disconnected: no stale figures
+                    self._reports[link] = str(args[0])
                 result: Any = self._store.pending
             elif name == "metrics":
                 result = self._exposition()
             elif name == "ready":
                 result = self._ready()
             elif name == "serving":  # the worker's HTTP site is up
-                self._serving.add(writer)
+                self._serving.add(link)
                 result = None
-            elif name in STORE_METHODS:
-                result = await getattr(self._store, name)(*args, **kwargs)
-                if name in ("accept", "accept_many"):
-                    self._on_accepted()
             else:
                 raise StoreError(f"store method {name!r} is not served to workers")
-            frame = _frame((rid, True, result))
         except Exception as exc:
-            try:
-                frame = _frame((rid, False, exc))
-            except Exception:  # an exception that does not pickle still gets an answer
-                frame = _frame((rid, False, StoreError(f"{type(exc).__name__}: {exc}")))
-        if not writer.is_closing():
-            writer.write(frame)
+            self._answer(link, rid, False, exc)
+        else:
+            self._answer(link, rid, True, result)
+
+    async def _call(self, link: _WorkerLink, rid: int, name: str, args: Sequence[Any],
+                    kwargs: dict[str, Any]) -> None:
+        try:
+            result = await getattr(self._store, name)(*args, **kwargs)
+        except Exception as exc:
+            self._answer(link, rid, False, exc)
+            return
+        if name in ("accept", "accept_many"):
+            self._on_accepted()
+        self._answer(link, rid, True, result)
+
+    @staticmethod
+    def _answer(link: _WorkerLink, rid: int, ok: bool, result: Any) -> None:
+        try:
+            frame = _frame((rid, ok, result))
+        except Exception as exc:  # an answer that does not pickle still gets an answer
+            frame = _frame((rid, False, StoreError(f"{type(exc).__name__}: {exc}")))
+        link.send(frame)
+
+
+class _DaemonLink(_Link):
+    """A worker's end of the connection."""
+
+    def __init__(self, store: RemoteStore) -> None:
+        super().__init__()
+        self._store = store
+
+    def frame_received(self, obj: Any) -> None:
+        rid, ok, result = obj
+        self._store._answered(rid, ok, result)
+
+    def lost(self, exc: Exception | None) -> None:
+        self._store._lost()
 
 
 class RemoteStore:
     """In a worker: the store methods the HTTP API and the accept path use, done by the
     daemon. A lost connection fails every call with StoreError (503) and sets `lost`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self) -> None:
+        self._link = _DaemonLink(self)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self.pending = 0
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._status_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, path: str, report: Callable[[], str]) -> RemoteStore:
-        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME)
-        store = cls(reader, writer)
-        store._tasks = [asyncio.create_task(store._read()),
-                        asyncio.create_task(store._status(report))]
+        store = cls()
+        await asyncio.get_running_loop().create_unix_connection(lambda: store._link, path)
+        store._status_task = asyncio.create_task(store._status(report))
         return store
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._writer.close()
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
+        self._link.close()
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if self.lost.done():
@@ -157,29 +258,25 @@ class RemoteStore:
         rid = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
-        self._writer.write(_frame((rid, name, args, kwargs)))
+        self._link.send(_frame((rid, name, args, kwargs)))
         return await future
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                rid, ok, result = await _read_frame(self._reader)
-                future = self._waiting.pop(rid, None)
-                if future is None or future.done():
-                    continue
-                if ok:
-                    future.set_result(result)
-                else:
-                    future.set_exception(result)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        finally:
-            for future in self._waiting.values():
-                if not future.done():
-                    future.set_exception(StoreError("lost the connection to the daemon"))
-            self._waiting.clear()
-            if not self.lost.done():
-                self.lost.set_result(None)
+    def _answered(self, rid: int, ok: bool, result: Any) -> None:
+        future = self._waiting.pop(rid, None)
+        if future is None or future.done():
+            return
+        if ok:
+            future.set_result(result)
+        else:
+            future.set_exception(result)
+
+    def _lost(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(StoreError("lost the connection to the daemon"))
+        self._waiting.clear()
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     async def _status(self, report: Callable[[], str]) -> None:
         while not self.lost.done():

@@ -1,0 +1,79 @@
+"""The ingress-worker socket's framing (ingress/rpc.py): frames split or joined any way by the
+kernel come out whole and in order; answers sent in one loop turn leave in one write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aggregator.ingress.rpc import MAX_FRAME, _frame, _Link
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[list[bytes]] = []
+        self.closed = False
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(list(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Collect(_Link):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[Any] = []
+        self.fake = _Transport()
+        self.connection_made(self.fake)  # type: ignore[arg-type]
+
+    def frame_received(self, obj: Any) -> None:
+        self.frames.append(obj)
+
+    def lost(self, exc: Exception | None) -> None:
+        pass
+
+
+async def test_frames_split_at_every_byte_and_joined_come_out_whole_in_order() -> None:
+    objs = [(i, "accept", ("x" * (i * 37 % 300),), {}) for i in range(20)]
+    stream = b"".join(_frame(o) for o in objs)
+    for cut in range(1, 60):  # every chunk size up to past a frame header and a short frame
+        link = _Collect()
+        for start in range(0, len(stream), cut):
+            link.data_received(stream[start:start + cut])
+        assert link.frames == objs, cut
+        assert not link._partial
+
+
+async def test_a_large_frame_in_small_pieces_arrives_once() -> None:
+    big = ("m", b"\x00" * 300_000)
+    data = _frame(big) + _frame("next")
+    link = _Collect()
+    for start in range(0, len(data), 4096):
+        link.data_received(data[start:start + 4096])
+    assert link.frames == [big, "next"]
+
+
+async def test_an_oversized_or_garbled_frame_drops_the_peer() -> None:
+    link = _Collect()
+    link.data_received((MAX_FRAME + 1).to_bytes(4, "big") + b"x")
+    assert link.fake.closed and link.frames == []
+    link = _Collect()
+    link.data_received(_frame("ok") + (5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")
+    assert link.frames == ["ok"] and link.fake.closed
+
+
+async def test_frames_sent_in_one_turn_leave_in_one_write() -> None:
+    link = _Collect()
+    for i in range(5):
+        link.send(_frame(i))
+    assert link.fake.writes == []  # nothing written until the turn ends
+    await asyncio.sleep(0)
+    assert link.fake.writes == [[_frame(i) for i in range(5)]]
+    link.send(_frame("later"))
+    await asyncio.sleep(0)
+    assert link.fake.writes[1] == [_frame("later")]
