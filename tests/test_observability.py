@@ -74,7 +74,7 @@ async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> 
         assert delta("smsagg_submit_latency_seconds_count", provider="sim") == 30
         assert delta("smsagg_receipt_latency_seconds_count", provider="sim") == 30
         # Accepts are durable writes: the store counts its group commits.
-        assert delta("smsagg_store_commits_total") >= 1
+        assert delta("smsagg_store_commit_seconds_count") >= 1
         assert value(after, "smsagg_bind_up", provider="sim", bind="1") == 1
         assert value(after, "smsagg_breaker_state", provider="sim") == 0
         # Durations are histograms in seconds, 1 ms to 60 s.

@@ -234,8 +234,8 @@ def _connect(path: str, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connectio
 class SqliteStore:
     def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
                  busy_timeout: float = BUSY_TIMEOUT,
-                 on_commit: Callable[[], None] | None = None) -> None:
-        """`on_commit` is called on the writer thread after each group commit (a metric)."""
+                 on_commit: Callable[[float], None] | None = None) -> None:
+        """`on_commit` gets each group commit's seconds, on the writer thread (a metric)."""
         self.path = path
         self._on_commit = on_commit
         self.busy_timeout = busy_timeout
@@ -403,6 +403,7 @@ class SqliteStore:
             self._loop.call_soon_threadsafe(self._resolve, batch)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        started = time.monotonic()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in batch:
@@ -413,10 +414,10 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
         self.commits += 1
-        if self._on_commit is not None:
-            self._on_commit()
         self.last_batch = len(batch)
         self.last_write_ok_at = time.monotonic()
+        if self._on_commit is not None:
+            self._on_commit(self.last_write_ok_at - started)
 
     def _fail(self, batch: list[_Op], exc: Exception) -> None:
         err = StoreError(f"store write failed: {exc}")

@@ -129,11 +129,12 @@ def build() -> dict[str, Any]:
             [
                 (q(0.5, "smsagg_accept_latency_seconds"), "p50"),
                 (q(0.99, "smsagg_accept_latency_seconds"), "p99"),
+                (q(0.99, "smsagg_store_commit_seconds"), "group commit p99"),
             ],
             0,
             10,
             unit="s",
-            description="HTTP request to 202 (includes the group commit).",
+            description="HTTP request to 202 (includes the group commit, shown on its own).",
         )
     )
     p.append(
