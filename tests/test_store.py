@@ -548,6 +548,24 @@ async def test_garbage_file_is_refused(db_path: Path) -> None:
 # ---- group commit -----------------------------------------------------------------------------
 
 
+async def test_commit_hook_sees_each_group_and_cannot_undo_or_redo_it(tmp_path: Path) -> None:
+    seen: list[float] = []
+
+    def hook(seconds: float) -> None:
+        seen.append(seconds)
+        raise RuntimeError("metrics broke")
+
+    store = SqliteStore(str(tmp_path / "hook.db"), on_commit=hook)
+    await store.open()
+    try:
+        result = await store.accept(make_message(), None)
+        assert result.created  # not re-run as a failed group (a duplicate id would fail it)
+        assert (await store.count_by_status()) == {"accepted": 1}
+        assert len(seen) == store.commits == 1 and seen[0] >= 0
+    finally:
+        await store.close()
+
+
 async def test_many_concurrent_accepts_share_few_commits(store: SqliteStore) -> None:
     before = store.commits
     messages = [make_message() for _ in range(500)]

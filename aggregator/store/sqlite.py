@@ -249,7 +249,7 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._closed = True
-        self.commits = 0  # for metrics: group commits done
+        self.commits = 0  # group commits done
         self.last_batch = 0
         # Write faults (set by the writer thread): how many groups failed, the last error, and
         # when (monotonic) the last group failed and the last one committed.
@@ -417,7 +417,9 @@ class SqliteStore:
         self.last_batch = len(batch)
         self.last_write_ok_at = time.monotonic()
         if self._on_commit is not None:
-            self._on_commit(self.last_write_ok_at - started)
+            # The group is committed: a failing hook must not make _run_batch redo it.
+            with contextlib.suppress(Exception):
+                self._on_commit(self.last_write_ok_at - started)
 
     def _fail(self, batch: list[_Op], exc: Exception) -> None:
         err = StoreError(f"store write failed: {exc}")
