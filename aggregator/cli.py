@@ -74,11 +74,19 @@ async def serve(config: Config, drain_seconds: float, config_path: str | None = 
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _config_or_report(path: str | None) -> Config | None:
+    """The configuration at `path` (None: the embedded default); None after printing why
+    it is invalid."""
     try:
-        config = load_config_or_default(args.config)
+        return load_config_or_default(path)
     except ConfigError as exc:
         print(f"smsagg: configuration is invalid:\n{exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config_or_report(args.config)
+    if config is None:
         return 2
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format,
                   config.log.log_numbers)
@@ -88,10 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ingress_worker(args: argparse.Namespace) -> int:
     from aggregator.ingress.worker import run_worker
 
-    try:
-        config = load_config_or_default(args.config)
-    except ConfigError as exc:
-        print(f"smsagg: configuration is invalid:\n{exc}", file=sys.stderr)
+    config = _config_or_report(args.config)
+    if config is None:
         return 2
     setup_logging(config.log.level, config.log.format, config.log.log_numbers)
     return run_loop(run_worker(config, args.config, args.rpc, args.port))

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.app import App
 from aggregator.config import Config, parse_config
@@ -25,6 +26,8 @@ from simulator.smsc import Smsc, SmscProfile
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 20.0
 Start = Callable[..., Awaitable[Smsc]]  # the start_smsc fixture (conftest.py)
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
 API_KEY = "shop-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -178,6 +181,20 @@ async def running(
 
 
 # -- the daemon as a subprocess (`python -m aggregator run`), for tests that kill it ---------------
+
+
+def metric_samples(text: str) -> Samples:
+    """A /metrics text as {(name, sorted labels): value}."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The sample with exactly these labels; None when there is none."""
+    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 def free_port() -> int:

@@ -13,21 +13,19 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.ingress.rpc import RemoteStore, StoreServer
 from aggregator.store.base import StoreError
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, daemon, wait_for, write_daemon_config
-
-
-def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    out: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                out[tuple(sorted(s.labels.items()))] = s.value
-    return out
+from tests.helpers import (
+    AUTH,
+    DEADLINE,
+    daemon,
+    metric_samples,
+    metric_value,
+    wait_for,
+    write_daemon_config,
+)
 
 
 async def port_closed(base: str) -> bool:
@@ -73,11 +71,11 @@ async def test_worker_serves_the_api_and_metrics_sum_both_processes(tmp_path: Pa
 
             async def counted() -> bool:
                 async with http.get(f"{base}/metrics") as r:
-                    text = await r.text()
-                accepted = samples(text, "smsagg_messages_accepted_total")  # the worker's
-                submits = samples(text, "smsagg_submits_total")  # the daemon's
-                return (accepted.get((("account", "shop"),)) == 40
-                        and submits.get((("provider", "sim"), ("status", "ok"))) == 40)
+                    snap = metric_samples(await r.text())
+                # Accepts are the worker's counter, submits the daemon's.
+                return (metric_value(snap, "smsagg_messages_accepted_total", account="shop") == 40
+                        and metric_value(snap, "smsagg_submits_total", provider="sim",
+                                         status="ok") == 40)
 
             await wait_async(counted)  # workers report every 0.5 s
             proc.send_signal(signal.SIGTERM)

@@ -11,11 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.smpp.session import BindMode
 from aggregator.smpp.transport import BindError, SmppConnection, open_client
-from tests.helpers import DEADLINE, Running, running, wait_for
+from tests.helpers import (
+    DEADLINE,
+    Running,
+    Samples,
+    metric_samples,
+    metric_value,
+    running,
+    wait_for,
+)
 
 MESSAGES = 200
 
@@ -55,20 +62,10 @@ async def stuck_receiver() -> AsyncIterator[StuckReceiver]:
         server.close()
 
 
-async def scrape(r: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(r: Running) -> Samples:
     async with r.http.get(f"{r.base}/metrics") as resp:
         assert resp.status == 200
-        text = await resp.text()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def metric(snap: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-           **labels: str) -> float | None:
-    return snap.get((name, tuple(sorted(labels.items()))))
+        return metric_samples(await resp.text())
 
 
 @dataclass
@@ -128,8 +125,8 @@ async def test_stuck_callback_receiver_does_not_slow_the_pipeline(tmp_path: Path
         # Every callback slot is now held by the receiver that never answers ...
         await wait_for(lambda: stuck.connections >= concurrency, what="callbacks to connect")
         snap = await scrape(r)
-        assert metric(snap, "smsagg_buffer_depth", buffer="callbacks") == concurrency
-        assert metric(snap, "smsagg_buffer_bound", buffer="callbacks") == concurrency
+        assert metric_value(snap, "smsagg_buffer_depth", buffer="callbacks") == concurrency
+        assert metric_value(snap, "smsagg_buffer_bound", buffer="callbacks") == concurrency
         # ... and accepts still get their 202 quickly, and the next messages are delivered.
         more = await burst(r, 300000, 50, stuck.url)
         assert stuck.connections <= concurrency + 2 * concurrency  # bounded: no flood
@@ -164,10 +161,10 @@ async def test_sessions_are_limited_per_account_and_in_total(tmp_path: Path) -> 
                        bank={"system_id": "bank", "password": "secret2", "max_binds": 5},
                        prefixes=("+383",)) as r:
         snap = before = await scrape(r)
-        assert metric(snap, "smsagg_smpp_sessions_max") == 3
-        assert metric(snap, "smsagg_smpp_account_sessions_max", account="shop") == 2
-        assert metric(snap, "smsagg_smpp_account_sessions_max", account="bank") == 5
-        assert metric(snap, "smsagg_smpp_sessions", account="shop") == 0
+        assert metric_value(snap, "smsagg_smpp_sessions_max") == 3
+        assert metric_value(snap, "smsagg_smpp_account_sessions_max", account="shop") == 2
+        assert metric_value(snap, "smsagg_smpp_account_sessions_max", account="bank") == 5
+        assert metric_value(snap, "smsagg_smpp_sessions", account="shop") == 0
 
         shop = [await bind(r), await bind(r)]
         with pytest.raises(BindError) as err:
@@ -178,11 +175,12 @@ async def test_sessions_are_limited_per_account_and_in_total(tmp_path: Path) -> 
             await bind(r, "bank", "secret2")  # 3 sessions bound in total
         assert err.value.status == 0x0D
         snap = await scrape(r)
-        assert metric(snap, "smsagg_smpp_sessions", account="shop") == 2
-        assert metric(snap, "smsagg_smpp_sessions", account="bank") == 1
+        assert metric_value(snap, "smsagg_smpp_sessions", account="shop") == 2
+        assert metric_value(snap, "smsagg_smpp_sessions", account="bank") == 1
         for result in ("account_limit", "total_limit"):
-            counted = metric(snap, "smsagg_smpp_binds_total", result=result) or 0.0
-            assert counted - (metric(before, "smsagg_smpp_binds_total", result=result) or 0) == 1
+            counted = metric_value(snap, "smsagg_smpp_binds_total", result=result) or 0.0
+            earlier = metric_value(before, "smsagg_smpp_binds_total", result=result) or 0
+            assert counted - earlier == 1
 
         # A session that goes away frees its place, for its account and in total.
         await shop[0].unbind(DEADLINE)
@@ -191,7 +189,7 @@ async def test_sessions_are_limited_per_account_and_in_total(tmp_path: Path) -> 
         await wait_for(lambda: smpp.sessions["shop"] == 1, what="shop session gone")
         again = await bind(r, "bank", "secret2")
         snap = await scrape(r)
-        assert metric(snap, "smsagg_smpp_sessions", account="bank") == 2
+        assert metric_value(snap, "smsagg_smpp_sessions", account="bank") == 2
         for conn in (shop[1], bank, again):
             await conn.unbind(DEADLINE)
 
@@ -223,10 +221,10 @@ async def test_every_queue_bound_and_depth_is_in_metrics(tmp_path: Path) -> None
             "provider_delivers": r.app.max_delivers,
         }
         for buffer, bound in bounds.items():
-            assert metric(snap, "smsagg_buffer_bound", buffer=buffer) == bound, buffer
-            depth = metric(snap, "smsagg_buffer_depth", buffer=buffer)
+            assert metric_value(snap, "smsagg_buffer_bound", buffer=buffer) == bound, buffer
+            depth = metric_value(snap, "smsagg_buffer_depth", buffer=buffer)
             assert depth is not None and 0 <= depth <= bound, (buffer, depth)
-        assert metric(snap, "smsagg_queue_bound") == 4567
+        assert metric_value(snap, "smsagg_queue_bound") == 4567
 
 
 async def test_an_esme_beyond_the_window_is_throttled(tmp_path: Path) -> None:
@@ -236,7 +234,7 @@ async def test_an_esme_beyond_the_window_is_throttled(tmp_path: Path) -> None:
                        prefixes=("+383",)) as r:
         from tests.test_smpp_server import submit
 
-        before = metric(await scrape(r), "smsagg_smpp_submits_total", result="window_full")
+        before = metric_value(await scrape(r), "smsagg_smpp_submits_total", result="window_full")
         conn = await bind(r)
         conn.session.window = 40  # this ESME does not wait for answers
         futures = [conn.request(submit(f"3834412{i:04d}", f"w{i}")) for i in range(40)]
@@ -245,14 +243,14 @@ async def test_an_esme_beyond_the_window_is_throttled(tmp_path: Path) -> None:
         assert set(statuses) <= {0x00, 0x58}, statuses
         assert statuses.count(0x58) > 0 and statuses.count(0x00) >= 2, statuses
         snap = await scrape(r)
-        after = metric(snap, "smsagg_smpp_submits_total", result="window_full")
+        after = metric_value(snap, "smsagg_smpp_submits_total", result="window_full")
         assert (after or 0) - (before or 0) == statuses.count(0x58)
         await conn.unbind(DEADLINE)
 
 
 async def test_receipts_beyond_the_deliver_bound_are_throttled(tmp_path: Path) -> None:
     async with running(tmp_path) as r:
-        before = metric(await scrape(r), "smsagg_receipts_total", provider="sim",
+        before = metric_value(await scrape(r), "smsagg_receipts_total", provider="sim",
                         status="throttled") or 0.0
         r.app.max_delivers = 0  # as if that many deliver_sm were being handled already
         status, body = await r.post({"to": "+38344123456", "from": "ACME", "text": "t"})
@@ -261,7 +259,7 @@ async def test_receipts_beyond_the_deliver_bound_are_throttled(tmp_path: Path) -
         await r.smsc.wait_until(lambda: r.smsc.receipts_failed + r.smsc.receipts_acked > 0,
                                 DEADLINE)
         assert r.smsc.receipts_acked == 0  # every attempt was answered ESME_RTHROTTLED
-        after = metric(await scrape(r), "smsagg_receipts_total", provider="sim",
+        after = metric_value(await scrape(r), "smsagg_receipts_total", provider="sim",
                        status="throttled") or 0.0
         assert after > before
         _, view = await r.get(body["id"])

@@ -15,26 +15,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, running
+from tests.helpers import AUTH, DEADLINE, Samples, metric_samples, metric_value, running
 
 ROOT = Path(__file__).resolve().parent.parent
 PHONE_LIKE = re.compile(r"^\+?\d{7,15}$")
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(snap: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float:
-    return snap.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(snap: Samples, name: str, **labels: str) -> float:
+    return metric_value(snap, name, **labels) or 0.0
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> str:
@@ -47,7 +37,7 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> str:
 async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> None:
     async with running(tmp_path, SmscProfile(undeliverable_ratio=0.0),
                        metrics={"listen": "127.0.0.1:0"}) as r:
-        before = samples(await scrape(r.http, f"{r.base}/metrics"))
+        before = metric_samples(await scrape(r.http, f"{r.base}/metrics"))
         ids = []
         for i in range(30):
             status, body = await r.post({"to": f"+38344{700000 + i}", "from": "ACME",
@@ -60,7 +50,7 @@ async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> 
         for mid in ids:
             await r.wait_status(mid, {"delivered"})
         text = await scrape(r.http, f"{r.base}/metrics")
-        after = samples(text)
+        after = metric_samples(text)
 
         def delta(name: str, **labels: str) -> float:
             return value(after, name, **labels) - value(before, name, **labels)

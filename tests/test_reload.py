@@ -17,13 +17,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.config import parse_config
 from aggregator.smpp.session import BindMode
 from aggregator.smpp.transport import BindError, open_client
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import DEADLINE, make_config, running, wait_for
+from tests.helpers import DEADLINE, make_config, metric_samples, metric_value, running, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KOSOVO = "+38344123456"
@@ -162,12 +161,8 @@ async def status_for_key(http: aiohttp.ClientSession, base: str, key: str) -> in
 
 async def reloads(http: aiohttp.ClientSession, base: str, result: str) -> float:
     async with http.get(f"{base}/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "smsagg_config_reloads_total" and s.labels == {"result": result}:
-                return float(s.value)
-    return 0.0
+        samples = metric_samples(await resp.text())
+    return metric_value(samples, "smsagg_config_reloads_total", result=result) or 0.0
 
 
 async def test_sighup_reloads_accounts_routes_and_providers(tmp_path: Path) -> None:

@@ -25,16 +25,18 @@ class _Transport:
 
 
 class _Collect(_Link):
+    """A link on a fake transport whose owner keeps the frames."""
+
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(self)
         self.frames: list[Any] = []
         self.fake = _Transport()
         self.connection_made(self.fake)  # type: ignore[arg-type]
 
-    def frame_received(self, obj: Any) -> None:
+    def frame_received(self, link: _Link, obj: Any) -> None:
         self.frames.append(obj)
 
-    def lost(self, exc: Exception | None) -> None:
+    def link_lost(self, link: _Link) -> None:
         pass
 
 

@@ -14,7 +14,7 @@ import itertools
 import pickle
 import struct
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aggregator.log import get_logger
 from aggregator.model import Message
@@ -37,23 +37,26 @@ def _frame(obj: object) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
+class _LinkOwner(Protocol):
+    """What a link reports to: the StoreServer (one link per worker) or a RemoteStore."""
+
+    def frame_received(self, link: _Link, obj: Any) -> None: ...
+
+    def link_lost(self, link: _Link) -> None: ...
+
+
 class _Link(asyncio.Protocol):
     """One end of the socket: every whole frame in a read is handled in that turn, and the
     frames sent in one loop turn leave in one write. A stream reader cost two `readexactly`
     calls per frame, and a write per answer was a syscall per accepted message."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: _LinkOwner) -> None:
+        self._owner = owner
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._partial = bytearray()  # the start of a frame not yet whole
         self._need = 0  # bytes _partial must hold before a frame in it is whole
         self._out: list[bytes] = []
-
-    def frame_received(self, obj: Any) -> None:
-        raise NotImplementedError
-
-    def lost(self, exc: Exception | None) -> None:
-        raise NotImplementedError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -61,7 +64,7 @@ class _Link(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._out.clear()
-        self.lost(exc)
+        self._owner.link_lost(self)
 
     def data_received(self, data: bytes) -> None:
         if self._partial:
@@ -82,7 +85,7 @@ class _Link(asyncio.Protocol):
                     break
                 obj = pickle.loads(view[pos + _LEN.size:end])
                 pos = end
-                self.frame_received(obj)
+                self._owner.frame_received(self, obj)
         except Exception as exc:  # a malformed frame: the peer is broken; drop it
             log.error("rpc_bad_frame", error=repr(exc))
             self.close()
@@ -110,26 +113,6 @@ class _Link(asyncio.Protocol):
             self.transport.close()
 
 
-class _WorkerLink(_Link):
-    """The daemon's end of one worker's connection."""
-
-    def __init__(self, server: StoreServer) -> None:
-        super().__init__()
-        self._server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._server._reports[self] = ""
-
-    def frame_received(self, obj: Any) -> None:
-        rid, name, args, kwargs = obj
-        self._server._received(self, rid, name, args, kwargs)
-
-    def lost(self, exc: Exception | None) -> None:
-        self._server._reports.pop(self, None)
-        self._server._serving.discard(self)
-
-
 class StoreServer:
     """In the daemon: answers the workers' store calls and collects their status reports."""
 
@@ -141,8 +124,8 @@ class StoreServer:
         self._ready = ready
         self._exposition = exposition  # every process's metrics, summed
         self._server: asyncio.AbstractServer | None = None
-        self._reports: dict[_WorkerLink, str] = {}  # each connected worker's metrics text
-        self._serving: set[_WorkerLink] = set()  # workers listening on the port
+        self._reports: dict[_Link, str] = {}  # each connected worker's metrics text
+        self._serving: set[_Link] = set()  # workers listening on the port
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -155,7 +138,7 @@ class StoreServer:
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _WorkerLink(self), path)
+        self._server = await loop.create_unix_server(self._connected, path)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -166,8 +149,17 @@ class StoreServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _received(self, link: _WorkerLink, rid: int, name: str, args: Sequence[Any],
-                  kwargs: dict[str, Any]) -> None:
+    def _connected(self) -> _Link:
+        link = _Link(self)
+        self._reports[link] = ""
+        return link
+
+    def link_lost(self, link: _Link) -> None:
+        self._reports.pop(link, None)
+        self._serving.discard(link)
+
+    def frame_received(self, link: _Link, obj: Any) -> None:
+        rid, name, args, kwargs = obj
         if name in STORE_METHODS:  # the store answers after its commit: in a task
             task = asyncio.create_task(self._call(link, rid, name, args, kwargs))
             self._tasks.add(task)
@@ -192,7 +184,7 @@ class StoreServer:
         else:
             self._answer(link, rid, True, result)
 
-    async def _call(self, link: _WorkerLink, rid: int, name: str, args: Sequence[Any],
+    async def _call(self, link: _Link, rid: int, name: str, args: Sequence[Any],
                     kwargs: dict[str, Any]) -> None:
         try:
             result = await getattr(self._store, name)(*args, **kwargs)
@@ -204,7 +196,7 @@ class StoreServer:
         self._answer(link, rid, True, result)
 
     @staticmethod
-    def _answer(link: _WorkerLink, rid: int, ok: bool, result: Any) -> None:
+    def _answer(link: _Link, rid: int, ok: bool, result: Any) -> None:
         try:
             frame = _frame((rid, ok, result))
         except Exception as exc:  # an answer that does not pickle still gets an answer
@@ -212,27 +204,12 @@ class StoreServer:
         link.send(frame)
 
 
-class _DaemonLink(_Link):
-    """A worker's end of the connection."""
-
-    def __init__(self, store: RemoteStore) -> None:
-        super().__init__()
-        self._store = store
-
-    def frame_received(self, obj: Any) -> None:
-        rid, ok, result = obj
-        self._store._answered(rid, ok, result)
-
-    def lost(self, exc: Exception | None) -> None:
-        self._store._lost()
-
-
 class RemoteStore:
     """In a worker: the store methods the HTTP API and the accept path use, done by the
     daemon. A lost connection fails every call with StoreError (503) and sets `lost`."""
 
     def __init__(self) -> None:
-        self._link = _DaemonLink(self)
+        self._link = _Link(self)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self.pending = 0
@@ -261,7 +238,8 @@ class RemoteStore:
         self._link.send(_frame((rid, name, args, kwargs)))
         return await future
 
-    def _answered(self, rid: int, ok: bool, result: Any) -> None:
+    def frame_received(self, link: _Link, obj: Any) -> None:
+        rid, ok, result = obj
         future = self._waiting.pop(rid, None)
         if future is None or future.done():
             return
@@ -270,7 +248,7 @@ class RemoteStore:
         else:
             future.set_exception(result)
 
-    def _lost(self) -> None:
+    def link_lost(self, link: _Link) -> None:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(StoreError("lost the connection to the daemon"))

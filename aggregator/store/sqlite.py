@@ -250,7 +250,6 @@ class SqliteStore:
         self._reader_lock = threading.Lock()
         self._closed = True
         self.commits = 0  # group commits done
-        self.last_batch = 0
         # Write faults (set by the writer thread): how many groups failed, the last error, and
         # when (monotonic) the last group failed and the last one committed.
         self.write_errors = 0
@@ -414,7 +413,6 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
             raise
         self.commits += 1
-        self.last_batch = len(batch)
         self.last_write_ok_at = time.monotonic()
         if self._on_commit is not None:
             # The group is committed: a failing hook must not make _run_batch redo it.
