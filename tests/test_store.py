@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from aggregator.model import (
     Sender,
     SenderKind,
 )
-from aggregator.store.base import CallbackJob, StoreError
+from aggregator.store.base import AcceptResult, CallbackJob, StoreError
 from aggregator.store.sqlite import IDEMPOTENCY_TTL, SqliteStore
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -493,12 +494,14 @@ async def test_final_message_with_callback_url_gets_a_callback_job(store: Sqlite
     }
 
 
-async def test_callback_done_removes_the_job(store: SqliteStore) -> None:
-    _, job = await delivered_with_callback(store, at=NOW + 5)
+async def test_callbacks_done_removes_those_jobs_only(store: SqliteStore) -> None:
+    _, first = await delivered_with_callback(store, at=NOW + 5)
+    _, second = await delivered_with_callback(store, at=NOW + 5)
+    _, kept = await delivered_with_callback(store, at=NOW + 5)
 
-    await store.callback_done(job.id)
+    await store.callbacks_done([first.id, second.id])
 
-    assert await store.due_callbacks(NOW + 10_000, 10) == []
+    assert await store.due_callbacks(NOW + 10_000, 10) == [kept]
 
 
 async def test_callback_retry_pushes_next_attempt(store: SqliteStore) -> None:
@@ -576,6 +579,20 @@ async def test_many_concurrent_accepts_share_few_commits(store: SqliteStore) -> 
     assert (await store.count_by_status()) == {"accepted": 500}
     assert store.pending == 500
     assert store.commits - before < 500
+
+
+async def test_writes_of_one_loop_turn_reach_the_writer_together(store: SqliteStore) -> None:
+    """The writer is handed a turn's writes at once, so it cannot start a group on the first
+    while the loop is still producing the rest: one commit for all of them."""
+    before = store.commits
+
+    async def accept_after_a_syscall(m: Message) -> AcceptResult:
+        time.sleep(0.0002)  # the loop lets go of the GIL now and then (not waiting for anything)
+        return await store.accept(m, None)
+
+    await asyncio.gather(*(accept_after_a_syscall(make_message()) for _ in range(300)))
+
+    assert store.commits - before == 1
 
 
 async def test_writes_waiting_behind_a_busy_writer_go_in_one_commit(

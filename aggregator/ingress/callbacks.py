@@ -27,8 +27,12 @@ class CallbackSender:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._sem = asyncio.Semaphore(config.concurrency)
-        self._active: set[int] = set()
+        self._active: set[int] = set()  # sent or being sent, not yet dropped from the outbox
         self._jobs: set[asyncio.Task[None]] = set()
+        # Delivered, to drop from the outbox in one write per loop turn. They stay in _active
+        # until that write commits, so a poll meanwhile does not send them again.
+        self._delivered: list[int] = []
+        self._dropping: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -56,6 +60,9 @@ class CallbackSender:
         for job in list(self._jobs):
             job.cancel()
         await asyncio.gather(*self._jobs, return_exceptions=True)
+        if self._dropping is not None:
+            await asyncio.gather(self._dropping, return_exceptions=True)
+        await self._drop_delivered()  # else sent again after a restart
         if self._session is not None:
             await self._session.close()
         metrics.unwatch_buffers("callbacks")
@@ -67,6 +74,8 @@ class CallbackSender:
                 jobs = await self._store.due_callbacks(time.time(), self._config.concurrency * 4)
             except StoreError:
                 jobs = []
+            if self._delivered and self._dropping is None:  # an earlier drop failed
+                self._dropping = asyncio.create_task(self._drop_delivered())
             for job in jobs:
                 if self._stopping:
                     return
@@ -80,12 +89,35 @@ class CallbackSender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
 
+    async def _drop_delivered(self) -> None:
+        try:
+            while self._delivered:  # more may land while one write is under way
+                ids, self._delivered = self._delivered, []
+                try:
+                    await self._store.callbacks_done(ids)
+                except StoreError as exc:  # kept for _run's next round, not sent meanwhile
+                    self._delivered.extend(ids)
+                    metrics.store_errors.labels("callbacks").inc()
+                    log.error("callback_store_failed", callbacks=len(ids), error=str(exc))
+                    return
+                self._active.difference_update(ids)
+        finally:
+            self._dropping = None
+
+    def _delivered_ok(self, job_id: int) -> None:
+        self._delivered.append(job_id)
+        if self._dropping is None:
+            # A task started now runs after this turn's other callbacks have landed here.
+            self._dropping = asyncio.create_task(self._drop_delivered())
+
     async def _send(self, job: CallbackJob) -> None:
+        delivered = False
         try:
             error = await self._post(job)
             if error is None:
                 metrics.callbacks.labels("ok").inc()
-                await self._store.callback_done(job.id)
+                delivered = True
+                self._delivered_ok(job.id)
                 return
             attempts = job.attempts + 1
             if attempts >= self._config.max_attempts:
@@ -103,7 +135,8 @@ class CallbackSender:
             metrics.store_errors.labels("callbacks").inc()
             log.error("callback_store_failed", message_id=job.message_id, error=str(exc))
         finally:
-            self._active.discard(job.id)
+            if not delivered:
+                self._active.discard(job.id)
             self._sem.release()
 
     async def _post(self, job: CallbackJob) -> str | None:

@@ -242,7 +242,10 @@ class SqliteStore:
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
         self.pending = 0
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        # Ops go to the writer once per event-loop turn, as one list: the writer wakes once for
+        # everything the turn produced, not on the first op while the loop still holds the GIL.
+        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        self._turn: list[_Op] = []
         self._waiting = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -343,6 +346,8 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        if self._turn:
+            self._hand_over()
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -357,7 +362,7 @@ class SqliteStore:
             first = self._queue.get()
             if first is None:
                 break
-            batch = [first]
+            batch = first
             while len(batch) < self.commit_batch:
                 try:
                     nxt = self._queue.get_nowait()
@@ -366,8 +371,9 @@ class SqliteStore:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
-            self._run_batch(conn, batch)
+                batch.extend(nxt)
+            for start in range(0, len(batch), self.commit_batch):  # one turn may bring more
+                self._run_batch(conn, batch[start:start + self.commit_batch])
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
@@ -453,8 +459,15 @@ class SqliteStore:
             raise StoreBusy("too many writes waiting for the store")
         future: asyncio.Future[T] = self._loop.create_future()
         self._waiting += 1
-        self._queue.put(_Op(fn, future, bare))
+        if not self._turn:
+            self._loop.call_soon(self._hand_over)
+        self._turn.append(_Op(fn, future, bare))
         return future
+
+    def _hand_over(self) -> None:
+        turn, self._turn = self._turn, []
+        if turn:  # close() may have handed this turn over already
+            self._queue.put(turn)
 
     @property
     def waiting(self) -> int:
@@ -759,8 +772,10 @@ class SqliteStore:
 
         return await self._submit(op)
 
-    async def callback_done(self, job_id: int) -> None:
-        await self._submit(lambda c: c.execute("DELETE FROM callbacks WHERE id = ?", (job_id,)))
+    async def callbacks_done(self, job_ids: Sequence[int]) -> None:
+        """Drop delivered callbacks: the sender hands in all of a loop turn's at once."""
+        rows = [(job_id,) for job_id in job_ids]
+        await self._submit(lambda c: c.executemany("DELETE FROM callbacks WHERE id = ?", rows))
 
     async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None:
         await self._submit(
