@@ -113,11 +113,15 @@ class HttpConfig:
         return None
 
 
+STORE_WRITERS = ("process", "thread")
+
+
 @dataclass(slots=True, frozen=True, kw_only=True)
 class StoreConfig:
     path: str = "smsagg.db"
     max_pending: int = 200_000
     commit_batch: int = 1000
+    writer: str = "process"
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -565,6 +569,7 @@ def _parse_store(r: _Reader) -> StoreConfig:
         path=r.string("path", nonempty=True),
         max_pending=r.integer("max_pending", lo=1),
         commit_batch=r.integer("commit_batch", lo=1),
+        writer=r.string("writer", choices=STORE_WRITERS),
     )
 
 

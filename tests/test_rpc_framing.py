@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aggregator.ingress.rpc import MAX_FRAME, _frame, _Link
+from aggregator.frames import MAX_FRAME, frame
+from aggregator.link import Link
 
 
 class _Transport:
@@ -24,7 +25,7 @@ class _Transport:
         self.closed = True
 
 
-class _Collect(_Link):
+class _Collect(Link):
     """A link on a fake transport whose owner keeps the frames."""
 
     def __init__(self) -> None:
@@ -33,16 +34,16 @@ class _Collect(_Link):
         self.fake = _Transport()
         self.connection_made(self.fake)  # type: ignore[arg-type]
 
-    def frame_received(self, link: _Link, obj: Any) -> None:
+    def frame_received(self, link: Link, obj: Any) -> None:
         self.frames.append(obj)
 
-    def link_lost(self, link: _Link) -> None:
+    def link_lost(self, link: Link) -> None:
         pass
 
 
 async def test_frames_split_at_every_byte_and_joined_come_out_whole_in_order() -> None:
     objs = [(i, "accept", ("x" * (i * 37 % 300),), {}) for i in range(20)]
-    stream = b"".join(_frame(o) for o in objs)
+    stream = b"".join(frame(o) for o in objs)
     for cut in range(1, 60):  # every chunk size up to past a frame header and a short frame
         link = _Collect()
         for start in range(0, len(stream), cut):
@@ -53,7 +54,7 @@ async def test_frames_split_at_every_byte_and_joined_come_out_whole_in_order() -
 
 async def test_a_large_frame_in_small_pieces_arrives_once() -> None:
     big = ("m", b"\x00" * 300_000)
-    data = _frame(big) + _frame("next")
+    data = frame(big) + frame("next")
     link = _Collect()
     for start in range(0, len(data), 4096):
         link.data_received(data[start:start + 4096])
@@ -65,17 +66,17 @@ async def test_an_oversized_or_garbled_frame_drops_the_peer() -> None:
     link.data_received((MAX_FRAME + 1).to_bytes(4, "big") + b"x")
     assert link.fake.closed and link.frames == []
     link = _Collect()
-    link.data_received(_frame("ok") + (5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")
+    link.data_received(frame("ok") + (5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")
     assert link.frames == ["ok"] and link.fake.closed
 
 
 async def test_frames_sent_in_one_turn_leave_in_one_write() -> None:
     link = _Collect()
     for i in range(5):
-        link.send(_frame(i))
+        link.send(frame(i))
     assert link.fake.writes == []  # nothing written until the turn ends
     await asyncio.sleep(0)
-    assert link.fake.writes == [[_frame(i) for i in range(5)]]
-    link.send(_frame("later"))
+    assert link.fake.writes == [[frame(i) for i in range(5)]]
+    link.send(frame("later"))
     await asyncio.sleep(0)
-    assert link.fake.writes[1] == [_frame("later")]
+    assert link.fake.writes[1] == [frame("later")]

@@ -23,7 +23,8 @@ from aggregator.model import (
     SenderKind,
 )
 from aggregator.store.base import AcceptResult, CallbackJob, StoreError
-from aggregator.store.sqlite import IDEMPOTENCY_TTL, SqliteStore
+from aggregator.store.sqlite import SqliteStore
+from aggregator.store.writes import IDEMPOTENCY_TTL
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 PROVIDER = "opA"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import pickle
-import struct
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any
 
+from aggregator.frames import frame
+from aggregator.link import Link
 from aggregator.log import get_logger
 from aggregator.model import Message
 from aggregator.store.base import AcceptResult, Store, StoreError
@@ -28,91 +28,6 @@ STORE_METHODS = frozenset({
     "list_optouts", "add_optout", "remove_optout",
 })
 STATUS_EVERY = 0.5  # seconds between a worker's status calls (its metrics, the pending count)
-_LEN = struct.Struct("!I")
-MAX_FRAME = 64 * 1024 * 1024
-
-
-def _frame(obj: object) -> bytes:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LEN.pack(len(data)) + data
-
-
-class _LinkOwner(Protocol):
-    """What a link reports to: the StoreServer (one link per worker) or a RemoteStore."""
-
-    def frame_received(self, link: _Link, obj: Any) -> None: ...
-
-    def link_lost(self, link: _Link) -> None: ...
-
-
-class _Link(asyncio.Protocol):
-    """One end of the socket: every whole frame in a read is handled in that turn, and the
-    frames sent in one loop turn leave in one write. A stream reader cost two `readexactly`
-    calls per frame, and a write per answer was a syscall per accepted message."""
-
-    def __init__(self, owner: _LinkOwner) -> None:
-        self._owner = owner
-        self._loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self._partial = bytearray()  # the start of a frame not yet whole
-        self._need = 0  # bytes _partial must hold before a frame in it is whole
-        self._out: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._out.clear()
-        self._owner.link_lost(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self._partial:
-            self._partial += data
-            if len(self._partial) < self._need:  # a big frame arriving in pieces: no parse
-                return
-            data = bytes(self._partial)
-            self._partial.clear()
-        view = memoryview(data)
-        pos, size = 0, len(data)
-        try:
-            while size - pos >= _LEN.size:
-                (length,) = _LEN.unpack_from(data, pos)
-                if length > MAX_FRAME:
-                    raise ValueError(f"frame of {length} bytes")
-                end = pos + _LEN.size + length
-                if end > size:
-                    break
-                obj = pickle.loads(view[pos + _LEN.size:end])
-                pos = end
-                self._owner.frame_received(self, obj)
-        except Exception as exc:  # a malformed frame: the peer is broken; drop it
-            log.error("rpc_bad_frame", error=repr(exc))
-            self.close()
-            return
-        if pos < size:
-            self._partial += view[pos:]
-            self._need = _LEN.size
-            if len(self._partial) >= _LEN.size:
-                self._need += _LEN.unpack_from(self._partial)[0]
-
-    def send(self, frame: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        if not self._out:
-            self._loop.call_soon(self._flush)
-        self._out.append(frame)
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
 class StoreServer:
     """In the daemon: answers the workers' store calls and collects their status reports."""
 
@@ -124,8 +39,8 @@ class StoreServer:
         self._ready = ready
         self._exposition = exposition  # every process's metrics, summed
         self._server: asyncio.AbstractServer | None = None
-        self._reports: dict[_Link, str] = {}  # each connected worker's metrics text
-        self._serving: set[_Link] = set()  # workers listening on the port
+        self._reports: dict[Link, str] = {}  # each connected worker's metrics text
+        self._serving: set[Link] = set()  # workers listening on the port
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -149,16 +64,16 @@ class StoreServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _connected(self) -> _Link:
-        link = _Link(self)
+    def _connected(self) -> Link:
+        link = Link(self)
         self._reports[link] = ""
         return link
 
-    def link_lost(self, link: _Link) -> None:
+    def link_lost(self, link: Link) -> None:
         self._reports.pop(link, None)
         self._serving.discard(link)
 
-    def frame_received(self, link: _Link, obj: Any) -> None:
+    def frame_received(self, link: Link, obj: Any) -> None:
         rid, name, args, kwargs = obj
         if name in STORE_METHODS:  # the store answers after its commit: in a task
             task = asyncio.create_task(self._call(link, rid, name, args, kwargs))
@@ -184,7 +99,7 @@ class StoreServer:
         else:
             self._answer(link, rid, True, result)
 
-    async def _call(self, link: _Link, rid: int, name: str, args: Sequence[Any],
+    async def _call(self, link: Link, rid: int, name: str, args: Sequence[Any],
                     kwargs: dict[str, Any]) -> None:
         try:
             result = await getattr(self._store, name)(*args, **kwargs)
@@ -196,12 +111,12 @@ class StoreServer:
         self._answer(link, rid, True, result)
 
     @staticmethod
-    def _answer(link: _Link, rid: int, ok: bool, result: Any) -> None:
+    def _answer(link: Link, rid: int, ok: bool, result: Any) -> None:
         try:
-            frame = _frame((rid, ok, result))
+            data = frame((rid, ok, result))
         except Exception as exc:  # an answer that does not pickle still gets an answer
-            frame = _frame((rid, False, StoreError(f"{type(exc).__name__}: {exc}")))
-        link.send(frame)
+            data = frame((rid, False, StoreError(f"{type(exc).__name__}: {exc}")))
+        link.send(data)
 
 
 class RemoteStore:
@@ -209,7 +124,7 @@ class RemoteStore:
     daemon. A lost connection fails every call with StoreError (503) and sets `lost`."""
 
     def __init__(self) -> None:
-        self._link = _Link(self)
+        self._link = Link(self)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self.pending = 0
@@ -235,10 +150,10 @@ class RemoteStore:
         rid = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
-        self._link.send(_frame((rid, name, args, kwargs)))
+        self._link.send(frame((rid, name, args, kwargs)))
         return await future
 
-    def frame_received(self, link: _Link, obj: Any) -> None:
+    def frame_received(self, link: Link, obj: Any) -> None:
         rid, ok, result = obj
         future = self._waiting.pop(rid, None)
         if future is None or future.done():
@@ -248,7 +163,7 @@ class RemoteStore:
         else:
             future.set_exception(result)
 
-    def link_lost(self, link: _Link) -> None:
+    def link_lost(self, link: Link) -> None:
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(StoreError("lost the connection to the daemon"))

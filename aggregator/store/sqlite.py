@@ -1,25 +1,32 @@
-"""SQLite store: WAL, synchronous=FULL, one writer thread that commits operations in groups.
+"""SQLite store: WAL, synchronous=FULL, one writer that commits operations in groups.
 
-Every write is a function run inside the writer thread; the thread takes all operations waiting
-(up to `commit_batch`), runs each in its own savepoint inside one transaction, commits once and
-then resolves their futures on the event loop. Thousands of accepts per second share a few fsyncs,
-and an operation's future resolves only after its data is on disk.
+Every write is a named operation (writes.py) run by the writer, a thread of this process or a
+child process of its own; the writer takes all operations waiting (up to `commit_batch`), runs
+them inside one transaction, commits once and then answers them. Thousands of accepts per second
+share a few fsyncs, and an operation's future resolves only after its data is on disk. Reads use
+a connection of their own (WAL lets them run beside the writer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import itertools
 import os
 import queue
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aggregator.frames import frame
+from aggregator.link import Link
+from aggregator.log import get_logger
 from aggregator.model import (
     FINAL_STATUSES,
     Encoding,
@@ -32,7 +39,6 @@ from aggregator.model import (
     SenderKind,
 )
 from aggregator.store.base import (
-    NO_PROVIDER,
     AcceptResult,
     CallbackJob,
     ReceiptResult,
@@ -40,15 +46,21 @@ from aggregator.store.base import (
     StoreBusy,
     StoreError,
 )
-from aggregator.timefmt import iso_utc
+from aggregator.store.writes import (
+    BUSY_TIMEOUT,
+    MESSAGE_COLUMNS,
+    PENDING,
+    GroupWriter,
+    Op,
+    bind,
+    connect,
+)
+
+log = get_logger("smsagg.store")
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1  # == len(MIGRATIONS)
-IDEMPOTENCY_TTL = 24 * 3600.0
-# Seconds a write waits for a lock another process holds before it fails (HTTP answers 503):
-# short, so a request never hangs long on a locked database.
-BUSY_TIMEOUT = 2.0
 # Readiness fails while the last write failed less than this many seconds ago.
 WRITE_FAILURE_WINDOW = 10.0
 
@@ -148,15 +160,24 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_MESSAGE_COLUMNS = (
-    "id, account, dest, region, sender, sender_kind, body, encoding, segments, concat_ref, "
-    "message_class, receipt_mode, status, callback_url, reference, provider, error, created_at, "
-    "submitted_at, done_at, attempts, next_attempt_at, expires_at"
-)
-_PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.SCHEDULED.value,
-            MessageStatus.QUEUED.value)
 _WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
-_FINAL_VALUES = frozenset(status.value for status in FINAL_STATUSES)
+WRITERS = frozenset({"thread", "process"})
+PROCESS_START_TIMEOUT = 30.0  # seconds for the writer process to open the database
+PROCESS_STOP_TIMEOUT = 30.0  # seconds for it to answer what is queued and exit
+
+
+def message_row(m: Message) -> tuple[Any, ...]:
+    """A message as a row of the messages table (MESSAGE_COLUMNS order)."""
+    return (
+        m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
+        m.encoding.value, m.segments, m.concat_ref, m.message_class, m.receipt_mode,
+        m.status.value, m.callback_url, m.reference, m.provider, m.error, m.created_at,
+        m.submitted_at, m.done_at, m.attempts, m.next_attempt_at, m.expires_at,
+    )
+
+
+def _parts(parts: Sequence[SegmentSubmit]) -> list[tuple[int, str]]:
+    return [(p.seq, p.provider_msg_id) for p in parts]
 
 
 def _row_to_message(row: Sequence[Any]) -> Message:
@@ -186,93 +207,97 @@ def _row_to_message(row: Sequence[Any]) -> Message:
     )
 
 
-def callback_payload(notice: FinalNotice) -> str:
-    return json.dumps(
-        {
-            "id": notice.message_id,
-            "status": notice.status.value,
-            "reference": notice.reference,
-            "error": notice.error,
-            "done_at": iso_utc(notice.done_at),
-        },
-        separators=(",", ":"),
-    )
-
-
-class _Op:
-    __slots__ = ("bare", "error", "fn", "future", "result")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any],
-                 bare: bool = False):
-        self.fn = fn
-        self.future = future
-        self.bare = bare  # run outside any transaction (run_on_writer)
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-def _is_fault(exc: BaseException) -> bool:
-    """A fault of the database rather than of one operation: full, locked, read-only, I/O
-    error (OperationalError) or corrupt (a bare DatabaseError)."""
-    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
-
-
 # Primary result codes that say the environment failed, not the file: PERM, BUSY, LOCKED,
 # NOMEM, READONLY, IOERR, FULL, CANTOPEN.
 _NOT_THE_FILE = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
 
 
-def _connect(path: str, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                           timeout=busy_timeout)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=OFF")
-    return conn
+class _Figures:
+    """The writer process's figures, as of its last answer."""
+
+    commits = 0
+    write_errors = 0
+    last_write_error: str | None = None
+    last_write_error_at = 0.0
+    last_write_ok_at = 0.0
 
 
 class SqliteStore:
     def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
                  busy_timeout: float = BUSY_TIMEOUT,
-                 on_commit: Callable[[float], None] | None = None) -> None:
-        """`on_commit` gets each group commit's seconds, on the writer thread (a metric)."""
+                 on_commit: Callable[[float], None] | None = None,
+                 writer: str = "thread") -> None:
+        """`on_commit` gets each group commit's seconds (a metric). `writer`: "thread" runs
+        the writes on a thread of this process; "process" in a child process, where this
+        process's event loop cannot keep them waiting for the GIL."""
+        if writer not in WRITERS:
+            raise ValueError(f"writer must be one of {sorted(WRITERS)}, not {writer!r}")
         self.path = path
+        self.writer = writer
         self._on_commit = on_commit
         self.busy_timeout = busy_timeout
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
         self.pending = 0
-        # Ops go to the writer once per event-loop turn, as one list: the writer wakes once for
-        # everything the turn produced, not on the first op while the loop still holds the GIL.
-        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
-        self._turn: list[_Op] = []
         self._waiting = 0
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._closed = True
-        self.commits = 0  # group commits done
-        # Write faults (set by the writer thread): how many groups failed, the last error, and
-        # when (monotonic) the last group failed and the last one committed.
-        self.write_errors = 0
-        self.last_write_error: str | None = None
-        self.last_write_error_at = 0.0
-        self.last_write_ok_at = 0.0
+        self._figures: GroupWriter | _Figures = _Figures()
+        # Thread writer: ops go to it once per event-loop turn, as one list, so it wakes once
+        # for everything the turn produced, not on the first op while the loop holds the GIL.
+        self._queue: queue.SimpleQueue[list[Op] | None] = queue.SimpleQueue()
+        self._turn: list[Op] = []
+        self._thread: threading.Thread | None = None
+        # Process writer: requests by id; the link sends a turn's requests in one write.
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._link: Link | None = None
+        self._requests: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._started: asyncio.Future[None] | None = None
+        self._lost: str | None = None  # why the writer process is gone
+
+    # figures for readiness, metrics and tests, from whichever writer runs
+    @property
+    def commits(self) -> int:
+        return self._figures.commits
+
+    @property
+    def write_errors(self) -> int:
+        return self._figures.write_errors
+
+    @property
+    def last_write_error(self) -> str | None:
+        return self._figures.last_write_error
+
+    @property
+    def last_write_error_at(self) -> float:
+        return self._figures.last_write_error_at
+
+    @property
+    def last_write_ok_at(self) -> float:
+        return self._figures.last_write_ok_at
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         conn = await asyncio.to_thread(self._open_sync)
+        if self.writer == "process":
+            conn.close()  # checked and migrated; the child opens its own
+            await self._start_process()
+        else:
+            group = GroupWriter(conn, self._on_commit)
+            self._figures = group
+            self._thread = threading.Thread(
+                target=self._write_loop, args=(group,), name="smsagg-store-writer", daemon=True
+            )
+            self._thread.start()
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._writer, args=(conn,), name="smsagg-store-writer", daemon=True
-        )
-        self._thread.start()
-        self._reader = await asyncio.to_thread(_connect, self.path, self.busy_timeout)
+        self._reader = await asyncio.to_thread(connect, self.path, self.busy_timeout)
         counts = await self.count_by_status()
-        self.pending = sum(counts.get(s, 0) for s in _PENDING)
+        self.pending = sum(counts.get(s, 0) for s in PENDING)
 
     def _open_sync(self) -> sqlite3.Connection:
         """Connect, refuse what is not our database, migrate, check, recover claimed messages.
@@ -280,7 +305,7 @@ class SqliteStore:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn: sqlite3.Connection | None = None
         try:
-            conn = _connect(self.path, self.busy_timeout)
+            conn = connect(self.path, self.busy_timeout)
             self._migrate(conn)
             problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
             if problems != ["ok"]:
@@ -346,17 +371,20 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        if self._turn:
-            self._hand_over()
-        self._queue.put(None)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        if self._proc is not None:
+            await self._stop_process()
+        else:
+            if self._turn:
+                self._hand_over()
+            self._queue.put(None)
+            if self._thread is not None:
+                await asyncio.to_thread(self._thread.join)
         if self._reader is not None:
             self._reader.close()
 
-    # ---- the writer --------------------------------------------------------------------------
+    # ---- the writer thread ---------------------------------------------------------------------
 
-    def _writer(self, conn: sqlite3.Connection) -> None:
+    def _write_loop(self, group: GroupWriter) -> None:
         stop = False
         while not stop:
             first = self._queue.get()
@@ -373,101 +401,144 @@ class SqliteStore:
                     break
                 batch.extend(nxt)
             for start in range(0, len(batch), self.commit_batch):  # one turn may bring more
-                self._run_batch(conn, batch[start:start + self.commit_batch])
-        conn.close()
+                chunk = batch[start:start + self.commit_batch]
+                group.run(chunk)
+                assert self._loop is not None
+                with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                    self._loop.call_soon_threadsafe(self._resolve, chunk)
+        group.conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        todo = batch
-        if any(op.bare for op in batch):  # run_on_writer: before the group, outside it
-            todo = [op for op in batch if not op.bare]
-            for op in batch:
-                if op.bare:
-                    try:
-                        op.result = op.fn(conn)
-                    except Exception as exc:
-                        op.error = exc
-        try:
-            if todo:
-                self._commit(conn, todo)
-        except Exception as exc:
-            if _is_fault(exc):  # disk full, I/O error, locked, read-only: all fail
-                self._fail(todo, exc)
-            else:
-                # One op failed on its own (a bug or a constraint): run each in its own
-                # transaction so it cannot sink its neighbours. Rare: the fast path stays lean.
-                for op in todo:
-                    try:
-                        self._commit(conn, [op])
-                    except Exception as op_exc:
-                        if _is_fault(op_exc):
-                            self._fail([op], op_exc)
-                        else:
-                            op.result, op.error = None, op_exc
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self._loop.call_soon_threadsafe(self._resolve, batch)
-
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        started = time.monotonic()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for op in batch:
-                op.result = op.fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        self.commits += 1
-        self.last_write_ok_at = time.monotonic()
-        if self._on_commit is not None:
-            # The group is committed: a failing hook must not make _run_batch redo it.
-            with contextlib.suppress(Exception):
-                self._on_commit(self.last_write_ok_at - started)
-
-    def _fail(self, batch: list[_Op], exc: Exception) -> None:
-        err = StoreError(f"store write failed: {exc}")
-        for op in batch:
-            op.result, op.error = None, err
-        self.write_errors += 1
-        self.last_write_error = str(exc)
-        self.last_write_error_at = time.monotonic()
-
-    def write_failure(self) -> str | None:
-        """The last write error while writes are failing (the last group failed, within
-        WRITE_FAILURE_WINDOW seconds); None when the store takes writes. For readiness."""
-        error, at = self.last_write_error, self.last_write_error_at
-        if error is None or at <= self.last_write_ok_at:
-            return None
-        return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
-
-    def _resolve(self, batch: list[_Op]) -> None:
+    def _resolve(self, batch: list[Op]) -> None:
         self._waiting -= len(batch)
         for op in batch:
-            if op.future.done():
+            future: asyncio.Future[Any] = op.ref
+            if future.done():
                 continue
             if op.error is not None:
-                op.future.set_exception(op.error)
+                future.set_exception(op.error)
             else:
-                op.future.set_result(op.result)
-
-    def _submit(self, fn: Callable[[sqlite3.Connection], T],
-                bare: bool = False) -> asyncio.Future[T]:
-        if self._closed or self._loop is None:
-            raise StoreError("store is closed")
-        if self._waiting >= self.max_waiting and not bare:
-            raise StoreBusy("too many writes waiting for the store")
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._waiting += 1
-        if not self._turn:
-            self._loop.call_soon(self._hand_over)
-        self._turn.append(_Op(fn, future, bare))
-        return future
+                future.set_result(op.result)
 
     def _hand_over(self) -> None:
         turn, self._turn = self._turn, []
         if turn:  # close() may have handed this turn over already
             self._queue.put(turn)
+
+    # ---- the writer process --------------------------------------------------------------------
+
+    async def _start_process(self) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "aggregator.store.writer_process", str(theirs.fileno()),
+                 self.path, repr(self.busy_timeout), str(self.commit_batch)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._started = loop.create_future()
+        _, link = await loop.connect_accepted_socket(lambda: Link(self), ours)
+        self._link = link
+        try:
+            await asyncio.wait_for(asyncio.shield(self._started), PROCESS_START_TIMEOUT)
+        except BaseException:
+            await self._stop_process()
+            raise
+
+    async def _stop_process(self) -> None:
+        proc, link = self._proc, self._link
+        if link is not None:
+            link.send(frame(None))  # after every request already sent: they are answered first
+        if proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), PROCESS_STOP_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        if link is not None:
+            link.close()
+
+    def frame_received(self, link: Link, obj: Any) -> None:
+        """From the writer process: ("ready",), ("error", why) or one group's answers."""
+        if obj[0] == "ready":
+            if self._started is not None and not self._started.done():
+                self._started.set_result(None)
+            return
+        if obj[0] == "error":
+            if self._started is not None and not self._started.done():
+                self._started.set_exception(StoreError(obj[1]))
+            return
+        _, figures, durations, answers = obj
+        f = self._figures
+        (f.commits, f.write_errors, f.last_write_error, f.last_write_error_at,
+         f.last_write_ok_at) = figures
+        if self._on_commit is not None:
+            for seconds in durations:
+                with contextlib.suppress(Exception):
+                    self._on_commit(seconds)
+        self._waiting -= len(answers)
+        for rid, ok, value in answers:
+            future = self._requests.pop(rid, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def link_lost(self, link: Link) -> None:
+        code = self._proc.poll() if self._proc is not None else None
+        self._lost = f"the store writer process exited (code {code})"
+        if not self._closed:
+            log.error("store_writer_lost", exit_code=code)
+        f = self._figures
+        f.write_errors += 1
+        f.last_write_error = self._lost
+        f.last_write_error_at = time.monotonic()
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(StoreError(self._lost))
+        for future in self._requests.values():
+            if not future.done():
+                future.set_exception(StoreError(self._lost))
+        self._waiting -= len(self._requests)
+        self._requests.clear()
+
+    # ---- submitting writes -----------------------------------------------------------------
+
+    def write_failure(self) -> str | None:
+        """The last write error while writes are failing (the last group failed, within
+        WRITE_FAILURE_WINDOW seconds); None when the store takes writes. For readiness."""
+        if self._lost is not None:
+            return self._lost
+        error, at = self.last_write_error, self.last_write_error_at
+        if error is None or at <= self.last_write_ok_at:
+            return None
+        return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
+
+    def _submit(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        """Queue the write `name` (an operation of writes.py) with plain-value arguments."""
+        if self._closed or self._loop is None:
+            raise StoreError("store is closed")
+        if self._lost is not None:
+            raise StoreError(self._lost)
+        if self._waiting >= self.max_waiting:
+            raise StoreBusy("too many writes waiting for the store")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting += 1
+        if self._link is not None:
+            rid = next(self._ids)
+            self._requests[rid] = future
+            self._link.send(frame((rid, name, args)))
+        else:
+            self._queue_op(Op(bind(name, args), future))
+        return future
+
+    def _queue_op(self, op: Op) -> None:
+        assert self._loop is not None
+        if not self._turn:
+            self._loop.call_soon(self._hand_over)
+        self._turn.append(op)
 
     @property
     def waiting(self) -> int:
@@ -476,140 +547,53 @@ class SqliteStore:
     async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on the writer's connection between transactions, before the writes queued
         with it. For tests and tools: e.g. PRAGMA max_page_count (a full disk), query_only (a
-        read-only file) or busy_timeout."""
-        return await self._submit(fn, bare=True)
+        read-only file) or busy_timeout. The thread writer only: a function does not travel."""
+        if self._closed or self._loop is None:
+            raise StoreError("store is closed")
+        if self._link is not None:
+            raise StoreError("run_on_writer needs writer = \"thread\"")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._waiting += 1
+        self._queue_op(Op(fn, future, bare=True))
+        return await future
 
     # ---- writes ------------------------------------------------------------------------------
 
     async def accept_many(self, messages: Sequence[Message]) -> None:
         """Insert several messages in one transaction: all are stored, or none."""
-        rows = [self._row(m) for m in messages]
-
+        rows = [message_row(m) for m in messages]
         marketing = [(m.account, m.to, m.created_at) for m in messages
                      if m.message_class == "marketing"]
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(self._INSERT, rows)
-            conn.executemany(self._LOG_MARKETING, marketing)
-
-        await self._submit(op)
+        await self._submit("accept_many", rows, marketing)
         self.pending += sum(1 for m in messages if m.status in _WAITING)
 
-    _INSERT = (
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
-        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-
-    _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES (?, ?, ?)"
-
-    @staticmethod
-    def _row(m: Message) -> tuple[Any, ...]:
-        return (
-            m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
-            m.encoding.value, m.segments, m.concat_ref, m.message_class, m.receipt_mode,
-            m.status.value, m.callback_url, m.reference, m.provider, m.error, m.created_at,
-            m.submitted_at, m.done_at, m.attempts, m.next_attempt_at, m.expires_at,
-        )
-
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
-        m = message
-        values = self._row(m)
-
-        def op(conn: sqlite3.Connection) -> AcceptResult:
-            if idempotency_key is not None:
-                known = conn.execute(
-                    "SELECT message_id, created_at FROM idempotency WHERE account = ? AND key = ?",
-                    (m.account, idempotency_key),
-                ).fetchone()
-                if known is not None and known[1] > m.created_at - IDEMPOTENCY_TTL:
-                    prior = conn.execute(
-                        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (known[0],)
-                    ).fetchone()
-                    if prior is not None:
-                        return AcceptResult(_row_to_message(prior), created=False)
-                conn.execute(
-                    "INSERT OR REPLACE INTO idempotency (account, key, message_id, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (m.account, idempotency_key, m.id, m.created_at),
-                )
-            conn.execute(self._INSERT, values)
-            if m.message_class == "marketing":  # frequency caps count what was accepted
-                conn.execute(self._LOG_MARKETING, (m.account, m.to, m.created_at))
-            return AcceptResult(m, created=True)
-
-        result = await self._submit(op)
-        if result.created and m.status in _WAITING:
+        prior = await self._submit("accept", message_row(message), idempotency_key)
+        if prior is not None:
+            return AcceptResult(_row_to_message(prior), created=False)
+        if message.status in _WAITING:
             self.pending += 1
-        return result
+        return AcceptResult(message, created=True)
 
     async def claim_due(self, now: float, limit: int) -> list[Message]:
-        def op(conn: sqlite3.Connection) -> list[Message]:
-            rows = conn.execute(
-                f"UPDATE messages SET status = 'queued' WHERE id IN ("
-                # Without INDEXED BY the planner picks messages_status and sorts every waiting
-                # row on each claim: 14 ms per claim at a 16k backlog, which capped relaying.
-                "SELECT id FROM messages INDEXED BY messages_due "
-                "WHERE status IN ('accepted', 'scheduled') "
-                "AND next_attempt_at <= ? "
-                f"ORDER BY next_attempt_at LIMIT ?) RETURNING {_MESSAGE_COLUMNS}",
-                (now, limit),
-            ).fetchall()
-            messages = [_row_to_message(r) for r in rows]
-            multi = [m.id for m in messages if m.segments > 1]
-            if multi:
-                done: dict[str, set[int]] = {}
-                marks = ",".join("?" * len(multi))
-                for mid, seq in conn.execute(
-                    f"SELECT message_id, seq FROM segments WHERE message_id IN ({marks})", multi
-                ):
-                    done.setdefault(mid, set()).add(seq)
-                for m in messages:
-                    if m.id in done:
-                        m.done_segments = frozenset(done[m.id])
-            return messages
-
-        return await self._submit(op)
+        rows, done = await self._submit("claim_due", now, limit)
+        messages = [_row_to_message(r) for r in rows]
+        for m in messages:
+            if m.id in done:
+                m.done_segments = frozenset(done[m.id])
+        return messages
 
     async def next_due_at(self) -> float | None:
-        def op(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(
-                "SELECT MIN(next_attempt_at) FROM messages INDEXED BY messages_due "
-                "WHERE status IN ('accepted', 'scheduled')"
-            ).fetchone()
-            return None if row is None else row[0]
-
-        return await self._submit(op)
-
-    @staticmethod
-    def _insert_parts(
-        conn: sqlite3.Connection,
-        message_id: str,
-        provider: str,
-        parts: Sequence[SegmentSubmit],
-        now: float,
-    ) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO segments "
-            "(message_id, seq, provider, provider_msg_id, status, submitted_at) "
-            "VALUES (?, ?, ?, ?, 'submitted', ?)",
-            [(message_id, p.seq, provider, p.provider_msg_id, now) for p in parts],
-        )
+        result: float | None = await self._submit("next_due_at")
+        return result
 
     async def record_submitted(
         self, message_id: str, provider: str, parts: Sequence[SegmentSubmit], now: float
     ) -> None:
-        def op(conn: sqlite3.Connection) -> int:
-            self._insert_parts(conn, message_id, provider, parts, now)
-            # Never step back from final (a receipt may have got there first).
-            return conn.execute(
-                "UPDATE messages SET status = 'submitted', provider = ?, submitted_at = ?, "
-                "attempts = attempts + 1 WHERE id = ? AND status IN ('accepted', 'queued')",
-                (provider, now, message_id),
-            ).rowcount
-
         # Not `self.pending -= await ...`: that reads the count before the await and writes
         # it back after, losing every accept counted meanwhile (the count drifted negative).
-        submitted = await self._submit(op)
+        submitted = await self._submit("record_submitted", message_id, provider,
+                                       _parts(parts), now)
         self.pending -= submitted
 
     async def reschedule(
@@ -621,234 +605,81 @@ class SqliteStore:
         error: str | None,
         count_attempt: bool = True,
     ) -> None:
-        now = time.time()
-
-        def op(conn: sqlite3.Connection) -> None:
-            if parts and provider is not None:
-                self._insert_parts(conn, message_id, provider, parts, now)
-            conn.execute(
-                "UPDATE messages SET status = 'accepted', next_attempt_at = ?, error = ?, "
-                "provider = COALESCE(?, provider), attempts = attempts + ? "
-                "WHERE id = ? AND status = 'queued'",
-                (next_attempt_at, error, provider if parts else None, int(count_attempt),
-                 message_id),
-            )
-
-        await self._submit(op)
-
-    def _finish_sync(
-        self,
-        conn: sqlite3.Connection,
-        message_id: str,
-        status: MessageStatus,
-        error: str | None,
-        now: float,
-        prior_status: str | None = None,
-    ) -> tuple[FinalNotice | None, bool]:
-        """Make a message final unless it already is; returns the notice and whether the message
-        was still pending (accepted/queued) before, for the pending count. `prior_status`: the
-        status the caller read in this transaction, to spare reading it again."""
-        if prior_status is None:
-            prior = conn.execute(
-                "SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if prior is None:
-                return None, False
-            prior_status = prior[0]
-        if prior_status in _FINAL_VALUES:
-            return None, False
-        row = conn.execute(
-            "UPDATE messages SET status = ?, error = ?, done_at = ? WHERE id = ? "
-            "RETURNING account, reference, callback_url, submitted_at, provider, receipt_mode, "
-            "sender, dest, created_at",
-            (status.value, error, now, message_id),
-        ).fetchone()
-        notice = FinalNotice(
-            message_id=message_id,
-            account=row[0],
-            status=status,
-            reference=row[1],
-            error=error,
-            done_at=now,
-            callback_url=row[2],
-            submitted_at=row[3],
-            provider=row[4],
-        )
-        if notice.callback_url:
-            conn.execute(
-                "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
-                "VALUES (?, ?, ?, ?)",
-                (message_id, notice.callback_url, callback_payload(notice), now),
-            )
-        receipt_mode = row[5]
-        if receipt_mode == 1 or (receipt_mode == 2 and status is not MessageStatus.DELIVERED):
-            conn.execute(
-                "INSERT INTO smpp_receipts (account, message_id, source, dest, status, error, "
-                "submitted_at, done_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row[0], message_id, row[6], row[7], status.value, error, row[8], now, now),
-            )
-        return notice, prior_status in _PENDING
+        await self._submit("reschedule", message_id, provider, _parts(parts), next_attempt_at,
+                           error, count_attempt, time.time())
 
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE messages SET next_attempt_at = ? WHERE status = 'accepted' "
-                "AND next_attempt_at > ? AND error = ?",
-                (now, now, NO_PROVIDER),
-            ).rowcount
-
-        return await self._submit(op)
+        released: int = await self._submit("release_waiting", now)
+        return released
 
     async def finish(
         self, message_id: str, status: MessageStatus, error: str | None, now: float
     ) -> FinalNotice | None:
         assert status in FINAL_STATUSES
-        notice, was_pending = await self._submit(
-            lambda conn: self._finish_sync(conn, message_id, status, error, now)
-        )
+        notice, was_pending = await self._submit("finish", message_id, status, error, now)
         if was_pending:
             self.pending -= 1
-        return notice
+        result: FinalNotice | None = notice
+        return result
 
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]:
-        def op(conn: sqlite3.Connection) -> list[tuple[ReceiptResult, bool]]:
-            return [self._apply_receipt(conn, u) for u in updates]
-
-        applied = await self._submit(op)
+        applied = await self._submit("apply_receipts", list(updates))
         self.pending -= sum(1 for _, was_pending in applied if was_pending)
         return [result for result, _ in applied]
-
-    def _apply_receipt(
-        self, conn: sqlite3.Connection, u: ReceiptUpdate
-    ) -> tuple[ReceiptResult, bool]:
-        row = conn.execute(
-            "SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ?",
-            (u.provider, u.provider_msg_id),
-        ).fetchone()
-        if row is None:
-            return ReceiptResult(u, matched=False, message_id=None, final=None), False
-        message_id, seq = row
-        if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
-            return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
-        conn.execute(
-            "UPDATE segments SET status = ?, error = ?, done_at = ? "
-            "WHERE message_id = ? AND seq = ?",
-            (u.status.value, u.error, u.received_at, message_id, seq),
-        )
-        msg = conn.execute(
-            "SELECT segments, status FROM messages WHERE id = ?", (message_id,)
-        ).fetchone()
-        if msg is None or msg[1] in _FINAL_VALUES:
-            return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
-        final_status: MessageStatus | None = None
-        if u.status is not MessageStatus.DELIVERED:
-            final_status = u.status  # one part finally failed: the message did
-        elif msg[0] == 1:
-            final_status = MessageStatus.DELIVERED
-        else:
-            delivered = conn.execute(
-                "SELECT COUNT(*) FROM segments WHERE message_id = ? AND status = 'delivered'",
-                (message_id,),
-            ).fetchone()[0]
-            if delivered >= msg[0]:
-                final_status = MessageStatus.DELIVERED
-        notice, was_pending = None, False
-        if final_status is not None:
-            notice, was_pending = self._finish_sync(
-                conn, message_id, final_status, u.error, u.received_at, msg[1]
-            )
-        return ReceiptResult(u, matched=True, message_id=message_id, final=notice), was_pending
 
     # ---- callbacks outbox --------------------------------------------------------------------
 
     async def due_callbacks(self, now: float, limit: int) -> list[CallbackJob]:
-        def op(conn: sqlite3.Connection) -> list[CallbackJob]:
-            rows = conn.execute(
-                "SELECT id, message_id, url, payload, attempts FROM callbacks "
-                "WHERE given_up = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            return [CallbackJob(*r) for r in rows]
-
-        return await self._submit(op)
+        rows = await self._submit("due_callbacks", now, limit)
+        return [CallbackJob(*r) for r in rows]
 
     async def callbacks_done(self, job_ids: Sequence[int]) -> None:
         """Drop delivered callbacks: the sender hands in all of a loop turn's at once."""
-        rows = [(job_id,) for job_id in job_ids]
-        await self._submit(lambda c: c.executemany("DELETE FROM callbacks WHERE id = ?", rows))
+        await self._submit("callbacks_done", list(job_ids))
 
     async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None:
-        await self._submit(
-            lambda c: c.execute(
-                "UPDATE callbacks SET attempts = attempts + 1, next_attempt_at = ?, "
-                "last_error = ? WHERE id = ?",
-                (next_attempt_at, error, job_id),
-            )
-        )
+        await self._submit("callback_retry", job_id, next_attempt_at, error)
 
     async def callback_give_up(self, job_id: int, error: str) -> None:
-        await self._submit(
-            lambda c: c.execute(
-                "UPDATE callbacks SET attempts = attempts + 1, given_up = 1, last_error = ? "
-                "WHERE id = ?",
-                (error, job_id),
-            )
-        )
+        await self._submit("callback_give_up", job_id, error)
+
+    async def enqueue_callback(self, url: str, payload: str, now: float) -> None:
+        """An HTTP POST for the callback sender that is not about a message (e.g. an MO)."""
+        await self._submit("enqueue_callback", url, payload, now)
 
     # ---- SMPP receipts outbox -----------------------------------------------------------------
 
     async def due_smpp_receipts(self, account: str, now: float, limit: int) -> list[SmppReceipt]:
-        def op(conn: sqlite3.Connection) -> list[SmppReceipt]:
-            rows = conn.execute(
-                "SELECT id, account, message_id, source, dest, status, error, submitted_at, "
-                "done_at, attempts, kind, text FROM smpp_receipts WHERE account = ? "
-                "AND given_up = 0 "
-                "AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-                (account, now, limit),
-            ).fetchall()
-            return [
-                SmppReceipt(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7], r[8],
-                            r[9], r[10], r[11])
-                for r in rows
-            ]
-
-        return await self._submit(op)
+        rows = await self._submit("due_smpp_receipts", account, now, limit)
+        return [
+            SmppReceipt(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7], r[8],
+                        r[9], r[10], r[11])
+            for r in rows
+        ]
 
     async def enqueue_smpp_mo(self, account: str, source: str, dest: str, text: str,
                               now: float) -> None:
         """A handset's message for an account's bound SMPP receiver, sent like a receipt."""
-        await self._submit(lambda c: c.execute(
-            "INSERT INTO smpp_receipts (kind, text, account, message_id, source, dest, status, "
-            "submitted_at, done_at, next_attempt_at) "
-            "VALUES ('mo', ?, ?, '', ?, ?, 'delivered', ?, ?, ?)",
-            (text, account, source, dest, now, now, now)))
+        await self._submit("enqueue_smpp_mo", account, source, dest, text, now)
 
     async def smpp_receipt_done(self, receipt_id: int) -> None:
-        await self._submit(
-            lambda c: c.execute("DELETE FROM smpp_receipts WHERE id = ?", (receipt_id,))
-        )
+        await self._submit("smpp_receipt_done", receipt_id)
 
     async def smpp_receipt_retry(self, receipt_id: int, next_attempt_at: float,
                                  give_up: bool) -> None:
-        await self._submit(
-            lambda c: c.execute(
-                "UPDATE smpp_receipts SET attempts = attempts + 1, next_attempt_at = ?, "
-                "given_up = ? WHERE id = ?",
-                (next_attempt_at, int(give_up), receipt_id),
-            )
-        )
+        await self._submit("smpp_receipt_retry", receipt_id, next_attempt_at, give_up)
 
     # ---- opt-outs and marketing frequency -------------------------------------------------
 
     async def add_optout(self, account: str, number: str, source: str, now: float) -> bool:
         """Record an opt-out (kept with when and where from); False if it was already there."""
-        return bool(await self._submit(lambda c: c.execute(
-            "INSERT OR IGNORE INTO optouts (account, number, created_at, source) "
-            "VALUES (?, ?, ?, ?)", (account, number, now, source)).rowcount))
+        added: bool = await self._submit("add_optout", account, number, source, now)
+        return added
 
     async def remove_optout(self, account: str, number: str) -> bool:
-        return bool(await self._submit(lambda c: c.execute(
-            "DELETE FROM optouts WHERE account = ? AND number = ?", (account, number)).rowcount))
+        removed: bool = await self._submit("remove_optout", account, number)
+        return removed
 
     async def is_opted_out(self, account: str, number: str) -> bool:
         rows = await asyncio.to_thread(
@@ -882,12 +713,6 @@ class SqliteStore:
             "ORDER BY created_at DESC LIMIT 1", (number, sender))
         return rows[0][0] if rows else None
 
-    async def enqueue_callback(self, url: str, payload: str, now: float) -> None:
-        """An HTTP POST for the callback sender that is not about a message (e.g. an MO)."""
-        await self._submit(lambda c: c.execute(
-            "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
-            "VALUES ('', ?, ?, ?)", (url, payload, now)))
-
     def size_bytes(self) -> int:
         total = 0
         for suffix in ("", "-wal"):
@@ -906,14 +731,14 @@ class SqliteStore:
     async def get_message(self, account: str, message_id: str) -> Message | None:
         rows = await asyncio.to_thread(
             self._read,
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND account = ?",
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND account = ?",
             (message_id, account),
         )
         return _row_to_message(rows[0]) if rows else None
 
     async def count_by_status(self) -> dict[str, int]:
         if self._reader is None:
-            conn = await asyncio.to_thread(_connect, self.path)
+            conn = await asyncio.to_thread(connect, self.path)
             try:
                 rows = conn.execute(
                     "SELECT status, COUNT(*) FROM messages GROUP BY status"

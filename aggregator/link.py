@@ -1,0 +1,81 @@
+"""The asyncio end of a socket carrying frames (frames.py): the ingress RPC, and the store's
+writer process as the daemon sees it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol, cast
+
+from aggregator.frames import LEN, split
+from aggregator.log import get_logger
+
+log = get_logger("smsagg.link")
+
+
+class LinkOwner(Protocol):
+    """What a link reports to: the StoreServer (one link per worker) or a RemoteStore."""
+
+    def frame_received(self, link: Link, obj: Any) -> None: ...
+
+    def link_lost(self, link: Link) -> None: ...
+
+
+class Link(asyncio.Protocol):
+    """One end of the socket: every whole frame in a read is handled in that turn, and the
+    frames sent in one loop turn leave in one write. A stream reader cost two `readexactly`
+    calls per frame, and a write per answer was a syscall per accepted message."""
+
+    def __init__(self, owner: LinkOwner) -> None:
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._partial = bytearray()  # the start of a frame not yet whole
+        self._need = 0  # bytes _partial must hold before a frame in it is whole
+        self._out: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._out.clear()
+        self._owner.link_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._partial:
+            self._partial += data
+            if len(self._partial) < self._need:  # a big frame arriving in pieces: no parse
+                return
+            data = bytes(self._partial)
+            self._partial.clear()
+        frames, pos, error = split(data)
+        try:
+            for obj in frames:
+                self._owner.frame_received(self, obj)
+            if error is not None:
+                raise error
+        except Exception as exc:  # a malformed frame: the peer is broken; drop it
+            log.error("bad_frame", error=repr(exc))
+            self.close()
+            return
+        if pos < len(data):
+            self._partial += data[pos:]
+            self._need = LEN.size
+            if len(self._partial) >= LEN.size:
+                self._need += LEN.unpack_from(self._partial)[0]
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(frame)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

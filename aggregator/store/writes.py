@@ -1,0 +1,460 @@
+"""The store's writes: one plain function per operation, run on the writer's connection, and
+the group runner that commits many of them in one transaction.
+
+An operation is named and takes plain values, so the same code runs on the writer thread or in
+the writer process (`writer_process.py`), where the daemon's event loop cannot hold it up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aggregator.model import FINAL_STATUSES, FinalNotice, MessageStatus, ReceiptUpdate
+from aggregator.store.base import NO_PROVIDER, ReceiptResult, StoreError
+from aggregator.timefmt import iso_utc
+
+IDEMPOTENCY_TTL = 24 * 3600.0
+# Seconds a write waits for a lock another process holds before it fails (HTTP answers 503):
+# short, so a request never hangs long on a locked database.
+BUSY_TIMEOUT = 2.0
+
+MESSAGE_COLUMNS = (
+    "id, account, dest, region, sender, sender_kind, body, encoding, segments, concat_ref, "
+    "message_class, receipt_mode, status, callback_url, reference, provider, error, created_at, "
+    "submitted_at, done_at, attempts, next_attempt_at, expires_at"
+)
+PENDING = (MessageStatus.ACCEPTED.value, MessageStatus.SCHEDULED.value,
+           MessageStatus.QUEUED.value)
+FINAL_VALUES = frozenset(status.value for status in FINAL_STATUSES)
+
+INSERT_MESSAGE = (
+    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES (?, ?, ?)"
+# Positions in a message row (MESSAGE_COLUMNS order) the writes read.
+_ID, _ACCOUNT, _DEST, _CLASS, _CREATED = 0, 1, 2, 10, 17
+
+Parts = Sequence[tuple[int, str]]  # (seq, provider_msg_id) of the segments a provider took
+
+
+def connect(path: str, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=busy_timeout)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+def callback_payload(notice: FinalNotice) -> str:
+    return json.dumps(
+        {
+            "id": notice.message_id,
+            "status": notice.status.value,
+            "reference": notice.reference,
+            "error": notice.error,
+            "done_at": iso_utc(notice.done_at),
+        },
+        separators=(",", ":"),
+    )
+
+
+# ---- operations: (connection, plain values) -> plain result ----------------------------------
+
+def accept_many(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]],
+                marketing: Sequence[tuple[str, str, float]]) -> None:
+    conn.executemany(INSERT_MESSAGE, rows)
+    conn.executemany(_LOG_MARKETING, marketing)
+
+
+def accept(conn: sqlite3.Connection, row: tuple[Any, ...],
+           idempotency_key: str | None) -> tuple[Any, ...] | None:
+    """Insert a message; with a key seen within IDEMPOTENCY_TTL, insert nothing and return
+    the earlier message's row instead."""
+    account, created_at = row[_ACCOUNT], row[_CREATED]
+    if idempotency_key is not None:
+        known = conn.execute(
+            "SELECT message_id, created_at FROM idempotency WHERE account = ? AND key = ?",
+            (account, idempotency_key),
+        ).fetchone()
+        if known is not None and known[1] > created_at - IDEMPOTENCY_TTL:
+            prior: tuple[Any, ...] | None = conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (known[0],)
+            ).fetchone()
+            if prior is not None:
+                return prior
+        conn.execute(
+            "INSERT OR REPLACE INTO idempotency (account, key, message_id, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (account, idempotency_key, row[_ID], created_at),
+        )
+    conn.execute(INSERT_MESSAGE, row)
+    if row[_CLASS] == "marketing":  # frequency caps count what was accepted
+        conn.execute(_LOG_MARKETING, (account, row[_DEST], created_at))
+    return None
+
+
+def claim_due(conn: sqlite3.Connection, now: float,
+              limit: int) -> tuple[list[tuple[Any, ...]], dict[str, list[int]]]:
+    """Due messages, now 'queued': their rows, and the parts already sent of those with more
+    than one."""
+    rows = conn.execute(
+        "UPDATE messages SET status = 'queued' WHERE id IN ("
+        # Without INDEXED BY the planner picks messages_status and sorts every waiting
+        # row on each claim: 14 ms per claim at a 16k backlog, which capped relaying.
+        "SELECT id FROM messages INDEXED BY messages_due "
+        "WHERE status IN ('accepted', 'scheduled') "
+        "AND next_attempt_at <= ? "
+        f"ORDER BY next_attempt_at LIMIT ?) RETURNING {MESSAGE_COLUMNS}",
+        (now, limit),
+    ).fetchall()
+    multi = [r[_ID] for r in rows if r[8] > 1]  # segments
+    done: dict[str, list[int]] = {}
+    if multi:
+        marks = ",".join("?" * len(multi))
+        for mid, seq in conn.execute(
+            f"SELECT message_id, seq FROM segments WHERE message_id IN ({marks})", multi
+        ):
+            done.setdefault(mid, []).append(seq)
+    return rows, done
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM messages INDEXED BY messages_due "
+        "WHERE status IN ('accepted', 'scheduled')"
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def _insert_parts(conn: sqlite3.Connection, message_id: str, provider: str, parts: Parts,
+                  now: float) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO segments "
+        "(message_id, seq, provider, provider_msg_id, status, submitted_at) "
+        "VALUES (?, ?, ?, ?, 'submitted', ?)",
+        [(message_id, seq, provider, provider_msg_id, now) for seq, provider_msg_id in parts],
+    )
+
+
+def record_submitted(conn: sqlite3.Connection, message_id: str, provider: str, parts: Parts,
+                     now: float) -> int:
+    _insert_parts(conn, message_id, provider, parts, now)
+    # Never step back from final (a receipt may have got there first).
+    return conn.execute(
+        "UPDATE messages SET status = 'submitted', provider = ?, submitted_at = ?, "
+        "attempts = attempts + 1 WHERE id = ? AND status IN ('accepted', 'queued')",
+        (provider, now, message_id),
+    ).rowcount
+
+
+def reschedule(conn: sqlite3.Connection, message_id: str, provider: str | None, parts: Parts,
+               next_attempt_at: float, error: str | None, count_attempt: bool,
+               now: float) -> None:
+    if parts and provider is not None:
+        _insert_parts(conn, message_id, provider, parts, now)
+    conn.execute(
+        "UPDATE messages SET status = 'accepted', next_attempt_at = ?, error = ?, "
+        "provider = COALESCE(?, provider), attempts = attempts + ? "
+        "WHERE id = ? AND status = 'queued'",
+        (next_attempt_at, error, provider if parts else None, int(count_attempt), message_id),
+    )
+
+
+def finish(
+    conn: sqlite3.Connection,
+    message_id: str,
+    status: MessageStatus,
+    error: str | None,
+    now: float,
+    prior_status: str | None = None,
+) -> tuple[FinalNotice | None, bool]:
+    """Make a message final unless it already is; returns the notice and whether the message
+    was still pending (accepted/queued) before, for the pending count. `prior_status`: the
+    status the caller read in this transaction, to spare reading it again."""
+    if prior_status is None:
+        prior = conn.execute(
+            "SELECT status FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if prior is None:
+            return None, False
+        prior_status = prior[0]
+    if prior_status in FINAL_VALUES:
+        return None, False
+    row = conn.execute(
+        "UPDATE messages SET status = ?, error = ?, done_at = ? WHERE id = ? "
+        "RETURNING account, reference, callback_url, submitted_at, provider, receipt_mode, "
+        "sender, dest, created_at",
+        (status.value, error, now, message_id),
+    ).fetchone()
+    notice = FinalNotice(
+        message_id=message_id,
+        account=row[0],
+        status=status,
+        reference=row[1],
+        error=error,
+        done_at=now,
+        callback_url=row[2],
+        submitted_at=row[3],
+        provider=row[4],
+    )
+    if notice.callback_url:
+        conn.execute(
+            "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
+            "VALUES (?, ?, ?, ?)",
+            (message_id, notice.callback_url, callback_payload(notice), now),
+        )
+    receipt_mode = row[5]
+    if receipt_mode == 1 or (receipt_mode == 2 and status is not MessageStatus.DELIVERED):
+        conn.execute(
+            "INSERT INTO smpp_receipts (account, message_id, source, dest, status, error, "
+            "submitted_at, done_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row[0], message_id, row[6], row[7], status.value, error, row[8], now, now),
+        )
+    return notice, prior_status in PENDING
+
+
+def release_waiting(conn: sqlite3.Connection, now: float) -> int:
+    return conn.execute(
+        "UPDATE messages SET next_attempt_at = ? WHERE status = 'accepted' "
+        "AND next_attempt_at > ? AND error = ?",
+        (now, now, NO_PROVIDER),
+    ).rowcount
+
+
+def apply_receipts(conn: sqlite3.Connection,
+                   updates: Sequence[ReceiptUpdate]) -> list[tuple[ReceiptResult, bool]]:
+    return [_apply_receipt(conn, u) for u in updates]
+
+
+def _apply_receipt(conn: sqlite3.Connection, u: ReceiptUpdate) -> tuple[ReceiptResult, bool]:
+    row = conn.execute(
+        "SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ?",
+        (u.provider, u.provider_msg_id),
+    ).fetchone()
+    if row is None:
+        return ReceiptResult(u, matched=False, message_id=None, final=None), False
+    message_id, seq = row
+    if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
+        return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
+    conn.execute(
+        "UPDATE segments SET status = ?, error = ?, done_at = ? "
+        "WHERE message_id = ? AND seq = ?",
+        (u.status.value, u.error, u.received_at, message_id, seq),
+    )
+    msg = conn.execute(
+        "SELECT segments, status FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    if msg is None or msg[1] in FINAL_VALUES:
+        return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
+    final_status: MessageStatus | None = None
+    if u.status is not MessageStatus.DELIVERED:
+        final_status = u.status  # one part finally failed: the message did
+    elif msg[0] == 1:
+        final_status = MessageStatus.DELIVERED
+    else:
+        delivered = conn.execute(
+            "SELECT COUNT(*) FROM segments WHERE message_id = ? AND status = 'delivered'",
+            (message_id,),
+        ).fetchone()[0]
+        if delivered >= msg[0]:
+            final_status = MessageStatus.DELIVERED
+    notice, was_pending = None, False
+    if final_status is not None:
+        notice, was_pending = finish(
+            conn, message_id, final_status, u.error, u.received_at, msg[1]
+        )
+    return ReceiptResult(u, matched=True, message_id=message_id, final=notice), was_pending
+
+
+def due_callbacks(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT id, message_id, url, payload, attempts FROM callbacks "
+        "WHERE given_up = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+        (now, limit),
+    ).fetchall()
+
+
+def callbacks_done(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
+    conn.executemany("DELETE FROM callbacks WHERE id = ?", [(job_id,) for job_id in job_ids])
+
+
+def callback_retry(conn: sqlite3.Connection, job_id: int, next_attempt_at: float,
+                   error: str) -> None:
+    conn.execute(
+        "UPDATE callbacks SET attempts = attempts + 1, next_attempt_at = ?, "
+        "last_error = ? WHERE id = ?",
+        (next_attempt_at, error, job_id),
+    )
+
+
+def callback_give_up(conn: sqlite3.Connection, job_id: int, error: str) -> None:
+    conn.execute(
+        "UPDATE callbacks SET attempts = attempts + 1, given_up = 1, last_error = ? "
+        "WHERE id = ?",
+        (error, job_id),
+    )
+
+
+def enqueue_callback(conn: sqlite3.Connection, url: str, payload: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
+        "VALUES ('', ?, ?, ?)", (url, payload, now))
+
+
+def due_smpp_receipts(conn: sqlite3.Connection, account: str, now: float,
+                      limit: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT id, account, message_id, source, dest, status, error, submitted_at, "
+        "done_at, attempts, kind, text FROM smpp_receipts WHERE account = ? "
+        "AND given_up = 0 "
+        "AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+        (account, now, limit),
+    ).fetchall()
+
+
+def enqueue_smpp_mo(conn: sqlite3.Connection, account: str, source: str, dest: str, text: str,
+                    now: float) -> None:
+    conn.execute(
+        "INSERT INTO smpp_receipts (kind, text, account, message_id, source, dest, status, "
+        "submitted_at, done_at, next_attempt_at) "
+        "VALUES ('mo', ?, ?, '', ?, ?, 'delivered', ?, ?, ?)",
+        (text, account, source, dest, now, now, now))
+
+
+def smpp_receipt_done(conn: sqlite3.Connection, receipt_id: int) -> None:
+    conn.execute("DELETE FROM smpp_receipts WHERE id = ?", (receipt_id,))
+
+
+def smpp_receipt_retry(conn: sqlite3.Connection, receipt_id: int, next_attempt_at: float,
+                       give_up: bool) -> None:
+    conn.execute(
+        "UPDATE smpp_receipts SET attempts = attempts + 1, next_attempt_at = ?, "
+        "given_up = ? WHERE id = ?",
+        (next_attempt_at, int(give_up), receipt_id),
+    )
+
+
+def add_optout(conn: sqlite3.Connection, account: str, number: str, source: str,
+               now: float) -> bool:
+    return bool(conn.execute(
+        "INSERT OR IGNORE INTO optouts (account, number, created_at, source) "
+        "VALUES (?, ?, ?, ?)", (account, number, now, source)).rowcount)
+
+
+def remove_optout(conn: sqlite3.Connection, account: str, number: str) -> bool:
+    return bool(conn.execute(
+        "DELETE FROM optouts WHERE account = ? AND number = ?", (account, number)).rowcount)
+
+
+OPS: dict[str, Callable[..., Any]] = {
+    fn.__name__: fn for fn in (
+        accept_many, accept, claim_due, next_due_at, record_submitted, reschedule, finish,
+        release_waiting, apply_receipts, due_callbacks, callbacks_done, callback_retry,
+        callback_give_up, enqueue_callback, due_smpp_receipts, enqueue_smpp_mo,
+        smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout,
+    )
+}
+
+
+def bind(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
+    """The operation `name` with its arguments, to run on a connection."""
+    fn = OPS[name]
+    return lambda conn: fn(conn, *args)
+
+
+# ---- group commit ------------------------------------------------------------------------------
+
+class Op:
+    __slots__ = ("bare", "error", "fn", "ref", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], ref: Any, bare: bool = False):
+        self.fn = fn
+        self.ref = ref  # the caller's handle: a future (thread) or a request id (process)
+        self.bare = bare  # run outside any transaction (run_on_writer)
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _is_fault(exc: BaseException) -> bool:
+    """A fault of the database rather than of one operation: full, locked, read-only, I/O
+    error (OperationalError) or corrupt (a bare DatabaseError)."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+class GroupWriter:
+    """Runs groups of operations on the writer connection, one transaction per group, and
+    keeps the figures readiness and metrics read."""
+
+    def __init__(self, conn: sqlite3.Connection,
+                 on_commit: Callable[[float], None] | None = None) -> None:
+        self.conn = conn
+        self._on_commit = on_commit
+        self.commits = 0  # group commits done
+        # Write faults: how many groups failed, the last error, and when (monotonic) the last
+        # group failed and the last one committed.
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+        self.last_write_error_at = 0.0
+        self.last_write_ok_at = 0.0
+
+    def run(self, batch: list[Op]) -> None:
+        """Set every op's result or error."""
+        conn = self.conn
+        todo = batch
+        if any(op.bare for op in batch):  # run_on_writer: before the group, outside it
+            todo = [op for op in batch if not op.bare]
+            for op in batch:
+                if op.bare:
+                    try:
+                        op.result = op.fn(conn)
+                    except Exception as exc:
+                        op.error = exc
+        try:
+            if todo:
+                self._commit(todo)
+        except Exception as exc:
+            if _is_fault(exc):  # disk full, I/O error, locked, read-only: all fail
+                self._fail(todo, exc)
+            else:
+                # One op failed on its own (a bug or a constraint): run each in its own
+                # transaction so it cannot sink its neighbours. Rare: the fast path stays lean.
+                for op in todo:
+                    try:
+                        self._commit([op])
+                    except Exception as op_exc:
+                        if _is_fault(op_exc):
+                            self._fail([op], op_exc)
+                        else:
+                            op.result, op.error = None, op_exc
+
+    def _commit(self, batch: list[Op]) -> None:
+        conn = self.conn
+        started = time.monotonic()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in batch:
+                op.result = op.fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.last_write_ok_at = time.monotonic()
+        if self._on_commit is not None:
+            # The group is committed: a failing hook must not make run() redo it.
+            with contextlib.suppress(Exception):
+                self._on_commit(self.last_write_ok_at - started)
+
+    def _fail(self, batch: list[Op], exc: Exception) -> None:
+        err = StoreError(f"store write failed: {exc}")
+        for op in batch:
+            op.result, op.error = None, err
+        self.write_errors += 1
+        self.last_write_error = str(exc)
+        self.last_write_error_at = time.monotonic()

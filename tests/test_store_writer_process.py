@@ -1,0 +1,125 @@
+"""The store's writer in a process of its own ([store] writer = "process", the default)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aggregator.model import MessageStatus
+from aggregator.store.base import StoreError
+from aggregator.store.sqlite import SqliteStore
+from tests.helpers import ROOT, wait_for
+from tests.test_store import NOW, make_message, parts, receipt
+
+
+@pytest.fixture
+def commit_seconds() -> list[float]:
+    return []
+
+
+@pytest.fixture
+async def store(tmp_path: Path, commit_seconds: list[float]) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(tmp_path / "smsagg.db"), writer="process",
+                    on_commit=commit_seconds.append)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_a_message_goes_through_every_write_in_the_writer_process(
+    store: SqliteStore, commit_seconds: list[float]
+) -> None:
+    m = make_message(callback_url="https://cb.example/hook")
+    assert (await store.accept(m, "key-1")).created
+    replay = await store.accept(make_message(), "key-1")  # the same key: the first message
+    assert not replay.created and replay.message.id == m.id
+    [claimed] = await store.claim_due(NOW, 10)
+    assert claimed.id == m.id and claimed.status is MessageStatus.QUEUED
+    await store.record_submitted(m.id, "opA", parts(m, 1), NOW + 1)
+    [result] = await store.apply_receipts([receipt(m, 1)])
+    assert result.final is not None and result.final.status is MessageStatus.DELIVERED
+    [job] = await store.due_callbacks(NOW + 100, 10)
+    await store.callbacks_done([job.id])
+
+    assert await store.due_callbacks(NOW + 100, 10) == []
+    stored = await store.get_message(m.account, m.id)
+    assert stored is not None and stored.status is MessageStatus.DELIVERED
+    assert store.pending == 0
+    assert store.commits >= 5
+    assert len(commit_seconds) == store.commits
+    assert store.write_failure() is None
+
+
+async def test_writes_of_one_turn_share_a_few_commits(store: SqliteStore) -> None:
+    before = store.commits
+
+    results = await asyncio.gather(*(store.accept(make_message(), None) for _ in range(300)))
+
+    assert all(r.created for r in results)
+    assert store.commits - before <= 3  # one write of requests, read in a few pieces at most
+
+
+async def test_an_operation_that_fails_alone_fails_alone(store: SqliteStore) -> None:
+    m = make_message()
+    await store.accept(m, None)
+
+    first, second = await asyncio.gather(store.accept(m, None), store.accept(make_message(), None),
+                                         return_exceptions=True)
+
+    assert isinstance(first, Exception) and "UNIQUE" in str(first)  # the same id twice
+    assert not isinstance(second, BaseException) and second.created
+
+
+async def test_run_on_writer_is_refused_in_process_mode(store: SqliteStore) -> None:
+    with pytest.raises(StoreError, match="thread"):
+        await store.run_on_writer(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
+async def test_a_dead_writer_process_fails_writes_and_readiness(store: SqliteStore) -> None:
+    assert store._proc is not None
+    store._proc.kill()
+    await wait_for(lambda: store.write_failure() is not None, what="the loss noticed")
+
+    with pytest.raises(StoreError, match="writer process exited"):
+        await store.accept(make_message(), None)
+    assert "writer process exited" in (store.write_failure() or "")
+
+
+async def test_the_writer_process_dies_with_a_killed_daemon(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from aggregator.store.sqlite import SqliteStore
+        async def main():
+            store = SqliteStore({str(tmp_path / "smsagg.db")!r}, writer="process")
+            await store.open()
+            print(store._proc.pid, flush=True)
+            await asyncio.Event().wait()
+        asyncio.run(main())
+    """)
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    assert daemon.stdout is not None
+    child = int(await asyncio.wait_for(daemon.stdout.readline(), 30))
+    assert _alive(child)
+
+    daemon.send_signal(signal.SIGKILL)
+    await daemon.wait()
+
+    await wait_for(lambda: not _alive(child), what="the writer process to exit")
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
