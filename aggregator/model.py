@@ -170,6 +170,9 @@ class SegmentSubmit:
     provider_msg_id: str
 
 
+_STATUS_BY_VALUE = {status.value: status for status in MessageStatus}
+
+
 @dataclass(slots=True, frozen=True)
 class ReceiptUpdate:
     """A receipt as parsed from a deliver_sm, before correlation."""
@@ -179,6 +182,17 @@ class ReceiptUpdate:
     status: MessageStatus  # DELIVERED / UNDELIVERABLE / EXPIRED / REJECTED / SUBMITTED(enroute)
     error: str | None
     received_at: float
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Receipts and their results cross to the store's writer process and back; see
+        # Message.__reduce__ for why not the dataclass default.
+        return _receipt_update, (self.provider, self.provider_msg_id, self.status.value,
+                                 self.error, self.received_at)
+
+
+def _receipt_update(provider: str, provider_msg_id: str, status: str, error: str | None,
+                    received_at: float) -> ReceiptUpdate:
+    return ReceiptUpdate(provider, provider_msg_id, _STATUS_BY_VALUE[status], error, received_at)
 
 
 @dataclass(slots=True, frozen=True)
@@ -194,3 +208,12 @@ class FinalNotice:
     callback_url: str | None
     submitted_at: float | None
     provider: str | None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _final_notice, (self.message_id, self.account, self.status.value, self.reference,
+                               self.error, self.done_at, self.callback_url, self.submitted_at,
+                               self.provider)
+
+
+def _final_notice(message_id: str, account: str, status: str, *rest: Any) -> FinalNotice:
+    return FinalNotice(message_id, account, _STATUS_BY_VALUE[status], *rest)

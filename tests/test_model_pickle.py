@@ -1,4 +1,5 @@
-"""Messages cross the ingress-worker socket as pickles (ingress/rpc.py): every field survives."""
+"""Messages cross the ingress-worker socket (ingress/rpc.py), and receipts and their results the
+store writer process's (store/writer_process.py), as pickles: every field survives."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import copy
 import pickle
 from dataclasses import MISSING, fields
 
-from aggregator.model import Encoding, Message, MessageStatus, Sender, SenderKind
-from aggregator.store.base import AcceptResult
+from aggregator.model import (
+    Encoding,
+    FinalNotice,
+    Message,
+    MessageStatus,
+    ReceiptUpdate,
+    Sender,
+    SenderKind,
+)
+from aggregator.store.base import AcceptResult, ReceiptResult
 
 
 def _every_field_set() -> Message:
@@ -47,3 +56,20 @@ def test_an_accept_result_round_trips_and_copies_are_independent() -> None:
     assert clone == m and clone is not m
     clone.status = MessageStatus.DELIVERED
     assert m.status is MessageStatus.SUBMITTED
+
+
+def test_a_receipt_result_round_trips_with_every_field() -> None:
+    update = ReceiptUpdate("vala", "abc-1", MessageStatus.UNDELIVERABLE, "err:001", 1.5)
+    notice = FinalNotice("m1", "shop", MessageStatus.UNDELIVERABLE, "order-7", "err:001", 2.5,
+                         "https://cb.example/hook", 1.25, "vala")
+    result = ReceiptResult(update, matched=True, message_id="m1", final=notice)
+    # Every field away from the others, so a field the reduce drops or swaps shows.
+    for obj in (update, notice):
+        values = [getattr(obj, f.name) for f in fields(obj)]
+        assert len({repr(v) for v in values}) == len(values)
+
+    back = pickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+
+    assert back == result
+    assert type(back.update.status) is MessageStatus and back.final is not None
+    assert type(back.final.status) is MessageStatus

@@ -36,6 +36,9 @@ class ReceiptResult:
     message_id: str | None
     final: FinalNotice | None  # set when this receipt made the message final
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return ReceiptResult, (self.update, self.matched, self.message_id, self.final)
+
 
 @dataclass(slots=True, frozen=True)
 class CallbackJob:
