@@ -66,7 +66,7 @@ class App:
         self.config = config
         self.store = SqliteStore(config.store.path, commit_batch=config.store.commit_batch,
                                  on_commit=metrics.store_commit_seconds.observe,
-                                 writer=config.store.writer)
+                                 writer=config.store.writer, on_lost=self._fail)
         self.routes = RouteTable(Route.from_config(r) for r in config.routes)
         # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}
@@ -114,6 +114,10 @@ class App:
         self.http_port = 0
         self.http_scheme = "https" if config.http.tls_cert else "http"
         self.started = asyncio.Event()
+        # Set when the daemon cannot go on (its store writer process died): `smsagg run` then
+        # stops and exits 1, so that its supervisor restarts it.
+        self.failed = asyncio.Event()
+        self.failure = ""
 
     @staticmethod
     def _max_in_flight(config: Config) -> int:
@@ -128,6 +132,10 @@ class App:
     def _wake_smpp(self, account: str) -> None:
         if self.smpp is not None:
             self.smpp.wake_receipts(account)
+
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        self.failed.set()
 
     def _on_final(self, notice: FinalNotice) -> None:
         if notice.callback_url:

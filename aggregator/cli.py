@@ -61,7 +61,16 @@ async def serve(config: Config, drain_seconds: float, config_path: str | None = 
         print(f"smsagg: cannot start: {exc}", file=sys.stderr)
         await app.stop(0)
         return 1
-    await stop.wait()
+    waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait()),
+                                      asyncio.create_task(app.failed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in waits:
+        task.cancel()
+    code = 0
+    if app.failed.is_set():
+        log.error("fatal", error=app.failure, action="stopping; restart to recover")
+        print(f"smsagg: stopping: {app.failure}", file=sys.stderr)
+        code = 1
     for task in reloads:
         task.cancel()
     await asyncio.gather(*reloads, return_exceptions=True)
@@ -71,7 +80,7 @@ async def serve(config: Config, drain_seconds: float, config_path: str | None = 
     except TimeoutError:
         log.error("stop_timed_out", seconds=drain_seconds + 15)
         return 1
-    return 0
+    return code
 
 
 def _config_or_report(path: str | None) -> Config | None:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore
-from tests.helpers import ROOT, wait_for
+from simulator.smsc import Smsc, SmscProfile
+from tests.helpers import AUTH, DEADLINE, ROOT, daemon, wait_for, write_daemon_config
 from tests.test_store import NOW, make_message, parts, receipt
 
 
@@ -78,6 +81,23 @@ async def test_an_operation_that_fails_alone_fails_alone(store: SqliteStore) -> 
     assert not isinstance(second, BaseException) and second.created
 
 
+async def test_the_writer_process_outlives_sigint_and_sigterm(store: SqliteStore) -> None:
+    """Ctrl-C and systemd's stop reach the writer too; the daemon drains and must still write."""
+    assert store._proc is not None
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        store._proc.send_signal(signum)
+
+    assert (await store.accept(make_message(), None)).created  # answered after the signals
+    assert store._proc.poll() is None and store.write_failure() is None
+
+
+async def test_an_unknown_operation_gets_an_error_not_a_dead_writer(store: SqliteStore) -> None:
+    with pytest.raises(StoreError, match="no store operation 'drop_everything'"):
+        await store._submit("drop_everything")
+
+    assert (await store.accept(make_message(), None)).created
+
+
 async def test_run_on_writer_is_refused_in_process_mode(store: SqliteStore) -> None:
     with pytest.raises(StoreError, match="thread"):
         await store.run_on_writer(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -123,3 +143,44 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def test_a_daemon_whose_writer_process_dies_stops_with_exit_1(tmp_path: Path) -> None:
+    """Nothing can be stored any more: the daemon stops, so that its supervisor restarts it;
+    the restart has what was accepted."""
+    smsc = Smsc(SmscProfile())
+    await smsc.start()
+    config = tmp_path / "smsagg.toml"
+    write_daemon_config(config, tmp_path / "smsagg.db", smsc.port)
+    log = tmp_path / "daemon.log"
+    try:
+        async with daemon(config, log) as (proc, base), aiohttp.ClientSession(headers=AUTH) as http:
+            async with http.post(f"{base}/v1/messages",
+                                 json={"to": "+38344123456", "from": "ACME", "text": "x"}) as r:
+                assert r.status == 202
+                message_id = (await r.json())["id"]
+            [writer] = [pid for pid in _children(proc.pid) if "writer_process" in _cmdline(pid)]
+            os.kill(writer, signal.SIGKILL)
+            assert await asyncio.wait_for(proc.wait(), DEADLINE) == 1
+        assert "store_writer_lost" in log.read_text()
+
+        async with daemon(config) as (proc, base), aiohttp.ClientSession(headers=AUTH) as http:
+            deadline = asyncio.get_running_loop().time() + DEADLINE
+            while True:
+                async with http.get(f"{base}/v1/messages/{message_id}") as r:
+                    if (await r.json())["status"] == "delivered":
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "not delivered"
+                await asyncio.sleep(0.05)
+    finally:
+        await smsc.stop()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()

@@ -226,15 +226,18 @@ class SqliteStore:
     def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
                  busy_timeout: float = BUSY_TIMEOUT,
                  on_commit: Callable[[float], None] | None = None,
-                 writer: str = "thread") -> None:
+                 writer: str = "thread",
+                 on_lost: Callable[[str], None] | None = None) -> None:
         """`on_commit` gets each group commit's seconds (a metric). `writer`: "thread" runs
         the writes on a thread of this process; "process" in a child process, where this
-        process's event loop cannot keep them waiting for the GIL."""
+        process's event loop cannot keep them waiting for the GIL. `on_lost` hears why, if that
+        process ends while the store is open: nothing can be written any more."""
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {sorted(WRITERS)}, not {writer!r}")
         self.path = path
         self.writer = writer
         self._on_commit = on_commit
+        self._on_lost = on_lost
         self.busy_timeout = busy_timeout
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
@@ -492,6 +495,8 @@ class SqliteStore:
         self._lost = f"the store writer process exited (code {code})"
         if not self._closed:
             log.error("store_writer_lost", exit_code=code)
+            if self._on_lost is not None:
+                self._on_lost(self._lost)
         f = self._figures
         f.write_errors += 1
         f.last_write_error = self._lost
@@ -525,13 +530,14 @@ class SqliteStore:
         if self._waiting >= self.max_waiting:
             raise StoreBusy("too many writes waiting for the store")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting += 1
         if self._link is not None:
             rid = next(self._ids)
+            request = frame((rid, name, args))  # first: arguments that do not pickle raise here
             self._requests[rid] = future
-            self._link.send(frame((rid, name, args)))
+            self._link.send(request)
         else:
             self._queue_op(Op(bind(name, args), future))
+        self._waiting += 1
         return future
 
     def _queue_op(self, op: Op) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+import signal
 import socket
 import sys
 from typing import Any
@@ -51,22 +52,41 @@ def serve(sock: socket.socket, group: GroupWriter, commit_batch: int,
             while more := sock.recv(1 << 20, socket.MSG_DONTWAIT):
                 requests += reader.feed(more)
         batch: list[Op] = []
+        answers: list[tuple[int, bool, Any]] = []  # requests refused before any group
         for request in requests:
             if request is None:
                 stopping = True
                 break
             rid, name, args = request
-            batch.append(Op(bind(name, args), rid))
+            try:
+                batch.append(Op(bind(name, args), rid))
+            except KeyError:
+                op = Op(lambda conn: None, rid)
+                op.error = StoreError(f"no store operation {name!r}")
+                answers.append(_answer(op))
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
             group.run(chunk)
-            figures = (group.commits, group.write_errors, group.last_write_error,
-                       group.last_write_error_at, group.last_write_ok_at)
-            sock.sendall(frame(("done", figures, durations[:], [_answer(op) for op in chunk])))
-            durations.clear()
+            answers += [_answer(op) for op in chunk]
+            _send_answers(sock, group, durations, answers)
+            answers = []
+        if answers:
+            _send_answers(sock, group, durations, answers)
+
+
+def _send_answers(sock: socket.socket, group: GroupWriter, durations: list[float],
+                  answers: list[tuple[int, bool, Any]]) -> None:
+    figures = (group.commits, group.write_errors, group.last_write_error,
+               group.last_write_error_at, group.last_write_ok_at)
+    sock.sendall(frame(("done", figures, durations[:], answers)))
+    durations.clear()
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C reaches the whole process group, and systemd's SIGTERM the whole cgroup: the
+    # daemon drains on them and still writes meanwhile. This process ends when its socket does.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     fd, path, busy_timeout, commit_batch = int(argv[0]), argv[1], float(argv[2]), int(argv[3])
     sock = socket.socket(fileno=fd)
     try:
