@@ -66,7 +66,8 @@ class App:
         self.config = config
         self.store = SqliteStore(config.store.path, commit_batch=config.store.commit_batch,
                                  on_commit=metrics.store_commit_seconds.observe,
-                                 writer=config.store.writer, on_lost=self._fail)
+                                 writer=config.store.writer, on_lost=self._fail,
+                                 on_accepted=lambda: self.dispatcher.wake())
         self.routes = RouteTable(Route.from_config(r) for r in config.routes)
         # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}

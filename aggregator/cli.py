@@ -71,6 +71,7 @@ async def serve(config: Config, drain_seconds: float, config_path: str | None = 
         log.error("fatal", error=app.failure, action="stopping; restart to recover")
         print(f"smsagg: stopping: {app.failure}", file=sys.stderr)
         code = 1
+        drain_seconds = 0.0  # outcomes of submits in flight cannot be stored: no point waiting
     for task in reloads:
         task.cancel()
     await asyncio.gather(*reloads, return_exceptions=True)

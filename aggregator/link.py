@@ -4,6 +4,8 @@ writer process as the daemon sees it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from aggregator.frames import LEN, split
@@ -79,3 +81,37 @@ class Link(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class Calls:
+    """Requests sent over a link and waiting for their answers, by request id."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    def expect(self, rid: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        return future
+
+    def answer(self, rid: int, ok: bool, result: Any) -> None:
+        future = self._waiting.pop(rid, None)
+        if future is None or future.done():
+            return
+        if ok:
+            future.set_result(result)
+        else:
+            future.set_exception(result)
+
+    def fail_all(self, error: Callable[[], Exception]) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error())
+        self._waiting.clear()

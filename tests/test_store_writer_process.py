@@ -9,13 +9,16 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from aggregator.frames import frame
+from aggregator.link import Link
 from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
-from aggregator.store.sqlite import SqliteStore
+from aggregator.store.sqlite import SqliteStore, message_row
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, ROOT, daemon, wait_for, write_daemon_config
 from tests.test_store import NOW, make_message, parts, receipt
@@ -116,7 +119,7 @@ async def test_a_dead_writer_process_fails_writes_and_readiness(store: SqliteSto
 async def test_the_writer_process_dies_with_a_killed_daemon(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
-        from aggregator.store.sqlite import SqliteStore
+        from aggregator.store.sqlite import SqliteStore, message_row
         async def main():
             store = SqliteStore({str(tmp_path / "smsagg.db")!r}, writer="process")
             await store.open()
@@ -184,3 +187,47 @@ def _children(pid: int) -> list[int]:
 def _cmdline(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\0", b" ").decode()
+
+
+class _Worker:
+    """An ingress worker's end of the writer's socket, recording its answers."""
+
+    def __init__(self) -> None:
+        self.link = Link(self)
+        self.answers: dict[int, tuple[bool, Any]] = {}
+
+    def frame_received(self, link: Link, obj: Any) -> None:
+        for rid, ok, result in obj[1]:
+            self.answers[rid] = (ok, result)
+
+    def link_lost(self, link: Link) -> None:
+        pass
+
+
+async def test_a_workers_accepts_go_to_the_writer_and_the_daemon_counts_them(
+    tmp_path: Path,
+) -> None:
+    woken: list[int] = []
+    store = SqliteStore(str(tmp_path / "smsagg.db"), writer="process",
+                        on_accepted=lambda: woken.append(1))
+    await store.open()
+    try:
+        assert store.writer_address is not None
+        worker = _Worker()
+        await asyncio.get_running_loop().create_unix_connection(lambda: worker.link,
+                                                                store.writer_address)
+        m, n = make_message(), make_message()
+        worker.link.send(frame((1, "accept", (message_row(m), None))))
+        worker.link.send(frame((2, "accept_many", ([message_row(n)], []))))
+        worker.link.send(frame((3, "claim_due", (NOW, 10))))  # not a worker's to ask
+
+        await wait_for(lambda: len(worker.answers) == 3, what="three answers")
+        assert worker.answers[1] == (True, None) and worker.answers[2] == (True, None)
+        ok, error = worker.answers[3]
+        assert not ok and "no store operation 'claim_due'" in str(error)
+        await wait_for(lambda: store.pending == 2, what="the daemon to count both")
+        assert woken
+        assert {c.id for c in await store.claim_due(NOW, 10)} == {m.id, n.id}
+    finally:
+        await store.close()
+    assert not Path(store.writer_address).exists()

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aggregator.frames import frame
-from aggregator.link import Link
+from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.model import Message
 from aggregator.store.base import AcceptResult, Store, StoreError
+from aggregator.store.sqlite import marketing_rows, message_row, row_to_message
 
 log = get_logger("smsagg.rpc")
 
@@ -92,6 +92,8 @@ class StoreServer:
             elif name == "serving":  # the worker's HTTP site is up
                 self._serving.add(link)
                 result = None
+            elif name == "writer_address":  # where to send accepts, if a writer process runs
+                result = getattr(self._store, "writer_address", None)
             else:
                 raise StoreError(f"store method {name!r} is not served to workers")
         except Exception as exc:
@@ -125,16 +127,24 @@ class RemoteStore:
 
     def __init__(self) -> None:
         self._link = Link(self)
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._calls = Calls()
         self.pending = 0
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._status_task: asyncio.Task[None] | None = None
+        self._writer: _WriterLink | None = None
 
     @classmethod
     async def connect(cls, path: str, report: Callable[[], str]) -> RemoteStore:
         store = cls()
-        await asyncio.get_running_loop().create_unix_connection(lambda: store._link, path)
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: store._link, path)
+        address = await store.call("writer_address")
+        if address is not None:
+            # Accepts go straight to the store's writer process: the daemon's busy event loop
+            # is not on their way. It tells the daemon how many messages they added.
+            writer = _WriterLink(store)
+            await loop.create_unix_connection(lambda: writer.link, address)
+            store._writer = writer
         store._status_task = asyncio.create_task(store._status(report))
         return store
 
@@ -142,32 +152,23 @@ class RemoteStore:
         if self._status_task is not None:
             self._status_task.cancel()
             await asyncio.gather(self._status_task, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.link.close()
         self._link.close()
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if self.lost.done():
             raise StoreError("the daemon is gone")
-        rid = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = future
+        rid = self._calls.new_id()
+        future = self._calls.expect(rid)
         self._link.send(frame((rid, name, args, kwargs)))
         return await future
 
     def frame_received(self, link: Link, obj: Any) -> None:
-        rid, ok, result = obj
-        future = self._waiting.pop(rid, None)
-        if future is None or future.done():
-            return
-        if ok:
-            future.set_result(result)
-        else:
-            future.set_exception(result)
+        self._calls.answer(*obj)
 
     def link_lost(self, link: Link) -> None:
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(StoreError("lost the connection to the daemon"))
-        self._waiting.clear()
+        self._calls.fail_all(lambda: StoreError("lost the connection to the daemon"))
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -180,10 +181,19 @@ class RemoteStore:
     # ---- the Store methods the HTTP API, the accept path and the policy gate use ----------
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
+        if self._writer is not None:
+            prior = await self._writer.call("accept", message_row(message), idempotency_key)
+            if prior is not None:
+                return AcceptResult(row_to_message(prior), created=False)
+            return AcceptResult(message, created=True)
         result: AcceptResult = await self.call("accept", message, idempotency_key)
         return result
 
     async def accept_many(self, messages: Sequence[Message]) -> None:
+        if self._writer is not None:
+            await self._writer.call("accept_many", [message_row(m) for m in messages],
+                                    marketing_rows(messages))
+            return
         await self.call("accept_many", list(messages))
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
@@ -194,3 +204,29 @@ class RemoteStore:
             return await self.call(name, *args, **kwargs)
 
         return call
+
+
+class _WriterLink:
+    """A worker's connection to the store's writer process: accepts, answered after commit.
+    Losing it is losing the daemon (the writer ends with it): the worker stops."""
+
+    def __init__(self, store: RemoteStore) -> None:
+        self._store = store
+        self.link = Link(self)
+        self._calls = Calls()
+
+    async def call(self, name: str, *args: Any) -> Any:
+        if self._store.lost.done():
+            raise StoreError("the daemon is gone")
+        rid = self._calls.new_id()
+        future = self._calls.expect(rid)
+        self.link.send(frame((rid, name, args)))
+        return await future
+
+    def frame_received(self, link: Link, obj: Any) -> None:
+        for answer in obj[1]:  # ("answers", [(id, ok, result), ...])
+            self._calls.answer(*answer)
+
+    def link_lost(self, link: Link) -> None:
+        self._calls.fail_all(lambda: StoreError("lost the connection to the store writer"))
+        self._store.link_lost(link)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import queue
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aggregator.frames import frame
-from aggregator.link import Link
+from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.model import (
     FINAL_STATUSES,
@@ -176,11 +177,16 @@ def message_row(m: Message) -> tuple[Any, ...]:
     )
 
 
+def marketing_rows(messages: Sequence[Message]) -> list[tuple[str, str, float]]:
+    """The marketing_log rows of an accept: frequency caps count what was accepted."""
+    return [(m.account, m.to, m.created_at) for m in messages if m.message_class == "marketing"]
+
+
 def _parts(parts: Sequence[SegmentSubmit]) -> list[tuple[int, str]]:
     return [(p.seq, p.provider_msg_id) for p in parts]
 
 
-def _row_to_message(row: Sequence[Any]) -> Message:
+def row_to_message(row: Sequence[Any]) -> Message:
     return Message(
         id=row[0],
         account=row[1],
@@ -227,17 +233,21 @@ class SqliteStore:
                  busy_timeout: float = BUSY_TIMEOUT,
                  on_commit: Callable[[float], None] | None = None,
                  writer: str = "thread",
-                 on_lost: Callable[[str], None] | None = None) -> None:
+                 on_lost: Callable[[str], None] | None = None,
+                 on_accepted: Callable[[], None] | None = None) -> None:
         """`on_commit` gets each group commit's seconds (a metric). `writer`: "thread" runs
         the writes on a thread of this process; "process" in a child process, where this
         process's event loop cannot keep them waiting for the GIL. `on_lost` hears why, if that
-        process ends while the store is open: nothing can be written any more."""
+        process ends while the store is open: nothing can be written any more. The writer
+        process also takes ingress workers' accepts directly (`writer_address`); `on_accepted`
+        hears when it has stored some that wait to be sent."""
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {sorted(WRITERS)}, not {writer!r}")
         self.path = path
         self.writer = writer
         self._on_commit = on_commit
         self._on_lost = on_lost
+        self._on_accepted = on_accepted
         self.busy_timeout = busy_timeout
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
@@ -256,10 +266,11 @@ class SqliteStore:
         # Process writer: requests by id; the link sends a turn's requests in one write.
         self._proc: subprocess.Popen[bytes] | None = None
         self._link: Link | None = None
-        self._requests: dict[int, asyncio.Future[Any]] = {}
-        self._ids = itertools.count(1)
+        self._calls = Calls()
         self._started: asyncio.Future[None] | None = None
         self._lost: str | None = None  # why the writer process is gone
+        self.writer_address: str | None = None  # where workers send accepts to the writer
+        self._writer_dir: str | None = None
 
     # figures for readiness, metrics and tests, from whichever writer runs
     @property
@@ -432,10 +443,12 @@ class SqliteStore:
     async def _start_process(self) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
+        self._writer_dir = tempfile.mkdtemp(prefix="smsagg-writer-")  # mode 0700: ours only
+        address = os.path.join(self._writer_dir, "writer.sock")
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "aggregator.store.writer_process", str(theirs.fileno()),
-                 self.path, repr(self.busy_timeout), str(self.commit_batch)],
+                 self.path, repr(self.busy_timeout), str(self.commit_batch), address],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
             )
         finally:
@@ -448,6 +461,7 @@ class SqliteStore:
         except BaseException:
             await self._stop_process()
             raise
+        self.writer_address = address
 
     async def _stop_process(self) -> None:
         proc, link = self._proc, self._link
@@ -461,6 +475,8 @@ class SqliteStore:
                 await asyncio.to_thread(proc.wait)
         if link is not None:
             link.close()
+        if self._writer_dir is not None:
+            shutil.rmtree(self._writer_dir, ignore_errors=True)
 
     def frame_received(self, link: Link, obj: Any) -> None:
         """From the writer process: ("ready",), ("error", why) or one group's answers."""
@@ -472,7 +488,11 @@ class SqliteStore:
             if self._started is not None and not self._started.done():
                 self._started.set_exception(StoreError(obj[1]))
             return
-        _, figures, durations, answers = obj
+        _, figures, durations, answers, took = obj
+        if took:  # workers' accepts, straight to the writer
+            self.pending += took
+            if self._on_accepted is not None:
+                self._on_accepted()
         f = self._figures
         (f.commits, f.write_errors, f.last_write_error, f.last_write_error_at,
          f.last_write_ok_at) = figures
@@ -481,14 +501,8 @@ class SqliteStore:
                 with contextlib.suppress(Exception):
                     self._on_commit(seconds)
         self._waiting -= len(answers)
-        for rid, ok, value in answers:
-            future = self._requests.pop(rid, None)
-            if future is None or future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        for answer in answers:
+            self._calls.answer(*answer)
 
     def link_lost(self, link: Link) -> None:
         code = self._proc.poll() if self._proc is not None else None
@@ -503,11 +517,9 @@ class SqliteStore:
         f.last_write_error_at = time.monotonic()
         if self._started is not None and not self._started.done():
             self._started.set_exception(StoreError(self._lost))
-        for future in self._requests.values():
-            if not future.done():
-                future.set_exception(StoreError(self._lost))
-        self._waiting -= len(self._requests)
-        self._requests.clear()
+        self._waiting -= len(self._calls)
+        lost = self._lost
+        self._calls.fail_all(lambda: StoreError(lost))
 
     # ---- submitting writes -----------------------------------------------------------------
 
@@ -529,13 +541,13 @@ class SqliteStore:
             raise StoreError(self._lost)
         if self._waiting >= self.max_waiting:
             raise StoreBusy("too many writes waiting for the store")
-        future: asyncio.Future[Any] = self._loop.create_future()
         if self._link is not None:
-            rid = next(self._ids)
+            rid = self._calls.new_id()
             request = frame((rid, name, args))  # first: arguments that do not pickle raise here
-            self._requests[rid] = future
+            future = self._calls.expect(rid)
             self._link.send(request)
         else:
+            future = self._loop.create_future()
             self._queue_op(Op(bind(name, args), future))
         self._waiting += 1
         return future
@@ -567,23 +579,21 @@ class SqliteStore:
 
     async def accept_many(self, messages: Sequence[Message]) -> None:
         """Insert several messages in one transaction: all are stored, or none."""
-        rows = [message_row(m) for m in messages]
-        marketing = [(m.account, m.to, m.created_at) for m in messages
-                     if m.message_class == "marketing"]
-        await self._submit("accept_many", rows, marketing)
+        await self._submit("accept_many", [message_row(m) for m in messages],
+                           marketing_rows(messages))
         self.pending += sum(1 for m in messages if m.status in _WAITING)
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         prior = await self._submit("accept", message_row(message), idempotency_key)
         if prior is not None:
-            return AcceptResult(_row_to_message(prior), created=False)
+            return AcceptResult(row_to_message(prior), created=False)
         if message.status in _WAITING:
             self.pending += 1
         return AcceptResult(message, created=True)
 
     async def claim_due(self, now: float, limit: int) -> list[Message]:
         rows, done = await self._submit("claim_due", now, limit)
-        messages = [_row_to_message(r) for r in rows]
+        messages = [row_to_message(r) for r in rows]
         for m in messages:
             if m.id in done:
                 m.done_segments = frozenset(done[m.id])
@@ -740,7 +750,7 @@ class SqliteStore:
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND account = ?",
             (message_id, account),
         )
-        return _row_to_message(rows[0]) if rows else None
+        return row_to_message(rows[0]) if rows else None
 
     async def count_by_status(self) -> dict[str, int]:
         if self._reader is None:

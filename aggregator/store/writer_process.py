@@ -16,10 +16,11 @@ the socket closes, so it never outlives a daemon killed with SIGKILL.
 
 from __future__ import annotations
 
-import contextlib
 import pickle
+import selectors
 import signal
 import socket
+import struct
 import sys
 from typing import Any
 
@@ -39,47 +40,115 @@ def _answer(op: Op) -> tuple[int, bool, Any]:
     return (op.ref, False, error)
 
 
-def serve(sock: socket.socket, group: GroupWriter, commit_batch: int,
-          durations: list[float]) -> None:
-    reader = FrameReader()
+class _Client:
+    """One connection: the daemon's, or an ingress worker's (accepts only)."""
+
+    def __init__(self, sock: socket.socket, daemon: bool) -> None:
+        self.sock = sock
+        self.daemon = daemon
+        self.reader = FrameReader()
+        self.answers: list[tuple[int, bool, Any]] = []
+
+
+# What a worker may ask of the writer directly: its accepts, nothing else.
+WORKER_OPS = frozenset({"accept", "accept_many"})
+WAITING = frozenset({"accepted", "scheduled"})
+STATUS = 12  # a message row's status (writes.MESSAGE_COLUMNS)
+WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread before it is dropped
+
+
+def _took(name: str, args: Any, result: Any) -> int:
+    """Messages a worker's accept stored that wait to be sent (the daemon's pending count)."""
+    if name == "accept":
+        return int(result is None and args[0][STATUS] in WAITING)
+    return sum(1 for row in args[0] if row[STATUS] in WAITING)
+
+
+def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: GroupWriter,
+          commit_batch: int, durations: list[float]) -> None:
+    """Until the daemon says stop or goes: take every request ready on every connection, run
+    them as groups, answer each connection; tell the daemon how many messages workers' accepts
+    added, with its own answers."""
+    selector = selectors.DefaultSelector()
+    daemon = _Client(daemon_sock, daemon=True)
+    selector.register(daemon_sock, selectors.EVENT_READ, daemon)
+    if listener is not None:
+        selector.register(listener, selectors.EVENT_READ, None)
     stopping = False
     while not stopping:
-        data = sock.recv(1 << 20)
-        if not data:
-            return
-        requests = reader.feed(data)
-        with contextlib.suppress(BlockingIOError):  # all already sent goes into this group
-            while more := sock.recv(1 << 20, socket.MSG_DONTWAIT):
-                requests += reader.feed(more)
-        batch: list[Op] = []
-        answers: list[tuple[int, bool, Any]] = []  # requests refused before any group
-        for request in requests:
-            if request is None:
-                stopping = True
-                break
-            rid, name, args = request
-            try:
-                batch.append(Op(bind(name, args), rid))
-            except KeyError:
-                op = Op(lambda conn: None, rid)
-                op.error = StoreError(f"no store operation {name!r}")
-                answers.append(_answer(op))
+        batch: list[tuple[_Client, Op, str, Any]] = []
+        for key, _ in selector.select():
+            client: _Client | None = key.data
+            if client is None:  # a worker connects
+                conn, _ = listener.accept()  # type: ignore[union-attr]
+                # Blocking (recv runs only when select says readable), but a send to a
+                # worker that stopped reading gives up after WORKER_SEND_TIMEOUT.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                struct.pack("ll", int(WORKER_SEND_TIMEOUT), 0))
+                selector.register(conn, selectors.EVENT_READ, _Client(conn, daemon=False))
+                continue
+            requests, closed = _read(client)
+            if closed:
+                if client.daemon:
+                    stopping = True
+                else:
+                    selector.unregister(client.sock)
+                    client.sock.close()
+                    continue
+            for request in requests:
+                if request is None:  # the daemon's stop
+                    stopping = True
+                    break
+                rid, name, args = request
+                try:
+                    if not client.daemon and name not in WORKER_OPS:
+                        raise KeyError(name)
+                    batch.append((client, Op(bind(name, args), rid), name, args))
+                except KeyError:
+                    op = Op(lambda conn: None, rid)
+                    op.error = StoreError(f"no store operation {name!r}")
+                    client.answers.append(_answer(op))
+        took = 0
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
-            group.run(chunk)
-            answers += [_answer(op) for op in chunk]
-            _send_answers(sock, group, durations, answers)
-            answers = []
-        if answers:
-            _send_answers(sock, group, durations, answers)
+            group.run([op for _, op, _, _ in chunk])
+            for client, op, name, args in chunk:
+                client.answers.append(_answer(op))
+                if not client.daemon and op.error is None:
+                    took += _took(name, args, op.result)
+        for key in list(selector.get_map().values()):
+            client = key.data
+            if client is None or client.daemon or not client.answers:
+                continue
+            try:
+                client.sock.sendall(frame(("answers", client.answers)))
+            except OSError:  # gone, or not reading its answers: its requests fail
+                selector.unregister(client.sock)
+                client.sock.close()
+            client.answers = []
+        if daemon.answers or durations or took:
+            figures = (group.commits, group.write_errors, group.last_write_error,
+                       group.last_write_error_at, group.last_write_ok_at)
+            daemon_sock.sendall(frame(("done", figures, durations[:], daemon.answers, took)))
+            durations.clear()
+            daemon.answers = []
 
 
-def _send_answers(sock: socket.socket, group: GroupWriter, durations: list[float],
-                  answers: list[tuple[int, bool, Any]]) -> None:
-    figures = (group.commits, group.write_errors, group.last_write_error,
-               group.last_write_error_at, group.last_write_ok_at)
-    sock.sendall(frame(("done", figures, durations[:], answers)))
-    durations.clear()
+def _read(client: _Client) -> tuple[list[Any], bool]:
+    """The requests waiting on a readable connection, and whether it closed."""
+    requests: list[Any] = []
+    try:
+        data = client.sock.recv(1 << 20)
+        if not data:
+            return requests, True
+        requests += client.reader.feed(data)
+        while more := client.sock.recv(1 << 20, socket.MSG_DONTWAIT):
+            requests += client.reader.feed(more)
+        return requests, True  # recv gave b"": closed after what it sent
+    except BlockingIOError:
+        return requests, False
+    except (ConnectionResetError, ValueError):  # reset, or a broken frame: drop it
+        return requests, True
 
 
 def main(argv: list[str]) -> int:
@@ -88,7 +157,13 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     fd, path, busy_timeout, commit_batch = int(argv[0]), argv[1], float(argv[2]), int(argv[3])
+    listen = argv[4] if len(argv) > 4 else ""
     sock = socket.socket(fileno=fd)
+    listener: socket.socket | None = None
+    if listen:  # in a directory only the daemon's user can open (frames are pickles)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(listen)
+        listener.listen(64)
     try:
         conn = connect(path, busy_timeout)
     except Exception as exc:  # reported to the daemon, which refuses to start
@@ -98,11 +173,13 @@ def main(argv: list[str]) -> int:
     group = GroupWriter(conn, durations.append)
     sock.sendall(frame(("ready",)))
     try:
-        serve(sock, group, commit_batch, durations)
+        serve(sock, listener, group, commit_batch, durations)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone
     finally:
         conn.close()
+        if listener is not None:
+            listener.close()
     return 0
 
 
