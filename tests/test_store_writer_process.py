@@ -231,3 +231,17 @@ async def test_a_workers_accepts_go_to_the_writer_and_the_daemon_counts_them(
     finally:
         await store.close()
     assert not Path(store.writer_address).exists()
+
+
+async def test_a_worker_sending_garbage_is_dropped_and_the_writer_goes_on(
+    store: SqliteStore,
+) -> None:
+    assert store.writer_address is not None
+    reader, writer = await asyncio.open_unix_connection(store.writer_address)
+    writer.write((5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")  # not a pickle
+    await writer.drain()
+
+    assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # dropped
+    assert (await store.accept(make_message(), None)).created
+    assert store.write_failure() is None
+    writer.close()

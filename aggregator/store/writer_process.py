@@ -147,7 +147,7 @@ def _read(client: _Client) -> tuple[list[Any], bool]:
         return requests, True  # recv gave b"": closed after what it sent
     except BlockingIOError:
         return requests, False
-    except (ConnectionResetError, ValueError):  # reset, or a broken frame: drop it
+    except Exception:  # reset, or a frame that is not ours (too big, not a pickle): drop it
         return requests, True
 
 
