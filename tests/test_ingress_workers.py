@@ -118,6 +118,7 @@ async def test_workers_exit_when_the_daemon_is_killed_and_nothing_acknowledged_i
 
 class _FakeStore:
     pending = 7
+    writer_address = None  # no writer process: accepts go through the daemon
 
     async def get_message(self, account: str, message_id: str) -> str:
         return f"{account}/{message_id}"

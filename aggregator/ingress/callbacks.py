@@ -74,8 +74,7 @@ class CallbackSender:
                 jobs = await self._store.due_callbacks(time.time(), self._config.concurrency * 4)
             except StoreError:
                 jobs = []
-            if self._delivered and self._dropping is None:  # an earlier drop failed
-                self._dropping = asyncio.create_task(self._drop_delivered())
+            self._start_drop()  # if an earlier drop failed
             for job in jobs:
                 if self._stopping:
                     return
@@ -104,10 +103,9 @@ class CallbackSender:
         finally:
             self._dropping = None
 
-    def _delivered_ok(self, job_id: int) -> None:
-        self._delivered.append(job_id)
-        if self._dropping is None:
-            # A task started now runs after this turn's other callbacks have landed here.
+    def _start_drop(self) -> None:
+        # A task started now runs after this turn's other deliveries have landed here.
+        if self._delivered and self._dropping is None:
             self._dropping = asyncio.create_task(self._drop_delivered())
 
     async def _send(self, job: CallbackJob) -> None:
@@ -117,7 +115,8 @@ class CallbackSender:
             if error is None:
                 metrics.callbacks.labels("ok").inc()
                 delivered = True
-                self._delivered_ok(job.id)
+                self._delivered.append(job.id)
+                self._start_drop()
                 return
             attempts = job.attempts + 1
             if attempts >= self._config.max_attempts:

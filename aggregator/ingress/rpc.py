@@ -18,7 +18,7 @@ from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.model import Message
 from aggregator.store.base import AcceptResult, Store, StoreError
-from aggregator.store.sqlite import marketing_rows, message_row, row_to_message
+from aggregator.store.sqlite import accept_result, marketing_rows, message_row
 
 log = get_logger("smsagg.rpc")
 
@@ -93,7 +93,7 @@ class StoreServer:
                 self._serving.add(link)
                 result = None
             elif name == "writer_address":  # where to send accepts, if a writer process runs
-                result = getattr(self._store, "writer_address", None)
+                result = self._store.writer_address
             else:
                 raise StoreError(f"store method {name!r} is not served to workers")
         except Exception as exc:
@@ -182,10 +182,8 @@ class RemoteStore:
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         if self._writer is not None:
-            prior = await self._writer.call("accept", message_row(message), idempotency_key)
-            if prior is not None:
-                return AcceptResult(row_to_message(prior), created=False)
-            return AcceptResult(message, created=True)
+            return accept_result(
+                message, await self._writer.call("accept", message_row(message), idempotency_key))
         result: AcceptResult = await self.call("accept", message, idempotency_key)
         return result
 

@@ -69,6 +69,8 @@ class SmppReceipt:
 
 class Store(Protocol):
     pending: int  # messages accepted and not yet submitted or final
+    # Where ingress workers send their accepts (a writer process's socket); None: via the daemon.
+    writer_address: str | None
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -51,8 +51,10 @@ from aggregator.store.writes import (
     BUSY_TIMEOUT,
     MESSAGE_COLUMNS,
     PENDING,
+    WAITING,
     GroupWriter,
     Op,
+    WriteFigures,
     bind,
     connect,
 )
@@ -161,7 +163,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
 WRITERS = frozenset({"thread", "process"})
 PROCESS_START_TIMEOUT = 30.0  # seconds for the writer process to open the database
 PROCESS_STOP_TIMEOUT = 30.0  # seconds for it to answer what is queued and exit
@@ -175,6 +176,14 @@ def message_row(m: Message) -> tuple[Any, ...]:
         m.status.value, m.callback_url, m.reference, m.provider, m.error, m.created_at,
         m.submitted_at, m.done_at, m.attempts, m.next_attempt_at, m.expires_at,
     )
+
+
+def accept_result(message: Message, prior: Sequence[Any] | None) -> AcceptResult:
+    """What the `accept` write answered: None, the message is stored; else the row of the one an
+    idempotency key stored before."""
+    if prior is not None:
+        return AcceptResult(row_to_message(prior), created=False)
+    return AcceptResult(message, created=True)
 
 
 def marketing_rows(messages: Sequence[Message]) -> list[tuple[str, str, float]]:
@@ -218,16 +227,6 @@ def row_to_message(row: Sequence[Any]) -> Message:
 _NOT_THE_FILE = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
 
 
-class _Figures:
-    """The writer process's figures, as of its last answer."""
-
-    commits = 0
-    write_errors = 0
-    last_write_error: str | None = None
-    last_write_error_at = 0.0
-    last_write_ok_at = 0.0
-
-
 class SqliteStore:
     def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
                  busy_timeout: float = BUSY_TIMEOUT,
@@ -257,7 +256,7 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._closed = True
-        self._figures: GroupWriter | _Figures = _Figures()
+        self._figures = WriteFigures()  # the writer's, or (process) its last answer's
         # Thread writer: ops go to it once per event-loop turn, as one list, so it wakes once
         # for everything the turn produced, not on the first op while the loop holds the GIL.
         self._queue: queue.SimpleQueue[list[Op] | None] = queue.SimpleQueue()
@@ -272,26 +271,14 @@ class SqliteStore:
         self.writer_address: str | None = None  # where workers send accepts to the writer
         self._writer_dir: str | None = None
 
-    # figures for readiness, metrics and tests, from whichever writer runs
     @property
     def commits(self) -> int:
+        """Group commits done (tests, tools)."""
         return self._figures.commits
 
     @property
     def write_errors(self) -> int:
         return self._figures.write_errors
-
-    @property
-    def last_write_error(self) -> str | None:
-        return self._figures.last_write_error
-
-    @property
-    def last_write_error_at(self) -> float:
-        return self._figures.last_write_error_at
-
-    @property
-    def last_write_ok_at(self) -> float:
-        return self._figures.last_write_ok_at
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -303,7 +290,7 @@ class SqliteStore:
             await self._start_process()
         else:
             group = GroupWriter(conn, self._on_commit)
-            self._figures = group
+            self._figures = group.figures
             self._thread = threading.Thread(
                 target=self._write_loop, args=(group,), name="smsagg-store-writer", daemon=True
             )
@@ -488,14 +475,11 @@ class SqliteStore:
             if self._started is not None and not self._started.done():
                 self._started.set_exception(StoreError(obj[1]))
             return
-        _, figures, durations, answers, took = obj
+        _, self._figures, durations, answers, took = obj
         if took:  # workers' accepts, straight to the writer
             self.pending += took
             if self._on_accepted is not None:
                 self._on_accepted()
-        f = self._figures
-        (f.commits, f.write_errors, f.last_write_error, f.last_write_error_at,
-         f.last_write_ok_at) = figures
         if self._on_commit is not None:
             for seconds in durations:
                 with contextlib.suppress(Exception):
@@ -511,10 +495,7 @@ class SqliteStore:
             log.error("store_writer_lost", exit_code=code)
             if self._on_lost is not None:
                 self._on_lost(self._lost)
-        f = self._figures
-        f.write_errors += 1
-        f.last_write_error = self._lost
-        f.last_write_error_at = time.monotonic()
+        self._figures.failed(self._lost)
         if self._started is not None and not self._started.done():
             self._started.set_exception(StoreError(self._lost))
         self._waiting -= len(self._calls)
@@ -528,8 +509,9 @@ class SqliteStore:
         WRITE_FAILURE_WINDOW seconds); None when the store takes writes. For readiness."""
         if self._lost is not None:
             return self._lost
-        error, at = self.last_write_error, self.last_write_error_at
-        if error is None or at <= self.last_write_ok_at:
+        f = self._figures
+        error, at = f.last_write_error, f.last_write_error_at
+        if error is None or at <= f.last_write_ok_at:
             return None
         return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
 
@@ -581,15 +563,14 @@ class SqliteStore:
         """Insert several messages in one transaction: all are stored, or none."""
         await self._submit("accept_many", [message_row(m) for m in messages],
                            marketing_rows(messages))
-        self.pending += sum(1 for m in messages if m.status in _WAITING)
+        self.pending += sum(1 for m in messages if m.status in WAITING)
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
-        prior = await self._submit("accept", message_row(message), idempotency_key)
-        if prior is not None:
-            return AcceptResult(row_to_message(prior), created=False)
-        if message.status in _WAITING:
+        result = accept_result(
+            message, await self._submit("accept", message_row(message), idempotency_key))
+        if result.created and message.status in WAITING:
             self.pending += 1
-        return AcceptResult(message, created=True)
+        return result
 
     async def claim_due(self, now: float, limit: int) -> list[Message]:
         rows, done = await self._submit("claim_due", now, limit)

@@ -26,7 +26,7 @@ from typing import Any
 
 from aggregator.frames import FrameReader, frame
 from aggregator.store.base import StoreError
-from aggregator.store.writes import GroupWriter, Op, bind, connect
+from aggregator.store.writes import OPS, GroupWriter, Op, bind, connect, waiting_added
 
 
 def _answer(op: Op) -> tuple[int, bool, Any]:
@@ -52,16 +52,7 @@ class _Client:
 
 # What a worker may ask of the writer directly: its accepts, nothing else.
 WORKER_OPS = frozenset({"accept", "accept_many"})
-WAITING = frozenset({"accepted", "scheduled"})
-STATUS = 12  # a message row's status (writes.MESSAGE_COLUMNS)
 WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread before it is dropped
-
-
-def _took(name: str, args: Any, result: Any) -> int:
-    """Messages a worker's accept stored that wait to be sent (the daemon's pending count)."""
-    if name == "accept":
-        return int(result is None and args[0][STATUS] in WAITING)
-    return sum(1 for row in args[0] if row[STATUS] in WAITING)
 
 
 def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: GroupWriter,
@@ -100,14 +91,11 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
                     stopping = True
                     break
                 rid, name, args = request
-                try:
-                    if not client.daemon and name not in WORKER_OPS:
-                        raise KeyError(name)
+                if name in OPS and (client.daemon or name in WORKER_OPS):
                     batch.append((client, Op(bind(name, args), rid), name, args))
-                except KeyError:
-                    op = Op(lambda conn: None, rid)
-                    op.error = StoreError(f"no store operation {name!r}")
-                    client.answers.append(_answer(op))
+                else:
+                    client.answers.append(
+                        (rid, False, StoreError(f"no store operation {name!r}")))
         took = 0
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
@@ -115,7 +103,7 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
             for client, op, name, args in chunk:
                 client.answers.append(_answer(op))
                 if not client.daemon and op.error is None:
-                    took += _took(name, args, op.result)
+                    took += waiting_added(name, args, op.result)
         for key in list(selector.get_map().values()):
             client = key.data
             if client is None or client.daemon or not client.answers:
@@ -127,9 +115,8 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
                 client.sock.close()
             client.answers = []
         if daemon.answers or durations or took:
-            figures = (group.commits, group.write_errors, group.last_write_error,
-                       group.last_write_error_at, group.last_write_ok_at)
-            daemon_sock.sendall(frame(("done", figures, durations[:], daemon.answers, took)))
+            daemon_sock.sendall(
+                frame(("done", group.figures, durations[:], daemon.answers, took)))
             durations.clear()
             daemon.answers = []
 

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aggregator.model import FINAL_STATUSES, FinalNotice, MessageStatus, ReceiptUpdate
@@ -37,7 +38,10 @@ INSERT_MESSAGE = (
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES (?, ?, ?)"
 # Positions in a message row (MESSAGE_COLUMNS order) the writes read.
-_ID, _ACCOUNT, _DEST, _CLASS, _CREATED = 0, 1, 2, 10, 17
+_ID, _ACCOUNT, _DEST, _CLASS, _STATUS, _CREATED = 0, 1, 2, 10, 12, 17
+# Messages in these states wait to be sent: the daemon's pending count.
+WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
+_WAITING_VALUES = frozenset(status.value for status in WAITING)
 
 Parts = Sequence[tuple[int, str]]  # (seq, provider_msg_id) of the segments a provider took
 
@@ -361,6 +365,13 @@ OPS: dict[str, Callable[..., Any]] = {
 }
 
 
+def waiting_added(name: str, args: Sequence[Any], result: Any) -> int:
+    """How many waiting messages an `accept` or `accept_many` that succeeded stored."""
+    if name == "accept":
+        return int(result is None and args[0][_STATUS] in _WAITING_VALUES)
+    return sum(1 for row in args[0] if row[_STATUS] in _WAITING_VALUES)
+
+
 def bind(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
     """The operation `name` with its arguments, to run on a connection."""
     fn = OPS[name]
@@ -386,6 +397,29 @@ def _is_fault(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
+@dataclass
+class WriteFigures:
+    """What readiness and the metrics know of the writer: group commits done, write faults
+    (groups failed, the last error), and when (monotonic) the last group failed and the last
+    one committed. The writer process sends it whole with each answer."""
+
+    commits: int = 0
+    write_errors: int = 0
+    last_write_error: str | None = None
+    last_write_error_at: float = 0.0
+    last_write_ok_at: float = 0.0
+
+    def committed(self) -> float:
+        self.commits += 1
+        self.last_write_ok_at = time.monotonic()
+        return self.last_write_ok_at
+
+    def failed(self, error: str) -> None:
+        self.write_errors += 1
+        self.last_write_error = error
+        self.last_write_error_at = time.monotonic()
+
+
 class GroupWriter:
     """Runs groups of operations on the writer connection, one transaction per group, and
     keeps the figures readiness and metrics read."""
@@ -394,13 +428,7 @@ class GroupWriter:
                  on_commit: Callable[[float], None] | None = None) -> None:
         self.conn = conn
         self._on_commit = on_commit
-        self.commits = 0  # group commits done
-        # Write faults: how many groups failed, the last error, and when (monotonic) the last
-        # group failed and the last one committed.
-        self.write_errors = 0
-        self.last_write_error: str | None = None
-        self.last_write_error_at = 0.0
-        self.last_write_ok_at = 0.0
+        self.figures = WriteFigures()
 
     def run(self, batch: list[Op]) -> None:
         """Set every op's result or error."""
@@ -444,17 +472,14 @@ class GroupWriter:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        self.commits += 1
-        self.last_write_ok_at = time.monotonic()
+        done = self.figures.committed()
         if self._on_commit is not None:
             # The group is committed: a failing hook must not make run() redo it.
             with contextlib.suppress(Exception):
-                self._on_commit(self.last_write_ok_at - started)
+                self._on_commit(done - started)
 
     def _fail(self, batch: list[Op], exc: Exception) -> None:
         err = StoreError(f"store write failed: {exc}")
         for op in batch:
             op.result, op.error = None, err
-        self.write_errors += 1
-        self.last_write_error = str(exc)
-        self.last_write_error_at = time.monotonic()
+        self.figures.failed(str(exc))
