@@ -18,6 +18,7 @@ then the load generator runs in this process (`simulator.load.run_load`) with re
 | a | single-message HTTP, ``POST /v1/messages``, 50 requests in flight |
 | b | batch HTTP, ``POST /v1/messages/batch``, 100 messages per request, 4 requests in flight |
 | c | SMPP ingress: 1 transceiver bind, window 50, ``registered_delivery`` 1 |
+| d | single-message HTTP offered at 2,000 msg/s, 50 requests in flight (the latency target) |
 
 Figures per scenario:
 
@@ -27,7 +28,10 @@ Figures per scenario:
   ends), so a backlog the daemon works off after the load does not count;
 - accept latency p50/p99 (request to 202 / ``submit_sm_resp``), receipt latency p50/p99
   (request to callback / ``deliver_sm`` receipt), errors (non-accepted requests), receipts
-  received / expected.
+  received / expected;
+- smsagg's resident memory: the daemon and its child processes together (``VmRSS`` from
+  ``/proc``, sampled every second during the load), at a quarter of the window, at its end and
+  the highest; with ``--duration 600`` on scenario d this is the ten-minute memory check.
 
 Processes are stopped with SIGTERM, then killed after a deadline.
 """
@@ -68,6 +72,9 @@ BATCH_SIZE = 100
 BATCH_CONCURRENCY = 4
 SMPP_BINDS = 1
 SMPP_WINDOW = 50
+TARGET_RATE = 2000.0  # scenario d's offered msg/s
+TARGET_P99_MS = 20.0  # the accept latency it must stay under at p99
+MEMORY_INTERVAL = 1.0  # seconds between RSS samples
 
 _SUBMITS_RE = re.compile(r"\bsubmits=(\d+)\b")
 
@@ -77,6 +84,7 @@ class Scenario:
     key: str
     title: str
     mode: str  # LoadOptions.mode
+    rate: float = 0.0  # offered msg/s; 0: as fast as the in-flight limit allows
 
     @property
     def smpp_ingress(self) -> bool:
@@ -87,12 +95,14 @@ SCENARIOS: dict[str, Scenario] = {
     "a": Scenario("a", "single-message HTTP", "http"),
     "b": Scenario("b", f"batch HTTP ({BATCH_SIZE}/request)", "batch"),
     "c": Scenario("c", f"SMPP ingress ({SMPP_BINDS} bind, window {SMPP_WINDOW})", "smpp"),
+    "d": Scenario("d", f"single-message HTTP at {TARGET_RATE:,.0f} msg/s offered", "http",
+                  rate=TARGET_RATE),
 }
 
 
 @dataclass(slots=True)
 class BenchOptions:
-    scenarios: tuple[str, ...] = ("a", "b", "c")
+    scenarios: tuple[str, ...] = ("a", "b", "c", "d")
     duration: float | None = 10.0  # seconds of sending; None with count
     count: int | None = None  # messages per scenario instead of a duration
     window: int = 10  # per provider bind
@@ -102,10 +112,10 @@ class BenchOptions:
 
     def check(self) -> None:
         if not self.scenarios:
-            raise ValueError("--scenarios: name at least one of a, b, c")
+            raise ValueError("--scenarios: name at least one of a, b, c, d")
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
         if unknown:
-            raise ValueError(f"--scenarios: unknown {', '.join(unknown)} (known: a, b, c)")
+            raise ValueError(f"--scenarios: unknown {', '.join(unknown)} (known: a, b, c, d)")
         if (self.duration is None) == (self.count is None):
             raise ValueError("give one of --duration and --count")
         if self.duration is not None and self.duration <= 0:
@@ -128,6 +138,16 @@ class ScenarioResult:
     relayed: float  # SMSC submits during the window (interpolated)
     relayed_total: int  # SMSC submits over the whole scenario (final summary)
     smsc: dict[str, Any] = field(default_factory=dict)  # the SMSC's final summary
+    memory: list[tuple[float, float]] = field(default_factory=list)  # (s into the window, MB)
+
+    def rss_mb(self) -> dict[str, float] | None:
+        """smsagg's resident MB at a quarter of the window, at its end, and the highest."""
+        if not self.memory:
+            return None
+        quarter = next((mb for t, mb in self.memory if t >= self.window_s / 4),
+                       self.memory[-1][1])
+        return {"quarter": quarter, "end": self.memory[-1][1],
+                "max": max(mb for _, mb in self.memory)}
 
     @property
     def accepted_rate(self) -> float:
@@ -154,6 +174,9 @@ class ScenarioResult:
             "errors": self.load.errors_total,
             "receipts": self.load.receipts,
             "receipts_expected": self.load.receipts_expected,
+            "offered_msg_s": self.scenario.rate or None,
+            "smsagg_rss_mb": self.rss_mb(),
+            "memory_samples": [[round(t, 1), round(mb, 1)] for t, mb in self.memory],
             "load": load,
             "smsc": {k: v for k, v in self.smsc.items() if k != "bind_stats"},
         }
@@ -183,6 +206,51 @@ def submits_at(samples: Sequence[tuple[float, int]], t: float) -> float:
     if t1 <= t0:
         return float(n1)
     return n0 + (n1 - n0) * (t - t0) / (t1 - t0)
+
+
+# -- smsagg's memory -------------------------------------------------------------------------------
+
+
+def _parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name is in parentheses and may hold spaces; the ppid follows the state.
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def tree_rss_mb(pid: int) -> float | None:
+    """Resident MB of `pid` and all its descendants (Linux /proc); None where /proc cannot tell."""
+    parents = _parent_pids()
+    if pid not in parents:
+        return None
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    total_kb, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, ()))
+        with contextlib.suppress(OSError, ValueError):
+            for line in (Path("/proc") / str(current) / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+async def sample_memory(pid: int, start: float, samples: list[tuple[float, float]]) -> None:
+    """Append (seconds since `start`, MB) for `pid`'s tree every MEMORY_INTERVAL until cancelled."""
+    while True:
+        mb = await asyncio.to_thread(tree_rss_mb, pid)
+        if mb is None:
+            return
+        samples.append((time.perf_counter() - start, mb))
+        await asyncio.sleep(MEMORY_INTERVAL)
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -312,6 +380,7 @@ def load_options(scenario: Scenario, options: BenchOptions, http_base: str,
     common: dict[str, Any] = {
         "count": options.count, "duration": options.duration, "receipts": True,
         "receipt_wait": options.receipt_wait, "seed": options.seed, "progress": False,
+        "rate": scenario.rate,
     }
     if scenario.mode == "http":
         return LoadOptions(mode="http", url=http_base, api_key=API_KEY,
@@ -371,8 +440,14 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
             load_opts = load_options(scenario, options, http_base,
                                      smpp_port if isinstance(smpp_port, int) else None)
             t_start = time.perf_counter()
-            result = await run_load(load_opts)
+            memory: list[tuple[float, float]] = []
+            sampler = asyncio.create_task(sample_memory(daemon.proc.pid, t_start, memory))
+            try:
+                result = await run_load(load_opts)
+            finally:
+                sampler.cancel()
             window_end = t_start + result.elapsed
+            memory = [(t, mb) for t, mb in memory if t <= result.elapsed] or memory[:1]
             # One more stats sample after the window, so its end is interpolated, not clamped.
             deadline = time.perf_counter() + 5 * STATS_INTERVAL + 2
             while samples[-1][0] <= window_end and time.perf_counter() < deadline:
@@ -388,7 +463,7 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
         return ScenarioResult(
             scenario=scenario, load=result, window_s=result.elapsed, relayed=relayed,
             relayed_total=int(summary.get("submits", snapshot[-1][1] if snapshot else 0)),
-            smsc=summary,
+            smsc=summary, memory=memory,
         )
 
 
@@ -420,8 +495,8 @@ def _ms(summary: dict[str, float | int], key: str, count: int) -> str:
 def markdown_table(results: Sequence[ScenarioResult]) -> str:
     lines = [
         "| scenario | accepted | accepted msg/s | relayed msg/s | accept p50 ms | accept p99 ms"
-        " | receipt p50 ms | receipt p99 ms | errors | receipts |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        " | receipt p50 ms | receipt p99 ms | errors | receipts | smsagg RSS MB ¼ / end |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         accept = r.load.accept_latency.summary_ms()
@@ -432,9 +507,33 @@ def markdown_table(results: Sequence[ScenarioResult]) -> str:
             f" | {r.accepted_rate:.0f} | {r.relayed_rate:.0f}"
             f" | {_ms(accept, 'p50', n_acc)} | {_ms(accept, 'p99', n_acc)}"
             f" | {_ms(receipt, 'p50', n_rec)} | {_ms(receipt, 'p99', n_rec)}"
-            f" | {r.load.errors_total} | {r.load.receipts}/{r.load.receipts_expected} |"
+            f" | {r.load.errors_total} | {r.load.receipts}/{r.load.receipts_expected}"
+            f" | {_rss(r)} |"
         )
     return "\n".join(lines)
+
+
+def _rss(result: ScenarioResult) -> str:
+    rss = result.rss_mb()
+    return f"{rss['quarter']:.1f} / {rss['end']:.1f}" if rss else "-"
+
+
+def target_lines(results: Sequence[ScenarioResult]) -> list[str]:
+    """A verdict on the accept-latency target for each fixed-rate scenario."""
+    lines = []
+    for r in results:
+        if not r.scenario.rate or not r.load.accepted:
+            continue
+        p99 = r.load.accept_latency.summary_ms()["p99"]
+        verdict = "met" if p99 < TARGET_P99_MS and not r.load.errors_total else "missed"
+        rss = r.rss_mb()
+        memory = (f"; smsagg RSS {rss['quarter']:.1f} MB at a quarter of the run,"
+                  f" {rss['end']:.1f} MB at its end, {rss['max']:.1f} MB at most") if rss else ""
+        lines.append(
+            f"scenario {r.scenario.key}: {r.scenario.rate:,.0f} msg/s offered,"
+            f" {r.accepted_rate:,.0f} accepted, {r.load.errors_total} errors; accept p99"
+            f" {p99:.1f} ms (target under {TARGET_P99_MS:g} ms: {verdict}){memory}")
+    return lines
 
 
 def header_line(options: BenchOptions, load_average: float) -> str:
@@ -447,7 +546,9 @@ def header_line(options: BenchOptions, load_average: float) -> str:
 
 def report(options: BenchOptions, results: Sequence[ScenarioResult],
            load_average: float) -> str:
-    return header_line(options, load_average) + "\n\n" + markdown_table(results) + "\n"
+    targets = target_lines(results)
+    tail = "\n" + "\n".join(targets) + "\n" if targets else ""
+    return header_line(options, load_average) + "\n\n" + markdown_table(results) + "\n" + tail
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -462,7 +563,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="messages per scenario instead of --duration")
     parser.add_argument("--scenarios", default=",".join(d.scenarios),
                         help="comma-separated: a single-message HTTP, b batch HTTP,"
-                             " c SMPP ingress (default a,b,c)")
+                             f" c SMPP ingress, d single-message HTTP at {TARGET_RATE:,.0f}"
+                             " msg/s offered (default a,b,c,d)")
     parser.add_argument("--window", type=int, default=d.window,
                         help=f"window per provider bind (default {d.window})")
     parser.add_argument("--workers", type=int, default=d.workers,
@@ -515,7 +617,7 @@ def run_command(args: argparse.Namespace) -> int:
         data = {"options": {"scenarios": list(options.scenarios), "duration": options.duration,
                             "count": options.count, "window": options.window,
                             "provider_binds": PROVIDER_BINDS},
-                "load_average_1m": load_average,
+                "load_average_1m": load_average, "targets": target_lines(results),
                 "scenarios": [r.to_dict() for r in results]}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -7,12 +7,24 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from simulator.bench import BenchOptions, config_text, options_from_args, parse_submits, submits_at
+from simulator.bench import (
+    SCENARIOS,
+    BenchOptions,
+    ScenarioResult,
+    config_text,
+    options_from_args,
+    parse_submits,
+    submits_at,
+    target_lines,
+    tree_rss_mb,
+)
 from simulator.cli import build_parser
+from simulator.load import LoadOptions, LoadResult
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "bench" / "kannel-vs-smsagg.sh"
@@ -24,7 +36,7 @@ SCRIPT = ROOT / "deploy" / "bench" / "kannel-vs-smsagg.sh"
 def test_quick_bench_has_a_row_per_scenario(tmp_path: Path) -> None:
     markdown, results = tmp_path / "bench.md", tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulator", "bench", "--count", "200", "--scenarios", "a,c",
+        [sys.executable, "-m", "simulator", "bench", "--count", "200", "--scenarios", "a,c,d",
          "--receipt-wait", "30", "--markdown", str(markdown), "--json", str(results)],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
@@ -33,9 +45,18 @@ def test_quick_bench_has_a_row_per_scenario(tmp_path: Path) -> None:
     assert table in proc.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0].startswith("| scenario | accepted | accepted msg/s | relayed msg/s")
-    assert [row.split("|")[1].strip()[:2] for row in rows[1:]] == ["a:", "c:"]
+    assert [row.split("|")[1].strip()[:2] for row in rows[1:]] == ["a:", "c:", "d:"]
+    assert rows[0].rstrip(" |").endswith("smsagg RSS MB ¼ / end")
     data = json.loads(results.read_text())
+    # Only the fixed-rate scenario gets a verdict on the latency target.
+    assert len(data["targets"]) == 1 and data["targets"][0].startswith("scenario d: 2,000 msg/s")
+    assert data["targets"][0] in proc.stdout
+    offered = {s["scenario"]: (s["offered_msg_s"], s["load"]["options"]["rate"])
+               for s in data["scenarios"]}
+    assert offered == {"a": (None, 0.0), "c": (None, 0.0), "d": (2000.0, 2000.0)}
     for scenario in data["scenarios"]:
+        # The daemon, its writer process and nothing smaller than a Python interpreter.
+        assert scenario["smsagg_rss_mb"]["end"] > 20, scenario["smsagg_rss_mb"]
         assert scenario["accepted"] == 200, scenario
         assert scenario["errors"] == 0, scenario
         assert scenario["receipts"] == scenario["receipts_expected"] == 200, scenario
@@ -61,14 +82,14 @@ def test_options_and_config() -> None:
     args = parser.parse_args(["bench"])
     options = options_from_args(args)
     assert (options.duration, options.count, options.window) == (10.0, None, 10)
-    assert options.scenarios == ("a", "b", "c")
+    assert options.scenarios == ("a", "b", "c", "d")
     args = parser.parse_args(["bench", "--count", "50", "--scenarios", "c", "--window", "20"])
     options = options_from_args(args)
     assert (options.duration, options.count, options.scenarios) == (None, 50, ("c",))
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--count", "5", "--duration", "3"])
-    with pytest.raises(ValueError, match="unknown d"):
-        BenchOptions(scenarios=("a", "d")).check()
+    with pytest.raises(ValueError, match="unknown e"):
+        BenchOptions(scenarios=("a", "e")).check()
     http_only = config_text(Path("/tmp/x.db"), 2776, 20, smpp_ingress=False)
     assert "window = 20" in http_only and "[smpp]" not in http_only
     assert "workers = 0" in http_only
@@ -79,6 +100,46 @@ def test_options_and_config() -> None:
     assert "binds = 2" in http_only
     with_smpp = config_text(Path("/tmp/x.db"), 2776, 10, smpp_ingress=True)
     assert '[smpp]\nlisten = "127.0.0.1:0"' in with_smpp and 'system_id = "bench"' in with_smpp
+
+
+def _fixed_rate_result(p99_s: float, errors: int = 0) -> ScenarioResult:
+    load = LoadResult(options=LoadOptions(rate=2000), accepted=100, elapsed=0.05)
+    for _ in range(100):
+        load.accept_latency.record(p99_s)
+    if errors:
+        load.errors["queue_full"] = errors
+    return ScenarioResult(scenario=SCENARIOS["d"], load=load, window_s=0.05, relayed=100,
+                          relayed_total=100, memory=[(0.0, 60.0), (0.02, 61.0), (0.05, 62.5)])
+
+
+def test_target_verdict_follows_p99_and_errors() -> None:
+    (met,) = target_lines([_fixed_rate_result(0.005)])
+    assert "target under 20 ms: met" in met
+    assert "61.0 MB at a quarter of the run, 62.5 MB at its end, 62.5 MB at most" in met
+    (slow,) = target_lines([_fixed_rate_result(0.040)])
+    assert "target under 20 ms: missed" in slow
+    (refused,) = target_lines([_fixed_rate_result(0.005, errors=3)])
+    assert "3 errors" in refused and "missed" in refused
+    as_fast_as_possible = _fixed_rate_result(0.005)
+    as_fast_as_possible.scenario = SCENARIOS["a"]
+    assert target_lines([as_fast_as_possible]) == []
+
+
+def test_memory_of_a_process_tree_counts_its_children() -> None:
+    alone = tree_rss_mb(os.getpid())
+    assert alone is not None and alone > 5
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while (mb := tree_rss_mb(os.getpid())) is not None and mb < alone + 3:
+            assert time.monotonic() < deadline, "the child's memory was never counted"
+            time.sleep(0.05)
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(30)
+    assert tree_rss_mb(2**22 + 12345) is None  # no such process
 
 
 def test_bad_scenario_exits_2() -> None:
