@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from aiohttp import web
 from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SubmitSm
 
 from aggregator.model import Encoding
 from aggregator.smpp.session import BindMode, NotBound, RequestReceived, WindowFull
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout, SmppConnection, open_client
 from aggregator.text import GSM7_PART, GSM7_SINGLE, count_segments, is_gsm7
+from simulator.callback_server import CallbackServer
 from simulator.http_client import HttpClient, HttpError
 from simulator.stats import LatencyHistogram
 
@@ -470,35 +470,24 @@ def _split_host_port(text: str) -> tuple[str, int]:
 
 @contextlib.asynccontextmanager
 async def callback_receiver(options: LoadOptions, rec: Recorder) -> AsyncIterator[str]:
-    """An aiohttp server for delivery callbacks; yields the URL to put in messages."""
+    """A server for delivery callbacks (`simulator.callback_server`); yields the URL to put in
+    messages."""
 
-    async def receive(request: web.Request) -> web.Response:
-        now = time.perf_counter()
-        try:
-            body = await request.json()
-        except ValueError:
-            return web.Response(status=400)
-        if isinstance(body, dict) and isinstance(body.get("id"), str):
-            rec.receipt(body["id"], str(body.get("status", "unknown")), now)
-        return web.Response(status=204)
+    def receive(body: dict[str, object]) -> None:
+        message_id = body.get("id")
+        if isinstance(message_id, str):
+            rec.receipt(message_id, str(body.get("status", "unknown")), time.perf_counter())
 
     host, port = _split_host_port(options.callback_listen or "127.0.0.1:0")
-    app = web.Application()
-    app.router.add_post(CALLBACK_PATH, receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    server = CallbackServer(host, port, CALLBACK_PATH, receive)
+    await server.start()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        bound_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         if ":" in url_host:
             url_host = f"[{url_host}]"
-        yield options.callback_url or f"http://{url_host}:{bound_port}{CALLBACK_PATH}"
+        yield options.callback_url or f"http://{url_host}:{server.port}{CALLBACK_PATH}"
     finally:
-        await runner.cleanup()
+        server.close()
 
 
 async def _run_http(options: LoadOptions, rec: Recorder, start: float, stop: asyncio.Event,

@@ -17,6 +17,7 @@ from simulator.bench import (
     BenchOptions,
     ScenarioResult,
     config_text,
+    final_messages,
     options_from_args,
     parse_submits,
     submits_at,
@@ -36,7 +37,7 @@ SCRIPT = ROOT / "deploy" / "bench" / "kannel-vs-smsagg.sh"
 def test_quick_bench_has_a_row_per_scenario(tmp_path: Path) -> None:
     markdown, results = tmp_path / "bench.md", tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulator", "bench", "--count", "200", "--scenarios", "a,c,d",
+        [sys.executable, "-m", "simulator", "bench", "--count", "200", "--scenarios", "a,c,d,e",
          "--receipt-wait", "30", "--markdown", str(markdown), "--json", str(results)],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
@@ -45,21 +46,28 @@ def test_quick_bench_has_a_row_per_scenario(tmp_path: Path) -> None:
     assert table in proc.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0].startswith("| scenario | accepted | accepted msg/s | relayed msg/s")
-    assert [row.split("|")[1].strip()[:2] for row in rows[1:]] == ["a:", "c:", "d:"]
+    assert [row.split("|")[1].strip()[:2] for row in rows[1:]] == ["a:", "c:", "d:", "e:"]
     assert rows[0].rstrip(" |").endswith("smsagg RSS MB ¼ / end")
     data = json.loads(results.read_text())
-    # Only the fixed-rate scenario gets a verdict on the latency target.
-    assert len(data["targets"]) == 1 and data["targets"][0].startswith("scenario d: 2,000 msg/s")
-    assert data["targets"][0] in proc.stdout
-    offered = {s["scenario"]: (s["offered_msg_s"], s["load"]["options"]["rate"])
-               for s in data["scenarios"]}
-    assert offered == {"a": (None, 0.0), "c": (None, 0.0), "d": (2000.0, 2000.0)}
+    # Only the fixed-rate scenarios get a verdict on the latency target.
+    assert [line[:33] for line in data["targets"]] == ["scenario d: 2,000 msg/s offered, ",
+                                                       "scenario e: 2,000 msg/s offered, "]
+    assert all(line in proc.stdout for line in data["targets"])
+    offered = {s["scenario"]: (s["offered_msg_s"], s["load"]["options"]["rate"],
+                               s["load"]["options"]["receipts"]) for s in data["scenarios"]}
+    assert offered == {"a": (None, 0.0, True), "c": (None, 0.0, True),
+                       "d": (2000.0, 2000.0, False), "e": (2000.0, 2000.0, True)}
+    # Without callbacks the receipts are counted where smsagg processed them.
+    (d,) = [s for s in data["scenarios"] if s["scenario"] == "d"]
+    assert d["final_in_smsagg"] == 200 and d["receipts_expected"] == 0
+    assert "| 200/200 final in smsagg |" in table
     for scenario in data["scenarios"]:
         # The daemon, its writer process and nothing smaller than a Python interpreter.
         assert scenario["smsagg_rss_mb"]["end"] > 20, scenario["smsagg_rss_mb"]
         assert scenario["accepted"] == 200, scenario
         assert scenario["errors"] == 0, scenario
-        assert scenario["receipts"] == scenario["receipts_expected"] == 200, scenario
+        if scenario["scenario"] != "d":
+            assert scenario["receipts"] == scenario["receipts_expected"] == 200, scenario
         assert scenario["relayed_total"] >= 200, scenario
         assert scenario["relayed_msg_s"] > 0, scenario
         assert 0 < scenario["accept_latency_ms"]["p50"] <= scenario["accept_latency_ms"]["p99"]
@@ -82,14 +90,14 @@ def test_options_and_config() -> None:
     args = parser.parse_args(["bench"])
     options = options_from_args(args)
     assert (options.duration, options.count, options.window) == (10.0, None, 10)
-    assert options.scenarios == ("a", "b", "c", "d")
+    assert options.scenarios == ("a", "b", "c", "d", "e")
     args = parser.parse_args(["bench", "--count", "50", "--scenarios", "c", "--window", "20"])
     options = options_from_args(args)
     assert (options.duration, options.count, options.scenarios) == (None, 50, ("c",))
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--count", "5", "--duration", "3"])
-    with pytest.raises(ValueError, match="unknown e"):
-        BenchOptions(scenarios=("a", "e")).check()
+    with pytest.raises(ValueError, match="unknown f"):
+        BenchOptions(scenarios=("a", "f")).check()
     http_only = config_text(Path("/tmp/x.db"), 2776, 20, smpp_ingress=False)
     assert "window = 20" in http_only and "[smpp]" not in http_only
     assert "workers = 0" in http_only
@@ -109,7 +117,21 @@ def _fixed_rate_result(p99_s: float, errors: int = 0) -> ScenarioResult:
     if errors:
         load.errors["queue_full"] = errors
     return ScenarioResult(scenario=SCENARIOS["d"], load=load, window_s=0.05, relayed=100,
-                          relayed_total=100, memory=[(0.0, 60.0), (0.02, 61.0), (0.05, 62.5)])
+                          relayed_total=100, memory=[(0.0, 60.0), (0.02, 61.0), (0.05, 62.5)],
+                          final=100)
+
+
+def test_final_messages_are_summed_over_statuses() -> None:
+    exposition = (
+        "# HELP smsagg_messages_final_total Messages that reached a final state\n"
+        "# TYPE smsagg_messages_final_total counter\n"
+        'smsagg_messages_final_total{status="delivered"} 180.0\n'
+        'smsagg_messages_final_total{status="undeliverable"} 20.0\n'
+        'smsagg_messages_final_created{status="delivered"} 1.7e+09\n'
+        'smsagg_receipts_total{provider="sim",status="delivered"} 999.0\n'
+    )
+    assert final_messages(exposition) == 200
+    assert final_messages("") == 0
 
 
 def test_target_verdict_follows_p99_and_errors() -> None:
@@ -120,6 +142,12 @@ def test_target_verdict_follows_p99_and_errors() -> None:
     assert "target under 20 ms: missed" in slow
     (refused,) = target_lines([_fixed_rate_result(0.005, errors=3)])
     assert "3 errors" in refused and "missed" in refused
+    unprocessed = _fixed_rate_result(0.005)
+    unprocessed.final = 99  # of 100 accepted
+    (missing,) = target_lines([unprocessed])
+    assert "99/100 final in smsagg" in missing and "missed" in missing
+    unprocessed.final = 100
+    assert "met" in target_lines([unprocessed])[0]
     as_fast_as_possible = _fixed_rate_result(0.005)
     as_fast_as_possible.scenario = SCENARIOS["a"]
     assert target_lines([as_fast_as_possible]) == []
