@@ -115,7 +115,9 @@ class BenchOptions:
     duration: float | None = 10.0  # seconds of sending; None with count
     count: int | None = None  # messages per scenario instead of a duration
     window: int = 10  # per provider bind
-    workers: int = 0  # smsagg's [http] workers (HTTP ingress processes)
+    # smsagg's [http] workers (HTTP ingress processes): 1, as in the side-by-side script; on two
+    # cores one worker beside the daemon accepts and relays more than the daemon alone.
+    workers: int = 1
     receipt_wait: float = 60.0  # after sending, seconds to wait for every receipt
     seed: int | None = 1
 

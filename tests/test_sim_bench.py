@@ -102,7 +102,8 @@ def test_options_and_config() -> None:
     assert "window = 20" in http_only and "[smpp]" not in http_only
     assert "workers = 0" in http_only
     assert "workers = 1" in config_text(Path("/tmp/x.db"), 2776, 10, False, workers=1)
-    assert options_from_args(parser.parse_args(["bench", "--workers", "1"])).workers == 1
+    assert options_from_args(parser.parse_args(["bench"])).workers == 1
+    assert options_from_args(parser.parse_args(["bench", "--workers", "0"])).workers == 0
     with pytest.raises(ValueError, match="--workers"):
         BenchOptions(workers=65).check()
     assert "binds = 2" in http_only
