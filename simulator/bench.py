@@ -35,7 +35,7 @@ Figures per scenario:
   made final (``smsagg_messages_final_total`` on its /metrics) / accepted instead;
 - smsagg's resident memory: the daemon and its child processes together (``VmRSS`` from
   ``/proc``, sampled every second during the load), at a quarter of the window, at its end and
-  the highest; with ``--duration 600`` on scenario d this is the ten-minute memory check.
+  the highest; with ``--duration 600`` on scenario d or e this is the ten-minute memory check.
 
 Processes are stopped with SIGTERM, then killed after a deadline.
 """
@@ -78,7 +78,7 @@ BATCH_SIZE = 100
 BATCH_CONCURRENCY = 4
 SMPP_BINDS = 1
 SMPP_WINDOW = 50
-TARGET_RATE = 2000.0  # scenario d's offered msg/s
+TARGET_RATE = 2000.0  # the offered msg/s of scenarios d and e
 TARGET_P99_MS = 20.0  # the accept latency it must stay under at p99
 MEMORY_INTERVAL = 1.0  # seconds between RSS samples
 
