@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from aggregator.frames import LEN, split
+from aggregator.frames import LEN, frame, split
 from aggregator.log import get_logger
 
 log = get_logger("smsagg.link")
@@ -93,12 +93,14 @@ class Calls:
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def new_id(self) -> int:
-        return next(self._ids)
-
-    def expect(self, rid: int) -> asyncio.Future[Any]:
+    def send(self, link: Link, request: Callable[[int], object]) -> asyncio.Future[Any]:
+        """Send request(id) as a frame over `link`; the future gets its answer. The frame is
+        made first, so arguments that do not pickle raise here and leave nothing waiting."""
+        rid = next(self._ids)
+        data = frame(request(rid))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
+        link.send(data)
         return future
 
     def answer(self, rid: int, ok: bool, result: Any) -> None:

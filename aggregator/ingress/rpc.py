@@ -159,10 +159,7 @@ class RemoteStore:
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if self.lost.done():
             raise StoreError("the daemon is gone")
-        rid = self._calls.new_id()
-        future = self._calls.expect(rid)
-        self._link.send(frame((rid, name, args, kwargs)))
-        return await future
+        return await self._calls.send(self._link, lambda rid: (rid, name, args, kwargs))
 
     def frame_received(self, link: Link, obj: Any) -> None:
         self._calls.answer(*obj)
@@ -216,10 +213,7 @@ class _WriterLink:
     async def call(self, name: str, *args: Any) -> Any:
         if self._store.lost.done():
             raise StoreError("the daemon is gone")
-        rid = self._calls.new_id()
-        future = self._calls.expect(rid)
-        self.link.send(frame((rid, name, args)))
-        return await future
+        return await self._calls.send(self.link, lambda rid: (rid, name, args))
 
     def frame_received(self, link: Link, obj: Any) -> None:
         for answer in obj[1]:  # ("answers", [(id, ok, result), ...])

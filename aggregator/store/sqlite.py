@@ -51,12 +51,12 @@ from aggregator.store.writes import (
     BUSY_TIMEOUT,
     MESSAGE_COLUMNS,
     PENDING,
-    WAITING,
     GroupWriter,
     Op,
     WriteFigures,
     bind,
     connect,
+    waiting_added,
 )
 
 log = get_logger("smsagg.store")
@@ -524,10 +524,7 @@ class SqliteStore:
         if self._waiting >= self.max_waiting:
             raise StoreBusy("too many writes waiting for the store")
         if self._link is not None:
-            rid = self._calls.new_id()
-            request = frame((rid, name, args))  # first: arguments that do not pickle raise here
-            future = self._calls.expect(rid)
-            self._link.send(request)
+            future = self._calls.send(self._link, lambda rid: (rid, name, args))
         else:
             future = self._loop.create_future()
             self._queue_op(Op(bind(name, args), future))
@@ -561,16 +558,15 @@ class SqliteStore:
 
     async def accept_many(self, messages: Sequence[Message]) -> None:
         """Insert several messages in one transaction: all are stored, or none."""
-        await self._submit("accept_many", [message_row(m) for m in messages],
-                           marketing_rows(messages))
-        self.pending += sum(1 for m in messages if m.status in WAITING)
+        rows = [message_row(m) for m in messages]
+        await self._submit("accept_many", rows, marketing_rows(messages))
+        self.pending += waiting_added("accept_many", (rows,), None)
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
-        result = accept_result(
-            message, await self._submit("accept", message_row(message), idempotency_key))
-        if result.created and message.status in WAITING:
-            self.pending += 1
-        return result
+        row = message_row(message)
+        prior = await self._submit("accept", row, idempotency_key)
+        self.pending += waiting_added("accept", (row, idempotency_key), prior)
+        return accept_result(message, prior)
 
     async def claim_due(self, now: float, limit: int) -> list[Message]:
         rows, done = await self._submit("claim_due", now, limit)

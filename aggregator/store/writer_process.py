@@ -5,13 +5,15 @@ statement and the writer must win it back from the busy loop each time, so at a 
 messages per second group commits spent most of their time waiting for the GIL, not for the
 disk. Here the writer has a process, and so a GIL, to itself.
 
-    python -m aggregator.store.writer_process FD PATH BUSY_TIMEOUT COMMIT_BATCH
+    python -m aggregator.store.writer_process FD PATH BUSY_TIMEOUT COMMIT_BATCH [LISTEN]
 
 FD is a connected stream socket to the daemon. Requests are frames (frames.py) of
 (id, operation name, arguments); None asks it to stop after answering what came before. Each
-group of requests is answered with one frame:
-("done", figures, commit seconds, [(id, ok, result or exception), ...]). The process ends when
-the socket closes, so it never outlives a daemon killed with SIGKILL.
+round of groups is answered to the daemon with one frame: ("done", WriteFigures, [commit
+seconds], [(id, ok, result or exception), ...], waiting messages the workers' accepts added).
+LISTEN, a Unix socket path, takes ingress workers' `accept` and `accept_many`, each connection
+answered with ("answers", [(id, ok, result or exception), ...]). The process ends when the
+daemon's socket closes, so it never outlives a daemon killed with SIGKILL.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ INSERT_MESSAGE = (
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES (?, ?, ?)"
 # Positions in a message row (MESSAGE_COLUMNS order) the writes read.
-_ID, _ACCOUNT, _DEST, _CLASS, _STATUS, _CREATED = 0, 1, 2, 10, 12, 17
+_ID, _ACCOUNT, _DEST, _SEGMENTS, _CLASS, _STATUS, _CREATED = 0, 1, 2, 8, 10, 12, 17
 # Messages in these states wait to be sent: the daemon's pending count.
 WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
 _WAITING_VALUES = frozenset(status.value for status in WAITING)
@@ -117,7 +117,7 @@ def claim_due(conn: sqlite3.Connection, now: float,
         f"ORDER BY next_attempt_at LIMIT ?) RETURNING {MESSAGE_COLUMNS}",
         (now, limit),
     ).fetchall()
-    multi = [r[_ID] for r in rows if r[8] > 1]  # segments
+    multi = [r[_ID] for r in rows if r[_SEGMENTS] > 1]
     done: dict[str, list[int]] = {}
     if multi:
         marks = ",".join("?" * len(multi))
