@@ -22,6 +22,7 @@ per message except in scenario d:
 | d | single-message HTTP offered at 2,000 msg/s, 50 requests in flight, no callbacks (the
   latency target: smsagg still processes every receipt the SMSC sends) |
 | e | as d, with a callback for every message |
+| f | single-message HTTP offered at 1,000 msg/s, no callbacks (the CPU-per-message target) |
 
 Figures per scenario:
 
@@ -35,7 +36,11 @@ Figures per scenario:
   made final (``smsagg_messages_final_total`` on its /metrics) / accepted instead;
 - smsagg's resident memory: the daemon and its child processes together (``VmRSS`` from
   ``/proc``, sampled every second during the load), at a quarter of the window, at its end and
-  the highest; with ``--duration 600`` on scenario d or e this is the ten-minute memory check.
+  the highest; with ``--duration 600`` on scenario d or e this is the ten-minute memory check;
+- smsagg's CPU per relayed message: utime + stime (``/proc/PID/stat``) of the daemon and each
+  child process (SQLite writer, HTTP ingress workers) from the load's start to CPU_TAIL seconds
+  after its end (receipts and backlog included), divided by the SMSC's ``submit_sm`` count over
+  that same span; per process and in total.
 
 Processes are stopped with SIGTERM, then killed after a deadline.
 """
@@ -63,6 +68,7 @@ import aiohttp
 
 from aggregator.demo import wait_ready
 from simulator.load import LoadOptions, LoadResult, run_load
+from simulator.proctree import cpu_delta, per_message_us, tree_cpu, tree_rss_mb
 
 API_KEY = "bench-key"
 SMPP_SYSTEM_ID = "bench"
@@ -81,6 +87,9 @@ SMPP_WINDOW = 50
 TARGET_RATE = 2000.0  # the offered msg/s of scenarios d and e
 TARGET_P99_MS = 20.0  # the accept latency it must stay under at p99
 MEMORY_INTERVAL = 1.0  # seconds between RSS samples
+PACED_RATE = 1000.0  # the offered msg/s of scenario f, where CPU per message is judged
+TARGET_CPU_US = 450.0  # CPU-µs per relayed message smsagg must stay under at PACED_RATE
+CPU_TAIL = 3.0  # seconds after the load (and its receipts) still charged to it
 
 _SUBMITS_RE = re.compile(r"\bsubmits=(\d+)\b")
 
@@ -106,12 +115,14 @@ SCENARIOS: dict[str, Scenario] = {
                   rate=TARGET_RATE, callbacks=False),
     "e": Scenario("e", f"single-message HTTP at {TARGET_RATE:,.0f} msg/s offered, callbacks",
                   "http", rate=TARGET_RATE),
+    "f": Scenario("f", f"single-message HTTP at {PACED_RATE:,.0f} msg/s offered", "http",
+                  rate=PACED_RATE, callbacks=False),
 }
 
 
 @dataclass(slots=True)
 class BenchOptions:
-    scenarios: tuple[str, ...] = ("a", "b", "c", "d", "e")
+    scenarios: tuple[str, ...] = ("a", "b", "c", "d", "e", "f")
     duration: float | None = 10.0  # seconds of sending; None with count
     count: int | None = None  # messages per scenario instead of a duration
     window: int = 10  # per provider bind
@@ -152,6 +163,12 @@ class ScenarioResult:
     smsc: dict[str, Any] = field(default_factory=dict)  # the SMSC's final summary
     memory: list[tuple[float, float]] = field(default_factory=list)  # (s into the window, MB)
     final: int | None = None  # without callbacks: messages smsagg made final (its /metrics)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process role
+    cpu_messages: float = 0.0  # SMSC submits over the span the CPU was measured
+
+    def cpu_us(self) -> dict[str, float]:
+        """CPU-µs per relayed message for each process role and in ``total``."""
+        return per_message_us(self.cpu_s, self.cpu_messages)
 
     def receipts_text(self) -> str:
         if self.final is not None:
@@ -196,6 +213,9 @@ class ScenarioResult:
             "final_in_smsagg": self.final,
             "smsagg_rss_mb": self.rss_mb(),
             "memory_samples": [[round(t, 1), round(mb, 1)] for t, mb in self.memory],
+            "cpu_seconds": {k: round(v, 3) for k, v in self.cpu_s.items()},
+            "cpu_messages": round(self.cpu_messages),
+            "cpu_us_per_msg": {k: round(v, 1) for k, v in self.cpu_us().items()},
             "load": load,
             "smsc": {k: v for k, v in self.smsc.items() if k != "bind_stats"},
         }
@@ -227,6 +247,12 @@ def submits_at(samples: Sequence[tuple[float, int]], t: float) -> float:
     return n0 + (n1 - n0) * (t - t0) / (t1 - t0)
 
 
+def submits_by(samples: Sequence[tuple[float, int]], t: float) -> int:
+    """The submit counter of the last sample at or before time `t` (0 before the first)."""
+    i = bisect.bisect_right([s[0] for s in samples], t)
+    return samples[i - 1][1] if i else 0
+
+
 # -- smsagg's figures ----------------------------------------------------------------------------
 
 _FINAL_RE = re.compile(r"^smsagg_messages_final_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
@@ -253,38 +279,6 @@ async def wait_final(http_base: str, expected: int, timeout: float) -> int:
 
 
 # -- smsagg's memory -------------------------------------------------------------------------------
-
-
-def _parent_pids() -> dict[int, int]:
-    """pid -> parent pid of every process visible in /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # The command name is in parentheses and may hold spaces; the ppid follows the state.
-            stat = (entry / "stat").read_text()
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
-
-
-def tree_rss_mb(pid: int) -> float | None:
-    """Resident MB of `pid` and all its descendants (Linux /proc); None where /proc cannot tell."""
-    parents = _parent_pids()
-    if pid not in parents:
-        return None
-    children: dict[int, list[int]] = {}
-    for child, parent in parents.items():
-        children.setdefault(parent, []).append(child)
-    total_kb, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        todo.extend(children.get(current, ()))
-        with contextlib.suppress(OSError, ValueError):
-            for line in (Path("/proc") / str(current) / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-    return total_kb / 1024
 
 
 async def sample_memory(pid: int, start: float, samples: list[tuple[float, float]]) -> None:
@@ -485,6 +479,7 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
                                      smpp_port if isinstance(smpp_port, int) else None)
             t_start = time.perf_counter()
             memory: list[tuple[float, float]] = []
+            cpu_before = tree_cpu([daemon.proc.pid])
             sampler = asyncio.create_task(sample_memory(daemon.proc.pid, t_start, memory))
             try:
                 result = await run_load(load_opts)
@@ -494,12 +489,18 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
             memory = [(t, mb) for t, mb in memory if t <= result.elapsed] or memory[:1]
             final = (None if scenario.callbacks else
                      await wait_final(http_base, result.accepted, options.receipt_wait))
-            # One more stats sample after the window, so its end is interpolated, not clamped.
+            await asyncio.sleep(CPU_TAIL)  # work the load left behind is charged to it
+            cpu_s = cpu_delta(cpu_before, tree_cpu([daemon.proc.pid]))
+            cpu_end = time.perf_counter()
+            # One more stats sample after each end, so it is interpolated, not clamped.
             deadline = time.perf_counter() + 5 * STATS_INTERVAL + 2
-            while samples[-1][0] <= window_end and time.perf_counter() < deadline:
+            while samples[-1][0] <= cpu_end and time.perf_counter() < deadline:
                 await asyncio.sleep(STATS_INTERVAL / 5)
             snapshot = list(samples)
             relayed = submits_at(snapshot, window_end) - submits_at(snapshot, t_start)
+            # Counts read as a step (the last sample before each end), not interpolated: the
+            # span starts before the first message and ends seconds after the last one.
+            cpu_messages = submits_by(snapshot, cpu_end) - submits_by(snapshot, t_start)
         finally:
             for proc in reversed(procs):  # the daemon first: it unbinds from the SMSC
                 await proc.stop()
@@ -509,7 +510,7 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
         return ScenarioResult(
             scenario=scenario, load=result, window_s=result.elapsed, relayed=relayed,
             relayed_total=int(summary.get("submits", snapshot[-1][1] if snapshot else 0)),
-            smsc=summary, memory=memory, final=final,
+            smsc=summary, memory=memory, final=final, cpu_s=cpu_s, cpu_messages=cpu_messages,
         )
 
 
@@ -541,8 +542,9 @@ def _ms(summary: dict[str, float | int], key: str, count: int) -> str:
 def markdown_table(results: Sequence[ScenarioResult]) -> str:
     lines = [
         "| scenario | accepted | accepted msg/s | relayed msg/s | accept p50 ms | accept p99 ms"
-        " | receipt p50 ms | receipt p99 ms | errors | receipts | smsagg RSS MB ¼ / end |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        " | receipt p50 ms | receipt p99 ms | errors | receipts | smsagg RSS MB ¼ / end"
+        " | CPU-µs/msg (per process) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         accept = r.load.accept_latency.summary_ms()
@@ -553,7 +555,7 @@ def markdown_table(results: Sequence[ScenarioResult]) -> str:
             f" | {r.accepted_rate:.0f} | {r.relayed_rate:.0f}"
             f" | {_ms(accept, 'p50', n_acc)} | {_ms(accept, 'p99', n_acc)}"
             f" | {_ms(receipt, 'p50', n_rec)} | {_ms(receipt, 'p99', n_rec)}"
-            f" | {r.load.errors_total} | {r.receipts_text()} | {_rss(r)} |"
+            f" | {r.load.errors_total} | {r.receipts_text()} | {_rss(r)} | {cpu_text(r)} |"
         )
     return "\n".join(lines)
 
@@ -561,6 +563,15 @@ def markdown_table(results: Sequence[ScenarioResult]) -> str:
 def _rss(result: ScenarioResult) -> str:
     rss = result.rss_mb()
     return f"{rss['quarter']:.1f} / {rss['end']:.1f}" if rss else "-"
+
+
+def cpu_text(result: ScenarioResult) -> str:
+    """``total (role figure, ...)``, e.g. ``612 (daemon 380, worker 120, writer 112)``."""
+    us = result.cpu_us()
+    if not us:
+        return "-"
+    parts = ", ".join(f"{role} {v:.0f}" for role, v in us.items() if role != "total")
+    return f"{us['total']:.0f} ({parts})"
 
 
 def target_lines(results: Sequence[ScenarioResult]) -> list[str]:
@@ -577,11 +588,19 @@ def target_lines(results: Sequence[ScenarioResult]) -> list[str]:
         rss = r.rss_mb()
         memory = (f"; smsagg RSS {rss['quarter']:.1f} MB at a quarter of the run,"
                   f" {rss['end']:.1f} MB at its end, {rss['max']:.1f} MB at most") if rss else ""
+        if r.scenario.rate == PACED_RATE:
+            us = r.cpu_us().get("total")
+            cpu_met = us is not None and us <= TARGET_CPU_US and all_receipts
+            verdict = (f"CPU {us:.0f} µs per relayed message (target at most"
+                       f" {TARGET_CPU_US:g}: {'met' if cpu_met else 'missed'})"
+                       if us is not None else "CPU per message: no message relayed")
+        else:
+            verdict = (f"accept p99 {p99:.1f} ms (target under {TARGET_P99_MS:g} ms:"
+                       f" {'met' if met else 'missed'})")
         lines.append(
             f"scenario {r.scenario.key}: {r.scenario.rate:,.0f} msg/s offered,"
             f" {r.accepted_rate:,.0f} accepted, {r.load.errors_total} errors, receipts"
-            f" {r.receipts_text()}; accept p99 {p99:.1f} ms (target under {TARGET_P99_MS:g} ms:"
-            f" {'met' if met else 'missed'}){memory}")
+            f" {r.receipts_text()}; {verdict}{memory}")
     return lines
 
 
@@ -614,7 +633,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: a single-message HTTP, b batch HTTP,"
                              f" c SMPP ingress, d single-message HTTP at {TARGET_RATE:,.0f}"
                              " msg/s offered without callbacks, e the same with callbacks"
-                             " (default a,b,c,d,e)")
+                             f" (the CPU-per-message scenario: f, the same at {PACED_RATE:,.0f}"
+                             " msg/s; default a,b,c,d,e,f)")
     parser.add_argument("--window", type=int, default=d.window,
                         help=f"window per provider bind (default {d.window})")
     parser.add_argument("--workers", type=int, default=d.workers,

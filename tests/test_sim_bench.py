@@ -17,15 +17,17 @@ from simulator.bench import (
     BenchOptions,
     ScenarioResult,
     config_text,
+    cpu_text,
     final_messages,
     options_from_args,
     parse_submits,
     submits_at,
+    submits_by,
     target_lines,
-    tree_rss_mb,
 )
 from simulator.cli import build_parser
 from simulator.load import LoadOptions, LoadResult
+from simulator.proctree import cpu_delta, per_message_us, role_of, tree_cpu, tree_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "deploy" / "bench" / "kannel-vs-smsagg.sh"
@@ -37,7 +39,7 @@ SCRIPT = ROOT / "deploy" / "bench" / "kannel-vs-smsagg.sh"
 def test_quick_bench_has_a_row_per_scenario(tmp_path: Path) -> None:
     markdown, results = tmp_path / "bench.md", tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulator", "bench", "--count", "200", "--scenarios", "a,c,d,e",
+        [sys.executable, "-m", "simulator", "bench", "--count", "200", "--scenarios", "a,c,d,e,f",
          "--receipt-wait", "30", "--markdown", str(markdown), "--json", str(results)],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
@@ -46,31 +48,47 @@ def test_quick_bench_has_a_row_per_scenario(tmp_path: Path) -> None:
     assert table in proc.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0].startswith("| scenario | accepted | accepted msg/s | relayed msg/s")
-    assert [row.split("|")[1].strip()[:2] for row in rows[1:]] == ["a:", "c:", "d:", "e:"]
-    assert rows[0].rstrip(" |").endswith("smsagg RSS MB ¼ / end")
+    assert [row.split("|")[1].strip()[:2] for row in rows[1:]] == ["a:", "c:", "d:", "e:",
+                                                                   "f:"]
+    assert rows[0].rstrip(" |").endswith("smsagg RSS MB ¼ / end | CPU-µs/msg (per process)")
     data = json.loads(results.read_text())
     # Only the fixed-rate scenarios get a verdict on the latency target.
     assert [line[:33] for line in data["targets"]] == ["scenario d: 2,000 msg/s offered, ",
-                                                       "scenario e: 2,000 msg/s offered, "]
+                                                       "scenario e: 2,000 msg/s offered, ",
+                                                       "scenario f: 1,000 msg/s offered, "]
+    assert "accept p99" in data["targets"][0] and "CPU" not in data["targets"][0]
+    assert "µs per relayed message (target at most 450:" in data["targets"][2]
     assert all(line in proc.stdout for line in data["targets"])
     offered = {s["scenario"]: (s["offered_msg_s"], s["load"]["options"]["rate"],
                                s["load"]["options"]["receipts"]) for s in data["scenarios"]}
     assert offered == {"a": (None, 0.0, True), "c": (None, 0.0, True),
-                       "d": (2000.0, 2000.0, False), "e": (2000.0, 2000.0, True)}
+                       "d": (2000.0, 2000.0, False), "e": (2000.0, 2000.0, True),
+                       "f": (1000.0, 1000.0, False)}
     # Without callbacks the receipts are counted where smsagg processed them.
-    (d,) = [s for s in data["scenarios"] if s["scenario"] == "d"]
-    assert d["final_in_smsagg"] == 200 and d["receipts_expected"] == 0
+    for d in [s for s in data["scenarios"] if s["scenario"] in ("d", "f")]:
+        assert d["final_in_smsagg"] == 200 and d["receipts_expected"] == 0
     assert "| 200/200 final in smsagg |" in table
     for scenario in data["scenarios"]:
         # The daemon, its writer process and nothing smaller than a Python interpreter.
         assert scenario["smsagg_rss_mb"]["end"] > 20, scenario["smsagg_rss_mb"]
         assert scenario["accepted"] == 200, scenario
         assert scenario["errors"] == 0, scenario
-        if scenario["scenario"] != "d":
+        if scenario["scenario"] not in ("d", "f"):  # no callbacks asked for
             assert scenario["receipts"] == scenario["receipts_expected"] == 200, scenario
         assert scenario["relayed_total"] >= 200, scenario
         assert scenario["relayed_msg_s"] > 0, scenario
         assert 0 < scenario["accept_latency_ms"]["p50"] <= scenario["accept_latency_ms"]["p99"]
+        # CPU per relayed message: the daemon and its writer did work, and so did the HTTP
+        # worker (one by default) where the load came over HTTP; the parts add up to the total,
+        # and every message relayed was counted.
+        cpu = scenario["cpu_us_per_msg"]
+        assert {"daemon", "writer", "worker", "total"} <= set(cpu), cpu
+        busy = ("daemon", "writer") if scenario["scenario"] == "c" else (
+            "daemon", "writer", "worker")
+        assert all(cpu[role] > 0 for role in busy), cpu
+        assert cpu["total"] == pytest.approx(
+            sum(v for k, v in cpu.items() if k != "total"), abs=1.0)
+        assert scenario["cpu_messages"] >= 200, scenario
 
 
 def test_submit_counter_is_interpolated_between_samples() -> None:
@@ -80,6 +98,7 @@ def test_submit_counter_is_interpolated_between_samples() -> None:
     assert submits_at(samples, 10.75) == 200
     assert submits_at(samples, 12.0) == 300
     assert submits_at([], 1.0) == 0
+    assert [submits_by(samples, t) for t in (9.0, 10.25, 10.5, 12.0)] == [0, 0, 100, 300]
     line = "submits=1234 rate=10/s throttled=0 errors=0 receipts_sent=5"
     assert parse_submits(line) == 1234
     assert parse_submits("listening on 127.0.0.1:2776") is None
@@ -90,14 +109,14 @@ def test_options_and_config() -> None:
     args = parser.parse_args(["bench"])
     options = options_from_args(args)
     assert (options.duration, options.count, options.window) == (10.0, None, 10)
-    assert options.scenarios == ("a", "b", "c", "d", "e")
+    assert options.scenarios == ("a", "b", "c", "d", "e", "f")
     args = parser.parse_args(["bench", "--count", "50", "--scenarios", "c", "--window", "20"])
     options = options_from_args(args)
     assert (options.duration, options.count, options.scenarios) == (None, 50, ("c",))
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--count", "5", "--duration", "3"])
-    with pytest.raises(ValueError, match="unknown f"):
-        BenchOptions(scenarios=("a", "f")).check()
+    with pytest.raises(ValueError, match="unknown g"):
+        BenchOptions(scenarios=("a", "g")).check()
     http_only = config_text(Path("/tmp/x.db"), 2776, 20, smpp_ingress=False)
     assert "window = 20" in http_only and "[smpp]" not in http_only
     assert "workers = 0" in http_only
@@ -149,6 +168,17 @@ def test_target_verdict_follows_p99_and_errors() -> None:
     assert "99/100 final in smsagg" in missing and "missed" in missing
     unprocessed.final = 100
     assert "met" in target_lines([unprocessed])[0]
+    paced = _fixed_rate_result(0.005)
+    paced.scenario = SCENARIOS["f"]
+    paced.cpu_s, paced.cpu_messages = {"daemon": 0.02, "writer": 0.01}, 100
+    (cpu_met,) = target_lines([paced])
+    assert "CPU 300 µs per relayed message (target at most 450: met)" in cpu_met
+    assert cpu_text(paced) == "300 (daemon 200, writer 100)"
+    paced.cpu_s["worker"] = 0.02
+    assert "CPU 500 µs per relayed message (target at most 450: missed)" in target_lines(
+        [paced])[0]
+    paced.cpu_messages = 0
+    assert cpu_text(paced) == "-" and "no message relayed" in target_lines([paced])[0]
     as_fast_as_possible = _fixed_rate_result(0.005)
     as_fast_as_possible.scenario = SCENARIOS["a"]
     assert target_lines([as_fast_as_possible]) == []
@@ -169,6 +199,41 @@ def test_memory_of_a_process_tree_counts_its_children() -> None:
         child.stdin.close()
         child.wait(30)
     assert tree_rss_mb(2**22 + 12345) is None  # no such process
+
+
+def test_roles_of_smsagg_processes_and_others() -> None:
+    python = "/usr/bin/python3"
+    assert role_of([python, "-m", "aggregator", "run", "--config", "x.toml"], "python3") == "daemon"
+    assert role_of([python, "/venv/bin/smsagg", "run"], "smsagg") == "daemon"
+    assert role_of([python, "-m", "aggregator.store.writer_process", "5", "db"],
+                   "python3") == "writer"
+    assert role_of([python, "-m", "aggregator", "ingress-worker", "--rpc", "s"],
+                   "python3") == "worker"
+    assert role_of(["/usr/sbin/bearerbox", "-v", "2", "k.conf"], "bearerbox") == "bearerbox"
+    assert role_of([], "kworker") == "kworker"
+
+
+def test_cpu_of_a_process_tree_counts_a_busy_child() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nend = time.process_time() + 0.3\n"
+         "while time.process_time() < end: pass\nsys.stdin.read()"],
+        stdin=subprocess.PIPE)
+    try:
+        before = tree_cpu([os.getpid()])
+        deadline = time.monotonic() + 30
+        # The child is named by its command name (python3...), this process likewise.
+        while sum(cpu_delta(before, tree_cpu([os.getpid()])).values()) < 0.25:
+            assert time.monotonic() < deadline, "the child's CPU was never counted"
+            time.sleep(0.05)
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(30)
+    assert tree_cpu([2**22 + 12345]) == {}  # no such process
+    assert per_message_us({"daemon": 0.3, "writer": 0.1}, 1000) == pytest.approx(
+        {"daemon": 300.0, "writer": 100.0, "total": 400.0})
+    assert per_message_us({"daemon": 0.3}, 0) == {}
 
 
 def test_bad_scenario_exits_2() -> None:

@@ -16,12 +16,17 @@
 #    POST /v1/messages;
 # then it prints, for both: accepted req/s (2xx answers / wrk's duration) and the msg/s that
 # reached the SMSC during the load (submit counter interpolated at wrk's start and end), and
-# the ratio smsagg/Kannel of the relayed msg/s. No receipt callbacks on either side (Kannel: no
-# dlr-url, smsbox logs at panic level only, else it logs an error per receipt; smsagg: no
-# callback_url, log level warning).
+# the ratio smsagg/Kannel of the relayed msg/s, and each gateway's CPU per relayed message: utime
+# + stime from /proc/PID/stat of its processes (Kannel: bearerbox, smsbox; smsagg: the daemon and
+# every child, by role) from wrk's start to CPU_TAIL s after its end, divided by the SMSC's
+# submit_sm count over that span. No receipt callbacks on either side (Kannel: no dlr-url, smsbox
+# logs at panic level only, else it logs an error per receipt; smsagg: no callback_url, log level
+# warning); the SMSC's receipts are processed by both.
 #
-# Environment: DURATION (s, default 20), THREADS (2), CONNECTIONS (50), WORKERS (smsagg's
-# [http] workers: HTTP ingress processes next to the daemon, default 1), PYTHON (default: the
+# Environment: DURATION (s, default 20), THREADS (2), CONNECTIONS (50), RATE (requests/s offered
+# in all, paced by wrk's delay() per connection; default 0: as fast as wrk can), CPU_TAIL (s,
+# default 3), WORKERS (smsagg's [http] workers: HTTP ingress processes next to the daemon,
+# default 1), PYTHON (default: the
 # repository's .venv/bin/python, else python3; it must import smsagg), TOOL_PATH (where to look
 # for bearerbox/smsbox/wrk; default $PATH:/usr/sbin:/usr/local/sbin), KEEP=1 keeps the temp dir.
 # Exit: 0 measured, 1 a step failed, 2 tools missing.
@@ -33,6 +38,8 @@ DURATION=${DURATION:-20}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-1}
 CONNECTIONS=${CONNECTIONS:-50}
+RATE=${RATE:-0}
+CPU_TAIL=${CPU_TAIL:-3}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 TOOL_PATH=${TOOL_PATH:-$PATH:/usr/sbin:/usr/local/sbin}
@@ -67,6 +74,8 @@ check_tools() {
 check_tools || exit 2
 [[ ${1:-} == --check ]] && { log "kannel-vs-smsagg: bearerbox, smsbox and wrk found"; exit 0; }
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a positive integer"
+[[ $RATE =~ ^[0-9]+$ ]] || die "RATE must be a whole number of requests per second (0: unpaced)"
+[[ $CPU_TAIL =~ ^[0-9]+$ ]] || die "CPU_TAIL must be a whole number of seconds"
 BEARERBOX=$(find_tool bearerbox)
 SMSBOX=$(find_tool smsbox)
 WRK=$(find_tool wrk)
@@ -143,17 +152,42 @@ counter_at() {  # counter_at NAME T  (NAME: submits, receipts_acked, ...)
 smsc_has_sample_after() { awk -v t="$1" '/submits=/ && $1 > t { found = 1 } END { exit !found }' \
     "$DIR/smsc.log"; }
 
-# -- run wrk against URL with SCRIPT; sets W_* and the relayed figures -------------------------
-measure() {  # measure NAME URL LUA
-    local name=$1 url=$2 lua=$3 out="$DIR/wrk-$1.txt" t0 t1 s0 s1 r0 r1 i
+tree_cpu() { (cd "$ROOT" && "$PYTHON" -m simulator.proctree "$@"); }  # {role: CPU s} as JSON
+
+# CPU-µs per relayed message, per role and in total: "role=µs ... total=µs" on one line.
+cpu_per_message() {  # cpu_per_message BEFORE.json AFTER.json MESSAGES
+    "$PYTHON" - "$@" <<'EOF'
+import json, sys
+before, after = (json.load(open(p)) for p in sys.argv[1:3])
+messages = float(sys.argv[3])
+delta = {role: after[role] - before.get(role, 0.0) for role in sorted(after)}
+if messages <= 0:
+    print("total=n/a")
+else:
+    parts = [f"{role}={seconds * 1e6 / messages:.0f}" for role, seconds in delta.items()]
+    print(" ".join(parts + [f"total={sum(delta.values()) * 1e6 / messages:.0f}"]))
+EOF
+}
+
+# -- run wrk against URL with SCRIPT, measuring the CPU of PIDS' trees -------------------------
+measure() {  # measure NAME URL LUA PIDS...
+    local name=$1 url=$2 lua=$3 out="$DIR/wrk-$1.txt" t0 t1 t2 s0 s1 s2 r0 r1 i
+    shift 3
     log "kannel-vs-smsagg: $name: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s $url"
     sleep 0.5  # a fresh SMSC sample before the start
+    tree_cpu "$@" >"$DIR/cpu-$name-before.json"
     t0=$EPOCHREALTIME
     timeout $((DURATION + 60)) "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
         --timeout 10s -s "$lua" "$url" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
     t1=$EPOCHREALTIME
-    for ((i = 0; i < 40; i++)); do smsc_has_sample_after "$t1" && break; sleep 0.1; done
-    s0=$(counter_at submits "$t0"); s1=$(counter_at submits "$t1")
+    sleep "$CPU_TAIL"  # receipts and backlog after the load are charged to it
+    tree_cpu "$@" >"$DIR/cpu-$name-after.json"
+    t2=$EPOCHREALTIME
+    for ((i = 0; i < 40; i++)); do smsc_has_sample_after "$t2" && break; sleep 0.1; done
+    s0=$(counter_at submits "$t0"); s1=$(counter_at submits "$t1"); s2=$(counter_at submits "$t2")
+    printf '%s %s\n' "$name" "$(cpu_per_message "$DIR/cpu-$name-before.json" \
+        "$DIR/cpu-$name-after.json" "$(awk -v a="$s0" -v b="$s2" 'BEGIN { print b - a }')")" \
+        >>"$DIR/cpu.txt"
     r0=$(counter_at receipts_acked "$t0"); r1=$(counter_at receipts_acked "$t1")
     awk -v name="$name" -v t0="$t0" -v t1="$t1" -v s0="$s0" -v s1="$s1" -v r0="$r0" -v r1="$r1" '
         / requests in / { requests = $1; secs = $4; sub(/s,?$/, "", secs) }
@@ -184,6 +218,14 @@ smsagg_binds_up() {
         | grep -E '^smsagg_bind_up\{' | grep -c ' 1\.0$') -ge 2 ]]
 }
 
+# With RATE, each of the CONNECTIONS waits CONNECTIONS/RATE s before each request (wrk's delay(),
+# in ms): about RATE requests/s in all while answers take less than that.
+pace() {
+    ((RATE > 0)) || return 0
+    printf 'delay = function() return %s end\n' \
+        "$(awk -v c="$CONNECTIONS" -v r="$RATE" 'BEGIN { printf "%.3f", c * 1000 / r }')"
+}
+
 LOAD_AVG=$(cut -d' ' -f1 /proc/loadavg)
 read -r ADMIN_PORT SMSBOX_PORT SENDSMS_PORT HTTP_PORT < <(free_ports 4)
 
@@ -208,6 +250,7 @@ request = function()
     .. to .. "&text=smsagg+bench+message&dlr-mask=31")
 end
 EOF
+pace >>"$DIR/kannel.lua"
 "$BEARERBOX" -v 2 "$DIR/kannel.conf" >"$DIR/bearerbox.out" 2>&1 &
 BEARERBOX_PID=$!
 PIDS+=($BEARERBOX_PID)
@@ -217,7 +260,8 @@ SMSBOX_PID=$!
 PIDS+=($SMSBOX_PID)
 wait_until "$START_TIMEOUT" "smsbox's sendsms port" \
     curl -sS -o /dev/null "http://127.0.0.1:$SENDSMS_PORT/"
-measure kannel "http://127.0.0.1:$SENDSMS_PORT" "$DIR/kannel.lua"
+measure kannel "http://127.0.0.1:$SENDSMS_PORT" "$DIR/kannel.lua" "$BEARERBOX_PID" \
+    "$SMSBOX_PID"
 stop_pid "$SMSBOX_PID"
 stop_pid "$BEARERBOX_PID"
 
@@ -257,26 +301,27 @@ request = function()
   return wrk.format(nil, "/v1/messages", nil, body)
 end
 EOF
+pace >>"$DIR/smsagg.lua"
 (cd "$ROOT" && exec "$PYTHON" -m aggregator run --config "$DIR/smsagg.toml" \
     --drain-seconds 5) >"$DIR/smsagg.out" 2>&1 &
 SMSAGG_PID=$!
 PIDS+=($SMSAGG_PID)
 wait_until "$START_TIMEOUT" "smsagg's 2 binds up" smsagg_binds_up
-measure smsagg "http://127.0.0.1:$HTTP_PORT" "$DIR/smsagg.lua"
+measure smsagg "http://127.0.0.1:$HTTP_PORT" "$DIR/smsagg.lua" "$SMSAGG_PID"
 stop_pid "$SMSAGG_PID"
 
 # -- report ------------------------------------------------------------------------------------
 KANNEL_VERSION=$("$BEARERBOX" --version 2>&1 | sed -n 's/.*Kannel bearerbox version `\([^'"'"']*\).*/\1/p' \
     | head -n1)
 awk -v dur="$DURATION" -v threads="$THREADS" -v conns="$CONNECTIONS" -v load="$LOAD_AVG" \
-    -v kver="${KANNEL_VERSION:-?}" '
+    -v kver="${KANNEL_VERSION:-?}" -v rate="$RATE" '
     { name[NR] = $1; req[NR] = $2; non[NR] = $3; acc[NR] = $4; rel[NR] = $5; win[NR] = $6
       rcp[NR] = $7; err[NR] = $8; for (i = 9; i <= NF; i++) err[NR] = err[NR] " " $i
       if ($1 == "kannel") k = NR; else s = NR }
     END {
-        printf "kannel-vs-smsagg: wrk -t%s -c%s -d%ss, single-message requests; simulator SMSC" \
-            " with receipts; 2 binds x 10 in flight each; 1-min load average %s at start\n\n",
-            threads, conns, dur, load
+        printf "kannel-vs-smsagg: wrk -t%s -c%s -d%ss, single-message requests%s; simulator" \
+            " SMSC with receipts; 2 binds x 10 in flight each; 1-min load average %s at start\n\n",
+            threads, conns, dur, (rate > 0 ? ", paced at " rate " req/s offered" : ""), load
         printf "%-22s %10s %10s %15s %17s %10s  %s\n", "", "requests", "non-2xx",
             "accepted req/s", "relayed msg/s", "receipts", "wrk socket errors"
         for (i = 1; i <= NR; i++)
@@ -288,3 +333,9 @@ awk -v dur="$DURATION" -v threads="$THREADS" -v conns="$CONNECTIONS" -v load="$L
         else
             printf "\nratio smsagg/Kannel, relayed msg/s: n/a (Kannel relayed nothing)\n"
     }' "$DIR/results.txt"
+printf '\nCPU-µs per relayed message (utime + stime over the load and %s s after / SMSC submits):\n' \
+    "$CPU_TAIL"
+while read -r name figures; do
+    printf '%-22s %s\n' "$([[ $name == kannel ]] && echo "Kannel ${KANNEL_VERSION:-?}" \
+        || echo smsagg)" "$figures"
+done <"$DIR/cpu.txt"
