@@ -40,6 +40,7 @@ from aggregator.receipts import (
     receipt_error,
 )
 from aggregator.routing import Route, RouteTable
+from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore
 
@@ -144,20 +145,20 @@ class App:
         if self.smpp is not None:
             self.smpp.wake_receipts(notice.account)
 
-    def _on_deliver(self, bind: Bind, pdu: Any) -> None:
+    def _on_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
         if len(self._tasks) >= self.max_delivers:
             metrics.receipts.labels(bind.provider.name, "throttled").inc()
-            if bind.conn is not None and not bind.conn.closed.done():
+            if not conn.closed.done():
                 resp = DeliverSmResp()
                 resp.command_status = ESME_RTHROTTLED
-                bind.conn.respond(pdu, resp)
+                conn.respond(pdu, resp)
             return
-        task = asyncio.ensure_future(self._handle_deliver(bind, pdu))
+        task = asyncio.ensure_future(self._handle_deliver(bind, conn, pdu))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle_deliver(self, bind: Bind, pdu: Any) -> None:
-        conn = bind.conn
+    async def _handle_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
+        """Apply a deliver_sm and answer it on `conn`, the connection it came on."""
         provider = bind.provider
         if not isinstance(pdu, DeliverSm) or not pdu.is_receipt():
             try:
@@ -166,7 +167,7 @@ class App:
                 metrics.store_errors.labels("mo").inc()
                 log.error("mo_store_failed", provider=provider.name, error=str(exc))
                 return
-            if conn is not None and not conn.closed.done():
+            if not conn.closed.done():
                 conn.respond(pdu, DeliverSmResp())
             return
         tlvs = {p.tag: p.value for p in (pdu.optional_params or [])}
@@ -174,7 +175,7 @@ class App:
         if parsed is None:
             metrics.receipts.labels(provider.name, "unparsable").inc()
             log.warning("receipt_unparsable", provider=provider.name, bind=bind.name)
-            if conn is not None:
+            if not conn.closed.done():
                 conn.respond(pdu, DeliverSmResp())
             return
         update = ReceiptUpdate(
@@ -193,7 +194,7 @@ class App:
             # Not acknowledged: the operator sends it again.
             log.error("receipt_store_failed", provider=provider.name, error=str(exc))
             return
-        if conn is not None and not conn.closed.done():
+        if not conn.closed.done():
             conn.respond(pdu, DeliverSmResp())
 
     def _pool_of(self, bind: Bind) -> ProviderPool | None:
