@@ -31,6 +31,7 @@ from aggregator.mo import MoHandler
 from aggregator.model import FinalNotice, ReceiptUpdate
 from aggregator.outbound.connection import Bind
 from aggregator.outbound.pool import ProviderPool
+from aggregator.overdue import OverdueReceipts
 from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
 from aggregator.receipts import (
@@ -80,6 +81,8 @@ class App:
         )
         for pool in self.pools.values():
             self._wire(pool)
+        self.overdue = OverdueReceipts(self.store, self.pools, self.receipts, config.messages,
+                                       self._on_final)
         self.profiles = profiles_for(config.policy.countries)
         self.accounts = {a.name: a for a in config.accounts}
         self.acceptor = Acceptor(
@@ -249,6 +252,7 @@ class App:
             pool.start()
         self.callbacks.start()
         self.dispatcher.start()
+        self.overdue.start()
         self._gauges = asyncio.create_task(self._update_gauges(), name="gauges")
         metrics.queue_bound.set(self.config.store.max_pending)
         self._publish_bounds()
@@ -306,6 +310,7 @@ class App:
         if self.smpp is not None:
             await self.smpp.stop(timeout=2.0)
         await self.dispatcher.stop(deadline)
+        await self.overdue.stop()
         # Receipts still arriving for what we just sent are worth a moment.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.0, min(1.0, deadline - time.monotonic())))

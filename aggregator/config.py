@@ -131,6 +131,8 @@ class MessagesConfig:
     max_attempts: int = 20
     retry_min: float = 0.5
     retry_max: float = 60.0
+    # Seconds a submitted message waits for its receipt before it becomes final "unknown".
+    receipt_timeout: float = 48 * 3600.0
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -227,6 +229,7 @@ class ProviderConfig:
     tls_ca: str | None = None  # PEM CA file the SMSC's certificate must chain to; None: system
     tls_verify: bool = True  # False: no certificate or hostname check (lab use only)
     tls_server_name: str | None = None  # SNI and name to verify; None: host
+    query_after: float = 600.0  # seconds without a receipt before query_sm; 0: never ask
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -584,6 +587,7 @@ def _parse_messages(r: _Reader) -> MessagesConfig:
         max_attempts=max_attempts,
         retry_min=retry_min,
         retry_max=retry_max,
+        receipt_timeout=r.number("receipt_timeout", gt=0),
     )
 
 
@@ -796,6 +800,7 @@ def _parse_provider(r: _Reader) -> ProviderConfig:
         tls_ca=tls_ca,
         tls_verify=tls_verify,
         tls_server_name=tls_server_name,
+        query_after=r.number("query_after", ge=0),
     )
 
 

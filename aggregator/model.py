@@ -20,6 +20,9 @@ class MessageStatus(StrEnum):
     EXPIRED = "expired"
     REJECTED = "rejected"
     FAILED = "failed"
+    # No receipt came within [messages] receipt_timeout, and querying the provider (if it
+    # is asked) did not tell: the message may or may not have arrived.
+    UNKNOWN = "unknown"
 
     @property
     def is_final(self) -> bool:
@@ -33,6 +36,7 @@ FINAL_STATUSES = frozenset(
         MessageStatus.EXPIRED,
         MessageStatus.REJECTED,
         MessageStatus.FAILED,
+        MessageStatus.UNKNOWN,
     }
 )
 
