@@ -88,7 +88,7 @@ class App:
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
-            policy=PolicyGate(self.profiles, self.accounts, self.store),
+            policy=PolicyGate(self.profiles, self.accounts, self.store), accounts=self.accounts,
         )
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from aggregator.auth import digest
+from aggregator.numbers import is_region
 from aggregator.tls import TlsFileError, check_ca, server_context
 from aggregator.tomlcheck import ABSENT as _ABSENT
 from aggregator.tomlcheck import is_number as _is_number
@@ -190,6 +191,9 @@ class AccountConfig:
     registered_senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     mo_url: str | None = None  # replies from handsets (not opt-out/help) are POSTed here
     block_transactional_to_opted_out: bool = False
+    # ISO 3166 alpha-2: destinations without a country code (HTTP "to" digits without + or 00,
+    # SMPP TON 0/2) are national numbers of this country; None: they are refused.
+    default_country: str | None = None
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -730,12 +734,21 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
         else:
             mo_url = raw_url
     block = r.boolean("block_transactional_to_opted_out")
+    default_country: str | None = None
+    raw_country = r.optional("default_country")
+    if raw_country is not _ABSENT:
+        if isinstance(raw_country, str) and is_region(raw_country.upper()):
+            default_country = raw_country.upper()
+        else:
+            r.problem("default_country", "must be an ISO 3166 alpha-2 country code with a "
+                      f"numbering plan (like 'XK' or 'KZ'), got {_show(raw_country)}")
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
                          max_binds=max_binds, max_tps=max_tps, max_http_tps=max_http_tps,
                          registered_senders=registered, mo_url=mo_url,
-                         block_transactional_to_opted_out=block)
+                         block_transactional_to_opted_out=block,
+                         default_country=default_country)
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:

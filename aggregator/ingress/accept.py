@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aggregator import metrics
-from aggregator.config import MessagesConfig
+from aggregator.config import AccountConfig, MessagesConfig
 from aggregator.model import ApiError, ErrorCode, Message, new_message_id
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
 from aggregator.policy.gate import PolicyGate
@@ -48,7 +48,10 @@ class Acceptor:
         on_accepted: Callable[[], None],
         policy: PolicyGate | None = None,
         clock: Callable[[], float] = time.time,
+        accounts: Mapping[str, AccountConfig] | None = None,
     ) -> None:
+        """`accounts` (by name; reloads may change it in place): each one's default_country
+        and message id form; None: neither applies."""
         self._store = store
         self._routes = routes
         self._config = config
@@ -56,6 +59,7 @@ class Acceptor:
         self._on_accepted = on_accepted
         self._clock = clock
         self.policy = policy  # country rules; None: none apply
+        self._accounts = accounts
         # Batches are validated one at a time, yielding every BATCH_SLICE items: a 1,000-item
         # batch is ~100 ms of CPU, and relaying must get turns in between (it starved before).
         self._batch_turn = asyncio.Lock()
@@ -74,8 +78,9 @@ class Acceptor:
     def _build(self, account: str, item: SubmitInput) -> tuple[Message, str]:
         """Validate and build the message; raises ApiError with the specific reason.
         Also returns the destination's number type, for the country rules."""
+        config = self._accounts.get(account) if self._accounts is not None else None
         try:
-            dest = parse_destination(item.to)
+            dest = parse_destination(item.to, config.default_country if config else None)
         except NumberError as exc:
             raise self._reject(422, exc.code, str(exc)) from None
         try:

@@ -35,7 +35,8 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
     profiles = profiles_for(config.policy.countries)
     accounts = {a.name: a for a in config.accounts}
     acceptor = Acceptor(store, routes, config.messages, max_pending=config.store.max_pending,
-                        on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store))
+                        on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store),
+                        accounts=accounts)
 
     async def exposition() -> bytes:
         text: str = await remote.call("metrics")
