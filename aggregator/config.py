@@ -60,6 +60,7 @@ LOG_FORMATS: Final = ("json", "console")
 RECEIPT_ID_MODES: Final = ("as_is", "hex_to_dec", "dec_to_hex")
 MESSAGE_CLASSES: Final = ("transactional", "marketing")
 ROUTE_STRATEGIES: Final = ("failover", "weighted")
+MESSAGE_ID_FORMATS: Final = ("hex", "decimal")
 
 # SMPP 3.4 C-octet string limits (without the NUL); aiosmpplib refuses longer values at bind
 # time, which would otherwise surface as a reconnect loop instead of a config error.
@@ -194,6 +195,9 @@ class AccountConfig:
     # ISO 3166 alpha-2: destinations without a country code (HTTP "to" digits without + or 00,
     # SMPP TON 0/2) are national numbers of this country; None: they are refused.
     default_country: str | None = None
+    # "hex": 32 hex characters (the default); "decimal": a number below 2**63, for gateways that
+    # read message ids as numbers (the account's messages, over HTTP and SMPP).
+    message_id_format: str = "hex"
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -748,7 +752,9 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
                          max_binds=max_binds, max_tps=max_tps, max_http_tps=max_http_tps,
                          registered_senders=registered, mo_url=mo_url,
                          block_transactional_to_opted_out=block,
-                         default_country=default_country)
+                         default_country=default_country,
+                         message_id_format=r.string("message_id_format",
+                                                    choices=MESSAGE_ID_FORMATS))
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:
