@@ -180,9 +180,12 @@ class OverdueReceipts:
             for notice in notices:
                 metrics.messages_final.labels(MessageStatus.UNKNOWN.value).inc()
                 metrics.receipt_timeouts.labels(notice.provider or "").inc()
-                log.info("receipt_timeout", message_id=notice.message_id,
-                         provider=notice.provider, account=notice.account)
+                log.debug("receipt_timeout", message_id=notice.message_id,
+                          provider=notice.provider, account=notice.account)
                 with contextlib.suppress(Exception):
                     self._on_final(notice)
+            if notices:  # one line per batch: an operator that lost a day's receipts is many
+                log.warning("receipts_timed_out", messages=len(notices), seconds=timeout,
+                            providers=sorted({n.provider or "" for n in notices}))
             if len(notices) < EXPIRE_BATCH:
                 return

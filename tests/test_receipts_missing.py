@@ -182,3 +182,23 @@ async def test_receipt_timeout_sends_stat_unknown_to_the_smpp_client(tmp_path: P
             assert run.smsc.queries_total == 0  # query_after = 0: never asked
         finally:
             conn.close()
+
+
+async def test_id_the_smsc_forgot_is_not_found_without_back_off(tmp_path: Path) -> None:
+    backoffs = sample("smsagg_receipt_query_backoffs_total", provider="sim")
+    not_found = sample("smsagg_receipt_queries_total", provider="sim", outcome="not_found")
+    async with running(tmp_path, SmscProfile(lose_receipts=1.0, receipt_delay=30.0), binds=1,
+                       extra_provider={"query_after": 0.2},
+                       messages={"receipt_timeout": 2.0}) as run:
+        [message_id] = await post(run, 1)
+        await run.wait_status(message_id, {"submitted"})
+        # The operator restarts without its store: it no longer knows the id.
+        port = run.smsc.port
+        await run.smsc.stop()
+        run.smsc = Smsc(SmscProfile(lose_receipts=1.0), port=port)
+        await run.smsc.start()
+        await wait_for(lambda: run.smsc.queries_total >= 2, what="asked again after not found")
+        await run.wait_status(message_id, {"unknown"})
+    assert sample("smsagg_receipt_queries_total", provider="sim",
+                  outcome="not_found") - not_found >= 2
+    assert sample("smsagg_receipt_query_backoffs_total", provider="sim") == backoffs
