@@ -31,6 +31,7 @@ from aggregator.mo import MoHandler
 from aggregator.model import FinalNotice, ReceiptUpdate
 from aggregator.outbound.connection import Bind
 from aggregator.outbound.pool import ProviderPool
+from aggregator.overdue import OverdueReceipts
 from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
 from aggregator.receipts import (
@@ -40,6 +41,7 @@ from aggregator.receipts import (
     receipt_error,
 )
 from aggregator.routing import Route, RouteTable
+from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore
 
@@ -79,12 +81,14 @@ class App:
         )
         for pool in self.pools.values():
             self._wire(pool)
+        self.overdue = OverdueReceipts(self.store, self.pools, self.receipts, config.messages,
+                                       self._on_final)
         self.profiles = profiles_for(config.policy.countries)
         self.accounts = {a.name: a for a in config.accounts}
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
-            policy=PolicyGate(self.profiles, self.accounts, self.store),
+            policy=PolicyGate(self.profiles, self.accounts, self.store), accounts=self.accounts,
         )
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp)
@@ -144,20 +148,20 @@ class App:
         if self.smpp is not None:
             self.smpp.wake_receipts(notice.account)
 
-    def _on_deliver(self, bind: Bind, pdu: Any) -> None:
+    def _on_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
         if len(self._tasks) >= self.max_delivers:
             metrics.receipts.labels(bind.provider.name, "throttled").inc()
-            if bind.conn is not None and not bind.conn.closed.done():
+            if not conn.closed.done():
                 resp = DeliverSmResp()
                 resp.command_status = ESME_RTHROTTLED
-                bind.conn.respond(pdu, resp)
+                conn.respond(pdu, resp)
             return
-        task = asyncio.ensure_future(self._handle_deliver(bind, pdu))
+        task = asyncio.ensure_future(self._handle_deliver(bind, conn, pdu))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle_deliver(self, bind: Bind, pdu: Any) -> None:
-        conn = bind.conn
+    async def _handle_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
+        """Apply a deliver_sm and answer it on `conn`, the connection it came on."""
         provider = bind.provider
         if not isinstance(pdu, DeliverSm) or not pdu.is_receipt():
             try:
@@ -166,7 +170,7 @@ class App:
                 metrics.store_errors.labels("mo").inc()
                 log.error("mo_store_failed", provider=provider.name, error=str(exc))
                 return
-            if conn is not None and not conn.closed.done():
+            if not conn.closed.done():
                 conn.respond(pdu, DeliverSmResp())
             return
         tlvs = {p.tag: p.value for p in (pdu.optional_params or [])}
@@ -174,7 +178,7 @@ class App:
         if parsed is None:
             metrics.receipts.labels(provider.name, "unparsable").inc()
             log.warning("receipt_unparsable", provider=provider.name, bind=bind.name)
-            if conn is not None:
+            if not conn.closed.done():
                 conn.respond(pdu, DeliverSmResp())
             return
         update = ReceiptUpdate(
@@ -193,7 +197,7 @@ class App:
             # Not acknowledged: the operator sends it again.
             log.error("receipt_store_failed", provider=provider.name, error=str(exc))
             return
-        if conn is not None and not conn.closed.done():
+        if not conn.closed.done():
             conn.respond(pdu, DeliverSmResp())
 
     def _pool_of(self, bind: Bind) -> ProviderPool | None:
@@ -248,6 +252,7 @@ class App:
             pool.start()
         self.callbacks.start()
         self.dispatcher.start()
+        self.overdue.start()
         self._gauges = asyncio.create_task(self._update_gauges(), name="gauges")
         metrics.queue_bound.set(self.config.store.max_pending)
         self._publish_bounds()
@@ -305,6 +310,7 @@ class App:
         if self.smpp is not None:
             await self.smpp.stop(timeout=2.0)
         await self.dispatcher.stop(deadline)
+        await self.overdue.stop()
         # Receipts still arriving for what we just sent are worth a moment.
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.0, min(1.0, deadline - time.monotonic())))

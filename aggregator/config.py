@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from aggregator.auth import digest
+from aggregator.numbers import is_region
 from aggregator.tls import TlsFileError, check_ca, server_context
 from aggregator.tomlcheck import ABSENT as _ABSENT
 from aggregator.tomlcheck import is_number as _is_number
@@ -59,6 +60,7 @@ LOG_FORMATS: Final = ("json", "console")
 RECEIPT_ID_MODES: Final = ("as_is", "hex_to_dec", "dec_to_hex")
 MESSAGE_CLASSES: Final = ("transactional", "marketing")
 ROUTE_STRATEGIES: Final = ("failover", "weighted")
+MESSAGE_ID_FORMATS: Final = ("hex", "decimal")
 
 # SMPP 3.4 C-octet string limits (without the NUL); aiosmpplib refuses longer values at bind
 # time, which would otherwise surface as a reconnect loop instead of a config error.
@@ -131,6 +133,8 @@ class MessagesConfig:
     max_attempts: int = 20
     retry_min: float = 0.5
     retry_max: float = 60.0
+    # Seconds a submitted message waits for its receipt before it becomes final "unknown".
+    receipt_timeout: float = 48 * 3600.0
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -188,6 +192,12 @@ class AccountConfig:
     registered_senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     mo_url: str | None = None  # replies from handsets (not opt-out/help) are POSTed here
     block_transactional_to_opted_out: bool = False
+    # ISO 3166 alpha-2: destinations without a country code (HTTP "to" digits without + or 00,
+    # SMPP TON 0/2) are national numbers of this country; None: they are refused.
+    default_country: str | None = None
+    # "hex": 32 hex characters (the default); "decimal": a number below 2**63, for gateways that
+    # read message ids as numbers (the account's messages, over HTTP and SMPP).
+    message_id_format: str = "hex"
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -227,6 +237,7 @@ class ProviderConfig:
     tls_ca: str | None = None  # PEM CA file the SMSC's certificate must chain to; None: system
     tls_verify: bool = True  # False: no certificate or hostname check (lab use only)
     tls_server_name: str | None = None  # SNI and name to verify; None: host
+    query_after: float = 600.0  # seconds without a receipt before query_sm; 0: never ask
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -584,6 +595,7 @@ def _parse_messages(r: _Reader) -> MessagesConfig:
         max_attempts=max_attempts,
         retry_min=retry_min,
         retry_max=retry_max,
+        receipt_timeout=r.number("receipt_timeout", gt=0),
     )
 
 
@@ -726,12 +738,23 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
         else:
             mo_url = raw_url
     block = r.boolean("block_transactional_to_opted_out")
+    default_country: str | None = None
+    raw_country = r.optional("default_country")
+    if raw_country is not _ABSENT:
+        if isinstance(raw_country, str) and is_region(raw_country.upper()):
+            default_country = raw_country.upper()
+        else:
+            r.problem("default_country", "must be an ISO 3166 alpha-2 country code with a "
+                      f"numbering plan (like 'XK' or 'KZ'), got {_show(raw_country)}")
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
                          max_binds=max_binds, max_tps=max_tps, max_http_tps=max_http_tps,
                          registered_senders=registered, mo_url=mo_url,
-                         block_transactional_to_opted_out=block)
+                         block_transactional_to_opted_out=block,
+                         default_country=default_country,
+                         message_id_format=r.string("message_id_format",
+                                                    choices=MESSAGE_ID_FORMATS))
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:
@@ -796,6 +819,7 @@ def _parse_provider(r: _Reader) -> ProviderConfig:
         tls_ca=tls_ca,
         tls_verify=tls_verify,
         tls_server_name=tls_server_name,
+        query_after=r.number("query_after", ge=0),
     )
 
 

@@ -153,3 +153,16 @@ config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration re
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",
                          "When the configuration in effect was loaded (Unix time)",
                          registry=REGISTRY)
+# Receipts that never come (overdue.py).
+receipt_queries = Counter(
+    "smsagg_receipt_queries_total",
+    "query_sm sent to providers about parts without a receipt, by outcome (final, pending, "
+    "not_found, error, nack, timeout, no_bind)", ["provider", "outcome"], registry=REGISTRY)
+receipt_query_backoffs = Counter(
+    "smsagg_receipt_query_backoffs_total",
+    "Times a provider was not asked again for a while after an error, generic_nack or timeout",
+    ["provider"], registry=REGISTRY)
+receipt_timeouts = Counter(
+    "smsagg_receipt_timeouts_total",
+    "Messages made final 'unknown': no receipt within [messages] receipt_timeout", ["provider"],
+    registry=REGISTRY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from operator import attrgetter
@@ -20,6 +21,9 @@ class MessageStatus(StrEnum):
     EXPIRED = "expired"
     REJECTED = "rejected"
     FAILED = "failed"
+    # No receipt came within [messages] receipt_timeout, and querying the provider (if it
+    # is asked) did not tell: the message may or may not have arrived.
+    UNKNOWN = "unknown"
 
     @property
     def is_final(self) -> bool:
@@ -33,6 +37,7 @@ FINAL_STATUSES = frozenset(
         MessageStatus.EXPIRED,
         MessageStatus.REJECTED,
         MessageStatus.FAILED,
+        MessageStatus.UNKNOWN,
     }
 )
 
@@ -84,6 +89,41 @@ class ApiError(Exception):
 def new_message_id() -> str:
     """32 hex chars: 48-bit milliseconds (sortable) + 80 random bits. Fits SMPP's 65 octets."""
     return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+DECIMAL_ID_EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+DECIMAL_ID_NODES = 128  # the daemon (0) and up to 127 ingress workers
+_SEQ_BITS = 15
+_NODE_BITS = 7
+
+
+class DecimalIds:
+    """Message ids for clients that need a number (a gateway's numeric msg-id-type): decimal
+    strings of positive 63-bit integers (at most 19 digits), unique over the processes that
+    make them: milliseconds since 2024 (41 bits, to 2093), the maker's `node` (7 bits: 0 the
+    daemon, n the ingress worker n) and a sequence within the millisecond (15 bits). Within a
+    process the clock never steps back: a clock set back, or more than 32,768 ids in one
+    millisecond, go on from the last millisecond used."""
+
+    __slots__ = ("_clock", "_last_ms", "_node", "_seq")
+
+    def __init__(self, node: int = 0, clock: Callable[[], float] = time.time) -> None:
+        if not 0 <= node < DECIMAL_ID_NODES:
+            raise ValueError(f"node must be 0..{DECIMAL_ID_NODES - 1}")
+        self._node = node << _SEQ_BITS
+        self._clock = clock
+        self._last_ms = -1
+        self._seq = 0
+
+    def next(self) -> str:
+        ms = int(self._clock() * 1000) - DECIMAL_ID_EPOCH_MS
+        if ms > self._last_ms:
+            self._last_ms, self._seq = ms, 0
+        else:
+            self._seq += 1
+            if self._seq >> _SEQ_BITS:
+                self._last_ms, self._seq = self._last_ms + 1, 0
+        return str((self._last_ms << (_SEQ_BITS + _NODE_BITS)) | self._node | self._seq)
 
 
 @dataclass(slots=True, frozen=True)

@@ -52,15 +52,37 @@ def _invalid(raw: str, why: str) -> NumberError:
     return NumberError(ErrorCode.INVALID_NUMBER, f"{raw!r} is not a valid number: {why}")
 
 
-def parse_destination(raw: str) -> Destination:
+def parse_destination(raw: str, default_region: str | None = None) -> Destination:
     """Validate an international destination ("+<digits>" or "00<cc>...", separators allowed).
+    With `default_region` (an account's default_country), digits without either are read as
+    a national number of that country.
 
     Raises NumberError(INVALID_NUMBER) or NumberError(NOT_MOBILE).
     """
     norm = _SEPARATORS.sub("", raw)
     if norm.startswith("00"):
         norm = "+" + norm[2:]
+    elif default_region is not None and norm.isascii() and norm.isdigit():
+        norm = _national_to_e164(norm, default_region)
     return _parse_destination(norm)
+
+
+@lru_cache(maxsize=8192)
+def _national_to_e164(digits: str, region: str) -> str:
+    """A national number of `region` ("044123456" in XK) as +E.164, for _parse_destination to
+    validate."""
+    if len(digits) > 17:
+        raise _invalid(digits, "too long")
+    try:
+        num = phonenumbers.parse(digits, region)
+    except NumberParseException:
+        raise _invalid(digits, f"not a national number of {region}") from None
+    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+
+
+def is_region(code: str) -> bool:
+    """An ISO 3166 alpha-2 code with a numbering plan (for default_country)."""
+    return code in phonenumbers.SUPPORTED_REGIONS
 
 
 # Keyed on the normalised string so differently formatted inputs share an entry; only
@@ -72,7 +94,8 @@ def _parse_destination(norm: str) -> Destination:
         raise _invalid(norm, "it is empty")
     if not norm.startswith("+"):
         if norm.isdigit():
-            raise _invalid(norm, "missing country code; use +<country code><number>")
+            raise _invalid(norm, "missing country code; use +<country code><number> (a "
+                           "national number needs the account's default_country)")
         raise _invalid(norm, "not a phone number")
     if not _PLUS_DIGITS.fullmatch(norm):
         raise _invalid(norm, "not a phone number (only digits may follow '+')")

@@ -109,6 +109,30 @@ def normalise_receipt_id(receipt_id: str, mode: str) -> str:
     return receipt_id
 
 
+def submit_form_of(provider_msg_id: str, mode: str) -> str:
+    """The id as the provider gave it in submit_sm_resp, from its normalised (stored) form:
+    what query_sm must name. Hex digits come back in lower case."""
+    try:
+        if mode == "hex_to_dec":
+            return format(int(provider_msg_id, 10), "x")
+        if mode == "dec_to_hex":
+            return str(int(provider_msg_id, 16))
+    except ValueError:
+        return provider_msg_id
+    return provider_msg_id
+
+
+def parse_query_answer(provider_msg_id: str, message_state: int,
+                       error_code: int) -> ParsedReceipt | None:
+    """A query_sm_resp's state as a receipt for `provider_msg_id`; None for a state outside
+    SMPP 3.4's (1-8)."""
+    status = _STATE_TO_STATUS.get(message_state)
+    if status is None:
+        return None
+    return ParsedReceipt(provider_msg_id, status, _STATE_NAMES[message_state],
+                         f"{error_code:03d}" if error_code else None)
+
+
 def receipt_error(parsed: ParsedReceipt) -> str | None:
     if parsed.status is MessageStatus.DELIVERED:
         return None

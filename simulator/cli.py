@@ -87,6 +87,10 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-receipts", action="store_true",
                         help="send receipts even when registered_delivery does not ask for one")
     parser.add_argument("--receipt-id-format", choices=("same", "decimal"), default="same")
+    parser.add_argument("--lose-receipts", type=float, default=0.0, metavar="RATIO",
+                        help="share of receipts never sent (query_sm still answers), 0..1")
+    parser.add_argument("--no-query-sm", action="store_true",
+                        help="answer query_sm with generic_nack (ESME_RINVCMDID)")
     parser.add_argument("--system-id", default=None, help="only accept binds with this system_id")
     parser.add_argument("--password", default=None, help="only accept binds with this password")
     parser.add_argument("--window", type=int, default=100,
@@ -170,6 +174,7 @@ _PER_SMSC_OPTIONS = (
     "all_receipts", "receipt_id_format", "system_id", "password", "window", "seed",
     "error_ratio", "error_status", "drop_ratio", "disconnect_after", "disconnect_every",
     "refuse_binds", "latency_jitter_ms", "handset", "reply", "roaming_delay_ms",
+    "lose_receipts", "no_query_sm",
 )
 
 
@@ -204,6 +209,8 @@ def _smsc_profile(args: argparse.Namespace) -> SmscProfile:
         latency_jitter=args.latency_jitter_ms / 1000.0,
         handsets=_handset_book(args),
         roaming_delay=args.roaming_delay_ms / 1000.0,
+        lose_receipts=args.lose_receipts,
+        answer_query_sm=not args.no_query_sm,
     )
 
 

@@ -26,7 +26,7 @@ import re
 import secrets
 import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,6 +45,8 @@ from aiosmpplib import (
 from aiosmpplib.codec import find_codec_info
 from aiosmpplib.state import NPI, TON
 
+from aggregator.smpp import querysm as query
+from aggregator.smpp.querysm import QuerySm, QuerySmResp
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
@@ -123,6 +125,11 @@ class SmscProfile:
     # None: every number is a handset that takes the message and does not reply.
     handsets: HandsetBook | None = None
     roaming_delay: float = 5.0  # seconds added to receipt_delay for "roaming" handsets
+    # Receipts that never come: this share of the receipts asked for is never sent (counted in
+    # receipts_lost); query_sm still tells the message's state.
+    lose_receipts: float = 0.0
+    # False: query_sm gets generic_nack ESME_RINVCMDID, like an SMSC that does not take it.
+    answer_query_sm: bool = True
 
     def __post_init__(self) -> None:
         if self.receipt_id_format not in ("same", "decimal"):
@@ -137,7 +144,7 @@ class SmscProfile:
         for name in ("latency", "receipt_delay", "latency_jitter", "roaming_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("error_ratio", "drop_ratio"):
+        for name in ("error_ratio", "drop_ratio", "lose_receipts"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1")
         if self.error_ratio + self.drop_ratio > 1.0:
@@ -275,6 +282,12 @@ class Smsc:
         self.mo_sent_total = 0  # handset replies (MO deliver_sm) sent, retries included
         self.mo_acked_total = 0
         self.mo_failed_total = 0  # given up after RECEIPT_RETRIES
+        self.receipts_lost = 0  # not sent: lose_receipts
+        self.queries_total = 0  # query_sm received
+        self.queries_answered = 0  # answered with the message's state
+        # Each accepted message's state for query_sm: (message_state, final time or 0), the
+        # last RECEIVED_MAX.
+        self._states: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self.bind_stats: dict[str, BindStats] = {}
         # The last RECEIVED_MAX (up to 10% more: trimmed in chunks so appends stay O(1)).
         self.received: list[ReceivedSubmit] = []
@@ -429,6 +442,9 @@ class Smsc:
             "mo_sent": self.mo_sent_total,
             "mo_acked": self.mo_acked_total,
             "mo_failed": self.mo_failed_total,
+            "receipts_lost": self.receipts_lost,
+            "queries": self.queries_total,
+            "queries_answered": self.queries_answered,
             "binds": self.binds_total,
             "bind_failures": self.bind_failures,
             "active_binds": sum(1 for s in self.bind_stats.values() if s.bound),
@@ -531,9 +547,39 @@ class Smsc:
                                             command_status=SmppCommandStatus.ESME_RINVCMDID))
         elif isinstance(pdu, SubmitSm):
             self._on_submit(conn, pdu)
+        elif isinstance(pdu, QuerySm):
+            self._on_query(conn, pdu)
         else:
             conn.respond(pdu, GenericNack(sequence_num=pdu.sequence_num,
                                           command_status=SmppCommandStatus.ESME_RINVCMDID))
+
+    # -- query_sm -------------------------------------------------------------------------------
+
+    def _set_state(self, message_id: str, state: int) -> None:
+        states = self._states
+        states[message_id] = (state, time.time() if state != query.ENROUTE else 0.0)
+        states.move_to_end(message_id)
+        if len(states) > RECEIVED_MAX:
+            states.popitem(last=False)
+
+    def _on_query(self, conn: SmppConnection, pdu: QuerySm) -> None:
+        """The state of a message this SMSC accepted; ESME_RINVMSGID for an id it does not
+        know (or no longer keeps)."""
+        self.queries_total += 1
+        if not self.profile.answer_query_sm:
+            self._respond(conn, pdu, GenericNack(sequence_num=pdu.sequence_num,
+                                                 command_status=SmppCommandStatus.ESME_RINVCMDID))
+        else:
+            known = self._states.get(pdu.message_id)
+            if known is None:
+                resp = QuerySmResp(command_status=SmppCommandStatus.ESME_RINVMSGID)
+            else:
+                state, done_at = known
+                self.queries_answered += 1
+                resp = QuerySmResp(pdu.message_id, query.final_date(done_at) if done_at else "",
+                                   state, 0 if state != query.UNDELIVERABLE else 1)
+            self._respond(conn, pdu, resp)
+        self._notify()
 
     # -- submit_sm ------------------------------------------------------------------------------
 
@@ -683,11 +729,18 @@ class Smsc:
                 destination=pdu.source, submitted_at=time.time(), delivered=True,
                 mo_text=handset.reply,
             )
-        if receipt is None and reply is None:
-            return
         delay = profile.receipt_delay
         if handset is not None and handset.behaviour == "roaming":
             delay += profile.roaming_delay
+        # What query_sm answers: en route until the handset has it (or not), then final.
+        self._set_state(message_id, query.ENROUTE)
+        final = query.DELIVERED if delivered else query.UNDELIVERABLE
+        if delay > 0:
+            self._later(delay, self._set_state, message_id, final)
+        else:
+            self._set_state(message_id, final)
+        if receipt is None and reply is None:
+            return
         reply_delay = handset.reply_delay if handset is not None else 0.0
         if delay > 0:
             self._later(delay, self._delivered, receipt, reply, reply_delay)
@@ -715,6 +768,10 @@ class Smsc:
             wanted = pdu.registered_delivery & 0x03
             if wanted == 0 or (wanted == 2 and delivered):
                 return None
+        lose = self.profile.lose_receipts
+        if lose > 0 and self._rng.random() < lose:  # the operator's link or store loses it
+            self.receipts_lost += 1
+            return None
         return _Receipt(
             message_id=message_id, system_id=system_id, origin=conn,
             source=pdu.destination, destination=pdu.source,

@@ -51,18 +51,19 @@ DELIVER_SM: Final = 0x05
 UNBIND: Final = 0x06
 BIND_TRANSCEIVER: Final = 0x09
 ENQUIRE_LINK: Final = 0x15
+QUERY_SM: Final = 0x03
 ESME_RINVCMDLEN: Final = 0x02
 MAX_PDU: Final = 65536  # SmppSession's default max_pdu_length
 SUPPORTED_REQUESTS: Final = frozenset(
     {BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, SUBMIT_SM, DELIVER_SM, UNBIND,
-     ENQUIRE_LINK})
+     ENQUIRE_LINK, QUERY_SM})
 # Responses the session consumes silently (no answer; at most a ProtocolError event).
 HANDLED_RESPONSES: Final = frozenset({c | RESP for c in SUPPORTED_REQUESTS} | {GENERIC_NACK})
 # Requests answered ESME_ROK by the session itself.
 OK_ANSWERED: Final = frozenset({ENQUIRE_LINK | RESP, UNBIND | RESP})
 KNOWN_IDS: Final = (
     0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x15, 0x21, 0x102, 0x103,
-    0x80000000, 0x80000001, 0x80000002, 0x80000004, 0x80000005, 0x80000006, 0x80000009,
+    0x80000000, 0x80000001, 0x80000002, 0x80000003, 0x80000004, 0x80000005, 0x80000006, 0x80000009,
     0x80000015, 0x80000103,
 )
 TLV_TAGS: Final = (0x0424, 0x020C, 0x020E, 0x020F, 0x001E, 0x0427, 0x0005, 0x0204, 0x0019,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aggregator import metrics
-from aggregator.config import MessagesConfig
-from aggregator.model import ApiError, ErrorCode, Message, new_message_id
+from aggregator.config import AccountConfig, MessagesConfig
+from aggregator.model import ApiError, DecimalIds, ErrorCode, Message, new_message_id
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
 from aggregator.policy.gate import PolicyGate
 from aggregator.routing import RouteTable
@@ -48,7 +48,12 @@ class Acceptor:
         on_accepted: Callable[[], None],
         policy: PolicyGate | None = None,
         clock: Callable[[], float] = time.time,
+        accounts: Mapping[str, AccountConfig] | None = None,
+        id_node: int = 0,
     ) -> None:
+        """`accounts` (by name; reloads may change it in place): each one's default_country
+        and message id form; None: neither applies. `id_node`: this process's part of decimal
+        message ids (0 the daemon, n the ingress worker n), which keeps them unique."""
         self._store = store
         self._routes = routes
         self._config = config
@@ -56,6 +61,8 @@ class Acceptor:
         self._on_accepted = on_accepted
         self._clock = clock
         self.policy = policy  # country rules; None: none apply
+        self._accounts = accounts
+        self._decimal_ids = DecimalIds(id_node)
         # Batches are validated one at a time, yielding every BATCH_SLICE items: a 1,000-item
         # batch is ~100 ms of CPU, and relaying must get turns in between (it starved before).
         self._batch_turn = asyncio.Lock()
@@ -74,8 +81,9 @@ class Acceptor:
     def _build(self, account: str, item: SubmitInput) -> tuple[Message, str]:
         """Validate and build the message; raises ApiError with the specific reason.
         Also returns the destination's number type, for the country rules."""
+        config = self._accounts.get(account) if self._accounts is not None else None
         try:
-            dest = parse_destination(item.to)
+            dest = parse_destination(item.to, config.default_country if config else None)
         except NumberError as exc:
             raise self._reject(422, exc.code, str(exc)) from None
         try:
@@ -100,7 +108,8 @@ class Acceptor:
             )
         now = self._clock()
         message = Message(
-            id=new_message_id(),
+            id=(self._decimal_ids.next() if config is not None
+                and config.message_id_format == "decimal" else new_message_id()),
             account=account,
             to=dest.e164,
             region=dest.region,

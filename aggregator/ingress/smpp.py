@@ -16,6 +16,7 @@ from aiosmpplib import (
     TON,
     DeliverSm,
     DeliverSmResp,
+    GenericNack,
     OptionalParam,
     PhoneNumber,
     SubmitSm,
@@ -31,6 +32,7 @@ from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
+from aggregator.smpp.querysm import QuerySm
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
@@ -325,6 +327,8 @@ class SmppServer:
                 self._submits[conn] = open_now + 1
                 self._spawn(self._on_submit(conn, pdu, event.raw),
                             lambda: self._submit_done(conn))
+            elif isinstance(pdu, QuerySm):  # not answered here (yet): as before the session
+                conn.respond(pdu, _resp(GenericNack, ESME_RINVCMDID))  # knew query_sm
             else:  # deliver_sm goes from an SMSC to an ESME, not the other way
                 conn.respond(pdu, _resp(DeliverSmResp, ESME_RINVCMDID))
 

@@ -27,7 +27,8 @@ from aggregator.store.base import Store
 log = get_logger("smsagg.worker")
 
 
-async def run_worker(config: Config, config_path: str | None, rpc_path: str, port: int) -> int:
+async def run_worker(config: Config, config_path: str | None, rpc_path: str, port: int,
+                     node: int = 1) -> int:
     remote = await RemoteStore.connect(
         rpc_path, lambda: generate_latest(metrics.REGISTRY).decode())
     store = cast(Store, remote)  # the subset of Store that ingress uses, done by the daemon
@@ -35,7 +36,8 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
     profiles = profiles_for(config.policy.countries)
     accounts = {a.name: a for a in config.accounts}
     acceptor = Acceptor(store, routes, config.messages, max_pending=config.store.max_pending,
-                        on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store))
+                        on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store),
+                        accounts=accounts, id_node=node)
 
     async def exposition() -> bytes:
         text: str = await remote.call("metrics")

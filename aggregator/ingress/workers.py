@@ -81,7 +81,7 @@ class IngressWorkers:
 
     async def _supervise(self, index: int, rpc_path: str) -> None:
         args = [sys.executable, "-m", "aggregator", "ingress-worker", "--rpc", rpc_path,
-                "--port", str(self.port)]
+                "--port", str(self.port), "--node", str(index)]
         if self._config_path:
             args += ["--config", self._config_path]
         while not self._stopping:

@@ -17,7 +17,10 @@ from aggregator.smpp.transport import BindError, ConnectionLost, SmppConnection,
 
 log = get_logger("smsagg.outbound")
 
-DeliverHandler = Callable[["Bind", Any], None]
+# (bind, the connection the request came on, the request): the answer goes on that
+# connection, which may not be `bind.conn` yet (an SMSC sends queued receipts right behind its
+# bind_resp, before open_client returns) or any more (the bind reconnected meanwhile).
+DeliverHandler = Callable[["Bind", SmppConnection, Any], None]
 
 
 class Bind:
@@ -89,7 +92,7 @@ class Bind:
 
     def _on_event(self, conn: SmppConnection, event: object) -> None:
         if isinstance(event, RequestReceived):
-            self._on_deliver(self, event.pdu)
+            self._on_deliver(self, conn, event.pdu)
         elif isinstance(event, SessionClosed):
             log.info("bind_closed", provider=self.provider.name, bind=self.name,
                      reason=event.reason)

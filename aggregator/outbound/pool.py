@@ -22,7 +22,9 @@ from aggregator.outbound.connection import Bind, DeliverHandler
 from aggregator.outbound.errors import Outcome
 from aggregator.outbound.health import BreakerState, CircuitBreaker
 from aggregator.outbound.ratelimit import TokenBucket
-from aggregator.receipts import normalise_submit_id
+from aggregator.receipts import normalise_submit_id, submit_form_of
+from aggregator.smpp.querysm import QuerySm
+from aggregator.smpp.session import SessionError
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout
 from aggregator.tls import client_context
 
@@ -248,6 +250,24 @@ class ProviderPool:
             if free > best_free:
                 best, best_free = bind, free
         return best
+
+    async def query(self, provider_msg_id: str, sender: Sender) -> Any:
+        """query_sm for a part sent to this provider (its normalised id and the message's
+        sender), on the bind with the most free window: the query_sm_resp or generic_nack.
+        Raises RequestTimeout, or ConnectionLost when no bind is up or it drops meanwhile.
+        Queries take tokens from the provider's rate like submits."""
+        await self.bucket.take()
+        bind = self._best_bind() or next((b for b in self.binds if b.up), None)
+        if bind is None or bind.conn is None:
+            raise ConnectionLost("no bind up")
+        pdu = QuerySm(submit_form_of(provider_msg_id, self.config.receipt_id),
+                      sender.ton, sender.npi, sender.address)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        try:
+            bind.conn.request(pdu, future)
+        except SessionError as exc:  # NotBound: the bind went down in between
+            raise ConnectionLost(str(exc)) from None
+        return await future
 
     async def submit(self, req: SubmitRequest) -> SubmitResult:
         """Send one segment; retries slow-down answers here with a lower rate."""

@@ -31,6 +31,7 @@ from aiosmpplib.protocol import (
 )
 from aiosmpplib.state import SmppCommandStatus
 
+from aggregator.smpp.querysm import QuerySm, QuerySmResp
 from aggregator.text import GSM7_CODECS
 
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
@@ -699,6 +700,15 @@ _HANDLERS: Final[dict[int, _Handler]] = {
                     ENQUIRE_LINK, UNBIND)
     },
 }
+
+# query_sm / query_sm_resp (aggregator.smpp.querysm: aiosmpplib has no classes for them): a
+# client asks an SMSC for the state of a message, the SMSC answers. Not data commands: they take
+# no window slot.
+_PDU_CLASSES[QUERY_SM] = QuerySm
+_PDU_CLASSES[QUERY_SM | RESP_BIT] = QuerySmResp
+_RESP_CLASSES[QUERY_SM] = QuerySmResp
+_HANDLERS[QUERY_SM] = SmppSession._on_data_request
+_HANDLERS[QUERY_SM | RESP_BIT] = SmppSession._on_response
 
 __all__ = [
     "BindFailed",

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aggregator.model import FinalNotice, Message, MessageStatus, ReceiptUpdate, SegmentSubmit
+from aggregator.model import (
+    FinalNotice,
+    Message,
+    MessageStatus,
+    ReceiptUpdate,
+    SegmentSubmit,
+    Sender,
+)
 
 # The error a message waits with when no provider can take it; release_waiting() looks for it.
 NO_PROVIDER = "no provider available (no bind up or breaker open)"
@@ -65,6 +72,16 @@ class SmppReceipt:
     attempts: int
     kind: str = "receipt"  # or "mo": a handset's message to the upstream (source -> dest)
     text: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class OverdueSegment:
+    """A part sent to a provider that has waited too long for its receipt: to ask about."""
+
+    message_id: str
+    seq: int
+    provider_msg_id: str  # normalised, as receipts carry it
+    sender: Sender  # query_sm names the original message's source address
 
 
 class Store(Protocol):
@@ -147,3 +164,11 @@ class Store(Protocol):
     async def enqueue_callback(self, url: str, payload: str, now: float) -> None: ...
 
     async def count_by_status(self) -> dict[str, int]: ...
+
+    async def claim_overdue_segments(
+        self, provider: str, submitted_before: float, queried_before: float, now: float,
+        limit: int,
+    ) -> list[OverdueSegment]: ...
+    async def expire_unreceipted(
+        self, submitted_before: float, now: float, limit: int, error: str
+    ) -> list[FinalNotice]: ...

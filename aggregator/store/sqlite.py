@@ -42,6 +42,7 @@ from aggregator.model import (
 from aggregator.store.base import (
     AcceptResult,
     CallbackJob,
+    OverdueSegment,
     ReceiptResult,
     SmppReceipt,
     StoreBusy,
@@ -63,7 +64,7 @@ log = get_logger("smsagg.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1  # == len(MIGRATIONS)
+SCHEMA_VERSION = 2  # == len(MIGRATIONS)
 # Readiness fails while the last write failed less than this many seconds ago.
 WRITE_FAILURE_WINDOW = 10.0
 
@@ -160,6 +161,13 @@ MIGRATIONS: list[str] = [
         sent_at REAL NOT NULL
     );
     CREATE INDEX marketing_log_by_number ON marketing_log (account, number, sent_at);
+    """,
+    # 2: receipts that never come (overdue.py): when a segment was last queried with query_sm,
+    # and the open segments and submitted messages indexed by age.
+    """
+    ALTER TABLE segments ADD COLUMN queried_at REAL;
+    CREATE INDEX segments_open ON segments (provider, submitted_at) WHERE status = 'submitted';
+    CREATE INDEX messages_submitted ON messages (submitted_at) WHERE status = 'submitted';
     """,
 ]
 
@@ -620,6 +628,25 @@ class SqliteStore:
         applied = await self._submit("apply_receipts", list(updates))
         self.pending -= sum(1 for _, was_pending in applied if was_pending)
         return [result for result, _ in applied]
+
+    # ---- receipts that never come ------------------------------------------------------------
+
+    async def claim_overdue_segments(self, provider: str, submitted_before: float,
+                                     queried_before: float, now: float,
+                                     limit: int) -> list[OverdueSegment]:
+        """Parts sent to `provider` that wait for a receipt too long, to ask about: marked as
+        queried now, so the next claim skips them until `queried_before` passes them."""
+        rows = await self._submit("claim_overdue_segments", provider, submitted_before,
+                                  queried_before, now, limit)
+        return [OverdueSegment(r[0], r[1], r[2], Sender(r[3], SenderKind(r[4]))) for r in rows]
+
+    async def expire_unreceipted(self, submitted_before: float, now: float, limit: int,
+                                 error: str) -> list[FinalNotice]:
+        """Messages submitted before `submitted_before` still without a final receipt become
+        final 'unknown'; returns their notices."""
+        notices: list[FinalNotice] = await self._submit(
+            "expire_unreceipted", submitted_before, now, limit, error)
+        return notices
 
     # ---- callbacks outbox --------------------------------------------------------------------
 

@@ -365,6 +365,54 @@ OPS: dict[str, Callable[..., Any]] = {
 }
 
 
+# ---- receipts that never come (overdue.py) -----------------------------------------------------
+
+# What claim_overdue_segments returns per segment to query.
+OverdueRow = tuple[str, int, str, str, str]  # message_id, seq, provider_msg_id, sender, kind
+
+
+def claim_overdue_segments(conn: sqlite3.Connection, provider: str, submitted_before: float,
+                           queried_before: float, now: float, limit: int) -> list[OverdueRow]:
+    """Segments sent to `provider` before `submitted_before` that have no final receipt and
+    were not queried since `queried_before`: marked as queried now, and those of messages still
+    'submitted' returned. Parts of messages already final (another part failed) leave the
+    open set ('closed'), so that they are not looked at again."""
+    rows = conn.execute(
+        "SELECT s.message_id, s.seq, s.provider_msg_id, m.sender, m.sender_kind, m.status "
+        "FROM segments AS s INDEXED BY segments_open JOIN messages AS m ON m.id = s.message_id "
+        "WHERE s.provider = ? AND s.status = 'submitted' AND s.submitted_at <= ? "
+        "AND (s.queried_at IS NULL OR s.queried_at <= ?) ORDER BY s.submitted_at LIMIT ?",
+        (provider, submitted_before, queried_before, limit),
+    ).fetchall()
+    conn.executemany(
+        "UPDATE segments SET status = 'closed' WHERE message_id = ? AND seq = ?",
+        [(r[0], r[1]) for r in rows if r[5] in FINAL_VALUES])
+    conn.executemany(
+        "UPDATE segments SET queried_at = ? WHERE message_id = ? AND seq = ?",
+        [(now, r[0], r[1]) for r in rows if r[5] not in FINAL_VALUES])
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == MessageStatus.SUBMITTED.value]
+
+
+def expire_unreceipted(conn: sqlite3.Connection, submitted_before: float, now: float,
+                       limit: int, error: str) -> list[FinalNotice]:
+    """Messages submitted before `submitted_before` and still without a final receipt become
+    final 'unknown' (with their callback and SMPP receipt, as any final state)."""
+    ids = conn.execute(
+        "SELECT id FROM messages INDEXED BY messages_submitted WHERE status = 'submitted' "
+        "AND submitted_at <= ? ORDER BY submitted_at LIMIT ?",
+        (submitted_before, limit),
+    ).fetchall()
+    notices = []
+    for (message_id,) in ids:
+        notice, _ = finish(conn, message_id, MessageStatus.UNKNOWN, error, now, "submitted")
+        if notice is not None:
+            notices.append(notice)
+    return notices
+
+
+OPS.update({fn.__name__: fn for fn in (claim_overdue_segments, expire_unreceipted)})
+
+
 def waiting_added(name: str, args: Sequence[Any], result: Any) -> int:
     """How many waiting messages an `accept` or `accept_many` that succeeded stored."""
     if name == "accept":
