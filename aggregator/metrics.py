@@ -153,3 +153,5 @@ config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration re
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",
                          "When the configuration in effect was loaded (Unix time)",
                          registry=REGISTRY)
+openapi_requests = Counter("smsagg_openapi_requests_total",
+                           "GET /v1/openapi.json answered", registry=REGISTRY)

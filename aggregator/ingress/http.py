@@ -6,6 +6,8 @@ import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import cache
+from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -146,6 +148,12 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
     )
 
 
+@cache
+def openapi_document() -> bytes:
+    """The API's OpenAPI document (aggregator/openapi.json, generated from docs/openapi.yaml)."""
+    return files("aggregator").joinpath("openapi.json").read_bytes()
+
+
 Readiness = tuple[bool, list[str]]  # ready, and the problems when not
 
 
@@ -188,13 +196,15 @@ class HttpApi:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
         app.router.add_post("/v1/messages", self.post_message)
         app.router.add_post("/v1/messages/batch", self.post_batch)
-        app.router.add_get("/v1/messages/{id}", self.get_message)
+        # Not "batch": that path is POST only, so a GET there is 405 with Allow: POST.
+        app.router.add_get(r"/v1/messages/{id:(?!batch$)[^/]+}", self.get_message)
         app.router.add_get("/v1/optouts", self.get_optouts)
         app.router.add_post("/v1/optouts", self.post_optout)
         app.router.add_delete("/v1/optouts/{number}", self.delete_optout)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/openapi.json", self.openapi)
         return app
 
     def metrics_app(self) -> web.Application:
@@ -221,8 +231,10 @@ class HttpApi:
                                   f"request body is larger than {self._max_body} bytes")
         except web.HTTPNotFound:
             return error_response(404, ErrorCode.NOT_FOUND, "no such endpoint")
-        except web.HTTPMethodNotAllowed:
-            return error_response(405, "method_not_allowed", "method not allowed here")
+        except web.HTTPMethodNotAllowed as exc:  # RFC 9110: a 405 lists the allowed methods
+            allow = ", ".join(sorted(exc.allowed_methods))
+            return error_response(405, "method_not_allowed", "method not allowed here",
+                                  {"Allow": allow})
 
     def _account(self, request: web.Request) -> str:
         """The calling account from "Authorization: Bearer <key>". An address with too many
@@ -371,6 +383,12 @@ class HttpApi:
         if not removed:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"{number} is not on the opt-out list")
         return web.Response(status=204)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI document; no key needed (it holds no account data)."""
+        metrics.openapi_requests.inc()
+        log.debug("openapi_served", peer=request.remote)
+        return web.Response(body=openapi_document(), content_type="application/json")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
