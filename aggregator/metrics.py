@@ -153,5 +153,11 @@ config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration re
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",
                          "When the configuration in effect was loaded (Unix time)",
                          registry=REGISTRY)
+cancels = Counter("smsagg_cancels_total", "DELETE /v1/messages/{id} by outcome: cancelled, "
+                  "already_cancelled, not_found, too_late", ["result"], registry=REGISTRY)
+message_lists = Counter("smsagg_message_lists_total", "GET /v1/messages pages answered",
+                        registry=REGISTRY)
+messages_send_at = Counter("smsagg_messages_send_at_total",
+                           "Messages accepted with a send_at in the future", registry=REGISTRY)
 openapi_requests = Counter("smsagg_openapi_requests_total",
                            "GET /v1/openapi.json answered", registry=REGISTRY)

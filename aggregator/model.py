@@ -20,6 +20,7 @@ class MessageStatus(StrEnum):
     EXPIRED = "expired"
     REJECTED = "rejected"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by the client (DELETE /v1/messages/{id}) before it was submitted
 
     @property
     def is_final(self) -> bool:
@@ -33,6 +34,7 @@ FINAL_STATUSES = frozenset(
         MessageStatus.EXPIRED,
         MessageStatus.REJECTED,
         MessageStatus.FAILED,
+        MessageStatus.CANCELLED,
     }
 )
 
@@ -69,6 +71,8 @@ class ErrorCode(StrEnum):
     OPTED_OUT = "opted_out"
     CONTENT_REJECTED = "content_rejected"
     FREQUENCY_CAPPED = "frequency_capped"
+    # DELETE /v1/messages/{id} on a message already taken for submission
+    NOT_CANCELLABLE = "not_cancellable"
 
 
 class ApiError(Exception):

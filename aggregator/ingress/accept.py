@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from aggregator import metrics
 from aggregator.config import MessagesConfig
-from aggregator.model import ApiError, ErrorCode, Message, new_message_id
+from aggregator.model import ApiError, ErrorCode, Message, MessageStatus, new_message_id
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
 from aggregator.policy.gate import PolicyGate
 from aggregator.routing import RouteTable
@@ -35,6 +35,7 @@ class SubmitInput:
     message_class: str = "transactional"
     validity: float | None = None  # seconds; None: the configured default
     receipt_mode: int = 0  # SMPP upstreams: registered_delivery bits 1-0
+    send_at: float | None = None  # epoch seconds: not before then (within the validity)
 
 
 class Acceptor:
@@ -99,6 +100,12 @@ class Acceptor:
                 f"no route for {item.message_class} messages to {dest.e164[:4]}...",
             )
         now = self._clock()
+        validity = item.validity or self._config.default_validity
+        if item.send_at is not None and item.send_at >= now + validity:
+            raise self._reject(
+                400, ErrorCode.BAD_REQUEST,
+                f"field 'send_at' must fall within the message's validity ({validity:g} s)")
+        later = item.send_at is not None and item.send_at > now
         message = Message(
             id=new_message_id(),
             account=account,
@@ -114,9 +121,12 @@ class Acceptor:
             reference=item.reference,
             message_class=item.message_class,
             receipt_mode=item.receipt_mode,
-            next_attempt_at=now,
-            expires_at=now + (item.validity or self._config.default_validity),
+            status=MessageStatus.SCHEDULED if later else MessageStatus.ACCEPTED,
+            next_attempt_at=item.send_at if later and item.send_at is not None else now,
+            expires_at=now + validity,
         )
+        if later:
+            metrics.messages_send_at.inc()
         return message, dest.number_type
 
     def _check_room(self, n: int = 1) -> None:

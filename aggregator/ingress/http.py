@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -21,7 +23,7 @@ from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
-from aggregator.store.base import Store, StoreError
+from aggregator.store.base import MessageFilter, Store, StoreError
 from aggregator.timefmt import iso_utc
 
 log = get_logger("smsagg.http")
@@ -41,9 +43,28 @@ _FIELDS: dict[str, tuple[type, bool]] = {  # name: (type, required)
     "transliterate": (bool, False),
     "class": (str, False),
     "validity": (int, False),
+    "send_at": (str, False),
 }
 MESSAGE_CLASSES = ("transactional", "marketing")
 MAX_VALIDITY = 7 * 24 * 3600
+LIST_LIMIT = 100  # GET /v1/messages: default page size
+MAX_LIST_LIMIT = 1000
+_LIST_PARAMS = frozenset({"status", "to", "reference", "since", "until", "limit", "cursor"})
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def parse_time(name: str, raw: str) -> float:
+    """An ISO 8601 time with a zone (Z or +hh:mm) as epoch seconds; ApiError(400) otherwise."""
+    try:
+        when = datetime.fromisoformat(raw)
+        when.timestamp()  # out of range once moved to UTC (year 1 with a +hh:mm zone)
+    except (ValueError, OverflowError):
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"'{name}' must be an ISO 8601 time such as 2026-11-23T14:31:00Z") from None
+    if when.tzinfo is None:
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"'{name}' needs a time zone: Z or +hh:mm") from None
+    return when.timestamp()
 
 
 def error_response(status: int, code: ErrorCode | str, message: str,
@@ -135,7 +156,9 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            "field 'callback_url' must be an http or https URL")
+    send_at = body.get("send_at")
     return SubmitInput(
+        send_at=parse_time("send_at", send_at) if send_at is not None else None,
         to=body["to"],
         sender=body["from"],
         text=text,
@@ -195,9 +218,11 @@ class HttpApi:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
         app.router.add_post("/v1/messages", self.post_message)
+        app.router.add_get("/v1/messages", self.list_messages)
         app.router.add_post("/v1/messages/batch", self.post_batch)
         # Not "batch": that path is POST only, so a GET there is 405 with Allow: POST.
         app.router.add_get(r"/v1/messages/{id:(?!batch$)[^/]+}", self.get_message)
+        app.router.add_delete(r"/v1/messages/{id:(?!batch$)[^/]+}", self.cancel_message)
         app.router.add_get("/v1/optouts", self.get_optouts)
         app.router.add_post("/v1/optouts", self.post_optout)
         app.router.add_delete("/v1/optouts/{number}", self.delete_optout)
@@ -346,6 +371,75 @@ class HttpApi:
         message_id = request.match_info["id"]
         message = await self._store.get_message(account, message_id)
         if message is None:  # another account's id looks exactly like an unknown one
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
+        return web.json_response(message_view(message))
+
+    @staticmethod
+    def _list_filter(query: Mapping[str, str]) -> tuple[MessageFilter, int]:
+        """GET /v1/messages query parameters, each checked; ApiError(400/422) naming it."""
+        unknown = sorted(set(query) - _LIST_PARAMS)
+        if unknown:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown query parameter '{unknown[0]}'")
+        status = query.get("status")
+        if status is not None and status not in {s.value for s in MessageStatus}:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown status '{status}'")
+        raw_limit = query.get("limit", str(LIST_LIMIT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           f"'limit' must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        cursor = query.get("cursor")
+        if cursor is not None and not _MESSAGE_ID.fullmatch(cursor):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "'cursor' is not one this API gave out")
+        reference = query.get("reference")
+        if reference is not None and len(reference) > MAX_REFERENCE:
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           f"'reference' is longer than {MAX_REFERENCE} characters")
+        since, until = query.get("since"), query.get("until")
+        to = query.get("to")
+        where = MessageFilter(
+            status=status,
+            to=HttpApi._number(to) if to is not None else None,
+            reference=reference,
+            since=parse_time("since", since) if since is not None else None,
+            until=parse_time("until", until) if until is not None else None,
+            before=cursor,
+        )
+        return where, int(raw_limit)
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        """The account's messages, newest first; `next_cursor` fetches the page after."""
+        account = self._account(request)
+        where, limit = self._list_filter(request.query)
+        found = await self._store.list_messages(account, where, limit + 1)
+        page = found[:limit]
+        metrics.message_lists.inc()
+        log.debug("messages_listed", account=account, count=len(page))
+        return web.json_response({
+            "messages": [message_view(m) for m in page],
+            "next_cursor": page[-1].id if len(found) > limit else None,
+        })
+
+    async def cancel_message(self, request: web.Request) -> web.Response:
+        """Cancel a message not yet taken for submission; 409 once it is. Repeating a
+        cancel that succeeded answers the same."""
+        account = self._account(request)
+        message_id = request.match_info["id"]
+        outcome, notice = await self._store.cancel(account, message_id, time.time())
+        if outcome == "not_found":
+            metrics.cancels.labels("not_found").inc()
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
+        if outcome != MessageStatus.CANCELLED.value:
+            metrics.cancels.labels("too_late").inc()
+            raise ApiError(409, ErrorCode.NOT_CANCELLABLE,
+                           f"message is {outcome}: it was already taken for submission")
+        if notice is not None:  # cancelled by this request, not by an earlier one
+            metrics.cancels.labels("cancelled").inc()
+            metrics.messages_final.labels(MessageStatus.CANCELLED.value).inc()
+            log.info("message_cancelled", message_id=message_id, account=account)
+        else:
+            metrics.cancels.labels("already_cancelled").inc()
+        message = await self._store.get_message(account, message_id)
+        if message is None:  # cannot happen: cancelled rows are kept
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
         return web.json_response(message_view(message))
 
