@@ -4,13 +4,14 @@ the real daemon and simulator."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.helpers import AUTH, Running, callback_sink, running
+from tests.helpers import AUTH, DEADLINE, Running, callback_sink, running, wait_for
 
 BANK = {"Authorization": "Bearer bank-key"}
 
@@ -167,3 +168,30 @@ async def test_send_at_still_waits_for_the_sending_window(tmp_path: Path) -> Non
         assert stored_kept is not None and stored_moved is not None
         assert stored_kept.next_attempt_at == inside.timestamp()
         assert stored_moved.next_attempt_at == opening.timestamp()
+
+
+async def test_cancelled_smpp_message_gets_a_deleted_receipt(tmp_path: Path) -> None:
+    """A message submitted over SMPP and cancelled over HTTP before any provider took it: the
+    ESME gets its receipt with stat:DELETED and message_state 4 (DELETED)."""
+    from tests.test_smpp_server import SHOP, Upstream, bind, send, submit, tlv
+
+    async with running(tmp_path, smpp={}, shop=SHOP) as run:
+        await run.smsc.stop()  # no provider: the message waits, still cancellable
+        await wait_for(lambda: all(p.binds_up == 0 for p in run.app.pools.values()),
+                       what="binds down")
+        up = Upstream()
+        conn = await bind(run, up=up)
+        resp = await send(conn, submit(registered_delivery=1))
+        assert int(resp.command_status) == 0
+        deadline = time.monotonic() + DEADLINE
+        while True:  # a dispatch attempt may hold it as queued for a moment: 409 meanwhile
+            status, view = await _delete(run, resp.message_id)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            assert status == 409, view
+            await asyncio.sleep(0.05)
+        assert status == 200 and view["status"] == "cancelled", view
+        receipt = await up.receipt()
+        assert tlv(receipt, 0x001E) == resp.message_id
+        assert tlv(receipt, 0x0427) == 4
+        assert "stat:DELETED" in receipt.short_message
