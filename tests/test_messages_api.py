@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.helpers import AUTH, DEADLINE, Running, callback_sink, running, wait_for
+from tests.helpers import (
+    AUTH,
+    DEADLINE,
+    Running,
+    callback_sink,
+    metric_samples,
+    metric_value,
+    running,
+    wait_for,
+)
 
 BANK = {"Authorization": "Bearer bank-key"}
 
@@ -119,8 +128,15 @@ async def test_cancel_before_submission_then_409_after(tmp_path: Path) -> None:
         assert run.app.store.pending == 0
 
 
+async def _send_at_count(run: Running) -> float:
+    async with run.http.get(f"{run.base}/metrics") as r:
+        samples = metric_samples(await r.text())
+    return metric_value(samples, "smsagg_messages_send_at_total") or 0.0
+
+
 async def test_send_at_holds_the_message_until_then(tmp_path: Path) -> None:
     async with running(tmp_path) as run:
+        counted = await _send_at_count(run)
         send_at = time.time() + 1.5
         body = await _send(run, "+38344123456", send_at=_iso(send_at))
         assert body["status"] == "scheduled"
@@ -147,6 +163,7 @@ async def test_send_at_holds_the_message_until_then(tmp_path: Path) -> None:
             results = (await r.json())["results"]
         assert results[0]["state"] == "scheduled"
         assert results[1]["status"] == 400
+        assert await _send_at_count(run) == counted + 2  # the two stored for later
 
 
 async def test_send_at_still_waits_for_the_sending_window(tmp_path: Path) -> None:

@@ -125,8 +125,6 @@ class Acceptor:
             next_attempt_at=item.send_at if later and item.send_at is not None else now,
             expires_at=now + validity,
         )
-        if later:
-            metrics.messages_send_at.inc()
         return message, dest.number_type
 
     def _check_room(self, n: int = 1) -> None:
@@ -148,6 +146,7 @@ class Acceptor:
             raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
         if result.created:
             metrics.messages_accepted.labels(account).inc()
+            _count_send_at(item, result.message)
             self._on_accepted()
         return result
 
@@ -180,5 +179,14 @@ class Acceptor:
             metrics.store_errors.labels("accept").inc()
             raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
         metrics.messages_accepted.labels(account).inc(len(valid))
+        for item, result in zip(items, results, strict=True):
+            if isinstance(item, SubmitInput) and isinstance(result, Message):
+                _count_send_at(item, result)
         self._on_accepted()
         return results
+
+
+def _count_send_at(item: SubmitInput, message: Message) -> None:
+    """A stored message the client scheduled for later (smsagg_messages_send_at_total)."""
+    if item.send_at is not None and item.send_at > message.created_at:
+        metrics.messages_send_at.inc()

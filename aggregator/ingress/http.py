@@ -158,7 +158,6 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
                            "field 'callback_url' must be an http or https URL")
     send_at = body.get("send_at")
     return SubmitInput(
-        send_at=parse_time("send_at", send_at) if send_at is not None else None,
         to=body["to"],
         sender=body["from"],
         text=text,
@@ -168,6 +167,7 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         idempotency_key=idempotency_key,
         message_class=message_class,
         validity=float(validity) if validity is not None else None,
+        send_at=parse_time("send_at", send_at) if send_at is not None else None,
     )
 
 
