@@ -11,15 +11,20 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiohttp
+
 from tests.helpers import (
     AUTH,
     DEADLINE,
     Running,
+    Start,
     callback_sink,
+    daemon,
     metric_samples,
     metric_value,
     running,
     wait_for,
+    write_daemon_config,
 )
 
 BANK = {"Authorization": "Bearer bank-key"}
@@ -212,3 +217,26 @@ async def test_cancelled_smpp_message_gets_a_deleted_receipt(tmp_path: Path) -> 
         assert tlv(receipt, 0x001E) == resp.message_id
         assert tlv(receipt, 0x0427) == 4
         assert "stat:DELETED" in receipt.short_message
+
+
+async def test_list_and_cancel_through_an_ingress_worker(tmp_path: Path, start_smsc: Start) -> None:
+    """With [http] workers = 1 the worker answers: the filter and the cancel cross to the
+    daemon's store over the ingress RPC."""
+    smsc = await start_smsc()
+    config = tmp_path / "smsagg.toml"
+    write_daemon_config(config, tmp_path / "smsagg.db", smsc.port, http_workers=1)
+    async with daemon(config) as (_, base), aiohttp.ClientSession(headers=AUTH) as http:
+        later = _iso(time.time() + 3600)
+        async with http.post(f"{base}/v1/messages", json={
+                "to": "+38344123456", "from": "DEMO", "text": "x", "send_at": later,
+                "reference": "w"}) as r:
+            assert r.status == 202, await r.text()
+            message_id = (await r.json())["id"]
+        async with http.get(f"{base}/v1/messages?reference=w&status=scheduled") as r:
+            assert r.status == 200, await r.text()
+            assert [m["id"] for m in (await r.json())["messages"]] == [message_id]
+        async with http.delete(f"{base}/v1/messages/{message_id}") as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["status"] == "cancelled"
+        async with http.get(f"{base}/v1/messages?status=scheduled") as r:
+            assert (await r.json())["messages"] == []
