@@ -166,3 +166,11 @@ receipt_timeouts = Counter(
     "smsagg_receipt_timeouts_total",
     "Messages made final 'unknown': no receipt within [messages] receipt_timeout", ["provider"],
     registry=REGISTRY)
+cancels = Counter("smsagg_cancels_total", "DELETE /v1/messages/{id} by outcome: cancelled, "
+                  "already_cancelled, not_found, too_late", ["result"], registry=REGISTRY)
+message_lists = Counter("smsagg_message_lists_total", "GET /v1/messages pages answered",
+                        registry=REGISTRY)
+messages_send_at = Counter("smsagg_messages_send_at_total",
+                           "Messages accepted with a send_at in the future", registry=REGISTRY)
+openapi_requests = Counter("smsagg_openapi_requests_total",
+                           "GET /v1/openapi.json answered", registry=REGISTRY)

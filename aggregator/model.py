@@ -24,6 +24,7 @@ class MessageStatus(StrEnum):
     # No receipt came within [messages] receipt_timeout, and querying the provider (if it
     # is asked) did not tell: the message may or may not have arrived.
     UNKNOWN = "unknown"
+    CANCELLED = "cancelled"  # by the client (DELETE /v1/messages/{id}) before it was submitted
 
     @property
     def is_final(self) -> bool:
@@ -38,6 +39,7 @@ FINAL_STATUSES = frozenset(
         MessageStatus.REJECTED,
         MessageStatus.FAILED,
         MessageStatus.UNKNOWN,
+        MessageStatus.CANCELLED,
     }
 )
 
@@ -74,6 +76,8 @@ class ErrorCode(StrEnum):
     OPTED_OUT = "opted_out"
     CONTENT_REJECTED = "content_rejected"
     FREQUENCY_CAPPED = "frequency_capped"
+    # DELETE /v1/messages/{id} on a message already taken for submission
+    NOT_CANCELLABLE = "not_cancellable"
 
 
 class ApiError(Exception):

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from aggregator import metrics
 from aggregator.config import AccountConfig, MessagesConfig
-from aggregator.model import ApiError, DecimalIds, ErrorCode, Message, new_message_id
+from aggregator.model import (
+    ApiError,
+    DecimalIds,
+    ErrorCode,
+    Message,
+    MessageStatus,
+    new_message_id,
+)
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
 from aggregator.policy.gate import PolicyGate
 from aggregator.routing import RouteTable
@@ -35,6 +42,7 @@ class SubmitInput:
     message_class: str = "transactional"
     validity: float | None = None  # seconds; None: the configured default
     receipt_mode: int = 0  # SMPP upstreams: registered_delivery bits 1-0
+    send_at: float | None = None  # epoch seconds: not before then (within the validity)
 
 
 class Acceptor:
@@ -107,6 +115,12 @@ class Acceptor:
                 f"no route for {item.message_class} messages to {dest.e164[:4]}...",
             )
         now = self._clock()
+        validity = item.validity or self._config.default_validity
+        if item.send_at is not None and item.send_at >= now + validity:
+            raise self._reject(
+                400, ErrorCode.BAD_REQUEST,
+                f"field 'send_at' must fall within the message's validity ({validity:g} s)")
+        later = item.send_at is not None and item.send_at > now
         message = Message(
             id=(self._decimal_ids.next() if config is not None
                 and config.message_id_format == "decimal" else new_message_id()),
@@ -123,8 +137,9 @@ class Acceptor:
             reference=item.reference,
             message_class=item.message_class,
             receipt_mode=item.receipt_mode,
-            next_attempt_at=now,
-            expires_at=now + (item.validity or self._config.default_validity),
+            status=MessageStatus.SCHEDULED if later else MessageStatus.ACCEPTED,
+            next_attempt_at=item.send_at if later and item.send_at is not None else now,
+            expires_at=now + validity,
         )
         return message, dest.number_type
 
@@ -147,6 +162,7 @@ class Acceptor:
             raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
         if result.created:
             metrics.messages_accepted.labels(account).inc()
+            _count_send_at(item, result.message)
             self._on_accepted()
         return result
 
@@ -179,5 +195,14 @@ class Acceptor:
             metrics.store_errors.labels("accept").inc()
             raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
         metrics.messages_accepted.labels(account).inc(len(valid))
+        for item, result in zip(items, results, strict=True):
+            if isinstance(item, SubmitInput) and isinstance(result, Message):
+                _count_send_at(item, result)
         self._on_accepted()
         return results
+
+
+def _count_send_at(item: SubmitInput, message: Message) -> None:
+    """A stored message the client scheduled for later (smsagg_messages_send_at_total)."""
+    if item.send_at is not None and item.send_at > message.created_at:
+        metrics.messages_send_at.inc()

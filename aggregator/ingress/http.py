@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from functools import cache
+from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +23,7 @@ from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
-from aggregator.store.base import Store, StoreError
+from aggregator.store.base import MessageFilter, Store, StoreError
 from aggregator.timefmt import iso_utc
 
 log = get_logger("smsagg.http")
@@ -39,9 +43,28 @@ _FIELDS: dict[str, tuple[type, bool]] = {  # name: (type, required)
     "transliterate": (bool, False),
     "class": (str, False),
     "validity": (int, False),
+    "send_at": (str, False),
 }
 MESSAGE_CLASSES = ("transactional", "marketing")
 MAX_VALIDITY = 7 * 24 * 3600
+LIST_LIMIT = 100  # GET /v1/messages: default page size
+MAX_LIST_LIMIT = 1000
+_LIST_PARAMS = frozenset({"status", "to", "reference", "since", "until", "limit", "cursor"})
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def parse_time(name: str, raw: str) -> float:
+    """An ISO 8601 time with a zone (Z or +hh:mm) as epoch seconds; ApiError(400) otherwise."""
+    try:
+        when = datetime.fromisoformat(raw)
+        when.timestamp()  # out of range once moved to UTC (year 1 with a +hh:mm zone)
+    except (ValueError, OverflowError):
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"'{name}' must be an ISO 8601 time such as 2026-11-23T14:31:00Z") from None
+    if when.tzinfo is None:
+        raise ApiError(400, ErrorCode.BAD_REQUEST,
+                       f"'{name}' needs a time zone: Z or +hh:mm") from None
+    return when.timestamp()
 
 
 def error_response(status: int, code: ErrorCode | str, message: str,
@@ -133,6 +156,7 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            "field 'callback_url' must be an http or https URL")
+    send_at = body.get("send_at")
     return SubmitInput(
         to=body["to"],
         sender=body["from"],
@@ -143,7 +167,14 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         idempotency_key=idempotency_key,
         message_class=message_class,
         validity=float(validity) if validity is not None else None,
+        send_at=parse_time("send_at", send_at) if send_at is not None else None,
     )
+
+
+@cache
+def openapi_document() -> bytes:
+    """The API's OpenAPI document (aggregator/openapi.json, generated from docs/openapi.yaml)."""
+    return files("aggregator").joinpath("openapi.json").read_bytes()
 
 
 Readiness = tuple[bool, list[str]]  # ready, and the problems when not
@@ -187,14 +218,18 @@ class HttpApi:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
         app.router.add_post("/v1/messages", self.post_message)
+        app.router.add_get("/v1/messages", self.list_messages)
         app.router.add_post("/v1/messages/batch", self.post_batch)
-        app.router.add_get("/v1/messages/{id}", self.get_message)
+        # Not "batch": that path is POST only, so a GET there is 405 with Allow: POST.
+        app.router.add_get(r"/v1/messages/{id:(?!batch$)[^/]+}", self.get_message)
+        app.router.add_delete(r"/v1/messages/{id:(?!batch$)[^/]+}", self.cancel_message)
         app.router.add_get("/v1/optouts", self.get_optouts)
         app.router.add_post("/v1/optouts", self.post_optout)
         app.router.add_delete("/v1/optouts/{number}", self.delete_optout)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/openapi.json", self.openapi)
         return app
 
     def metrics_app(self) -> web.Application:
@@ -221,8 +256,10 @@ class HttpApi:
                                   f"request body is larger than {self._max_body} bytes")
         except web.HTTPNotFound:
             return error_response(404, ErrorCode.NOT_FOUND, "no such endpoint")
-        except web.HTTPMethodNotAllowed:
-            return error_response(405, "method_not_allowed", "method not allowed here")
+        except web.HTTPMethodNotAllowed as exc:  # RFC 9110: a 405 lists the allowed methods
+            allow = ", ".join(sorted(exc.allowed_methods))
+            return error_response(405, "method_not_allowed", "method not allowed here",
+                                  {"Allow": allow})
 
     def _account(self, request: web.Request) -> str:
         """The calling account from "Authorization: Bearer <key>". An address with too many
@@ -338,6 +375,75 @@ class HttpApi:
         return web.json_response(message_view(message))
 
     @staticmethod
+    def _list_filter(query: Mapping[str, str]) -> tuple[MessageFilter, int]:
+        """GET /v1/messages query parameters, each checked; ApiError(400/422) naming it."""
+        unknown = sorted(set(query) - _LIST_PARAMS)
+        if unknown:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown query parameter '{unknown[0]}'")
+        status = query.get("status")
+        if status is not None and status not in {s.value for s in MessageStatus}:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown status '{status}'")
+        raw_limit = query.get("limit", str(LIST_LIMIT))
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           f"'limit' must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        cursor = query.get("cursor")
+        if cursor is not None and not _MESSAGE_ID.fullmatch(cursor):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "'cursor' is not one this API gave out")
+        reference = query.get("reference")
+        if reference is not None and len(reference) > MAX_REFERENCE:
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           f"'reference' is longer than {MAX_REFERENCE} characters")
+        since, until = query.get("since"), query.get("until")
+        to = query.get("to")
+        where = MessageFilter(
+            status=status,
+            to=HttpApi._number(to) if to is not None else None,
+            reference=reference,
+            since=parse_time("since", since) if since is not None else None,
+            until=parse_time("until", until) if until is not None else None,
+            before=cursor,
+        )
+        return where, int(raw_limit)
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        """The account's messages, newest first; `next_cursor` fetches the page after."""
+        account = self._account(request)
+        where, limit = self._list_filter(request.query)
+        found = await self._store.list_messages(account, where, limit + 1)
+        page = found[:limit]
+        metrics.message_lists.inc()
+        log.debug("messages_listed", account=account, count=len(page))
+        return web.json_response({
+            "messages": [message_view(m) for m in page],
+            "next_cursor": page[-1].id if len(found) > limit else None,
+        })
+
+    async def cancel_message(self, request: web.Request) -> web.Response:
+        """Cancel a message not yet taken for submission; 409 once it is. Repeating a
+        cancel that succeeded answers the same."""
+        account = self._account(request)
+        message_id = request.match_info["id"]
+        outcome, notice = await self._store.cancel(account, message_id, time.time())
+        if outcome == "not_found":
+            metrics.cancels.labels("not_found").inc()
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
+        if outcome != MessageStatus.CANCELLED.value:
+            metrics.cancels.labels("too_late").inc()
+            raise ApiError(409, ErrorCode.NOT_CANCELLABLE,
+                           f"message is {outcome}: it was already taken for submission")
+        if notice is not None:  # cancelled by this request, not by an earlier one
+            metrics.cancels.labels("cancelled").inc()
+            metrics.messages_final.labels(MessageStatus.CANCELLED.value).inc()
+            log.info("message_cancelled", message_id=message_id, account=account)
+        else:
+            metrics.cancels.labels("already_cancelled").inc()
+        message = await self._store.get_message(account, message_id)
+        if message is None:  # cannot happen: cancelled rows are kept
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no message with id '{message_id}'")
+        return web.json_response(message_view(message))
+
+    @staticmethod
     def _number(raw: object) -> str:
         """A number from the opt-out API (in a path it arrives URL-decoded: "+383..." or
         "%2B383..." alike), as E.164."""
@@ -371,6 +477,12 @@ class HttpApi:
         if not removed:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"{number} is not on the opt-out list")
         return web.Response(status=204)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The OpenAPI document; no key needed (it holds no account data)."""
+        metrics.openapi_requests.inc()
+        log.debug("openapi_served", peer=request.remote)
+        return web.Response(body=openapi_document(), content_type="application/json")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

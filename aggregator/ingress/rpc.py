@@ -25,7 +25,7 @@ log = get_logger("smsagg.rpc")
 # Store methods a worker may call; anything else is refused.
 STORE_METHODS = frozenset({
     "accept", "accept_many", "is_opted_out", "marketing_history", "get_message",
-    "list_optouts", "add_optout", "remove_optout",
+    "list_optouts", "add_optout", "remove_optout", "list_messages", "cancel",
 })
 STATUS_EVERY = 0.5  # seconds between a worker's status calls (its metrics, the pending count)
 class StoreServer:

@@ -87,6 +87,7 @@ _STATE = {
     MessageStatus.UNDELIVERABLE: ("UNDELIV", 5),
     MessageStatus.REJECTED: ("REJECTD", 8),
     MessageStatus.FAILED: ("UNDELIV", 5),
+    MessageStatus.CANCELLED: ("DELETED", 4),
 }
 
 

@@ -31,6 +31,14 @@ class PolicyGate:
         self._store = store
         self._clock = clock
 
+    @staticmethod
+    def _send_time(message: Message, now: float) -> float:
+        """When the rules are judged: now, or the client's send_at for a message it scheduled
+        (the accept path makes those SCHEDULED with send_at as their due time)."""
+        if message.status is MessageStatus.SCHEDULED:
+            return max(now, message.next_attempt_at)
+        return now
+
     async def apply(self, message: Message, number_type: str) -> Message:
         """The message as it may be stored (possibly scheduled); raises ApiError if refused."""
         account = self._accounts.get(message.account)
@@ -62,7 +70,7 @@ class PolicyGate:
             block_transactional_to_opted_out=account.block_transactional_to_opted_out,
             marketing_sent_last_30d=count,
             last_marketing_at=last,
-        ), datetime.fromtimestamp(now, UTC))
+        ), datetime.fromtimestamp(self._send_time(message, now), UTC))
         if isinstance(verdict, Reject):
             metrics.messages_rejected.labels(verdict.code).inc()
             raise ApiError(verdict.status, ErrorCode(verdict.code), verdict.message)

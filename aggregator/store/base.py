@@ -48,6 +48,19 @@ class ReceiptResult:
 
 
 @dataclass(slots=True, frozen=True)
+class MessageFilter:
+    """What GET /v1/messages asks for: an account's messages, newest first, those with an id
+    below `before` (the cursor), matching every field that is set."""
+
+    status: str | None = None
+    to: str | None = None  # E.164
+    reference: str | None = None
+    since: float | None = None  # created_at >= since (epoch seconds)
+    until: float | None = None  # created_at < until
+    before: str | None = None  # message id
+
+
+@dataclass(slots=True, frozen=True)
 class CallbackJob:
     id: int
     message_id: str
@@ -134,6 +147,16 @@ class Store(Protocol):
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]: ...
 
     async def get_message(self, account: str, message_id: str) -> Message | None: ...
+    async def list_messages(self, account: str, where: MessageFilter,
+                            limit: int) -> list[Message]:
+        """The account's messages matching `where`, newest (highest id) first."""
+        ...
+
+    async def cancel(self, account: str, message_id: str,
+                     now: float) -> tuple[str, FinalNotice | None]:
+        """Cancel a message not yet taken for submission: ("cancelled", its final notice), or
+        ("not_found", None), or (its current status, None): too late, or cancelled before."""
+        ...
 
     async def due_callbacks(self, now: float, limit: int) -> list[CallbackJob]: ...
     async def callbacks_done(self, job_ids: Sequence[int]) -> None: ...

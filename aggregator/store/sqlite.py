@@ -42,6 +42,7 @@ from aggregator.model import (
 from aggregator.store.base import (
     AcceptResult,
     CallbackJob,
+    MessageFilter,
     OverdueSegment,
     ReceiptResult,
     SmppReceipt,
@@ -624,6 +625,13 @@ class SqliteStore:
         result: FinalNotice | None = notice
         return result
 
+    async def cancel(self, account: str, message_id: str,
+                     now: float) -> tuple[str, FinalNotice | None]:
+        outcome, notice, was_pending = await self._submit("cancel", account, message_id, now)
+        if was_pending:
+            self.pending -= 1
+        return outcome, notice
+
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]:
         applied = await self._submit("apply_receipts", list(updates))
         self.pending -= sum(1 for _, was_pending in applied if was_pending)
@@ -755,6 +763,21 @@ class SqliteStore:
             (message_id, account),
         )
         return row_to_message(rows[0]) if rows else None
+
+    async def list_messages(self, account: str, where: MessageFilter,
+                            limit: int) -> list[Message]:
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE account = ?"
+        args: list[Any] = [account]
+        for clause, value in (("status = ?", where.status), ("dest = ?", where.to),
+                              ("reference = ?", where.reference),
+                              ("created_at >= ?", where.since), ("created_at < ?", where.until),
+                              ("id < ?", where.before)):
+            if value is not None:
+                sql += f" AND {clause}"
+                args.append(value)
+        rows = await asyncio.to_thread(self._read, sql + " ORDER BY id DESC LIMIT ?",
+                                       (*args, limit))
+        return [row_to_message(r) for r in rows]
 
     async def count_by_status(self) -> dict[str, int]:
         if self._reader is None:

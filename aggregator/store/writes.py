@@ -222,6 +222,25 @@ def finish(
     return notice, prior_status in PENDING
 
 
+CANCELLED_ERROR = "cancelled by the client"
+
+
+def cancel(conn: sqlite3.Connection, account: str, message_id: str,
+           now: float) -> tuple[str, FinalNotice | None, bool]:
+    """Cancel a message of `account` that is not yet taken for submission: ("cancelled",
+    notice, was pending); otherwise ("not_found" or its current status, None, False), which
+    is ("cancelled", None, False) for a message an earlier call cancelled."""
+    row = conn.execute("SELECT status FROM messages WHERE id = ? AND account = ?",
+                       (message_id, account)).fetchone()
+    if row is None:
+        return "not_found", None, False
+    if row[0] not in _WAITING_VALUES:  # queued or later: the operator may have it already
+        return str(row[0]), None, False
+    notice, was_pending = finish(conn, message_id, MessageStatus.CANCELLED, CANCELLED_ERROR, now,
+                                 row[0])
+    return "cancelled", notice, was_pending
+
+
 def release_waiting(conn: sqlite3.Connection, now: float) -> int:
     return conn.execute(
         "UPDATE messages SET next_attempt_at = ? WHERE status = 'accepted' "
@@ -360,7 +379,7 @@ OPS: dict[str, Callable[..., Any]] = {
         accept_many, accept, claim_due, next_due_at, record_submitted, reschedule, finish,
         release_waiting, apply_receipts, due_callbacks, callbacks_done, callback_retry,
         callback_give_up, enqueue_callback, due_smpp_receipts, enqueue_smpp_mo,
-        smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout,
+        smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout, cancel,
     )
 }
 
