@@ -167,6 +167,9 @@ class SmppConfig:
     reassembly_timeout: float = 60.0  # seconds to wait for every part of a long message
     max_pending_parts: int = 10_000  # parts held for reassembly, over all sessions
     receipt_attempts: int = 10  # deliver_sm receipt attempts before giving up
+    bind_timeout: float = 10.0  # seconds a connection may stay unbound, whatever it sends
+    max_unbound: int = 64  # connections not (yet) bound, over all addresses
+    max_unbound_per_address: int = 16  # connections not (yet) bound, per source address
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -533,6 +536,9 @@ def _parse_smpp(r: _Reader) -> SmppConfig:
         reassembly_timeout=r.number("reassembly_timeout", gt=0),
         max_pending_parts=r.integer("max_pending_parts", lo=1),
         receipt_attempts=r.integer("receipt_attempts", lo=1, hi=1000),
+        bind_timeout=r.number("bind_timeout", gt=0),
+        max_unbound=r.integer("max_unbound", lo=1, hi=100_000),
+        max_unbound_per_address=r.integer("max_unbound_per_address", lo=1, hi=100_000),
     )
 
 

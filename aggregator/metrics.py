@@ -153,3 +153,18 @@ config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration re
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",
                          "When the configuration in effect was loaded (Unix time)",
                          registry=REGISTRY)
+# Hostile input (issue 17): refused SMPP connections, and log lines held back by a rate limit.
+smpp_connections_refused = Counter(
+    "smsagg_smpp_connections_refused_total",
+    "SMPP connections closed at once: too many not bound, in total or from one address",
+    ["reason"], registry=REGISTRY,
+)
+smpp_unbound_closed = Counter(
+    "smsagg_smpp_unbound_closed_total",
+    "SMPP connections closed for not binding within [smpp] bind_timeout", registry=REGISTRY,
+)
+log_lines_suppressed = Counter(
+    "smsagg_log_lines_suppressed_total",
+    "Log lines held back by a per-source rate limit (counted in the next line written)",
+    ["event"], registry=REGISTRY,
+)

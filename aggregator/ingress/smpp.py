@@ -28,6 +28,7 @@ from aggregator.config import AccountConfig, SmppConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
 from aggregator.log import get_logger
+from aggregator.loglimit import LogLimiter
 from aggregator.model import ApiError, ErrorCode, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
@@ -184,6 +185,11 @@ class SmppServer:
         # submit_sm of each session being accepted (answer not sent yet): at most `window`.
         self._submits: dict[SmppConnection, int] = {}
         self._receipts_in_flight = 0
+        # Connections not bound yet (source address each), capped in total and per address.
+        self._unbound: dict[SmppConnection, str] = {}
+        self._unbound_per_address: dict[str, int] = {}
+        # Lines a peer can trigger at will: one per source and window, with a count.
+        self._log_limit = LogLimiter()
         self._stopping = False
         self.port = 0
 
@@ -205,6 +211,7 @@ class SmppServer:
                              lambda: self._reassembler.held)
         metrics.watch_buffer("smpp_submits", window_total, lambda: sum(self._submits.values()))
         metrics.watch_buffer("smpp_receipts", window_total, lambda: self._receipts_in_flight)
+        metrics.watch_buffer("smpp_unbound", self.config.max_unbound, lambda: len(self._unbound))
         log.info("smpp_listening", listen=f"{listen.host}:{self.port}")
 
     @staticmethod
@@ -279,6 +286,7 @@ class SmppServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         metrics.unwatch_buffers("reassembly", "smpp_submits", "smpp_receipts")
+        metrics.unwatch_buffers("smpp_unbound")
 
     def wake_receipts(self, account: str) -> None:
         state = self._accounts.get(account)
@@ -293,13 +301,62 @@ class SmppServer:
             idle_timeout=self.config.idle_timeout,
             # Our keep-alive must be inside the client's idle limit; theirs drives the link.
             enquire_link_interval=self.config.idle_timeout / 2,
+            bind_timeout=self.config.bind_timeout,
         )
         conn = SmppConnection(session, self._on_event)
+        conn.on_connected = self._on_connected
         self._conns.add(conn)
         conn.closed.add_done_callback(lambda _f: self._forget(conn))
         return conn
 
+    @staticmethod
+    def _address(conn: SmppConnection) -> str:
+        return conn.peername.rpartition(":")[0] or conn.peername
+
+    def _on_connected(self, conn: SmppConnection) -> None:
+        """Count the new connection as unbound, or close it at once when too many are."""
+        address = self._address(conn)
+        reason = None
+        if len(self._unbound) >= self.config.max_unbound:
+            reason = "unbound_total"
+        elif self._unbound_per_address.get(address, 0) >= self.config.max_unbound_per_address:
+            reason = "unbound_per_address"
+        if reason is None:
+            self._unbound[conn] = address
+            self._unbound_per_address[address] = self._unbound_per_address.get(address, 0) + 1
+            return
+        metrics.smpp_connections_refused.labels(reason).inc()
+        held = self._log_limit.allow((address, "refused"), "smpp_connection_refused")
+        if held is not None:
+            log.warning("smpp_connection_refused", peer=address, reason=reason,
+                        unbound=len(self._unbound), max_unbound=self.config.max_unbound,
+                        max_unbound_per_address=self.config.max_unbound_per_address,
+                        suppressed=held)
+        conn.close()
+
+    def _drop_unbound(self, conn: SmppConnection) -> None:
+        address = self._unbound.pop(conn, None)
+        if address is None:
+            return
+        left = self._unbound_per_address.get(address, 0) - 1
+        if left > 0:
+            self._unbound_per_address[address] = left
+        else:
+            self._unbound_per_address.pop(address, None)
+
+    def _on_closed(self, conn: SmppConnection, reason: str) -> None:
+        if conn.session.mode is not None:  # was bound: always worth a line
+            log.info("smpp_session_closed", peer=conn.peername, reason=reason)
+            return
+        if reason == "bind timeout":
+            metrics.smpp_unbound_closed.inc()
+        held = self._log_limit.allow((self._address(conn), "closed"), "smpp_session_closed")
+        if held is not None:
+            log.info("smpp_session_closed", peer=conn.peername, reason=reason, bound=False,
+                     suppressed=held)
+
     def _forget(self, conn: SmppConnection) -> None:
+        self._drop_unbound(conn)
         self._conns.discard(conn)
         self._pending_bind.pop(conn, None)
         for name, state in self._accounts.items():
@@ -314,7 +371,7 @@ class SmppServer:
         elif isinstance(event, Bound):
             self._on_bound(conn, event)
         elif isinstance(event, SessionClosed):
-            log.info("smpp_session_closed", peer=conn.peername, reason=event.reason)
+            self._on_closed(conn, event.reason)
         elif isinstance(event, RequestReceived):
             pdu = event.pdu
             if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
@@ -363,16 +420,21 @@ class SmppServer:
                     status, result = ESME_RBINDFAIL, limit
         if status != ESME_ROK:
             metrics.smpp_binds.labels(result).inc()
-            if result == "rejected":
-                log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
-                            status=f"0x{status:02X}")
+            # Never the presented system_id or password (a typo of one is the other); one line
+            # per source and window, however fast the binds come.
+            held = self._log_limit.allow((address, "bind_rejected"), "smpp_bind_rejected")
+            if held is None:
+                pass
+            elif result == "rejected":
+                log.warning("smpp_bind_rejected", peer=conn.peername, status=f"0x{status:02X}",
+                            suppressed=held)
             else:
                 assert account is not None
-                log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
+                log.warning("smpp_bind_rejected", peer=conn.peername,
                             status=f"0x{status:02X}", reason=result, account=account.name,
                             account_sessions=self._sessions_of(account),
                             max_binds=account.max_binds, sessions=self._sessions_total(),
-                            max_sessions=self.config.max_sessions)
+                            max_sessions=self.config.max_sessions, suppressed=held)
             conn.reject_bind(pdu, status)
             return
         assert account is not None
@@ -399,6 +461,7 @@ class SmppServer:
         return None
 
     def _on_bound(self, conn: SmppConnection, event: Bound) -> None:
+        self._drop_unbound(conn)
         account = self._pending_bind.pop(conn)
         state = self._accounts.get(account.name)
         if state is None:  # the account was removed by a reload in between
