@@ -101,7 +101,7 @@ class ListenAddress:
 @dataclass(slots=True, frozen=True, kw_only=True)
 class HttpConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
-    max_body_bytes: int = 65536
+    max_body_bytes: int = 4_194_304  # 4 MiB: a 1,000-message batch of longest texts
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: HTTPS only
     tls_key: str | None = None  # PEM private key (unencrypted) of tls_cert
     workers: int = 0  # ingress worker processes serving HTTP; 0: the daemon serves it itself

@@ -69,6 +69,8 @@ class ErrorCode(StrEnum):
     OPTED_OUT = "opted_out"
     CONTENT_REJECTED = "content_rejected"
     FREQUENCY_CAPPED = "frequency_capped"
+    # A batch request with an Idempotency-Key header (only single messages take one).
+    IDEMPOTENCY_KEY_UNSUPPORTED = "idempotency_key_unsupported"
 
 
 class ApiError(Exception):

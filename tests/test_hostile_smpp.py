@@ -236,7 +236,7 @@ def warm_up(port: int) -> None:
             got += data
 
 
-# -- 1: an unbound client floods enquire_link and never reads --------------------------------------
+# -- 1: an unbound client floods enquire_link and never reads --
 
 
 async def test_unbound_flood_without_reading_is_bounded_and_closed_at_bind_timeout(
@@ -297,7 +297,7 @@ async def test_enquire_link_does_not_keep_an_unbound_session_open(tmp_path: Path
         await still_served(d)
 
 
-# -- 1: caps on connections that are not bound -----------------------------------------------------
+# -- 1: caps on connections that are not bound --
 
 
 def open_unbound(port: int, source: str, n: int) -> list[socket.socket]:
@@ -354,7 +354,7 @@ async def test_unbound_connections_are_capped_in_total_and_per_address(tmp_path:
     assert len(closes) <= 3 + 1, closes  # one per address, and the normal client's
 
 
-# -- 1: a bound client that stops reading ----------------------------------------------------------
+# -- 1: a bound client that stops reading --
 
 
 def bound_flood_then_read(port: int, pid: int) -> tuple[int, int, int]:
@@ -401,7 +401,7 @@ async def test_bound_client_that_stops_reading_is_paused_not_buffered(tmp_path: 
         await still_served(d)
 
 
-# -- a peer that does not read: our close does not wait for it forever -------------------------
+# -- a peer that does not read: our close does not wait for it forever --
 
 
 async def test_close_of_a_connection_whose_peer_does_not_read_is_aborted() -> None:
@@ -443,3 +443,30 @@ async def test_close_of_a_connection_whose_peer_does_not_read_is_aborted() -> No
 def _linux_only() -> None:
     if not os.path.exists("/proc/self/status"):
         pytest.skip("memory is read from /proc")
+
+
+# -- 12: bind credentials longer than SMPP allows --
+
+
+async def test_overlong_bind_password_or_system_id_gets_its_own_status(tmp_path: Path) -> None:
+    """A 9-character password is a wrong password (ESME_RINVPASWD), a 16-character system_id a
+    wrong system_id (ESME_RINVSYSID): not a server error (ESME_RSYSERR)."""
+    from tests.helpers import running
+
+    async def bind_status(port: int, system_id: bytes, password: bytes) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(bind_pdu(system_id, password))
+            _, command_id, status, _ = HEADER.unpack(await reader.readexactly(16))
+            assert command_id == 0x80000009
+            return int(status)
+        finally:
+            writer.close()
+
+    async with running(tmp_path, smpp={}, shop={"system_id": "shop", "password": "secret"},
+                       prefixes=("+383",)) as r:
+        assert r.app.smpp is not None
+        port = r.app.smpp.port
+        assert await bind_status(port, b"shop", b"secret123") == 0x0E
+        assert await bind_status(port, b"shop567890123456", b"secret") == 0x0F
+        assert await bind_status(port, b"shop", b"wrong") == 0x0E
