@@ -170,6 +170,8 @@ class SmppConfig:
     bind_timeout: float = 10.0  # seconds a connection may stay unbound, whatever it sends
     max_unbound: int = 64  # connections not (yet) bound, over all addresses
     max_unbound_per_address: int = 16  # connections not (yet) bound, per source address
+    max_pending_bytes: int = 64 * 2**20  # bytes of parts held for reassembly, in total
+    max_pending_bytes_per_account: int = 16 * 2**20  # and per account
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -539,6 +541,8 @@ def _parse_smpp(r: _Reader) -> SmppConfig:
         bind_timeout=r.number("bind_timeout", gt=0),
         max_unbound=r.integer("max_unbound", lo=1, hi=100_000),
         max_unbound_per_address=r.integer("max_unbound_per_address", lo=1, hi=100_000),
+        max_pending_bytes=r.integer("max_pending_bytes", lo=65536),
+        max_pending_bytes_per_account=r.integer("max_pending_bytes_per_account", lo=65536),
     )
 
 

@@ -85,6 +85,11 @@ api_key = "{API_KEY}"
 system_id = "shop"
 password = "secret"
 max_binds = 10
+[[accounts]]
+name = "bank"
+api_key = "bank-key"
+system_id = "bank"
+password = "secret2"
 [[providers]]
 name = "sim"
 host = "127.0.0.1"

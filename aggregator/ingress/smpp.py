@@ -29,6 +29,7 @@ from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
 from aggregator.log import get_logger
 from aggregator.loglimit import LogLimiter
+from aggregator.memory import give_back
 from aggregator.model import ApiError, ErrorCode, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
@@ -79,6 +80,8 @@ STATUS_FOR_CODE: dict[str, int] = {
     # opted_out and content_rejected: ESME_RSUBMITFAIL (the default below)
 }
 DECODABLE = {0, 1, 3, 8}
+# Bytes of expired parts above which freed heap memory is returned to the OS at once.
+GIVE_BACK_BYTES = 1 << 20
 
 _STATE = {
     MessageStatus.DELIVERED: ("DELIVRD", 2),
@@ -139,6 +142,13 @@ def _address(number: str, ton: int) -> str:
     return number
 
 
+@dataclass(slots=True, frozen=True)
+class _HeldRequest:
+    """A part held for reassembly, as answering it needs it: only its sequence number."""
+
+    sequence_num: int
+
+
 @dataclass(slots=True)
 class _Client:
     account: AccountConfig
@@ -177,7 +187,8 @@ class SmppServer:
         self._conns: set[SmppConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._reassembler: Reassembler[tuple[SmppConnection, Any]] = Reassembler(
-            config.reassembly_timeout, config.max_pending_parts
+            config.reassembly_timeout, config.max_pending_parts, config.max_pending_bytes,
+            config.max_pending_bytes_per_account,
         )
         self._expiry: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -212,6 +223,8 @@ class SmppServer:
         metrics.watch_buffer("smpp_submits", window_total, lambda: sum(self._submits.values()))
         metrics.watch_buffer("smpp_receipts", window_total, lambda: self._receipts_in_flight)
         metrics.watch_buffer("smpp_unbound", self.config.max_unbound, lambda: len(self._unbound))
+        metrics.watch_buffer("reassembly_bytes", self.config.max_pending_bytes,
+                             lambda: self._reassembler.held_bytes)
         log.info("smpp_listening", listen=f"{listen.host}:{self.port}")
 
     @staticmethod
@@ -286,7 +299,7 @@ class SmppServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         metrics.unwatch_buffers("reassembly", "smpp_submits", "smpp_receipts")
-        metrics.unwatch_buffers("smpp_unbound")
+        metrics.unwatch_buffers("smpp_unbound", "reassembly_bytes")
 
     def wake_receipts(self, account: str) -> None:
         state = self._accounts.get(account)
@@ -526,8 +539,10 @@ class SmppServer:
         key = (client.account.name, pdu.source.number, pdu.destination.number, parts[0],
                parts[1])
         try:
-            whole = self._reassembler.add(key, parts[1], parts[2], body, (conn, pdu),
-                                          self._clock())
+            # A held part keeps its sequence number, not its PDU (the part's text once more).
+            whole = self._reassembler.add(key, parts[1], parts[2], body,
+                                          (conn, _HeldRequest(pdu.sequence_num)),
+                                          self._clock(), client.account.name)
         except ReassemblyFull:
             self._refuse(conn, pdu, ESME_RMSGQFUL, "reassembly_full")
             return
@@ -567,7 +582,11 @@ class SmppServer:
     async def _expire_parts(self) -> None:
         while not self._stopping:
             await asyncio.sleep(1.0)
-            for contexts in self._reassembler.expire(self._clock()):
+            held = self._reassembler.held_bytes
+            expired = self._reassembler.expire(self._clock())
+            if held - self._reassembler.held_bytes >= GIVE_BACK_BYTES:
+                give_back()  # a flood of parts expired: return the heap, not just free it
+            for contexts in expired:
                 for conn, req in contexts:
                     if not conn.closed.done():
                         self._refuse(conn, req, ESME_RSUBMITFAIL, "reassembly_timeout")
