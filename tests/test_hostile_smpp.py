@@ -63,6 +63,8 @@ class Daemon:
     base: str
     smpp_port: int
     log: Path
+    proc: asyncio.subprocess.Process
+    config: Path
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -117,7 +119,7 @@ async def hostile_daemon(tmp_path: Path, **smpp: Any) -> AsyncIterator[Daemon]:
     log = tmp_path / "daemon.log"
     try:
         async with daemon(config, log) as (proc, base):
-            yield Daemon(proc.pid, base, port, log)
+            yield Daemon(proc.pid, base, port, log, proc, config)
     finally:
         await smsc.stop(timeout=1.0)
 
