@@ -131,7 +131,7 @@ smpp_account_sessions_max = Gauge(
 )
 # Every in-memory queue or set of work in flight, with its bound; `buffer` is a fixed set of
 # names (store_pending, store_writes, dispatch, callbacks, reassembly, smpp_submits,
-# smpp_receipts, provider_delivers).
+# smpp_receipts, provider_delivers, smpp_unbound, reassembly_bytes).
 buffer_depth = Gauge("smsagg_buffer_depth", "Items held now, per in-memory queue", ["buffer"],
                      registry=REGISTRY)
 buffer_bound = Gauge("smsagg_buffer_bound", "Most items a queue holds; above it work is refused "
