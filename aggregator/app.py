@@ -18,8 +18,8 @@ from aggregator.config import (
     ConfigError,
     ListenAddress,
     ProviderConfig,
-    load_config_or_default,
 )
+from aggregator.configread import ConfigReadTimeout, load_config_off_pool
 from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
 from aggregator.ingress.callbacks import CallbackSender
@@ -335,11 +335,16 @@ class App:
         it. An invalid file changes nothing: its problems are logged and counted, and the
         running configuration stays."""
         try:
-            new = await asyncio.to_thread(load_config_or_default, path)
+            new = await load_config_off_pool(path)
         except ConfigError as exc:
             metrics.config_reloads.labels("error").inc()
             log.error("config_reload_failed", source=path or "<embedded default>",
                       problems=exc.problems, keeping=self.config.source)
+            return False
+        except ConfigReadTimeout as exc:  # e.g. a FIFO: the read goes on, unawaited
+            metrics.config_reloads.labels("error").inc()
+            log.error("config_reload_failed", source=path or "<embedded default>",
+                      problems=[str(exc)], keeping=self.config.source)
             return False
         applied = await self.reload(new)
         if applied and self.workers is not None:

@@ -103,7 +103,7 @@ class ListenAddress:
 @dataclass(slots=True, frozen=True, kw_only=True)
 class HttpConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
-    max_body_bytes: int = 65536
+    max_body_bytes: int = 4_194_304  # 4 MiB: a 1,000-message batch of longest texts
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: HTTPS only
     tls_key: str | None = None  # PEM private key (unencrypted) of tls_cert
     workers: int = 0  # ingress worker processes serving HTTP; 0: the daemon serves it itself
@@ -171,6 +171,11 @@ class SmppConfig:
     reassembly_timeout: float = 60.0  # seconds to wait for every part of a long message
     max_pending_parts: int = 10_000  # parts held for reassembly, over all sessions
     receipt_attempts: int = 10  # deliver_sm receipt attempts before giving up
+    bind_timeout: float = 10.0  # seconds a connection may stay unbound, whatever it sends
+    max_unbound: int = 64  # connections not (yet) bound, over all addresses
+    max_unbound_per_address: int = 16  # connections not (yet) bound, per source address
+    max_pending_bytes: int = 64 * 2**20  # bytes of parts held for reassembly, in total
+    max_pending_bytes_per_account: int = 16 * 2**20  # and per account
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -544,6 +549,11 @@ def _parse_smpp(r: _Reader) -> SmppConfig:
         reassembly_timeout=r.number("reassembly_timeout", gt=0),
         max_pending_parts=r.integer("max_pending_parts", lo=1),
         receipt_attempts=r.integer("receipt_attempts", lo=1, hi=1000),
+        bind_timeout=r.number("bind_timeout", gt=0),
+        max_unbound=r.integer("max_unbound", lo=1, hi=100_000),
+        max_unbound_per_address=r.integer("max_unbound_per_address", lo=1, hi=100_000),
+        max_pending_bytes=r.integer("max_pending_bytes", lo=65536),
+        max_pending_bytes_per_account=r.integer("max_pending_bytes_per_account", lo=65536),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -37,6 +38,45 @@ def _guard(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+class _LibraryGuard(logging.Handler):
+    """Takes the records of libraries' stdlib loggers (aiohttp). Their text can quote what a
+    peer sent (aiohttp's "Got more than 8190 bytes when reading: b'Bearer <api key>...'"), so
+    only the message template, the exception's type and where it was raised are kept, as one
+    structlog line per kind and window (a peer can cause them at will)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from aggregator.loglimit import LogLimiter  # it imports metrics: not at module load
+
+        self._limit = LogLimiter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            exc = record.exc_info[1] if record.exc_info else None
+            error = type(exc).__name__ if exc is not None else ""
+            held = self._limit.allow((record.name, str(record.msg), error), "library")
+            if held is None:
+                return
+            fields: dict[str, Any] = {"logger": record.name, "template": str(record.msg)[:200],
+                                      "suppressed": held}
+            if exc is not None:
+                fields["error"] = error
+                frames = traceback.extract_tb(exc.__traceback__)
+                if frames:
+                    fields["where"] = f"{frames[-1].filename}:{frames[-1].lineno}"
+            structlog.get_logger(component="library").log(record.levelno, "library_log",
+                                                          **fields)
+        except Exception:  # a log line must never take the caller down
+            self.handleError(record)
+
+
+def _guard_libraries() -> None:
+    logger = logging.getLogger("aiohttp")
+    logger.handlers[:] = [_LibraryGuard()]
+    logger.propagate = False  # not also to the root logger's last-resort stderr output
+    logger.setLevel(logging.WARNING)
+
+
 def setup_logging(level: str = "info", fmt: str = "json", log_numbers: bool = False) -> None:
     global _show_numbers
     _show_numbers = log_numbers
@@ -60,6 +100,7 @@ def setup_logging(level: str = "info", fmt: str = "json", log_numbers: bool = Fa
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+    _guard_libraries()
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -131,7 +131,7 @@ smpp_account_sessions_max = Gauge(
 )
 # Every in-memory queue or set of work in flight, with its bound; `buffer` is a fixed set of
 # names (store_pending, store_writes, dispatch, callbacks, reassembly, smpp_submits,
-# smpp_receipts, provider_delivers).
+# smpp_receipts, provider_delivers, smpp_unbound, reassembly_bytes).
 buffer_depth = Gauge("smsagg_buffer_depth", "Items held now, per in-memory queue", ["buffer"],
                      registry=REGISTRY)
 buffer_bound = Gauge("smsagg_buffer_bound", "Most items a queue holds; above it work is refused "
@@ -174,3 +174,18 @@ messages_send_at = Counter("smsagg_messages_send_at_total",
                            "Messages accepted with a send_at in the future", registry=REGISTRY)
 openapi_requests = Counter("smsagg_openapi_requests_total",
                            "GET /v1/openapi.json answered", registry=REGISTRY)
+# Hostile input (issue 17): refused SMPP connections, and log lines held back by a rate limit.
+smpp_connections_refused = Counter(
+    "smsagg_smpp_connections_refused_total",
+    "SMPP connections closed at once: too many not bound, in total or from one address",
+    ["reason"], registry=REGISTRY,
+)
+smpp_unbound_closed = Counter(
+    "smsagg_smpp_unbound_closed_total",
+    "SMPP connections closed for not binding within [smpp] bind_timeout", registry=REGISTRY,
+)
+log_lines_suppressed = Counter(
+    "smsagg_log_lines_suppressed_total",
+    "Log lines held back by a per-source rate limit (counted in the next line written)",
+    ["event"], registry=REGISTRY,
+)

@@ -78,6 +78,8 @@ class ErrorCode(StrEnum):
     FREQUENCY_CAPPED = "frequency_capped"
     # DELETE /v1/messages/{id} on a message already taken for submission
     NOT_CANCELLABLE = "not_cancellable"
+    # A batch request with an Idempotency-Key header (only single messages take one).
+    IDEMPOTENCY_KEY_UNSUPPORTED = "idempotency_key_unsupported"
 
 
 class ApiError(Exception):

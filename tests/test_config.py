@@ -124,7 +124,8 @@ def test_example_config_loads() -> None:
 def test_minimal_example_gets_defaults() -> None:
     config = parse_config(minimal(), "smsagg.toml")
     assert config.source == "smsagg.toml"
-    assert config.http == HttpConfig(listen=ListenAddress("127.0.0.1", 8080), max_body_bytes=65536)
+    assert config.http == HttpConfig(listen=ListenAddress("127.0.0.1", 8080),
+                                     max_body_bytes=4_194_304)
     assert config.store == StoreConfig(path="smsagg.db", max_pending=200000, commit_batch=1000)
     assert config.messages == MessagesConfig(
         max_segments=10, default_validity=86400, max_attempts=20, retry_min=0.5, retry_max=60.0

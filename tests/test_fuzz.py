@@ -406,6 +406,7 @@ class Daemon:
                                        daemon=True)
         self.thread.start()
         self._cm = running(tmp, smpp={"idle_timeout": 60, "reassembly_timeout": 2}, shop=SHOP,
+                           http={"max_body_bytes": 65_536},  # the 413 cases below
                            prefixes=("+383",))
         self.run: Running = self.call(self._cm.__aenter__(), 60)
 

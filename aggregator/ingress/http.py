@@ -276,7 +276,10 @@ class HttpApi:
             metrics.auth_failures.labels("http").inc()
             raise ApiError(401, ErrorCode.UNAUTHORIZED,
                            "missing 'Authorization: Bearer <api key>' header")
-        account = self._auth.account_for_key(token.strip())
+        key = token.strip()
+        # Bytes that are not UTF-8 arrive as lone surrogates: never a valid key, and not
+        # hashable as UTF-8 (a 500 before); a wrong key like any other.
+        account = self._auth.account_for_key(key) if _is_unicode(key) else None
         if account is None:
             metrics.auth_failures.labels("http").inc()
             if self._failed_logins.failed(address):
@@ -309,6 +312,9 @@ class HttpApi:
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        if key is not None and not _is_unicode(key):  # bytes that are not UTF-8
+            metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "Idempotency-Key must be UTF-8 text")
         try:
             item = parse_submit(body, key)
         except ApiError as exc:
@@ -338,8 +344,17 @@ class HttpApi:
         the valid ones are committed in one transaction before the answer."""
         started = time.perf_counter()
         account = self._account(request)
+        if "Idempotency-Key" in request.headers:  # a batch has no key: refused, not ignored
+            metrics.messages_rejected.labels(ErrorCode.IDEMPOTENCY_KEY_UNSUPPORTED.value).inc()
+            raise ApiError(400, ErrorCode.IDEMPOTENCY_KEY_UNSUPPORTED,
+                           "Idempotency-Key is not supported on batches; send each message"
+                           " that needs one to POST /v1/messages")
         body = await self._json_body(request)
         items = body.get("messages") if isinstance(body, dict) else None
+        unknown = sorted(str(k) for k in body if k != "messages") if isinstance(body, dict) else []
+        if unknown:
+            metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown field '{unknown[0][:64]}'")
         if not isinstance(items, list) or not items:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            "body must be {\"messages\": [...]} with at least one message")

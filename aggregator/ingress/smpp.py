@@ -29,6 +29,8 @@ from aggregator.config import AccountConfig, SmppConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
 from aggregator.log import get_logger
+from aggregator.loglimit import LogLimiter
+from aggregator.memory import give_back
 from aggregator.model import ApiError, ErrorCode, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
@@ -80,6 +82,8 @@ STATUS_FOR_CODE: dict[str, int] = {
     # opted_out and content_rejected: ESME_RSUBMITFAIL (the default below)
 }
 DECODABLE = {0, 1, 3, 8}
+# Bytes of expired parts above which freed heap memory is returned to the OS at once.
+GIVE_BACK_BYTES = 1 << 20
 
 _STATE = {
     MessageStatus.DELIVERED: ("DELIVRD", 2),
@@ -141,6 +145,13 @@ def _address(number: str, ton: int) -> str:
     return number
 
 
+@dataclass(slots=True, frozen=True)
+class _HeldRequest:
+    """A part held for reassembly, as answering it needs it: only its sequence number."""
+
+    sequence_num: int
+
+
 @dataclass(slots=True)
 class _Client:
     account: AccountConfig
@@ -179,7 +190,8 @@ class SmppServer:
         self._conns: set[SmppConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._reassembler: Reassembler[tuple[SmppConnection, Any]] = Reassembler(
-            config.reassembly_timeout, config.max_pending_parts
+            config.reassembly_timeout, config.max_pending_parts, config.max_pending_bytes,
+            config.max_pending_bytes_per_account,
         )
         self._expiry: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -187,6 +199,11 @@ class SmppServer:
         # submit_sm of each session being accepted (answer not sent yet): at most `window`.
         self._submits: dict[SmppConnection, int] = {}
         self._receipts_in_flight = 0
+        # Connections not bound yet (source address each), capped in total and per address.
+        self._unbound: dict[SmppConnection, str] = {}
+        self._unbound_per_address: dict[str, int] = {}
+        # Lines a peer can trigger at will: one per source and window, with a count.
+        self._log_limit = LogLimiter()
         self._stopping = False
         self.port = 0
 
@@ -208,6 +225,9 @@ class SmppServer:
                              lambda: self._reassembler.held)
         metrics.watch_buffer("smpp_submits", window_total, lambda: sum(self._submits.values()))
         metrics.watch_buffer("smpp_receipts", window_total, lambda: self._receipts_in_flight)
+        metrics.watch_buffer("smpp_unbound", self.config.max_unbound, lambda: len(self._unbound))
+        metrics.watch_buffer("reassembly_bytes", self.config.max_pending_bytes,
+                             lambda: self._reassembler.held_bytes)
         log.info("smpp_listening", listen=f"{listen.host}:{self.port}")
 
     @staticmethod
@@ -282,6 +302,7 @@ class SmppServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         metrics.unwatch_buffers("reassembly", "smpp_submits", "smpp_receipts")
+        metrics.unwatch_buffers("smpp_unbound", "reassembly_bytes")
 
     def wake_receipts(self, account: str) -> None:
         state = self._accounts.get(account)
@@ -296,13 +317,62 @@ class SmppServer:
             idle_timeout=self.config.idle_timeout,
             # Our keep-alive must be inside the client's idle limit; theirs drives the link.
             enquire_link_interval=self.config.idle_timeout / 2,
+            bind_timeout=self.config.bind_timeout,
         )
         conn = SmppConnection(session, self._on_event)
+        conn.on_connected = self._on_connected
         self._conns.add(conn)
         conn.closed.add_done_callback(lambda _f: self._forget(conn))
         return conn
 
+    @staticmethod
+    def _address(conn: SmppConnection) -> str:
+        return conn.peername.rpartition(":")[0] or conn.peername
+
+    def _on_connected(self, conn: SmppConnection) -> None:
+        """Count the new connection as unbound, or close it at once when too many are."""
+        address = self._address(conn)
+        reason = None
+        if len(self._unbound) >= self.config.max_unbound:
+            reason = "unbound_total"
+        elif self._unbound_per_address.get(address, 0) >= self.config.max_unbound_per_address:
+            reason = "unbound_per_address"
+        if reason is None:
+            self._unbound[conn] = address
+            self._unbound_per_address[address] = self._unbound_per_address.get(address, 0) + 1
+            return
+        metrics.smpp_connections_refused.labels(reason).inc()
+        held = self._log_limit.allow((address, "refused"), "smpp_connection_refused")
+        if held is not None:
+            log.warning("smpp_connection_refused", peer=address, reason=reason,
+                        unbound=len(self._unbound), max_unbound=self.config.max_unbound,
+                        max_unbound_per_address=self.config.max_unbound_per_address,
+                        suppressed=held)
+        conn.close()
+
+    def _drop_unbound(self, conn: SmppConnection) -> None:
+        address = self._unbound.pop(conn, None)
+        if address is None:
+            return
+        left = self._unbound_per_address.get(address, 0) - 1
+        if left > 0:
+            self._unbound_per_address[address] = left
+        else:
+            self._unbound_per_address.pop(address, None)
+
+    def _on_closed(self, conn: SmppConnection, reason: str) -> None:
+        if conn.session.mode is not None:  # was bound: always worth a line
+            log.info("smpp_session_closed", peer=conn.peername, reason=reason)
+            return
+        if reason == "bind timeout":
+            metrics.smpp_unbound_closed.inc()
+        held = self._log_limit.allow((self._address(conn), "closed"), "smpp_session_closed")
+        if held is not None:
+            log.info("smpp_session_closed", peer=conn.peername, reason=reason, bound=False,
+                     suppressed=held)
+
     def _forget(self, conn: SmppConnection) -> None:
+        self._drop_unbound(conn)
         self._conns.discard(conn)
         self._pending_bind.pop(conn, None)
         for name, state in self._accounts.items():
@@ -317,7 +387,7 @@ class SmppServer:
         elif isinstance(event, Bound):
             self._on_bound(conn, event)
         elif isinstance(event, SessionClosed):
-            log.info("smpp_session_closed", peer=conn.peername, reason=event.reason)
+            self._on_closed(conn, event.reason)
         elif isinstance(event, RequestReceived):
             pdu = event.pdu
             if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
@@ -368,16 +438,21 @@ class SmppServer:
                     status, result = ESME_RBINDFAIL, limit
         if status != ESME_ROK:
             metrics.smpp_binds.labels(result).inc()
-            if result == "rejected":
-                log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
-                            status=f"0x{status:02X}")
+            # Never the presented system_id or password (a typo of one is the other); one line
+            # per source and window, however fast the binds come.
+            held = self._log_limit.allow((address, "bind_rejected"), "smpp_bind_rejected")
+            if held is None:
+                pass
+            elif result == "rejected":
+                log.warning("smpp_bind_rejected", peer=conn.peername, status=f"0x{status:02X}",
+                            suppressed=held)
             else:
                 assert account is not None
-                log.warning("smpp_bind_rejected", peer=conn.peername, system_id=pdu.system_id,
+                log.warning("smpp_bind_rejected", peer=conn.peername,
                             status=f"0x{status:02X}", reason=result, account=account.name,
                             account_sessions=self._sessions_of(account),
                             max_binds=account.max_binds, sessions=self._sessions_total(),
-                            max_sessions=self.config.max_sessions)
+                            max_sessions=self.config.max_sessions, suppressed=held)
             conn.reject_bind(pdu, status)
             return
         assert account is not None
@@ -404,6 +479,7 @@ class SmppServer:
         return None
 
     def _on_bound(self, conn: SmppConnection, event: Bound) -> None:
+        self._drop_unbound(conn)
         account = self._pending_bind.pop(conn)
         state = self._accounts.get(account.name)
         if state is None:  # the account was removed by a reload in between
@@ -468,8 +544,10 @@ class SmppServer:
         key = (client.account.name, pdu.source.number, pdu.destination.number, parts[0],
                parts[1])
         try:
-            whole = self._reassembler.add(key, parts[1], parts[2], body, (conn, pdu),
-                                          self._clock())
+            # A held part keeps its sequence number, not its PDU (the part's text once more).
+            whole = self._reassembler.add(key, parts[1], parts[2], body,
+                                          (conn, _HeldRequest(pdu.sequence_num)),
+                                          self._clock(), client.account.name)
         except ReassemblyFull:
             self._refuse(conn, pdu, ESME_RMSGQFUL, "reassembly_full")
             return
@@ -509,7 +587,11 @@ class SmppServer:
     async def _expire_parts(self) -> None:
         while not self._stopping:
             await asyncio.sleep(1.0)
-            for contexts in self._reassembler.expire(self._clock()):
+            held = self._reassembler.held_bytes
+            expired = self._reassembler.expire(self._clock())
+            if held - self._reassembler.held_bytes >= GIVE_BACK_BYTES:
+                give_back()  # a flood of parts expired: return the heap, not just free it
+            for contexts in expired:
                 for conn, req in contexts:
                     if not conn.closed.done():
                         self._refuse(conn, req, ESME_RSUBMITFAIL, "reassembly_timeout")

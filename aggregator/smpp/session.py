@@ -67,6 +67,8 @@ ESME_RINVBNDSTS: Final = 0x04
 ESME_RALYBND: Final = 0x05
 ESME_RSYSERR: Final = 0x08
 ESME_RBINDFAIL: Final = 0x0D
+ESME_RINVPASWD: Final = 0x0E
+ESME_RINVSYSID: Final = 0x0F
 
 
 class Role(Enum):
@@ -270,6 +272,18 @@ def _decode(cls: Any, data: bytes, length: int, command_id: int, status: int, se
     if known is None:
         pdu.command_status = status
     return pdu
+
+
+def _bind_body_status(body: bytes) -> int:
+    """The status for a bind body aiosmpplib refused: a system_id or password longer than SMPP
+    allows (15 / 8 octets) is a wrong system_id or password, not a server error."""
+    system_id, found, rest = body.partition(b"\0")
+    if not found or len(system_id) > 15:
+        return ESME_RINVSYSID
+    password, found, _ = rest.partition(b"\0")
+    if not found or len(password) > 8:
+        return ESME_RINVPASWD
+    return ESME_RSYSERR
 
 
 _Handler: TypeAlias = Callable[["SmppSession", int, int, int, bytes, list[Event]], None]
@@ -571,7 +585,7 @@ class SmppSession:
         try:
             pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
         except Exception as exc:  # aiosmpplib raises many types on bad bodies
-            self._respond_error(command_id, ESME_RSYSERR, seq)
+            self._respond_error(command_id, _bind_body_status(data[HEADER_LENGTH:]), seq)
             events.append(ProtocolError(f"bad bind body: {exc!r}", "remote"))
             return
         self.state = SessionState.BINDING

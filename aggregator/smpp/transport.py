@@ -43,6 +43,12 @@ class BindError(Exception):
 
 EventHandler = Callable[["SmppConnection", Event], None]
 
+# Seconds a closing connection may take to hand its last bytes to a peer that does not read;
+# then it is aborted, so that a stalled peer cannot hold the connection and its buffer.
+CLOSE_GRACE = 2.0
+# Answers queued by one read that are written at once rather than at the end of the loop turn.
+FLUSH_NOW = 64 * 1024
+
 
 class SmppConnection(asyncio.Protocol):
     def __init__(self, session: SmppSession, on_event: EventHandler | None = None) -> None:
@@ -51,6 +57,8 @@ class SmppConnection(asyncio.Protocol):
         # Called in the same turn as a response, timeout or abort that freed window slots, so
         # the owner can send the next requests at once.
         self.on_window_free: Callable[[], None] | None = None
+        # Called once the peer's address is known (connection_made), e.g. to cap connections.
+        self.on_connected: Callable[[SmppConnection], None] | None = None
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[str] = self._loop.create_future()
         self.peername = ""
@@ -71,6 +79,8 @@ class SmppConnection(asyncio.Protocol):
         self.peername = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._flush()
         self._rearm()
+        if self.on_connected is not None:
+            self.on_connected(self)
 
     def data_received(self, data: bytes) -> None:
         self._process(self.session.receive_data(data, self._loop.time()))
@@ -91,10 +101,18 @@ class SmppConnection(asyncio.Protocol):
             self.closed.set_result(reason)
 
     def pause_writing(self) -> None:
+        # The peer does not read what we send: stop reading what it sends (each request read
+        # queues an answer), until its side drains below the low-water mark.
         self.writable = False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.writable = True
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -146,8 +164,7 @@ class SmppConnection(asyncio.Protocol):
         if self._close_reason is None:
             self._close_reason = "closed locally"
         if self._transport is not None:
-            self._flush()
-            self._transport.close()
+            self._close_transport()
         elif not self.closed.done():
             # Never connected: nothing will call connection_lost.
             self.connection_lost(None)
@@ -159,7 +176,12 @@ class SmppConnection(asyncio.Protocol):
         self._rearm()
 
     def _process(self, events: list[Event]) -> None:
-        if self.session.pending_output:  # e.g. automatic enquire_link_resp, nacks
+        pending = self.session.pending_output
+        if pending >= FLUSH_NOW:
+            # Many answers from one read: write them now, so that a peer that does not read
+            # pauses our reading at once (uvloop reads up to 2 MB per loop turn).
+            self._flush()
+        elif pending:  # e.g. automatic enquire_link_resp, nacks
             self._schedule_flush()
         freed = False
         for event in events:
@@ -192,8 +214,21 @@ class SmppConnection(asyncio.Protocol):
         if self._close_reason is None:
             self._close_reason = reason
         if self._transport is not None:
-            self._flush()  # e.g. our unbind_resp or generic_nack goes out before the close
-            self._transport.close()
+            self._close_transport()  # e.g. our unbind_resp or generic_nack goes out first
+
+    def _close_transport(self) -> None:
+        """Flush and close; abort if the peer has not taken the rest within CLOSE_GRACE."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._flush()
+        transport.close()
+        if transport.get_write_buffer_size() > 0:
+            self._loop.call_later(CLOSE_GRACE, self._abort_if_open, transport)
+
+    def _abort_if_open(self, transport: asyncio.Transport) -> None:
+        if self._transport is transport:
+            transport.abort()
 
     def _emit(self, event: Event) -> None:
         if self.on_event is None:
