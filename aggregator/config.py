@@ -188,6 +188,11 @@ class AccountConfig:
     registered_senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     mo_url: str | None = None  # replies from handsets (not opt-out/help) are POSTed here
     block_transactional_to_opted_out: bool = False
+    # The class of a message that does not name one (policy/classes.py decides): HTTP without
+    # "class", SMPP without a mapped service_type.
+    default_class: str = "transactional"
+    smpp_class: str | None = None  # SMPP submits; None: default_class
+    service_types: Mapping[str, str] = field(default_factory=dict)  # SMPP service_type -> class
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -726,12 +731,42 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
         else:
             mo_url = raw_url
     block = r.boolean("block_transactional_to_opted_out")
+    default_class, smpp_class, service_types = _parse_account_classes(r)
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
                          max_binds=max_binds, max_tps=max_tps, max_http_tps=max_http_tps,
                          registered_senders=registered, mo_url=mo_url,
-                         block_transactional_to_opted_out=block)
+                         block_transactional_to_opted_out=block,
+                         default_class=default_class, smpp_class=smpp_class,
+                         service_types=service_types)
+
+
+def _parse_account_classes(r: _Reader) -> tuple[str, str | None, dict[str, str]]:
+    """default_class, smpp_class and the service_types table of one account."""
+    default_class = r.string("default_class", choices=MESSAGE_CLASSES)
+    smpp_class: str | None = None
+    if r.optional("smpp_class") is not _ABSENT:
+        smpp_class = r.string("smpp_class", choices=MESSAGE_CLASSES)
+    service_types: dict[str, str] = {}
+    raw = r.optional("service_types")
+    if raw is _ABSENT:
+        return default_class, smpp_class, service_types
+    if not isinstance(raw, Mapping):
+        r.problem("service_types", f'must be a table like {{ MKT = "marketing" }}, got '
+                  f"{_show(raw)}")
+        return default_class, smpp_class, service_types
+    for name, cls in raw.items():
+        if not (isinstance(name, str) and 1 <= len(name) <= 5 and name.isascii()
+                and name.isprintable()):
+            r.problem("service_types", f"keys are SMPP service_type values (1-5 printable ASCII "
+                      f"characters), got {_show(name)}")
+        elif cls not in MESSAGE_CLASSES:
+            r.problem("service_types", f"{name} must be 'transactional' or 'marketing', got "
+                      f"{_show(cls)}")
+        else:
+            service_types[name] = cls
+    return default_class, smpp_class, service_types
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:

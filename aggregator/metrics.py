@@ -153,3 +153,18 @@ config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration re
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",
                          "When the configuration in effect was loaded (Unix time)",
                          registry=REGISTRY)
+
+# Country rules, second pass (issue 19)
+message_class_decided = Counter(
+    "smsagg_message_class_decided_total",
+    "How each accepted message's class was decided: request, default_class, smpp_class, "
+    "service_type", ["source"], registry=REGISTRY)
+mo_auto_replies = Counter(
+    "smsagg_mo_auto_replies_total",
+    "Automatic answers to MO keywords (help text, opt-out confirmation) by outcome: sent, "
+    "recent (one already sent to the number within the interval), automated (the sender looks "
+    "automated)", ["kind", "outcome"], registry=REGISTRY)
+messages_retention = Counter(
+    "smsagg_messages_retention_total",
+    "Message data removed by the retention rules: text_erased, purged", ["what"],
+    registry=REGISTRY)

@@ -90,6 +90,7 @@ class MoHandler:
     async def _reply(self, account: str, number: str, sender: str, text: str) -> None:
         """Answer the handset from the sender it wrote to (a transactional message)."""
         try:
-            await self._acceptor.accept(account, SubmitInput(to=number, sender=sender, text=text))
+            await self._acceptor.accept(account, SubmitInput(to=number, sender=sender, text=text,
+                                                             message_class="transactional"))
         except ApiError as exc:
             log.warning("mo_reply_refused", account=account, code=exc.code.value)

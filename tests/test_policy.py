@@ -312,7 +312,8 @@ def test_kz_content_in_russian_and_kazakh() -> None:
 
 @BOTH
 def test_content_rules_apply_to_marketing_only(profile: CountryProfile) -> None:
-    item = msg(profile, message_class="transactional", text="CASINO PAYOUT CONFIRMED!!!! bit.ly/x")
+    # The style rules only; forbidden categories hold for every class (test_class_rules.py).
+    item = msg(profile, message_class="transactional", text="PAYOUT CONFIRMED TODAY!!!! bit.ly/x")
     assert evaluate(profile, item, NOON[profile.region]) == ALLOW
 
 

@@ -112,8 +112,8 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         if isinstance(value, str) and not _is_unicode(value):  # JSON "\ud800": unstorable
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            f"field '{name}' contains an unpaired surrogate")
-    message_class = body.get("class", "transactional")
-    if message_class not in MESSAGE_CLASSES:
+    message_class = body.get("class")  # None: the account's default_class (policy/classes.py)
+    if message_class is not None and message_class not in MESSAGE_CLASSES:
         raise ApiError(400, ErrorCode.BAD_REQUEST,
                        "field 'class' must be 'transactional' or 'marketing'")
     validity = body.get("validity")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aggregator import metrics
 from aggregator.config import AccountConfig
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
+from aggregator.policy.classes import class_for_http
 from aggregator.policy.profiles import CountryProfile
 from aggregator.policy.rules import Defer, PolicyInput, Reject, evaluate
 from aggregator.store.base import Store
@@ -30,6 +31,10 @@ class PolicyGate:
         self._accounts = accounts
         self._store = store
         self._clock = clock
+
+    def default_class(self, account: str) -> str:
+        """The class of a message that names none (policy/classes.py)."""
+        return class_for_http(self._accounts.get(account), None)
 
     async def apply(self, message: Message, number_type: str) -> Message:
         """The message as it may be stored (possibly scheduled); raises ApiError if refused."""

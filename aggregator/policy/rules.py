@@ -13,8 +13,10 @@ Rules run in this order; the first that fires decides:
    (422 sender_not_registered)
 4. opt-out: marketing to an opted-out recipient, or transactional when the account blocks
    those too: 403 opted_out
-5. marketing only: content (422 content_rejected), frequency (429 frequency_capped), then quiet
-   hours: Defer until the next local window opening. Transactional is never deferred.
+5. every class: forbidden content categories (422 content_rejected)
+6. marketing only: content style (all caps, punctuation, link shorteners: 422
+   content_rejected), frequency (429 frequency_capped), then quiet hours: Defer until the next
+   local window opening. Transactional is never deferred.
 """
 
 from __future__ import annotations
@@ -131,6 +133,10 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
         or _check_sender(profile, item)
         or _check_optout(item)
     )
+    if rejected is not None:
+        return rejected
+    # Banned content is banned outright by the guides, in every class (issue 19 item 1).
+    rejected = _check_banned(profile.content, item.text)
     if rejected is not None:
         return rejected
     if item.message_class != MARKETING:
@@ -256,13 +262,26 @@ def _content_rejected(rule: str, detail: str) -> Reject:
     )
 
 
-def _check_content(rules: ContentRules, text: str) -> Reject | None:
+def _check_banned(rules: ContentRules, text: str) -> Reject | None:
+    """Forbidden categories: every message class."""
+    if not rules.forbidden_categories:
+        return None
     norm = unicodedata.normalize("NFKC", text)
-    if rules.forbidden_categories:
-        found = _forbidden_match(_keyword_index(rules.forbidden_categories), _words(norm))
-        if found is not None:
-            name, keyword = found
-            return _content_rejected(f"forbidden_category:{name}", f"contains {keyword!r}")
+    found = _forbidden_match(_keyword_index(rules.forbidden_categories), _words(norm))
+    if found is None:
+        return None
+    name, keyword = found
+    return Reject(
+        422,
+        PolicyCode.CONTENT_REJECTED,
+        f"text rejected by content rule forbidden_category:{name}: contains {keyword!r}",
+        f"forbidden_category:{name}",
+    )
+
+
+def _check_content(rules: ContentRules, text: str) -> Reject | None:
+    """The carrier-filtering style rules: marketing only."""
+    norm = unicodedata.normalize("NFKC", text)
     cased = [c for c in text if c.isupper() or c.islower()]
     if len(cased) >= rules.all_caps_min_letters:
         ratio = sum(c.isupper() for c in cased) / len(cased)
