@@ -87,7 +87,8 @@ class App:
             policy=PolicyGate(self.profiles, self.accounts, self.store),
         )
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
-                            self.callbacks.wake, on_smpp=self._wake_smpp)
+                            self.callbacks.wake, on_smpp=self._wake_smpp,
+                            auto_reply_interval=config.policy.auto_reply_interval)
         self.workers = (
             IngressWorkers(config.http.workers, config.http.listen, config_path, self.store,
                            self.dispatcher.wake, self.readiness)

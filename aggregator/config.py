@@ -206,6 +206,9 @@ class PolicyConfig:
     """Country rules: profiles from a directory of TOML files (default: the bundled ones)."""
 
     countries: str | None = None
+    # Each automatic answer (help text, opt-out confirmation) goes to a number at most once per
+    # this many seconds, per account and kind (issue 19 item 4).
+    auto_reply_interval: float = 86400.0
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -522,7 +525,8 @@ def _parse_policy(r: _Reader) -> PolicyConfig:
             r.problem("countries", f"must be a directory path, got {_show(raw)}")
         else:
             countries = raw
-    return PolicyConfig(countries=countries)
+    return PolicyConfig(countries=countries,
+                        auto_reply_interval=r.number("auto_reply_interval", gt=0))
 
 
 def _parse_metrics(r: _Reader) -> MetricsConfig:

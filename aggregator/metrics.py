@@ -168,3 +168,7 @@ messages_retention = Counter(
     "smsagg_messages_retention_total",
     "Message data removed by the retention rules: text_erased, purged", ["what"],
     registry=REGISTRY)
+mo_forwarded = Counter(
+    "smsagg_mo_forwarded_total",
+    "MO replies handed to the account: mo_url, smpp, or none (the account has neither; logged "
+    "as mo_dropped)", ["to"], registry=REGISTRY)

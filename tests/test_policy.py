@@ -107,7 +107,8 @@ def test_profiles_from_guides() -> None:
     assert XK.sending_windows.marketing == Window(time(9), time(20))
     assert KZ.sending_windows.marketing == Window(time(9), time(21))
     assert XK.optout.keywords[:3] == ("STOP", "NDALO", "PRESTANI")
-    assert set(KZ.optout.keywords) == {"STOP", "СТОП", "ОТПИСАТЬСЯ", "ТОҚТАТУ"}
+    assert set(KZ.optout.keywords) == {"STOP", "СТОП", "ТОҚТА", "ТОКТА", "ТОҚТАТУ", "ТОКТАТУ",
+                                       "ОТПИСАТЬСЯ"}
     assert XK.optout.confirmation and KZ.optout.confirmation
 
 
@@ -510,7 +511,7 @@ def test_unknown_class_or_sender_kind_refused() -> None:
         (XK, "STOP\r\n", "optout"),
         (XK, "Prestani\t ", "optout"),
         (XK, "ПРЕСТАНИ", "optout"),
-        (XK, "Stop please", "other"),
+        (XK, "Stop please", "optout"),  # first word (issue 19 item 3)
         (XK, "S T O P", "other"),
         (XK, "HELP", "help"),
         (XK, "ndihmë", "help"),
@@ -523,7 +524,7 @@ def test_unknown_class_or_sender_kind_refused() -> None:
         (KZ, "тоқтату", "optout"),
         (KZ, "ТОҚТАТУ\n", "optout"),
         (KZ, "Stop", "optout"),
-        (KZ, "стоп пожалуйста", "other"),
+        (KZ, "стоп пожалуйста", "optout"),
         (KZ, "помощь", "help"),
         (KZ, "Көмек", "help"),
         (KZ, "NDALO", "other"),

@@ -38,7 +38,6 @@ from aggregator.policy.profiles import (
     Frequency,
     OptOut,
     Window,
-    normalize_keyword,
 )
 
 __all__ = [
@@ -157,16 +156,31 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
 def classify_mo(profile: CountryProfile | None, text: str) -> MoKind:
     """A mobile-originated text: an opt-out keyword, a help keyword, or anything else.
 
-    The whole message must be the keyword (case-insensitive, surrounding whitespace ignored);
-    without a profile the defaults STOP / HELP apply.
+    A keyword matches as the first word(s) of the message, case-insensitively (NFKC, Unicode
+    case folding), whatever punctuation or whitespace surrounds it: "Stop please", "Ndalo!",
+    " stop. " all match STOP; "Stopping", "S T O P" do not. Without a profile the defaults
+    STOP / HELP apply.
     """
     optout = profile.optout if profile is not None else OptOut()
-    norm = normalize_keyword(text)
-    if norm in _keyword_set(optout.keywords):
+    words = tuple(_words(unicodedata.normalize("NFKC", text)))
+    if not words:
+        return "other"
+    if _starts_with_keyword(words, _keyword_words(optout.keywords)):
         return "optout"
-    if norm in _keyword_set(optout.help_keywords):
+    if _starts_with_keyword(words, _keyword_words(optout.help_keywords)):
         return "help"
     return "other"
+
+
+@lru_cache(maxsize=256)
+def _keyword_words(keywords: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Each keyword as its case-folded words (a keyword may have several: "opt out")."""
+    split = (tuple(_words(unicodedata.normalize("NFKC", k))) for k in keywords)
+    return tuple(w for w in split if w)
+
+
+def _starts_with_keyword(words: tuple[str, ...], keywords: tuple[tuple[str, ...], ...]) -> bool:
+    return any(words[: len(k)] == k for k in keywords)
 
 
 def next_window_opening(window: Window, zone: ZoneInfo, now_utc: datetime) -> datetime:
@@ -422,7 +436,3 @@ def _shortener_pattern(domains: tuple[str, ...]) -> re.Pattern[str]:
     alternatives = "|".join(re.escape(d) for d in sorted(domains, key=len, reverse=True))
     return re.compile(rf"(?<![\w.-])(?:[\w-]+\.)*(?:{alternatives})(?!\.?[\w-])", re.IGNORECASE)
 
-
-@lru_cache(maxsize=256)
-def _keyword_set(keywords: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(normalize_keyword(k) for k in keywords)
