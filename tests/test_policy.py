@@ -144,7 +144,8 @@ def test_schema_documents_every_key() -> None:
 
 def test_country_without_profile_passes() -> None:
     night = utc(2026, 1, 14, 2, 0)
-    item = msg(None, number_type="fixed_line", sender_kind="shortcode", sender="12345",
+    # A fixed line is refused without a profile too (test_landlines.py): one place decides.
+    item = msg(None, number_type="fixed_line_or_mobile", sender_kind="shortcode", sender="12345",
                text="CASINO!!!! bit.ly/x", marketing_sent_last_30d=99)
     assert evaluate(None, item, night) == ALLOW
     assert evaluate(None, dataclasses.replace(item, region=None), night) == ALLOW

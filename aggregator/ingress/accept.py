@@ -14,6 +14,7 @@ from aggregator.config import MessagesConfig
 from aggregator.model import ApiError, ErrorCode, Message, new_message_id
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
 from aggregator.policy.gate import PolicyGate
+from aggregator.policy.rules import check_landline
 from aggregator.routing import RouteTable
 from aggregator.store.base import AcceptResult, Store, StoreBusy, StoreError
 from aggregator.text import choose_encoding, count_segments, transliterate
@@ -72,6 +73,10 @@ class Acceptor:
         message, number_type = self._build(account, item)
         if self.policy is not None:
             message = await self.policy.apply(message, number_type)
+        else:  # no country rules: landlines still take the rules' default (not supported)
+            landline = check_landline(None, number_type)
+            if landline is not None:
+                raise self._reject(landline.status, ErrorCode.NOT_MOBILE, landline.message)
         return message
 
     def _build(self, account: str, item: SubmitInput) -> tuple[Message, str]:

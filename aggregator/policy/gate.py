@@ -46,7 +46,7 @@ class PolicyGate:
         opted_out = False
         if marketing or account.block_transactional_to_opted_out:
             opted_out = await self._store.is_opted_out(message.account, message.to)
-        if profile is None and not opted_out:
+        if profile is None and not opted_out and number_type != "fixed_line":
             return message  # the common case for transactional traffic: no store reads
         count, last = 0, None
         now = self._clock()

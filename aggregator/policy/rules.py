@@ -6,7 +6,8 @@ passed in ``PolicyInput``.
 
 Rules run in this order; the first that fires decides:
 
-1. no profile for the region: Allow, except opt-out (rule 4), which holds in every country
+1. no profile for the region: Allow, except landlines (rule 2, as not supported) and opt-out
+   (rule 4), which hold in every country
 2. landline (``number_type == "fixed_line"``) where ``landlines_supported`` is false: 422 not_mobile
 3. sender: type not supported (422 sender_type_unsupported), alphanumeric too long
    (422 invalid_sender), alphanumeric not registered where registration is required
@@ -48,6 +49,7 @@ __all__ = [
     "PolicyInput",
     "Reject",
     "Verdict",
+    "check_landline",
     "classify_mo",
     "evaluate",
     "next_window_opening",
@@ -125,10 +127,11 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
     if item.sender_kind not in _SENDER_KINDS:
         raise ValueError(f"unknown sender_kind {item.sender_kind!r}")
     if profile is None:
-        # Opt-out is the recipient's choice, not a country rule: it holds everywhere.
-        return _check_optout(item) or ALLOW
+        # Opt-out is the recipient's choice, not a country rule: it holds everywhere. Landlines
+        # take the default (not supported).
+        return check_landline(None, item.number_type) or _check_optout(item) or ALLOW
     rejected = (
-        _check_landline(profile, item)
+        check_landline(profile, item.number_type)
         or _check_sender(profile, item)
         or _check_optout(item)
     )
@@ -201,8 +204,16 @@ def next_window_opening(window: Window, zone: ZoneInfo, now_utc: datetime) -> da
 # --------------------------------------------------------------------------- rules
 
 
-def _check_landline(profile: CountryProfile, item: PolicyInput) -> Reject | None:
-    if item.number_type == "fixed_line" and not profile.landlines_supported:
+def check_landline(profile: CountryProfile | None, number_type: str) -> Reject | None:
+    """The one place that decides whether a fixed-line number may get SMS: the profile's
+    ``landlines_supported``; without a profile, not (numbers.py lets fixed lines through)."""
+    if number_type != "fixed_line":
+        return None
+    if profile is None:
+        return Reject(422, PolicyCode.NOT_MOBILE,
+                      "the number is a fixed-line number; it cannot receive SMS",
+                      "landlines_supported")
+    if not profile.landlines_supported:
         return Reject(
             422,
             PolicyCode.NOT_MOBILE,
