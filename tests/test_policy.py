@@ -189,8 +189,15 @@ def test_short_codes_unsupported(profile: CountryProfile, message_class: str) ->
 
 @BOTH
 def test_international_long_code_allowed(profile: CountryProfile) -> None:
-    item = msg(profile, sender="+38344123456", sender_kind="international")
+    # A foreign long number passes; a domestic one (+383 to Kosovo, +7 7xx to Kazakhstan) is
+    # refused: "domestic long codes not available" (issue 19 item 5, test_sender_types.py).
+    item = msg(profile, sender="+4915123456789", sender_kind="international")
     assert evaluate(profile, item, NOON[profile.region]) == ALLOW
+    domestic = {"XK": "+38344123456", "KZ": "+77011234567"}[profile.region]
+    verdict = reject(evaluate(profile, msg(profile, sender=domestic,
+                                           sender_kind="international"), NOON[profile.region]))
+    assert (verdict.code, verdict.rule) == ("sender_type_unsupported",
+                                            "senders.domestic_long_codes")
 
 
 def test_long_codes_and_alphanumeric_can_be_switched_off() -> None:

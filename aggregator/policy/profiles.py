@@ -99,6 +99,9 @@ class Senders:
     long_codes: bool = True
     short_codes: bool = True
     max_alphanumeric_length: int = 11
+    # False: a long number of this country (domestic) is refused as sender; international long
+    # numbers (other countries') still pass when long_codes is true.
+    domestic_long_codes: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +332,7 @@ def _parse_senders(r: _Reader) -> Senders:
         max_alphanumeric_length=r.integer(
             "max_alphanumeric_length", d.max_alphanumeric_length, lo=1, hi=11
         ),
+        domestic_long_codes=r.boolean("domestic_long_codes", d.domestic_long_codes),
     )
     r.finish()
     return senders

@@ -32,6 +32,8 @@ from functools import lru_cache
 from typing import Final, Literal, TypeAlias
 from zoneinfo import ZoneInfo
 
+import phonenumbers
+
 from aggregator.policy.profiles import (
     ContentRules,
     CountryProfile,
@@ -238,6 +240,10 @@ def _check_sender(profile: CountryProfile, item: PolicyInput) -> Reject | None:
         return _unsupported(profile, "short code", "senders.short_codes")
     if item.sender_kind == "international" and not senders.long_codes:
         return _unsupported(profile, "long number", "senders.long_codes")
+    if (item.sender_kind == "international" and not senders.domestic_long_codes
+            and _number_region(item.sender) == profile.region):
+        return _unsupported(profile, f"domestic long number ({item.sender})",
+                            "senders.domestic_long_codes")
     if item.sender_kind != "alphanumeric":
         return None
     if not senders.alphanumeric:
@@ -439,6 +445,15 @@ def _forbidden_match(index: _KeywordIndex, words: Sequence[str]) -> tuple[str, s
             if (best is None or position < best[0]) and tuple(words[i : i + len(seq)]) == seq:
                 best = (position, name, keyword)
     return None if best is None else (best[1], best[2])
+
+
+@lru_cache(maxsize=1024)
+def _number_region(e164: str) -> str | None:
+    """The region of a +E.164 sender ("+38344123456" -> "XK", "+77011234567" -> "KZ")."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        return None
 
 
 @lru_cache(maxsize=64)
