@@ -39,6 +39,7 @@ from aggregator.receipts import (
     parse_receipt,
     receipt_error,
 )
+from aggregator.retention import Retention
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore
@@ -72,6 +73,7 @@ class App:
         # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}
         self.callbacks = CallbackSender(self.store, config.callbacks)
+        self.retention = Retention(self.store, config.messages)
         self.receipts = ReceiptProcessor(self.store, self._on_final)
         self.dispatcher = Dispatcher(
             self.store, self.routes, self.pools, config.messages, self._on_final,
@@ -249,6 +251,7 @@ class App:
             pool.start()
         self.callbacks.start()
         self.dispatcher.start()
+        self.retention.start()
         self._gauges = asyncio.create_task(self._update_gauges(), name="gauges")
         metrics.queue_bound.set(self.config.store.max_pending)
         self._publish_bounds()
@@ -312,6 +315,7 @@ class App:
         for pool in [*self.pools.values(), *self._retiring]:
             await pool.stop()
         await self.callbacks.stop()
+        await self.retention.stop()
         await self.receipts.close()
         if self._gauges is not None:
             self._gauges.cancel()

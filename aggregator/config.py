@@ -58,6 +58,7 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
 RECEIPT_ID_MODES: Final = ("as_is", "hex_to_dec", "dec_to_hex")
 MESSAGE_CLASSES: Final = ("transactional", "marketing")
+KEEP_TEXT_MODES: Final = ("always", "until_final", "never")
 ROUTE_STRATEGIES: Final = ("failover", "weighted")
 
 # SMPP 3.4 C-octet string limits (without the NUL); aiosmpplib refuses longer values at bind
@@ -131,6 +132,8 @@ class MessagesConfig:
     max_attempts: int = 20
     retry_min: float = 0.5
     retry_max: float = 60.0
+    keep_text: str = "always"  # always | until_final | never (kept only until submitted)
+    retention_days: int = 365  # final messages' metadata is purged this long after creation
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -593,6 +596,8 @@ def _parse_messages(r: _Reader) -> MessagesConfig:
         max_attempts=max_attempts,
         retry_min=retry_min,
         retry_max=retry_max,
+        keep_text=r.string("keep_text", choices=KEEP_TEXT_MODES),
+        retention_days=r.integer("retention_days", lo=1, hi=36500),
     )
 
 

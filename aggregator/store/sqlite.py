@@ -674,6 +674,18 @@ class SqliteStore:
         removed: bool = await self._submit("remove_optout", account, number)
         return removed
 
+    # ---- retention (writes.erase_texts / purge_before) -------------------------------------
+
+    async def erase_texts(self, keep_text: str, limit: int) -> int:
+        """Blank up to ``limit`` texts ``keep_text`` no longer keeps; how many were blanked."""
+        erased: int = await self._submit("erase_texts", keep_text, limit)
+        return erased
+
+    async def purge_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` final messages created before ``cutoff`` (and their rows)."""
+        purged: int = await self._submit("purge_before", cutoff, limit)
+        return purged
+
     async def is_opted_out(self, account: str, number: str) -> bool:
         rows = await asyncio.to_thread(
             self._read, "SELECT 1 FROM optouts WHERE account = ? AND number = ?",
