@@ -33,6 +33,7 @@ from aggregator.outbound.connection import Bind
 from aggregator.outbound.pool import ProviderPool
 from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
+from aggregator.policy.throughput import CountryThroughput
 from aggregator.receipts import (
     ReceiptProcessor,
     normalise_receipt_id,
@@ -82,6 +83,7 @@ class App:
         for pool in self.pools.values():
             self._wire(pool)
         self.profiles = profiles_for(config.policy.countries)
+        self.dispatcher.country_limits = CountryThroughput(self.profiles)
         self.accounts = {a.name: a for a in config.accounts}
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,

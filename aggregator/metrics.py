@@ -172,3 +172,7 @@ mo_forwarded = Counter(
     "smsagg_mo_forwarded_total",
     "MO replies handed to the account: mo_url, smpp, or none (the account has neither; logged "
     "as mo_dropped)", ["to"], registry=REGISTRY)
+country_rate_waits = Counter(
+    "smsagg_country_rate_waits_total",
+    "Messages that waited for a country's [throughput] limit before being submitted",
+    ["region"], registry=REGISTRY)

@@ -43,6 +43,7 @@ __all__ = [
     "ProfileError",
     "Senders",
     "SendingWindows",
+    "Throughput",
     "Window",
     "bundled_profiles",
     "load_profiles",
@@ -136,6 +137,14 @@ class Frequency:
 
 
 @dataclass(frozen=True, slots=True)
+class Throughput:
+    """Country-wide sending rate over every provider (SMS parts); None = no limit."""
+
+    max_per_second: int | None = None
+    max_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CountryProfile:
     region: str  # ISO 3166 code as phonenumbers reports it ("XK", "KZ")
     name: str
@@ -148,6 +157,7 @@ class CountryProfile:
     content: ContentRules = ContentRules()
     frequency: Frequency = Frequency()
     source: str = field(default="", compare=False)
+    throughput: Throughput = Throughput()
 
 
 class ProfileError(ConfigError):
@@ -414,6 +424,15 @@ def _parse_frequency(r: _Reader) -> Frequency:
     return frequency
 
 
+def _parse_throughput(r: _Reader) -> Throughput:
+    throughput = Throughput(
+        max_per_second=r.integer("max_per_second", None, lo=1, hi=100_000),
+        max_per_minute=r.integer("max_per_minute", None, lo=1, hi=1_000_000),
+    )
+    r.finish()
+    return throughput
+
+
 def _parse_timezone(r: _Reader) -> ZoneInfo | None:
     name = r.string("timezone", "", required=True)
     if not name:
@@ -458,6 +477,7 @@ def parse_profile(
     optout = _parse_optout(top.table("optout"))
     content = _parse_content(top.table("content"))
     frequency = _parse_frequency(top.table("frequency"))
+    throughput = _parse_throughput(top.table("throughput"))
     top.finish()
     if problems or zone is None:
         raise ProfileError(problems)
@@ -473,6 +493,7 @@ def parse_profile(
         content=content,
         frequency=frequency,
         source=source,
+        throughput=throughput,
     )
 
 
