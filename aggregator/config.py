@@ -196,6 +196,9 @@ class AccountConfig:
     default_class: str = "transactional"
     smpp_class: str | None = None  # SMPP submits; None: default_class
     service_types: Mapping[str, str] = field(default_factory=dict)  # SMPP service_type -> class
+    # region -> documented content categories (profile [content.documented_categories]) this
+    # account has given the documents for, e.g. { KZ = ["financial"] }
+    cleared_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -741,6 +744,7 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
             mo_url = raw_url
     block = r.boolean("block_transactional_to_opted_out")
     default_class, smpp_class, service_types = _parse_account_classes(r)
+    cleared = _parse_region_lists(r, "cleared_categories", '{ KZ = ["financial"] }')
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
@@ -748,7 +752,26 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
                          registered_senders=registered, mo_url=mo_url,
                          block_transactional_to_opted_out=block,
                          default_class=default_class, smpp_class=smpp_class,
-                         service_types=service_types)
+                         service_types=service_types, cleared_categories=cleared)
+
+
+def _parse_region_lists(r: _Reader, key: str, example: str) -> dict[str, tuple[str, ...]]:
+    """A table of region code -> array of non-empty strings."""
+    out: dict[str, tuple[str, ...]] = {}
+    raw = r.optional(key)
+    if raw is _ABSENT:
+        return out
+    if not isinstance(raw, Mapping):
+        r.problem(key, f"must be a table like {example}, got {_show(raw)}")
+        return out
+    for region, items in raw.items():
+        if not (isinstance(region, str) and len(region) == 2 and region.isupper()):
+            r.problem(key, f"keys are ISO region codes like 'KZ', got {_show(region)}")
+        elif not isinstance(items, list) or not all(isinstance(x, str) and x for x in items):
+            r.problem(key, f"{region} must be an array of names, got {_show(items)}")
+        else:
+            out[region] = tuple(items)
+    return out
 
 
 def _parse_account_classes(r: _Reader) -> tuple[str, str | None, dict[str, str]]:

@@ -67,6 +67,7 @@ class PolicyGate:
             block_transactional_to_opted_out=account.block_transactional_to_opted_out,
             marketing_sent_last_30d=count,
             last_marketing_at=last,
+            cleared_categories=account.cleared_categories,
         ), datetime.fromtimestamp(now, UTC))
         if isinstance(verdict, Reject):
             metrics.messages_rejected.labels(verdict.code).inc()

@@ -126,6 +126,11 @@ class ContentRules:
     all_caps_min_letters: int = 10
     max_repeated_punctuation: int = 3
     url_shorteners: tuple[str, ...] = DEFAULT_URL_SHORTENERS
+    # Categories that need documents: refused unless the account is cleared for them here.
+    documented_categories: tuple[ForbiddenCategory, ...] = ()
+    # Marketing must say how to opt out: contain one of optout_instructions (case-insensitive).
+    require_optout_instructions: bool = False
+    optout_instructions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,15 +377,16 @@ def _parse_optout(r: _Reader) -> OptOut:
     return optout
 
 
-def _parse_categories(r: _Reader) -> tuple[ForbiddenCategory, ...]:
-    value = r.get("forbidden_categories")
+def _parse_categories(r: _Reader, key: str = "forbidden_categories"
+                      ) -> tuple[ForbiddenCategory, ...]:
+    value = r.get(key)
     if value is _ABSENT:
         return ()
     if not isinstance(value, Mapping):
-        r.problem("forbidden_categories", f"must be a table, got {_show(value)}")
+        r.problem(key, f"must be a table, got {_show(value)}")
         return ()
     categories: list[ForbiddenCategory] = []
-    base = r.where("forbidden_categories")
+    base = r.where(key)
     for name, words in value.items():
         where = f"{base}.{_key_text(name)}"
         if not _CATEGORY_RE.fullmatch(name):
@@ -404,6 +410,10 @@ def _parse_content(r: _Reader) -> ContentRules:
                       f"{_show(domain)}", at=f"{r.where('url_shorteners')}[{i}]")
     content = ContentRules(
         forbidden_categories=categories,
+        documented_categories=_parse_categories(r, "documented_categories"),
+        require_optout_instructions=r.boolean("require_optout_instructions",
+                                              d.require_optout_instructions),
+        optout_instructions=r.string_list("optout_instructions", d.optout_instructions),
         max_uppercase_ratio=r.number("max_uppercase_ratio", d.max_uppercase_ratio, lo=0, hi=1),
         all_caps_min_letters=r.integer("all_caps_min_letters", d.all_caps_min_letters, lo=1),
         max_repeated_punctuation=r.integer(
@@ -411,6 +421,9 @@ def _parse_content(r: _Reader) -> ContentRules:
         ),
         url_shorteners=shorteners,
     )
+    if content.require_optout_instructions and not content.optout_instructions:
+        r.problem("optout_instructions",
+                  "must list at least one phrase when require_optout_instructions is true")
     r.finish()
     return content
 

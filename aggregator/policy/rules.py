@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
@@ -116,6 +116,8 @@ class PolicyInput:
     block_transactional_to_opted_out: bool = False
     marketing_sent_last_30d: int = 0  # marketing messages to this recipient in the last 30 days
     last_marketing_at: datetime | None = None  # tz-aware
+    # region -> documented content categories the account is cleared for (account config)
+    cleared_categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -139,8 +141,9 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
     )
     if rejected is not None:
         return rejected
-    # Banned content is banned outright by the guides, in every class (issue 19 item 1).
-    rejected = _check_banned(profile.content, item.text)
+    # Banned content is banned outright by the guides, in every class (issue 19 item 1); so is
+    # content that needs documents the account has not given (item 7).
+    rejected = _check_banned(profile.content, item.text) or _check_documented(profile, item)
     if rejected is not None:
         return rejected
     if item.message_class != MARKETING:
@@ -310,8 +313,51 @@ def _check_banned(rules: ContentRules, text: str) -> Reject | None:
     )
 
 
+def _check_documented(profile: CountryProfile, item: PolicyInput) -> Reject | None:
+    """Categories that need documents (KZ financial, healthcare): every class, unless the
+    account is cleared for the category in this country."""
+    categories = profile.content.documented_categories
+    if not categories:
+        return None
+    cleared = set(item.cleared_categories.get(profile.region, ()))
+    pending = tuple(c for c in categories if c.name not in cleared)
+    if not pending:
+        return None
+    found = _forbidden_match(_keyword_index(pending),
+                             _words(unicodedata.normalize("NFKC", item.text)))
+    if found is None:
+        return None
+    name, keyword = found
+    return Reject(
+        422,
+        PolicyCode.CONTENT_REJECTED,
+        f"text rejected by content rule documented_category:{name}: contains {keyword!r}; "
+        f"{name} messages to {profile.name} need documents: account {item.account!r} is not "
+        f"cleared for them",
+        f"documented_category:{name}",
+    )
+
+
+def _check_optout_instructions(rules: ContentRules, text: str) -> Reject | None:
+    """Marketing to a country without two-way SMS must say how to opt out (profile flag)."""
+    if not rules.require_optout_instructions:
+        return None
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    if any(unicodedata.normalize("NFKC", m).casefold() in folded
+           for m in rules.optout_instructions):
+        return None
+    return _content_rejected(
+        "optout_instructions",
+        "marketing texts here must say how to opt out (one of: "
+        + ", ".join(repr(m) for m in rules.optout_instructions[:5]) + ")",
+    )
+
+
 def _check_content(rules: ContentRules, text: str) -> Reject | None:
     """The carrier-filtering style rules: marketing only."""
+    rejected = _check_optout_instructions(rules, text)
+    if rejected is not None:
+        return rejected
     norm = unicodedata.normalize("NFKC", text)
     cased = [c for c in text if c.isupper() or c.islower()]
     if len(cased) >= rules.all_caps_min_letters:
