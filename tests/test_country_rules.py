@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from aggregator.app import App
+from aggregator.policy.profiles import bundled_profiles
 from aggregator.store.base import StoreError
 from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import SmscProfile
@@ -27,6 +28,8 @@ NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC).timestamp()
 # 02:00 UTC tomorrow is 03:00 or 04:00 in Kosovo: outside the window, which opens at 09:00 local.
 # Tomorrow, so that the dispatcher (on the real clock) must wait for it.
 _TOMORROW = (datetime.now(UTC) + timedelta(days=1)).date()
+while _TOMORROW in bundled_profiles()["XK"].calendar.holidays:  # not a day marketing waits out
+    _TOMORROW += timedelta(days=1)
 NIGHT = datetime.combine(_TOMORROW, time(2, 0), UTC).timestamp()
 OPENS = datetime.combine(_TOMORROW, time(9, 0), ZoneInfo("Europe/Belgrade")).timestamp()
 

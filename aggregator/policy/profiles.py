@@ -17,7 +17,7 @@ import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, time
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -35,6 +35,7 @@ from aggregator.tomlcheck import toml_problem
 
 __all__ = [
     "DEFAULT_URL_SHORTENERS",
+    "Calendar",
     "ContentRules",
     "CountryProfile",
     "ForbiddenCategory",
@@ -141,6 +142,25 @@ class Frequency:
     min_interval_hours: float | None = None
 
 
+WEEKDAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                   "sunday")
+
+
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    """Days marketing is held back on (deferred to the next allowed day's window)."""
+
+    weekend: tuple[int, ...] = (5, 6)  # date.weekday() numbers: Saturday, Sunday
+    avoid_weekends: bool = False
+    avoid_holidays: bool = False
+    holidays: frozenset[date] = frozenset()
+
+    def allows(self, day: date) -> bool:
+        if self.avoid_holidays and day in self.holidays:
+            return False
+        return not (self.avoid_weekends and day.weekday() in self.weekend)
+
+
 @dataclass(frozen=True, slots=True)
 class Throughput:
     """Country-wide sending rate over every provider (SMS parts); None = no limit."""
@@ -163,6 +183,7 @@ class CountryProfile:
     frequency: Frequency = Frequency()
     source: str = field(default="", compare=False)
     throughput: Throughput = Throughput()
+    calendar: Calendar = Calendar()
 
 
 class ProfileError(ConfigError):
@@ -437,6 +458,58 @@ def _parse_frequency(r: _Reader) -> Frequency:
     return frequency
 
 
+_MONTH_DAY_RE: Final = re.compile(r"(?P<m>[0-9]{2})-(?P<d>[0-9]{2})")
+
+
+def _parse_holidays(r: _Reader) -> frozenset[date]:
+    """[calendar.holidays]: year = ["MM-DD", ...] (data per year: movable feasts differ)."""
+    value = r.get("holidays")
+    if value is _ABSENT:
+        return frozenset()
+    if not isinstance(value, Mapping):
+        r.problem("holidays", f'must be a table like {{ 2026 = ["01-01"] }}, got {_show(value)}')
+        return frozenset()
+    days: set[date] = set()
+    base = r.where("holidays")
+    for year, items in value.items():
+        where = f"{base}.{_key_text(year)}"
+        if not (isinstance(year, str) and year.isdigit() and len(year) == 4):
+            r.problem("holidays", "keys are years like 2026", at=where)
+            continue
+        for i, item in enumerate(_strings(r, year, items, where)):
+            match = _MONTH_DAY_RE.fullmatch(item)
+            try:
+                if match is None:
+                    raise ValueError
+                days.add(date(int(year), int(match["m"]), int(match["d"])))
+            except ValueError:
+                r.problem("holidays", f'must be a date "MM-DD" of {year}, got {_show(item)}',
+                          at=f"{where}[{i}]")
+    return frozenset(days)
+
+
+def _parse_calendar(r: _Reader) -> Calendar:
+    d = Calendar()
+    names = r.string_list("weekend", tuple(WEEKDAYS[i] for i in d.weekend))
+    weekend: list[int] = []
+    for i, name in enumerate(names):
+        if name.lower() in WEEKDAYS:
+            weekend.append(WEEKDAYS.index(name.lower()))
+        else:
+            r.problem("weekend", f"must be a day name like 'saturday', got {_show(name)}",
+                      at=f"{r.where('weekend')}[{i}]")
+    calendar = Calendar(
+        weekend=tuple(sorted(set(weekend))),
+        avoid_weekends=r.boolean("avoid_weekends", d.avoid_weekends),
+        avoid_holidays=r.boolean("avoid_holidays", d.avoid_holidays),
+        holidays=_parse_holidays(r),
+    )
+    if calendar.avoid_weekends and len(calendar.weekend) == len(WEEKDAYS):
+        r.problem("weekend", "cannot be every day when avoid_weekends is true")
+    r.finish()
+    return calendar
+
+
 def _parse_throughput(r: _Reader) -> Throughput:
     throughput = Throughput(
         max_per_second=r.integer("max_per_second", None, lo=1, hi=100_000),
@@ -491,6 +564,7 @@ def parse_profile(
     content = _parse_content(top.table("content"))
     frequency = _parse_frequency(top.table("frequency"))
     throughput = _parse_throughput(top.table("throughput"))
+    calendar = _parse_calendar(top.table("calendar"))
     top.finish()
     if problems or zone is None:
         raise ProfileError(problems)
@@ -507,6 +581,7 @@ def parse_profile(
         frequency=frequency,
         source=source,
         throughput=throughput,
+        calendar=calendar,
     )
 
 

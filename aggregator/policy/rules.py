@@ -16,8 +16,9 @@ Rules run in this order; the first that fires decides:
    those too: 403 opted_out
 5. every class: forbidden content categories (422 content_rejected)
 6. marketing only: content style (all caps, punctuation, link shorteners: 422
-   content_rejected), frequency (429 frequency_capped), then quiet hours: Defer until the next
-   local window opening. Transactional is never deferred.
+   content_rejected), frequency (429 frequency_capped), then quiet hours and the calendar
+   (holidays, weekends): Defer until the next local window opening on an allowed day.
+   Transactional is never deferred.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "check_landline",
     "classify_mo",
     "evaluate",
+    "next_allowed_opening",
     "next_window_opening",
 ]
 
@@ -154,11 +156,11 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
     if rejected is not None:
         return rejected
     window = profile.sending_windows.marketing
-    if window is not None:
-        local = now_utc.astimezone(profile.timezone)
-        if not window.contains(local.time().replace(tzinfo=None)):
-            return Defer(next_window_opening(window, profile.timezone, now_utc))
-    return ALLOW
+    local = now_utc.astimezone(profile.timezone)
+    in_window = window is None or window.contains(local.time().replace(tzinfo=None))
+    if in_window and profile.calendar.allows(local.date()):
+        return ALLOW
+    return Defer(next_allowed_opening(profile, now_utc))
 
 
 def classify_mo(profile: CountryProfile | None, text: str) -> MoKind:
@@ -204,6 +206,24 @@ def next_window_opening(window: Window, zone: ZoneInfo, now_utc: datetime) -> da
     if opening <= local:
         opening += timedelta(days=1)  # naive: the same wall time on the next calendar day
     return _wall_to_utc(opening, zone)
+
+
+def next_allowed_opening(profile: CountryProfile, now_utc: datetime) -> datetime:
+    """The first marketing window opening after ``now_utc`` on a day the profile's calendar
+    allows (not a holiday / weekend it avoids); local midnight when there is no window."""
+    zone = profile.timezone
+    window = profile.sending_windows.marketing
+    at = now_utc
+    for _ in range(800):  # two years of days: a calendar cannot hold everything back
+        if window is not None:
+            opening = next_window_opening(window, zone, at)
+        else:
+            day = at.astimezone(zone).date() + timedelta(days=1)
+            opening = _wall_to_utc(datetime.combine(day, datetime.min.time()), zone)
+        if profile.calendar.allows(opening.astimezone(zone).date()):
+            return opening
+        at = opening
+    raise ValueError(f"{profile.region}: the calendar allows no day in two years")
 
 
 # --------------------------------------------------------------------------- rules
