@@ -199,6 +199,10 @@ class AccountConfig:
     # region -> documented content categories (profile [content.documented_categories]) this
     # account has given the documents for, e.g. { KZ = ["financial"] }
     cleared_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # An opt-out added through the API is confirmed by SMS (the profile's confirmation text)
+    # from optout_sender, as one from a handset's STOP is.
+    confirm_api_optouts: bool = False
+    optout_sender: str | None = None
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -745,6 +749,12 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
     block = r.boolean("block_transactional_to_opted_out")
     default_class, smpp_class, service_types = _parse_account_classes(r)
     cleared = _parse_region_lists(r, "cleared_categories", '{ KZ = ["financial"] }')
+    confirm_api_optouts = r.boolean("confirm_api_optouts")
+    optout_sender: str | None = None
+    if r.optional("optout_sender") is not _ABSENT:
+        optout_sender = r.string("optout_sender", nonempty=True)
+    elif confirm_api_optouts:
+        r.problem("optout_sender", "required with confirm_api_optouts: the confirmation's sender")
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
@@ -752,7 +762,8 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
                          registered_senders=registered, mo_url=mo_url,
                          block_transactional_to_opted_out=block,
                          default_class=default_class, smpp_class=smpp_class,
-                         service_types=service_types, cleared_categories=cleared)
+                         service_types=service_types, cleared_categories=cleared,
+                         confirm_api_optouts=confirm_api_optouts, optout_sender=optout_sender)
 
 
 def _parse_region_lists(r: _Reader, key: str, example: str) -> dict[str, tuple[str, ...]]:

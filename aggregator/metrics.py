@@ -176,3 +176,11 @@ country_rate_waits = Counter(
     "smsagg_country_rate_waits_total",
     "Messages that waited for a country's [throughput] limit before being submitted",
     ["region"], registry=REGISTRY)
+auto_texts_transliterated = Counter(
+    "smsagg_auto_texts_transliterated_total",
+    "Confirmations and help texts sent in GSM-7 (transliterated) to fit one SMS",
+    registry=REGISTRY)
+api_optout_confirmations = Counter(
+    "smsagg_api_optout_confirmations_total",
+    "Confirmations of opt-outs added through the API, by outcome: sent, refused, no_text",
+    ["outcome"], registry=REGISTRY)

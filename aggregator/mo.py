@@ -16,6 +16,7 @@ from aggregator.log import get_logger
 from aggregator.model import ApiError
 from aggregator.numbers import NumberError, parse_destination
 from aggregator.policy.profiles import CountryProfile
+from aggregator.policy.replies import fit_auto_text
 from aggregator.policy.rules import classify_mo
 from aggregator.store.base import Store
 from aggregator.timefmt import iso_utc
@@ -119,6 +120,7 @@ class MoHandler:
     async def _reply(self, account: str, number: str, sender: str, text: str) -> None:
         """Answer the handset from the sender it wrote to (a transactional message)."""
         try:
+            text = fit_auto_text(text)
             await self._acceptor.accept(account, SubmitInput(to=number, sender=sender, text=text,
                                                              message_class="transactional"))
         except ApiError as exc:

@@ -19,6 +19,7 @@ from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
+from aggregator.policy.replies import confirm_api_optout
 from aggregator.store.base import Store, StoreError
 from aggregator.timefmt import iso_utc
 
@@ -361,8 +362,12 @@ class HttpApi:
         body = await self._json_body(request)
         number = self._number(body.get("number") if isinstance(body, dict) else None)
         added = await self._store.add_optout(account, number, "api", time.time())
-        return web.json_response({"number": number, "created": added},
-                                 status=201 if added else 200)
+        answer: dict[str, object] = {"number": number, "created": added}
+        if added:
+            outcome = await confirm_api_optout(self._acceptor, account, number)
+            if outcome is not None:
+                answer["confirmation"] = outcome
+        return web.json_response(answer, status=201 if added else 200)
 
     async def delete_optout(self, request: web.Request) -> web.Response:
         account = self._account(request)

@@ -32,6 +32,21 @@ class PolicyGate:
         self._store = store
         self._clock = clock
 
+    def confirms_api_optouts(self, account: str) -> bool:
+        config = self._accounts.get(account)
+        return config is not None and config.confirm_api_optouts
+
+    def api_optout_confirmation(self, account: str, region: str | None) -> tuple[str, str] | None:
+        """(sender, text) confirming an opt-out the account added through the API, or None
+        when the account does not confirm them or the country has no confirmation text."""
+        config = self._accounts.get(account)
+        if config is None or not config.confirm_api_optouts or config.optout_sender is None:
+            return None
+        profile = self.profiles.get(region) if region else None
+        if profile is None or not profile.optout.confirmation:
+            return None
+        return config.optout_sender, profile.optout.confirmation
+
     def default_class(self, account: str) -> str:
         """The class of a message that names none (policy/classes.py)."""
         return class_for_http(self._accounts.get(account), None)
