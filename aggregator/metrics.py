@@ -184,3 +184,6 @@ api_optout_confirmations = Counter(
     "smsagg_api_optout_confirmations_total",
     "Confirmations of opt-outs added through the API, by outcome: sent, refused, no_text",
     ["outcome"], registry=REGISTRY)
+consents_recorded = Counter(
+    "smsagg_consents_recorded_total", "Consent records added through the API, by scope",
+    ["scope"], registry=REGISTRY)

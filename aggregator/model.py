@@ -69,6 +69,7 @@ class ErrorCode(StrEnum):
     OPTED_OUT = "opted_out"
     CONTENT_REJECTED = "content_rejected"
     FREQUENCY_CAPPED = "frequency_capped"
+    CONSENT_REQUIRED = "consent_required"
 
 
 class ApiError(Exception):

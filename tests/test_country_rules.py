@@ -137,7 +137,8 @@ async def test_store_failures_on_every_read_and_write_endpoint_are_503(
     async def fail(*_args: Any) -> Any:
         raise StoreError("database is locked")
 
-    for method in ("list_optouts", "add_optout", "remove_optout", "get_message"):
+    for method in ("list_optouts", "add_optout", "remove_optout", "remove_optout_logged",
+                   "get_message"):
         monkeypatch.setattr(r.app.store, method, fail)
     hdr = {"Authorization": "Bearer shop-key"}
     for method, path, body in (("GET", "/v1/optouts", None),

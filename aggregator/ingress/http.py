@@ -16,6 +16,7 @@ from aggregator import metrics
 from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
+from aggregator.ingress.consents import ConsentApi, removed_by
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
@@ -193,6 +194,7 @@ class HttpApi:
         app.router.add_get("/v1/optouts", self.get_optouts)
         app.router.add_post("/v1/optouts", self.post_optout)
         app.router.add_delete("/v1/optouts/{number}", self.delete_optout)
+        ConsentApi(self._store, self._account, self._json_body, self._number).add_routes(app)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -372,7 +374,8 @@ class HttpApi:
     async def delete_optout(self, request: web.Request) -> web.Response:
         account = self._account(request)
         number = self._number(request.match_info["number"])
-        removed = await self._store.remove_optout(account, number)
+        removed = await self._store.remove_optout_logged(account, number, removed_by(request),
+                                                         time.time())
         if not removed:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"{number} is not on the opt-out list")
         return web.Response(status=204)

@@ -65,6 +65,9 @@ class PolicyGate:
             return message  # the common case for transactional traffic: no store reads
         count, last = 0, None
         now = self._clock()
+        consent = True
+        if marketing and profile is not None and profile.optout.consent_required_for_marketing:
+            consent = await self._store.has_consent(message.account, message.to, "marketing")
         if marketing and profile is not None:
             count, last_ts = await self._store.marketing_history(message.account, message.to,
                                                                  now - MONTH)
@@ -83,6 +86,7 @@ class PolicyGate:
             marketing_sent_last_30d=count,
             last_marketing_at=last,
             cleared_categories=account.cleared_categories,
+            has_consent=consent,
         ), datetime.fromtimestamp(now, UTC))
         if isinstance(verdict, Reject):
             metrics.messages_rejected.labels(verdict.code).inc()

@@ -112,6 +112,8 @@ class OptOut:
     help_keywords: tuple[str, ...] = ("HELP",)
     confirmation: str = ""
     help_text: str = ""
+    # Marketing only to numbers with a consent recorded for the account (POST /v1/consents).
+    consent_required_for_marketing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +395,8 @@ def _parse_optout(r: _Reader) -> OptOut:
         help_keywords=help_keywords,
         confirmation=r.string("confirmation", d.confirmation),
         help_text=r.string("help_text", d.help_text),
+        consent_required_for_marketing=r.boolean("consent_required_for_marketing",
+                                                 d.consent_required_for_marketing),
     )
     r.finish()
     return optout

@@ -76,6 +76,7 @@ class PolicyCode(StrEnum):
     OPTED_OUT = "opted_out"
     CONTENT_REJECTED = "content_rejected"
     FREQUENCY_CAPPED = "frequency_capped"
+    CONSENT_REQUIRED = "consent_required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class PolicyInput:
     last_marketing_at: datetime | None = None  # tz-aware
     # region -> documented content categories the account is cleared for (account config)
     cleared_categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    has_consent: bool = True  # a marketing consent is on record (looked up when required)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -140,6 +142,7 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
         check_landline(profile, item.number_type)
         or _check_sender(profile, item)
         or _check_optout(item)
+        or _check_consent(profile, item)
     )
     if rejected is not None:
         return rejected
@@ -305,6 +308,19 @@ def _check_optout(item: PolicyInput) -> Reject | None:
             "optout",
         )
     return None
+
+
+def _check_consent(profile: CountryProfile, item: PolicyInput) -> Reject | None:
+    if (item.message_class != MARKETING or item.has_consent
+            or not profile.optout.consent_required_for_marketing):
+        return None
+    return Reject(
+        403,
+        PolicyCode.CONSENT_REQUIRED,
+        f"marketing to {profile.name} needs the recipient's recorded consent; account "
+        f"{item.account!r} has none for this number (record it with POST /v1/consents)",
+        "optout.consent_required_for_marketing",
+    )
 
 
 def _content_rejected(rule: str, detail: str) -> Reject:

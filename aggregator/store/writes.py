@@ -539,4 +539,30 @@ def purge_before(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
     return len(ids)
 
 
-OPS.update({fn.__name__: fn for fn in (erase_texts, purge_before)})
+# ---- consent records and opt-out removals (schema 2; issue 19 item 6) ---------------------
+
+def add_consent(conn: sqlite3.Connection, account: str, number: str, scope: str, source: str,
+                consented_at: float, now: float) -> int:
+    row = conn.execute(
+        "INSERT INTO consents (account, number, scope, source, consented_at, recorded_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        (account, number, scope, source, consented_at, now)).fetchone()
+    return int(row[0])
+
+
+def remove_optout_logged(conn: sqlite3.Connection, account: str, number: str, removed_by: str,
+                         now: float) -> bool:
+    row = conn.execute(
+        "DELETE FROM optouts WHERE account = ? AND number = ? RETURNING created_at, source",
+        (account, number)).fetchone()
+    if row is None:
+        return False
+    conn.execute(
+        "INSERT INTO optout_removals (account, number, opted_out_at, source, removed_at, "
+        "removed_by) VALUES (?, ?, ?, ?, ?, ?)", (account, number, row[0], row[1], now,
+                                                  removed_by))
+    return True
+
+
+OPS.update({fn.__name__: fn for fn in (erase_texts, purge_before, add_consent,
+                                       remove_optout_logged)})
