@@ -67,6 +67,7 @@ async def test_retention_days_purge_edge(tmp_path: Path) -> None:
         delivered = await send(r, DELIVERED_TO)
         pending = await send(r, ROAMING)
         await r.wait_status(delivered, {"delivered"})
+        await r.app.store.add_optout("shop", DELIVERED_TO, "test", 0.0)  # a very old opt-out
         created = int(delivered[:12], 16) / 1000  # ids begin with their creation time
         r.app.retention._clock = lambda: created + 30 * 86400 - 1  # last second inside
         assert (await r.app.retention.sweep())[1] == 0
@@ -80,3 +81,6 @@ async def test_retention_days_purge_edge(tmp_path: Path) -> None:
             left = conn.execute("SELECT COUNT(*) FROM segments WHERE message_id = ?",
                                 (delivered,)).fetchone()[0]
         assert left == 0
+        # Opt-out records are kept (the Kosovo guide: at least 12 months).
+        assert [n for n, _, _ in await r.app.store.list_optouts("shop", None, 10)] == [
+            DELIVERED_TO]

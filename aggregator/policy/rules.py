@@ -14,10 +14,13 @@ Rules run in this order; the first that fires decides:
    (422 sender_not_registered)
 4. opt-out: marketing to an opted-out recipient, or transactional when the account blocks
    those too: 403 opted_out
-5. every class: forbidden content categories (422 content_rejected)
-6. marketing only: content style (all caps, punctuation, link shorteners: 422
-   content_rejected), frequency (429 frequency_capped), then quiet hours and the calendar
-   (holidays, weekends): Defer until the next local window opening on an allowed day.
+4b. marketing without a recorded consent where the profile requires one: 403 consent_required
+5. every class: forbidden content categories, then documented categories the account is not
+   cleared for (422 content_rejected)
+6. marketing only: opt-out instructions when required, content style (all caps, punctuation,
+   link shorteners: 422 content_rejected), frequency (429 frequency_capped), then quiet hours
+   and the calendar (holidays, weekends): Defer until the next local window opening on an
+   allowed day.
    Transactional is never deferred.
 """
 
