@@ -34,12 +34,14 @@ from aggregator.outbound.pool import ProviderPool
 from aggregator.overdue import OverdueReceipts
 from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
+from aggregator.policy.throughput import CountryThroughput
 from aggregator.receipts import (
     ReceiptProcessor,
     normalise_receipt_id,
     parse_receipt,
     receipt_error,
 )
+from aggregator.retention import Retention
 from aggregator.routing import Route, RouteTable
 from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import StoreError
@@ -74,6 +76,7 @@ class App:
         # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}
         self.callbacks = CallbackSender(self.store, config.callbacks)
+        self.retention = Retention(self.store, config.messages)
         self.receipts = ReceiptProcessor(self.store, self._on_final)
         self.dispatcher = Dispatcher(
             self.store, self.routes, self.pools, config.messages, self._on_final,
@@ -84,6 +87,7 @@ class App:
         self.overdue = OverdueReceipts(self.store, self.pools, self.receipts, config.messages,
                                        self._on_final)
         self.profiles = profiles_for(config.policy.countries)
+        self.dispatcher.country_limits = CountryThroughput(self.profiles)
         self.accounts = {a.name: a for a in config.accounts}
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
@@ -91,7 +95,8 @@ class App:
             policy=PolicyGate(self.profiles, self.accounts, self.store), accounts=self.accounts,
         )
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
-                            self.callbacks.wake, on_smpp=self._wake_smpp)
+                            self.callbacks.wake, on_smpp=self._wake_smpp,
+                            auto_reply_interval=config.policy.auto_reply_interval)
         self.workers = (
             IngressWorkers(config.http.workers, config.http.listen, config_path, self.store,
                            self.dispatcher.wake, self.readiness)
@@ -253,6 +258,7 @@ class App:
         self.callbacks.start()
         self.dispatcher.start()
         self.overdue.start()
+        self.retention.start()
         self._gauges = asyncio.create_task(self._update_gauges(), name="gauges")
         metrics.queue_bound.set(self.config.store.max_pending)
         self._publish_bounds()
@@ -317,6 +323,7 @@ class App:
         for pool in [*self.pools.values(), *self._retiring]:
             await pool.stop()
         await self.callbacks.stop()
+        await self.retention.stop()
         await self.receipts.close()
         if self._gauges is not None:
             self._gauges.cancel()

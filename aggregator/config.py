@@ -59,6 +59,7 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("json", "console")
 RECEIPT_ID_MODES: Final = ("as_is", "hex_to_dec", "dec_to_hex")
 MESSAGE_CLASSES: Final = ("transactional", "marketing")
+KEEP_TEXT_MODES: Final = ("always", "until_final", "never")
 ROUTE_STRATEGIES: Final = ("failover", "weighted")
 MESSAGE_ID_FORMATS: Final = ("hex", "decimal")
 
@@ -135,6 +136,8 @@ class MessagesConfig:
     retry_max: float = 60.0
     # Seconds a submitted message waits for its receipt before it becomes final "unknown".
     receipt_timeout: float = 48 * 3600.0
+    keep_text: str = "always"  # always | until_final | never (kept only until submitted)
+    retention_days: int = 365  # final messages' metadata is purged this long after creation
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -203,6 +206,18 @@ class AccountConfig:
     # "hex": 32 hex characters (the default); "decimal": a number below 2**63, for gateways that
     # read message ids as numbers (the account's messages, over HTTP and SMPP).
     message_id_format: str = "hex"
+    # The class of a message that does not name one (policy/classes.py decides): HTTP without
+    # "class", SMPP without a mapped service_type.
+    default_class: str = "transactional"
+    smpp_class: str | None = None  # SMPP submits; None: default_class
+    service_types: Mapping[str, str] = field(default_factory=dict)  # SMPP service_type -> class
+    # region -> documented content categories (profile [content.documented_categories]) this
+    # account has given the documents for, e.g. { KZ = ["financial"] }
+    cleared_categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # An opt-out added through the API is confirmed by SMS (the profile's confirmation text)
+    # from optout_sender, as one from a handset's STOP is.
+    confirm_api_optouts: bool = False
+    optout_sender: str | None = None
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -216,6 +231,9 @@ class PolicyConfig:
     """Country rules: profiles from a directory of TOML files (default: the bundled ones)."""
 
     countries: str | None = None
+    # Each automatic answer (help text, opt-out confirmation) goes to a number at most once per
+    # this many seconds, per account and kind (issue 19 item 4).
+    auto_reply_interval: float = 86400.0
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -533,7 +551,8 @@ def _parse_policy(r: _Reader) -> PolicyConfig:
             r.problem("countries", f"must be a directory path, got {_show(raw)}")
         else:
             countries = raw
-    return PolicyConfig(countries=countries)
+    return PolicyConfig(countries=countries,
+                        auto_reply_interval=r.number("auto_reply_interval", gt=0))
 
 
 def _parse_metrics(r: _Reader) -> MetricsConfig:
@@ -606,6 +625,8 @@ def _parse_messages(r: _Reader) -> MessagesConfig:
         retry_min=retry_min,
         retry_max=retry_max,
         receipt_timeout=r.number("receipt_timeout", gt=0),
+        keep_text=r.string("keep_text", choices=KEEP_TEXT_MODES),
+        retention_days=r.integer("retention_days", lo=1, hi=36500),
     )
 
 
@@ -756,6 +777,14 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
         else:
             r.problem("default_country", "must be an ISO 3166 alpha-2 country code with a "
                       f"numbering plan (like 'XK' or 'KZ'), got {_show(raw_country)}")
+    default_class, smpp_class, service_types = _parse_account_classes(r)
+    cleared = _parse_region_lists(r, "cleared_categories", '{ KZ = ["financial"] }')
+    confirm_api_optouts = r.boolean("confirm_api_optouts")
+    optout_sender: str | None = None
+    if r.optional("optout_sender") is not _ABSENT:
+        optout_sender = r.string("optout_sender", nonempty=True)
+    elif confirm_api_optouts:
+        r.problem("optout_sender", "required with confirm_api_optouts: the confirmation's sender")
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
@@ -764,7 +793,56 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
                          block_transactional_to_opted_out=block,
                          default_country=default_country,
                          message_id_format=r.string("message_id_format",
-                                                    choices=MESSAGE_ID_FORMATS))
+                                                    choices=MESSAGE_ID_FORMATS),
+                         default_class=default_class, smpp_class=smpp_class,
+                         service_types=service_types, cleared_categories=cleared,
+                         confirm_api_optouts=confirm_api_optouts, optout_sender=optout_sender)
+
+
+def _parse_region_lists(r: _Reader, key: str, example: str) -> dict[str, tuple[str, ...]]:
+    """A table of region code -> array of non-empty strings."""
+    out: dict[str, tuple[str, ...]] = {}
+    raw = r.optional(key)
+    if raw is _ABSENT:
+        return out
+    if not isinstance(raw, Mapping):
+        r.problem(key, f"must be a table like {example}, got {_show(raw)}")
+        return out
+    for region, items in raw.items():
+        if not (isinstance(region, str) and len(region) == 2 and region.isupper()):
+            r.problem(key, f"keys are ISO region codes like 'KZ', got {_show(region)}")
+        elif not isinstance(items, list) or not all(isinstance(x, str) and x for x in items):
+            r.problem(key, f"{region} must be an array of names, got {_show(items)}")
+        else:
+            out[region] = tuple(items)
+    return out
+
+
+def _parse_account_classes(r: _Reader) -> tuple[str, str | None, dict[str, str]]:
+    """default_class, smpp_class and the service_types table of one account."""
+    default_class = r.string("default_class", choices=MESSAGE_CLASSES)
+    smpp_class: str | None = None
+    if r.optional("smpp_class") is not _ABSENT:
+        smpp_class = r.string("smpp_class", choices=MESSAGE_CLASSES)
+    service_types: dict[str, str] = {}
+    raw = r.optional("service_types")
+    if raw is _ABSENT:
+        return default_class, smpp_class, service_types
+    if not isinstance(raw, Mapping):
+        r.problem("service_types", f'must be a table like {{ MKT = "marketing" }}, got '
+                  f"{_show(raw)}")
+        return default_class, smpp_class, service_types
+    for name, cls in raw.items():
+        if not (isinstance(name, str) and 1 <= len(name) <= 5 and name.isascii()
+                and name.isprintable()):
+            r.problem("service_types", f"keys are SMPP service_type values (1-5 printable ASCII "
+                      f"characters), got {_show(name)}")
+        elif cls not in MESSAGE_CLASSES:
+            r.problem("service_types", f"{name} must be 'transactional' or 'marketing', got "
+                      f"{_show(cls)}")
+        else:
+            service_types[name] = cls
+    return default_class, smpp_class, service_types
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:

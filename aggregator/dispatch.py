@@ -18,6 +18,7 @@ from aggregator.outbound import errors
 from aggregator.outbound.errors import Outcome
 from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
 from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.policy.throughput import CountryThroughput
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import NO_PROVIDER, Store, StoreError
 from aggregator.text import EncodedMessage, encode_message
@@ -58,6 +59,8 @@ class Dispatcher:
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self._route_buckets: dict[Route, TokenBucket] = {}
+        # Country [throughput] limits over every provider (policy/throughput.py); None: none.
+        self.country_limits: CountryThroughput | None = None
 
     @property
     def in_flight(self) -> int:
@@ -162,6 +165,8 @@ class Dispatcher:
             await self._finish(message, MessageStatus.FAILED, "no route to destination")
             return
         await self._route_rate(route)
+        if self.country_limits is not None:
+            await self.country_limits.take(message.region, message.segments)
         encoded = encode_message(message.text, message.encoding, message.concat_ref)
         previous: ProviderPool | None = None
         last_failure: SubmitResult | None = None

@@ -189,3 +189,37 @@ log_lines_suppressed = Counter(
     "Log lines held back by a per-source rate limit (counted in the next line written)",
     ["event"], registry=REGISTRY,
 )
+
+# Country rules, second pass (issue 19)
+message_class_decided = Counter(
+    "smsagg_message_class_decided_total",
+    "How each accepted message's class was decided: request, default_class, smpp_class, "
+    "service_type", ["source"], registry=REGISTRY)
+mo_auto_replies = Counter(
+    "smsagg_mo_auto_replies_total",
+    "Automatic answers to MO keywords (help text, opt-out confirmation) by outcome: sent, "
+    "recent (one already sent to the number within the interval), automated (the sender looks "
+    "automated)", ["kind", "outcome"], registry=REGISTRY)
+messages_retention = Counter(
+    "smsagg_messages_retention_total",
+    "Message data removed by the retention rules: text_erased, purged", ["what"],
+    registry=REGISTRY)
+mo_forwarded = Counter(
+    "smsagg_mo_forwarded_total",
+    "MO replies handed to the account: mo_url, smpp, or none (the account has neither; logged "
+    "as mo_dropped)", ["to"], registry=REGISTRY)
+country_rate_waits = Counter(
+    "smsagg_country_rate_waits_total",
+    "Messages that waited for a country's [throughput] limit before being submitted",
+    ["region"], registry=REGISTRY)
+auto_texts_transliterated = Counter(
+    "smsagg_auto_texts_transliterated_total",
+    "Confirmations and help texts sent in GSM-7 (transliterated) to fit one SMS",
+    registry=REGISTRY)
+api_optout_confirmations = Counter(
+    "smsagg_api_optout_confirmations_total",
+    "Confirmations of opt-outs added through the API, by outcome: sent, refused, no_text",
+    ["outcome"], registry=REGISTRY)
+consents_recorded = Counter(
+    "smsagg_consents_recorded_total", "Consent records added through the API, by scope",
+    ["scope"], registry=REGISTRY)

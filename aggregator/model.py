@@ -80,6 +80,7 @@ class ErrorCode(StrEnum):
     NOT_CANCELLABLE = "not_cancellable"
     # A batch request with an Idempotency-Key header (only single messages take one).
     IDEMPOTENCY_KEY_UNSUPPORTED = "idempotency_key_unsupported"
+    CONSENT_REQUIRED = "consent_required"
 
 
 class ApiError(Exception):

@@ -40,7 +40,10 @@ class Destination:
 
 _SEPARATORS = re.compile(r"[\s\-().]")
 _PLUS_DIGITS = re.compile(r"\+[0-9]+")
-_SMS_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
+# FIXED_LINE passes here: whether a landline may get SMS is a country rule, decided in one place
+# (aggregator.policy.rules.check_landline, from the profile's landlines_supported).
+_SMS_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE,
+                        PhoneNumberType.FIXED_LINE})
 _LENGTH_REASONS = {
     ValidationResult.TOO_SHORT: "too short",
     ValidationResult.TOO_LONG: "too long",

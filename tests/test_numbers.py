@@ -31,11 +31,9 @@ def test_valid_destinations(raw: str, expected: Destination) -> None:
 
 
 @pytest.mark.parametrize("raw", ["+38338123456", "+77172123456"])
-def test_fixed_line_is_not_mobile(raw: str) -> None:
-    with pytest.raises(NumberError) as exc:
-        parse_destination(raw)
-    assert exc.value.code is ErrorCode.NOT_MOBILE
-    assert "fixed-line" in str(exc.value)
+def test_fixed_line_is_left_to_the_country_rules(raw: str) -> None:
+    # Issue 19 item 9: landlines_supported decides (policy.rules.check_landline), not numbers.py.
+    assert parse_destination(raw).number_type == "fixed_line"
 
 
 def test_toll_free_is_not_mobile() -> None:

@@ -43,7 +43,7 @@ ESME_RSYSERR = 0x08
 # a new (overflow) page: with the database held at its size, that write fails with SQLITE_FULL.
 LONG = "x" * 1200
 TABLES = {"messages", "segments", "idempotency", "callbacks", "smpp_receipts", "optouts",
-          "marketing_log"}
+          "marketing_log", "consents", "optout_removals"}  # the last two: schema 2
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aggregator import metrics
 from aggregator.config import AccountConfig, MessagesConfig
@@ -21,6 +21,7 @@ from aggregator.model import (
 )
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
 from aggregator.policy.gate import PolicyGate
+from aggregator.policy.rules import check_landline
 from aggregator.routing import RouteTable
 from aggregator.store.base import AcceptResult, Store, StoreBusy, StoreError
 from aggregator.text import choose_encoding, count_segments, transliterate
@@ -39,7 +40,7 @@ class SubmitInput:
     reference: str | None = None
     transliterate: bool = False
     idempotency_key: str | None = None
-    message_class: str = "transactional"
+    message_class: str | None = None  # None: decided by policy/classes.py from the account
     validity: float | None = None  # seconds; None: the configured default
     receipt_mode: int = 0  # SMPP upstreams: registered_delivery bits 1-0
     send_at: float | None = None  # epoch seconds: not before then (within the validity)
@@ -81,9 +82,16 @@ class Acceptor:
 
     async def _admit(self, account: str, item: SubmitInput) -> Message:
         """Build, then apply the country rules (which may schedule the message)."""
+        if item.message_class is None:
+            default = self.policy.default_class(account) if self.policy is not None else None
+            item = replace(item, message_class=default or "transactional")
         message, number_type = self._build(account, item)
         if self.policy is not None:
             message = await self.policy.apply(message, number_type)
+        else:  # no country rules: landlines still take the rules' default (not supported)
+            landline = check_landline(None, number_type)
+            if landline is not None:
+                raise self._reject(landline.status, ErrorCode.NOT_MOBILE, landline.message)
         return message
 
     def _build(self, account: str, item: SubmitInput) -> tuple[Message, str]:
@@ -109,10 +117,11 @@ class Acceptor:
                 f"text needs {segments} {encoding.value} segments; the maximum is "
                 f"{self._config.max_segments}",
             )
-        if not self._routes.providers_for(dest.e164, item.message_class):
+        message_class = item.message_class or "transactional"
+        if not self._routes.providers_for(dest.e164, message_class):
             raise self._reject(
                 422, ErrorCode.NO_ROUTE,
-                f"no route for {item.message_class} messages to {dest.e164[:4]}...",
+                f"no route for {message_class} messages to {dest.e164[:4]}...",
             )
         now = self._clock()
         validity = item.validity or self._config.default_validity
@@ -135,7 +144,7 @@ class Acceptor:
             created_at=now,
             callback_url=item.callback_url,
             reference=item.reference,
-            message_class=item.message_class,
+            message_class=message_class,
             receipt_mode=item.receipt_mode,
             status=MessageStatus.SCHEDULED if later else MessageStatus.ACCEPTED,
             next_attempt_at=item.send_at if later and item.send_at is not None else now,

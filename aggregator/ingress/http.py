@@ -20,9 +20,11 @@ from aggregator import metrics
 from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
+from aggregator.ingress.consents import ConsentApi, removed_by
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
+from aggregator.policy.replies import confirm_api_optout
 from aggregator.store.base import MessageFilter, Store, StoreError
 from aggregator.timefmt import iso_utc
 
@@ -135,8 +137,8 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         if isinstance(value, str) and not _is_unicode(value):  # JSON "\ud800": unstorable
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            f"field '{name}' contains an unpaired surrogate")
-    message_class = body.get("class", "transactional")
-    if message_class not in MESSAGE_CLASSES:
+    message_class = body.get("class")  # None: the account's default_class (policy/classes.py)
+    if message_class is not None and message_class not in MESSAGE_CLASSES:
         raise ApiError(400, ErrorCode.BAD_REQUEST,
                        "field 'class' must be 'transactional' or 'marketing'")
     validity = body.get("validity")
@@ -226,6 +228,7 @@ class HttpApi:
         app.router.add_get("/v1/optouts", self.get_optouts)
         app.router.add_post("/v1/optouts", self.post_optout)
         app.router.add_delete("/v1/optouts/{number}", self.delete_optout)
+        ConsentApi(self._store, self._account, self._json_body, self._number).add_routes(app)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -482,13 +485,18 @@ class HttpApi:
         body = await self._json_body(request)
         number = self._number(body.get("number") if isinstance(body, dict) else None)
         added = await self._store.add_optout(account, number, "api", time.time())
-        return web.json_response({"number": number, "created": added},
-                                 status=201 if added else 200)
+        answer: dict[str, object] = {"number": number, "created": added}
+        if added:
+            outcome = await confirm_api_optout(self._acceptor, account, number)
+            if outcome is not None:
+                answer["confirmation"] = outcome
+        return web.json_response(answer, status=201 if added else 200)
 
     async def delete_optout(self, request: web.Request) -> web.Response:
         account = self._account(request)
         number = self._number(request.match_info["number"])
-        removed = await self._store.remove_optout(account, number)
+        removed = await self._store.remove_optout_logged(account, number, removed_by(request),
+                                                         time.time())
         if not removed:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"{number} is not on the opt-out list")
         return web.Response(status=204)

@@ -27,6 +27,11 @@ STORE_METHODS = frozenset({
     "accept", "accept_many", "is_opted_out", "marketing_history", "get_message",
     "list_optouts", "add_optout", "remove_optout", "list_messages", "cancel",
 })
+# Consent records and opt-out removals (issue 19 item 6).
+STORE_METHODS = STORE_METHODS | frozenset({
+    "add_consent", "has_consent", "list_consents", "remove_optout_logged",
+    "list_optout_removals",
+})
 STATUS_EVERY = 0.5  # seconds between a worker's status calls (its metrics, the pending count)
 class StoreServer:
     """In the daemon: answers the workers' store calls and collects their status reports."""

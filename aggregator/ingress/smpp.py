@@ -33,6 +33,7 @@ from aggregator.loglimit import LogLimiter
 from aggregator.memory import give_back
 from aggregator.model import ApiError, ErrorCode, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.policy.classes import class_for_smpp
 from aggregator.smpp.fields import RawSubmit, parse_submit
 from aggregator.smpp.querysm import QuerySm
 from aggregator.smpp.session import (
@@ -570,6 +571,7 @@ class SmppServer:
             sender=_address(pdu.source.number, int(pdu.source.ton)),
             text=text,
             receipt_mode=fields.registered_delivery & 0x03,
+            message_class=class_for_smpp(client.account, pdu.service_type or ""),
         )
         try:
             result = await self._acceptor.accept(client.account.name, item)

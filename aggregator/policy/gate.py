@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aggregator import metrics
 from aggregator.config import AccountConfig
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
+from aggregator.policy.classes import class_for_http
 from aggregator.policy.profiles import CountryProfile
 from aggregator.policy.rules import Defer, PolicyInput, Reject, evaluate
 from aggregator.store.base import Store
@@ -39,6 +40,25 @@ class PolicyGate:
             return max(now, message.next_attempt_at)
         return now
 
+    def confirms_api_optouts(self, account: str) -> bool:
+        config = self._accounts.get(account)
+        return config is not None and config.confirm_api_optouts
+
+    def api_optout_confirmation(self, account: str, region: str | None) -> tuple[str, str] | None:
+        """(sender, text) confirming an opt-out the account added through the API, or None
+        when the account does not confirm them or the country has no confirmation text."""
+        config = self._accounts.get(account)
+        if config is None or not config.confirm_api_optouts or config.optout_sender is None:
+            return None
+        profile = self.profiles.get(region) if region else None
+        if profile is None or not profile.optout.confirmation:
+            return None
+        return config.optout_sender, profile.optout.confirmation
+
+    def default_class(self, account: str) -> str:
+        """The class of a message that names none (policy/classes.py)."""
+        return class_for_http(self._accounts.get(account), None)
+
     async def apply(self, message: Message, number_type: str) -> Message:
         """The message as it may be stored (possibly scheduled); raises ApiError if refused."""
         account = self._accounts.get(message.account)
@@ -49,10 +69,13 @@ class PolicyGate:
         opted_out = False
         if marketing or account.block_transactional_to_opted_out:
             opted_out = await self._store.is_opted_out(message.account, message.to)
-        if profile is None and not opted_out:
+        if profile is None and not opted_out and number_type != "fixed_line":
             return message  # the common case for transactional traffic: no store reads
         count, last = 0, None
         now = self._clock()
+        consent = True
+        if marketing and profile is not None and profile.optout.consent_required_for_marketing:
+            consent = await self._store.has_consent(message.account, message.to, "marketing")
         if marketing and profile is not None:
             count, last_ts = await self._store.marketing_history(message.account, message.to,
                                                                  now - MONTH)
@@ -70,6 +93,8 @@ class PolicyGate:
             block_transactional_to_opted_out=account.block_transactional_to_opted_out,
             marketing_sent_last_30d=count,
             last_marketing_at=last,
+            cleared_categories=account.cleared_categories,
+            has_consent=consent,
         ), datetime.fromtimestamp(self._send_time(message, now), UTC))
         if isinstance(verdict, Reject):
             metrics.messages_rejected.labels(verdict.code).inc()

@@ -17,7 +17,7 @@ import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, time
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -35,6 +35,7 @@ from aggregator.tomlcheck import toml_problem
 
 __all__ = [
     "DEFAULT_URL_SHORTENERS",
+    "Calendar",
     "ContentRules",
     "CountryProfile",
     "ForbiddenCategory",
@@ -43,6 +44,7 @@ __all__ = [
     "ProfileError",
     "Senders",
     "SendingWindows",
+    "Throughput",
     "Window",
     "bundled_profiles",
     "load_profiles",
@@ -99,6 +101,9 @@ class Senders:
     long_codes: bool = True
     short_codes: bool = True
     max_alphanumeric_length: int = 11
+    # False: a long number of this country (domestic) is refused as sender; international long
+    # numbers (other countries') still pass when long_codes is true.
+    domestic_long_codes: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,8 @@ class OptOut:
     help_keywords: tuple[str, ...] = ("HELP",)
     confirmation: str = ""
     help_text: str = ""
+    # Marketing only to numbers with a consent recorded for the account (POST /v1/consents).
+    consent_required_for_marketing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,11 @@ class ContentRules:
     all_caps_min_letters: int = 10
     max_repeated_punctuation: int = 3
     url_shorteners: tuple[str, ...] = DEFAULT_URL_SHORTENERS
+    # Categories that need documents: refused unless the account is cleared for them here.
+    documented_categories: tuple[ForbiddenCategory, ...] = ()
+    # Marketing must say how to opt out: contain one of optout_instructions (case-insensitive).
+    require_optout_instructions: bool = False
+    optout_instructions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,33 @@ class Frequency:
 
     max_per_month: int | None = None
     min_interval_hours: float | None = None
+
+
+WEEKDAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                   "sunday")
+
+
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    """Days marketing is held back on (deferred to the next allowed day's window)."""
+
+    weekend: tuple[int, ...] = (5, 6)  # date.weekday() numbers: Saturday, Sunday
+    avoid_weekends: bool = False
+    avoid_holidays: bool = False
+    holidays: frozenset[date] = frozenset()
+
+    def allows(self, day: date) -> bool:
+        if self.avoid_holidays and day in self.holidays:
+            return False
+        return not (self.avoid_weekends and day.weekday() in self.weekend)
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """Country-wide sending rate over every provider (SMS parts); None = no limit."""
+
+    max_per_second: int | None = None
+    max_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +184,8 @@ class CountryProfile:
     content: ContentRules = ContentRules()
     frequency: Frequency = Frequency()
     source: str = field(default="", compare=False)
+    throughput: Throughput = Throughput()
+    calendar: Calendar = Calendar()
 
 
 class ProfileError(ConfigError):
@@ -329,6 +370,7 @@ def _parse_senders(r: _Reader) -> Senders:
         max_alphanumeric_length=r.integer(
             "max_alphanumeric_length", d.max_alphanumeric_length, lo=1, hi=11
         ),
+        domestic_long_codes=r.boolean("domestic_long_codes", d.domestic_long_codes),
     )
     r.finish()
     return senders
@@ -353,20 +395,23 @@ def _parse_optout(r: _Reader) -> OptOut:
         help_keywords=help_keywords,
         confirmation=r.string("confirmation", d.confirmation),
         help_text=r.string("help_text", d.help_text),
+        consent_required_for_marketing=r.boolean("consent_required_for_marketing",
+                                                 d.consent_required_for_marketing),
     )
     r.finish()
     return optout
 
 
-def _parse_categories(r: _Reader) -> tuple[ForbiddenCategory, ...]:
-    value = r.get("forbidden_categories")
+def _parse_categories(r: _Reader, key: str = "forbidden_categories"
+                      ) -> tuple[ForbiddenCategory, ...]:
+    value = r.get(key)
     if value is _ABSENT:
         return ()
     if not isinstance(value, Mapping):
-        r.problem("forbidden_categories", f"must be a table, got {_show(value)}")
+        r.problem(key, f"must be a table, got {_show(value)}")
         return ()
     categories: list[ForbiddenCategory] = []
-    base = r.where("forbidden_categories")
+    base = r.where(key)
     for name, words in value.items():
         where = f"{base}.{_key_text(name)}"
         if not _CATEGORY_RE.fullmatch(name):
@@ -390,6 +435,10 @@ def _parse_content(r: _Reader) -> ContentRules:
                       f"{_show(domain)}", at=f"{r.where('url_shorteners')}[{i}]")
     content = ContentRules(
         forbidden_categories=categories,
+        documented_categories=_parse_categories(r, "documented_categories"),
+        require_optout_instructions=r.boolean("require_optout_instructions",
+                                              d.require_optout_instructions),
+        optout_instructions=r.string_list("optout_instructions", d.optout_instructions),
         max_uppercase_ratio=r.number("max_uppercase_ratio", d.max_uppercase_ratio, lo=0, hi=1),
         all_caps_min_letters=r.integer("all_caps_min_letters", d.all_caps_min_letters, lo=1),
         max_repeated_punctuation=r.integer(
@@ -397,6 +446,9 @@ def _parse_content(r: _Reader) -> ContentRules:
         ),
         url_shorteners=shorteners,
     )
+    if content.require_optout_instructions and not content.optout_instructions:
+        r.problem("optout_instructions",
+                  "must list at least one phrase when require_optout_instructions is true")
     r.finish()
     return content
 
@@ -408,6 +460,67 @@ def _parse_frequency(r: _Reader) -> Frequency:
     )
     r.finish()
     return frequency
+
+
+_MONTH_DAY_RE: Final = re.compile(r"(?P<m>[0-9]{2})-(?P<d>[0-9]{2})")
+
+
+def _parse_holidays(r: _Reader) -> frozenset[date]:
+    """[calendar.holidays]: year = ["MM-DD", ...] (data per year: movable feasts differ)."""
+    value = r.get("holidays")
+    if value is _ABSENT:
+        return frozenset()
+    if not isinstance(value, Mapping):
+        r.problem("holidays", f'must be a table like {{ 2026 = ["01-01"] }}, got {_show(value)}')
+        return frozenset()
+    days: set[date] = set()
+    base = r.where("holidays")
+    for year, items in value.items():
+        where = f"{base}.{_key_text(year)}"
+        if not (isinstance(year, str) and year.isdigit() and len(year) == 4):
+            r.problem("holidays", "keys are years like 2026", at=where)
+            continue
+        for i, item in enumerate(_strings(r, year, items, where)):
+            match = _MONTH_DAY_RE.fullmatch(item)
+            try:
+                if match is None:
+                    raise ValueError
+                days.add(date(int(year), int(match["m"]), int(match["d"])))
+            except ValueError:
+                r.problem("holidays", f'must be a date "MM-DD" of {year}, got {_show(item)}',
+                          at=f"{where}[{i}]")
+    return frozenset(days)
+
+
+def _parse_calendar(r: _Reader) -> Calendar:
+    d = Calendar()
+    names = r.string_list("weekend", tuple(WEEKDAYS[i] for i in d.weekend))
+    weekend: list[int] = []
+    for i, name in enumerate(names):
+        if name.lower() in WEEKDAYS:
+            weekend.append(WEEKDAYS.index(name.lower()))
+        else:
+            r.problem("weekend", f"must be a day name like 'saturday', got {_show(name)}",
+                      at=f"{r.where('weekend')}[{i}]")
+    calendar = Calendar(
+        weekend=tuple(sorted(set(weekend))),
+        avoid_weekends=r.boolean("avoid_weekends", d.avoid_weekends),
+        avoid_holidays=r.boolean("avoid_holidays", d.avoid_holidays),
+        holidays=_parse_holidays(r),
+    )
+    if calendar.avoid_weekends and len(calendar.weekend) == len(WEEKDAYS):
+        r.problem("weekend", "cannot be every day when avoid_weekends is true")
+    r.finish()
+    return calendar
+
+
+def _parse_throughput(r: _Reader) -> Throughput:
+    throughput = Throughput(
+        max_per_second=r.integer("max_per_second", None, lo=1, hi=100_000),
+        max_per_minute=r.integer("max_per_minute", None, lo=1, hi=1_000_000),
+    )
+    r.finish()
+    return throughput
 
 
 def _parse_timezone(r: _Reader) -> ZoneInfo | None:
@@ -454,6 +567,8 @@ def parse_profile(
     optout = _parse_optout(top.table("optout"))
     content = _parse_content(top.table("content"))
     frequency = _parse_frequency(top.table("frequency"))
+    throughput = _parse_throughput(top.table("throughput"))
+    calendar = _parse_calendar(top.table("calendar"))
     top.finish()
     if problems or zone is None:
         raise ProfileError(problems)
@@ -469,6 +584,8 @@ def parse_profile(
         content=content,
         frequency=frequency,
         source=source,
+        throughput=throughput,
+        calendar=calendar,
     )
 
 

@@ -6,15 +6,22 @@ passed in ``PolicyInput``.
 
 Rules run in this order; the first that fires decides:
 
-1. no profile for the region: Allow, except opt-out (rule 4), which holds in every country
+1. no profile for the region: Allow, except landlines (rule 2, as not supported) and opt-out
+   (rule 4), which hold in every country
 2. landline (``number_type == "fixed_line"``) where ``landlines_supported`` is false: 422 not_mobile
 3. sender: type not supported (422 sender_type_unsupported), alphanumeric too long
    (422 invalid_sender), alphanumeric not registered where registration is required
    (422 sender_not_registered)
 4. opt-out: marketing to an opted-out recipient, or transactional when the account blocks
    those too: 403 opted_out
-5. marketing only: content (422 content_rejected), frequency (429 frequency_capped), then quiet
-   hours: Defer until the next local window opening. Transactional is never deferred.
+4b. marketing without a recorded consent where the profile requires one: 403 consent_required
+5. every class: forbidden content categories, then documented categories the account is not
+   cleared for (422 content_rejected)
+6. marketing only: opt-out instructions when required, content style (all caps, punctuation,
+   link shorteners: 422 content_rejected), frequency (429 frequency_capped), then quiet hours
+   and the calendar (holidays, weekends): Defer until the next local window opening on an
+   allowed day.
+   Transactional is never deferred.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Final, Literal, TypeAlias
 from zoneinfo import ZoneInfo
+
+import phonenumbers
 
 from aggregator.policy.profiles import (
     ContentRules,
@@ -36,7 +45,6 @@ from aggregator.policy.profiles import (
     Frequency,
     OptOut,
     Window,
-    normalize_keyword,
 )
 
 __all__ = [
@@ -47,8 +55,10 @@ __all__ = [
     "PolicyInput",
     "Reject",
     "Verdict",
+    "check_landline",
     "classify_mo",
     "evaluate",
+    "next_allowed_opening",
     "next_window_opening",
 ]
 
@@ -69,6 +79,7 @@ class PolicyCode(StrEnum):
     OPTED_OUT = "opted_out"
     CONTENT_REJECTED = "content_rejected"
     FREQUENCY_CAPPED = "frequency_capped"
+    CONSENT_REQUIRED = "consent_required"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,9 @@ class PolicyInput:
     block_transactional_to_opted_out: bool = False
     marketing_sent_last_30d: int = 0  # marketing messages to this recipient in the last 30 days
     last_marketing_at: datetime | None = None  # tz-aware
+    # region -> documented content categories the account is cleared for (account config)
+    cleared_categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    has_consent: bool = True  # a marketing consent is on record (looked up when required)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -124,13 +138,20 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
     if item.sender_kind not in _SENDER_KINDS:
         raise ValueError(f"unknown sender_kind {item.sender_kind!r}")
     if profile is None:
-        # Opt-out is the recipient's choice, not a country rule: it holds everywhere.
-        return _check_optout(item) or ALLOW
+        # Opt-out is the recipient's choice, not a country rule: it holds everywhere. Landlines
+        # take the default (not supported).
+        return check_landline(None, item.number_type) or _check_optout(item) or ALLOW
     rejected = (
-        _check_landline(profile, item)
+        check_landline(profile, item.number_type)
         or _check_sender(profile, item)
         or _check_optout(item)
+        or _check_consent(profile, item)
     )
+    if rejected is not None:
+        return rejected
+    # Banned content is banned outright by the guides, in every class (issue 19 item 1); so is
+    # content that needs documents the account has not given (item 7).
+    rejected = _check_banned(profile.content, item.text) or _check_documented(profile, item)
     if rejected is not None:
         return rejected
     if item.message_class != MARKETING:
@@ -141,26 +162,41 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
     if rejected is not None:
         return rejected
     window = profile.sending_windows.marketing
-    if window is not None:
-        local = now_utc.astimezone(profile.timezone)
-        if not window.contains(local.time().replace(tzinfo=None)):
-            return Defer(next_window_opening(window, profile.timezone, now_utc))
-    return ALLOW
+    local = now_utc.astimezone(profile.timezone)
+    in_window = window is None or window.contains(local.time().replace(tzinfo=None))
+    if in_window and profile.calendar.allows(local.date()):
+        return ALLOW
+    return Defer(next_allowed_opening(profile, now_utc))
 
 
 def classify_mo(profile: CountryProfile | None, text: str) -> MoKind:
     """A mobile-originated text: an opt-out keyword, a help keyword, or anything else.
 
-    The whole message must be the keyword (case-insensitive, surrounding whitespace ignored);
-    without a profile the defaults STOP / HELP apply.
+    A keyword matches as the first word(s) of the message, case-insensitively (NFKC, Unicode
+    case folding), whatever punctuation or whitespace surrounds it: "Stop please", "Ndalo!",
+    " stop. " all match STOP; "Stopping", "S T O P" do not. Without a profile the defaults
+    STOP / HELP apply.
     """
     optout = profile.optout if profile is not None else OptOut()
-    norm = normalize_keyword(text)
-    if norm in _keyword_set(optout.keywords):
+    words = tuple(_words(unicodedata.normalize("NFKC", text)))
+    if not words:
+        return "other"
+    if _starts_with_keyword(words, _keyword_words(optout.keywords)):
         return "optout"
-    if norm in _keyword_set(optout.help_keywords):
+    if _starts_with_keyword(words, _keyword_words(optout.help_keywords)):
         return "help"
     return "other"
+
+
+@lru_cache(maxsize=256)
+def _keyword_words(keywords: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Each keyword as its case-folded words (a keyword may have several: "opt out")."""
+    split = (tuple(_words(unicodedata.normalize("NFKC", k))) for k in keywords)
+    return tuple(w for w in split if w)
+
+
+def _starts_with_keyword(words: tuple[str, ...], keywords: tuple[tuple[str, ...], ...]) -> bool:
+    return any(words[: len(k)] == k for k in keywords)
 
 
 def next_window_opening(window: Window, zone: ZoneInfo, now_utc: datetime) -> datetime:
@@ -178,11 +214,37 @@ def next_window_opening(window: Window, zone: ZoneInfo, now_utc: datetime) -> da
     return _wall_to_utc(opening, zone)
 
 
+def next_allowed_opening(profile: CountryProfile, now_utc: datetime) -> datetime:
+    """The first marketing window opening after ``now_utc`` on a day the profile's calendar
+    allows (not a holiday / weekend it avoids); local midnight when there is no window."""
+    zone = profile.timezone
+    window = profile.sending_windows.marketing
+    at = now_utc
+    for _ in range(800):  # two years of days: a calendar cannot hold everything back
+        if window is not None:
+            opening = next_window_opening(window, zone, at)
+        else:
+            day = at.astimezone(zone).date() + timedelta(days=1)
+            opening = _wall_to_utc(datetime.combine(day, datetime.min.time()), zone)
+        if profile.calendar.allows(opening.astimezone(zone).date()):
+            return opening
+        at = opening
+    raise ValueError(f"{profile.region}: the calendar allows no day in two years")
+
+
 # --------------------------------------------------------------------------- rules
 
 
-def _check_landline(profile: CountryProfile, item: PolicyInput) -> Reject | None:
-    if item.number_type == "fixed_line" and not profile.landlines_supported:
+def check_landline(profile: CountryProfile | None, number_type: str) -> Reject | None:
+    """The one place that decides whether a fixed-line number may get SMS: the profile's
+    ``landlines_supported``; without a profile, not (numbers.py lets fixed lines through)."""
+    if number_type != "fixed_line":
+        return None
+    if profile is None:
+        return Reject(422, PolicyCode.NOT_MOBILE,
+                      "the number is a fixed-line number; it cannot receive SMS",
+                      "landlines_supported")
+    if not profile.landlines_supported:
         return Reject(
             422,
             PolicyCode.NOT_MOBILE,
@@ -207,6 +269,10 @@ def _check_sender(profile: CountryProfile, item: PolicyInput) -> Reject | None:
         return _unsupported(profile, "short code", "senders.short_codes")
     if item.sender_kind == "international" and not senders.long_codes:
         return _unsupported(profile, "long number", "senders.long_codes")
+    if (item.sender_kind == "international" and not senders.domestic_long_codes
+            and _number_region(item.sender) == profile.region):
+        return _unsupported(profile, f"domestic long number ({item.sender})",
+                            "senders.domestic_long_codes")
     if item.sender_kind != "alphanumeric":
         return None
     if not senders.alphanumeric:
@@ -247,6 +313,19 @@ def _check_optout(item: PolicyInput) -> Reject | None:
     return None
 
 
+def _check_consent(profile: CountryProfile, item: PolicyInput) -> Reject | None:
+    if (item.message_class != MARKETING or item.has_consent
+            or not profile.optout.consent_required_for_marketing):
+        return None
+    return Reject(
+        403,
+        PolicyCode.CONSENT_REQUIRED,
+        f"marketing to {profile.name} needs the recipient's recorded consent; account "
+        f"{item.account!r} has none for this number (record it with POST /v1/consents)",
+        "optout.consent_required_for_marketing",
+    )
+
+
 def _content_rejected(rule: str, detail: str) -> Reject:
     return Reject(
         422,
@@ -256,13 +335,69 @@ def _content_rejected(rule: str, detail: str) -> Reject:
     )
 
 
-def _check_content(rules: ContentRules, text: str) -> Reject | None:
+def _check_banned(rules: ContentRules, text: str) -> Reject | None:
+    """Forbidden categories: every message class."""
+    if not rules.forbidden_categories:
+        return None
     norm = unicodedata.normalize("NFKC", text)
-    if rules.forbidden_categories:
-        found = _forbidden_match(_keyword_index(rules.forbidden_categories), _words(norm))
-        if found is not None:
-            name, keyword = found
-            return _content_rejected(f"forbidden_category:{name}", f"contains {keyword!r}")
+    found = _forbidden_match(_keyword_index(rules.forbidden_categories), _words(norm))
+    if found is None:
+        return None
+    name, keyword = found
+    return Reject(
+        422,
+        PolicyCode.CONTENT_REJECTED,
+        f"text rejected by content rule forbidden_category:{name}: contains {keyword!r}",
+        f"forbidden_category:{name}",
+    )
+
+
+def _check_documented(profile: CountryProfile, item: PolicyInput) -> Reject | None:
+    """Categories that need documents (KZ financial, healthcare): every class, unless the
+    account is cleared for the category in this country."""
+    categories = profile.content.documented_categories
+    if not categories:
+        return None
+    cleared = set(item.cleared_categories.get(profile.region, ()))
+    pending = tuple(c for c in categories if c.name not in cleared)
+    if not pending:
+        return None
+    found = _forbidden_match(_keyword_index(pending),
+                             _words(unicodedata.normalize("NFKC", item.text)))
+    if found is None:
+        return None
+    name, keyword = found
+    return Reject(
+        422,
+        PolicyCode.CONTENT_REJECTED,
+        f"text rejected by content rule documented_category:{name}: contains {keyword!r}; "
+        f"{name} messages to {profile.name} need documents: account {item.account!r} is not "
+        f"cleared for them",
+        f"documented_category:{name}",
+    )
+
+
+def _check_optout_instructions(rules: ContentRules, text: str) -> Reject | None:
+    """Marketing to a country without two-way SMS must say how to opt out (profile flag)."""
+    if not rules.require_optout_instructions:
+        return None
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    if any(unicodedata.normalize("NFKC", m).casefold() in folded
+           for m in rules.optout_instructions):
+        return None
+    return _content_rejected(
+        "optout_instructions",
+        "marketing texts here must say how to opt out (one of: "
+        + ", ".join(repr(m) for m in rules.optout_instructions[:5]) + ")",
+    )
+
+
+def _check_content(rules: ContentRules, text: str) -> Reject | None:
+    """The carrier-filtering style rules: marketing only."""
+    rejected = _check_optout_instructions(rules, text)
+    if rejected is not None:
+        return rejected
+    norm = unicodedata.normalize("NFKC", text)
     cased = [c for c in text if c.isupper() or c.islower()]
     if len(cased) >= rules.all_caps_min_letters:
         ratio = sum(c.isupper() for c in cased) / len(cased)
@@ -397,13 +532,18 @@ def _forbidden_match(index: _KeywordIndex, words: Sequence[str]) -> tuple[str, s
     return None if best is None else (best[1], best[2])
 
 
+@lru_cache(maxsize=1024)
+def _number_region(e164: str) -> str | None:
+    """The region of a +E.164 sender ("+38344123456" -> "XK", "+77011234567" -> "KZ")."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        return None
+
+
 @lru_cache(maxsize=64)
 def _shortener_pattern(domains: tuple[str, ...]) -> re.Pattern[str]:
     """A shortener host (or a subdomain of one) not followed by more host name."""
     alternatives = "|".join(re.escape(d) for d in sorted(domains, key=len, reverse=True))
     return re.compile(rf"(?<![\w.-])(?:[\w-]+\.)*(?:{alternatives})(?!\.?[\w-])", re.IGNORECASE)
 
-
-@lru_cache(maxsize=256)
-def _keyword_set(keywords: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(normalize_keyword(k) for k in keywords)

@@ -65,7 +65,7 @@ log = get_logger("smsagg.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # == len(MIGRATIONS)
+SCHEMA_VERSION = 3  # == len(MIGRATIONS)
 # Readiness fails while the last write failed less than this many seconds ago.
 WRITE_FAILURE_WINDOW = 10.0
 
@@ -169,6 +169,31 @@ MIGRATIONS: list[str] = [
     ALTER TABLE segments ADD COLUMN queried_at REAL;
     CREATE INDEX segments_open ON segments (provider, submitted_at) WHERE status = 'submitted';
     CREATE INDEX messages_submitted ON messages (submitted_at) WHERE status = 'submitted';
+    """,
+    # 3: consent records (time, source, scope) and the record of removed opt-outs (who, when):
+    # the Kazakhstan guide makes consent records mandatory for marketing, the Kosovo guide asks
+    # for opt-out records kept at least 12 months (issue 19 item 6).
+    """
+    CREATE TABLE consents (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        number TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        source TEXT NOT NULL,
+        consented_at REAL NOT NULL,
+        recorded_at REAL NOT NULL
+    );
+    CREATE INDEX consents_by_number ON consents (account, number, scope);
+    CREATE TABLE optout_removals (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        number TEXT NOT NULL,
+        opted_out_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        removed_at REAL NOT NULL,
+        removed_by TEXT NOT NULL
+    );
+    CREATE INDEX optout_removals_by_number ON optout_removals (account, number, removed_at);
     """,
 ]
 
@@ -708,6 +733,65 @@ class SqliteStore:
     async def remove_optout(self, account: str, number: str) -> bool:
         removed: bool = await self._submit("remove_optout", account, number)
         return removed
+
+    # ---- consent records and opt-out removals (schema 2) ------------------------------------
+
+    async def add_consent(self, account: str, number: str, scope: str, source: str,
+                          consented_at: float, now: float) -> int:
+        """Record a recipient's consent; its id."""
+        consent_id: int = await self._submit("add_consent", account, number, scope, source,
+                                             consented_at, now)
+        return consent_id
+
+    async def has_consent(self, account: str, number: str, scope: str) -> bool:
+        """A consent for ``scope`` (or for "all") is on record for this number."""
+        rows = await asyncio.to_thread(
+            self._read, "SELECT 1 FROM consents WHERE account = ? AND number = ? "
+            "AND scope IN (?, 'all') LIMIT 1", (account, number, scope))
+        return bool(rows)
+
+    async def list_consents(self, account: str, number: str | None,
+                            limit: int) -> list[tuple[int, str, str, str, float, float]]:
+        """(id, number, scope, source, consented_at, recorded_at), oldest first."""
+        sql = ("SELECT id, number, scope, source, consented_at, recorded_at FROM consents "
+               "WHERE account = ?")
+        args: list[Any] = [account]
+        if number is not None:
+            sql += " AND number = ?"
+            args.append(number)
+        rows = await asyncio.to_thread(self._read, sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def remove_optout_logged(self, account: str, number: str, removed_by: str,
+                                   now: float) -> bool:
+        """Remove an opt-out, keeping a record of it (when it was made, by whom removed)."""
+        removed: bool = await self._submit("remove_optout_logged", account, number, removed_by,
+                                           now)
+        return removed
+
+    async def list_optout_removals(self, account: str, number: str | None, limit: int
+                                   ) -> list[tuple[str, float, str, float, str]]:
+        """(number, opted_out_at, source, removed_at, removed_by), oldest first."""
+        sql = ("SELECT number, opted_out_at, source, removed_at, removed_by FROM optout_removals "
+               "WHERE account = ?")
+        args: list[Any] = [account]
+        if number is not None:
+            sql += " AND number = ?"
+            args.append(number)
+        rows = await asyncio.to_thread(self._read, sql + " ORDER BY id LIMIT ?", (*args, limit))
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    # ---- retention (writes.erase_texts / purge_before) -------------------------------------
+
+    async def erase_texts(self, keep_text: str, limit: int) -> int:
+        """Blank up to ``limit`` texts ``keep_text`` no longer keeps; how many were blanked."""
+        erased: int = await self._submit("erase_texts", keep_text, limit)
+        return erased
+
+    async def purge_before(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` final messages created before ``cutoff`` (and their rows)."""
+        purged: int = await self._submit("purge_before", cutoff, limit)
+        return purged
 
     async def is_opted_out(self, account: str, number: str) -> bool:
         rows = await asyncio.to_thread(

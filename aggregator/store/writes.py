@@ -550,3 +550,86 @@ class GroupWriter:
         for op in batch:
             op.result, op.error = None, err
         self.figures.failed(str(exc))
+
+
+# ---- message retention ([messages] keep_text, retention_days; issue 19 item 11) -------------
+# Added as their own operations (not folded into finish/claim) so the retention task runs them
+# between other writes. Message ids begin with their creation time in milliseconds (12 hex
+# digits, model.new_message_id), so "created before T" is a range of the primary key.
+
+TEXT_KEPT_INDEX = ("CREATE INDEX IF NOT EXISTS messages_text_kept ON messages (status) "
+                   "WHERE body != ''")
+
+
+def id_bound(ts: float) -> str:
+    """The smallest message id created at or after ``ts``: ids below it are older."""
+    return f"{max(0, int(ts * 1000)):012x}"
+
+
+def erase_texts(conn: sqlite3.Connection, keep_text: str, limit: int) -> int:
+    """Blank the text of messages past the point ``keep_text`` keeps it to: "until_final":
+    final messages; "never": every message no longer waiting to be sent (submitted or final).
+    The partial index (made on first use) holds only rows that still have text, so a sweep
+    never reads the erased history."""
+    if keep_text == "always":
+        return 0
+    conn.execute(TEXT_KEPT_INDEX)
+    keep = ("accepted", "scheduled", "queued", "submitted") if keep_text == "until_final" else (
+        "accepted", "scheduled", "queued")
+    marks = ",".join("?" * len(keep))
+    return conn.execute(
+        "UPDATE messages SET body = '' WHERE id IN (SELECT id FROM messages "
+        f"INDEXED BY messages_text_kept WHERE body != '' AND status NOT IN ({marks}) LIMIT ?)",
+        (*keep, limit),
+    ).rowcount
+
+
+def purge_before(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    """Delete final messages created before ``cutoff`` (at most ``limit``) with their segments,
+    finished callbacks and SMPP receipts, and marketing_log rows older than ``cutoff``."""
+    finals = sorted(FINAL_VALUES)
+    marks = ",".join("?" * len(finals))
+    ids = [r[0] for r in conn.execute(
+        f"SELECT id FROM messages WHERE id < ? AND status IN ({marks}) ORDER BY id LIMIT ?",
+        (id_bound(cutoff), *finals, limit),
+    )]
+    if not ids:
+        conn.execute("DELETE FROM marketing_log WHERE sent_at < ?", (cutoff,))
+        return 0
+    rows = [(i,) for i in ids]
+    conn.executemany("DELETE FROM segments WHERE message_id = ?", rows)
+    conn.executemany("DELETE FROM messages WHERE id = ?", rows)
+    conn.executemany("DELETE FROM callbacks WHERE message_id = ? AND given_up = 1", rows)
+    conn.execute("DELETE FROM smpp_receipts WHERE given_up = 1 AND done_at < ?", (cutoff,))
+    conn.execute("DELETE FROM idempotency WHERE created_at < ?", (cutoff,))
+    conn.execute("DELETE FROM marketing_log WHERE sent_at < ?", (cutoff,))
+    return len(ids)
+
+
+# ---- consent records and opt-out removals (schema 2; issue 19 item 6) ---------------------
+
+def add_consent(conn: sqlite3.Connection, account: str, number: str, scope: str, source: str,
+                consented_at: float, now: float) -> int:
+    row = conn.execute(
+        "INSERT INTO consents (account, number, scope, source, consented_at, recorded_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        (account, number, scope, source, consented_at, now)).fetchone()
+    return int(row[0])
+
+
+def remove_optout_logged(conn: sqlite3.Connection, account: str, number: str, removed_by: str,
+                         now: float) -> bool:
+    row = conn.execute(
+        "DELETE FROM optouts WHERE account = ? AND number = ? RETURNING created_at, source",
+        (account, number)).fetchone()
+    if row is None:
+        return False
+    conn.execute(
+        "INSERT INTO optout_removals (account, number, opted_out_at, source, removed_at, "
+        "removed_by) VALUES (?, ?, ?, ?, ?, ?)", (account, number, row[0], row[1], now,
+                                                  removed_by))
+    return True
+
+
+OPS.update({fn.__name__: fn for fn in (erase_texts, purge_before, add_consent,
+                                       remove_optout_logged)})
