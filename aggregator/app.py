@@ -18,6 +18,7 @@ from aggregator.config import (
     ConfigError,
     ListenAddress,
     ProviderConfig,
+    account_max_pending,
     load_config_or_default,
 )
 from aggregator.dispatch import Dispatcher
@@ -85,6 +86,8 @@ class App:
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
             policy=PolicyGate(self.profiles, self.accounts, self.store),
+            account_limit=lambda name: account_max_pending(self.accounts.get(name),
+                                                           config.store),
         )
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp)
@@ -228,6 +231,8 @@ class App:
             except StoreError:
                 pass
             metrics.store_waiting.set(self.store.waiting)
+            for name in self.accounts:
+                metrics.account_pending.labels(name).set(self.store.pending_by_account.get(name, 0))
             metrics.store_bytes.set(self.store.size_bytes())
             await asyncio.sleep(GAUGE_INTERVAL)
 

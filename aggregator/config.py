@@ -122,6 +122,8 @@ class StoreConfig:
     max_pending: int = 200_000
     commit_batch: int = 1000
     writer: str = "process"
+    # The share of max_pending one account may fill unless it sets its own max_pending.
+    account_pending_share: float = 0.5
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -188,6 +190,9 @@ class AccountConfig:
     registered_senders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     mo_url: str | None = None  # replies from handsets (not opt-out/help) are POSTed here
     block_transactional_to_opted_out: bool = False
+    # Messages of this account waiting to be sent; None: [store] account_pending_share of
+    # [store] max_pending (account_max_pending()).
+    max_pending: int | None = None
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -570,7 +575,23 @@ def _parse_store(r: _Reader) -> StoreConfig:
         max_pending=r.integer("max_pending", lo=1),
         commit_batch=r.integer("commit_batch", lo=1),
         writer=r.string("writer", choices=STORE_WRITERS),
+        account_pending_share=_share(r, "account_pending_share"),
     )
+
+
+def _share(r: _Reader, key: str) -> float:
+    value = r.number(key, gt=0)
+    if value > 1:
+        r.problem(key, f"must be a number > 0 and <= 1, got {value:g}")
+    return value
+
+
+def account_max_pending(account: AccountConfig | None, store: StoreConfig) -> int:
+    """How many of an account's messages may wait to be sent: its own max_pending, else its
+    share of the global bound (at least 1)."""
+    if account is not None and account.max_pending is not None:
+        return account.max_pending
+    return max(1, int(store.max_pending * store.account_pending_share))
 
 
 def _parse_messages(r: _Reader) -> MessagesConfig:
@@ -726,12 +747,14 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
         else:
             mo_url = raw_url
     block = r.boolean("block_transactional_to_opted_out")
+    max_pending = r.integer("max_pending", lo=1) if r.optional("max_pending") is not _ABSENT \
+        else None
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
                          max_binds=max_binds, max_tps=max_tps, max_http_tps=max_http_tps,
                          registered_senders=registered, mo_url=mo_url,
-                         block_transactional_to_opted_out=block)
+                         block_transactional_to_opted_out=block, max_pending=max_pending)
 
 
 def _parse_provider(r: _Reader) -> ProviderConfig:

@@ -16,6 +16,7 @@ from aggregator.log import get_logger
 from aggregator.model import FinalNotice, Message, MessageStatus, SegmentSubmit
 from aggregator.outbound import errors
 from aggregator.outbound.errors import Outcome
+from aggregator.outbound.fairqueue import FairGate
 from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.routing import Route, RouteTable
@@ -58,6 +59,9 @@ class Dispatcher:
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self._route_buckets: dict[Route, TokenBucket] = {}
+        self._route_gates: dict[Route, FairGate] = {}  # waits for a route's max_tps, fairly
+        # Messages in flight per account: the store's claim shares free slots fairly by it.
+        self._held: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -77,6 +81,7 @@ class Dispatcher:
         """The route table was reloaded: forget the rate buckets of routes that are gone."""
         live = set(self._routes.routes)
         self._route_buckets = {r: b for r, b in self._route_buckets.items() if r in live}
+        self._route_gates = {r: g for r, g in self._route_gates.items() if r in live}
 
     def wake(self) -> None:
         """New work was committed (or a bind came up): look at the store now."""
@@ -108,7 +113,8 @@ class Dispatcher:
                 continue
             self._wake.clear()
             try:
-                batch = await self._store.claim_due(self._clock(), min(free, CLAIM_BATCH))
+                batch = await self._store.claim_due(self._clock(), min(free, CLAIM_BATCH),
+                                                    self._held)
             except StoreError as exc:
                 metrics.store_errors.labels("claim_due").inc()
                 log.error("claim_failed", error=str(exc))
@@ -117,6 +123,7 @@ class Dispatcher:
             for message in batch:
                 task = asyncio.create_task(self._handle(message))
                 self._tasks.add(task)
+                self._hold(message.account, task)
                 task.add_done_callback(self._task_done)
             if len(batch) < min(free, CLAIM_BATCH):
                 await self._sleep_or_wake(await self._idle_wait())
@@ -136,21 +143,38 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    def _hold(self, account: str, task: asyncio.Task[None]) -> None:
+        self._held[account] = self._held.get(account, 0) + 1
+        metrics.dispatch_claimed.labels(account).inc()
+        metrics.dispatch_in_flight.labels(account).inc()
+        task.add_done_callback(lambda _: self._release(account))
+
+    def _release(self, account: str) -> None:
+        left = self._held[account] - 1
+        if left:
+            self._held[account] = left
+        else:
+            del self._held[account]
+        metrics.dispatch_in_flight.labels(account).dec()
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("dispatch_task_failed", error=repr(task.exception()))
 
-    async def _route_rate(self, route: Route) -> None:
+    async def _route_rate(self, route: Route, account: str) -> None:
+        """Wait for the route's max_tps; waiting accounts take turns."""
         if route.max_tps is None:
             return
-        bucket = self._route_buckets.get(route)
-        if bucket is None:
+        gate = self._route_gates.get(route)
+        if gate is None:
             bucket = self._route_buckets[route] = TokenBucket(route.max_tps)
-        if bucket.try_take() > 0:
+            gate = self._route_gates[route] = FairGate(bucket.try_take)
+        turn = gate.enter(account)
+        if turn is not None:
             metrics.route_rate_waits.labels(route.name).inc()
-            await bucket.take()
+            await turn
 
     async def _handle(self, message: Message) -> None:
         now = self._clock()
@@ -161,7 +185,7 @@ class Dispatcher:
         if route is None:
             await self._finish(message, MessageStatus.FAILED, "no route to destination")
             return
-        await self._route_rate(route)
+        await self._route_rate(route, message.account)
         encoded = encode_message(message.text, message.encoding, message.concat_ref)
         previous: ProviderPool | None = None
         last_failure: SubmitResult | None = None
@@ -235,7 +259,7 @@ class Dispatcher:
         keep_done = message.done_segments if message.provider == pool.name else frozenset()
         todo = [
             SubmitRequest(message.id, seq, message.sender, message.to, encoded.data_coding,
-                          encoded.esm_class, part)
+                          encoded.esm_class, part, message.account)
             for seq, part in enumerate(encoded.parts, start=1)
             if seq not in keep_done
         ]

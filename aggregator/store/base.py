@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,6 +72,11 @@ class Store(Protocol):
     # Where ingress workers send their accepts (a writer process's socket); None: via the daemon.
     writer_address: str | None
 
+    @property
+    def pending_by_account(self) -> Mapping[str, int]:
+        """`pending` per account (an account with none may be absent)."""
+        ...
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -81,8 +86,11 @@ class Store(Protocol):
         """All in one transaction: every message is stored, or none is."""
         ...
 
-    async def claim_due(self, now: float, limit: int) -> list[Message]:
-        """Move due accepted messages to queued and return them (with done_segments filled)."""
+    async def claim_due(self, now: float, limit: int,
+                        held: Mapping[str, int] | None = None) -> list[Message]:
+        """Move due accepted messages to queued and return them (with done_segments filled).
+        With several accounts due, `limit` is shared fairly between them, counting what each
+        has in flight (`held`, per account)."""
         ...
 
     async def next_due_at(self) -> float | None: ...

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,13 +58,14 @@ from aggregator.store.writes import (
     bind,
     connect,
     waiting_added,
+    waiting_by_account,
 )
 
 log = get_logger("smsagg.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1  # == len(MIGRATIONS)
+SCHEMA_VERSION = 2  # == len(MIGRATIONS)
 # Readiness fails while the last write failed less than this many seconds ago.
 WRITE_FAILURE_WINDOW = 10.0
 
@@ -161,6 +163,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX marketing_log_by_number ON marketing_log (account, number, sent_at);
     """,
+    # 1 -> 2: fair claims between accounts (writes.due_accounts, writes.claim_due).
+    """
+    CREATE INDEX messages_due_account ON messages (account, next_attempt_at)
+        WHERE status IN ('accepted', 'scheduled');
+    """,
 ]
 
 WRITERS = frozenset({"thread", "process"})
@@ -251,6 +258,8 @@ class SqliteStore:
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
         self.pending = 0
+        # The pending count per account (its own max_pending); accounts at 0 are dropped.
+        self.pending_by_account: Counter[str] = Counter()
         self._waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
@@ -299,6 +308,9 @@ class SqliteStore:
         self._reader = await asyncio.to_thread(connect, self.path, self.busy_timeout)
         counts = await self.count_by_status()
         self.pending = sum(counts.get(s, 0) for s in PENDING)
+        self.pending_by_account = Counter(dict(await asyncio.to_thread(
+            self._read, "SELECT account, COUNT(*) FROM messages WHERE status IN "
+            f"({','.join('?' * len(PENDING))}) GROUP BY account", PENDING)))
 
     def _open_sync(self) -> sqlite3.Connection:
         """Connect, refuse what is not our database, migrate, check, recover claimed messages.
@@ -476,8 +488,9 @@ class SqliteStore:
                 self._started.set_exception(StoreError(obj[1]))
             return
         _, self._figures, durations, answers, took = obj
-        if took:  # workers' accepts, straight to the writer
-            self.pending += took
+        if took:  # workers' accepts, straight to the writer: {account: waiting messages}
+            self.pending += sum(took.values())
+            self.pending_by_account.update(took)
             if self._on_accepted is not None:
                 self._on_accepted()
         if self._on_commit is not None:
@@ -561,15 +574,19 @@ class SqliteStore:
         rows = [message_row(m) for m in messages]
         await self._submit("accept_many", rows, marketing_rows(messages))
         self.pending += waiting_added("accept_many", (rows,), None)
+        self.pending_by_account.update(waiting_by_account("accept_many", (rows,), None))
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         row = message_row(message)
         prior = await self._submit("accept", row, idempotency_key)
         self.pending += waiting_added("accept", (row, idempotency_key), prior)
+        self.pending_by_account.update(waiting_by_account("accept", (row,), prior))
         return accept_result(message, prior)
 
-    async def claim_due(self, now: float, limit: int) -> list[Message]:
-        rows, done = await self._submit("claim_due", now, limit)
+    async def claim_due(self, now: float, limit: int,
+                        held: Mapping[str, int] | None = None) -> list[Message]:
+        """`held`: messages per account the caller has in flight (fair shares)."""
+        rows, done = await self._submit("claim_due", now, limit, dict(held or {}))
         messages = [row_to_message(r) for r in rows]
         for m in messages:
             if m.id in done:
@@ -585,9 +602,11 @@ class SqliteStore:
     ) -> None:
         # Not `self.pending -= await ...`: that reads the count before the await and writes
         # it back after, losing every accept counted meanwhile (the count drifted negative).
-        submitted = await self._submit("record_submitted", message_id, provider,
-                                       _parts(parts), now)
-        self.pending -= submitted
+        account = await self._submit("record_submitted", message_id, provider,
+                                     _parts(parts), now)
+        if account is not None:
+            self.pending -= 1
+            self._less_pending(account)
 
     async def reschedule(
         self,
@@ -613,13 +632,25 @@ class SqliteStore:
         notice, was_pending = await self._submit("finish", message_id, status, error, now)
         if was_pending:
             self.pending -= 1
+            if notice is not None:
+                self._less_pending(notice.account)
         result: FinalNotice | None = notice
         return result
 
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]:
         applied = await self._submit("apply_receipts", list(updates))
         self.pending -= sum(1 for _, was_pending in applied if was_pending)
+        for result, was_pending in applied:
+            if was_pending and result.final is not None:
+                self._less_pending(result.final.account)
         return [result for result, _ in applied]
+
+    def _less_pending(self, account: str) -> None:
+        left = self.pending_by_account[account] - 1
+        if left > 0:
+            self.pending_by_account[account] = left
+        else:  # keep the map to accounts with messages waiting
+            self.pending_by_account.pop(account, None)
 
     # ---- callbacks outbox --------------------------------------------------------------------
 
