@@ -34,6 +34,7 @@ from aggregator.outbound.connection import Bind
 from aggregator.outbound.pool import ProviderPool
 from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
+from aggregator.policy.sendcheck import SendCheck
 from aggregator.receipts import (
     ReceiptProcessor,
     normalise_receipt_id,
@@ -82,6 +83,9 @@ class App:
             self._wire(pool)
         self.profiles = profiles_for(config.policy.countries)
         self.accounts = {a.name: a for a in config.accounts}
+        # Opt-out, quiet hours and frequency caps again when a message is taken for sending.
+        self.send_check = SendCheck(self.profiles, self.accounts, self.store)
+        self.dispatcher.send_check = self.send_check
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,

@@ -19,9 +19,11 @@ from aggregator.outbound.errors import Outcome
 from aggregator.outbound.fairqueue import FairGate
 from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
 from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.policy.sendcheck import CHECK_FAILED, Hold, Refuse, SendCheck, Verdict
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import NO_PROVIDER, Store, StoreError
 from aggregator.text import EncodedMessage, encode_message
+from aggregator.timefmt import iso_utc
 
 log = get_logger("smsagg.dispatch")
 
@@ -45,6 +47,7 @@ class Dispatcher:
         *,
         max_in_flight: int,
         clock: Callable[[], float] = time.time,
+        send_check: SendCheck | None = None,
     ) -> None:
         self._store = store
         self._routes = routes
@@ -53,6 +56,8 @@ class Dispatcher:
         self._on_final = on_final
         self._max_in_flight = max_in_flight
         self._clock = clock
+        # Rules checked again when a message is taken for sending; None: none.
+        self.send_check = send_check
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -120,13 +125,48 @@ class Dispatcher:
                 log.error("claim_failed", error=str(exc))
                 await self._sleep_or_wake(IDLE_POLL)
                 continue
+            verdicts = await self._screen(batch) if self.send_check is not None else {}
             for message in batch:
-                task = asyncio.create_task(self._handle(message))
+                task = asyncio.create_task(self._handle(message, verdicts.get(message.id)))
                 self._tasks.add(task)
                 self._hold(message.account, task)
                 task.add_done_callback(self._task_done)
             if len(batch) < min(free, CLAIM_BATCH):
                 await self._sleep_or_wake(await self._idle_wait())
+
+    async def _screen(self, batch: list[Message]) -> dict[str, Verdict]:
+        """The send-time rules' verdicts on a claimed batch; when their state cannot be read,
+        the messages they apply to wait a little rather than go unchecked."""
+        check = self.send_check
+        if check is None or not batch:
+            return {}
+        try:
+            return await check.screen(batch)
+        except StoreError as exc:
+            metrics.store_errors.labels("send_check").inc()
+            log.error("send_check_failed", error=str(exc), retry_in=IDLE_POLL)
+            until = self._clock() + IDLE_POLL
+            return {m.id: Hold(until, CHECK_FAILED, "the rules' state could not be read")
+                    for m in batch if check.needs(m)}
+
+    async def _apply_rule(self, message: Message, verdict: Verdict) -> None:
+        """A rule checked at send time said no: rejected (opt-out) or held until it may go."""
+        if isinstance(verdict, Refuse):
+            metrics.send_rules.labels("rejected", verdict.reason).inc()
+            log.info("send_rule_rejected", message_id=message.id, account=message.account,
+                     reason=verdict.reason)
+            await self._finish(message, MessageStatus.REJECTED, verdict.error)
+            return
+        if verdict.until >= message.expires_at:
+            await self._finish(message, MessageStatus.EXPIRED,
+                               f"validity period elapsed before {verdict.reason} "
+                               "allowed sending")
+            return
+        metrics.send_rules.labels("held", verdict.reason).inc()
+        log.info("send_rule_held", message_id=message.id, account=message.account,
+                 reason=verdict.reason, until=iso_utc(verdict.until))
+        await self._durably(message, self._store.hold, message.id, verdict.until,
+                            f"{verdict.reason}: {verdict.detail}")
 
     async def _idle_wait(self) -> float:
         try:
@@ -176,10 +216,13 @@ class Dispatcher:
             metrics.route_rate_waits.labels(route.name).inc()
             await turn
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message, verdict: Verdict | None = None) -> None:
         now = self._clock()
         if now >= message.expires_at:
             await self._finish(message, MessageStatus.EXPIRED, "validity period elapsed")
+            return
+        if verdict is not None:
+            await self._apply_rule(message, verdict)
             return
         route = self._routes.lookup(message.to, message.message_class)
         if route is None:

@@ -163,6 +163,11 @@ dispatch_claimed = Counter(
 dispatch_in_flight = Gauge("smsagg_dispatch_in_flight",
                            "Messages the dispatcher is handling now, per account", ["account"],
                            registry=REGISTRY)
+send_rules = Counter(
+    "smsagg_send_rules_total",
+    "Messages a rule checked again at send time kept back (held) or refused (rejected)",
+    ["action", "reason"], registry=REGISTRY,
+)
 config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration reloads",
                          ["result"], registry=REGISTRY)
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",

@@ -620,6 +620,10 @@ class SqliteStore:
         await self._submit("reschedule", message_id, provider, _parts(parts), next_attempt_at,
                            error, count_attempt, time.time())
 
+    async def hold(self, message_id: str, next_attempt_at: float, error: str) -> None:
+        """A claimed message back to scheduled until `next_attempt_at` (a send-time rule)."""
+        await self._submit("hold", message_id, next_attempt_at, error)
+
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
         released: int = await self._submit("release_waiting", now)
@@ -729,6 +733,39 @@ class SqliteStore:
             self._read, "SELECT COUNT(*), MAX(sent_at) FROM marketing_log "
             "WHERE account = ? AND number = ? AND sent_at >= ?", (account, number, since))
         return int(rows[0][0]), rows[0][1]
+
+    async def send_rules_state(
+        self, keys: Sequence[tuple[str, str]], marketing: Sequence[tuple[str, str]],
+        since: float,
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[float]]]:
+        """For the rules checked at send time, in one read: which (account, number) of `keys`
+        opted out, and when marketing was accepted for each of `marketing` since `since`."""
+        return await asyncio.to_thread(self._send_rules_state, keys, marketing, since)
+
+    def _send_rules_state(
+        self, keys: Sequence[tuple[str, str]], marketing: Sequence[tuple[str, str]],
+        since: float,
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[float]]]:
+        if self._reader is None:
+            raise StoreError("store is closed")
+        opted_out: set[tuple[str, str]] = set()
+        sent: dict[tuple[str, str], list[float]] = {}
+        try:
+            with self._reader_lock:
+                conn = self._reader
+                for key in keys:  # primary-key lookups
+                    if conn.execute("SELECT 1 FROM optouts WHERE account = ? AND number = ?",
+                                    key).fetchone() is not None:
+                        opted_out.add(key)
+                for key in marketing:  # marketing_log_by_number
+                    times = [r[0] for r in conn.execute(
+                        "SELECT sent_at FROM marketing_log WHERE account = ? AND number = ? "
+                        "AND sent_at >= ?", (*key, since))]
+                    if times:
+                        sent[key] = times
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading opt-outs and marketing history failed: {exc}") from exc
+        return opted_out, sent
 
     async def account_for_reply(self, number: str, sender: str) -> str | None:
         """The account that last sent to this number from this sender: a reply is for it."""

@@ -262,6 +262,17 @@ def reschedule(conn: sqlite3.Connection, message_id: str, provider: str | None, 
     )
 
 
+def hold(conn: sqlite3.Connection, message_id: str, next_attempt_at: float,
+         error: str) -> None:
+    """A claimed message a rule keeps back (quiet hours, a frequency cap): scheduled again,
+    no attempt spent."""
+    conn.execute(
+        "UPDATE messages SET status = 'scheduled', next_attempt_at = ?, error = ? "
+        "WHERE id = ? AND status = 'queued'",
+        (next_attempt_at, error, message_id),
+    )
+
+
 def finish(
     conn: sqlite3.Connection,
     message_id: str,
@@ -452,7 +463,7 @@ OPS: dict[str, Callable[..., Any]] = {
         accept_many, accept, claim_due, next_due_at, record_submitted, reschedule, finish,
         release_waiting, apply_receipts, due_callbacks, callbacks_done, callback_retry,
         callback_give_up, enqueue_callback, due_smpp_receipts, enqueue_smpp_mo,
-        smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout,
+        smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout, hold,
     )
 }
 
