@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from aggregator.app import App
 from aggregator.policy.profiles import Frequency
 from simulator.smsc import Smsc, SmscProfile
@@ -187,3 +189,53 @@ async def _wait_stored(r: Running, message_id: str, status: str) -> Any:
             return stored
         assert systime.monotonic() < deadline, f"still {stored.status.value}"
         await asyncio.sleep(0.02)
+
+
+async def test_an_optout_rejects_an_smpp_accounts_message_with_a_rejectd_receipt(
+    tmp_path: Path,
+) -> None:
+    """An account that blocks opted-out recipients for every class: its SMPP (transactional)
+    message, taken for sending after the recipient opted out, comes back as a receipt."""
+    pytest.importorskip("smpplib")
+    import smpplib.client
+    import smpplib.consts
+
+    account = {**SHOP, "system_id": "shop", "password": "secret",
+               "block_transactional_to_opted_out": True}
+    async with running(tmp_path, shop=account, smpp={}) as r:
+        assert r.app.smpp is not None
+        port = r.app.smpp.port
+        r.app.dispatcher.max_in_flight = 0  # nothing is taken until the opt-out is in
+        client = smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
+                                       allow_unknown_opt_params=True)
+        delivered: list[Any] = []
+        client.set_message_received_handler(lambda pdu: delivered.append(pdu))
+
+        def submit() -> int:
+            client.connect()
+            client.bind_transceiver(system_id="shop", password="secret")
+            client.send_message(
+                source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="ACME",
+                dest_addr_ton=smpplib.consts.SMPP_TON_INTL, destination_addr=XK[1:],
+                short_message=b"your code 1234", registered_delivery=True)
+            resp = client.read_pdu()
+            assert resp.command == "submit_sm_resp"
+            return int(resp.status)
+
+        def receipt() -> bytes:
+            while not delivered:
+                client.read_once()
+            text: bytes = delivered[0].short_message
+            return text
+
+        try:
+            assert await asyncio.to_thread(submit) == 0
+            async with r.http.post(f"{r.base}/v1/optouts", json={"number": XK},
+                                   headers={"Authorization": "Bearer shop-key"}) as resp:
+                assert resp.status == 201
+            r.app.dispatcher.max_in_flight = 100
+            text = await asyncio.to_thread(receipt)
+        finally:
+            client.disconnect()
+        assert b"stat:REJECTD" in text
+        assert submits_to(r, XK) == 0
