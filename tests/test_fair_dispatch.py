@@ -320,3 +320,33 @@ providers = ["sim"]
             assert await post(API_KEY, "still full") == 503
     finally:
         await smsc.stop(timeout=1.0)
+
+
+async def test_a_version_1_database_is_migrated_to_the_account_index(tmp_path: Path) -> None:
+    import sqlite3
+
+    from aggregator.store.sqlite import MIGRATIONS, SCHEMA_VERSION, message_row
+    from aggregator.store.writes import INSERT_MESSAGE
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(INSERT_MESSAGE, message_row(_message(1, "shop", time.time() - 1)))
+    conn.commit()
+    conn.close()
+    store = SqliteStore(str(path), writer="thread")
+    await store.open()
+    try:
+        assert dict(store.pending_by_account) == {"shop": 1}
+        assert [m.id for m in await store.claim_due(time.time(), 10)] == ["shop000001"]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        indexes = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "messages_due_account" in indexes and "messages_due" not in indexes
+    finally:
+        conn.close()
