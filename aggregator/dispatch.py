@@ -129,7 +129,7 @@ class Dispatcher:
             for message in batch:
                 task = asyncio.create_task(self._handle(message, verdicts.get(message.id)))
                 self._tasks.add(task)
-                self._hold(message.account, task)
+                self._count_in_flight(message.account, task)
                 task.add_done_callback(self._task_done)
             if len(batch) < min(free, CLAIM_BATCH):
                 await self._sleep_or_wake(await self._idle_wait())
@@ -183,13 +183,13 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    def _hold(self, account: str, task: asyncio.Task[None]) -> None:
+    def _count_in_flight(self, account: str, task: asyncio.Task[None]) -> None:
         self._held[account] = self._held.get(account, 0) + 1
         metrics.dispatch_claimed.labels(account).inc()
         metrics.dispatch_in_flight.labels(account).inc()
-        task.add_done_callback(lambda _: self._release(account))
+        task.add_done_callback(lambda _: self._done_in_flight(account))
 
-    def _release(self, account: str) -> None:
+    def _done_in_flight(self, account: str) -> None:
         left = self._held[account] - 1
         if left:
             self._held[account] = left
