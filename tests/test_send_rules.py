@@ -239,3 +239,30 @@ async def test_an_optout_rejects_an_smpp_accounts_message_with_a_rejectd_receipt
             client.disconnect()
         assert b"stat:REJECTD" in text
         assert submits_to(r, XK) == 0
+
+
+async def test_a_later_marketing_message_that_goes_first_holds_an_older_one(
+    tmp_path: Path,
+) -> None:
+    """No rule changes: the first message is held by a 25-hour outage, the second is
+    accepted 24 h after it (allowed). When they are taken, the second is the one 24 h clear
+    of the other; the first waits 24 h after the second instead of following it at once."""
+    async with running(tmp_path, shop=SHOP) as r:
+        first_at = local(0, 13, 0)
+        clock = Clock(r.app, first_at)
+        port = await provider_down(r)
+        first = await post(r)
+        second_at = local(1, 14, 0)
+        clock.at(second_at)
+        second = await post(r)
+        assert second["status"] == "accepted"
+        clock.at(second_at + 60)
+        stored = await _wait_stored(r, first["id"], "scheduled")
+        assert stored.next_attempt_at == second_at + 24 * 3600
+        assert stored.error.startswith("frequency_capped: ")
+        await provider_up(r, port)
+        await r.wait_status(second["id"], {"delivered"})
+        _, view = await r.get(first["id"])
+        assert view["status"] == "scheduled" and submits_to(r, XK) == 1
+        clock.at(second_at + 24 * 3600 + 1)
+        await r.wait_status(first["id"], {"delivered"})
