@@ -18,6 +18,7 @@ from aggregator.config import (
     ConfigError,
     ListenAddress,
     ProviderConfig,
+    account_max_pending,
 )
 from aggregator.configread import ConfigReadTimeout, load_config_off_pool
 from aggregator.dispatch import Dispatcher
@@ -34,6 +35,7 @@ from aggregator.outbound.pool import ProviderPool
 from aggregator.overdue import OverdueReceipts
 from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
+from aggregator.policy.sendcheck import SendCheck
 from aggregator.policy.throughput import CountryThroughput
 from aggregator.receipts import (
     ReceiptProcessor,
@@ -89,10 +91,15 @@ class App:
         self.profiles = profiles_for(config.policy.countries)
         self.dispatcher.country_limits = CountryThroughput(self.profiles)
         self.accounts = {a.name: a for a in config.accounts}
+        # Opt-out, quiet hours and frequency caps again when a message is taken for sending.
+        self.send_check = SendCheck(self.profiles, self.accounts, self.store)
+        self.dispatcher.send_check = self.send_check
         self.acceptor = Acceptor(
             self.store, self.routes, config.messages,
             max_pending=config.store.max_pending, on_accepted=self.dispatcher.wake,
             policy=PolicyGate(self.profiles, self.accounts, self.store), accounts=self.accounts,
+            account_limit=lambda name: account_max_pending(self.accounts.get(name),
+                                                           config.store),
         )
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp,
@@ -237,6 +244,8 @@ class App:
             except StoreError:
                 pass
             metrics.store_waiting.set(self.store.waiting)
+            for name in self.accounts:
+                metrics.account_pending.labels(name).set(self.store.pending_by_account.get(name, 0))
             metrics.store_bytes.set(self.store.size_bytes())
             await asyncio.sleep(GAUGE_INTERVAL)
 

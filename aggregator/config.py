@@ -125,6 +125,8 @@ class StoreConfig:
     max_pending: int = 200_000
     commit_batch: int = 1000
     writer: str = "process"
+    # The share of max_pending one account may fill unless it sets its own max_pending.
+    account_pending_share: float = 0.5
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -218,6 +220,9 @@ class AccountConfig:
     # from optout_sender, as one from a handset's STOP is.
     confirm_api_optouts: bool = False
     optout_sender: str | None = None
+    # Messages of this account waiting to be sent; None: [store] account_pending_share of
+    # [store] max_pending (account_max_pending()).
+    max_pending: int | None = None
 
     def __post_init__(self) -> None:
         if not self.api_key_digest and self.api_key:
@@ -610,7 +615,23 @@ def _parse_store(r: _Reader) -> StoreConfig:
         max_pending=r.integer("max_pending", lo=1),
         commit_batch=r.integer("commit_batch", lo=1),
         writer=r.string("writer", choices=STORE_WRITERS),
+        account_pending_share=_share(r, "account_pending_share"),
     )
+
+
+def _share(r: _Reader, key: str) -> float:
+    value = r.number(key, gt=0)
+    if value > 1:
+        r.problem(key, f"must be a number > 0 and <= 1, got {value:g}")
+    return value
+
+
+def account_max_pending(account: AccountConfig | None, store: StoreConfig) -> int:
+    """How many of an account's messages may wait to be sent: its own max_pending, else its
+    share of the global bound (at least 1)."""
+    if account is not None and account.max_pending is not None:
+        return account.max_pending
+    return max(1, int(store.max_pending * store.account_pending_share))
 
 
 def _parse_messages(r: _Reader) -> MessagesConfig:
@@ -785,6 +806,8 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
         optout_sender = r.string("optout_sender", nonempty=True)
     elif confirm_api_optouts:
         r.problem("optout_sender", "required with confirm_api_optouts: the confirmation's sender")
+    max_pending = r.integer("max_pending", lo=1) if r.optional("max_pending") is not _ABSENT \
+        else None
     return AccountConfig(name=name, api_key=api_key or "", api_key_digest=api_key_digest or b"",
                          system_id=system_id, password=password,
                          password_digest=password_digest if system_id is not None else None,
@@ -796,7 +819,8 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
                                                     choices=MESSAGE_ID_FORMATS),
                          default_class=default_class, smpp_class=smpp_class,
                          service_types=service_types, cleared_categories=cleared,
-                         confirm_api_optouts=confirm_api_optouts, optout_sender=optout_sender)
+                         confirm_api_optouts=confirm_api_optouts, optout_sender=optout_sender,
+                         max_pending=max_pending)
 
 
 def _parse_region_lists(r: _Reader, key: str, example: str) -> dict[str, tuple[str, ...]]:

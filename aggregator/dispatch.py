@@ -16,12 +16,15 @@ from aggregator.log import get_logger
 from aggregator.model import FinalNotice, Message, MessageStatus, SegmentSubmit
 from aggregator.outbound import errors
 from aggregator.outbound.errors import Outcome
+from aggregator.outbound.fairqueue import FairGate
 from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
 from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.policy.sendcheck import CHECK_FAILED, Hold, Refuse, SendCheck, Verdict
 from aggregator.policy.throughput import CountryThroughput
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import NO_PROVIDER, Store, StoreError
 from aggregator.text import EncodedMessage, encode_message
+from aggregator.timefmt import iso_utc
 
 log = get_logger("smsagg.dispatch")
 
@@ -45,6 +48,7 @@ class Dispatcher:
         *,
         max_in_flight: int,
         clock: Callable[[], float] = time.time,
+        send_check: SendCheck | None = None,
     ) -> None:
         self._store = store
         self._routes = routes
@@ -53,6 +57,8 @@ class Dispatcher:
         self._on_final = on_final
         self._max_in_flight = max_in_flight
         self._clock = clock
+        # Rules checked again when a message is taken for sending; None: none.
+        self.send_check = send_check
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -61,6 +67,9 @@ class Dispatcher:
         self._route_buckets: dict[Route, TokenBucket] = {}
         # Country [throughput] limits over every provider (policy/throughput.py); None: none.
         self.country_limits: CountryThroughput | None = None
+        self._route_gates: dict[Route, FairGate] = {}  # waits for a route's max_tps, fairly
+        # Messages in flight per account: the store's claim shares free slots fairly by it.
+        self._held: dict[str, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -80,6 +89,7 @@ class Dispatcher:
         """The route table was reloaded: forget the rate buckets of routes that are gone."""
         live = set(self._routes.routes)
         self._route_buckets = {r: b for r, b in self._route_buckets.items() if r in live}
+        self._route_gates = {r: g for r, g in self._route_gates.items() if r in live}
 
     def wake(self) -> None:
         """New work was committed (or a bind came up): look at the store now."""
@@ -111,18 +121,55 @@ class Dispatcher:
                 continue
             self._wake.clear()
             try:
-                batch = await self._store.claim_due(self._clock(), min(free, CLAIM_BATCH))
+                batch = await self._store.claim_due(self._clock(), min(free, CLAIM_BATCH),
+                                                    self._held)
             except StoreError as exc:
                 metrics.store_errors.labels("claim_due").inc()
                 log.error("claim_failed", error=str(exc))
                 await self._sleep_or_wake(IDLE_POLL)
                 continue
+            verdicts = await self._screen(batch) if self.send_check is not None else {}
             for message in batch:
-                task = asyncio.create_task(self._handle(message))
+                task = asyncio.create_task(self._handle(message, verdicts.get(message.id)))
                 self._tasks.add(task)
+                self._count_in_flight(message.account, task)
                 task.add_done_callback(self._task_done)
             if len(batch) < min(free, CLAIM_BATCH):
                 await self._sleep_or_wake(await self._idle_wait())
+
+    async def _screen(self, batch: list[Message]) -> dict[str, Verdict]:
+        """The send-time rules' verdicts on a claimed batch; when their state cannot be read,
+        the messages they apply to wait a little rather than go unchecked."""
+        check = self.send_check
+        if check is None or not batch:
+            return {}
+        try:
+            return await check.screen(batch)
+        except StoreError as exc:
+            metrics.store_errors.labels("send_check").inc()
+            log.error("send_check_failed", error=str(exc), retry_in=IDLE_POLL)
+            until = self._clock() + IDLE_POLL
+            return {m.id: Hold(until, CHECK_FAILED, "the rules' state could not be read")
+                    for m in batch if check.needs(m)}
+
+    async def _apply_rule(self, message: Message, verdict: Verdict) -> None:
+        """A rule checked at send time said no: rejected (opt-out) or held until it may go."""
+        if isinstance(verdict, Refuse):
+            metrics.send_rules.labels("rejected", verdict.reason).inc()
+            log.info("send_rule_rejected", message_id=message.id, account=message.account,
+                     reason=verdict.reason)
+            await self._finish(message, MessageStatus.REJECTED, verdict.error)
+            return
+        if verdict.until >= message.expires_at:
+            await self._finish(message, MessageStatus.EXPIRED,
+                               f"validity period elapsed before {verdict.reason} "
+                               "allowed sending")
+            return
+        metrics.send_rules.labels("held", verdict.reason).inc()
+        log.info("send_rule_held", message_id=message.id, account=message.account,
+                 reason=verdict.reason, until=iso_utc(verdict.until))
+        await self._durably(message, self._store.hold, message.id, verdict.until,
+                            f"{verdict.reason}: {verdict.detail}")
 
     async def _idle_wait(self) -> float:
         try:
@@ -139,32 +186,52 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
+    def _count_in_flight(self, account: str, task: asyncio.Task[None]) -> None:
+        self._held[account] = self._held.get(account, 0) + 1
+        metrics.dispatch_claimed.labels(account).inc()
+        metrics.dispatch_in_flight.labels(account).inc()
+        task.add_done_callback(lambda _: self._done_in_flight(account))
+
+    def _done_in_flight(self, account: str) -> None:
+        left = self._held[account] - 1
+        if left:
+            self._held[account] = left
+        else:
+            del self._held[account]
+        metrics.dispatch_in_flight.labels(account).dec()
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("dispatch_task_failed", error=repr(task.exception()))
 
-    async def _route_rate(self, route: Route) -> None:
+    async def _route_rate(self, route: Route, account: str) -> None:
+        """Wait for the route's max_tps; waiting accounts take turns."""
         if route.max_tps is None:
             return
-        bucket = self._route_buckets.get(route)
-        if bucket is None:
+        gate = self._route_gates.get(route)
+        if gate is None:
             bucket = self._route_buckets[route] = TokenBucket(route.max_tps)
-        if bucket.try_take() > 0:
+            gate = self._route_gates[route] = FairGate(bucket.try_take)
+        turn = gate.enter(account)
+        if turn is not None:
             metrics.route_rate_waits.labels(route.name).inc()
-            await bucket.take()
+            await turn
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message, verdict: Verdict | None = None) -> None:
         now = self._clock()
         if now >= message.expires_at:
             await self._finish(message, MessageStatus.EXPIRED, "validity period elapsed")
+            return
+        if verdict is not None:
+            await self._apply_rule(message, verdict)
             return
         route = self._routes.lookup(message.to, message.message_class)
         if route is None:
             await self._finish(message, MessageStatus.FAILED, "no route to destination")
             return
-        await self._route_rate(route)
+        await self._route_rate(route, message.account)
         if self.country_limits is not None:
             await self.country_limits.take(message.region, message.segments)
         encoded = encode_message(message.text, message.encoding, message.concat_ref)
@@ -240,7 +307,7 @@ class Dispatcher:
         keep_done = message.done_segments if message.provider == pool.name else frozenset()
         todo = [
             SubmitRequest(message.id, seq, message.sender, message.to, encoded.data_coding,
-                          encoded.esm_class, part)
+                          encoded.esm_class, part, message.account)
             for seq, part in enumerate(encoded.parts, start=1)
             if seq not in keep_done
         ]

@@ -148,6 +148,26 @@ def unwatch_buffers(*names: str) -> None:
     """The queues are gone (shutdown): their depth reads 0 and no longer holds their owner."""
     for name in names:
         buffer_depth.labels(name).set_function(lambda: 0)
+account_queue_full = Counter(
+    "smsagg_account_queue_full_total",
+    "Accepts refused (503 queue_full / ESME_RMSGQFUL) because the account's own max_pending "
+    "was reached", ["account"], registry=REGISTRY,
+)
+account_pending = Gauge("smsagg_account_pending", "Messages waiting to be sent, per account",
+                        ["account"], registry=REGISTRY)
+dispatch_claimed = Counter(
+    "smsagg_dispatch_claimed_total",
+    "Messages the dispatcher took from the store, per account (fair shares between accounts)",
+    ["account"], registry=REGISTRY,
+)
+dispatch_in_flight = Gauge("smsagg_dispatch_in_flight",
+                           "Messages the dispatcher is handling now, per account", ["account"],
+                           registry=REGISTRY)
+send_rules = Counter(
+    "smsagg_send_rules_total",
+    "Messages a rule checked again at send time kept back (held) or refused (rejected)",
+    ["action", "reason"], registry=REGISTRY,
+)
 config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration reloads",
                          ["result"], registry=REGISTRY)
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",

@@ -9,7 +9,7 @@ import signal
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -118,6 +118,7 @@ async def test_workers_exit_when_the_daemon_is_killed_and_nothing_acknowledged_i
 
 class _FakeStore:
     pending = 7
+    pending_by_account: ClassVar[dict[str, int]] = {"shop": 7}
     writer_address = None  # no writer process: accepts go through the daemon
 
     async def get_message(self, account: str, message_id: str) -> str:
@@ -141,6 +142,7 @@ async def test_rpc_serves_only_the_ingress_store_methods() -> None:
             with pytest.raises(AttributeError):
                 remote.claim_due  # noqa: B018
             await wait_for(lambda: remote.pending == 7)
+            assert remote.pending_by_account == {"shop": 7}
             assert await remote.call("metrics") == "# metrics\n"
         finally:
             await remote.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from aggregator import metrics
 from aggregator.config import AccountConfig, MessagesConfig
+from aggregator.log import get_logger
 from aggregator.model import (
     ApiError,
     DecimalIds,
@@ -27,6 +28,9 @@ from aggregator.store.base import AcceptResult, Store, StoreBusy, StoreError
 from aggregator.text import choose_encoding, count_segments, transliterate
 
 BATCH_SLICE = 50  # batch items validated between turns given to the rest of the loop
+FULL_LOG_EVERY = 10.0  # seconds between log lines for one account's refusals at its max_pending
+
+log = get_logger("smsagg.accept")
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,16 +63,20 @@ class Acceptor:
         clock: Callable[[], float] = time.time,
         accounts: Mapping[str, AccountConfig] | None = None,
         id_node: int = 0,
+        account_limit: Callable[[str], int] | None = None,
     ) -> None:
         """`accounts` (by name; reloads may change it in place): each one's default_country
         and message id form; None: neither applies. `id_node`: this process's part of decimal
-        message ids (0 the daemon, n the ingress worker n), which keeps them unique."""
+        message ids (0 the daemon, n the ingress worker n), which keeps them unique.
+        `account_limit`: an account's own max_pending (None: only the global bound)."""
         self._store = store
         self._routes = routes
         self._config = config
         self._max_pending = max_pending
         self._on_accepted = on_accepted
         self._clock = clock
+        self._account_limit = account_limit
+        self._full_logged: dict[str, float] = {}  # account -> when its refusal was last logged
         self.policy = policy  # country rules; None: none apply
         self._accounts = accounts
         self._decimal_ids = DecimalIds(id_node)
@@ -152,16 +160,35 @@ class Acceptor:
         )
         return message, dest.number_type
 
-    def _check_room(self, n: int = 1) -> None:
+    def _check_room(self, n: int = 1, account: str | None = None) -> None:
         if self._store.pending + n > self._max_pending:
             raise self._reject(
                 503, ErrorCode.QUEUE_FULL,
                 f"{self._store.pending} messages are waiting to be sent; try again shortly",
             )
+        if account is not None and self._account_limit is not None:
+            self._check_account_room(account, n)
+
+    def _check_account_room(self, account: str, n: int) -> None:
+        """The account's own bound: one account's backlog cannot fill the global one."""
+        waiting = self._store.pending_by_account.get(account, 0)
+        limit = self._account_limit(account) if self._account_limit is not None else 0
+        if waiting + n <= limit:
+            return
+        metrics.account_queue_full.labels(account).inc()
+        now = time.monotonic()
+        if now - self._full_logged.get(account, -FULL_LOG_EVERY) >= FULL_LOG_EVERY:
+            self._full_logged[account] = now  # one line per account and interval, not a flood
+            log.warning("account_queue_full", account=account, waiting=waiting, limit=limit)
+        raise self._reject(
+            503, ErrorCode.QUEUE_FULL,
+            f"account {account!r} has {waiting} messages waiting to be sent (its max_pending "
+            f"is {limit}); try again shortly",
+        )
 
     async def accept(self, account: str, item: SubmitInput) -> AcceptResult:
         message = await self._admit(account, item)
-        self._check_room()
+        self._check_room(account=account)
         try:
             result = await self._store.accept(message, item.idempotency_key)
         except StoreBusy as exc:
@@ -195,7 +222,7 @@ class Acceptor:
         valid = [r for r in results if isinstance(r, Message)]
         if not valid:
             return results
-        self._check_room(len(valid))
+        self._check_room(len(valid), account)
         try:
             await self._store.accept_many(valid)
         except StoreBusy as exc:

@@ -19,6 +19,7 @@ from aggregator.log import get_logger
 from aggregator.model import Message
 from aggregator.store.base import AcceptResult, Store, StoreError
 from aggregator.store.sqlite import accept_result, marketing_rows, message_row
+from aggregator.store.writes import WAITING
 
 log = get_logger("smsagg.rpc")
 
@@ -86,10 +87,10 @@ class StoreServer:
             task.add_done_callback(self._tasks.discard)
             return
         try:
-            if name == "status":  # the worker's metrics in, the pending count out
+            if name == "status":  # the worker's metrics in, the pending counts out
                 if link in self._reports:  # not after it disconnected: no stale figures
                     self._reports[link] = str(args[0])
-                result: Any = self._store.pending
+                result: Any = (self._store.pending, dict(self._store.pending_by_account))
             elif name == "metrics":
                 result = self._exposition()
             elif name == "ready":
@@ -134,6 +135,8 @@ class RemoteStore:
         self._link = Link(self)
         self._calls = Calls()
         self.pending = 0
+        # From the daemon every STATUS_EVERY, plus this worker's own accepts in between.
+        self.pending_by_account: dict[str, int] = {}
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._status_task: asyncio.Task[None] | None = None
         self._writer: _WriterLink | None = None
@@ -177,24 +180,34 @@ class RemoteStore:
     async def _status(self, report: Callable[[], str]) -> None:
         while not self.lost.done():
             with contextlib.suppress(StoreError):
-                self.pending = await self.call("status", report())
+                self.pending, self.pending_by_account = await self.call("status", report())
             await asyncio.sleep(STATUS_EVERY)
 
     # ---- the Store methods the HTTP API, the accept path and the policy gate use ----------
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         if self._writer is not None:
-            return accept_result(
+            result = accept_result(
                 message, await self._writer.call("accept", message_row(message), idempotency_key))
-        result: AcceptResult = await self.call("accept", message, idempotency_key)
+        else:
+            result = await self.call("accept", message, idempotency_key)
+        if result.created and result.message.status in WAITING:
+            self._count(message.account, 1)
         return result
 
     async def accept_many(self, messages: Sequence[Message]) -> None:
         if self._writer is not None:
             await self._writer.call("accept_many", [message_row(m) for m in messages],
                                     marketing_rows(messages))
-            return
-        await self.call("accept_many", list(messages))
+        else:
+            await self.call("accept_many", list(messages))
+        for m in messages:
+            if m.status in WAITING:
+                self._count(m.account, 1)
+
+    def _count(self, account: str, n: int) -> None:
+        """Counted here until the next status answer brings the daemon's count."""
+        self.pending_by_account[account] = self.pending_by_account.get(account, 0) + n
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         if name not in STORE_METHODS:

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from aggregator import metrics
-from aggregator.config import Config, ConfigError, load_config_or_default
+from aggregator.config import Config, ConfigError, account_max_pending, load_config_or_default
 from aggregator.ingress.accept import Acceptor
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.rpc import RemoteStore
@@ -37,7 +37,9 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
     accounts = {a.name: a for a in config.accounts}
     acceptor = Acceptor(store, routes, config.messages, max_pending=config.store.max_pending,
                         on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store),
-                        accounts=accounts, id_node=node)
+                        accounts=accounts, id_node=node,
+                        account_limit=lambda name: account_max_pending(accounts.get(name),
+                                                                       config.store))
 
     async def exposition() -> bytes:
         text: str = await remote.call("metrics")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from aggregator.model import Sender
 from aggregator.outbound import errors
 from aggregator.outbound.connection import Bind, DeliverHandler
 from aggregator.outbound.errors import Outcome
+from aggregator.outbound.fairqueue import FairQueue
 from aggregator.outbound.health import BreakerState, CircuitBreaker
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.receipts import normalise_submit_id, submit_form_of
@@ -40,6 +40,7 @@ class SubmitRequest:
     data_coding: int
     esm_class: int
     payload: bytes
+    account: str = ""  # whose message: the queue for a free window is fair between accounts
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,6 +61,10 @@ class _Queued:
     deadline: float  # loop time: not sent by then -> fails over as no_bind
     came_without_bind: bool  # queued while no bind was up: waits for one to come back
     sent_at: float = 0.0
+
+
+def _account_of(entry: _Queued) -> str:
+    return entry.req.account
 
 
 def build_submit_sm(req: SubmitRequest) -> Any:
@@ -96,10 +101,11 @@ class ProviderPool:
         self.breaker = CircuitBreaker(config.name, config.breaker_failures,
                                       config.breaker_cooldown)
         self._bucket: TokenBucket | None = None
-        # Segments waiting for a slot, in order. Sent from _pump, which runs in the same turn
-        # as the response that freed the slot: under load the window is refilled without
-        # waiting for the caller's task to be scheduled (bounded by the dispatcher's tasks).
-        self._queue: deque[_Queued] = deque()
+        # Segments waiting for a slot, in order per account and round robin between accounts.
+        # Sent from _pump, which runs in the same turn as the response that freed the slot:
+        # under load the window is refilled without waiting for the caller's task to be
+        # scheduled (bounded by the dispatcher's tasks).
+        self._queue: FairQueue[_Queued] = FairQueue(_account_of)
         self._token_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._latency = metrics.submit_latency.labels(self.name)
@@ -223,7 +229,7 @@ class ProviderPool:
     def _fail_queued(self, fails: Callable[[_Queued], bool]) -> None:
         """Answer the queued segments `fails` picks with no_bind (they fail over); drop those
         whose caller is gone; keep the rest in order."""
-        keep: deque[_Queued] = deque()
+        keep: FairQueue[_Queued] = FairQueue(_account_of)
         for entry in self._queue:
             if entry.future.done():
                 continue

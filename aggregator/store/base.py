@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -102,6 +102,11 @@ class Store(Protocol):
     # Where ingress workers send their accepts (a writer process's socket); None: via the daemon.
     writer_address: str | None
 
+    @property
+    def pending_by_account(self) -> Mapping[str, int]:
+        """`pending` per account (an account with none may be absent)."""
+        ...
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -111,8 +116,11 @@ class Store(Protocol):
         """All in one transaction: every message is stored, or none is."""
         ...
 
-    async def claim_due(self, now: float, limit: int) -> list[Message]:
-        """Move due accepted messages to queued and return them (with done_segments filled)."""
+    async def claim_due(self, now: float, limit: int,
+                        held: Mapping[str, int] | None = None) -> list[Message]:
+        """Move due accepted messages to queued and return them (with done_segments filled).
+        With several accounts due, `limit` is shared fairly between them, counting what each
+        has in flight (`held`, per account)."""
         ...
 
     async def next_due_at(self) -> float | None: ...
@@ -134,6 +142,11 @@ class Store(Protocol):
     ) -> None:
         """Back to accepted for another attempt; parts that got an id are kept. A wait for a
         provider to come back does not count as an attempt (validity bounds it)."""
+        ...
+
+    async def hold(self, message_id: str, next_attempt_at: float, error: str) -> None:
+        """A claimed (queued) message back to scheduled until `next_attempt_at`, no attempt
+        spent: a rule checked at send time keeps it back."""
         ...
 
     async def release_waiting(self, now: float) -> int:
@@ -193,6 +206,13 @@ class Store(Protocol):
                                    now: float) -> bool: ...
     async def list_optout_removals(self, account: str, number: str | None, limit: int
                                    ) -> list[tuple[str, float, str, float, str]]: ...
+    async def send_rules_state(
+        self, keys: Sequence[tuple[str, str]], marketing: Sequence[tuple[str, str]],
+        since: float,
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[float]]]:
+        """Which (account, number) of `keys` opted out; the marketing accepted for each of
+        `marketing` since `since` (times). For the rules checked again at send time."""
+        ...
     async def enqueue_callback(self, url: str, payload: str, now: float) -> None: ...
 
     async def count_by_status(self) -> dict[str, int]: ...

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,13 +60,14 @@ from aggregator.store.writes import (
     bind,
     connect,
     waiting_added,
+    waiting_by_account,
 )
 
 log = get_logger("smsagg.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # == len(MIGRATIONS)
+SCHEMA_VERSION = 4  # == len(MIGRATIONS)
 # Readiness fails while the last write failed less than this many seconds ago.
 WRITE_FAILURE_WINDOW = 10.0
 
@@ -195,6 +197,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX optout_removals_by_number ON optout_removals (account, number, removed_at);
     """,
+    # 3 -> 4: fair claims between accounts (writes.due_accounts, writes.claim_due): waiting
+    # messages by account, then due time. It replaces messages_due (by due time alone): one
+    # index less to keep up on every accept and claim. Dropped first, so that the new index
+    # takes its page: a new database has no free pages, as before.
+    """
+    DROP INDEX messages_due;
+    CREATE INDEX messages_due_account ON messages (account, next_attempt_at)
+        WHERE status IN ('accepted', 'scheduled');
+    """,
 ]
 
 WRITERS = frozenset({"thread", "process"})
@@ -285,6 +296,8 @@ class SqliteStore:
         self.commit_batch = commit_batch
         self.max_waiting = max_waiting
         self.pending = 0
+        # The pending count per account (its own max_pending); accounts at 0 are dropped.
+        self.pending_by_account: Counter[str] = Counter()
         self._waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
@@ -333,6 +346,9 @@ class SqliteStore:
         self._reader = await asyncio.to_thread(connect, self.path, self.busy_timeout)
         counts = await self.count_by_status()
         self.pending = sum(counts.get(s, 0) for s in PENDING)
+        self.pending_by_account = Counter(dict(await asyncio.to_thread(
+            self._read, "SELECT account, COUNT(*) FROM messages WHERE status IN "
+            f"({','.join('?' * len(PENDING))}) GROUP BY account", PENDING)))
 
     def _open_sync(self) -> sqlite3.Connection:
         """Connect, refuse what is not our database, migrate, check, recover claimed messages.
@@ -510,8 +526,9 @@ class SqliteStore:
                 self._started.set_exception(StoreError(obj[1]))
             return
         _, self._figures, durations, answers, took = obj
-        if took:  # workers' accepts, straight to the writer
-            self.pending += took
+        if took:  # workers' accepts, straight to the writer: {account: waiting messages}
+            self.pending += sum(took.values())
+            self.pending_by_account.update(took)
             if self._on_accepted is not None:
                 self._on_accepted()
         if self._on_commit is not None:
@@ -595,15 +612,19 @@ class SqliteStore:
         rows = [message_row(m) for m in messages]
         await self._submit("accept_many", rows, marketing_rows(messages))
         self.pending += waiting_added("accept_many", (rows,), None)
+        self.pending_by_account.update(waiting_by_account("accept_many", (rows,), None))
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         row = message_row(message)
         prior = await self._submit("accept", row, idempotency_key)
         self.pending += waiting_added("accept", (row, idempotency_key), prior)
+        self.pending_by_account.update(waiting_by_account("accept", (row,), prior))
         return accept_result(message, prior)
 
-    async def claim_due(self, now: float, limit: int) -> list[Message]:
-        rows, done = await self._submit("claim_due", now, limit)
+    async def claim_due(self, now: float, limit: int,
+                        held: Mapping[str, int] | None = None) -> list[Message]:
+        """`held`: messages per account the caller has in flight (fair shares)."""
+        rows, done = await self._submit("claim_due", now, limit, dict(held or {}))
         messages = [row_to_message(r) for r in rows]
         for m in messages:
             if m.id in done:
@@ -619,9 +640,11 @@ class SqliteStore:
     ) -> None:
         # Not `self.pending -= await ...`: that reads the count before the await and writes
         # it back after, losing every accept counted meanwhile (the count drifted negative).
-        submitted = await self._submit("record_submitted", message_id, provider,
-                                       _parts(parts), now)
-        self.pending -= submitted
+        account = await self._submit("record_submitted", message_id, provider,
+                                     _parts(parts), now)
+        if account is not None:
+            self.pending -= 1
+            self._less_pending(account)
 
     async def reschedule(
         self,
@@ -635,6 +658,10 @@ class SqliteStore:
         await self._submit("reschedule", message_id, provider, _parts(parts), next_attempt_at,
                            error, count_attempt, time.time())
 
+    async def hold(self, message_id: str, next_attempt_at: float, error: str) -> None:
+        """A claimed message back to scheduled until `next_attempt_at` (a send-time rule)."""
+        await self._submit("hold", message_id, next_attempt_at, error)
+
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
         released: int = await self._submit("release_waiting", now)
@@ -647,6 +674,8 @@ class SqliteStore:
         notice, was_pending = await self._submit("finish", message_id, status, error, now)
         if was_pending:
             self.pending -= 1
+            if notice is not None:
+                self._less_pending(notice.account)
         result: FinalNotice | None = notice
         return result
 
@@ -655,11 +684,15 @@ class SqliteStore:
         outcome, notice, was_pending = await self._submit("cancel", account, message_id, now)
         if was_pending:
             self.pending -= 1
+            self._less_pending(account)
         return outcome, notice
 
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]:
         applied = await self._submit("apply_receipts", list(updates))
         self.pending -= sum(1 for _, was_pending in applied if was_pending)
+        for result, was_pending in applied:
+            if was_pending and result.final is not None:
+                self._less_pending(result.final.account)
         return [result for result, _ in applied]
 
     # ---- receipts that never come ------------------------------------------------------------
@@ -680,6 +713,12 @@ class SqliteStore:
         notices: list[FinalNotice] = await self._submit(
             "expire_unreceipted", submitted_before, now, limit, error)
         return notices
+    def _less_pending(self, account: str) -> None:
+        left = self.pending_by_account[account] - 1
+        if left > 0:
+            self.pending_by_account[account] = left
+        else:  # keep the map to accounts with messages waiting
+            self.pending_by_account.pop(account, None)
 
     # ---- callbacks outbox --------------------------------------------------------------------
 
@@ -817,6 +856,39 @@ class SqliteStore:
             self._read, "SELECT COUNT(*), MAX(sent_at) FROM marketing_log "
             "WHERE account = ? AND number = ? AND sent_at >= ?", (account, number, since))
         return int(rows[0][0]), rows[0][1]
+
+    async def send_rules_state(
+        self, keys: Sequence[tuple[str, str]], marketing: Sequence[tuple[str, str]],
+        since: float,
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[float]]]:
+        """For the rules checked at send time, in one read: which (account, number) of `keys`
+        opted out, and when marketing was accepted for each of `marketing` since `since`."""
+        return await asyncio.to_thread(self._send_rules_state, keys, marketing, since)
+
+    def _send_rules_state(
+        self, keys: Sequence[tuple[str, str]], marketing: Sequence[tuple[str, str]],
+        since: float,
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[float]]]:
+        if self._reader is None:
+            raise StoreError("store is closed")
+        opted_out: set[tuple[str, str]] = set()
+        sent: dict[tuple[str, str], list[float]] = {}
+        try:
+            with self._reader_lock:
+                conn = self._reader
+                for key in keys:  # primary-key lookups
+                    if conn.execute("SELECT 1 FROM optouts WHERE account = ? AND number = ?",
+                                    key).fetchone() is not None:
+                        opted_out.add(key)
+                for key in marketing:  # marketing_log_by_number
+                    times = [r[0] for r in conn.execute(
+                        "SELECT sent_at FROM marketing_log WHERE account = ? AND number = ? "
+                        "AND sent_at >= ?", (*key, since))]
+                    if times:
+                        sent[key] = times
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading opt-outs and marketing history failed: {exc}") from exc
+        return opted_out, sent
 
     async def account_for_reply(self, number: str, sender: str) -> str | None:
         """The account that last sent to this number from this sender: a reply is for it."""

@@ -10,7 +10,8 @@ disk. Here the writer has a process, and so a GIL, to itself.
 FD is a connected stream socket to the daemon. Requests are frames (frames.py) of
 (id, operation name, arguments); None asks it to stop after answering what came before. Each
 round of groups is answered to the daemon with one frame: ("done", WriteFigures, [commit
-seconds], [(id, ok, result or exception), ...], waiting messages the workers' accepts added).
+seconds], [(id, ok, result or exception), ...], waiting messages the workers' accepts added
+per account).
 LISTEN, a Unix socket path, takes ingress workers' `accept` and `accept_many`, each connection
 answered with ("answers", [(id, ok, result or exception), ...]). The process ends when the
 daemon's socket closes, so it never outlives a daemon killed with SIGKILL.
@@ -24,11 +25,12 @@ import signal
 import socket
 import struct
 import sys
+from collections import Counter
 from typing import Any
 
 from aggregator.frames import FrameReader, frame
 from aggregator.store.base import StoreError
-from aggregator.store.writes import OPS, GroupWriter, Op, bind, connect, waiting_added
+from aggregator.store.writes import OPS, GroupWriter, Op, bind, connect, waiting_by_account
 
 
 def _answer(op: Op) -> tuple[int, bool, Any]:
@@ -98,14 +100,14 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
                 else:
                     client.answers.append(
                         (rid, False, StoreError(f"no store operation {name!r}")))
-        took = 0
+        took: Counter[str] = Counter()  # per account
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
             group.run([op for _, op, _, _ in chunk])
             for client, op, name, args in chunk:
                 client.answers.append(_answer(op))
                 if not client.daemon and op.error is None:
-                    took += waiting_added(name, args, op.result)
+                    took.update(waiting_by_account(name, args, op.result))
         for key in list(selector.get_map().values()):
             client = key.data
             if client is None or client.daemon or not client.answers:

@@ -10,8 +10,10 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from aggregator.model import FINAL_STATUSES, FinalNotice, MessageStatus, ReceiptUpdate
@@ -103,20 +105,24 @@ def accept(conn: sqlite3.Connection, row: tuple[Any, ...],
     return None
 
 
-def claim_due(conn: sqlite3.Connection, now: float,
-              limit: int) -> tuple[list[tuple[Any, ...]], dict[str, list[int]]]:
+def claim_due(conn: sqlite3.Connection, now: float, limit: int,
+              held: Mapping[str, int] | None = None,
+              ) -> tuple[list[tuple[Any, ...]], dict[str, list[int]]]:
     """Due messages, now 'queued': their rows, and the parts already sent of those with more
-    than one."""
-    rows = conn.execute(
-        "UPDATE messages SET status = 'queued' WHERE id IN ("
-        # Without INDEXED BY the planner picks messages_status and sorts every waiting
-        # row on each claim: 14 ms per claim at a 16k backlog, which capped relaying.
-        "SELECT id FROM messages INDEXED BY messages_due "
-        "WHERE status IN ('accepted', 'scheduled') "
-        "AND next_attempt_at <= ? "
-        f"ORDER BY next_attempt_at LIMIT ?) RETURNING {MESSAGE_COLUMNS}",
-        (now, limit),
-    ).fetchall()
+    than one. With more than one account due, `limit` is shared between them so that each
+    account's messages `held` (in flight) plus those claimed now are as level as they can be:
+    one account's backlog never makes another's message wait for it."""
+    due = due_accounts(conn, now)
+    if not due:
+        return [], {}
+    # Without INDEXED BY the planner picks messages_status and sorts every waiting row on
+    # each claim: 14 ms per claim at a 16k backlog, which capped relaying.
+    if len(due) == 1:  # the common case: one statement, oldest first
+        rows = conn.execute(
+            f"UPDATE messages SET status = 'queued' WHERE id IN ({_ACCOUNT_DUE}) "
+            f"RETURNING {MESSAGE_COLUMNS}", (due[0], now, limit)).fetchall()
+    else:
+        rows = _claim_fairly(conn, now, limit, due, held or {})
     multi = [r[_ID] for r in rows if r[_SEGMENTS] > 1]
     done: dict[str, list[int]] = {}
     if multi:
@@ -128,12 +134,95 @@ def claim_due(conn: sqlite3.Connection, now: float,
     return rows, done
 
 
+_NEXT_ACCOUNT = (
+    # The first row after `account` in (account, next_attempt_at) order: the next account with
+    # a waiting message and its earliest due time, in one index seek.
+    "SELECT account, next_attempt_at FROM messages INDEXED BY messages_due_account "
+    "WHERE status IN ('accepted', 'scheduled') AND account > ? "
+    "ORDER BY account, next_attempt_at LIMIT 1"
+)
+_account_of = itemgetter(_ACCOUNT)
+_ACCOUNT_DUE = (
+    "SELECT id FROM (SELECT id FROM messages INDEXED BY messages_due_account "
+    "WHERE status IN ('accepted', 'scheduled') AND account = ? AND next_attempt_at <= ? "
+    "ORDER BY next_attempt_at LIMIT ?)"
+)
+# Accounts claimed by one statement (SQLite allows at most 500 terms in a compound SELECT).
+_ACCOUNTS_PER_CLAIM = 64
+
+
+def due_accounts(conn: sqlite3.Connection, now: float) -> list[str]:
+    """Accounts with a message due at `now`: one index seek per account with waiting messages
+    (a loose index scan), however many messages each has."""
+    due: list[str] = []
+    after = ""  # account names are never empty
+    while (row := conn.execute(_NEXT_ACCOUNT, (after,)).fetchone()) is not None:
+        after = row[0]
+        if row[1] <= now:
+            due.append(after)
+    return due
+
+
+def fair_shares(accounts: Sequence[str], held: Mapping[str, int],
+                limit: int) -> dict[str, int]:
+    """Split `limit` between `accounts` max-min fairly: water-filling over what each holds
+    already, so the least served get theirs first and the totals end as level as they can."""
+    levels = sorted((held.get(a, 0), a) for a in accounts)
+    shares = dict.fromkeys(accounts, 0)
+    if not levels or limit <= 0:
+        return shares
+    remaining, level, filled = limit, levels[0][0], 1  # the `filled` lowest are at `level`
+    while filled < len(levels) and (levels[filled][0] - level) * filled <= remaining:
+        remaining -= (levels[filled][0] - level) * filled
+        level = levels[filled][0]
+        filled += 1
+    level += remaining // filled
+    extra = remaining % filled
+    for i, (h, account) in enumerate(levels[:filled]):
+        shares[account] = level - h + (1 if i < extra else 0)
+    return shares
+
+
+def _claim_fairly(conn: sqlite3.Connection, now: float, limit: int, due: Sequence[str],
+                  held: Mapping[str, int]) -> list[tuple[Any, ...]]:
+    """Claim up to `limit` over the `due` accounts by fair shares; what an account cannot use
+    (it has fewer due) goes to the others in the next round. Each round ends with `limit`
+    used up or with at least one account out of due messages, so rounds <= accounts."""
+    levels = {a: held.get(a, 0) for a in due}
+    rows: list[tuple[Any, ...]] = []
+    active = list(due)
+    while limit > 0 and active:
+        shares = fair_shares(active, levels, limit)
+        asked = [a for a in active if shares[a] > 0]
+        got: Counter[str] = Counter()
+        for start in range(0, len(asked), _ACCOUNTS_PER_CLAIM):
+            chunk = asked[start:start + _ACCOUNTS_PER_CLAIM]
+            args: list[Any] = []
+            for account in chunk:
+                args += (account, now, shares[account])
+            claimed = conn.execute(
+                "UPDATE messages SET status = 'queued' WHERE id IN ("
+                + " UNION ALL ".join([_ACCOUNT_DUE] * len(chunk))
+                + f") RETURNING {MESSAGE_COLUMNS}", args).fetchall()
+            rows += claimed
+            got.update(map(_account_of, claimed))
+        for account, n in got.items():
+            levels[account] += n
+            limit -= n
+        # An account that got less than its share has no more due now.
+        active = [a for a in active if shares[a] == 0 or got[a] == shares[a]]
+    return rows
+
+
 def next_due_at(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM messages INDEXED BY messages_due "
-        "WHERE status IN ('accepted', 'scheduled')"
-    ).fetchone()
-    return None if row is None else row[0]
+    """The earliest due time of a waiting message: the earliest of each account's."""
+    earliest: float | None = None
+    after = ""
+    while (row := conn.execute(_NEXT_ACCOUNT, (after,)).fetchone()) is not None:
+        after = row[0]
+        if earliest is None or row[1] < earliest:
+            earliest = row[1]
+    return earliest
 
 
 def _insert_parts(conn: sqlite3.Connection, message_id: str, provider: str, parts: Parts,
@@ -147,14 +236,17 @@ def _insert_parts(conn: sqlite3.Connection, message_id: str, provider: str, part
 
 
 def record_submitted(conn: sqlite3.Connection, message_id: str, provider: str, parts: Parts,
-                     now: float) -> int:
+                     now: float) -> str | None:
+    """The message's account if it was pending (it is submitted now), else None."""
     _insert_parts(conn, message_id, provider, parts, now)
     # Never step back from final (a receipt may have got there first).
-    return conn.execute(
+    row = conn.execute(
         "UPDATE messages SET status = 'submitted', provider = ?, submitted_at = ?, "
-        "attempts = attempts + 1 WHERE id = ? AND status IN ('accepted', 'queued')",
+        "attempts = attempts + 1 WHERE id = ? AND status IN ('accepted', 'queued') "
+        "RETURNING account",
         (provider, now, message_id),
-    ).rowcount
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def reschedule(conn: sqlite3.Connection, message_id: str, provider: str | None, parts: Parts,
@@ -167,6 +259,17 @@ def reschedule(conn: sqlite3.Connection, message_id: str, provider: str | None, 
         "provider = COALESCE(?, provider), attempts = attempts + ? "
         "WHERE id = ? AND status = 'queued'",
         (next_attempt_at, error, provider if parts else None, int(count_attempt), message_id),
+    )
+
+
+def hold(conn: sqlite3.Connection, message_id: str, next_attempt_at: float,
+         error: str) -> None:
+    """A claimed message a rule keeps back (quiet hours, a frequency cap): scheduled again,
+    no attempt spent."""
+    conn.execute(
+        "UPDATE messages SET status = 'scheduled', next_attempt_at = ?, error = ? "
+        "WHERE id = ? AND status = 'queued'",
+        (next_attempt_at, error, message_id),
     )
 
 
@@ -379,7 +482,7 @@ OPS: dict[str, Callable[..., Any]] = {
         accept_many, accept, claim_due, next_due_at, record_submitted, reschedule, finish,
         release_waiting, apply_receipts, due_callbacks, callbacks_done, callback_retry,
         callback_give_up, enqueue_callback, due_smpp_receipts, enqueue_smpp_mo,
-        smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout, cancel,
+        smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout, cancel, hold,
     )
 }
 
@@ -437,6 +540,15 @@ def waiting_added(name: str, args: Sequence[Any], result: Any) -> int:
     if name == "accept":
         return int(result is None and args[0][_STATUS] in _WAITING_VALUES)
     return sum(1 for row in args[0] if row[_STATUS] in _WAITING_VALUES)
+
+
+def waiting_by_account(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
+    """waiting_added() per account: the per-account pending counts."""
+    if name == "accept":
+        row = args[0]
+        waiting = result is None and row[_STATUS] in _WAITING_VALUES
+        return Counter({row[_ACCOUNT]: 1} if waiting else {})
+    return Counter(row[_ACCOUNT] for row in args[0] if row[_STATUS] in _WAITING_VALUES)
 
 
 def bind(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:

@@ -1,0 +1,157 @@
+"""The rules checked again when a message is taken for sending (issue 19 item 2): the
+recipient may have opted out, the marketing window may have closed, or a frequency cap may
+have been reached since the message was accepted (held by a provider outage, scheduled, a
+rule that changed). Right after the store's claim, one read for the whole batch, and only for
+messages the rules can touch: marketing, and any class for accounts that block opted-out
+recipients. The rules themselves are the accept-time functions of rules.py.
+
+A message that now breaks quiet hours or a frequency cap is held until it may go; one whose
+recipient opted out is rejected."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from aggregator.config import AccountConfig
+from aggregator.model import Message
+from aggregator.policy.gate import MONTH
+from aggregator.policy.profiles import CountryProfile
+from aggregator.policy.rules import (
+    MARKETING,
+    PolicyInput,
+    _check_frequency,
+    _check_optout,
+    next_window_opening,
+)
+from aggregator.store.base import Store
+
+# Reasons (metric labels): a bounded set.
+QUIET_HOURS = "quiet_hours"
+FREQUENCY_CAPPED = "frequency_capped"
+OPTED_OUT = "opted_out"
+CHECK_FAILED = "check_failed"  # the rules' state could not be read: held briefly
+
+
+@dataclass(slots=True, frozen=True)
+class Hold:
+    """Not now: back to the queue (scheduled) until `until` (Unix time), then checked again."""
+
+    until: float
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True, frozen=True)
+class Refuse:
+    """Never: the message becomes final (rejected) with `reason` as its error code."""
+
+    reason: str
+    detail: str
+
+    @property
+    def error(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+Verdict = Hold | Refuse
+
+Key = tuple[str, str]  # (account, number)
+
+
+class SendCheck:
+    """`clock` is the rules' clock (tests move it instead of waiting); the dispatcher keeps
+    its own for what is due."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, CountryProfile],
+        accounts: Mapping[str, AccountConfig],
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.profiles = profiles
+        self._accounts = accounts
+        self._store = store
+        self.clock = clock
+
+    def needs(self, message: Message) -> bool:
+        """Whether any send-time rule can apply (in memory: the common case costs nothing)."""
+        if message.message_class == MARKETING:
+            return True
+        account = self._accounts.get(message.account)
+        return account is not None and account.block_transactional_to_opted_out
+
+    async def screen(self, messages: Sequence[Message]) -> dict[str, Verdict]:
+        """Verdicts by message id for the messages that may not go now (others: absent).
+        Raises StoreError when the rules' state cannot be read."""
+        todo = [m for m in messages if self.needs(m)]
+        if not todo:
+            return {}
+        now = self.clock()
+        since = now - MONTH
+        keys = sorted({(m.account, m.to) for m in todo})
+        marketing = {(m.account, m.to) for m in todo if m.message_class == MARKETING}
+        opted_out, sent = await self._store.send_rules_state(
+            keys, [k for k in keys if k in marketing], since)
+        verdicts: dict[str, Verdict] = {}
+        for m in todo:
+            key = (m.account, m.to)
+            verdict = self._verdict(m, key in opted_out, sent.get(key, ()), now)
+            if verdict is not None:
+                verdicts[m.id] = verdict
+        return verdicts
+
+    def _verdict(self, m: Message, opted_out: bool, sent: Sequence[float],
+                 now: float) -> Verdict | None:
+        account = self._accounts.get(m.account)
+        block = account is not None and account.block_transactional_to_opted_out
+        profile = self.profiles.get(m.region) if m.region else None
+        # Its own entry in the marketing log (made at accept) is not a message sent before it.
+        others = list(sent)
+        if m.message_class == MARKETING and m.created_at in others:
+            others.remove(m.created_at)
+        others.sort()
+        now_utc = datetime.fromtimestamp(now, UTC)
+        item = PolicyInput(
+            region=m.region, number_type="mobile", message_class=m.message_class,
+            sender=m.sender.value, sender_kind=m.sender.kind.value, text="",
+            account=m.account, registered_senders={}, opted_out=opted_out,
+            block_transactional_to_opted_out=block,
+            marketing_sent_last_30d=len(others),
+            last_marketing_at=datetime.fromtimestamp(others[-1], UTC) if others else None,
+        )
+        refused = _check_optout(item)
+        if refused is not None:
+            return Refuse(OPTED_OUT, f"the recipient opted out of {m.message_class} messages "
+                                     f"from account {m.account!r} after it was accepted")
+        if m.message_class != MARKETING or profile is None:
+            return None
+        capped = _check_frequency(profile.frequency, item, now_utc)
+        if capped is not None:
+            return Hold(self._cap_lifts(profile, others, now), FREQUENCY_CAPPED, capped.message)
+        window = profile.sending_windows.marketing
+        if window is not None:
+            local = now_utc.astimezone(profile.timezone)
+            if not window.contains(local.time().replace(tzinfo=None)):
+                opens = next_window_opening(window, profile.timezone, now_utc)
+                return Hold(opens.timestamp(), QUIET_HOURS,
+                            f"outside {profile.name}'s marketing window; it opens at "
+                            f"{opens:%Y-%m-%dT%H:%M:%SZ}")
+        return None
+
+    @staticmethod
+    def _cap_lifts(profile: CountryProfile, others: Sequence[float], now: float) -> float:
+        """When the frequency rules let one more marketing message go: the interval after the
+        last one, and enough of the month's falling out of the 30-day window."""
+        frequency = profile.frequency
+        at = now
+        if frequency.min_interval_hours is not None and others:
+            at = max(at, others[-1] + timedelta(hours=frequency.min_interval_hours)
+                     .total_seconds())
+        cap = frequency.max_per_month
+        if cap is not None and len(others) >= cap:
+            at = max(at, others[len(others) - cap] + MONTH)
+        return at
