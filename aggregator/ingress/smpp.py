@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -138,6 +138,16 @@ def _address(number: str, ton: int) -> str:
     return number
 
 
+def _receipt_mode(parts: Iterable[Any]) -> int:
+    """The receipt request of a message from its parts' registered_delivery (bits 1-0): any
+    part asking counts, as gateways such as Kannel ask on the first part only. Asked always
+    (01) on any part wins over on failure only (10)."""
+    modes = {int(p.registered_delivery) & 0x03 for p in parts}
+    if 1 in modes:
+        return 1
+    return 2 if 2 in modes else 0
+
+
 @dataclass(slots=True)
 class _Client:
     account: AccountConfig
@@ -184,6 +194,9 @@ class SmppServer:
         # submit_sm of each session being accepted (answer not sent yet): at most `window`.
         self._submits: dict[SmppConnection, int] = {}
         self._receipts_in_flight = 0
+        # Sessions already logged for exceeding the window, and when that was last logged.
+        self._window_warned: set[SmppConnection] = set()
+        self._window_logged_at = -1e9
         self._stopping = False
         self.port = 0
 
@@ -259,11 +272,22 @@ class SmppServer:
                 state.receipts_task = asyncio.create_task(self._send_receipts(state))
 
     async def stop(self, timeout: float = 5.0) -> None:
+        """Hand over cleanly: stop listening and taking submit_sm (ESME_RTHROTTLED: the ESME
+        keeps them), refuse the parts held for reassembly the same way, answer every submit_sm
+        already received once its accept has committed, wait for the ESMEs' answers to the
+        receipts in flight and record them, then unbind. What is left at `timeout` seconds is
+        cut short; an unanswered receipt stays due and goes out after the restart."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if self._server is not None:
             self._server.close()
         # The loops end on this flag: on Python 3.11 wait_for() can swallow a cancel that
         # races with its timeout, so cancelling alone could leave a loop running forever.
         self._stopping = True
+        held = self._refuse_held_parts()
+        log.info("smpp_draining", submits_in_flight=sum(self._submits.values()),
+                 receipts_in_flight=self._receipts_in_flight, parts_refused=held,
+                 sessions=len(self._conns))
         tasks = [s.receipts_task for s in self._accounts.values() if s.receipts_task]
         if self._expiry is not None:
             tasks.append(self._expiry)
@@ -273,12 +297,37 @@ class SmppServer:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-        await asyncio.gather(*(c.unbind(timeout) for c in list(self._conns)),
+        await self._wait_tasks(deadline)
+        left = (sum(self._submits.values()), self._receipts_in_flight)
+        if left != (0, 0):
+            metrics.smpp_drain_cut.inc()
+            log.warning("smpp_drain_cut_short", submits_unanswered=left[0],
+                        receipts_unanswered=left[1], seconds=timeout)
+        await asyncio.gather(*(c.unbind(min(2.0, timeout)) for c in list(self._conns)),
                              return_exceptions=True)
+        # Receipts aborted by the close record their retry before the store closes.
+        await self._wait_tasks(loop.time() + 1.0)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         metrics.unwatch_buffers("reassembly", "smpp_submits", "smpp_receipts")
+
+    def _refuse_held_parts(self) -> int:
+        """Parts of long messages still waiting for the rest: ESME_RTHROTTLED, so that the
+        ESME sends them again after the restart (nothing of them is stored)."""
+        refused = 0
+        for contexts in self._reassembler.expire(float("inf")):
+            for conn, req in contexts:
+                if not conn.closed.done():
+                    self._refuse(conn, req, ESME_RTHROTTLED, "stopping")
+                    refused += 1
+        return refused
+
+    async def _wait_tasks(self, deadline: float) -> None:
+        """Until every accept and receipt in flight has finished, or the deadline."""
+        loop = asyncio.get_running_loop()
+        while self._tasks and loop.time() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
 
     def wake_receipts(self, account: str) -> None:
         state = self._accounts.get(account)
@@ -302,6 +351,7 @@ class SmppServer:
     def _forget(self, conn: SmppConnection) -> None:
         self._conns.discard(conn)
         self._pending_bind.pop(conn, None)
+        self._window_warned.discard(conn)
         for name, state in self._accounts.items():
             before = len(state.clients)
             state.clients = [c for c in state.clients if c.conn is not conn]
@@ -318,15 +368,37 @@ class SmppServer:
         elif isinstance(event, RequestReceived):
             pdu = event.pdu
             if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
+                if self._stopping:  # shutting down: the ESME keeps it and sends it again
+                    self._refuse(conn, pdu, ESME_RTHROTTLED, "stopping")
+                    return
                 open_now = self._submits.get(conn, 0)
                 if open_now >= self.config.window:  # the ESME ignores its window: slow it down
                     self._refuse(conn, pdu, ESME_RTHROTTLED, "window_full")
+                    self._window_exceeded(conn)
                     return
                 self._submits[conn] = open_now + 1
                 self._spawn(self._on_submit(conn, pdu, event.raw),
                             lambda: self._submit_done(conn))
             else:  # deliver_sm goes from an SMSC to an ESME, not the other way
                 conn.respond(pdu, _resp(DeliverSmResp, ESME_RINVCMDID))
+
+    def _window_exceeded(self, conn: SmppConnection) -> None:
+        """Counted per account; logged once per session, and at most once a second over all
+        sessions (an ESME reconnecting in a loop does not flood the log)."""
+        client = self._client(conn)
+        account = client.account.name if client is not None else ""
+        metrics.smpp_window_exceeded.labels(account).inc()
+        if conn in self._window_warned:
+            return
+        self._window_warned.add(conn)
+        now = time.monotonic()
+        if now - self._window_logged_at < 1.0:
+            return
+        self._window_logged_at = now
+        log.warning("smpp_window_exceeded", account=account, peer=conn.peername,
+                    window=self.config.window, status="ESME_RTHROTTLED",
+                    hint="set the client's window (Kannel: max-pending-submits) to at most "
+                         "[smpp] window")
 
     def _spawn(self, coro: Any, done: Callable[[], None] | None = None) -> None:
         task = asyncio.ensure_future(coro)
@@ -486,7 +558,7 @@ class SmppServer:
             to=_address(pdu.destination.number, int(pdu.destination.ton)),
             sender=_address(pdu.source.number, int(pdu.source.ton)),
             text=text,
-            receipt_mode=fields.registered_delivery & 0x03,
+            receipt_mode=_receipt_mode(req for _, req in requests),
         )
         try:
             result = await self._acceptor.accept(client.account.name, item)
