@@ -137,6 +137,21 @@ class KannelEsme:
         self._writer.write(HEADER.pack(16 + len(body), command_id, 0, self._seq) + body)
         return fut
 
+    def submit_burst(self, bodies: list[bytes]) -> list[asyncio.Future[Answer]]:
+        """submit_sm for each body, all in one TCP write (the server reads them together)."""
+        if self._writer is None or self.closed.is_set():
+            raise ConnectionError("not connected")
+        loop = asyncio.get_running_loop()
+        futures, data = [], b""
+        for body in bodies:
+            self._seq += 1
+            fut: asyncio.Future[Answer] = loop.create_future()
+            self._pending[self._seq] = fut
+            futures.append(fut)
+            data += HEADER.pack(16 + len(body), SUBMIT_SM, 0, self._seq) + body
+        self._writer.write(data)
+        return futures
+
     async def submit(self, body: bytes) -> Answer:
         return await self.request(SUBMIT_SM, body)
 
