@@ -51,13 +51,16 @@ DELIVER_SM: Final = 0x05
 UNBIND: Final = 0x06
 BIND_TRANSCEIVER: Final = 0x09
 ENQUIRE_LINK: Final = 0x15
+QUERY_SM: Final = 0x03
+DATA_SM: Final = 0x103
 ESME_RINVCMDLEN: Final = 0x02
 MAX_PDU: Final = 65536  # SmppSession's default max_pdu_length
 SUPPORTED_REQUESTS: Final = frozenset(
     {BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, SUBMIT_SM, DELIVER_SM, UNBIND,
-     ENQUIRE_LINK})
+     ENQUIRE_LINK, QUERY_SM, DATA_SM})  # data_sm: its own response, ESME_RINVCMDID
 # Responses the session consumes silently (no answer; at most a ProtocolError event).
-HANDLED_RESPONSES: Final = frozenset({c | RESP for c in SUPPORTED_REQUESTS} | {GENERIC_NACK})
+HANDLED_RESPONSES: Final = frozenset(
+    {c | RESP for c in SUPPORTED_REQUESTS - {DATA_SM}} | {GENERIC_NACK})
 # Requests answered ESME_ROK by the session itself.
 OK_ANSWERED: Final = frozenset({ENQUIRE_LINK | RESP, UNBIND | RESP})
 KNOWN_IDS: Final = (

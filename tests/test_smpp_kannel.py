@@ -8,14 +8,17 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from aggregator import metrics
-from aggregator.ingress.smpp import _receipt_mode
+from aggregator.ingress.smpp import _receipt_mode, query_answer
+from aggregator.model import Encoding, Message, MessageStatus, Sender, SenderKind
+from simulator.smsc import SmscProfile
 from tests.helpers import DEADLINE, Running, running
-from tests.kannel_esme import KannelEsme, submit_body, tlv, udh8
+from tests.kannel_esme import DATA_SM, QUERY_SM, KannelEsme, cstr, submit_body, tlv, udh8
 
 MOBILE = "38344123456"
 SHOP = {"system_id": "shop", "password": "secret"}
@@ -118,3 +121,119 @@ async def test_a_window_above_smpp_window_is_throttled_logged_once_and_counted(
     assert window_exceeded(r) - before == 12
     await first.close()
     await second.close()
+
+
+# ---- query_sm and data_sm, with python-smpplib as the client ----------------------------------
+
+
+async def test_query_sm_with_smpplib(tmp_path: Path) -> None:
+    pytest.importorskip("smpplib")
+    import smpplib.client
+    import smpplib.consts
+    import smpplib.smpp
+
+    # Receipts 3 s after the submit: a query before then finds the message en route.
+    async with running(tmp_path, SmscProfile(receipt_delay=3), smpp={}, shop=SHOP,
+                       prefixes=("+383",)) as r:
+        assert r.app.smpp is not None
+        port = r.app.smpp.port
+        status, body = await r.post({"to": "+" + MOBILE, "from": "ACME", "text": "b"},
+                                    headers={"Authorization": "Bearer bank-key"})
+        assert status == 202
+        banks = body["id"]
+
+        def client_run() -> dict[str, Any]:
+            client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+            out: dict[str, Any] = {"sent": [], "receipts": [], "queries": [], "errors": []}
+            client.set_message_sent_handler(lambda pdu: out["sent"].append(
+                pdu.message_id.decode()))
+            client.set_message_received_handler(lambda pdu: out["receipts"].append(
+                pdu.receipted_message_id.decode()))
+            client.set_query_resp_handler(lambda pdu, **_kw: out["queries"].append(
+                (pdu.status, pdu.message_id, pdu.final_date, pdu.message_state,
+                 pdu.error_code)))
+            client.set_error_pdu_handler(lambda pdu: out["errors"].append(
+                (pdu.command, pdu.status)))
+
+            def query(message_id: str) -> Any:
+                before = len(out["queries"])
+                client.query_message(message_id=message_id, source_addr_ton=5,
+                                     source_addr_npi=0, source_addr="ACME")
+                while len(out["queries"]) == before:
+                    client.read_once()
+                return out["queries"][-1]
+
+            client.connect()
+            client._socket.settimeout(DEADLINE)
+            client.bind_transceiver(system_id="shop", password="secret")
+            client.send_message(
+                source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="ACME",
+                dest_addr_ton=smpplib.consts.SMPP_TON_INTL, destination_addr=MOBILE,
+                short_message=b"q", registered_delivery=True)
+            while not out["sent"]:
+                client.read_once()
+            mid = out["sent"][0]
+            out["en_route"] = query(mid)
+            while not out["receipts"]:
+                client.read_once()
+            out["final"] = query(mid)
+            out["unknown"] = query("0" * 32)
+            out["other_account"] = query(banks)
+            # data_sm is refused with its own response and ESME_RINVCMDID.
+            client.send_pdu(smpplib.smpp.make_pdu(
+                "data_sm", client=client, source_addr_ton=5, source_addr="ACME",
+                dest_addr_ton=1, destination_addr=MOBILE, data_coding=0))
+            while not any(e[0] == "data_sm_resp" for e in out["errors"]):
+                client.read_once()
+            client.unbind()
+            client.disconnect()
+            return out
+
+        out = await asyncio.to_thread(client_run)
+    mid = out["sent"][0]
+    assert out["receipts"] == [mid]
+    assert out["en_route"] == (0, mid.encode(), b"", 1, 0)  # ENROUTE, no final_date yet
+    status, got_id, final_date, state, error = out["final"]
+    assert (status, got_id, state, error) == (0, mid.encode(), 2, 0)
+    assert final_date is not None and len(final_date) == 16 and final_date.endswith(b"000+")
+    assert out["unknown"][0] == out["other_account"][0] == 0x0C  # ESME_RINVMSGID
+    assert ("data_sm_resp", 0x03) in out["errors"]
+    assert ("query_sm_resp", 0x0C) in out["errors"]
+
+
+async def test_query_sm_on_the_wire_answers_final_states_and_refuses_malformed(
+        r: Running) -> None:
+    client = await esme(r)
+    answer = await client.submit(submit_body(MOBILE, b"x", registered_delivery=1))
+    message_id = answer.message_id
+    await wait_receipt(client, message_id)
+    got = await client.request(QUERY_SM, cstr(message_id) + bytes([5, 0]) + cstr("ACME"))
+    assert (got.command_id, got.status) == (0x80000003, 0)
+    assert got.body[:33] == cstr(message_id) and got.body[-2:] == bytes([2, 0])
+    # A message_id longer than 64 octets: ESME_RINVMSGLEN, and the session goes on.
+    got = await client.request(QUERY_SM, cstr("1" * 70) + bytes([5, 0]) + cstr("ACME"))
+    assert (got.command_id, got.status, got.body) == (0x80000003, 0x01, b"")
+    got = await client.request(QUERY_SM, cstr("") + bytes([5, 0]) + cstr("ACME"))
+    assert (got.command_id, got.status) == (0x80000003, 0x0C)
+    got = await client.request(DATA_SM, b"")
+    assert (got.command_id, got.status) == (0x80000103, 0x03)
+    await client.close()
+
+
+def test_query_answer_maps_statuses() -> None:
+    m = Message(id="a" * 32, account="shop", to="+38344123456",
+                sender=Sender("ACME", SenderKind.ALPHANUMERIC), text="x",
+                encoding=Encoding.GSM7, segments=1, concat_ref=1, created_at=0.0)
+    for status in ("accepted", "scheduled", "queued", "submitted"):
+        m.status = MessageStatus(status)
+        assert (query_answer(m).message_state, query_answer(m).final_date) == (1, "")
+    m.done_at = 1_700_000_000.0
+    for status, state in (("delivered", 2), ("expired", 3), ("undeliverable", 5),
+                          ("rejected", 8), ("failed", 5)):
+        m.status = MessageStatus(status)
+        assert query_answer(m).message_state == state
+        assert query_answer(m).final_date == "231114221320000+"
+    m.status, m.error = MessageStatus.UNDELIVERABLE, "UNDELIV err:034"
+    assert query_answer(m).error_code == 34
+    m.error = "UNDELIV err:9999"  # does not fit the octet
+    assert query_answer(m).error_code == 0

@@ -28,14 +28,16 @@ from aggregator.config import AccountConfig, SmppConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
 from aggregator.log import get_logger
-from aggregator.model import ApiError, ErrorCode, MessageStatus
+from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
+from aggregator.smpp.pdus import QuerySm, QuerySmResp
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
     Bound,
     RequestReceived,
+    RequestRefused,
     Role,
     SessionClosed,
     SessionError,
@@ -54,12 +56,14 @@ ESME_RINVCMDID = 0x03
 ESME_RSYSERR = 0x08
 ESME_RINVSRCADR = 0x0A
 ESME_RINVDSTADR = 0x0B
+ESME_RINVMSGID = 0x0C
 ESME_RBINDFAIL = 0x0D
 ESME_RINVPASWD = 0x0E
 ESME_RINVSYSID = 0x0F
 ESME_RMSGQFUL = 0x14
 ESME_RSUBMITFAIL = 0x45
 ESME_RTHROTTLED = 0x58
+ESME_RQUERYFAIL = 0x67
 ESME_RINVDCS = 0x104  # SMPP 5.0 status; 3.4 ESMEs treat it as a generic failure
 
 # One table from the accept path's error codes to SMPP statuses.
@@ -86,6 +90,26 @@ _STATE = {
     MessageStatus.REJECTED: ("REJECTD", 8),
     MessageStatus.FAILED: ("UNDELIV", 5),
 }
+
+
+ENROUTE = 1  # message_state of a message not final yet (SMPP 3.4 section 5.2.28)
+
+
+def query_answer(message: Message) -> QuerySmResp:
+    """query_sm_resp for one of the account's messages: message_state, and for a final message
+    final_date (UTC) and error_code (the receipt's err: when it is a number that fits)."""
+    if not message.status.is_final:
+        return QuerySmResp(message_id=message.id, message_state=ENROUTE)
+    final_date = ""
+    if message.done_at is not None:
+        final_date = datetime.fromtimestamp(message.done_at, UTC).strftime("%y%m%d%H%M%S000+")
+    error = 0
+    if message.error is not None:
+        _, _, err = message.error.partition("err:")
+        error = int(err) if err.isdigit() and int(err) < 256 else 0
+    return QuerySmResp(message_id=message.id, final_date=final_date,
+                       message_state=_STATE.get(message.status, ("UNKNOWN", 7))[1],
+                       error_code=error)
 
 
 def smpp_status_for(code: str) -> int:
@@ -197,6 +221,7 @@ class SmppServer:
         # Sessions already logged for exceeding the window, and when that was last logged.
         self._window_warned: set[SmppConnection] = set()
         self._window_logged_at = -1e9
+        self._refused_logged: set[tuple[SmppConnection, str]] = set()  # (session, command)
         self._stopping = False
         self.port = 0
 
@@ -352,6 +377,7 @@ class SmppServer:
         self._conns.discard(conn)
         self._pending_bind.pop(conn, None)
         self._window_warned.discard(conn)
+        self._refused_logged = {k for k in self._refused_logged if k[0] is not conn}
         for name, state in self._accounts.items():
             before = len(state.clients)
             state.clients = [c for c in state.clients if c.conn is not conn]
@@ -365,6 +391,8 @@ class SmppServer:
             self._on_bound(conn, event)
         elif isinstance(event, SessionClosed):
             log.info("smpp_session_closed", peer=conn.peername, reason=event.reason)
+        elif isinstance(event, RequestRefused):
+            self._on_refused(conn, event)
         elif isinstance(event, RequestReceived):
             pdu = event.pdu
             if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
@@ -379,8 +407,23 @@ class SmppServer:
                 self._submits[conn] = open_now + 1
                 self._spawn(self._on_submit(conn, pdu, event.raw),
                             lambda: self._submit_done(conn))
+            elif isinstance(pdu, QuerySm):
+                self._on_query_request(conn, pdu)
             else:  # deliver_sm goes from an SMSC to an ESME, not the other way
                 conn.respond(pdu, _resp(DeliverSmResp, ESME_RINVCMDID))
+
+    def _on_refused(self, conn: SmppConnection, event: RequestRefused) -> None:
+        """data_sm (refused by the session with ESME_RINVCMDID): counted; logged once per
+        session."""
+        command = "data_sm" if event.command_id == 0x103 else f"0x{event.command_id:08X}"
+        metrics.smpp_refused_commands.labels(command).inc()
+        if (conn, command) in self._refused_logged:
+            return
+        self._refused_logged.add((conn, command))
+        client = self._client(conn)
+        log.warning("smpp_command_refused", command=command, peer=conn.peername,
+                    account=client.account.name if client is not None else None,
+                    status=f"0x{event.status:02X}", hint="send submit_sm instead")
 
     def _window_exceeded(self, conn: SmppConnection) -> None:
         """Counted per account; logged once per session, and at most once a second over all
@@ -573,6 +616,48 @@ class SmppServer:
             if not conn.closed.done():
                 conn.respond(req, SubmitSmResp(message_id=result.message.id))
 
+    # ---- query_sm -------------------------------------------------------------------------------
+
+    def _on_query_request(self, conn: SmppConnection, pdu: QuerySm) -> None:
+        """query_sm shares the session's window with submit_sm, and is refused the same way
+        while stopping."""
+        open_now = self._submits.get(conn, 0)
+        if self._stopping or open_now >= self.config.window:
+            self._answer_query(conn, pdu, _query_error(ESME_RTHROTTLED),
+                               "stopping" if self._stopping else "window_full")
+            return
+        self._submits[conn] = open_now + 1
+        self._spawn(self._on_query(conn, pdu), lambda: self._submit_done(conn))
+
+    async def _on_query(self, conn: SmppConnection, pdu: QuerySm) -> None:
+        """The state of one of the bound account's own messages. An unknown id and another
+        account's id get the same answer (ESME_RINVMSGID): ids of others are not revealed."""
+        client = self._client(conn)
+        if client is None:  # closed meanwhile
+            return
+        if not pdu.message_id:
+            self._answer_query(conn, pdu, _query_error(ESME_RINVMSGID), "invalid_id")
+            return
+        try:
+            message = await self._store.get_message(client.account.name, pdu.message_id)
+        except StoreError as exc:
+            metrics.store_errors.labels("smpp_query").inc()
+            log.error("smpp_query_failed", account=client.account.name, error=str(exc))
+            self._answer_query(conn, pdu, _query_error(ESME_RQUERYFAIL), "store_error")
+            return
+        if message is None:
+            log.debug("smpp_query_unknown", account=client.account.name)
+            self._answer_query(conn, pdu, _query_error(ESME_RINVMSGID), "unknown_id")
+            return
+        self._answer_query(conn, pdu, query_answer(message), "ok")
+
+    @staticmethod
+    def _answer_query(conn: SmppConnection, pdu: QuerySm, resp: QuerySmResp,
+                      result: str) -> None:
+        metrics.smpp_queries.labels(result).inc()
+        if not conn.closed.done():
+            conn.respond(pdu, resp)
+
     async def _expire_parts(self) -> None:
         while not self._stopping:
             await asyncio.sleep(1.0)
@@ -651,6 +736,10 @@ class SmppServer:
             in_flight.discard(receipt.id)
             self._receipts_in_flight -= 1
             state.receipts_wake.set()
+
+
+def _query_error(status: int) -> QuerySmResp:
+    return QuerySmResp(command_status=status)
 
 
 def _resp(cls: Any, status: int) -> Any:

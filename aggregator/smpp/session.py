@@ -33,6 +33,8 @@ from aiosmpplib.state import SmppCommandStatus
 
 from aggregator.text import GSM7_CODECS
 
+from .pdus import PDU_CLASSES as _OUR_PDU_CLASSES
+
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
 Pdu: TypeAlias = SmppMessage
 
@@ -141,6 +143,15 @@ class RequestAborted:
 
 
 @dataclass(slots=True, frozen=True)
+class RequestRefused:
+    """The peer sent a request this session does not support (data_sm); it was answered with
+    its own response and `status` (ESME_RINVCMDID). For the owner's metrics and log."""
+
+    command_id: int
+    status: int
+
+
+@dataclass(slots=True, frozen=True)
 class SessionClosed:
     """The transport must flush `data_to_send()` and close the connection."""
 
@@ -163,6 +174,7 @@ Event: TypeAlias = (
     | ResponseReceived
     | RequestTimedOut
     | RequestAborted
+    | RequestRefused
     | SessionClosed
     | ProtocolError
 )
@@ -184,7 +196,10 @@ class NotBound(SessionError):
 # Static tables
 
 # Decoders by command id, including responses.
-_PDU_CLASSES: Final[dict[int, Any]] = {int(cmd): cls for cmd, cls in MESSAGE_TYPE_MAP.items()}
+_PDU_CLASSES: Final[dict[int, Any]] = {
+    **{int(cmd): cls for cmd, cls in MESSAGE_TYPE_MAP.items()},
+    **_OUR_PDU_CLASSES,  # query_sm and its response: aiosmpplib has no classes for them
+}
 # Response class for each request we can decode or send.
 _RESP_CLASSES: Final[dict[int, Any]] = {
     cmd: _PDU_CLASSES[cmd | RESP_BIT]
@@ -228,6 +243,7 @@ _ALLOWED_MODES: Final[dict[tuple[Role, int], frozenset[BindMode]]] = {
     (Role.SERVER, DATA_SM): _RX,
     (Role.SERVER, ALERT_NOTIFICATION): _RX,
     (Role.SERVER, SUBMIT_SM): frozenset(),
+    (Role.SERVER, QUERY_SM): frozenset(),  # an SMSC does not query its ESME
 }
 _PEER_ROLE: Final = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 
@@ -557,6 +573,14 @@ class SmppSession:
             return
         events.append(RequestReceived(pdu, bytes(data)))
 
+    def _on_refused(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        """A request we do not support although the spec defines it (data_sm): its own
+        response with ESME_RINVCMDID, as the spec allows, rather than a generic_nack."""
+        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, ESME_RINVCMDID, seq)
+        events.append(RequestRefused(command_id, ESME_RINVCMDID))
+
     def _on_bind(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
@@ -690,13 +714,15 @@ _HANDLERS: Final[dict[int, _Handler]] = {
     BIND_TRANSCEIVER: SmppSession._on_bind,
     SUBMIT_SM: SmppSession._on_data_request,
     DELIVER_SM: SmppSession._on_data_request,
+    QUERY_SM: SmppSession._on_data_request,
+    DATA_SM: SmppSession._on_refused,
     ENQUIRE_LINK: SmppSession._on_enquire_link,
     UNBIND: SmppSession._on_unbind,
     GENERIC_NACK: SmppSession._on_generic_nack,
     **{
         cmd | RESP_BIT: SmppSession._on_response
         for cmd in (BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, SUBMIT_SM, DELIVER_SM,
-                    ENQUIRE_LINK, UNBIND)
+                    ENQUIRE_LINK, UNBIND, QUERY_SM)
     },
 }
 
@@ -710,6 +736,7 @@ __all__ = [
     "ProtocolError",
     "RequestAborted",
     "RequestReceived",
+    "RequestRefused",
     "RequestTimedOut",
     "ResponseReceived",
     "Role",
