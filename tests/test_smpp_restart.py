@@ -20,9 +20,11 @@ from tests.helpers import API_KEY, DEADLINE, daemon, free_port
 from tests.kannel_esme import (
     BIND_TRANSMITTER,
     ESME_RTHROTTLED,
+    SUBMIT_SM,
     Answer,
     KannelEsme,
     submit_body,
+    udh8,
 )
 
 # The figure is for 2,000 messages; SMSAGG_RESTART_MESSAGES changes it.
@@ -246,3 +248,35 @@ async def test_receipts_acknowledged_before_a_sigterm_are_not_sent_again(tmp_pat
     assert set(counts) == {a.message_id for a in answers}
     assert again == 0, f"{again} receipts acknowledged before the stop were sent again"
     assert drains[0]["receipts_in_flight"] > 0, "no receipt was in flight at the SIGTERM"
+
+
+async def test_parts_held_at_a_sigterm_are_refused_and_sent_again_after_the_restart(
+        tmp_path: Path) -> None:
+    smsc = Smsc(SmscProfile())
+    await smsc.start()
+    config, smpp_port = tmp_path / "smsagg.toml", free_port()
+    write_config(config, tmp_path / "s.db", smsc.port, smpp_port)
+    parts = [udh8(7, 2, 1) + b"first half, ", udh8(7, 2, 2) + b"second half"]
+    bodies = [submit_body(number(1), p, esm_class=0x40, registered_delivery=0x11 if i == 0
+                          else 0) for i, p in enumerate(parts)]
+    try:
+        async with daemon(config) as (proc, _):
+            client = KannelEsme("127.0.0.1", smpp_port)
+            await client.connect()
+            first = client.request(SUBMIT_SM, bodies[0])  # held, waiting for part 2
+            await asyncio.sleep(0)
+            proc.send_signal(signal.SIGTERM)
+            answer = await asyncio.wait_for(first, DEADLINE)
+            assert answer.status == ESME_RTHROTTLED  # nothing stored: the client keeps it
+            assert await asyncio.wait_for(proc.wait(), DEADLINE) == 0
+            await client.close()
+        async with daemon(config) as (proc, _):
+            client = KannelEsme("127.0.0.1", smpp_port)
+            await client.connect()
+            answers = await asyncio.gather(*(client.submit(b) for b in bodies))
+            assert [a.status for a in answers] == [0, 0]
+            await smsc.wait_for_submits(1, DEADLINE)
+            await client.close()
+    finally:
+        await smsc.stop()
+    assert [s.destination for s in smsc.received] == [number(1)]
