@@ -52,20 +52,18 @@ UNBIND: Final = 0x06
 BIND_TRANSCEIVER: Final = 0x09
 ENQUIRE_LINK: Final = 0x15
 QUERY_SM: Final = 0x03
-DATA_SM: Final = 0x103
 ESME_RINVCMDLEN: Final = 0x02
 MAX_PDU: Final = 65536  # SmppSession's default max_pdu_length
 SUPPORTED_REQUESTS: Final = frozenset(
     {BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, SUBMIT_SM, DELIVER_SM, UNBIND,
-     ENQUIRE_LINK, QUERY_SM, DATA_SM})  # data_sm: its own response, ESME_RINVCMDID
+     ENQUIRE_LINK, QUERY_SM})
 # Responses the session consumes silently (no answer; at most a ProtocolError event).
-HANDLED_RESPONSES: Final = frozenset(
-    {c | RESP for c in SUPPORTED_REQUESTS - {DATA_SM}} | {GENERIC_NACK})
+HANDLED_RESPONSES: Final = frozenset({c | RESP for c in SUPPORTED_REQUESTS} | {GENERIC_NACK})
 # Requests answered ESME_ROK by the session itself.
 OK_ANSWERED: Final = frozenset({ENQUIRE_LINK | RESP, UNBIND | RESP})
 KNOWN_IDS: Final = (
     0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x15, 0x21, 0x102, 0x103,
-    0x80000000, 0x80000001, 0x80000002, 0x80000004, 0x80000005, 0x80000006, 0x80000009,
+    0x80000000, 0x80000001, 0x80000002, 0x80000003, 0x80000004, 0x80000005, 0x80000006, 0x80000009,
     0x80000015, 0x80000103,
 )
 TLV_TAGS: Final = (0x0424, 0x020C, 0x020E, 0x020F, 0x001E, 0x0427, 0x0005, 0x0204, 0x0019,
@@ -260,7 +258,8 @@ def check_session(session: SmppSession, stream: bytes, pieces: list[bytes],
             continue
         # A generic_nack answers only what has no response of its own (an unknown id or an
         # invalid length); sequence numbers may repeat, so that is what tells them apart.
-        supported = req_id in SUPPORTED_REQUESTS
+        # data_sm: answered by the session itself, with data_sm_resp ESME_RINVCMDID.
+        supported = req_id in SUPPORTED_REQUESTS or req_id == 0x103
         if next_answer is not None and next_answer[2] == req_seq and (
                 next_answer[0] == req_id | RESP
                 or (next_answer[0] == GENERIC_NACK and not supported)):

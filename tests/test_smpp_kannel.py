@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -91,8 +90,7 @@ async def test_receipt_asked_on_the_first_part_only_gives_the_final_receipt(
 )
 def test_a_long_message_asks_for_a_receipt_if_any_part_does(modes: tuple[int, ...],
                                                            expected: int) -> None:
-    parts = [SimpleNamespace(registered_delivery=m) for m in modes]
-    assert _receipt_mode(parts) == expected
+    assert _receipt_mode(modes) == expected
 
 
 # ---- a window larger than [smpp] window (item 7) ----------------------------------------------

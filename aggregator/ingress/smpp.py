@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,7 @@ from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
-from aggregator.smpp.pdus import QuerySm, QuerySmResp
+from aggregator.smpp.querysm import ENROUTE, QuerySm, QuerySmResp, final_date
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
@@ -92,22 +92,17 @@ _STATE = {
 }
 
 
-ENROUTE = 1  # message_state of a message not final yet (SMPP 3.4 section 5.2.28)
-
-
 def query_answer(message: Message) -> QuerySmResp:
     """query_sm_resp for one of the account's messages: message_state, and for a final message
     final_date (UTC) and error_code (the receipt's err: when it is a number that fits)."""
     if not message.status.is_final:
         return QuerySmResp(message_id=message.id, message_state=ENROUTE)
-    final_date = ""
-    if message.done_at is not None:
-        final_date = datetime.fromtimestamp(message.done_at, UTC).strftime("%y%m%d%H%M%S000+")
+    done = "" if message.done_at is None else final_date(message.done_at)
     error = 0
     if message.error is not None:
         _, _, err = message.error.partition("err:")
         error = int(err) if err.isdigit() and int(err) < 256 else 0
-    return QuerySmResp(message_id=message.id, final_date=final_date,
+    return QuerySmResp(message_id=message.id, final_date=done,
                        message_state=_STATE.get(message.status, ("UNKNOWN", 7))[1],
                        error_code=error)
 
@@ -162,11 +157,11 @@ def _address(number: str, ton: int) -> str:
     return number
 
 
-def _receipt_mode(parts: Iterable[Any]) -> int:
+def _receipt_mode(registered_deliveries: Iterable[int]) -> int:
     """The receipt request of a message from its parts' registered_delivery (bits 1-0): any
     part asking counts, as gateways such as Kannel ask on the first part only. Asked always
     (01) on any part wins over on failure only (10)."""
-    modes = {int(p.registered_delivery) & 0x03 for p in parts}
+    modes = {int(rd) & 0x03 for rd in registered_deliveries}
     if 1 in modes:
         return 1
     return 2 if 2 in modes else 0
@@ -218,6 +213,8 @@ class SmppServer:
         # submit_sm of each session being accepted (answer not sent yet): at most `window`.
         self._submits: dict[SmppConnection, int] = {}
         self._receipts_in_flight = 0
+        # registered_delivery of the parts held for reassembly, and when they expire, by key.
+        self._part_receipts: dict[Hashable, tuple[tuple[int, ...], float]] = {}
         # Sessions already logged for exceeding the window, and when that was last logged.
         self._window_warned: set[SmppConnection] = set()
         self._window_logged_at = -1e9
@@ -341,6 +338,7 @@ class SmppServer:
         """Parts of long messages still waiting for the rest: ESME_RTHROTTLED, so that the
         ESME sends them again after the restart (nothing of them is stored)."""
         refused = 0
+        self._part_receipts.clear()
         for contexts in self._reassembler.expire(float("inf")):
             for conn, req in contexts:
                 if not conn.closed.done():
@@ -586,11 +584,28 @@ class SmppServer:
         except ValueError:
             self._refuse(conn, pdu, ESME_RINVMSGLEN, "bad_part_number")
             return
+        receipt_mode = self._parts_receipt_mode(key, fields.registered_delivery, whole is not None)
         if whole is not None:
-            await self._accept(client, whole.contexts, pdu, fields, whole.body)
+            await self._accept(client, whole.contexts, pdu, fields, whole.body, receipt_mode)
+
+    def _parts_receipt_mode(self, key: Hashable, registered_delivery: int, whole: bool) -> int:
+        """Collect the registered_delivery of a long message's parts as they are held; once the
+        message is whole, its receipt request (see _receipt_mode). Entries of messages whose
+        parts expired are dropped when there are more than parts could be held."""
+        now = self._clock()
+        seen, deadline = self._part_receipts.get(key, ((), now + self.config.reassembly_timeout))
+        seen = (*seen, registered_delivery)
+        if whole:
+            self._part_receipts.pop(key, None)
+            return _receipt_mode(seen)
+        if len(self._part_receipts) >= self.config.max_pending_parts:
+            self._part_receipts = {k: v for k, v in self._part_receipts.items() if v[1] > now}
+        self._part_receipts[key] = (seen, deadline)
+        return 0
 
     async def _accept(self, client: _Client, requests: list[tuple[SmppConnection, Any]],
-                      pdu: Any, fields: RawSubmit, body: bytes) -> None:
+                      pdu: Any, fields: RawSubmit, body: bytes,
+                      receipt_mode: int | None = None) -> None:
         try:
             text = decode_text(body, fields.data_coding)
         except ValueError:
@@ -601,7 +616,8 @@ class SmppServer:
             to=_address(pdu.destination.number, int(pdu.destination.ton)),
             sender=_address(pdu.source.number, int(pdu.source.ton)),
             text=text,
-            receipt_mode=_receipt_mode(req for _, req in requests),
+            receipt_mode=(fields.registered_delivery & 0x03 if receipt_mode is None
+                          else receipt_mode),
         )
         try:
             result = await self._acceptor.accept(client.account.name, item)

@@ -31,9 +31,8 @@ from aiosmpplib.protocol import (
 )
 from aiosmpplib.state import SmppCommandStatus
 
+from aggregator.smpp.querysm import QuerySm, QuerySmResp
 from aggregator.text import GSM7_CODECS
-
-from .pdus import PDU_CLASSES as _OUR_PDU_CLASSES
 
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
 Pdu: TypeAlias = SmppMessage
@@ -196,10 +195,7 @@ class NotBound(SessionError):
 # Static tables
 
 # Decoders by command id, including responses.
-_PDU_CLASSES: Final[dict[int, Any]] = {
-    **{int(cmd): cls for cmd, cls in MESSAGE_TYPE_MAP.items()},
-    **_OUR_PDU_CLASSES,  # query_sm and its response: aiosmpplib has no classes for them
-}
+_PDU_CLASSES: Final[dict[int, Any]] = {int(cmd): cls for cmd, cls in MESSAGE_TYPE_MAP.items()}
 # Response class for each request we can decode or send.
 _RESP_CLASSES: Final[dict[int, Any]] = {
     cmd: _PDU_CLASSES[cmd | RESP_BIT]
@@ -714,7 +710,6 @@ _HANDLERS: Final[dict[int, _Handler]] = {
     BIND_TRANSCEIVER: SmppSession._on_bind,
     SUBMIT_SM: SmppSession._on_data_request,
     DELIVER_SM: SmppSession._on_data_request,
-    QUERY_SM: SmppSession._on_data_request,
     DATA_SM: SmppSession._on_refused,
     ENQUIRE_LINK: SmppSession._on_enquire_link,
     UNBIND: SmppSession._on_unbind,
@@ -722,9 +717,18 @@ _HANDLERS: Final[dict[int, _Handler]] = {
     **{
         cmd | RESP_BIT: SmppSession._on_response
         for cmd in (BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, SUBMIT_SM, DELIVER_SM,
-                    ENQUIRE_LINK, UNBIND, QUERY_SM)
+                    ENQUIRE_LINK, UNBIND)
     },
 }
+
+# query_sm / query_sm_resp (aggregator.smpp.querysm: aiosmpplib has no classes for them): a
+# client asks an SMSC for the state of a message, the SMSC answers. Not data commands: they take
+# no window slot.
+_PDU_CLASSES[QUERY_SM] = QuerySm
+_PDU_CLASSES[QUERY_SM | RESP_BIT] = QuerySmResp
+_RESP_CLASSES[QUERY_SM] = QuerySmResp
+_HANDLERS[QUERY_SM] = SmppSession._on_data_request
+_HANDLERS[QUERY_SM | RESP_BIT] = SmppSession._on_response
 
 __all__ = [
     "BindFailed",
