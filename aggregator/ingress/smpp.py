@@ -220,6 +220,7 @@ class SmppServer:
         self._window_logged_at = -1e9
         self._refused_logged: set[tuple[SmppConnection, str]] = set()  # (session, command)
         self._stopping = False
+        self._ignored_at_stop = 0  # requests that arrived while stopping, left unanswered
         self.port = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -294,11 +295,16 @@ class SmppServer:
                 state.receipts_task = asyncio.create_task(self._send_receipts(state))
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Hand over cleanly: stop listening and taking submit_sm (ESME_RTHROTTLED: the ESME
-        keeps them), refuse the parts held for reassembly the same way, answer every submit_sm
-        already received once its accept has committed, wait for the ESMEs' answers to the
-        receipts in flight and record them, then unbind. What is left at `timeout` seconds is
-        cut short; an unanswered receipt stays due and goes out after the restart."""
+        """Hand over cleanly: stop listening and taking requests, answer every submit_sm
+        already being accepted once its accept has committed, wait for the ESMEs' answers to
+        the receipts in flight and record them, then unbind. What is left at `timeout` seconds
+        is cut short; an unanswered receipt stays due and goes out after the restart.
+
+        submit_sm and query_sm that arrive from now on, and the parts held for reassembly, are
+        left unanswered and nothing of them is stored: the ESME sends them again after it
+        reconnects, as for any request unanswered at a close. (An ESME_RTHROTTLED answer would
+        say the same, but Kannel puts a throttled message in its resend queue for
+        sms-resend-freq, 60 s by default, where an unanswered one goes out on the next bind.)"""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self._server is not None:
@@ -306,9 +312,9 @@ class SmppServer:
         # The loops end on this flag: on Python 3.11 wait_for() can swallow a cancel that
         # races with its timeout, so cancelling alone could leave a loop running forever.
         self._stopping = True
-        held = self._refuse_held_parts()
+        held = self._drop_held_parts()
         log.info("smpp_draining", submits_in_flight=sum(self._submits.values()),
-                 receipts_in_flight=self._receipts_in_flight, parts_refused=held,
+                 receipts_in_flight=self._receipts_in_flight, parts_dropped=held,
                  sessions=len(self._conns))
         tasks = [s.receipts_task for s in self._accounts.values() if s.receipts_task]
         if self._expiry is not None:
@@ -321,6 +327,9 @@ class SmppServer:
             await asyncio.wait(tasks, timeout=timeout)
         await self._wait_tasks(deadline)
         left = (sum(self._submits.values()), self._receipts_in_flight)
+        if self._ignored_at_stop:
+            log.info("smpp_requests_left_unanswered", requests=self._ignored_at_stop,
+                     why="arrived while stopping; the ESME sends them again")
         if left != (0, 0):
             metrics.smpp_drain_cut.inc()
             log.warning("smpp_drain_cut_short", submits_unanswered=left[0],
@@ -334,17 +343,18 @@ class SmppServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         metrics.unwatch_buffers("reassembly", "smpp_submits", "smpp_receipts")
 
-    def _refuse_held_parts(self) -> int:
-        """Parts of long messages still waiting for the rest: ESME_RTHROTTLED, so that the
+    def _drop_held_parts(self) -> int:
+        """Parts of long messages still waiting for the rest: forgotten unanswered, so that the
         ESME sends them again after the restart (nothing of them is stored)."""
-        refused = 0
         self._part_receipts.clear()
-        for contexts in self._reassembler.expire(float("inf")):
-            for conn, req in contexts:
-                if not conn.closed.done():
-                    self._refuse(conn, req, ESME_RTHROTTLED, "stopping")
-                    refused += 1
-        return refused
+        dropped = sum(len(contexts) for contexts in self._reassembler.expire(float("inf")))
+        metrics.smpp_submits.labels("stopping").inc(dropped)
+        return dropped
+
+    def _ignore_at_stop(self) -> None:
+        """A request that arrived while stopping: not processed, not answered (see stop())."""
+        self._ignored_at_stop += 1
+        metrics.smpp_submits.labels("stopping").inc()
 
     async def _wait_tasks(self, deadline: float) -> None:
         """Until every accept and receipt in flight has finished, or the deadline."""
@@ -395,7 +405,7 @@ class SmppServer:
             pdu = event.pdu
             if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
                 if self._stopping:  # shutting down: the ESME keeps it and sends it again
-                    self._refuse(conn, pdu, ESME_RTHROTTLED, "stopping")
+                    self._ignore_at_stop()
                     return
                 open_now = self._submits.get(conn, 0)
                 if open_now >= self.config.window:  # the ESME ignores its window: slow it down
@@ -635,12 +645,14 @@ class SmppServer:
     # ---- query_sm -------------------------------------------------------------------------------
 
     def _on_query_request(self, conn: SmppConnection, pdu: QuerySm) -> None:
-        """query_sm shares the session's window with submit_sm, and is refused the same way
-        while stopping."""
+        """query_sm shares the session's window with submit_sm, and is left unanswered the
+        same way while stopping."""
+        if self._stopping:
+            self._ignore_at_stop()
+            return
         open_now = self._submits.get(conn, 0)
-        if self._stopping or open_now >= self.config.window:
-            self._answer_query(conn, pdu, _query_error(ESME_RTHROTTLED),
-                               "stopping" if self._stopping else "window_full")
+        if open_now >= self.config.window:
+            self._answer_query(conn, pdu, _query_error(ESME_RTHROTTLED), "window_full")
             return
         self._submits[conn] = open_now + 1
         self._spawn(self._on_query(conn, pdu), lambda: self._submit_done(conn))
