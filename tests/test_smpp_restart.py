@@ -165,7 +165,8 @@ async def test_sigterm_with_a_window_of_50_in_flight_duplicates_nothing_loses_no
     print(f"\nSIGTERM restart, {MESSAGES} messages, window {WINDOW}: accepted "
           f"{len(flow.accepted)} (at the SIGTERM {accepted_at_sigterm}), at the SMSC "
           f"{len(seen)} distinct / {len(smsc.received)} submits, duplicated {duplicated}, "
-          f"lost {lost}; throttled {flow.throttled}, unanswered at the close "
+          f"lost {lost}; refused (ESME_RTHROTTLED or, once unbinding, ESME_RINVBNDSTS) "
+          f"{flow.throttled}, unanswered at the close "
           f"{flow.unanswered}, connections {flow.connections}, receipts {len(receipts)} "
           f"(sent again {receipts_again}); drain {drains[0] if drains else None}; "
           f"{time.monotonic() - started:.1f} s")
