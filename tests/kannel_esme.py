@@ -56,11 +56,11 @@ def _cstring(body: bytes, pos: int) -> tuple[str, int]:
     return body[pos:end].decode("latin-1"), end + 1
 
 
-def parse_deliver(body: bytes) -> tuple[int, str, dict[int, bytes]]:
-    """(esm_class, short_message, TLVs) of a deliver_sm body."""
+def parse_deliver(body: bytes) -> tuple[int, str, dict[int, bytes], str]:
+    """(esm_class, short_message, TLVs, source_addr) of a deliver_sm body."""
     _, pos = _cstring(body, 0)
     pos += 2
-    _, pos = _cstring(body, pos)
+    source, pos = _cstring(body, pos)
     pos += 2
     _, pos = _cstring(body, pos)
     esm_class = body[pos]
@@ -77,7 +77,7 @@ def parse_deliver(body: bytes) -> tuple[int, str, dict[int, bytes]]:
         tag, size = struct.unpack_from("!HH", body, pos)
         tlvs[tag] = body[pos + 4:pos + 4 + size]
         pos += 4 + size
-    return esm_class, text, tlvs
+    return esm_class, text, tlvs, source
 
 
 def _write(writer: asyncio.StreamWriter | None, data: bytes) -> None:
@@ -106,7 +106,8 @@ class KannelEsme:
     # Seconds before a deliver_sm is acknowledged (a gateway that stores the receipt first);
     # enquire_link and unbind are answered at once.
     ack_delay: float = 0.0
-    # Every deliver_sm as (esm_class, receipted_message_id or "", short_message), in order.
+    # Every deliver_sm as (esm_class, key, short_message), in order; the key is a receipt's
+    # receipted_message_id, or an MO's source_addr (the handset).
     delivers: list[tuple[int, str, str]] = field(default_factory=list)
     delivered: asyncio.Event = field(default_factory=asyncio.Event)
     _reader: asyncio.StreamReader | None = None
@@ -178,9 +179,9 @@ class KannelEsme:
                     if fut is not None and not fut.done():
                         fut.set_result(Answer(command_id, status, body))
                 elif command_id == DELIVER_SM:
-                    esm_class, text, tlvs = parse_deliver(body)
+                    esm_class, text, tlvs, source = parse_deliver(body)
                     receipted = tlvs.get(0x001E, b"").rstrip(b"\0").decode()
-                    self.delivers.append((esm_class, receipted, text))
+                    self.delivers.append((esm_class, receipted or source, text))
                     self.delivered.set()
                     if self.ack_delay:
                         # On this connection only: a late ack never reaches the next one.

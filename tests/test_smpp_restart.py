@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import API_KEY, DEADLINE, daemon, free_port
 from tests.kannel_esme import (
@@ -188,8 +189,13 @@ def outbox(store: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM smpp_receipts").fetchone()[0])
 
 
-async def test_receipts_acknowledged_before_a_sigterm_are_not_sent_again(tmp_path: Path) -> None:
-    smsc = Smsc(SmscProfile())
+@pytest.mark.parametrize("kind", ["receipt", "mo"])
+async def test_receipts_and_mo_acknowledged_before_a_sigterm_are_not_sent_again(
+        tmp_path: Path, kind: str) -> None:
+    # kind "mo": every handset replies, no receipt is asked; the replies take the same outbox.
+    # (A prefix entry: the SMSC ignores a book with only a default, being empty.)
+    handsets = HandsetBook({"383": Handset(reply="hello there")}) if kind == "mo" else None
+    smsc = Smsc(SmscProfile(handsets=handsets))
     await smsc.start()
     config, log, store = tmp_path / "smsagg.toml", tmp_path / "daemon.log", tmp_path / "s.db"
     smpp_port = free_port()
@@ -215,8 +221,8 @@ async def test_receipts_acknowledged_before_a_sigterm_are_not_sent_again(tmp_pat
 
             async def one(i: int) -> Answer:
                 async with window:
-                    return await sender.submit(submit_body(number(i), b"r",
-                                                           registered_delivery=1))
+                    return await sender.submit(submit_body(
+                        number(i), b"r", registered_delivery=1 if kind == "receipt" else 0))
 
             answers = await asyncio.gather(*(one(i) for i in range(RECEIPTS)))
             assert all(a.status == 0 for a in answers)
@@ -247,9 +253,12 @@ async def test_receipts_acknowledged_before_a_sigterm_are_not_sent_again(tmp_pat
               if '"smpp_draining"' in line]
     counts = Counter(r for _, r, _ in receiver.delivers)
     again = sum(n - 1 for n in counts.values() if n > 1)
-    print(f"\nreceipts {RECEIPTS}: before the SIGTERM {received_before}, sent again {again}; "
+    print(f"\n{kind} {RECEIPTS}: before the SIGTERM {received_before}, sent again {again}; "
           f"drain {drains[0] if drains else None}")
-    assert set(counts) == {a.message_id for a in answers}
+    if kind == "receipt":
+        assert set(counts) == {a.message_id for a in answers}
+    else:  # an MO's key is the handset's number
+        assert set(counts) == {number(i) for i in range(RECEIPTS)}
     assert again == 0, f"{again} receipts acknowledged before the stop were sent again"
     assert drains[0]["receipts_in_flight"] > 0, "no receipt was in flight at the SIGTERM"
 
