@@ -323,7 +323,7 @@ class App:
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         if self.smpp is not None:
-            await self.smpp.stop(timeout=2.0)
+            await self.smpp.stop(timeout=max(1.0, min(5.0, deadline - time.monotonic())))
         await self.dispatcher.stop(deadline)
         await self.overdue.stop()
         # Receipts still arriving for what we just sent are worth a moment.

@@ -100,6 +100,23 @@ smpp_submits = Counter("smsagg_smpp_submits_total", "Upstream submit_sm by outco
                        registry=REGISTRY)
 smpp_receipts = Counter("smsagg_smpp_receipts_total", "Receipts sent to upstream SMPP clients",
                         ["result"], registry=REGISTRY)
+smpp_drain_cut = Counter(
+    "smsagg_smpp_drain_cut_total",
+    "Stops of the SMPP server whose drain deadline came with submit_sm or receipts unanswered",
+    registry=REGISTRY,
+)
+smpp_window_exceeded = Counter(
+    "smsagg_smpp_window_exceeded_total",
+    "submit_sm refused with ESME_RTHROTTLED because the session had [smpp] window open already",
+    ["account"], registry=REGISTRY,
+)
+smpp_queries = Counter("smsagg_smpp_queries_total", "Upstream query_sm by outcome", ["result"],
+                       registry=REGISTRY)
+smpp_refused_commands = Counter(
+    "smsagg_smpp_refused_commands_total",
+    "Upstream requests of a command the SMPP server does not support (data_sm), refused",
+    ["command"], registry=REGISTRY,
+)
 store_bytes = Gauge("smsagg_store_bytes", "Size of the store on disk (database and WAL)",
                     registry=REGISTRY)
 queue_bound = Gauge("smsagg_queue_bound", "Pending messages above which accepts get 503",

@@ -258,7 +258,8 @@ def check_session(session: SmppSession, stream: bytes, pieces: list[bytes],
             continue
         # A generic_nack answers only what has no response of its own (an unknown id or an
         # invalid length); sequence numbers may repeat, so that is what tells them apart.
-        supported = req_id in SUPPORTED_REQUESTS
+        # data_sm: answered by the session itself, with data_sm_resp ESME_RINVCMDID.
+        supported = req_id in SUPPORTED_REQUESTS or req_id == 0x103
         if next_answer is not None and next_answer[2] == req_seq and (
                 next_answer[0] == req_id | RESP
                 or (next_answer[0] == GENERIC_NACK and not supported)):

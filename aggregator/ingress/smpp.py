@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +16,6 @@ from aiosmpplib import (
     TON,
     DeliverSm,
     DeliverSmResp,
-    GenericNack,
     OptionalParam,
     PhoneNumber,
     SubmitSm,
@@ -31,16 +30,17 @@ from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
 from aggregator.log import get_logger
 from aggregator.loglimit import LogLimiter
 from aggregator.memory import give_back
-from aggregator.model import ApiError, ErrorCode, MessageStatus
+from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.policy.classes import class_for_smpp
 from aggregator.smpp.fields import RawSubmit, parse_submit
-from aggregator.smpp.querysm import QuerySm
+from aggregator.smpp.querysm import ENROUTE, QuerySm, QuerySmResp, final_date
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
     Bound,
     RequestReceived,
+    RequestRefused,
     Role,
     SessionClosed,
     SessionError,
@@ -59,12 +59,14 @@ ESME_RINVCMDID = 0x03
 ESME_RSYSERR = 0x08
 ESME_RINVSRCADR = 0x0A
 ESME_RINVDSTADR = 0x0B
+ESME_RINVMSGID = 0x0C
 ESME_RBINDFAIL = 0x0D
 ESME_RINVPASWD = 0x0E
 ESME_RINVSYSID = 0x0F
 ESME_RMSGQFUL = 0x14
 ESME_RSUBMITFAIL = 0x45
 ESME_RTHROTTLED = 0x58
+ESME_RQUERYFAIL = 0x67
 ESME_RINVDCS = 0x104  # SMPP 5.0 status; 3.4 ESMEs treat it as a generic failure
 
 # One table from the accept path's error codes to SMPP statuses.
@@ -94,6 +96,21 @@ _STATE = {
     MessageStatus.FAILED: ("UNDELIV", 5),
     MessageStatus.CANCELLED: ("DELETED", 4),
 }
+
+
+def query_answer(message: Message) -> QuerySmResp:
+    """query_sm_resp for one of the account's messages: message_state, and for a final message
+    final_date (UTC) and error_code (the receipt's err: when it is a number that fits)."""
+    if not message.status.is_final:
+        return QuerySmResp(message_id=message.id, message_state=ENROUTE)
+    done = "" if message.done_at is None else final_date(message.done_at)
+    error = 0
+    if message.error is not None:
+        _, _, err = message.error.partition("err:")
+        error = int(err) if err.isdigit() and int(err) < 256 else 0
+    return QuerySmResp(message_id=message.id, final_date=done,
+                       message_state=_STATE.get(message.status, ("UNKNOWN", 7))[1],
+                       error_code=error)
 
 
 def smpp_status_for(code: str) -> int:
@@ -144,6 +161,16 @@ def _address(number: str, ton: int) -> str:
     if ton == 1 and number and not number.startswith("+"):
         return "+" + number
     return number
+
+
+def _receipt_mode(registered_deliveries: Iterable[int]) -> int:
+    """The receipt request of a message from its parts' registered_delivery (bits 1-0): any
+    part asking counts, as gateways such as Kannel ask on the first part only. Asked always
+    (01) on any part wins over on failure only (10)."""
+    modes = {int(rd) & 0x03 for rd in registered_deliveries}
+    if 1 in modes:
+        return 1
+    return 2 if 2 in modes else 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -200,12 +227,19 @@ class SmppServer:
         # submit_sm of each session being accepted (answer not sent yet): at most `window`.
         self._submits: dict[SmppConnection, int] = {}
         self._receipts_in_flight = 0
+        # registered_delivery of the parts held for reassembly, and when they expire, by key.
+        self._part_receipts: dict[Hashable, tuple[tuple[int, ...], float]] = {}
+        # Sessions already logged for exceeding the window, and when that was last logged.
+        self._window_warned: set[SmppConnection] = set()
+        self._window_logged_at = -1e9
+        self._refused_logged: set[tuple[SmppConnection, str]] = set()  # (session, command)
         # Connections not bound yet (source address each), capped in total and per address.
         self._unbound: dict[SmppConnection, str] = {}
         self._unbound_per_address: dict[str, int] = {}
         # Lines a peer can trigger at will: one per source and window, with a count.
         self._log_limit = LogLimiter()
         self._stopping = False
+        self._ignored_at_stop = 0  # requests that arrived while stopping, left unanswered
         self.port = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -283,11 +317,27 @@ class SmppServer:
                 state.receipts_task = asyncio.create_task(self._send_receipts(state))
 
     async def stop(self, timeout: float = 5.0) -> None:
+        """Hand over cleanly: stop listening and taking requests, answer every submit_sm
+        already being accepted once its accept has committed, wait for the ESMEs' answers to
+        the receipts in flight and record them, then unbind. What is left at `timeout` seconds
+        is cut short; an unanswered receipt stays due and goes out after the restart.
+
+        submit_sm and query_sm that arrive from now on, and the parts held for reassembly, are
+        left unanswered and nothing of them is stored: the ESME sends them again after it
+        reconnects, as for any request unanswered at a close. (An ESME_RTHROTTLED answer would
+        say the same, but Kannel puts a throttled message in its resend queue for
+        sms-resend-freq, 60 s by default, where an unanswered one goes out on the next bind.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         if self._server is not None:
             self._server.close()
         # The loops end on this flag: on Python 3.11 wait_for() can swallow a cancel that
         # races with its timeout, so cancelling alone could leave a loop running forever.
         self._stopping = True
+        held = self._drop_held_parts()
+        log.info("smpp_draining", submits_in_flight=sum(self._submits.values()),
+                 receipts_in_flight=self._receipts_in_flight, parts_dropped=held,
+                 sessions=len(self._conns))
         tasks = [s.receipts_task for s in self._accounts.values() if s.receipts_task]
         if self._expiry is not None:
             tasks.append(self._expiry)
@@ -297,13 +347,43 @@ class SmppServer:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
-        await asyncio.gather(*(c.unbind(timeout) for c in list(self._conns)),
+        await self._wait_tasks(deadline)
+        left = (sum(self._submits.values()), self._receipts_in_flight)
+        if self._ignored_at_stop:
+            log.info("smpp_requests_left_unanswered", requests=self._ignored_at_stop,
+                     why="arrived while stopping; the ESME sends them again")
+        if left != (0, 0):
+            metrics.smpp_drain_cut.inc()
+            log.warning("smpp_drain_cut_short", submits_unanswered=left[0],
+                        receipts_unanswered=left[1], seconds=timeout)
+        await asyncio.gather(*(c.unbind(min(2.0, timeout)) for c in list(self._conns)),
                              return_exceptions=True)
+        # Receipts aborted by the close record their retry before the store closes.
+        await self._wait_tasks(loop.time() + 1.0)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         metrics.unwatch_buffers("reassembly", "smpp_submits", "smpp_receipts")
         metrics.unwatch_buffers("smpp_unbound", "reassembly_bytes")
+
+    def _drop_held_parts(self) -> int:
+        """Parts of long messages still waiting for the rest: forgotten unanswered, so that the
+        ESME sends them again after the restart (nothing of them is stored)."""
+        self._part_receipts.clear()
+        dropped = sum(len(contexts) for contexts in self._reassembler.expire(float("inf")))
+        metrics.smpp_submits.labels("stopping").inc(dropped)
+        return dropped
+
+    def _ignore_at_stop(self) -> None:
+        """A request that arrived while stopping: not processed, not answered (see stop())."""
+        self._ignored_at_stop += 1
+        metrics.smpp_submits.labels("stopping").inc()
+
+    async def _wait_tasks(self, deadline: float) -> None:
+        """Until every accept and receipt in flight has finished, or the deadline."""
+        loop = asyncio.get_running_loop()
+        while self._tasks and loop.time() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
 
     def wake_receipts(self, account: str) -> None:
         state = self._accounts.get(account)
@@ -376,6 +456,8 @@ class SmppServer:
         self._drop_unbound(conn)
         self._conns.discard(conn)
         self._pending_bind.pop(conn, None)
+        self._window_warned.discard(conn)
+        self._refused_logged = {k for k in self._refused_logged if k[0] is not conn}
         for name, state in self._accounts.items():
             before = len(state.clients)
             state.clients = [c for c in state.clients if c.conn is not conn]
@@ -389,20 +471,57 @@ class SmppServer:
             self._on_bound(conn, event)
         elif isinstance(event, SessionClosed):
             self._on_closed(conn, event.reason)
+        elif isinstance(event, RequestRefused):
+            self._on_refused(conn, event)
         elif isinstance(event, RequestReceived):
             pdu = event.pdu
             if isinstance(pdu, SubmitSm) and not isinstance(pdu, DeliverSm):
+                if self._stopping:  # shutting down: the ESME keeps it and sends it again
+                    self._ignore_at_stop()
+                    return
                 open_now = self._submits.get(conn, 0)
                 if open_now >= self.config.window:  # the ESME ignores its window: slow it down
                     self._refuse(conn, pdu, ESME_RTHROTTLED, "window_full")
+                    self._window_exceeded(conn)
                     return
                 self._submits[conn] = open_now + 1
                 self._spawn(self._on_submit(conn, pdu, event.raw),
                             lambda: self._submit_done(conn))
-            elif isinstance(pdu, QuerySm):  # not answered here (yet): as before the session
-                conn.respond(pdu, _resp(GenericNack, ESME_RINVCMDID))  # knew query_sm
+            elif isinstance(pdu, QuerySm):
+                self._on_query_request(conn, pdu)
             else:  # deliver_sm goes from an SMSC to an ESME, not the other way
                 conn.respond(pdu, _resp(DeliverSmResp, ESME_RINVCMDID))
+
+    def _on_refused(self, conn: SmppConnection, event: RequestRefused) -> None:
+        """data_sm (refused by the session with ESME_RINVCMDID): counted; logged once per
+        session."""
+        command = "data_sm" if event.command_id == 0x103 else f"0x{event.command_id:08X}"
+        metrics.smpp_refused_commands.labels(command).inc()
+        if (conn, command) in self._refused_logged:
+            return
+        self._refused_logged.add((conn, command))
+        client = self._client(conn)
+        log.warning("smpp_command_refused", command=command, peer=conn.peername,
+                    account=client.account.name if client is not None else None,
+                    status=f"0x{event.status:02X}", hint="send submit_sm instead")
+
+    def _window_exceeded(self, conn: SmppConnection) -> None:
+        """Counted per account; logged once per session, and at most once a second over all
+        sessions (an ESME reconnecting in a loop does not flood the log)."""
+        client = self._client(conn)
+        account = client.account.name if client is not None else ""
+        metrics.smpp_window_exceeded.labels(account).inc()
+        if conn in self._window_warned:
+            return
+        self._window_warned.add(conn)
+        now = time.monotonic()
+        if now - self._window_logged_at < 1.0:
+            return
+        self._window_logged_at = now
+        log.warning("smpp_window_exceeded", account=account, peer=conn.peername,
+                    window=self.config.window, status="ESME_RTHROTTLED",
+                    hint="set the client's window (Kannel: max-pending-submits) to at most "
+                         "[smpp] window")
 
     def _spawn(self, coro: Any, done: Callable[[], None] | None = None) -> None:
         task = asyncio.ensure_future(coro)
@@ -555,11 +674,28 @@ class SmppServer:
         except ValueError:
             self._refuse(conn, pdu, ESME_RINVMSGLEN, "bad_part_number")
             return
+        receipt_mode = self._parts_receipt_mode(key, fields.registered_delivery, whole is not None)
         if whole is not None:
-            await self._accept(client, whole.contexts, pdu, fields, whole.body)
+            await self._accept(client, whole.contexts, pdu, fields, whole.body, receipt_mode)
+
+    def _parts_receipt_mode(self, key: Hashable, registered_delivery: int, whole: bool) -> int:
+        """Collect the registered_delivery of a long message's parts as they are held; once the
+        message is whole, its receipt request (see _receipt_mode). Entries of messages whose
+        parts expired are dropped when there are more than parts could be held."""
+        now = self._clock()
+        seen, deadline = self._part_receipts.get(key, ((), now + self.config.reassembly_timeout))
+        seen = (*seen, registered_delivery)
+        if whole:
+            self._part_receipts.pop(key, None)
+            return _receipt_mode(seen)
+        if len(self._part_receipts) >= self.config.max_pending_parts:
+            self._part_receipts = {k: v for k, v in self._part_receipts.items() if v[1] > now}
+        self._part_receipts[key] = (seen, deadline)
+        return 0
 
     async def _accept(self, client: _Client, requests: list[tuple[SmppConnection, Any]],
-                      pdu: Any, fields: RawSubmit, body: bytes) -> None:
+                      pdu: Any, fields: RawSubmit, body: bytes,
+                      receipt_mode: int | None = None) -> None:
         try:
             text = decode_text(body, fields.data_coding)
         except ValueError:
@@ -570,7 +706,8 @@ class SmppServer:
             to=_address(pdu.destination.number, int(pdu.destination.ton)),
             sender=_address(pdu.source.number, int(pdu.source.ton)),
             text=text,
-            receipt_mode=fields.registered_delivery & 0x03,
+            receipt_mode=(fields.registered_delivery & 0x03 if receipt_mode is None
+                          else receipt_mode),
             message_class=class_for_smpp(client.account, pdu.service_type or ""),
         )
         try:
@@ -585,6 +722,50 @@ class SmppServer:
         for conn, req in requests:
             if not conn.closed.done():
                 conn.respond(req, SubmitSmResp(message_id=result.message.id))
+
+    # ---- query_sm -------------------------------------------------------------------------------
+
+    def _on_query_request(self, conn: SmppConnection, pdu: QuerySm) -> None:
+        """query_sm shares the session's window with submit_sm, and is left unanswered the
+        same way while stopping."""
+        if self._stopping:
+            self._ignore_at_stop()
+            return
+        open_now = self._submits.get(conn, 0)
+        if open_now >= self.config.window:
+            self._answer_query(conn, pdu, _query_error(ESME_RTHROTTLED), "window_full")
+            return
+        self._submits[conn] = open_now + 1
+        self._spawn(self._on_query(conn, pdu), lambda: self._submit_done(conn))
+
+    async def _on_query(self, conn: SmppConnection, pdu: QuerySm) -> None:
+        """The state of one of the bound account's own messages. An unknown id and another
+        account's id get the same answer (ESME_RINVMSGID): ids of others are not revealed."""
+        client = self._client(conn)
+        if client is None:  # closed meanwhile
+            return
+        if not pdu.message_id:
+            self._answer_query(conn, pdu, _query_error(ESME_RINVMSGID), "invalid_id")
+            return
+        try:
+            message = await self._store.get_message(client.account.name, pdu.message_id)
+        except StoreError as exc:
+            metrics.store_errors.labels("smpp_query").inc()
+            log.error("smpp_query_failed", account=client.account.name, error=str(exc))
+            self._answer_query(conn, pdu, _query_error(ESME_RQUERYFAIL), "store_error")
+            return
+        if message is None:
+            log.debug("smpp_query_unknown", account=client.account.name)
+            self._answer_query(conn, pdu, _query_error(ESME_RINVMSGID), "unknown_id")
+            return
+        self._answer_query(conn, pdu, query_answer(message), "ok")
+
+    @staticmethod
+    def _answer_query(conn: SmppConnection, pdu: QuerySm, resp: QuerySmResp,
+                      result: str) -> None:
+        metrics.smpp_queries.labels(result).inc()
+        if not conn.closed.done():
+            conn.respond(pdu, resp)
 
     async def _expire_parts(self) -> None:
         while not self._stopping:
@@ -668,6 +849,10 @@ class SmppServer:
             in_flight.discard(receipt.id)
             self._receipts_in_flight -= 1
             state.receipts_wake.set()
+
+
+def _query_error(status: int) -> QuerySmResp:
+    return QuerySmResp(command_status=status)
 
 
 def _resp(cls: Any, status: int) -> Any:

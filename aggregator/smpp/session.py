@@ -144,6 +144,15 @@ class RequestAborted:
 
 
 @dataclass(slots=True, frozen=True)
+class RequestRefused:
+    """The peer sent a request this session does not support (data_sm); it was answered with
+    its own response and `status` (ESME_RINVCMDID). For the owner's metrics and log."""
+
+    command_id: int
+    status: int
+
+
+@dataclass(slots=True, frozen=True)
 class SessionClosed:
     """The transport must flush `data_to_send()` and close the connection."""
 
@@ -166,6 +175,7 @@ Event: TypeAlias = (
     | ResponseReceived
     | RequestTimedOut
     | RequestAborted
+    | RequestRefused
     | SessionClosed
     | ProtocolError
 )
@@ -231,6 +241,7 @@ _ALLOWED_MODES: Final[dict[tuple[Role, int], frozenset[BindMode]]] = {
     (Role.SERVER, DATA_SM): _RX,
     (Role.SERVER, ALERT_NOTIFICATION): _RX,
     (Role.SERVER, SUBMIT_SM): frozenset(),
+    (Role.SERVER, QUERY_SM): frozenset(),  # an SMSC does not query its ESME
 }
 _PEER_ROLE: Final = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 
@@ -572,6 +583,14 @@ class SmppSession:
             return
         events.append(RequestReceived(pdu, bytes(data)))
 
+    def _on_refused(
+        self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
+    ) -> None:
+        """A request we do not support although the spec defines it (data_sm): its own
+        response with ESME_RINVCMDID, as the spec allows, rather than a generic_nack."""
+        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, ESME_RINVCMDID, seq)
+        events.append(RequestRefused(command_id, ESME_RINVCMDID))
+
     def _on_bind(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
@@ -705,6 +724,7 @@ _HANDLERS: Final[dict[int, _Handler]] = {
     BIND_TRANSCEIVER: SmppSession._on_bind,
     SUBMIT_SM: SmppSession._on_data_request,
     DELIVER_SM: SmppSession._on_data_request,
+    DATA_SM: SmppSession._on_refused,
     ENQUIRE_LINK: SmppSession._on_enquire_link,
     UNBIND: SmppSession._on_unbind,
     GENERIC_NACK: SmppSession._on_generic_nack,
@@ -734,6 +754,7 @@ __all__ = [
     "ProtocolError",
     "RequestAborted",
     "RequestReceived",
+    "RequestRefused",
     "RequestTimedOut",
     "ResponseReceived",
     "Role",
