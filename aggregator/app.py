@@ -22,6 +22,7 @@ from aggregator.config import (
 )
 from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
+from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.ingress.callbacks import CallbackSender
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.smpp import ESME_RTHROTTLED, SmppServer
@@ -97,6 +98,7 @@ class App:
             self.acceptor, self.store, config.accounts,
             max_body_bytes=config.http.max_body_bytes, ready=self.readiness,
             exposition=self._exposition if self.workers is not None else None,
+            callback_policy=CallbackPolicy(config.callbacks.allowed_networks),
         )
         self.smpp = (
             SmppServer(config.smpp, config.accounts, self.acceptor, self.store)

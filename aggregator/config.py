@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -140,6 +141,13 @@ class CallbacksConfig:
     retry_min: float = 1.0
     retry_max: float = 300.0
     concurrency: int = 32
+    # Callback requests in flight at once to one destination (scheme, host and port) and for
+    # one account: a receiver that never answers holds at most per_host_concurrency slots.
+    per_host_concurrency: int = 8
+    per_account_concurrency: int = 16
+    # CIDR ranges callbacks may reach although loopback, private, link-local, ... (refused
+    # by default: aggregator/ingress/callback_guard.py).
+    allowed_networks: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -597,7 +605,32 @@ def _parse_callbacks(r: _Reader) -> CallbacksConfig:
         retry_min=retry_min,
         retry_max=retry_max,
         concurrency=r.integer("concurrency", lo=1),
+        per_host_concurrency=r.integer("per_host_concurrency", lo=1),
+        per_account_concurrency=r.integer("per_account_concurrency", lo=1),
+        allowed_networks=_networks(r, "allowed_networks"),
     )
+
+
+def _networks(r: _Reader, key: str) -> tuple[str, ...]:
+    """An array of CIDR ranges ("10.1.0.0/16", "::1/128"; a bare address is one host), kept
+    in their normalised form; an empty array is allowed."""
+    value, given = r.lookup(key)
+    if not given:
+        return tuple(value) if isinstance(value, tuple) else ()
+    if not isinstance(value, list | tuple):
+        r.problem(key, f"must be an array of CIDR ranges, got {_show(value)}")
+        return ()
+    networks: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            r.problem(key, f"must be a string, got {_show(item)}", at=r.item(key, i))
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item)))
+        except ValueError as exc:
+            r.problem(key, f'must be a CIDR range such as "10.0.0.0/8": {exc}',
+                      at=r.item(key, i))
+    return tuple(networks)
 
 
 def _parse_log(r: _Reader) -> LogConfig:

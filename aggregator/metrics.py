@@ -82,6 +82,11 @@ retries = Counter("smsagg_retries_total", "Submit attempts retried", ["provider"
                   registry=REGISTRY)
 callbacks = Counter("smsagg_callbacks_total", "Callback attempts", ["result"],
                     registry=REGISTRY)
+callbacks_answer_truncated = Counter(
+    "smsagg_callback_answers_truncated_total",
+    "Callback answers longer than the few KB read: the connection was closed unread",
+    registry=REGISTRY,
+)
 receipts_unmatched = Counter(
     "smsagg_receipts_unmatched_total", "Receipts whose id matched no submitted segment",
     ["provider"], registry=REGISTRY,

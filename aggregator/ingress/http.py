@@ -16,6 +16,7 @@ from aggregator import metrics
 from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
+from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
@@ -93,8 +94,10 @@ def _is_unicode(value: str) -> bool:
     return True
 
 
-def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
-    """Type-check a request body; raises ApiError(400) naming the field."""
+def parse_submit(body: object, idempotency_key: str | None,
+                 callback_policy: CallbackPolicy | None = None) -> SubmitInput:
+    """Type-check a request body; raises ApiError(400) naming the field (422 for a
+    callback_url whose literal address ``callback_policy`` forbids)."""
     if not isinstance(body, dict):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "body must be a JSON object")
     for key in body:
@@ -133,6 +136,11 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            "field 'callback_url' must be an http or https URL")
+        if callback_policy is not None and callback_policy.literal_forbidden(url):
+            raise ApiError(422, ErrorCode.CALLBACK_URL_FORBIDDEN,
+                           "field 'callback_url' names an address callbacks may not reach "
+                           "(loopback, private, link-local, ...; see [callbacks] "
+                           "allowed_networks)")
     return SubmitInput(
         to=body["to"],
         sender=body["from"],
@@ -160,7 +168,9 @@ class HttpApi:
         ready: Callable[[], Readiness | Awaitable[Readiness]],
         failed_logins: FailedLogins | None = None,
         exposition: Callable[[], Awaitable[bytes]] | None = None,
+        callback_policy: CallbackPolicy | None = None,
     ) -> None:
+        self._callback_policy = CallbackPolicy() if callback_policy is None else callback_policy
         self._exposition = exposition  # /metrics text; None: this process's registry
         self._acceptor = acceptor
         self._store = store
@@ -273,7 +283,7 @@ class HttpApi:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
         try:
-            item = parse_submit(body, key)
+            item = parse_submit(body, key, self._callback_policy)
         except ApiError as exc:
             metrics.messages_rejected.labels(exc.code.value).inc()
             raise
@@ -313,7 +323,7 @@ class HttpApi:
         parsed: list[SubmitInput | ApiError] = []
         for i, item in enumerate(items):
             try:
-                parsed.append(parse_submit(item, None))
+                parsed.append(parse_submit(item, None, self._callback_policy))
             except ApiError as exc:
                 metrics.messages_rejected.labels(exc.code.value).inc()
                 parsed.append(ApiError(exc.status, exc.code, f"messages[{i}]: {exc.message}"))

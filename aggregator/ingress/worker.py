@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from aggregator import metrics
 from aggregator.config import Config, ConfigError, load_config_or_default
 from aggregator.ingress.accept import Acceptor
+from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.rpc import RemoteStore
 from aggregator.log import get_logger
@@ -42,7 +43,8 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
         return text.encode()
 
     api = HttpApi(acceptor, store, config.accounts, max_body_bytes=config.http.max_body_bytes,
-                  ready=lambda: remote.call("ready"), exposition=exposition)
+                  ready=lambda: remote.call("ready"), exposition=exposition,
+                  callback_policy=CallbackPolicy(config.callbacks.allowed_networks))
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.http.listen.host, port, backlog=1024, reuse_port=True,
