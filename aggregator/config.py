@@ -106,6 +106,10 @@ class HttpConfig:
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: HTTPS only
     tls_key: str | None = None  # PEM private key (unencrypted) of tls_cert
     workers: int = 0  # ingress worker processes serving HTTP; 0: the daemon serves it itself
+    header_timeout: float = 10.0  # seconds for a request's headers, from its first byte
+    body_timeout: float = 30.0  # seconds for a request's body, from the end of its headers
+    keepalive_timeout: float = 15.0  # seconds a connection may idle between requests
+    max_connections: int = 1000  # open connections per serving process
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server side of HTTPS when tls_cert and tls_key are set; None: plain HTTP."""
@@ -558,7 +562,11 @@ def _parse_http(r: _Reader) -> HttpConfig:
             r.problem(f"tls_{exc.which}", str(exc))
     workers = r.integer("workers", lo=0, hi=64)
     return HttpConfig(listen=listen, max_body_bytes=max_body_bytes, tls_cert=tls_cert,
-                      tls_key=tls_key, workers=workers)
+                      tls_key=tls_key, workers=workers,
+                      header_timeout=r.number("header_timeout", gt=0),
+                      body_timeout=r.number("body_timeout", gt=0),
+                      keepalive_timeout=r.number("keepalive_timeout", gt=0),
+                      max_connections=r.integer("max_connections", lo=1, hi=1_000_000))
 
 
 def _optional_path(r: _Reader, key: str) -> str | None:

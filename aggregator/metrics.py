@@ -82,6 +82,12 @@ retries = Counter("smsagg_retries_total", "Submit attempts retried", ["provider"
                   registry=REGISTRY)
 callbacks = Counter("smsagg_callbacks_total", "Callback attempts", ["result"],
                     registry=REGISTRY)
+http_connections_closed = Counter(
+    "smsagg_http_connections_closed_total",
+    "HTTP API connections closed by smsagg: header_timeout, body_timeout, idle_timeout, "
+    "evicted (at max_connections, for a new one) or refused (at max_connections: 503)",
+    ["reason"], registry=REGISTRY,
+)
 callbacks_answer_truncated = Counter(
     "smsagg_callback_answers_truncated_total",
     "Callback answers longer than the few KB read: the connection was closed unread",

@@ -17,6 +17,7 @@ from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.ingress.callback_guard import CallbackPolicy
+from aggregator.ingress.connections import ConnectionGuard
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
@@ -194,8 +195,10 @@ class HttpApi:
                 RateLimit(a.max_http_tps))
         self._limits = limits
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
+    def app(self, guard: ConnectionGuard | None = None) -> web.Application:
+        """The API; with ``guard``, its connections' timeouts know when a request runs."""
+        middlewares = [self._errors] if guard is None else [guard.middleware, self._errors]
+        app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
         app.router.add_post("/v1/messages", self.post_message)
         app.router.add_post("/v1/messages/batch", self.post_batch)
         app.router.add_get("/v1/messages/{id}", self.get_message)
