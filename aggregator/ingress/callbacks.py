@@ -35,6 +35,7 @@ log = get_logger("smsagg.callbacks")
 
 MAX_ANSWER = 4096  # bytes of a callback's answer read at most: only its status matters
 FORBIDDEN = "forbidden address"  # the error of a callback refused at send time
+FAIR_INTERVAL = 0.1  # seconds between fair reads of the outbox (each costs the store more)
 
 
 class _Refused(Exception):
@@ -95,32 +96,50 @@ class CallbackSender:
         metrics.unwatch_buffers("callbacks")
 
     async def _run(self) -> None:
-        per_destination = 2 * self._config.per_host_concurrency  # in flight, and the next ones
+        fair_at = 0.0
         while not self._stopping:
             self._wake.clear()
-            try:
-                jobs = await self._store.due_callbacks(
-                    time.time(), self._config.concurrency * 4, per_destination)
-            except StoreError:
-                jobs = []
-            self._start_drop()  # if an earlier drop failed
-            for job in jobs:
-                if self._stopping or len(self._jobs) >= self._config.concurrency:
-                    break
-                if job.id in self._active:
-                    continue
-                host = callback_destination(job.url)
-                if (self._hosts[host] >= self._config.per_host_concurrency
-                        or self._accounts[job.account] >= self._config.per_account_concurrency):
-                    continue  # its destination or account has its share: others go first
-                self._active.add(job.id)
-                self._hosts[host] += 1
-                self._accounts[job.account] += 1
-                task = asyncio.create_task(self._send(job, host))
-                self._jobs.add(task)
-                task.add_done_callback(self._jobs.discard)
+            # The plain read (oldest first) is cheap; a fair read (per account and destination)
+            # only when a destination or account at its share held back what the plain one
+            # found, and at most every FAIR_INTERVAL.
+            pause = 1.0
+            skipped = await self._start_due(None)
+            if skipped and len(self._jobs) < self._config.concurrency and not self._stopping:
+                early = fair_at + FAIR_INTERVAL - time.monotonic()
+                if early > 0:
+                    pause = early  # the fair read's turn comes then
+                else:
+                    fair_at = time.monotonic()
+                    await self._start_due(2 * self._config.per_host_concurrency)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), pause)
+
+    async def _start_due(self, per_destination: int | None) -> int:
+        """Start due callbacks while slots are free; the number held back by a share."""
+        try:
+            jobs = await self._store.due_callbacks(
+                time.time(), self._config.concurrency * 4, per_destination)
+        except StoreError:
+            jobs = []
+        self._start_drop()  # if an earlier drop failed
+        skipped = 0
+        for job in jobs:
+            if self._stopping or len(self._jobs) >= self._config.concurrency:
+                break
+            if job.id in self._active:
+                continue
+            host = callback_destination(job.url)
+            if (self._hosts[host] >= self._config.per_host_concurrency
+                    or self._accounts[job.account] >= self._config.per_account_concurrency):
+                skipped += 1  # its destination or account has its share: others go first
+                continue
+            self._active.add(job.id)
+            self._hosts[host] += 1
+            self._accounts[job.account] += 1
+            task = asyncio.create_task(self._send(job, host))
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+        return skipped
 
     async def _drop_delivered(self) -> None:
         try:

@@ -276,11 +276,18 @@ def _apply_receipt(conn: sqlite3.Connection, u: ReceiptUpdate) -> tuple[ReceiptR
     return ReceiptResult(u, matched=True, message_id=message_id, final=notice), was_pending
 
 
+FAIR_SCAN = 5000  # due callbacks looked at by a fair read (its cost grows with this)
+# "scheme://authority" of a callback URL, lower case: the partition of a fair read.
+_DESTINATION = ("lower(substr(c.url, 1, instr(substr(c.url, instr(c.url, '://') + 3) || '/', '/')"
+                " + instr(c.url, '://') + 1))")
+
+
 def due_callbacks(conn: sqlite3.Connection, now: float, limit: int,
                   per_destination: int | None = None) -> list[tuple[Any, ...]]:
     """The oldest due callbacks, with the account of their message ('' for an MO). With
-    ``per_destination``: at most that many per (account, destination), so that one account's
-    or one receiver's backlog does not hide the others' callbacks."""
+    ``per_destination`` (a fair read): of the oldest FAIR_SCAN due ones, at most that many per
+    (account, destination), so that one account's or one receiver's backlog does not hide the
+    others' callbacks."""
     if per_destination is None:
         return conn.execute(
             "SELECT c.id, c.message_id, c.url, c.payload, c.attempts, "
@@ -289,17 +296,17 @@ def due_callbacks(conn: sqlite3.Connection, now: float, limit: int,
             "ORDER BY c.next_attempt_at LIMIT ?",
             (now, limit),
         ).fetchall()
-    conn.create_function("smsagg_destination", 1, callback_destination, deterministic=True)
     return conn.execute(
         "SELECT id, message_id, url, payload, attempts, account FROM ("
         " SELECT c.id, c.message_id, c.url, c.payload, c.attempts, c.next_attempt_at,"
         " COALESCE(m.account, '') AS account, row_number() OVER ("
-        "  PARTITION BY COALESCE(m.account, ''), smsagg_destination(c.url)"
+        f"  PARTITION BY COALESCE(m.account, ''), {_DESTINATION}"
         "  ORDER BY c.next_attempt_at, c.id) AS rank"
-        " FROM callbacks c LEFT JOIN messages m ON m.id = c.message_id"
-        " WHERE c.given_up = 0 AND c.next_attempt_at <= ?"
+        " FROM (SELECT * FROM callbacks WHERE given_up = 0 AND next_attempt_at <= ?"
+        "  ORDER BY next_attempt_at LIMIT ?) c"
+        " LEFT JOIN messages m ON m.id = c.message_id"
         ") WHERE rank <= ? ORDER BY next_attempt_at, id LIMIT ?",
-        (now, per_destination, limit),
+        (now, FAIR_SCAN, per_destination, limit),
     ).fetchall()
 
 
