@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -17,9 +18,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from aggregator.config import ConfigError, parse_config
-from aggregator.ingress.callback_guard import CallbackPolicy, mask_url
+from aggregator.ingress.callback_guard import (
+    CallbackPolicy,
+    ForbiddenAddress,
+    GuardedResolver,
+    mask_url,
+)
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
     AUTH,
@@ -471,3 +478,27 @@ async def test_a_dead_receiver_slows_only_its_own_callbacks(tmp_path: Path, vict
         assert hole.connections <= per_host  # its share, not every slot
         await assert_still_serving(r)
         await asyncio.wait_for(r.app.callbacks.stop(), 5)
+
+
+class FixedAnswers(AbstractResolver):
+    """DNS that answers every name with the given addresses (a rebinding attacker's zone)."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = addresses
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [{"hostname": host, "host": a, "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": 0} for a in self.addresses]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_every_resolved_address_must_be_allowed() -> None:
+    policy = CallbackPolicy()
+    ok = await GuardedResolver(policy, FixedAnswers("8.8.8.8", "1.1.1.1")).resolve("a.example")
+    assert [r["host"] for r in ok] == ["8.8.8.8", "1.1.1.1"]
+    for answers in (("8.8.8.8", "10.0.0.1"), ("169.254.169.254",), ("::ffff:127.0.0.1",)):
+        with pytest.raises(ForbiddenAddress):
+            await GuardedResolver(policy, FixedAnswers(*answers)).resolve("evil.example")

@@ -7,6 +7,9 @@ with 503 when all are inside requests. After each probe a normal client still ge
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -19,6 +22,7 @@ from tests.helpers import (
     API_KEY,
     AUTH,
     DEADLINE,
+    ROOT,
     Running,
     daemon,
     metric_samples,
@@ -230,3 +234,23 @@ async def wait_ready(base: str) -> None:
                         return
             assert time.monotonic() < deadline, "daemon not ready"
             await asyncio.sleep(0.05)
+
+
+def fd_bounded_in_child(soft: int, hard: int) -> tuple[int, int]:
+    """fd_bounded(1000) in a fresh process with these RLIMIT_NOFILE limits: (cap, soft after)."""
+    code = (
+        "import resource\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+        "from aggregator.ingress.connections import fd_bounded\n"
+        "cap = fd_bounded(1000)\n"
+        "print(cap, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cap, after = out.stdout.split()[-2:]
+    return int(cap), int(after)
+
+
+def test_the_cap_fits_in_the_file_descriptor_limit() -> None:
+    assert fd_bounded_in_child(300, 4096) == (1000, 1256)  # soft limit raised to fit
+    assert fd_bounded_in_child(300, 300) == (44, 300)  # cannot: a lower cap (and a warning)

@@ -16,7 +16,9 @@ per LOG_WINDOW per reason, with a count."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import resource
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -232,17 +234,42 @@ class GuardedSite(web.TCPSite):
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
+        # A TLS handshake counts as headers: a peer that stalls it goes as soon.
+        handshake: dict[str, Any] = (
+            {"ssl_handshake_timeout": self._guard.timeout(HEADERS)} if self._ssl_context else {})
         self._server = await asyncio.get_running_loop().create_server(
             self._guard.factory(server), self._host, self._port, ssl=self._ssl_context,
             backlog=self._backlog, reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
+            reuse_port=self._reuse_port, **handshake,
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
+FD_RESERVE = 256  # file descriptors kept for everything else (SMPP, store, callbacks, ...)
+
+
 def guard_for(http: HttpConfig) -> ConnectionGuard:
-    """The guard an [http] section configures."""
+    """The guard an [http] section configures, its cap within the file descriptor limit."""
     return ConnectionGuard(header_timeout=http.header_timeout, body_timeout=http.body_timeout,
                            keepalive_timeout=http.keepalive_timeout,
-                           max_connections=http.max_connections)
+                           max_connections=fd_bounded(http.max_connections))
+
+
+def fd_bounded(max_connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE (up to the hard one) so that max_connections and
+    FD_RESERVE fit; when they cannot, a lower cap, with a warning: at the descriptor limit
+    nothing at all could be accepted (health checks, SMPP binds, the store)."""
+    need = max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return max_connections
+    cap = max(1, soft - FD_RESERVE)
+    log.warning("http_max_connections_lowered", configured=max_connections, used=cap,
+                nofile_limit=soft, why="the file descriptor limit leaves no room for more")
+    return cap
