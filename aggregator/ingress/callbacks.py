@@ -51,7 +51,7 @@ class CallbackSender:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._policy = CallbackPolicy(config.allowed_networks)
-        # Requests under way per destination and per account (their jobs' keys in _keys).
+        # Requests under way per destination ("scheme://host:port") and per account.
         self._hosts: Counter[str] = Counter()
         self._accounts: Counter[str] = Counter()
         self._active: set[int] = set()  # sent or being sent, not yet dropped from the outbox
