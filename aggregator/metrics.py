@@ -88,6 +88,12 @@ http_connections_closed = Counter(
     "evicted (at max_connections, for a new one) or refused (at max_connections: 503)",
     ["reason"], registry=REGISTRY,
 )
+callbacks_preempted = Counter(
+    "smsagg_callbacks_preempted_total",
+    "Callback requests above their destination's or account's share that gave their slot to "
+    "another's callback after waiting for an answer (each a failed attempt, retried)",
+    registry=REGISTRY,
+)
 callbacks_answer_truncated = Counter(
     "smsagg_callback_answers_truncated_total",
     "Callback answers longer than the few KB read: the connection was closed unread",

@@ -54,7 +54,6 @@ class _Connection(asyncio.Protocol):
         self.state = HEADERS
         self.since = 0.0
         self.body: Any = None  # the request's payload while a handler runs
-        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio protocol -------------------------------------------------------------------
 
@@ -75,7 +74,6 @@ class _Connection(asyncio.Protocol):
         return self._inner.eof_received() if self.admitted else None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel()
         self._guard.forget(self)
         if self.admitted:
             self._inner.connection_lost(exc)
@@ -90,34 +88,25 @@ class _Connection(asyncio.Protocol):
 
     def enter(self, state: str, body: Any = None) -> None:
         self.state, self.since, self.body = state, time.monotonic(), body
-        self._cancel()
-        timeout = self._guard.timeout(state)
-        if state == REQUEST and (body is None or body.is_eof()):
-            return  # the handler's own time is not bounded here
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._expired)
 
     def leave_request(self) -> None:
         if self.body is not None and not self.body.is_eof():
             return  # the body is still arriving: its deadline stands
         self.enter(IDLE)
 
-    def _expired(self) -> None:
-        self._timer = None
-        if self.state == REQUEST and (self.body is None or self.body.is_eof()):
-            return
-        reason = {HEADERS: "header_timeout", REQUEST: "body_timeout",
-                  IDLE: "idle_timeout"}[self.state]
-        self.close(reason)
+    def overdue(self, now: float) -> str | None:
+        """Why the connection is past its deadline (the close reason), or None."""
+        if now - self.since < self._guard.timeout(self.state):
+            return None
+        if self.state == REQUEST:
+            # The handler's own time is not bounded here; only a body still arriving.
+            return None if self.body is None or self.body.is_eof() else "body_timeout"
+        return "header_timeout" if self.state == HEADERS else "idle_timeout"
 
     def close(self, reason: str) -> None:
         self._guard.closed(reason)
         if self.transport is not None:
             self.transport.abort()
-
-    def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class ConnectionGuard:
@@ -130,6 +119,10 @@ class ConnectionGuard:
         self._unlogged: Counter[str] = Counter()
         self._logged_at: dict[str, float] = {}
         self._flush: dict[str, asyncio.TimerHandle] = {}
+        # Deadlines are checked by one sweep (no timer per request): closes come at most this
+        # late.
+        self.sweep_interval = min(1.0, max(0.05, min(self._timeouts.values()) / 4))
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def open(self) -> int:
@@ -144,6 +137,20 @@ class ConnectionGuard:
 
     def publish(self) -> None:
         metrics.watch_buffer("http_connections", self.max_connections, lambda: self.open)
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="http-connection-sweep")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            now = time.monotonic()
+            for conn in [c for c in self._open.values() if now - c.since >= self.sweep_interval]:
+                reason = conn.overdue(now)
+                if reason is not None:
+                    self._open.pop(conn.transport, None)  # type: ignore[arg-type]
+                    conn.close(reason)
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Connection(self, inner())
@@ -213,6 +220,9 @@ class ConnectionGuard:
                      timeout=self._timeouts[_STATE_OF[reason]], **fields)
 
     def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for handle in self._flush.values():
             handle.cancel()
         for reason in list(self._flush):
@@ -232,6 +242,7 @@ class GuardedSite(web.TCPSite):
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
+        self._guard.start()
         server = self._runner.server
         assert server is not None
         # A TLS handshake counts as headers: a peer that stalls it goes as soon.
