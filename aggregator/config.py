@@ -145,8 +145,8 @@ class CallbacksConfig:
     retry_min: float = 1.0
     retry_max: float = 300.0
     concurrency: int = 32
-    # Callback requests in flight at once to one destination (scheme, host and port) and for
-    # one account: a receiver that never answers holds at most per_host_concurrency slots.
+    # The slots one destination (scheme, host and port) and one account keep when others'
+    # callbacks wait: above it, a request unanswered for a second gives its slot up to them.
     per_host_concurrency: int = 8
     per_account_concurrency: int = 16
     # CIDR ranges callbacks may reach although loopback, private, link-local, ... (refused
