@@ -179,6 +179,7 @@ async def test_limits_apply_in_ingress_worker_processes_and_are_logged(tmp_path:
 listen = "127.0.0.1:0"
 workers = 1
 header_timeout = 0.5
+body_timeout = 1.0
 max_connections = 5
 [store]
 path = "{tmp_path / "smsagg.db"}"
@@ -206,6 +207,11 @@ providers = ["sim"]
             writer.write(b"GET /healthz HTTP/1.1\r\n")
             took = await until_closed(reader, writer, b"X-Slow: 1\r\n", time.monotonic())
             assert took < 0.5 + SLACK, took
+            reader, writer = await open_raw(base)
+            writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                         + API_KEY.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+            took = await until_closed(reader, writer, b"1\r\n \r\n", time.monotonic())
+            assert took < 1.0 + SLACK, took
             loris = [await open_raw(base) for _ in range(8)]
             for _, w in loris:
                 w.write(b"GET /healthz HTTP/1.1\r\n")
@@ -220,6 +226,8 @@ providers = ["sim"]
                     await asyncio.sleep(0.1)
         text = log.read_text()
         assert "http_connection_cap" in text and "http_connections_timed_out" in text
+        assert "body_timeout" in text
+        assert "Traceback" not in text  # a closed body is no handler error
     finally:
         await smsc.stop()
 

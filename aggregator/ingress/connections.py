@@ -189,6 +189,12 @@ class ConnectionGuard:
         conn.enter(REQUEST, request.content if request.body_exists else None)
         try:
             return await handler(request)
+        except ConnectionResetError:
+            # Its body stopped: closed here at the body timeout, or by the peer. Nothing can
+            # be answered; without this aiohttp logs a traceback for each (a log flood).
+            if conn.transport is None or not conn.transport.is_closing():
+                raise
+            return web.Response(status=408)
         finally:
             conn.leave_request()
 
