@@ -265,8 +265,10 @@ def rss_kb(pid: int) -> tuple[int, int]:
 
 @dataclass
 class HugeAnswer:
-    """Answers every request 200 with a 200 MB body, written as fast as the peer takes it."""
+    """Answers every request `status` with a 200 MB body, written as fast as the peer takes
+    it."""
 
+    status: int = 200
     size: int = 200 * 1024 * 1024
     requests: int = 0
     sent: int = 0
@@ -275,8 +277,8 @@ class HugeAnswer:
 
 
 @asynccontextmanager
-async def huge_answer() -> AsyncIterator[HugeAnswer]:
-    huge = HugeAnswer()
+async def huge_answer(status: int = 200) -> AsyncIterator[HugeAnswer]:
+    huge = HugeAnswer(status)
     chunk = b"x" * 65536
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -286,8 +288,8 @@ async def huge_answer() -> AsyncIterator[HugeAnswer]:
                               if line.lower().startswith(b"content-length")))
             await reader.readexactly(length)
             huge.requests += 1
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                         b"Content-Length: %d\r\n\r\n" % huge.size)
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (huge.status, huge.size))
             while huge.sent < huge.size:
                 writer.write(chunk)
                 await writer.drain()
@@ -341,6 +343,32 @@ async def test_a_huge_callback_answer_is_not_read(tmp_path: Path) -> None:
                 assert resp.status == 202
             async with http.get(f"{base}/readyz") as resp:
                 assert resp.status == 200
+    finally:
+        await smsc.stop()
+
+
+async def test_a_huge_failure_answer_is_recorded_with_its_status(tmp_path: Path) -> None:
+    smsc = Smsc(SmscProfile())
+    await smsc.start()
+    config = tmp_path / "smsagg.toml"
+    daemon_config(config, tmp_path / "smsagg.db", smsc.port,
+                  'allowed_networks = ["127.0.0.0/8"]\nretry_min = 60\nretry_max = 60')
+    try:
+        async with huge_answer(503) as huge, daemon(config) as (proc, base), \
+                aiohttp.ClientSession(headers=AUTH) as http:
+            await wait_ready(http, base)
+            rss_before, _ = rss_kb(proc.pid)
+            async with http.post(f"{base}/v1/messages",
+                                 json={**OK, "callback_url": huge.url}) as resp:
+                assert resp.status == 202
+            await asyncio.wait_for(huge.done.wait(), DEADLINE)
+            await wait_for(lambda: bool(callback_rows(tmp_path / "smsagg.db")[0][1]),
+                           what="the attempt recorded")
+            [(_, attempts, given_up, error)] = callback_rows(tmp_path / "smsagg.db")
+            assert (attempts, given_up, error) == (1, 0, "HTTP 503")  # retried later
+            _, peak = rss_kb(proc.pid)
+            assert peak - rss_before < 30 * 1024, (rss_before, peak)
+            assert huge.sent < 32 * 2**20
     finally:
         await smsc.stop()
 
