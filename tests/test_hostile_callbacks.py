@@ -5,11 +5,13 @@ in logs, and fair sharing so that a dead receiver slows only its own callbacks."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import json
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,15 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from aggregator.config import ConfigError, parse_config
+from aggregator.config import CallbacksConfig, ConfigError, parse_config
 from aggregator.ingress.callback_guard import (
     CallbackPolicy,
     ForbiddenAddress,
     GuardedResolver,
     mask_url,
 )
+from aggregator.ingress.callbacks import CallbackSender
+from aggregator.store.base import CallbackJob
 from aggregator.store.writes import callback_destination
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
@@ -539,3 +543,58 @@ async def test_every_resolved_address_must_be_allowed() -> None:
     for answers in (("8.8.8.8", "10.0.0.1"), ("169.254.169.254",), ("::ffff:127.0.0.1",)):
         with pytest.raises(ForbiddenAddress):
             await GuardedResolver(policy, FixedAnswers(*answers)).resolve("evil.example")
+
+
+class ScriptedOutbox:
+    """The store's callback outbox with chosen accounts: a job is due until it is dropped
+    or retried."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, CallbackJob] = {}
+
+    def add(self, url: str, account: str) -> int:
+        job_id = len(self.jobs) + 1
+        payload = json.dumps({"id": f"m{job_id}"})
+        self.jobs[job_id] = CallbackJob(job_id, f"m{job_id}", url, payload, 0, account)
+        return job_id
+
+    async def due_callbacks(self, now: float, limit: int,
+                            per_destination: int | None = None) -> list[CallbackJob]:
+        return list(self.jobs.values())[:limit]
+
+    async def callbacks_done(self, job_ids: Sequence[int]) -> None:
+        for job_id in job_ids:
+            self.jobs.pop(job_id, None)
+
+    async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None:
+        self.jobs.pop(job_id, None)  # not due again within the test
+
+    async def callback_give_up(self, job_id: int, error: str) -> None:
+        self.jobs.pop(job_id, None)
+
+
+async def test_an_account_above_its_share_yields_to_another_account() -> None:
+    """Account a's callbacks go to 8 dead receivers, 4 each: no destination is above its
+    share, account a is (32 > 16); account b's callback takes a slot within about a second."""
+    async with contextlib.AsyncExitStack() as stack:
+        holes = [await stack.enter_async_context(black_hole()) for _ in range(8)]
+        sink = await stack.enter_async_context(callback_sink())
+        outbox = ScriptedOutbox()
+        for hole in holes:
+            for _ in range(4):
+                outbox.add(hole.url, "a")
+        config = CallbacksConfig(allowed_networks=("127.0.0.0/8",), timeout=30)
+        sender = CallbackSender(outbox, config)  # type: ignore[arg-type]
+        sender.start()
+        try:
+            await wait_for(lambda: sum(h.connections for h in holes) >= 32,
+                           what="every slot held")
+            started = time.monotonic()
+            outbox.add(sink.url, "b")
+            sender.wake()
+            await sink.wait_count(1, timeout=10)
+            took = time.monotonic() - started
+        finally:
+            await sender.stop()
+    print(f"account b's callback behind account a's 32 stuck ones: {took:.2f} s")
+    assert took < 3.0, took
