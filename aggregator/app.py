@@ -23,7 +23,9 @@ from aggregator.config import (
 from aggregator.configread import ConfigReadTimeout, load_config_off_pool
 from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
+from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.ingress.callbacks import CallbackSender
+from aggregator.ingress.connections import ConnectionGuard, GuardedSite, guard_for
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.smpp import ESME_RTHROTTLED, SmppServer
 from aggregator.ingress.workers import IngressWorkers
@@ -113,6 +115,7 @@ class App:
             self.acceptor, self.store, config.accounts,
             max_body_bytes=config.http.max_body_bytes, ready=self.readiness,
             exposition=self._exposition if self.workers is not None else None,
+            callback_policy=CallbackPolicy(config.callbacks.allowed_networks),
         )
         self.smpp = (
             SmppServer(config.smpp, config.accounts, self.acceptor, self.store)
@@ -121,6 +124,7 @@ class App:
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self.http_guard: ConnectionGuard | None = None  # when this process serves HTTP
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gauges: asyncio.Task[None] | None = None
         self.max_delivers = MAX_DELIVERS
@@ -294,11 +298,14 @@ class App:
         self.started.set()
 
     async def _serve_http(self) -> None:
-        self._runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        guard = self.http_guard = guard_for(self.config.http)
+        self._runner = web.AppRunner(self.api.app(guard), access_log=None,
+                                     handle_signals=False, **guard.runner_options())
         await self._runner.setup()
         http = self.config.http
-        self._site = web.TCPSite(self._runner, http.listen.host, http.listen.port, backlog=1024,
-                                 ssl_context=http.ssl_context())
+        self._site = GuardedSite(guard, self._runner, http.listen.host, http.listen.port,
+                                 backlog=1024, ssl_context=http.ssl_context())
+        guard.publish()
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
@@ -320,6 +327,9 @@ class App:
             await self.workers.stop(deadline)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.http_guard is not None:
+            self.http_guard.stop()
+            metrics.unwatch_buffers("http_connections")
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         if self.smpp is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -108,6 +109,10 @@ class HttpConfig:
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: HTTPS only
     tls_key: str | None = None  # PEM private key (unencrypted) of tls_cert
     workers: int = 0  # ingress worker processes serving HTTP; 0: the daemon serves it itself
+    header_timeout: float = 10.0  # seconds for a request's headers, from its first byte
+    body_timeout: float = 30.0  # seconds for a request's body, from the end of its headers
+    keepalive_timeout: float = 15.0  # seconds a connection may idle between requests
+    max_connections: int = 1000  # open connections per serving process
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server side of HTTPS when tls_cert and tls_key are set; None: plain HTTP."""
@@ -149,6 +154,13 @@ class CallbacksConfig:
     retry_min: float = 1.0
     retry_max: float = 300.0
     concurrency: int = 32
+    # The slots one destination (scheme, host and port) and one account keep when others'
+    # callbacks wait: above it, a request unanswered for a second gives its slot up to them.
+    per_host_concurrency: int = 8
+    per_account_concurrency: int = 16
+    # CIDR ranges callbacks may reach although loopback, private, link-local, ... (refused
+    # by default: aggregator/ingress/callback_guard.py).
+    allowed_networks: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -595,7 +607,11 @@ def _parse_http(r: _Reader) -> HttpConfig:
             r.problem(f"tls_{exc.which}", str(exc))
     workers = r.integer("workers", lo=0, hi=64)
     return HttpConfig(listen=listen, max_body_bytes=max_body_bytes, tls_cert=tls_cert,
-                      tls_key=tls_key, workers=workers)
+                      tls_key=tls_key, workers=workers,
+                      header_timeout=r.number("header_timeout", gt=0),
+                      body_timeout=r.number("body_timeout", gt=0),
+                      keepalive_timeout=r.number("keepalive_timeout", gt=0),
+                      max_connections=r.integer("max_connections", lo=1, hi=1_000_000))
 
 
 def _optional_path(r: _Reader, key: str) -> str | None:
@@ -661,7 +677,32 @@ def _parse_callbacks(r: _Reader) -> CallbacksConfig:
         retry_min=retry_min,
         retry_max=retry_max,
         concurrency=r.integer("concurrency", lo=1),
+        per_host_concurrency=r.integer("per_host_concurrency", lo=1),
+        per_account_concurrency=r.integer("per_account_concurrency", lo=1),
+        allowed_networks=_networks(r, "allowed_networks"),
     )
+
+
+def _networks(r: _Reader, key: str) -> tuple[str, ...]:
+    """An array of CIDR ranges ("10.1.0.0/16", "::1/128"; a bare address is one host), kept
+    in their normalised form; an empty array is allowed."""
+    value, given = r.lookup(key)
+    if not given:
+        return tuple(value) if isinstance(value, tuple) else ()
+    if not isinstance(value, list | tuple):
+        r.problem(key, f"must be an array of CIDR ranges, got {_show(value)}")
+        return ()
+    networks: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            r.problem(key, f"must be a string, got {_show(item)}", at=r.item(key, i))
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item)))
+        except ValueError as exc:
+            r.problem(key, f'must be a CIDR range such as "10.0.0.0/8": {exc}',
+                      at=r.item(key, i))
+    return tuple(networks)
 
 
 def _parse_log(r: _Reader) -> LogConfig:

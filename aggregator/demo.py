@@ -76,6 +76,8 @@ def _config_text(store: Path, smsc_port: int) -> str:
 listen = "127.0.0.1:0"
 [store]
 path = "{store}"
+[callbacks]
+allowed_networks = ["127.0.0.0/8"]  # the local callback receiver
 [log]
 level = "info"
 [[accounts]]

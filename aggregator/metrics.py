@@ -82,6 +82,23 @@ retries = Counter("smsagg_retries_total", "Submit attempts retried", ["provider"
                   registry=REGISTRY)
 callbacks = Counter("smsagg_callbacks_total", "Callback attempts", ["result"],
                     registry=REGISTRY)
+http_connections_closed = Counter(
+    "smsagg_http_connections_closed_total",
+    "HTTP API connections closed by smsagg: header_timeout, body_timeout, idle_timeout, "
+    "evicted (at max_connections, for a new one) or refused (at max_connections: 503)",
+    ["reason"], registry=REGISTRY,
+)
+callbacks_preempted = Counter(
+    "smsagg_callbacks_preempted_total",
+    "Callback requests above their destination's or account's share that gave their slot to "
+    "another's callback after waiting for an answer (each a failed attempt, retried)",
+    registry=REGISTRY,
+)
+callbacks_answer_truncated = Counter(
+    "smsagg_callback_answers_truncated_total",
+    "Callback answers longer than the few KB read: the connection was closed unread",
+    registry=REGISTRY,
+)
 receipts_unmatched = Counter(
     "smsagg_receipts_unmatched_total", "Receipts whose id matched no submitted segment",
     ["provider"], registry=REGISTRY,

@@ -70,6 +70,7 @@ class ErrorCode(StrEnum):
     EMPTY_TEXT = "empty_text"
     STORE_UNAVAILABLE = "store_unavailable"
     QUEUE_FULL = "queue_full"
+    CALLBACK_URL_FORBIDDEN = "callback_url_forbidden"  # an address callbacks may not reach
     # Country rules (policy/)
     SENDER_NOT_REGISTERED = "sender_not_registered"
     SENDER_TYPE_UNSUPPORTED = "sender_type_unsupported"

@@ -390,6 +390,8 @@ listen = "127.0.0.1:0"
 workers = {workers}
 [store]
 path = "{store}"
+[callbacks]
+allowed_networks = ["127.0.0.0/8"]  # the local callback receiver
 [log]
 level = "info"
 {smpp}

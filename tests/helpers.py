@@ -48,6 +48,7 @@ def make_config(
     shop: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     bank: dict[str, Any] | None = None,
+    callbacks: dict[str, Any] | None = None,
 ) -> Config:
     provider: dict[str, Any] = {
         "name": "sim", "host": "127.0.0.1", "port": smsc_port, "system_id": "smsagg",
@@ -59,7 +60,9 @@ def make_config(
         "http": {"listen": "127.0.0.1:0", **(http or {})},
         "store": {"path": str(store), **(store_opts or {})},
         "messages": {"retry_min": 0.05, "retry_max": 0.5, **(messages or {})},
-        "callbacks": {"retry_min": 0.05, "retry_max": 0.2},
+        # The tests' receivers listen on loopback, which callbacks may not reach by default.
+        "callbacks": {"retry_min": 0.05, "retry_max": 0.2, "allowed_networks": ["127.0.0.0/8"],
+                      **(callbacks or {})},
         "accounts": [
             {"name": "shop", "api_key": API_KEY, **(shop or {})},
             {"name": "bank", "api_key": "bank-key", **(bank or {})},
@@ -228,6 +231,8 @@ path = "{store}"
 [messages]
 retry_min = 0.05
 retry_max = 0.5
+[callbacks]
+allowed_networks = ["127.0.0.0/8"]
 [[accounts]]
 name = "shop"
 api_key = "{API_KEY}"

@@ -12,6 +12,8 @@ from aggregator.ingress.callbacks import CallbackSender
 from aggregator.store.base import CallbackJob, StoreError
 from tests.helpers import callback_sink, wait_for
 
+LOCAL = ("127.0.0.0/8",)  # the sink's address, which callbacks may not reach by default
+
 
 class Outbox:
     """The store's callback outbox: a job is due until callbacks_done drops it."""
@@ -26,7 +28,8 @@ class Outbox:
         self.release = asyncio.Event()  # callbacks_done waits for it
         self.fail_next = 0  # callbacks_done calls to fail
 
-    async def due_callbacks(self, now: float, limit: int) -> list[CallbackJob]:
+    async def due_callbacks(self, now: float, limit: int,
+                            per_destination: int | None = None) -> list[CallbackJob]:
         self.polls += 1
         return list(self.jobs.values())[:limit]
 
@@ -49,7 +52,8 @@ async def poll_once(sender: CallbackSender, outbox: Outbox) -> None:
 async def test_delivered_callbacks_leave_the_outbox_together_and_are_sent_once() -> None:
     async with callback_sink() as sink:
         outbox = Outbox(sink.url, 20)
-        sender = CallbackSender(outbox, CallbacksConfig(concurrency=32))  # type: ignore[arg-type]
+        config = CallbacksConfig(concurrency=32, allowed_networks=LOCAL)
+        sender = CallbackSender(outbox, config)  # type: ignore[arg-type]
         sender.start()
         try:
             await sink.wait_count(20)
@@ -72,7 +76,8 @@ async def test_a_failed_drop_is_retried_without_sending_again() -> None:
         outbox = Outbox(sink.url, 5)
         outbox.fail_next = 1
         outbox.release.set()
-        sender = CallbackSender(outbox, CallbacksConfig(concurrency=8))  # type: ignore[arg-type]
+        config = CallbacksConfig(concurrency=8, allowed_networks=LOCAL)
+        sender = CallbackSender(outbox, config)  # type: ignore[arg-type]
         sender.start()
         try:
             await sink.wait_count(5)
@@ -87,7 +92,8 @@ async def test_a_failed_drop_is_retried_without_sending_again() -> None:
 async def test_stop_waits_for_the_pending_drop() -> None:
     async with callback_sink() as sink:
         outbox = Outbox(sink.url, 3)
-        sender = CallbackSender(outbox, CallbacksConfig(concurrency=8))  # type: ignore[arg-type]
+        config = CallbacksConfig(concurrency=8, allowed_networks=LOCAL)
+        sender = CallbackSender(outbox, config)  # type: ignore[arg-type]
         sender.start()
         await sink.wait_count(3)
         await wait_for(lambda: len(outbox.drops) >= 1, what="a drop")

@@ -21,6 +21,8 @@ from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
 from aggregator.ingress.consents import ConsentApi, removed_by
+from aggregator.ingress.callback_guard import CallbackPolicy
+from aggregator.ingress.connections import ConnectionGuard
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
@@ -118,8 +120,10 @@ def _is_unicode(value: str) -> bool:
     return True
 
 
-def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
-    """Type-check a request body; raises ApiError(400) naming the field."""
+def parse_submit(body: object, idempotency_key: str | None,
+                 callback_policy: CallbackPolicy | None = None) -> SubmitInput:
+    """Type-check a request body; raises ApiError(400) naming the field (422 for a
+    callback_url whose literal address ``callback_policy`` forbids)."""
     if not isinstance(body, dict):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "body must be a JSON object")
     for key in body:
@@ -158,6 +162,11 @@ def parse_submit(body: object, idempotency_key: str | None) -> SubmitInput:
         if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            "field 'callback_url' must be an http or https URL")
+        if callback_policy is not None and callback_policy.literal_forbidden(url):
+            raise ApiError(422, ErrorCode.CALLBACK_URL_FORBIDDEN,
+                           "field 'callback_url' names an address callbacks may not reach "
+                           "(loopback, private, link-local, ...; see [callbacks] "
+                           "allowed_networks)")
     send_at = body.get("send_at")
     return SubmitInput(
         to=body["to"],
@@ -193,7 +202,9 @@ class HttpApi:
         ready: Callable[[], Readiness | Awaitable[Readiness]],
         failed_logins: FailedLogins | None = None,
         exposition: Callable[[], Awaitable[bytes]] | None = None,
+        callback_policy: CallbackPolicy | None = None,
     ) -> None:
+        self._callback_policy = CallbackPolicy() if callback_policy is None else callback_policy
         self._exposition = exposition  # /metrics text; None: this process's registry
         self._acceptor = acceptor
         self._store = store
@@ -217,8 +228,10 @@ class HttpApi:
                 RateLimit(a.max_http_tps))
         self._limits = limits
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body, middlewares=[self._errors])
+    def app(self, guard: ConnectionGuard | None = None) -> web.Application:
+        """The API; with ``guard``, its connections' timeouts know when a request runs."""
+        middlewares = [self._errors] if guard is None else [guard.middleware, self._errors]
+        app = web.Application(client_max_size=self._max_body, middlewares=middlewares)
         app.router.add_post("/v1/messages", self.post_message)
         app.router.add_get("/v1/messages", self.list_messages)
         app.router.add_post("/v1/messages/batch", self.post_batch)
@@ -319,7 +332,7 @@ class HttpApi:
             metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
             raise ApiError(400, ErrorCode.BAD_REQUEST, "Idempotency-Key must be UTF-8 text")
         try:
-            item = parse_submit(body, key)
+            item = parse_submit(body, key, self._callback_policy)
         except ApiError as exc:
             metrics.messages_rejected.labels(exc.code.value).inc()
             raise
@@ -368,7 +381,7 @@ class HttpApi:
         parsed: list[SubmitInput | ApiError] = []
         for i, item in enumerate(items):
             try:
-                parsed.append(parse_submit(item, None))
+                parsed.append(parse_submit(item, None, self._callback_policy))
             except ApiError as exc:
                 metrics.messages_rejected.labels(exc.code.value).inc()
                 parsed.append(ApiError(exc.status, exc.code, f"messages[{i}]: {exc.message}"))

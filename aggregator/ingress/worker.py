@@ -16,6 +16,8 @@ from prometheus_client import generate_latest
 from aggregator import metrics
 from aggregator.config import Config, ConfigError, account_max_pending, load_config_or_default
 from aggregator.ingress.accept import Acceptor
+from aggregator.ingress.callback_guard import CallbackPolicy
+from aggregator.ingress.connections import GuardedSite, guard_for
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.rpc import RemoteStore
 from aggregator.log import get_logger
@@ -46,11 +48,15 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
         return text.encode()
 
     api = HttpApi(acceptor, store, config.accounts, max_body_bytes=config.http.max_body_bytes,
-                  ready=lambda: remote.call("ready"), exposition=exposition)
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+                  ready=lambda: remote.call("ready"), exposition=exposition,
+                  callback_policy=CallbackPolicy(config.callbacks.allowed_networks))
+    guard = guard_for(config.http)
+    runner = web.AppRunner(api.app(guard), access_log=None, handle_signals=False,
+                           **guard.runner_options())
     await runner.setup()
-    site = web.TCPSite(runner, config.http.listen.host, port, backlog=1024, reuse_port=True,
-                       ssl_context=config.http.ssl_context())
+    site = GuardedSite(guard, runner, config.http.listen.host, port, backlog=1024,
+                       reuse_port=True, ssl_context=config.http.ssl_context())
+    guard.publish()
     await site.start()
     await remote.call("serving")  # the daemon says "started" once every worker has
 
@@ -79,5 +85,6 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
     if remote.lost.done() and not stop.is_set():
         log.error("worker_lost_daemon", note="the daemon is gone; exiting")
     await runner.cleanup()  # stops listening, then lets the requests under way finish
+    guard.stop()
     await remote.close()
     return 0

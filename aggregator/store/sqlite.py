@@ -722,8 +722,9 @@ class SqliteStore:
 
     # ---- callbacks outbox --------------------------------------------------------------------
 
-    async def due_callbacks(self, now: float, limit: int) -> list[CallbackJob]:
-        rows = await self._submit("due_callbacks", now, limit)
+    async def due_callbacks(self, now: float, limit: int,
+                            per_destination: int | None = None) -> list[CallbackJob]:
+        rows = await self._submit("due_callbacks", now, limit, per_destination)
         return [CallbackJob(*r) for r in rows]
 
     async def callbacks_done(self, job_ids: Sequence[int]) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
+from urllib.parse import urlsplit
 
 from aggregator.model import FINAL_STATUSES, FinalNotice, MessageStatus, ReceiptUpdate
 from aggregator.store.base import NO_PROVIDER, ReceiptResult, StoreError
@@ -397,12 +398,49 @@ def _apply_receipt(conn: sqlite3.Connection, u: ReceiptUpdate) -> tuple[ReceiptR
     return ReceiptResult(u, matched=True, message_id=message_id, final=notice), was_pending
 
 
-def due_callbacks(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[Any, ...]]:
+FAIR_SCAN = 5000  # due callbacks looked at by a fair read (its cost grows with this)
+# "scheme://authority" of a callback URL, lower case: the partition of a fair read.
+_DESTINATION = ("lower(substr(c.url, 1, instr(substr(c.url, instr(c.url, '://') + 3) || '/', '/')"
+                " + instr(c.url, '://') + 1))")
+
+
+def due_callbacks(conn: sqlite3.Connection, now: float, limit: int,
+                  per_destination: int | None = None) -> list[tuple[Any, ...]]:
+    """The oldest due callbacks, with the account of their message ('' for an MO). With
+    ``per_destination`` (a fair read): of the oldest FAIR_SCAN due ones, at most that many per
+    (account, destination), so that one account's or one receiver's backlog does not hide the
+    others' callbacks."""
+    if per_destination is None:
+        return conn.execute(
+            "SELECT c.id, c.message_id, c.url, c.payload, c.attempts, "
+            "COALESCE(m.account, '') FROM callbacks c LEFT JOIN messages m "
+            "ON m.id = c.message_id WHERE c.given_up = 0 AND c.next_attempt_at <= ? "
+            "ORDER BY c.next_attempt_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
     return conn.execute(
-        "SELECT id, message_id, url, payload, attempts FROM callbacks "
-        "WHERE given_up = 0 AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-        (now, limit),
+        "SELECT id, message_id, url, payload, attempts, account FROM ("
+        " SELECT c.id, c.message_id, c.url, c.payload, c.attempts, c.next_attempt_at,"
+        " COALESCE(m.account, '') AS account, row_number() OVER ("
+        f"  PARTITION BY COALESCE(m.account, ''), {_DESTINATION}"
+        "  ORDER BY c.next_attempt_at, c.id) AS rank"
+        " FROM (SELECT * FROM callbacks WHERE given_up = 0 AND next_attempt_at <= ?"
+        "  ORDER BY next_attempt_at LIMIT ?) c"
+        " LEFT JOIN messages m ON m.id = c.message_id"
+        ") WHERE rank <= ? ORDER BY next_attempt_at, id LIMIT ?",
+        (now, FAIR_SCAN, per_destination, limit),
     ).fetchall()
+
+
+def callback_destination(url: str) -> str:
+    """Where a callback goes, for sharing: "scheme://host:port" (lower case, no credentials)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname or ""
+    except ValueError:
+        return ""
+    return f"{parts.scheme.lower()}://{host}:{port or ''}"
 
 
 def callbacks_done(conn: sqlite3.Connection, job_ids: Sequence[int]) -> None:
