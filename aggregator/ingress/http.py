@@ -20,9 +20,9 @@ from aggregator import metrics
 from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
-from aggregator.ingress.consents import ConsentApi, removed_by
 from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.ingress.connections import ConnectionGuard
+from aggregator.ingress.consents import ConsentApi, removed_by
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
