@@ -129,7 +129,8 @@ async def test_another_accounts_message_overtakes_a_backlog_on_a_one_bind_route(
         assert r.app.store.pending_by_account["shop"] > BACKLOG // 2
         async with r.http.get(f"{r.base}/metrics") as resp:
             samples = metric_samples(await resp.text())
-        assert metric_value(samples, "smsagg_dispatch_claimed_total", account="bank") == 1
+        # Claimed (at least once: on a loaded machine a submit may time out and be retried).
+        assert metric_value(samples, "smsagg_dispatch_claimed_total", account="bank") >= 1
 
 
 async def test_a_routes_max_tps_is_shared_fairly_between_accounts(tmp_path: Path) -> None:
