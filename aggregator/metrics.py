@@ -153,3 +153,17 @@ config_reloads = Counter("smsagg_config_reloads_total", "SIGHUP configuration re
 config_loaded_at = Gauge("smsagg_config_last_reload_success_timestamp_seconds",
                          "When the configuration in effect was loaded (Unix time)",
                          registry=REGISTRY)
+# Several instances on PostgreSQL ([store] backend = "postgres").
+store_operation_seconds = Histogram(
+    "smsagg_store_operation_seconds", "Store operation time, call to commit, by backend",
+    ["backend", "op"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+store_lease_takeovers = Counter(
+    "smsagg_store_lease_takeovers_total",
+    "Claimed messages returned to the queue because their owner's lease ran out",
+    registry=REGISTRY,
+)
+store_lease_renewal_failures = Counter(
+    "smsagg_store_lease_renewal_failures_total",
+    "Rounds of lease renewal that failed (database unreachable)", registry=REGISTRY,
+)
