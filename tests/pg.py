@@ -121,7 +121,7 @@ def pg_server() -> Iterator[PgServer]:
         yield server
     finally:
         with contextlib.suppress(Exception):
-            server.stop()
+            server.stop("immediate")  # a throw-away cluster: no shutdown checkpoint
         shutil.rmtree(server.root, ignore_errors=True)
 
 
