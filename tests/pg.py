@@ -72,6 +72,11 @@ class PgServer:
         data = os.path.join(self.root, "data")
         self.run("initdb", "-D", data, "-U", "smsagg", "--auth=trust", "-E", "UTF8",
                  "--locale=C", "--no-sync")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server again after stop(): the same data, port and socket."""
+        data = os.path.join(self.root, "data")
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                    f"-c unix_socket_directories={self.root} -c fsync=on "
                    "-c max_connections=300 -c shared_buffers=32MB")
@@ -107,16 +112,21 @@ def start_server() -> PgServer:
     raise last
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """The session's PostgreSQL server; skipped (failed under CI=true) without binaries."""
+def start_or_skip() -> PgServer:
+    """start_server(), or skip the test saying why (fail it under CI=true)."""
     try:
-        server = start_server()
+        return start_server()
     except (FileNotFoundError, KeyError) as exc:
         reason = f"no PostgreSQL server to test with: {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason + " (CI=true: not skipping)")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's PostgreSQL server; skipped (failed under CI=true) without binaries."""
+    server = start_or_skip()
     try:
         yield server
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
 from aggregator.store.postgres import SCHEMA_VERSION, PostgresStore
 from tests.helpers import DEADLINE, ROOT, free_port, running
+from tests.pg import create_database, start_or_skip
 from tests.test_store import NOW, PROVIDER, make_message, parts, receipt, submitted
 
 Opener = Callable[..., Any]
@@ -191,6 +193,52 @@ async def test_an_accept_on_one_instance_wakes_the_others(instances: Opener) -> 
     await a.accept(make_message(), None)
 
     await asyncio.wait_for(woken.wait(), DEADLINE)
+
+
+async def test_store_rides_out_a_database_restart_without_reopening() -> None:
+    server = start_or_skip()  # its own: this test stops it
+    try:
+        dsn = await create_database(server)
+        woken = asyncio.Event()
+        a = PostgresStore(dsn, instance="a", lease_seconds=1.0, on_accepted=woken.set)
+        b = PostgresStore(dsn, instance="b")
+        await a.open()
+        await b.open()
+        try:
+            await a.accept(make_message(), None)
+            await asyncio.to_thread(server.stop)
+
+            with pytest.raises(StoreError):  # at once, not after a hang
+                await asyncio.wait_for(a.accept(make_message(), None), 10)
+            assert a.write_failure() is not None  # readiness fails meanwhile
+
+            await asyncio.to_thread(server.resume)
+            await until(lambda: _accepts(a), "accepts to work again")
+            assert a.write_failure() is None
+            woken.clear()
+
+            async def b_accepts_and_a_hears() -> bool:
+                accepted = await _accepts(b)
+                await asyncio.sleep(0.05)  # its NOTIFY
+                return accepted and woken.is_set()
+
+            await until(b_accepts_and_a_hears, "a to hear b's accepts again")
+            counts = await a.count_by_status()
+            assert counts["accepted"] >= 3 and list(counts) == ["accepted"]  # nothing lost
+        finally:
+            await a.close()
+            await b.close()
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+async def _accepts(store: PostgresStore) -> bool:
+    try:
+        await store.accept(make_message(), None)
+    except StoreError:
+        return False
+    return True
 
 
 # ---- open-time checks ---------------------------------------------------------------------------

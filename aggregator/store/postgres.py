@@ -255,7 +255,7 @@ class PostgresStore:
         StoreError line that names the server (never its password) and what is wrong."""
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
+                self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT)
         except Exception as exc:
             raise StoreError(f"PostgreSQL store {self.where}: cannot connect: "
