@@ -4,6 +4,7 @@ PostgreSQL server, plus contract tests of the members test_store.py does not cov
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,18 @@ async def test_enqueued_callback_is_due_with_no_message(store: AnyStore) -> None
     [job] = await store.due_callbacks(NOW, 10)
     assert (job.message_id, job.url, job.payload, job.attempts) == (
         "", "https://cb.example/mo", '{"text":"hi"}', 0)
+
+
+async def test_a_refused_write_does_not_sink_the_writes_beside_it(store: AnyStore) -> None:
+    first = make_message()
+    await store.accept(first, None)
+    before, after = make_message(), make_message()
+
+    results = await asyncio.gather(
+        store.accept(before, None), store.accept(first, None), store.accept(after, None),
+        return_exceptions=True)  # one loop turn: one group; the middle one's id is taken
+
+    assert isinstance(results[1], Exception)
+    assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
+    assert await store.count_by_status() == {"accepted": 3}
+    assert store.pending == 3

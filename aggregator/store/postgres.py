@@ -19,6 +19,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -70,6 +71,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the server
 ACQUIRE_TIMEOUT = 5.0  # seconds an operation waits for a pooled connection
 COMMAND_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
+GROUP_SIZE = 500  # writes committed in one transaction at most
 RETRIES = 3  # deadlock / serialization failure: the transaction is run again
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
 DB_NOW = "extract(epoch from clock_timestamp())::float8"
@@ -197,6 +199,23 @@ _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
                 asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
                 asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError)
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# The database refused one operation's data: that operation fails, the store is fine.
+_REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+
+
+@dataclass(slots=True)
+class _Write:
+    """One write waiting for a group: an accept (`row`, `key`) or any other (`fn`)."""
+
+    op: str
+    future: asyncio.Future[Any]
+    fn: Callable[[asyncpg.Connection], Awaitable[Any]] | None = None
+    row: tuple[Any, ...] = ()
+    key: str | None = None
+
+
+class _Refused(StoreError):
+    """The database refused one operation (a constraint, a bug), not the store as a whole."""
 
 
 def masked_dsn(dsn: str) -> str:
@@ -246,6 +265,11 @@ class PostgresStore:
         self._last_error_at = 0.0
         self._last_ok_at = 0.0
         self._pending_changes = 0  # local changes to `pending`, to refresh it without races
+        self._writes: list[_Write] = []  # waiting for a group
+        self._groups = 0  # groups being committed
+        self._flush_scheduled = False  # a flush is scheduled for this loop turn
+        self._max_groups = max(1, pool_size // 2)  # leave connections for claims and reads
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -273,7 +297,8 @@ class PostgresStore:
             if isinstance(exc, StoreError):
                 raise
             if isinstance(exc, Exception):
-                raise StoreError(f"PostgreSQL store {self.where}: cannot open: "
+                what = "cannot connect" if isinstance(exc, _UNAVAILABLE) else "cannot open"
+                raise StoreError(f"PostgreSQL store {self.where}: {what}: "
                                  f"{self._scrub(exc)}") from None
             raise
         self._last_ok_at = time.monotonic()
@@ -341,6 +366,12 @@ class PostgresStore:
 
     async def close(self) -> None:
         self._closed = True
+        for item in self._writes:
+            if not item.future.done():
+                item.future.set_exception(StoreError("store is closed"))
+        self._writes.clear()
+        if self._tasks:  # groups being committed: answered first
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
@@ -458,9 +489,12 @@ class PostgresStore:
         self.pending = max(0, self.pending + delta)
         self._pending_changes += 1
 
-    async def _run(self, op: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """`fn` in one transaction on a pooled connection; run again after a deadlock or a
-        serialization failure; a database that cannot serve is a StoreError."""
+    async def _run(self, op: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], *,
+                   tx: bool = True) -> T:
+        """`fn` on a pooled connection, in one transaction (`tx`; else one statement, which
+        commits alone); run again after a deadlock or a serialization failure. A database
+        that cannot serve is a StoreError (readiness fails meanwhile); an operation whose data
+        the database refused, _Refused."""
         if self._closed or self._pool is None:
             raise StoreError("store is closed")
         if self._waiting >= self.max_waiting:
@@ -470,14 +504,19 @@ class PostgresStore:
         try:
             for attempt in range(RETRIES):
                 try:
-                    async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, \
-                            conn.transaction():
-                        result = await fn(conn)
+                    async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                        if tx:
+                            async with conn.transaction():
+                                result = await fn(conn)
+                        else:
+                            result = await fn(conn)
                     break
                 except _RETRY:
                     if attempt == RETRIES - 1:
                         raise
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except _REFUSED as exc:
+            raise _Refused(f"PostgreSQL store {self.where}: {op}: {self._scrub(exc)}") from None
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:  # down, full, read-only, ...
             self._last_error = f"PostgreSQL store {self.where}: {self._scrub(exc)}"
             self._last_error_at = time.monotonic()
             raise StoreError(self._last_error) from None
@@ -491,10 +530,78 @@ class PostgresStore:
     # ---- accept ------------------------------------------------------------------------------
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
+        """Stored and committed before it returns (in a group: see _write)."""
         row = message_row(message)
-        prior = await self._run("accept", lambda conn: _accept(conn, row, idempotency_key))
+        prior = await self._write("accept", row=row, key=idempotency_key)
         self._changed_pending(waiting_added("accept", (row, idempotency_key), prior))
         return accept_result(message, prior)
+
+    async def _write(self, op: str, fn: Callable[[asyncpg.Connection], Awaitable[T]] | None
+                     = None, *, row: tuple[Any, ...] = (), key: str | None = None) -> Any:
+        """A write, committed before it returns. Writes made while earlier ones wait for their
+        commit go together in one transaction: one round of BEGIN/COMMIT and one WAL flush for
+        all of them, as SQLite's group commit (accepts: one pipelined insert)."""
+        if self._closed:
+            raise StoreError("store is closed")
+        if self._waiting + len(self._writes) >= self.max_waiting:
+            raise StoreBusy("too many operations waiting for the store")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.append(_Write(op, future, fn, row, key))
+        self._start_groups()
+        started = time.monotonic()
+        result = await future
+        metrics.store_operation_seconds.labels("postgres", op).observe(
+            time.monotonic() - started)
+        return result
+
+    def _start_groups(self) -> None:
+        """Once per loop turn: the writes waiting go as groups, unless enough groups are
+        being committed; then the next starts as one ends, with all that came meanwhile."""
+        if self._writes and not self._flush_scheduled and self._groups < self._max_groups:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        self._flush_scheduled = False
+        while self._writes and self._groups < self._max_groups:
+            group, self._writes = self._writes[:GROUP_SIZE], self._writes[GROUP_SIZE:]
+            self._groups += 1
+            task = asyncio.ensure_future(self._commit_group(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _commit_group(self, group: list[_Write]) -> None:
+        try:
+            try:
+                results = await self._run("group", lambda conn: _write_all(conn, group))
+            except _Refused:
+                if len(group) == 1:
+                    raise
+                # One of them was refused: each alone, so it cannot sink the others.
+                for item in group:
+                    await self._commit_alone(item)
+                return
+            for item, result in zip(group, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+        except BaseException as exc:
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc if isinstance(exc, Exception)
+                                              else StoreError("store is closing"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._groups -= 1
+            self._start_groups()
+
+    async def _commit_alone(self, item: _Write) -> None:
+        try:
+            [result] = await self._run(item.op, lambda conn: _write_all(conn, [item]))
+        except StoreError as exc:
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(result)
 
     async def accept_many(self, messages: Sequence[Message]) -> None:
         """All in one transaction: every message is stored, or none is."""
@@ -537,7 +644,7 @@ class PostgresStore:
             messages.sort(key=lambda m: (m.next_attempt_at, m.id))
             return messages
 
-        result: list[Message] = await self._run("claim_due", op)
+        result: list[Message] = await self._run("claim_due", op, tx=False)
         return result
 
     async def next_due_at(self) -> float | None:
@@ -547,7 +654,7 @@ class PostgresStore:
                 "WHERE status IN ('accepted', 'scheduled')")
             return due
 
-        return await self._run("next_due_at", op)
+        return await self._run("next_due_at", op, tx=False)
 
     async def record_submitted(
         self, message_id: str, provider: str, parts: Sequence[SegmentSubmit], now: float
@@ -561,7 +668,7 @@ class PostgresStore:
             await _insert_parts(conn, message_id, provider, parts, now)
             return _count(status)
 
-        self._changed_pending(-await self._run("record_submitted", op))
+        self._changed_pending(-await self._write("record_submitted", op))
 
     async def reschedule(
         self,
@@ -585,7 +692,7 @@ class PostgresStore:
             if parts and provider is not None:
                 await _insert_parts(conn, message_id, provider, parts, now)
 
-        await self._run("reschedule", op)
+        await self._write("reschedule", op)
 
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
@@ -595,24 +702,26 @@ class PostgresStore:
                 "UPDATE messages SET next_attempt_at = $1 WHERE status = 'accepted' "
                 "AND next_attempt_at > $1 AND error = $2", now, NO_PROVIDER))
 
-        return await self._run("release_waiting", op)
+        released: int = await self._write("release_waiting", op)
+        return released
 
     async def finish(
         self, message_id: str, status: MessageStatus, error: str | None, now: float
     ) -> FinalNotice | None:
         assert status in FINAL_STATUSES
-        notice, was_pending = await self._run(
+        notice, was_pending = await self._write(
             "finish", lambda conn: _finish(conn, message_id, status, error, now))
         if was_pending:
             self._changed_pending(-1)
-        return notice
+        result: FinalNotice | None = notice
+        return result
 
     async def apply_receipts(self, updates: Sequence[ReceiptUpdate]) -> list[ReceiptResult]:
         """Wherever a receipt arrives: matched by provider and id, applied in one
         transaction; the message rows are locked in id order, so instances applying receipts
         at once never deadlock and never both miss the last segment."""
         updates = list(updates)
-        applied = await self._run("apply_receipts", lambda conn: _apply_receipts(conn, updates))
+        applied = await self._write("apply_receipts", lambda conn: _apply_receipts(conn, updates))
         self._changed_pending(-sum(1 for _, was_pending in applied if was_pending))
         return [result for result, _ in applied]
 
@@ -625,14 +734,14 @@ class PostgresStore:
                 message_id, account)
             return row_to_message(row) if row is not None else None
 
-        return await self._run("get_message", op)
+        return await self._run("get_message", op, tx=False)
 
     async def count_by_status(self) -> dict[str, int]:
         async def op(conn: asyncpg.Connection) -> dict[str, int]:
             rows = await conn.fetch("SELECT status, count(*) FROM messages GROUP BY status")
             return {r[0]: r[1] for r in rows}
 
-        return await self._run("count_by_status", op)
+        return await self._run("count_by_status", op, tx=False)
 
     async def segments_of(self, message_id: str) -> list[tuple[int, str, str, str]]:
         """(seq, provider, provider_msg_id, status) of a message's parts; for tests and tools."""
@@ -643,7 +752,7 @@ class PostgresStore:
                 "WHERE message_id = $1 ORDER BY seq", message_id)
             return [(r[0], r[1], r[2], r[3]) for r in rows]
 
-        return await self._run("segments_of", op)
+        return await self._run("segments_of", op, tx=False)
 
     # ---- callbacks outbox --------------------------------------------------------------------
 
@@ -664,27 +773,27 @@ class PostgresStore:
             rows = sorted(rows, key=lambda r: (r[5], r[0]))
             return [CallbackJob(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
-        return await self._run("due_callbacks", op)
+        return await self._run("due_callbacks", op, tx=False)
 
     async def callbacks_done(self, job_ids: Sequence[int]) -> None:
         ids = list(job_ids)
-        await self._run("callbacks_done", lambda conn: conn.execute(
+        await self._write("callbacks_done", lambda conn: conn.execute(
             "DELETE FROM callbacks WHERE id = ANY($1::bigint[])", ids))
 
     async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None:
-        await self._run("callback_retry", lambda conn: conn.execute(
+        await self._write("callback_retry", lambda conn: conn.execute(
             "UPDATE callbacks SET attempts = attempts + 1, next_attempt_at = $1, "
             "last_error = $2, owner = NULL, lease_until = NULL WHERE id = $3",
             next_attempt_at, error, job_id))
 
     async def callback_give_up(self, job_id: int, error: str) -> None:
-        await self._run("callback_give_up", lambda conn: conn.execute(
+        await self._write("callback_give_up", lambda conn: conn.execute(
             "UPDATE callbacks SET attempts = attempts + 1, given_up = TRUE, last_error = $1, "
             "owner = NULL, lease_until = NULL WHERE id = $2", error, job_id))
 
     async def enqueue_callback(self, url: str, payload: str, now: float) -> None:
         """An HTTP POST for the callback sender that is not about a message (e.g. an MO)."""
-        await self._run("enqueue_callback", lambda conn: conn.execute(
+        await self._write("enqueue_callback", lambda conn: conn.execute(
             "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
             "VALUES ('', $1, $2, $3)", url, payload, now))
 
@@ -710,25 +819,25 @@ class PostgresStore:
                 for r in sorted(rows, key=lambda r: r[0])
             ]
 
-        return await self._run("due_smpp_receipts", op)
+        return await self._run("due_smpp_receipts", op, tx=False)
 
     async def enqueue_smpp_mo(self, account: str, source: str, dest: str, text: str,
                               now: float) -> None:
         """A handset's message for an account's bound SMPP receiver, sent like a receipt."""
-        await self._run("enqueue_smpp_mo", lambda conn: conn.execute(
+        await self._write("enqueue_smpp_mo", lambda conn: conn.execute(
             "INSERT INTO smpp_receipts (kind, text, account, message_id, source, dest, "
             "status, submitted_at, done_at, next_attempt_at) "
             "VALUES ('mo', $1, $2, '', $3, $4, 'delivered', $5, $5, $5)",
             text, account, source, dest, now))
 
     async def smpp_receipt_done(self, receipt_id: int) -> None:
-        await self._run("smpp_receipt_done", lambda conn: conn.execute(
+        await self._write("smpp_receipt_done", lambda conn: conn.execute(
             "DELETE FROM smpp_receipts WHERE id = $1", receipt_id))
 
     async def smpp_receipt_retry(self, receipt_id: int, next_attempt_at: float,
                                  give_up: bool) -> None:
         # Released: the account may be bound on another instance by the next attempt.
-        await self._run("smpp_receipt_retry", lambda conn: conn.execute(
+        await self._write("smpp_receipt_retry", lambda conn: conn.execute(
             "UPDATE smpp_receipts SET attempts = attempts + 1, next_attempt_at = $1, "
             "given_up = $2, owner = NULL, lease_until = NULL WHERE id = $3",
             next_attempt_at, give_up, receipt_id))
@@ -737,19 +846,19 @@ class PostgresStore:
 
     async def add_optout(self, account: str, number: str, source: str, now: float) -> bool:
         """Record an opt-out; False if it was already there."""
-        status: str = await self._run("add_optout", lambda conn: conn.execute(
+        status: str = await self._write("add_optout", lambda conn: conn.execute(
             "INSERT INTO optouts (account, number, created_at, source) VALUES ($1, $2, $3, $4) "
             "ON CONFLICT DO NOTHING", account, number, now, source))
         return _count(status) > 0
 
     async def remove_optout(self, account: str, number: str) -> bool:
-        status: str = await self._run("remove_optout", lambda conn: conn.execute(
+        status: str = await self._write("remove_optout", lambda conn: conn.execute(
             "DELETE FROM optouts WHERE account = $1 AND number = $2", account, number))
         return _count(status) > 0
 
     async def is_opted_out(self, account: str, number: str) -> bool:
         found = await self._run("is_opted_out", lambda conn: conn.fetchval(
-            "SELECT 1 FROM optouts WHERE account = $1 AND number = $2", account, number))
+            "SELECT 1 FROM optouts WHERE account = $1 AND number = $2", account, number), tx=False)
         return found is not None
 
     async def list_optouts(self, account: str, number: str | None,
@@ -760,7 +869,8 @@ class PostgresStore:
             sql += " AND number = $2"
             args.append(number)
         sql += f" ORDER BY created_at LIMIT ${len(args) + 1}"
-        rows = await self._run("list_optouts", lambda conn: conn.fetch(sql, *args, limit))
+        rows = await self._run("list_optouts", lambda conn: conn.fetch(sql, *args, limit),
+                               tx=False)
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def marketing_history(self, account: str, number: str,
@@ -768,18 +878,40 @@ class PostgresStore:
         """Marketing messages accepted for this number since `since`, and the latest one."""
         row = await self._run("marketing_history", lambda conn: conn.fetchrow(
             "SELECT count(*), max(sent_at) FROM marketing_log "
-            "WHERE account = $1 AND number = $2 AND sent_at >= $3", account, number, since))
+            "WHERE account = $1 AND number = $2 AND sent_at >= $3", account, number, since),
+            tx=False)
         return int(row[0]), row[1]
 
     async def account_for_reply(self, number: str, sender: str) -> str | None:
         """The account that last sent to this number from this sender: a reply is for it."""
         account: str | None = await self._run("account_for_reply", lambda conn: conn.fetchval(
             "SELECT account FROM messages WHERE dest = $1 AND sender = $2 "
-            "ORDER BY created_at DESC LIMIT 1", number, sender))
+            "ORDER BY created_at DESC LIMIT 1", number, sender), tx=False)
         return account
 
 
 # ---- operations: (connection in a transaction, plain values) -> plain result -----------------
+
+async def _write_all(conn: asyncpg.Connection, group: Sequence[_Write]) -> list[Any]:
+    """A group of writes in one transaction: accepts without a key in one pipelined insert,
+    then every other write in order (a key given twice in a group finds the first's message)."""
+    plain = [item.row for item in group if item.op == "accept" and item.key is None]
+    if plain:
+        await conn.executemany(_INSERT_MESSAGE, plain)
+        marketing = [(r[_ACCOUNT], r[_DEST], r[_CREATED]) for r in plain
+                     if r[_CLASS] == "marketing"]
+        if marketing:
+            await conn.executemany(_LOG_MARKETING, marketing)
+    results: list[Any] = []
+    for item in group:
+        if item.fn is not None:
+            results.append(await item.fn(conn))
+        elif item.key is not None:
+            results.append(await _accept(conn, item.row, item.key))
+        else:
+            results.append(None)
+    return results
+
 
 async def _accept(conn: asyncpg.Connection, row: tuple[Any, ...],
                   key: str | None) -> tuple[Any, ...] | None:
