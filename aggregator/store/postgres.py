@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import urllib.parse
 from collections import Counter
@@ -315,6 +316,15 @@ class PostgresStore:
                 text = text.replace(password, "***")
         return text.splitlines()[0] if text else type(exc).__name__
 
+    def _brief(self, exc: BaseException) -> str:
+        """An operation's error without addresses: OSError's reason, PostgreSQL's message."""
+        if isinstance(exc, OSError):
+            return f"{type(exc).__name__}: {os.strerror(exc.errno)}" if exc.errno else (
+                type(exc).__name__)
+        if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+            return self._scrub(exc)
+        return type(exc).__name__
+
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         """Bring the schema to SCHEMA_VERSION, one transaction per step, holding an advisory
         lock so that instances starting together migrate once."""
@@ -515,9 +525,10 @@ class PostgresStore:
                     if attempt == RETRIES - 1:
                         raise
         except _REFUSED as exc:
-            raise _Refused(f"PostgreSQL store {self.where}: {op}: {self._scrub(exc)}") from None
+            raise _Refused(f"PostgreSQL store: {op}: {self._brief(exc)}") from None
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:  # down, full, read-only, ...
-            self._last_error = f"PostgreSQL store {self.where}: {self._scrub(exc)}"
+            # Answered to API clients (503): the error, not where the server is.
+            self._last_error = f"PostgreSQL store: {self._brief(exc)}"
             self._last_error_at = time.monotonic()
             raise StoreError(self._last_error) from None
         finally:
