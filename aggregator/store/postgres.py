@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -215,6 +215,16 @@ class _Write:
     key: str | None = None
 
 
+@dataclass(slots=True)
+class _Lane:
+    """Writes of one kind waiting for a group, and the groups being committed."""
+
+    max_groups: int
+    writes: list[_Write] = field(default_factory=list)
+    groups: int = 0
+    flush_scheduled: bool = False  # for this loop turn
+
+
 class _Refused(StoreError):
     """The database refused one operation (a constraint, a bug), not the store as a whole."""
 
@@ -266,10 +276,12 @@ class PostgresStore:
         self._last_error_at = 0.0
         self._last_ok_at = 0.0
         self._pending_changes = 0  # local changes to `pending`, to refresh it without races
-        self._writes: list[_Write] = []  # waiting for a group
-        self._groups = 0  # groups being committed
-        self._flush_scheduled = False  # a flush is scheduled for this loop turn
-        self._max_groups = max(1, pool_size // 2)  # leave connections for claims and reads
+        # Accepts and the other writes (outcomes of submits, receipts, outboxes) are grouped
+        # apart: a submit's record never waits behind a burst of accepts (each submit answered
+        # but not yet recorded is a duplicate if the instance dies). The rest of the pool is
+        # for claims, reads and lease renewal.
+        groups = max(1, pool_size * 3 // 10)
+        self._lanes = {"accept": _Lane(groups), "other": _Lane(groups)}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -376,10 +388,11 @@ class PostgresStore:
 
     async def close(self) -> None:
         self._closed = True
-        for item in self._writes:
-            if not item.future.done():
-                item.future.set_exception(StoreError("store is closed"))
-        self._writes.clear()
+        for lane in self._lanes.values():
+            for item in lane.writes:
+                if not item.future.done():
+                    item.future.set_exception(StoreError("store is closed"))
+            lane.writes.clear()
         if self._tasks:  # groups being committed: answered first
             await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
         if self._maintenance is not None:
@@ -554,34 +567,35 @@ class PostgresStore:
         all of them, as SQLite's group commit (accepts: one pipelined insert)."""
         if self._closed:
             raise StoreError("store is closed")
-        if self._waiting + len(self._writes) >= self.max_waiting:
+        lane = self._lanes["accept" if op == "accept" else "other"]
+        if self._waiting + len(lane.writes) >= self.max_waiting:
             raise StoreBusy("too many operations waiting for the store")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writes.append(_Write(op, future, fn, row, key))
-        self._start_groups()
+        lane.writes.append(_Write(op, future, fn, row, key))
+        self._start_groups(lane)
         started = time.monotonic()
         result = await future
         metrics.store_operation_seconds.labels("postgres", op).observe(
             time.monotonic() - started)
         return result
 
-    def _start_groups(self) -> None:
+    def _start_groups(self, lane: _Lane) -> None:
         """Once per loop turn: the writes waiting go as groups, unless enough groups are
         being committed; then the next starts as one ends, with all that came meanwhile."""
-        if self._writes and not self._flush_scheduled and self._groups < self._max_groups:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_writes)
+        if lane.writes and not lane.flush_scheduled and lane.groups < lane.max_groups:
+            lane.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_writes, lane)
 
-    def _flush_writes(self) -> None:
-        self._flush_scheduled = False
-        while self._writes and self._groups < self._max_groups:
-            group, self._writes = self._writes[:GROUP_SIZE], self._writes[GROUP_SIZE:]
-            self._groups += 1
-            task = asyncio.ensure_future(self._commit_group(group))
+    def _flush_writes(self, lane: _Lane) -> None:
+        lane.flush_scheduled = False
+        while lane.writes and lane.groups < lane.max_groups:
+            group, lane.writes = lane.writes[:GROUP_SIZE], lane.writes[GROUP_SIZE:]
+            lane.groups += 1
+            task = asyncio.ensure_future(self._commit_group(lane, group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _commit_group(self, group: list[_Write]) -> None:
+    async def _commit_group(self, lane: _Lane, group: list[_Write]) -> None:
         try:
             try:
                 results = await self._run("group", lambda conn: _write_all(conn, group))
@@ -603,8 +617,8 @@ class PostgresStore:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._groups -= 1
-            self._start_groups()
+            lane.groups -= 1
+            self._start_groups(lane)
 
     async def _commit_alone(self, item: _Write) -> None:
         try:
