@@ -167,3 +167,8 @@ store_lease_renewal_failures = Counter(
     "smsagg_store_lease_renewal_failures_total",
     "Rounds of lease renewal that failed (database unreachable)", registry=REGISTRY,
 )
+store_live_instances = Gauge(
+    "smsagg_store_live_instances",
+    "Instances sharing the PostgreSQL store whose heartbeat is within their lease",
+    registry=REGISTRY,
+)

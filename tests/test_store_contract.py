@@ -214,3 +214,17 @@ async def test_a_refused_write_does_not_sink_the_writes_beside_it(store: AnyStor
     assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception)
     assert await store.count_by_status() == {"accepted": 3}
     assert store.pending == 3
+
+
+async def test_close_commits_and_answers_the_writes_already_made(
+        opener: Callable[[], Any]) -> None:
+    first: AnyStore = await opener()
+    messages = [make_message() for _ in range(50)]
+    tasks = [asyncio.ensure_future(first.accept(m, None)) for m in messages]
+    await asyncio.sleep(0)  # each has made its write
+
+    await first.close()
+
+    assert all(t.result().created for t in tasks)
+    again: AnyStore = await opener()
+    assert await again.count_by_status() == {"accepted": 50}

@@ -122,6 +122,19 @@ async def test_restarted_instance_takes_back_its_own_claims_at_once(instances: O
     assert await again.count_by_status() == {"queued": 2}  # b's claim stays b's
 
 
+async def test_instances_register_by_heartbeat_and_leave_on_close(instances: Opener) -> None:
+    a = await instances("a", lease=1.0)
+    b = await instances("b", lease=1.0)
+
+    async def live(n: int) -> bool:
+        await asyncio.sleep(0)
+        return a.live_instances == n and metrics.store_live_instances._value.get() == n
+
+    await until(lambda: live(2), "two live instances")
+    await b.close()
+    await until(lambda: live(1), "b to have left")
+
+
 # ---- idempotency, receipts, outboxes across instances ------------------------------------------
 
 

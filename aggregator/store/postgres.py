@@ -72,6 +72,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the server
 ACQUIRE_TIMEOUT = 5.0  # seconds an operation waits for a pooled connection
 COMMAND_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
+LEAVE_TIMEOUT = 2.0  # seconds to say goodbye to a database that may be gone
 GROUP_SIZE = 500  # writes committed in one transaction at most
 RETRIES = 3  # deadlock / serialization failure: the transaction is run again
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
@@ -178,6 +179,12 @@ MIGRATIONS: list[str] = [
         sent_at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX marketing_log_by_number ON marketing_log (account, number, sent_at);
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        started_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL,
+        lease_seconds DOUBLE PRECISION NOT NULL
+    );
     CREATE FUNCTION smsagg_notify_due() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); RETURN NULL; END $$;
     CREATE TRIGGER messages_notify_due AFTER INSERT ON messages
@@ -271,6 +278,7 @@ class PostgresStore:
         self._listener: asyncpg.Connection | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._closed = True
+        self._closing = False  # close() under way: writes made before are committed
         self._size = 0
         self._last_error: str | None = None
         self._last_error_at = 0.0
@@ -283,6 +291,7 @@ class PostgresStore:
         groups = max(1, pool_size * 3 // 10)
         self._lanes = {"accept": _Lane(groups), "other": _Lane(groups)}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.live_instances = 1  # instances whose heartbeat is within their lease
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -297,11 +306,12 @@ class PostgresStore:
         except Exception as exc:
             raise StoreError(f"PostgreSQL store {self.where}: cannot connect: "
                              f"{self._scrub(exc)}") from None
-        self._closed = False
+        self._closed = self._closing = False
         try:
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
                 await self._recover(conn, mine=True)
+                await self._heartbeat(conn, starting=True)
                 self.pending = await self._count_pending(conn)
                 self._size = await conn.fetchval("SELECT pg_database_size(current_database())")
             await self._listen()
@@ -387,14 +397,23 @@ class PostgresStore:
             self._on_accepted()
 
     async def close(self) -> None:
+        """Writes already made are committed and answered first; new ones are refused."""
+        self._closing = True
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        while self._tasks or any(lane.writes for lane in self._lanes.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=left)
+            else:
+                await asyncio.sleep(0)  # the flush scheduled for this turn starts them
         self._closed = True
         for lane in self._lanes.values():
             for item in lane.writes:
                 if not item.future.done():
                     item.future.set_exception(StoreError("store is closed"))
             lane.writes.clear()
-        if self._tasks:  # groups being committed: answered first
-            await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
@@ -405,6 +424,9 @@ class PostgresStore:
             self._listener = None
         pool, self._pool = self._pool, None
         if pool is not None:
+            with contextlib.suppress(Exception):  # a graceful leave: no longer counted live
+                await asyncio.wait_for(pool.execute(
+                    "DELETE FROM instances WHERE name = $1", self.instance), LEAVE_TIMEOUT)
             try:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
             except Exception:
@@ -434,12 +456,26 @@ class PostgresStore:
 
     async def _maintain_once(self, conn: asyncpg.Connection) -> None:
         await self.renew(conn)
+        await self._heartbeat(conn)
+        self.live_instances = await conn.fetchval(
+            f"SELECT count(*) FROM instances WHERE seen_at + lease_seconds >= {DB_NOW}")
+        metrics.store_live_instances.set(self.live_instances)
         await self._recover(conn, mine=False)
         changes = self._pending_changes
         count = await self._count_pending(conn)
         if changes == self._pending_changes:  # else a local change raced the count: next time
             self.pending = count
         self._size = await conn.fetchval("SELECT pg_database_size(current_database())")
+
+    async def _heartbeat(self, conn: asyncpg.Connection, *, starting: bool = False) -> None:
+        """This instance is alive (registered by name); an instance not seen for its lease is
+        not counted as live. The ground for sharing a provider's binds and TPS."""
+        started = f", started_at = {DB_NOW}" if starting else ""
+        await conn.execute(
+            "INSERT INTO instances (name, started_at, seen_at, lease_seconds) "
+            f"VALUES ($1, {DB_NOW}, {DB_NOW}, $2) ON CONFLICT (name) DO UPDATE "
+            f"SET seen_at = {DB_NOW}, lease_seconds = $2{started}",
+            self.instance, self.lease_seconds)
 
     async def renew(self, conn: asyncpg.Connection) -> None:
         """Extend the lease of everything this instance holds."""
@@ -565,7 +601,7 @@ class PostgresStore:
         """A write, committed before it returns. Writes made while earlier ones wait for their
         commit go together in one transaction: one round of BEGIN/COMMIT and one WAL flush for
         all of them, as SQLite's group commit (accepts: one pipelined insert)."""
-        if self._closed:
+        if self._closed or self._closing:
             raise StoreError("store is closed")
         lane = self._lanes["accept" if op == "accept" else "other"]
         if self._waiting + len(lane.writes) >= self.max_waiting:
