@@ -68,6 +68,8 @@ SCHEMA_VERSION = 1  # == len(MIGRATIONS)
 # pg_advisory_lock key held while migrating: two instances starting at once take turns.
 MIGRATION_LOCK = 0x736D_7367_0001
 NOTIFY_CHANNEL = "smsagg_due"
+# Payload "callbacks", or "smpp:ACCOUNT": an outbox entry was added (on any instance).
+OUTBOX_CHANNEL = "smsagg_outbox"
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server
 ACQUIRE_TIMEOUT = 5.0  # seconds an operation waits for a pooled connection
 COMMAND_TIMEOUT = 30.0
@@ -189,6 +191,15 @@ MIGRATIONS: list[str] = [
         BEGIN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); RETURN NULL; END $$;
     CREATE TRIGGER messages_notify_due AFTER INSERT ON messages
         FOR EACH STATEMENT EXECUTE FUNCTION smsagg_notify_due();
+    CREATE FUNCTION smsagg_notify_callbacks() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', 'callbacks'); RETURN NULL; END $$;
+    CREATE TRIGGER callbacks_notify AFTER INSERT ON callbacks
+        FOR EACH STATEMENT EXECUTE FUNCTION smsagg_notify_callbacks();
+    CREATE FUNCTION smsagg_notify_smpp() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', 'smpp:' || NEW.account); RETURN NULL;
+        END $$;
+    CREATE TRIGGER smpp_receipts_notify AFTER INSERT ON smpp_receipts
+        FOR EACH ROW EXECUTE FUNCTION smsagg_notify_smpp();
     """,
 ]
 
@@ -258,10 +269,12 @@ class PostgresStore:
 
     def __init__(self, dsn: str, *, instance: str, pool_size: int = 10,
                  lease_seconds: float = 10.0, max_waiting: int = 50_000,
-                 on_accepted: Callable[[], None] | None = None) -> None:
+                 on_accepted: Callable[[], None] | None = None,
+                 on_outbox: Callable[[str | None], None] | None = None) -> None:
         """`instance`: this instance's name, the owner of what it claims (unique per running
         instance). `on_accepted` hears that messages became due (another instance accepted
-        some, or a lease ran out): the dispatcher looks at the store."""
+        some, or a lease ran out): the dispatcher looks at the store. `on_outbox` hears that
+        an instance added a callback (None) or an SMPP receipt/MO for an account (its name)."""
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
         self.dsn = dsn
@@ -271,6 +284,7 @@ class PostgresStore:
         self.lease_seconds = lease_seconds
         self.max_waiting = max_waiting
         self._on_accepted = on_accepted
+        self._on_outbox = on_outbox
         self.pending = 0
         self.writer_address: str | None = None  # ingress workers go through the daemon
         self._waiting = 0
@@ -385,16 +399,26 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
     async def _listen(self) -> None:
-        """A connection of its own that hears NOTIFY smsagg_due from every instance."""
-        if self._on_accepted is None:
+        """A connection of its own that hears every instance's NOTIFYs: messages due, outbox
+        entries added."""
+        if self._on_accepted is None and self._on_outbox is None:
             return
         conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        await conn.add_listener(OUTBOX_CHANNEL, self._outbox_notified)
         self._listener = conn
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if self._on_accepted is not None:
             self._on_accepted()
+
+    def _outbox_notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if self._on_outbox is None:
+            return
+        if payload == "callbacks":
+            self._on_outbox(None)
+        elif payload.startswith("smpp:"):
+            self._on_outbox(payload[5:])
 
     async def close(self) -> None:
         """Writes already made are committed and answered first; new ones are refused."""
