@@ -256,6 +256,24 @@ async def _accepts(store: PostgresStore) -> bool:
     return True
 
 
+async def test_an_outbox_entry_on_one_instance_wakes_the_others(instances: Opener) -> None:
+    heard: list[str | None] = []
+    both = asyncio.Event()
+
+    def on_outbox(account: str | None) -> None:
+        heard.append(account)
+        if None in heard and "shop" in heard:
+            both.set()
+
+    await instances("b", on_outbox=on_outbox)
+    a = await instances("a")
+
+    await a.enqueue_callback("https://cb.example/mo", "{}", NOW)
+    await a.enqueue_smpp_mo("shop", "+38344123456", "Shop", "hi", NOW)
+
+    await asyncio.wait_for(both.wait(), DEADLINE)
+
+
 # ---- open-time checks ---------------------------------------------------------------------------
 
 

@@ -211,7 +211,6 @@ _INSERT_MESSAGE = (
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES ($1, $2, $3)"
 _ACCOUNT, _DEST, _CLASS, _CREATED = 1, 2, 10, 17  # positions in a message row
-_WAITING = ("accepted", "scheduled")
 # The connection failed or the server cannot serve: the store is unavailable (HTTP 503).
 _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
                 asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
