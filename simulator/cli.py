@@ -87,6 +87,9 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-receipts", action="store_true",
                         help="send receipts even when registered_delivery does not ask for one")
     parser.add_argument("--receipt-id-format", choices=("same", "decimal"), default="same")
+    parser.add_argument("--receipts-any-bind", action="store_true",
+                        help="send each receipt on the next bound session of the system_id in"
+                             " turn, not the submit's own (as real SMSCs may)")
     parser.add_argument("--system-id", default=None, help="only accept binds with this system_id")
     parser.add_argument("--password", default=None, help="only accept binds with this password")
     parser.add_argument("--window", type=int, default=100,
@@ -170,6 +173,7 @@ _PER_SMSC_OPTIONS = (
     "all_receipts", "receipt_id_format", "system_id", "password", "window", "seed",
     "error_ratio", "error_status", "drop_ratio", "disconnect_after", "disconnect_every",
     "refuse_binds", "latency_jitter_ms", "handset", "reply", "roaming_delay_ms",
+    "receipts_any_bind",
 )
 
 
@@ -204,6 +208,7 @@ def _smsc_profile(args: argparse.Namespace) -> SmscProfile:
         latency_jitter=args.latency_jitter_ms / 1000.0,
         handsets=_handset_book(args),
         roaming_delay=args.roaming_delay_ms / 1000.0,
+        receipts_any_bind=args.receipts_any_bind,
     )
 
 
