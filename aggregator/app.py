@@ -49,7 +49,7 @@ from aggregator.retention import Retention
 from aggregator.routing import Route, RouteTable
 from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import StoreError
-from aggregator.store.sqlite import SqliteStore
+from aggregator.store.factory import build_store
 
 log = get_logger("smsagg.app")
 
@@ -72,10 +72,11 @@ class App:
         """`config_path` is what ingress workers read ([http] workers; None: the embedded
         default configuration)."""
         self.config = config
-        self.store = SqliteStore(config.store.path, commit_batch=config.store.commit_batch,
-                                 on_commit=metrics.store_commit_seconds.observe,
-                                 writer=config.store.writer, on_lost=self._fail,
-                                 on_accepted=lambda: self.dispatcher.wake())
+        self.store = build_store(
+            config, on_commit=metrics.store_commit_seconds.observe, on_lost=self._fail,
+            on_accepted=lambda: self.dispatcher.wake(),
+            on_outbox=lambda account: (self.callbacks.wake() if account is None
+                                       else self._wake_smpp(account)))
         self.routes = RouteTable(Route.from_config(r) for r in config.routes)
         # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}

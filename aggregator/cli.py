@@ -135,6 +135,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
                              timeout=args.timeout))
 
 
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    from aggregator.store.base import StoreError
+    from aggregator.store.copy import copy_store, parse_location
+
+    try:
+        source = parse_location(args.source, "sqlite")
+        dsn = parse_location(args.target, "postgres")
+    except ValueError as exc:
+        print(f"smsagg: store copy: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("warning", "console")  # stdout holds the summary
+    try:
+        counts = asyncio.run(copy_store(source, dsn, force=args.force))
+    except StoreError as exc:
+        print(f"smsagg: store copy: {exc}", file=sys.stderr)
+        return 1
+    print("copied: " + ", ".join(f"{table} {n}" for table, n in counts.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smsagg", description="SMS aggregator daemon")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
+
+    store = sub.add_parser("store", help="store tools").add_subparsers(dest="tool",
+                                                                        required=True)
+    copy = store.add_parser(
+        "copy", help="copy a SQLite store into an empty PostgreSQL database (several instances)")
+    copy.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH")
+    copy.add_argument("--to", dest="target", required=True, metavar="postgres:DSN",
+                      help="e.g. postgres:postgresql://smsagg@db:5432/smsagg")
+    copy.add_argument("--force", action="store_true",
+                      help="replace what the target database holds")
+    copy.set_defaults(func=cmd_store_copy)
 
     demo = sub.add_parser(
         "demo", help="start the simulator and the daemon, send a burst, report, exit"

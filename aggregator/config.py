@@ -17,6 +17,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import ssl
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +42,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HttpConfig",
+    "InstanceConfig",
     "ListenAddress",
     "LogConfig",
     "MessagesConfig",
@@ -132,6 +134,23 @@ class StoreConfig:
     writer: str = "process"
     # The share of max_pending one account may fill unless it sets its own max_pending.
     account_pending_share: float = 0.5
+    backend: str = "sqlite"  # or "postgres": several instances sharing one database
+    # postgres: the DSN (or, resolved at load, the one dsn_env names); a secret: never shown.
+    dsn: str = field(default="", repr=False)
+    dsn_env: str = ""
+    pool_size: int = 10  # postgres: connections per process
+    lease_seconds: float = 10.0  # postgres: a claim not renewed for this long is taken over
+
+
+STORE_BACKENDS = ("sqlite", "postgres")
+_DSN_SCHEMES = ("postgresql://", "postgres://")
+
+
+@dataclass(slots=True, frozen=True, kw_only=True)
+class InstanceConfig:
+    """This running instance, among several sharing one PostgreSQL store."""
+
+    name: str = field(default_factory=socket.gethostname)  # unique per running instance
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -304,6 +323,7 @@ class Config:
     providers: tuple[ProviderConfig, ...]
     routes: tuple[RouteConfig, ...]
     source: str
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
 
     def provider(self, name: str) -> ProviderConfig:
         for provider in self.providers:
@@ -625,13 +645,22 @@ def _optional_path(r: _Reader, key: str) -> str | None:
     return raw
 
 
-def _parse_store(r: _Reader) -> StoreConfig:
+def _parse_store(r: _Reader, environ: Mapping[str, str]) -> StoreConfig:
+    backend = r.string("backend", choices=STORE_BACKENDS)
+    dsn, dsn_env = _store_dsn(r, environ)
+    if backend == "postgres" and not dsn and r.ok("dsn", "dsn_env"):
+        r.problem("backend", 'backend = "postgres" needs dsn or dsn_env')
     return StoreConfig(
         path=r.string("path", nonempty=True),
         max_pending=r.integer("max_pending", lo=1),
         commit_batch=r.integer("commit_batch", lo=1),
         writer=r.string("writer", choices=STORE_WRITERS),
         account_pending_share=_share(r, "account_pending_share"),
+        backend=backend,
+        dsn=dsn,
+        dsn_env=dsn_env,
+        pool_size=r.integer("pool_size", lo=1, hi=1000),
+        lease_seconds=r.number("lease_seconds", ge=1),
     )
 
 
@@ -648,6 +677,45 @@ def account_max_pending(account: AccountConfig | None, store: StoreConfig) -> in
     if account is not None and account.max_pending is not None:
         return account.max_pending
     return max(1, int(store.max_pending * store.account_pending_share))
+
+
+def _store_dsn(r: _Reader, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(DSN, the variable it came from) from dsn or dsn_env; never echoes the DSN itself."""
+    raw, raw_env = r.optional("dsn"), r.optional("dsn_env")
+    if raw is not _ABSENT and raw_env is not _ABSENT:
+        r.problem("dsn_env", "conflicts with dsn: give one of dsn, dsn_env")
+        return "", ""
+    env = ""
+    if raw_env is not _ABSENT:
+        if not isinstance(raw_env, str) or not raw_env or "=" in raw_env or "\0" in raw_env:
+            r.problem("dsn_env", f"must be the name of an environment variable, got "
+                      f"{_show(raw_env)}")
+            return "", ""
+        env, raw = raw_env, environ.get(raw_env)
+        if raw is None:
+            r.problem("dsn_env", f"environment variable {env!r} is not set")
+            return "", ""
+    if raw is _ABSENT:
+        return "", ""
+    key, where = ("dsn_env", f"environment variable {env!r}: ") if env else ("dsn", "")
+    if not isinstance(raw, str):
+        r.problem(key, f"{where}must be a string, got {_kind(raw)}")
+    elif not raw.startswith(_DSN_SCHEMES) or "\0" in raw or not raw.isprintable():
+        r.problem(key, f"{where}must be a PostgreSQL URL (postgresql://user@host:port/db)")
+    else:
+        return raw, env
+    return "", ""
+
+
+def _parse_instance(r: _Reader) -> InstanceConfig:
+    raw = r.optional("name")
+    if raw is _ABSENT:
+        return InstanceConfig()
+    if (not isinstance(raw, str) or not raw or len(raw) > 64 or not raw.isprintable()
+            or raw != raw.strip()):
+        r.problem("name", f"must be 1 to 64 printable characters, got {_show(raw)}")
+        return InstanceConfig()
+    return InstanceConfig(name=raw)
 
 
 def _parse_messages(r: _Reader) -> MessagesConfig:
@@ -1111,7 +1179,8 @@ def parse_config(
     problems: list[str] = []
     top = _Reader(data, "", source, problems, noun="section")
     http = _section(top, "http", HttpConfig, _parse_http)
-    store = _section(top, "store", StoreConfig, _parse_store)
+    store = _section(top, "store", StoreConfig, lambda r: _parse_store(r, env))
+    instance = _section(top, "instance", InstanceConfig, _parse_instance)
     messages = _section(top, "messages", MessagesConfig, _parse_messages)
     callbacks = _section(top, "callbacks", CallbacksConfig, _parse_callbacks)
     log = _section(top, "log", LogConfig, _parse_log)
@@ -1146,6 +1215,7 @@ def parse_config(
         providers=tuple(p for p, _ in providers),
         routes=tuple(r for r, _ in routes),
         source=source,
+        instance=instance,
     )
 
 

@@ -277,3 +277,22 @@ api_optout_confirmations = Counter(
 consents_recorded = Counter(
     "smsagg_consents_recorded_total", "Consent records added through the API, by scope",
     ["scope"], registry=REGISTRY)
+# Several instances on PostgreSQL ([store] backend = "postgres").
+store_operation_seconds = Histogram(
+    "smsagg_store_operation_seconds", "Store operation time, call to commit, by backend",
+    ["backend", "op"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+)
+store_lease_takeovers = Counter(
+    "smsagg_store_lease_takeovers_total",
+    "Claimed messages returned to the queue because their owner's lease ran out",
+    registry=REGISTRY,
+)
+store_lease_renewal_failures = Counter(
+    "smsagg_store_lease_renewal_failures_total",
+    "Rounds of lease renewal that failed (database unreachable)", registry=REGISTRY,
+)
+store_live_instances = Gauge(
+    "smsagg_store_live_instances",
+    "Instances sharing the PostgreSQL store whose heartbeat is within their lease",
+    registry=REGISTRY,
+)

@@ -14,6 +14,7 @@ from aggregator import metrics
 from aggregator.config import MessagesConfig
 from aggregator.log import get_logger
 from aggregator.store.base import StoreError
+from aggregator.store.postgres import PostgresStore
 from aggregator.store.sqlite import SqliteStore
 
 log = get_logger("smsagg.retention")
@@ -24,7 +25,7 @@ DAY = 86400.0
 
 
 class Retention:
-    def __init__(self, store: SqliteStore, config: MessagesConfig,
+    def __init__(self, store: SqliteStore | PostgresStore, config: MessagesConfig,
                  clock: Callable[[], float] = time.time, interval: float = INTERVAL) -> None:
         self._store = store
         self.config = config

@@ -91,6 +91,9 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
                         help="share of receipts never sent (query_sm still answers), 0..1")
     parser.add_argument("--no-query-sm", action="store_true",
                         help="answer query_sm with generic_nack (ESME_RINVCMDID)")
+    parser.add_argument("--receipts-any-bind", action="store_true",
+                        help="send each receipt on the next bound session of the system_id in"
+                             " turn, not the submit's own (as real SMSCs may)")
     parser.add_argument("--system-id", default=None, help="only accept binds with this system_id")
     parser.add_argument("--password", default=None, help="only accept binds with this password")
     parser.add_argument("--window", type=int, default=100,
@@ -174,7 +177,7 @@ _PER_SMSC_OPTIONS = (
     "all_receipts", "receipt_id_format", "system_id", "password", "window", "seed",
     "error_ratio", "error_status", "drop_ratio", "disconnect_after", "disconnect_every",
     "refuse_binds", "latency_jitter_ms", "handset", "reply", "roaming_delay_ms",
-    "lose_receipts", "no_query_sm",
+    "lose_receipts", "no_query_sm", "receipts_any_bind",
 )
 
 
@@ -211,6 +214,7 @@ def _smsc_profile(args: argparse.Namespace) -> SmscProfile:
         roaming_delay=args.roaming_delay_ms / 1000.0,
         lose_receipts=args.lose_receipts,
         answer_query_sm=not args.no_query_sm,
+        receipts_any_bind=args.receipts_any_bind,
     )
 
 

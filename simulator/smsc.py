@@ -114,6 +114,10 @@ class SmscProfile:
     # Like a real SMSC, send a receipt only if registered_delivery asks for one
     # (bits 1-0: 01 always, 10 on failure only); False sends one for every submit.
     honor_registered_delivery: bool = True
+    # Each receipt on the next bound receiver/transceiver session of the system_id in turn,
+    # not the one its submit came on: real SMSCs deliver on any bind of the system_id, so a
+    # receipt for one smsagg instance's submit may reach another instance.
+    receipts_any_bind: bool = False
     error_ratio: float = 0.0  # share of submit_sm answered with error_status (no receipt)
     error_status: int = 0x08  # ESME_RSYSERR
     drop_ratio: float = 0.0  # share of submit_sm never answered (counted in dropped_total)
@@ -289,6 +293,8 @@ class Smsc:
         # last RECEIVED_MAX.
         self._states: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self.bind_stats: dict[str, BindStats] = {}
+        self._any_bind_turn = 0  # receipts_any_bind: whose turn it is
+        self.receipts_elsewhere = 0  # receipts_any_bind: sent on a session not the submit's
         # The last RECEIVED_MAX (up to 10% more: trimmed in chunks so appends stay O(1)).
         self.received: list[ReceivedSubmit] = []
         self._peers: dict[SmppConnection, _Peer] = {}
@@ -824,6 +830,11 @@ class Smsc:
             self._send_receipt(conn, receipt)
 
     def _pick_session(self, receipt: _Receipt) -> SmppConnection | None:
+        if self.profile.receipts_any_bind:
+            conn = self._next_session(receipt.system_id)
+            if conn is not None and conn is not receipt.origin:
+                self.receipts_elsewhere += 1
+            return conn
         origin = receipt.origin
         if origin is not None and self._can_deliver(origin, receipt.system_id):
             return origin
@@ -835,6 +846,14 @@ class Smsc:
             ):
                 best = conn
         return best
+
+    def _next_session(self, system_id: str) -> SmppConnection | None:
+        """The next session of `system_id` able to take a receipt, round robin."""
+        able = [conn for conn in self._peers if self._can_deliver(conn, system_id)]
+        if not able:
+            return None
+        self._any_bind_turn += 1
+        return able[self._any_bind_turn % len(able)]
 
     def _can_deliver(self, conn: SmppConnection, system_id: str) -> bool:
         peer = self._peers.get(conn)

@@ -8,6 +8,7 @@ import pytest
 from aggregator.log import setup_logging
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import Start
+from tests.pg import pg_dsn, pg_server  # noqa: F401  (a real PostgreSQL server: tests/pg.py)
 
 # Per-message events are debug; keep test output to what explains a failure.
 setup_logging("info", "console")
