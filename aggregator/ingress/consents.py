@@ -35,6 +35,15 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, ErrorCode.BAD_REQUEST, message)
 
 
+def _storable(text: str) -> bool:
+    """False for a str with lone surrogates, which SQLite cannot store as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_instant(raw: object, now: float) -> float:
     """An ISO 8601 time with an offset ("2026-03-01T10:00:00Z"), not in the future."""
     if not isinstance(raw, str):
@@ -46,9 +55,14 @@ def parse_instant(raw: object, now: float) -> float:
                    "2026-03-01T10:00:00Z") from None
     if when.tzinfo is None:
         raise _bad("field 'consented_at' needs a UTC offset or 'Z'")
-    ts = when.astimezone(UTC).timestamp()
+    try:  # year 1 with a +hh:mm offset, or 9999 with -hh:mm, is out of range in UTC
+        ts = when.astimezone(UTC).timestamp()
+    except OverflowError:
+        raise _bad("field 'consented_at' is out of range") from None
     if ts > now + 60:
         raise _bad("field 'consented_at' is in the future")
+    if ts < 0:  # before 1970: no consent is that old, and it could not be shown back
+        raise _bad("field 'consented_at' is before 1970")
     return ts
 
 
@@ -94,6 +108,8 @@ class ConsentApi:
         if not isinstance(source, str) or not source.strip() or len(source) > MAX_SOURCE:
             raise _bad(f"field 'source' is required: where the consent was given (1-"
                        f"{MAX_SOURCE} characters, e.g. 'web form /signup')")
+        if not _storable(source):  # JSON "\ud800": valid JSON, not storable as UTF-8
+            raise _bad("field 'source' contains an unpaired surrogate")
         now = self._clock()
         consented_at = parse_instant(body["consented_at"], now) if (
             body.get("consented_at") is not None) else now

@@ -54,7 +54,9 @@ MAX_VALIDITY = 7 * 24 * 3600
 LIST_LIMIT = 100  # GET /v1/messages: default page size
 MAX_LIST_LIMIT = 1000
 _LIST_PARAMS = frozenset({"status", "to", "reference", "since", "until", "limit", "cursor"})
-_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+# A message id as this API gives them out: 32 hex characters, or decimal digits for accounts
+# with message_id_format = "decimal" (a cursor is the id of a page's last message).
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}|[0-9]{1,19}")
 
 
 def parse_time(name: str, raw: str) -> float:
@@ -240,7 +242,8 @@ class HttpApi:
         app.router.add_delete(r"/v1/messages/{id:(?!batch$)[^/]+}", self.cancel_message)
         app.router.add_get("/v1/optouts", self.get_optouts)
         app.router.add_post("/v1/optouts", self.post_optout)
-        app.router.add_delete("/v1/optouts/{number}", self.delete_optout)
+        # Not "removals": that path is GET only, so a DELETE there is 405 with Allow: GET.
+        app.router.add_delete(r"/v1/optouts/{number:(?!removals$)[^/]+}", self.delete_optout)
         ConsentApi(self._store, self._account, self._json_body, self._number).add_routes(app)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
