@@ -393,3 +393,23 @@ async def test_due_callbacks_carry_the_account_and_a_fair_read_limits_each_desti
     fair = await store.due_callbacks(NOW + 1, 100, per_destination=2)
     assert sorted(job.account for job in fair) == ["", "bank", "shop", "shop"]
     assert [job.message_id for job in fair if job.account == "shop"] == [m.id for m in shop[:2]]
+
+
+async def test_retention_purges_old_messages_with_decimal_ids_too(store: AnyStore) -> None:
+    from aggregator.model import DecimalIds
+
+    t = 1_750_000_000.0  # decimal ids count from 2024
+    old = make_message(created_at=t - 100)
+    old.id = DecimalIds(clock=lambda: t - 100).next()
+    recent = make_message(created_at=t + 100)
+    recent.id = DecimalIds(node=1, clock=lambda: t + 100).next()
+    hex_old = make_message(created_at=t - 100)
+    hex_old.id = id_bound(t - 100) + "0004"
+    await store.accept_many([old, recent, hex_old])
+    for m in (old, recent, hex_old):
+        await store.finish(m.id, MessageStatus.FAILED, "x", t)
+
+    assert await store.purge_before(t, 10) == 2
+    assert await store.get_message("shop", old.id) is None
+    assert await store.get_message("shop", hex_old.id) is None
+    assert await store.get_message("shop", recent.id) is not None

@@ -1488,6 +1488,11 @@ async def _purge_before(conn: asyncpg.Connection, cutoff: float, limit: int) -> 
     ids = [r[0] for r in await conn.fetch(
         "SELECT id FROM messages WHERE id < $1 AND status = ANY($2::text[]) ORDER BY id "
         "LIMIT $3 FOR UPDATE SKIP LOCKED", id_bound(cutoff), sorted(FINAL_VALUES), limit)]
+    if len(ids) < limit:  # decimal ids (message_id_format) do not begin with a hex time
+        ids += [r[0] for r in await conn.fetch(
+            "SELECT id FROM messages WHERE id ~ '^[1-9][0-9]{0,18}$' AND created_at < $1 "
+            "AND status = ANY($2::text[]) ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            cutoff, sorted(FINAL_VALUES), limit - len(ids))]
     await conn.execute("DELETE FROM marketing_log WHERE sent_at < $1", cutoff)
     if not ids:
         return 0

@@ -743,6 +743,12 @@ def purge_before(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
         f"SELECT id FROM messages WHERE id < ? AND status IN ({marks}) ORDER BY id LIMIT ?",
         (id_bound(cutoff), *finals, limit),
     )]
+    if len(ids) < limit:  # decimal ids (message_id_format) sort after every hex one: by time
+        ids += [r[0] for r in conn.execute(
+            f"SELECT id FROM messages WHERE id >= '1' AND id < ':' AND created_at < ? "
+            f"AND status IN ({marks}) ORDER BY id LIMIT ?",
+            (cutoff, *finals, limit - len(ids)),
+        )]
     if not ids:
         conn.execute("DELETE FROM marketing_log WHERE sent_at < ?", (cutoff,))
         return 0
