@@ -350,7 +350,12 @@ async def test_unbound_connections_are_capped_in_total_and_per_address(tmp_path:
         finally:
             for s in first + extra + second + third:
                 s.close()
-        # Closing them frees their places: a normal client binds again.
+        # Closing them frees their places (once the server has seen the closes): a normal
+        # client binds again.
+        deadline = time.monotonic() + 10
+        while metric_value(await scrape(d), "smsagg_buffer_depth", buffer="smpp_unbound"):
+            assert time.monotonic() < deadline, "closed connections still counted"
+            await asyncio.sleep(0.05)
         await still_served(d)
     # The refusals are logged once per source address and window (with a count of the lines
     # held back), and so are the closes of the refused connections.
