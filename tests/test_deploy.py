@@ -1,9 +1,11 @@
-"""Checks of the deployment files in deploy/: they parse, reference real metrics, and pass
-promtool (skipped when promtool is not installed)."""
+"""Checks of the deployment files in deploy/: they parse, reference real metrics, pass
+promtool (skipped when promtool is not installed), and the configurations they ship pass
+`smsagg check-config`; compose and Kubernetes run two instances on one PostgreSQL database."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from aggregator import metrics
-from aggregator.config import load_config
+from aggregator.config import ConfigError, load_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
@@ -88,6 +90,7 @@ def test_yaml_files_exist() -> None:
         "alerts.yml",
         "alerts_test.yml",
         "k8s/deployment.yaml",
+        "k8s/secret.yaml",
         "grafana/provisioning/datasources/prometheus.yml",
     ):
         assert expected in names
@@ -109,10 +112,43 @@ def test_smsagg_toml_loads() -> None:
     assert set(config.routes[0].providers) == {"opA", "opB"}
 
 
-def test_k8s_configmap_matches_smsagg_toml() -> None:
+CLUSTER_TOML = DEPLOY / "smsagg-cluster.toml"
+DSN_ENV = "SMSAGG_DSN"
+EXAMPLE_DSN = "postgresql://smsagg:pw@postgres:5432/smsagg"
+
+
+def test_cluster_toml_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several instances: PostgreSQL with the DSN from the environment, no [instance] name in
+    the shared file (each instance's is its host name), the single-instance file's accounts,
+    providers and routes."""
+    monkeypatch.setenv(DSN_ENV, EXAMPLE_DSN)
+    config = load_config(str(CLUSTER_TOML))
+    assert config.store.backend == "postgres"
+    assert (config.store.dsn_env, config.store.dsn) == (DSN_ENV, EXAMPLE_DSN)
+    assert "instance" not in tomllib.loads(CLUSTER_TOML.read_text(encoding="utf-8"))
+    single = load_config(str(DEPLOY / "smsagg.toml"))
+    assert [a.name for a in config.accounts] == [a.name for a in single.accounts]
+    assert [(p.name, p.host, p.port) for p in config.providers] == [
+        (p.name, p.host, p.port) for p in single.providers]
+    assert config.routes == single.routes
+    monkeypatch.delenv(DSN_ENV)
+    with pytest.raises(ConfigError, match=DSN_ENV):
+        load_config(str(CLUSTER_TOML))
+
+
+@pytest.mark.parametrize("name", ["smsagg.toml", "smsagg-cluster.toml"])
+def test_check_config_accepts_the_shipped_files(name: str) -> None:
+    env = {**os.environ, DSN_ENV: EXAMPLE_DSN, "PYTHONPATH": str(DEPLOY.parent)}
+    proc = subprocess.run([sys.executable, "-m", "aggregator", "check-config", str(DEPLOY / name)],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ": OK (" in proc.stdout
+
+
+def test_k8s_configmap_matches_cluster_toml() -> None:
     data = _yaml().safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text(encoding="utf-8"))
     embedded = tomllib.loads(data["data"]["smsagg.toml"])
-    assert embedded == tomllib.loads((DEPLOY / "smsagg.toml").read_text(encoding="utf-8"))
+    assert embedded == tomllib.loads(CLUSTER_TOML.read_text(encoding="utf-8"))
 
 
 def test_sim_profile_loads() -> None:
@@ -122,12 +158,21 @@ def test_sim_profile_loads() -> None:
     assert [(s.name, s.port) for s in specs] == [("A", 2776), ("B", 2777)]
 
 
-def test_k8s_deployment_single_replica_recreate() -> None:
+def test_k8s_deployment_two_replicas_dsn_from_secret() -> None:
     data = _yaml().safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text(encoding="utf-8"))
     spec = data["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"]["type"] == "Recreate"
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    ref = env[DSN_ENV]["valueFrom"]["secretKeyRef"]
+    secret = _yaml().safe_load((DEPLOY / "k8s" / "secret.yaml").read_text(encoding="utf-8"))
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == ref["name"]
+    assert ref["key"] in secret["stringData"]
+    assert secret["stringData"][ref["key"]].startswith("postgresql://")
+    assert not (DEPLOY / "k8s" / "pvc.yaml").exists(), "the state is PostgreSQL's: no volume"
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     container = pod["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -145,6 +190,38 @@ def test_compose_services() -> None:
     assert loadgen["environment"]["SMSAGG_API_KEY"] in {
         a.api_key for a in load_config(str(DEPLOY / "smsagg.toml")).accounts
     }
+    assert loadgen["environment"]["SMSAGG_URL"] == "http://smsagg:8080"  # the one address
+
+
+def test_compose_two_instances_on_postgres_behind_one_address() -> None:
+    services = _yaml().safe_load(
+        (DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))["services"]
+    instances = {name: s for name, s in services.items()
+                 if s.get("command", [None])[0] == "run"}
+    assert set(instances) == {"smsagg-a", "smsagg-b"}
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    for name, service in instances.items():
+        config = dict(v.split(":")[:2] for v in service["volumes"])
+        assert config["./smsagg-cluster.toml"] == "/etc/smsagg/smsagg.toml", name
+        dsn = service["environment"][DSN_ENV]
+        assert dsn.startswith("postgresql://") and "@postgres:5432/" in dsn, name
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert "ports" not in service, f"{name}: only the proxy publishes a port"
+    # Each instance's [instance] name is its host name: distinct.
+    assert {s["hostname"] for s in instances.values()} == set(instances)
+    proxy = services["smsagg"]
+    assert proxy["ports"] == ["8080:8080"]
+    assert set(proxy["depends_on"]) == set(instances)
+    cfg = (DEPLOY / "haproxy.cfg").read_text(encoding="utf-8")
+    servers = re.findall(r"^\s*server (\S+) (\S+)$", cfg, re.M)
+    assert {address for _, address in servers} == {f"{n}:8080" for n in instances}
+    assert "option httpchk GET /readyz" in cfg
+    assert re.search(r"^\s*retry-on conn-failure$", cfg, re.M), "only unsent requests retried"
+    scrape = _yaml().safe_load((DEPLOY / "prometheus-compose.yml").read_text(encoding="utf-8"))
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert set(targets) == {f"{n}:8080" for n in instances}, "scrape each instance"
 
 
 # -- metric names -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tests.helpers import ROOT, Start, daemon, metric_samples, metric_value, wri
 SPEC_YAML = ROOT / "docs" / "openapi.yaml"
 SPEC_JSON = ROOT / "aggregator" / "openapi.json"
 HTTP_SOURCE = ROOT / "aggregator" / "ingress" / "http.py"
+CONNECTIONS_SOURCE = ROOT / "aggregator" / "ingress" / "connections.py"
 SCHEMATHESIS_EXAMPLES = 25  # per operation and phase
 SCHEMATHESIS_BUDGET = 45.0  # seconds for the whole schemathesis run
 
@@ -65,7 +66,10 @@ def test_every_error_code_is_in_the_spec() -> None:
     literal = set(re.findall(r'(?:_too_many_requests|error_response)\(\s*(?:\d+,\s*)?"(\w+)"',
                              source))
     assert literal >= {"rate_limited", "too_many_failed_logins", "method_not_allowed"}
-    codes = {c.value for c in ErrorCode} | literal
+    # The connection guard answers a 503 of its own, before aiohttp parses the request.
+    guard = set(re.findall(r'"code": "(\w+)"', CONNECTIONS_SOURCE.read_text(encoding="utf-8")))
+    assert guard == {"too_many_connections"}
+    codes = {c.value for c in ErrorCode} | literal | guard
     documented = set(_spec()["components"]["schemas"]["ErrorCode"]["enum"])
     assert codes - documented == set(), "error codes missing from the spec"
     assert documented - codes == set(), "the spec lists codes the server never returns"
