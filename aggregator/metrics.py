@@ -277,6 +277,16 @@ api_optout_confirmations = Counter(
 consents_recorded = Counter(
     "smsagg_consents_recorded_total", "Consent records added through the API, by scope",
     ["scope"], registry=REGISTRY)
+# Per-type opt-outs (issue 19 item 6): scope "marketing" or "all".
+optouts_recorded = Counter(
+    "smsagg_optouts_recorded_total",
+    "Opt-outs added or widened (marketing to all), by scope and by where from: api, mo",
+    ["scope", "via"], registry=REGISTRY)
+optout_refusals = Counter(
+    "smsagg_optout_refusals_total",
+    "Messages refused because the recipient opted out, by the opt-out's scope, the message's "
+    "class and when: accept or send",
+    ["scope", "message_class", "stage"], registry=REGISTRY)
 # Several instances on PostgreSQL ([store] backend = "postgres").
 store_operation_seconds = Histogram(
     "smsagg_store_operation_seconds", "Store operation time, call to commit, by backend",

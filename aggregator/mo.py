@@ -18,7 +18,7 @@ from aggregator.numbers import NumberError, parse_destination
 from aggregator.policy.profiles import CountryProfile
 from aggregator.policy.replies import fit_auto_text
 from aggregator.policy.rules import classify_mo
-from aggregator.store.base import Store
+from aggregator.store.base import OPTOUT_ALL, Store
 from aggregator.timefmt import iso_utc
 
 log = get_logger("smsagg.mo")
@@ -68,9 +68,14 @@ class MoHandler:
         now = self._clock()
         automated = looks_automated(pdu, text, profile)
         if kind == "optout":
-            added = await self._store.add_optout(account.name, number, f"mo:{provider}", now)
+            # A STOP from the handset stops everything from the account (scope "all"), whatever
+            # it replied to; an account keeps marketing-only lists through the API.
+            added = await self._store.add_optout(account.name, number, f"mo:{provider}", now,
+                                                 OPTOUT_ALL)
             log.info("optout", account=account.name, number=number, provider=provider,
-                     new=added)
+                     new=added, scope=OPTOUT_ALL)
+            if added:
+                metrics.optouts_recorded.labels(OPTOUT_ALL, "mo").inc()
             # Only for a new opt-out: a repeated STOP (or an auto-replying handset) gets no
             # answer, so two machines cannot talk to each other forever.
             if added and profile is not None and profile.optout.confirmation:
@@ -122,7 +127,8 @@ class MoHandler:
         try:
             text = fit_auto_text(text)
             await self._acceptor.accept(account, SubmitInput(to=number, sender=sender, text=text,
-                                                             message_class="transactional"))
+                                                             message_class="transactional",
+                                                             auto_reply=True))
         except ApiError as exc:
             log.warning("mo_reply_refused", account=account, code=exc.code.value)
 

@@ -113,7 +113,8 @@ async def test_quiet_hours_schedule_marketing_durably_and_not_transactional(
 
 async def test_optout_list_api(r: Running) -> None:
     hdr = {"Authorization": "Bearer shop-key"}
-    async with r.http.post(f"{r.base}/v1/optouts", json={"number": XK}, headers=hdr) as resp:
+    async with r.http.post(f"{r.base}/v1/optouts", json={"number": XK, "scope": "marketing"},
+                           headers=hdr) as resp:
         assert resp.status == 201
     async with r.http.get(f"{r.base}/v1/optouts", headers=hdr) as resp:
         entries = (await resp.json())["optouts"]
@@ -161,7 +162,7 @@ async def test_handset_replying_ndalo_opts_out_end_to_end(tmp_path: Path) -> Non
         # The reply comes back as an MO; the opt-out is recorded before it is acknowledged.
         await r.smsc.wait_until(lambda: r.smsc.mo_acked_total >= 1, 20)
         entries = await r.app.store.list_optouts("shop", XK, 10)
-        assert [(n, src) for n, _, src in entries] == [(XK, "mo:sim")]
+        assert [(n, src) for n, _, src, *_ in entries] == [(XK, "mo:sim")]
         fix_clock(r, NOON + 2 * 86400)  # past the 24 h frequency limit
         status, data = await post(r, **{"class": "marketing"})
         assert (status, data["error"]["code"]) == (403, "opted_out")

@@ -345,7 +345,8 @@ async def test_a_version_1_database_is_migrated_to_the_account_index(tmp_path: P
         await store.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        assert version == SCHEMA_VERSION == len(MIGRATIONS)
         indexes = {r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "messages_due_account" in indexes and "messages_due" not in indexes

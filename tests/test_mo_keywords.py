@@ -142,7 +142,7 @@ async def test_stop_please_opts_out(tmp_path: Path) -> None:
         status, _ = await r.post({"to": XK_NUMBER, "from": "ACME", "text": "Your order shipped"})
         assert status == 202
         await r.smsc.wait_until(lambda: r.smsc.mo_acked_total >= 1, 20)
-        assert [n for n, _, _ in await r.app.store.list_optouts("shop", XK_NUMBER, 10)] == [
+        assert [n for n, *_ in await r.app.store.list_optouts("shop", XK_NUMBER, 10)] == [
             XK_NUMBER]
 
 

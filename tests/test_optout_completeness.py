@@ -58,7 +58,8 @@ async def test_api_optout_is_confirmed_once(tmp_path: Path) -> None:
     shop = {"confirm_api_optouts": True, "optout_sender": "ACME"}
     async with running(tmp_path, shop=shop) as r:
         status, data = await add(r, XK)
-        assert (status, data) == (201, {"number": XK, "created": True, "confirmation": "sent"})
+        assert (status, data) == (201, {"number": XK, "created": True, "scope": "all",
+                                        "confirmation": "sent"})
 
         def confirmations() -> list[Any]:
             return [s for s in r.smsc.received
@@ -68,10 +69,10 @@ async def test_api_optout_is_confirmed_once(tmp_path: Path) -> None:
         sub = confirmations()[0]
         assert sub.source == "ACME" and sub.data_coding != 8 and not sub.esm_class & 0x40
         status, data = await add(r, XK)  # already there: no second confirmation
-        assert (status, data) == (200, {"number": XK, "created": False})
+        assert (status, data) == (200, {"number": XK, "created": False, "scope": "all"})
         status, data = await add(r, DE)  # no profile, so no confirmation text
         assert (status, data["confirmation"]) == (201, "no_text")
         # An account that does not ask gets no confirmation and no new field.
         status, data = await add(r, XK, {"Authorization": "Bearer bank-key"})
-        assert (status, data) == (201, {"number": XK, "created": True})
+        assert (status, data) == (201, {"number": XK, "created": True, "scope": "all"})
         assert len(confirmations()) == 1

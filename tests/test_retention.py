@@ -82,5 +82,5 @@ async def test_retention_days_purge_edge(tmp_path: Path) -> None:
                                 (delivered,)).fetchone()[0]
         assert left == 0
         # Opt-out records are kept (the Kosovo guide: at least 12 months).
-        assert [n for n, _, _ in await r.app.store.list_optouts("shop", None, 10)] == [
+        assert [n for n, *_ in await r.app.store.list_optouts("shop", None, 10)] == [
             DELIVERED_TO]

@@ -151,9 +151,10 @@ async def test_optouts_are_added_once_listed_and_removed(store: AnyStore) -> Non
     assert await store.is_opted_out("shop", "+38344123456")
     assert not await store.is_opted_out("bank", "+38344123456")
     assert await store.list_optouts("shop", None, 10) == [
-        ("+38344123456", NOW, "keyword"), ("+38344999999", NOW + 2, "api")]
+        ("+38344123456", NOW, "keyword", "marketing"),
+        ("+38344999999", NOW + 2, "api", "marketing")]
     assert await store.list_optouts("shop", "+38344999999", 10) == [
-        ("+38344999999", NOW + 2, "api")]
+        ("+38344999999", NOW + 2, "api", "marketing")]
     assert len(await store.list_optouts("shop", None, 1)) == 1
 
     assert await store.remove_optout("shop", "+38344123456")
@@ -289,7 +290,7 @@ async def test_consents_and_optout_removals_are_recorded(store: AnyStore) -> Non
     assert not await store.remove_optout_logged("shop", "+38344123456", "api:shop", NOW + 9)
     assert not await store.is_opted_out("shop", "+38344123456")
     assert await store.list_optout_removals("shop", None, 10) == [
-        ("+38344123456", NOW, "keyword", NOW + 9, "api:shop")]
+        ("+38344123456", NOW, "keyword", NOW + 9, "api:shop", "marketing")]
 
 
 async def test_overdue_segments_are_claimed_once_then_expired(store: AnyStore) -> None:
@@ -372,9 +373,9 @@ async def test_send_rules_state_reads_optouts_and_marketing_history(store: AnySt
         [("shop", ad.to), ("shop", "+38344999999"), ("bank", "+38344999999")],
         [("shop", ad.to), ("bank", ad.to)], NOW - 60)
 
-    assert opted == {("shop", "+38344999999")}
+    assert opted == {("shop", "+38344999999"): "marketing"}
     assert sent == {("shop", ad.to): [NOW - 10]}
-    assert await store.send_rules_state([], [], NOW) == (set(), {})
+    assert await store.send_rules_state([], [], NOW) == ({}, {})
 
 
 async def test_due_callbacks_carry_the_account_and_a_fair_read_limits_each_destination(
@@ -413,3 +414,113 @@ async def test_retention_purges_old_messages_with_decimal_ids_too(store: AnyStor
     assert await store.get_message("shop", old.id) is None
     assert await store.get_message("shop", hex_old.id) is None
     assert await store.get_message("shop", recent.id) is not None
+
+
+# ---- per-type opt-outs (issue 19 item 6): scope "marketing" or "all" ---------------------------
+
+XK_A, XK_B = "+38344123456", "+38344999999"
+
+
+async def test_optout_scope_is_widened_to_all_but_never_narrowed(store: AnyStore) -> None:
+    assert await store.add_optout("shop", XK_A, "api", NOW, "marketing")
+    assert not await store.add_optout("shop", XK_A, "api", NOW + 1, "marketing")
+    assert await store.optout_scope("shop", XK_A) == "marketing"
+    assert await store.is_opted_out("shop", XK_A)
+
+    # A STOP later: the marketing-only opt-out becomes one of everything, from then.
+    assert await store.add_optout("shop", XK_A, "mo:sim", NOW + 5, "all")
+    assert await store.list_optouts("shop", XK_A, 10) == [(XK_A, NOW + 5, "mo:sim", "all")]
+    # Asking for less, or the same again, changes nothing.
+    assert not await store.add_optout("shop", XK_A, "api", NOW + 6, "marketing")
+    assert not await store.add_optout("shop", XK_A, "api", NOW + 7, "all")
+    assert await store.list_optouts("shop", XK_A, 10) == [(XK_A, NOW + 5, "mo:sim", "all")]
+
+    assert await store.add_optout("shop", XK_B, "api", NOW + 8)  # no scope: "marketing"
+    assert await store.optout_scope("shop", XK_B) == "marketing"
+    assert await store.optout_scope("bank", XK_A) is None
+    assert await store.optout_scope("shop", "+38344000000") is None
+
+
+async def test_removal_records_carry_the_scope_the_optout_had(store: AnyStore) -> None:
+    await store.add_optout("shop", XK_A, "mo:sim", NOW, "all")
+    await store.add_optout("shop", XK_B, "api", NOW + 1, "marketing")
+    assert await store.remove_optout_logged("shop", XK_A, "api:ops", NOW + 10)
+    assert await store.remove_optout_logged("shop", XK_B, "api", NOW + 11)
+
+    assert await store.list_optout_removals("shop", None, 10) == [
+        (XK_A, NOW, "mo:sim", NOW + 10, "api:ops", "all"),
+        (XK_B, NOW + 1, "api", NOW + 11, "api", "marketing")]
+    assert await store.optout_scope("shop", XK_A) is None
+
+
+async def test_send_rules_state_gives_each_optouts_scope(store: AnyStore) -> None:
+    await store.add_optout("shop", XK_A, "mo:sim", NOW, "all")
+    await store.add_optout("shop", XK_B, "api", NOW, "marketing")
+    await store.add_optout("bank", XK_B, "api", NOW, "all")
+
+    opted, sent = await store.send_rules_state(
+        [("shop", XK_A), ("shop", XK_B), ("bank", XK_A)], [], NOW - 60)
+    assert opted == {("shop", XK_A): "all", ("shop", XK_B): "marketing"}
+    assert sent == {}
+
+
+def _sqlite_before_scopes(path: Path) -> None:
+    """A database at schema 4, the last one without opt-out scopes, with an opt-out and a
+    removal record in it."""
+    import sqlite3
+
+    from aggregator.store.sqlite import MIGRATIONS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for step in MIGRATIONS[:4]:
+            conn.executescript(step)
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute("INSERT INTO optouts VALUES ('shop', ?, ?, 'mo:sim')", (XK_A, NOW))
+        conn.execute("INSERT INTO optout_removals (account, number, opted_out_at, source, "
+                     "removed_at, removed_by) VALUES ('shop', ?, ?, 'api', ?, 'api')",
+                     (XK_B, NOW, NOW + 1))
+    finally:
+        conn.close()
+
+
+async def _postgres_before_scopes(dsn: str) -> None:
+    """The same on PostgreSQL: schema 1, the last one without opt-out scopes."""
+    import asyncpg
+
+    from aggregator.store.postgres import MIGRATIONS
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE smsagg_schema (version INTEGER NOT NULL)")
+        await conn.execute(MIGRATIONS[0])
+        await conn.execute("INSERT INTO smsagg_schema VALUES (1)")
+        await conn.execute("INSERT INTO optouts VALUES ('shop', $1, $2, 'mo:sim')", XK_A, NOW)
+        await conn.execute("INSERT INTO optout_removals (account, number, opted_out_at, source, "
+                           "removed_at, removed_by) VALUES ('shop', $1, $2, 'api', $3, 'api')",
+                           XK_B, NOW, NOW + 1)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_optouts_from_before_scopes_become_marketing_ones(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The migration (SQLite 4 -> 5, PostgreSQL 1 -> 2) keeps what an opt-out meant before:
+    marketing refused, transactional only where the account blocks it."""
+    dsn = ""
+    if backend == "postgres":
+        dsn = await create_database(request.getfixturevalue("pg_server"))
+        await _postgres_before_scopes(dsn)
+    else:
+        _sqlite_before_scopes(tmp_path / "smsagg.db")
+    store: AnyStore = build_store(backend_config(backend, tmp_path, dsn))
+    await store.open()
+    try:
+        assert await store.list_optouts("shop", None, 10) == [(XK_A, NOW, "mo:sim", "marketing")]
+        assert await store.list_optout_removals("shop", None, 10) == [
+            (XK_B, NOW, "api", NOW + 1, "api", "marketing")]
+        assert await store.add_optout("shop", XK_A, "mo:sim", NOW + 2, "all")  # widened
+        assert await store.optout_scope("shop", XK_A) == "all"
+    finally:
+        await store.close()

@@ -52,7 +52,7 @@ async def fill_sqlite(path: Path) -> dict[str, Message]:
         await store.accept(m["queued"], None)
         assert [x.id for x in await store.claim_due(NOW, 10)] == [m["queued"].id]
         await store.enqueue_smpp_mo("shop", "+38344123456", "Shop", "STOP", NOW)
-        await store.add_optout("shop", "+38344123456", "keyword", NOW)
+        await store.add_optout("shop", "+38344123456", "keyword", NOW, "all")
         await store.add_optout("shop", "+38344999999", "api", NOW)
         await store.remove_optout_logged("shop", "+38344999999", "api:shop", NOW + 1)
         await store.add_consent("shop", "+38344123456", "marketing", "web", NOW - 9, NOW)
@@ -86,9 +86,9 @@ async def test_copy_round_trip_then_two_instances_finish_the_work(
         # Keys, opt-outs and frequency history came along.
         replay = await b.accept(make_message(created_at=NOW + 60), "key-1")
         assert not replay.created and replay.message.id == m["waiting"].id
-        assert await b.is_opted_out("shop", "+38344123456")
+        assert await b.optout_scope("shop", "+38344123456") == "all"
         assert await b.list_optout_removals("shop", None, 10) == [
-            ("+38344999999", NOW, "api", NOW + 1, "api:shop")]
+            ("+38344999999", NOW, "api", NOW + 1, "api:shop", "marketing")]
         assert await b.has_consent("shop", "+38344123456", "marketing")
         assert await b.add_consent("shop", "+1", "all", "x", NOW, NOW) == 2  # after the copied
         assert await b.marketing_history("shop", m["waiting"].to, NOW - 1) == (1, NOW)

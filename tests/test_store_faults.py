@@ -545,7 +545,7 @@ async def assert_rows_kept(path: Path, ids: list[str]) -> None:
         for message_id in ids:
             m = await store.get_message("shop", message_id)
             assert m is not None and m.text == "hello"
-        assert [n for n, _, _ in await store.list_optouts("shop", None, 10)] == [MOBILE]
+        assert [n for n, *_ in await store.list_optouts("shop", None, 10)] == [MOBILE]
         pending = store.pending
         assert pending >= len(ids)
         assert (await store.accept(make_message(), None)).created  # and it takes writes

@@ -21,7 +21,7 @@ from aggregator.model import (
     new_message_id,
 )
 from aggregator.numbers import NumberError, SenderError, parse_destination, parse_sender
-from aggregator.policy.gate import PolicyGate
+from aggregator.policy.gate import AUTO_REPLY_REFERENCE, PolicyGate
 from aggregator.policy.rules import check_landline
 from aggregator.routing import RouteTable
 from aggregator.store.base import AcceptResult, Store, StoreBusy, StoreError
@@ -48,6 +48,9 @@ class SubmitInput:
     validity: float | None = None  # seconds; None: the configured default
     receipt_mode: int = 0  # SMPP upstreams: registered_delivery bits 1-0
     send_at: float | None = None  # epoch seconds: not before then (within the validity)
+    # The daemon's own answer to a handset's keyword (opt-out confirmation, help text): the
+    # opt-out it answers does not stop it (gate.AUTO_REPLY_REFERENCE marks it for send time).
+    auto_reply: bool = False
 
 
 class Acceptor:
@@ -93,9 +96,15 @@ class Acceptor:
         if item.message_class is None:
             default = self.policy.default_class(account) if self.policy is not None else None
             item = replace(item, message_class=default or "transactional")
+        if item.reference == AUTO_REPLY_REFERENCE and not item.auto_reply:
+            raise self._reject(400, ErrorCode.BAD_REQUEST,
+                               f"reference {AUTO_REPLY_REFERENCE!r} is reserved for the "
+                               "daemon's own replies to handsets")
+        if item.auto_reply:
+            item = replace(item, reference=AUTO_REPLY_REFERENCE)
         message, number_type = self._build(account, item)
         if self.policy is not None:
-            message = await self.policy.apply(message, number_type)
+            message = await self.policy.apply(message, number_type, auto_reply=item.auto_reply)
         else:  # no country rules: landlines still take the rules' default (not supported)
             landline = check_landline(None, number_type)
             if landline is not None:

@@ -137,4 +137,5 @@ class ConsentApi:
             account, self._number(raw) if raw is not None else None, LIST_LIMIT)
         return web.json_response({"removals": [
             {"number": n, "opted_out_at": iso_utc(at), "source": src,
-             "removed_at": iso_utc(rem), "removed_by": by} for n, at, src, rem, by in rows]})
+             "removed_at": iso_utc(rem), "removed_by": by, "scope": scope}
+            for n, at, src, rem, by, scope in rows]})

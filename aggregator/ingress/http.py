@@ -27,7 +27,7 @@ from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.numbers import NumberError, parse_destination
 from aggregator.policy.replies import confirm_api_optout
-from aggregator.store.base import MessageFilter, Store, StoreError
+from aggregator.store.base import OPTOUT_ALL, OPTOUT_SCOPES, MessageFilter, Store, StoreError
 from aggregator.timefmt import iso_utc
 
 log = get_logger("smsagg.http")
@@ -494,14 +494,32 @@ class HttpApi:
         rows = await self._store.list_optouts(
             account, self._number(number) if number is not None else None, 1000)
         return web.json_response({"optouts": [
-            {"number": n, "created_at": iso_utc(at), "source": src} for n, at, src in rows]})
+            {"number": n, "created_at": iso_utc(at), "source": src, "scope": scope}
+            for n, at, src, scope in rows]})
+
+    @staticmethod
+    def _optout_scope(body: object) -> str:
+        """POST /v1/optouts' optional "scope": "all" (the default) or "marketing"."""
+        raw = body.get("scope", OPTOUT_ALL) if isinstance(body, dict) else OPTOUT_ALL
+        if not isinstance(raw, str) or raw not in OPTOUT_SCOPES:
+            metrics.messages_rejected.labels(ErrorCode.BAD_REQUEST.value).inc()
+            raise ApiError(400, ErrorCode.BAD_REQUEST,
+                           "field 'scope' must be \"all\" (every message class, the default) "
+                           "or \"marketing\" (marketing only)")
+        return raw
 
     async def post_optout(self, request: web.Request) -> web.Response:
         account = self._account(request)
         body = await self._json_body(request)
         number = self._number(body.get("number") if isinstance(body, dict) else None)
-        added = await self._store.add_optout(account, number, "api", time.time())
-        answer: dict[str, object] = {"number": number, "created": added}
+        scope = self._optout_scope(body)
+        added = await self._store.add_optout(account, number, "api", time.time(), scope)
+        if added:
+            metrics.optouts_recorded.labels(scope, "api").inc()
+            log.info("optout_recorded", account=account, scope=scope, via="api")
+        else:  # already opted out: answer with the scope in force (never narrowed)
+            scope = await self._store.optout_scope(account, number) or scope
+        answer: dict[str, object] = {"number": number, "created": added, "scope": scope}
         if added:
             outcome = await confirm_api_optout(self._acceptor, account, number)
             if outcome is not None:

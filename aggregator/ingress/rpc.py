@@ -33,6 +33,8 @@ STORE_METHODS = STORE_METHODS | frozenset({
     "add_consent", "has_consent", "list_consents", "remove_optout_logged",
     "list_optout_removals",
 })
+# Per-type opt-outs: the accept path reads an opt-out's scope.
+STORE_METHODS = STORE_METHODS | frozenset({"optout_scope"})
 STATUS_EVERY = 0.5  # seconds between a worker's status calls (its metrics, the pending count)
 class StoreServer:
     """In the daemon: answers the workers' store calls and collects their status reports."""

@@ -10,13 +10,26 @@ from datetime import UTC, datetime
 
 from aggregator import metrics
 from aggregator.config import AccountConfig
+from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.policy.classes import class_for_http
 from aggregator.policy.profiles import CountryProfile
-from aggregator.policy.rules import Defer, PolicyInput, Reject, evaluate
-from aggregator.store.base import Store
+from aggregator.policy.rules import Defer, PolicyCode, PolicyInput, Reject, evaluate, optout_blocks
+from aggregator.store.base import OPTOUT_MARKETING, Store
 
 MONTH = 30 * 24 * 3600.0
+# The reference of the daemon's own answers to a handset's keyword (opt-out confirmations, help
+# texts): an opt-out does not stop them, at accept or at send time. Refused from clients.
+AUTO_REPLY_REFERENCE = "smsagg:auto_reply"
+
+log = get_logger("smsagg.policy")
+
+
+def _count_optout_refusal(message: Message, scope: str, stage: str) -> None:
+    """A message refused by an opt-out (at accept or at send): counted and logged by scope."""
+    metrics.optout_refusals.labels(scope, message.message_class, stage).inc()
+    log.info("optout_refused", account=message.account, message_class=message.message_class,
+             scope=scope, stage=stage)
 
 
 class PolicyGate:
@@ -59,18 +72,22 @@ class PolicyGate:
         """The class of a message that names none (policy/classes.py)."""
         return class_for_http(self._accounts.get(account), None)
 
-    async def apply(self, message: Message, number_type: str) -> Message:
-        """The message as it may be stored (possibly scheduled); raises ApiError if refused."""
+    async def apply(self, message: Message, number_type: str,
+                    auto_reply: bool = False) -> Message:
+        """The message as it may be stored (possibly scheduled); raises ApiError if refused.
+        `auto_reply`: an answer to the recipient's own keyword, which its opt-out allows."""
         account = self._accounts.get(message.account)
         if account is None:  # removed by a configuration reload while this request was under way
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "the account no longer exists")
         profile = self.profiles.get(message.region) if message.region else None
         marketing = message.message_class == "marketing"
-        opted_out = False
-        if marketing or account.block_transactional_to_opted_out:
-            opted_out = await self._store.is_opted_out(message.account, message.to)
-        if profile is None and not opted_out and number_type != "fixed_line":
-            return message  # the common case for transactional traffic: no store reads
+        # Every class: an opt-out of scope "all" stops transactional too (one primary-key read).
+        scope = None if auto_reply else await self._store.optout_scope(message.account,
+                                                                         message.to)
+        blocked = optout_blocks(scope, message.message_class,
+                                account.block_transactional_to_opted_out)
+        if profile is None and not blocked and number_type != "fixed_line":
+            return message  # the common case for transactional traffic: one store read
         count, last = 0, None
         now = self._clock()
         consent = True
@@ -89,7 +106,8 @@ class PolicyGate:
             text=message.text,
             account=message.account,
             registered_senders=account.registered_senders,
-            opted_out=opted_out,
+            opted_out=scope is not None,
+            optout_scope=scope or OPTOUT_MARKETING,
             block_transactional_to_opted_out=account.block_transactional_to_opted_out,
             marketing_sent_last_30d=count,
             last_marketing_at=last,
@@ -98,6 +116,8 @@ class PolicyGate:
         ), datetime.fromtimestamp(self._send_time(message, now), UTC))
         if isinstance(verdict, Reject):
             metrics.messages_rejected.labels(verdict.code).inc()
+            if verdict.code == PolicyCode.OPTED_OUT:
+                _count_optout_refusal(message, scope or OPTOUT_MARKETING, "accept")
             raise ApiError(verdict.status, ErrorCode(verdict.code), verdict.message)
         if isinstance(verdict, Defer):
             metrics.messages_scheduled.inc()

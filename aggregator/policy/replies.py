@@ -47,7 +47,8 @@ async def confirm_api_optout(acceptor: Acceptor, account: str, number: str) -> s
     try:
         await acceptor.accept(account, SubmitInput(to=number, sender=sender,
                                                    text=fit_auto_text(text),
-                                                   message_class="transactional"))
+                                                   message_class="transactional",
+                                                   auto_reply=True))
     except ApiError as exc:
         metrics.api_optout_confirmations.labels("refused").inc()
         log.warning("api_optout_confirmation_refused", account=account, code=exc.code.value)

@@ -12,8 +12,9 @@ Rules run in this order; the first that fires decides:
 3. sender: type not supported (422 sender_type_unsupported), alphanumeric too long
    (422 invalid_sender), alphanumeric not registered where registration is required
    (422 sender_not_registered)
-4. opt-out: marketing to an opted-out recipient, or transactional when the account blocks
-   those too: 403 opted_out
+4. opt-out: marketing to an opted-out recipient; transactional to one whose opt-out has scope
+   "all", or any opt-out when the account sets block_transactional_to_opted_out: 403 opted_out
+   (``optout_blocks``)
 4b. marketing without a recorded consent where the profile requires one: 403 consent_required
 5. every class: forbidden content categories, then documented categories the account is not
    cleared for (422 content_rejected)
@@ -60,6 +61,7 @@ __all__ = [
     "evaluate",
     "next_allowed_opening",
     "next_window_opening",
+    "optout_blocks",
 ]
 
 MARKETING: Final = "marketing"
@@ -125,6 +127,8 @@ class PolicyInput:
     # region -> documented content categories the account is cleared for (account config)
     cleared_categories: Mapping[str, Sequence[str]] = field(default_factory=dict)
     has_consent: bool = True  # a marketing consent is on record (looked up when required)
+    # The opt-out's scope when opted_out: "marketing" or "all" (store.base.OPTOUT_SCOPES).
+    optout_scope: str = "marketing"
 
 
 # --------------------------------------------------------------------------- entry points
@@ -299,15 +303,24 @@ def _check_sender(profile: CountryProfile, item: PolicyInput) -> Reject | None:
     return None
 
 
+def optout_blocks(scope: str | None, message_class: str,
+                  block_transactional_to_opted_out: bool) -> bool:
+    """Whether an opt-out of `scope` (None: none) stops a message of `message_class`: "all"
+    stops every class; "marketing" stops marketing, and transactional only where the account
+    sets block_transactional_to_opted_out (which makes every opt-out an "all" one)."""
+    if scope is None:
+        return False
+    return (scope == "all" or message_class == MARKETING or block_transactional_to_opted_out)
+
+
 def _check_optout(item: PolicyInput) -> Reject | None:
-    if not item.opted_out:
-        return None
-    if item.message_class == MARKETING or item.block_transactional_to_opted_out:
+    scope = item.optout_scope if item.opted_out else None
+    if optout_blocks(scope, item.message_class, item.block_transactional_to_opted_out):
+        of = "all" if scope == "all" else item.message_class
         return Reject(
             403,
             PolicyCode.OPTED_OUT,
-            f"the recipient has opted out of {item.message_class} messages "
-            f"from account {item.account!r}",
+            f"the recipient has opted out of {of} messages from account {item.account!r}",
             "optout",
         )
     return None

@@ -1,9 +1,9 @@
 """The rules checked again when a message is taken for sending (issue 19 item 2): the
 recipient may have opted out, the marketing window may have closed, or a frequency cap may
 have been reached since the message was accepted (held by a provider outage, scheduled, a
-rule that changed). Right after the store's claim, one read for the whole batch, and only for
-messages the rules can touch: marketing, and any class for accounts that block opted-out
-recipients. The rules themselves are the accept-time functions of rules.py.
+rule that changed). Right after the store's claim, one read for the whole batch: opt-outs for
+every message (one of scope "all" stops transactional too), marketing history for marketing.
+The rules themselves are the accept-time functions of rules.py.
 
 A message that now breaks quiet hours or a frequency cap is held until it may go; one whose
 recipient opted out is rejected."""
@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from aggregator.config import AccountConfig
 from aggregator.model import Message
-from aggregator.policy.gate import MONTH
+from aggregator.policy.gate import AUTO_REPLY_REFERENCE, MONTH, _count_optout_refusal
 from aggregator.policy.profiles import CountryProfile
 from aggregator.policy.rules import (
     MARKETING,
@@ -26,7 +26,7 @@ from aggregator.policy.rules import (
     _check_optout,
     next_window_opening,
 )
-from aggregator.store.base import Store
+from aggregator.store.base import OPTOUT_ALL, OPTOUT_MARKETING, Store
 
 # Reasons (metric labels): a bounded set.
 QUIET_HOURS = "quiet_hours"
@@ -78,11 +78,9 @@ class SendCheck:
         self.clock = clock
 
     def needs(self, message: Message) -> bool:
-        """Whether any send-time rule can apply (in memory: the common case costs nothing)."""
-        if message.message_class == MARKETING:
-            return True
-        account = self._accounts.get(message.account)
-        return account is not None and account.block_transactional_to_opted_out
+        """Whether any send-time rule can apply: always, since an opt-out of scope "all" stops
+        every class (the opt-out read is batched per claim)."""
+        return True
 
     async def screen(self, messages: Sequence[Message]) -> dict[str, Verdict]:
         """Verdicts by message id for the messages that may not go now (others: absent).
@@ -99,13 +97,16 @@ class SendCheck:
         verdicts: dict[str, Verdict] = {}
         for m in todo:
             key = (m.account, m.to)
-            verdict = self._verdict(m, key in opted_out, sent.get(key, ()), now)
+            # An answer to the recipient's own STOP or HELP goes despite the opt-out.
+            scope = None if m.reference == AUTO_REPLY_REFERENCE else opted_out.get(key)
+            verdict = self._verdict(m, scope, sent.get(key, ()), now)
             if verdict is not None:
                 verdicts[m.id] = verdict
         return verdicts
 
-    def _verdict(self, m: Message, opted_out: bool, sent: Sequence[float],
+    def _verdict(self, m: Message, scope: str | None, sent: Sequence[float],
                  now: float) -> Verdict | None:
+        """`scope`: the recipient's opt-out scope, None when not opted out."""
         account = self._accounts.get(m.account)
         block = account is not None and account.block_transactional_to_opted_out
         profile = self.profiles.get(m.region) if m.region else None
@@ -118,14 +119,16 @@ class SendCheck:
         item = PolicyInput(
             region=m.region, number_type="mobile", message_class=m.message_class,
             sender=m.sender.value, sender_kind=m.sender.kind.value, text="",
-            account=m.account, registered_senders={}, opted_out=opted_out,
-            block_transactional_to_opted_out=block,
+            account=m.account, registered_senders={}, opted_out=scope is not None,
+            optout_scope=scope or OPTOUT_MARKETING, block_transactional_to_opted_out=block,
             marketing_sent_last_30d=len(others),
             last_marketing_at=datetime.fromtimestamp(others[-1], UTC) if others else None,
         )
         refused = _check_optout(item)
         if refused is not None:
-            return Refuse(OPTED_OUT, f"the recipient opted out of {m.message_class} messages "
+            of = "all" if scope == OPTOUT_ALL else m.message_class
+            _count_optout_refusal(m, scope or OPTOUT_MARKETING, "send")
+            return Refuse(OPTED_OUT, f"the recipient opted out of {of} messages "
                                      f"from account {m.account!r} after it was accepted")
         if m.message_class != MARKETING or profile is None:
             return None

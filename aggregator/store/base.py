@@ -18,6 +18,14 @@ from aggregator.model import (
 # The error a message waits with when no provider can take it; release_waiting() looks for it.
 NO_PROVIDER = "no provider available (no bind up or breaker open)"
 
+# Opt-out scopes (issue 19 item 6, per-type opt-outs). "marketing" stops marketing (and
+# transactional too where the account sets block_transactional_to_opted_out); "all" stops every
+# class. A row written without a scope (one from before scopes existed) is "marketing": what every
+# opt-out meant then. policy/rules.optout_blocks decides.
+OPTOUT_MARKETING = "marketing"
+OPTOUT_ALL = "all"
+OPTOUT_SCOPES = (OPTOUT_MARKETING, OPTOUT_ALL)
+
 
 class StoreError(Exception):
     """The store cannot take writes now (disk full, locked, closed). Callers answer 503."""
@@ -189,12 +197,26 @@ class Store(Protocol):
         self, receipt_id: int, next_attempt_at: float, give_up: bool
     ) -> None: ...
 
-    async def add_optout(self, account: str, number: str, source: str, now: float) -> bool: ...
+    async def add_optout(self, account: str, number: str, source: str, now: float,
+                         scope: str = OPTOUT_MARKETING) -> bool:
+        """Record an opt-out of `scope` (OPTOUT_SCOPES) with when and where from. An existing
+        "marketing" opt-out asked for again with "all" is widened (its time, source and scope
+        become the new one's). True when added or widened; False when the number was already
+        opted out with this scope or a wider one (nothing changes: never narrowed)."""
+        ...
     async def remove_optout(self, account: str, number: str) -> bool: ...
-    async def is_opted_out(self, account: str, number: str) -> bool: ...
+    async def is_opted_out(self, account: str, number: str) -> bool:
+        """Opted out with any scope."""
+        ...
+    async def optout_scope(self, account: str, number: str) -> str | None:
+        """The scope of the number's opt-out from this account, None when there is none: one
+        primary-key read (the accept path makes it for every message)."""
+        ...
     async def list_optouts(
         self, account: str, number: str | None, limit: int
-    ) -> list[tuple[str, float, str]]: ...
+    ) -> list[tuple[str, float, str, str]]:
+        """(number, created_at, source, scope), oldest first."""
+        ...
     async def marketing_history(
         self, account: str, number: str, since: float
     ) -> tuple[int, float | None]: ...
@@ -207,13 +229,17 @@ class Store(Protocol):
     async def remove_optout_logged(self, account: str, number: str, removed_by: str,
                                    now: float) -> bool: ...
     async def list_optout_removals(self, account: str, number: str | None, limit: int
-                                   ) -> list[tuple[str, float, str, float, str]]: ...
+                                   ) -> list[tuple[str, float, str, float, str, str]]:
+        """(number, opted_out_at, source, removed_at, removed_by, scope), oldest first: the
+        scope the opt-out had when it was removed."""
+        ...
     async def send_rules_state(
         self, keys: Sequence[tuple[str, str]], marketing: Sequence[tuple[str, str]],
         since: float,
-    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[float]]]:
-        """Which (account, number) of `keys` opted out; the marketing accepted for each of
-        `marketing` since `since` (times). For the rules checked again at send time."""
+    ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], list[float]]]:
+        """Which (account, number) of `keys` opted out, with the opt-out's scope; the marketing
+        accepted for each of `marketing` since `since` (times). For the rules checked again at
+        send time."""
         ...
     async def enqueue_callback(self, url: str, payload: str, now: float) -> None: ...
 

@@ -58,12 +58,12 @@ TABLES = (
     Table("smpp_receipts", "id, kind, text, account, message_id, source, dest, status, error, "
           "submitted_at, done_at, attempts, next_attempt_at, given_up",
           _flag(_GIVEN_UP_RECEIPTS), identity=True),
-    Table("optouts", "account, number, created_at, source"),
+    Table("optouts", "account, number, created_at, source, scope"),
     Table("marketing_log", "account, number, sent_at"),
     Table("consents", "id, account, number, scope, source, consented_at, recorded_at",
           identity=True),
     Table("optout_removals", "id, account, number, opted_out_at, source, removed_at, "
-          "removed_by", identity=True),
+          "removed_by, scope", identity=True),
 )
 
 

@@ -39,6 +39,7 @@ from aggregator.model import (
 )
 from aggregator.store.base import (
     NO_PROVIDER,
+    OPTOUT_MARKETING,
     AcceptResult,
     CallbackJob,
     MessageFilter,
@@ -73,7 +74,7 @@ log = get_logger("smsagg.store.postgres")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1  # == len(MIGRATIONS)
+SCHEMA_VERSION = 2  # == len(MIGRATIONS)
 # pg_advisory_lock key held while migrating: two instances starting at once take turns.
 MIGRATION_LOCK = 0x736D_7367_0001
 NOTIFY_CHANNEL = "smsagg_due"
@@ -236,6 +237,15 @@ MIGRATIONS: list[str] = [
         END $$;
     CREATE TRIGGER smpp_receipts_notify AFTER INSERT ON smpp_receipts
         FOR EACH ROW EXECUTE FUNCTION smsagg_notify_smpp();
+    """,
+    # 1 -> 2: per-type opt-outs (issue 19 item 6), as SQLite's step 5: each opt-out and each
+    # removal record has a scope, "marketing" or "all"; rows from before are "marketing" (what
+    # every opt-out meant until now). A constant default: no table rewrite.
+    """
+    ALTER TABLE optouts ADD COLUMN scope TEXT NOT NULL DEFAULT 'marketing'
+        CHECK (scope IN ('marketing', 'all'));
+    ALTER TABLE optout_removals ADD COLUMN scope TEXT NOT NULL DEFAULT 'marketing'
+        CHECK (scope IN ('marketing', 'all'));
     """,
 ]
 
@@ -981,12 +991,12 @@ class PostgresStore:
         return removed
 
     async def list_optout_removals(self, account: str, number: str | None, limit: int
-                                   ) -> list[tuple[str, float, str, float, str]]:
-        """(number, opted_out_at, source, removed_at, removed_by), oldest first."""
+                                   ) -> list[tuple[str, float, str, float, str, str]]:
+        """(number, opted_out_at, source, removed_at, removed_by, scope), oldest first."""
         rows = await self._list("list_optout_removals", "SELECT number, opted_out_at, source, "
-                                "removed_at, removed_by FROM optout_removals", account, number,
-                                "id", limit)
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+                                "removed_at, removed_by, scope FROM optout_removals", account,
+                                number, "id", limit)
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def _list(self, op: str, select: str, account: str, number: str | None,
                     order: str, limit: int) -> list[Any]:
@@ -1176,11 +1186,16 @@ class PostgresStore:
 
     # ---- opt-outs, marketing frequency, replies (shared by every instance) --------------------
 
-    async def add_optout(self, account: str, number: str, source: str, now: float) -> bool:
-        """Record an opt-out; False if it was already there."""
+    async def add_optout(self, account: str, number: str, source: str, now: float,
+                         scope: str = OPTOUT_MARKETING) -> bool:
+        """Record an opt-out, or widen a "marketing" one to "all" (then it takes the new time
+        and source); False if it was already there with this scope or a wider one."""
         status: str = await self._write("add_optout", lambda conn: conn.execute(
-            "INSERT INTO optouts (account, number, created_at, source) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING", account, number, now, source))
+            "INSERT INTO optouts (account, number, created_at, source, scope) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account, number) DO UPDATE SET "
+            "created_at = EXCLUDED.created_at, source = EXCLUDED.source, scope = EXCLUDED.scope "
+            "WHERE optouts.scope = 'marketing' AND EXCLUDED.scope = 'all'",
+            account, number, now, source, scope))
         return _count(status) > 0
 
     async def remove_optout(self, account: str, number: str) -> bool:
@@ -1193,9 +1208,17 @@ class PostgresStore:
             "SELECT 1 FROM optouts WHERE account = $1 AND number = $2", account, number), tx=False)
         return found is not None
 
+    async def optout_scope(self, account: str, number: str) -> str | None:
+        """The scope of the number's opt-out, None without one (a primary-key read)."""
+        scope: str | None = await self._run("optout_scope", lambda conn: conn.fetchval(
+            "SELECT scope FROM optouts WHERE account = $1 AND number = $2", account, number),
+            tx=False)
+        return scope
+
     async def list_optouts(self, account: str, number: str | None,
-                           limit: int) -> list[tuple[str, float, str]]:
-        sql = "SELECT number, created_at, source FROM optouts WHERE account = $1"
+                           limit: int) -> list[tuple[str, float, str, str]]:
+        """(number, created_at, source, scope), oldest first."""
+        sql = "SELECT number, created_at, source, scope FROM optouts WHERE account = $1"
         args: list[Any] = [account]
         if number is not None:
             sql += " AND number = $2"
@@ -1203,7 +1226,7 @@ class PostgresStore:
         sql += f" ORDER BY created_at LIMIT ${len(args) + 1}"
         rows = await self._run("list_optouts", lambda conn: conn.fetch(sql, *args, limit),
                                tx=False)
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def marketing_history(self, account: str, number: str,
                                 since: float) -> tuple[int, float | None]:
@@ -1217,13 +1240,14 @@ class PostgresStore:
     async def send_rules_state(
         self, keys: Sequence[tuple[str, str]], marketing: Sequence[tuple[str, str]],
         since: float,
-    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], list[float]]]:
+    ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], list[float]]]:
         """For the rules checked at send time, in one read: which (account, number) of `keys`
-        opted out, and when marketing was accepted for each of `marketing` since `since`."""
+        opted out (with the opt-out's scope), and when marketing was accepted for each of
+        `marketing` since `since`."""
 
         async def op(conn: asyncpg.Connection) -> tuple[list[Any], list[Any]]:
             opted = await conn.fetch(
-                "SELECT o.account, o.number FROM optouts o JOIN unnest($1::text[], "
+                "SELECT o.account, o.number, o.scope FROM optouts o JOIN unnest($1::text[], "
                 "$2::text[]) AS k(a, n) ON o.account = k.a AND o.number = k.n",
                 [k[0] for k in keys], [k[1] for k in keys]) if keys else []
             sent = await conn.fetch(
@@ -1238,7 +1262,7 @@ class PostgresStore:
         times: dict[tuple[str, str], list[float]] = {}
         for account, number, at in sent:
             times.setdefault((account, number), []).append(at)
-        return {(r[0], r[1]) for r in opted}, times
+        return {(r[0], r[1]): r[2] for r in opted}, times
 
     async def account_for_reply(self, number: str, sender: str) -> str | None:
         """The account that last sent to this number from this sender: a reply is for it."""
@@ -1464,14 +1488,14 @@ async def _expire_unreceipted(conn: asyncpg.Connection, submitted_before: float,
 async def _remove_logged(conn: asyncpg.Connection, account: str, number: str,
                          removed_by: str, now: float) -> bool:
     row = await conn.fetchrow(
-        "DELETE FROM optouts WHERE account = $1 AND number = $2 RETURNING created_at, source",
-        account, number)
+        "DELETE FROM optouts WHERE account = $1 AND number = $2 "
+        "RETURNING created_at, source, scope", account, number)
     if row is None:
         return False
     await conn.execute(
         "INSERT INTO optout_removals (account, number, opted_out_at, source, removed_at, "
-        "removed_by) VALUES ($1, $2, $3, $4, $5, $6)",
-        account, number, row[0], row[1], now, removed_by)
+        "removed_by, scope) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        account, number, row[0], row[1], now, removed_by, row[2])
     return True
 
 

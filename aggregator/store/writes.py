@@ -504,10 +504,15 @@ def smpp_receipt_retry(conn: sqlite3.Connection, receipt_id: int, next_attempt_a
 
 
 def add_optout(conn: sqlite3.Connection, account: str, number: str, source: str,
-               now: float) -> bool:
+               now: float, scope: str = "marketing") -> bool:
+    """Added, or a "marketing" opt-out widened to "all" (then it takes the new time and
+    source); never narrowed."""
     return bool(conn.execute(
-        "INSERT OR IGNORE INTO optouts (account, number, created_at, source) "
-        "VALUES (?, ?, ?, ?)", (account, number, now, source)).rowcount)
+        "INSERT INTO optouts (account, number, created_at, source, scope) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (account, number) DO UPDATE SET created_at = excluded.created_at, "
+        "source = excluded.source, scope = excluded.scope "
+        "WHERE optouts.scope = 'marketing' AND excluded.scope = 'all'",
+        (account, number, now, source, scope)).rowcount)
 
 
 def remove_optout(conn: sqlite3.Connection, account: str, number: str) -> bool:
@@ -776,14 +781,14 @@ def add_consent(conn: sqlite3.Connection, account: str, number: str, scope: str,
 def remove_optout_logged(conn: sqlite3.Connection, account: str, number: str, removed_by: str,
                          now: float) -> bool:
     row = conn.execute(
-        "DELETE FROM optouts WHERE account = ? AND number = ? RETURNING created_at, source",
-        (account, number)).fetchone()
+        "DELETE FROM optouts WHERE account = ? AND number = ? "
+        "RETURNING created_at, source, scope", (account, number)).fetchone()
     if row is None:
         return False
     conn.execute(
         "INSERT INTO optout_removals (account, number, opted_out_at, source, removed_at, "
-        "removed_by) VALUES (?, ?, ?, ?, ?, ?)", (account, number, row[0], row[1], now,
-                                                  removed_by))
+        "removed_by, scope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (account, number, row[0], row[1], now, removed_by, row[2]))
     return True
 
 
