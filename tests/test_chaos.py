@@ -27,6 +27,14 @@ from aggregator.model import FINAL_STATUSES
 from simulator.load import LoadOptions, LoadResult, run_load
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import API_KEY, AUTH, DEADLINE, daemon, free_port, write_daemon_config
+from tests.test_hostile_smpp import (
+    FLOOD_BYTES,
+    bound_flood_then_read,
+    hostile_daemon,
+    rss_bytes,
+    still_served,
+    warm_up,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -203,3 +211,21 @@ async def test_chaos_under_load_loses_nothing(tmp_path: Path, http_workers: int)
     assert not unseen, f"{len(unseen)} accepted messages never reached the SMSC; {detail}"
     assert lost == 0, f"{lost} accepted messages not delivered; {detail}"
     assert duplicated <= bound, f"{duplicated} duplicates, more than {bound}; {detail}"
+
+
+# -- SMPP write back-pressure: a peer that does not read its answers (issue 17) --
+
+
+async def test_bound_client_that_stops_reading_is_paused_not_buffered(tmp_path: Path) -> None:
+    async with hostile_daemon(tmp_path) as d:
+        await asyncio.to_thread(warm_up, d.smpp_port)
+        before = rss_bytes(d.pid)
+        sent, peak, answers = await asyncio.to_thread(bound_flood_then_read, d.smpp_port, d.pid)
+        growth = peak - before
+        print(f"bound flood: sent {sent} bytes before the daemon stopped reading,"
+              f" RSS +{growth / 2**20:.1f} MiB, {answers} answers read afterwards")
+        assert growth < 8 * 2**20, growth
+        assert sent < FLOOD_BYTES, "the daemon read the whole flood"
+        # Slowed, not dropped: once the client reads, every request is answered.
+        assert answers == sent // 16
+        await still_served(d)

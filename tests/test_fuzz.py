@@ -17,6 +17,7 @@ import contextlib
 import json
 import struct
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,19 @@ from aggregator.smpp.session import (
     SessionClosed,
     SmppSession,
 )
+from aggregator.smpp.transport import CLOSE_GRACE
 from aggregator.text import decode_text, parse_udh
-from tests.helpers import API_KEY, Running, running
+from tests.helpers import API_KEY, Running, metric_value, running
+from tests.test_hostile_smpp import (
+    FLOOD_BYTES,
+    connect,
+    flood_without_reading,
+    hostile_daemon,
+    rss_bytes,
+    scrape,
+    still_served,
+    warm_up,
+)
 
 T = TypeVar("T")
 
@@ -653,3 +665,36 @@ def test_http_answers_malformed_bodies_with_well_formed_errors(daemon: Daemon) -
     case()
     status, body = daemon.call(run.post(VALID), IO_TIMEOUT * 3)
     assert status == 202, body
+
+
+# -- SMPP write back-pressure: a peer that does not read its answers (issue 17) --
+
+
+async def test_unbound_flood_without_reading_is_bounded_and_closed_at_bind_timeout(
+        tmp_path: Path) -> None:
+    bind_timeout = 4.0
+    async with hostile_daemon(tmp_path, bind_timeout=bind_timeout) as d:
+        await asyncio.to_thread(warm_up, d.smpp_port)
+        before = rss_bytes(d.pid)
+        sock = await asyncio.to_thread(connect, d.smpp_port, "127.0.0.1", 4096)
+        try:
+            deadline = time.monotonic() + bind_timeout + CLOSE_GRACE + 10.0
+            flood = await asyncio.to_thread(flood_without_reading, sock, d.pid, FLOOD_BYTES,
+                                            deadline)
+        finally:
+            sock.close()
+        growth = flood.peak_rss - before
+        print(f"unbound flood: sent {flood.sent} of {FLOOD_BYTES} bytes, daemon RSS"
+              f" {before / 2**20:.1f} MiB -> peak {flood.peak_rss / 2**20:.1f} MiB"
+              f" (+{growth / 2**20:.1f} MiB), closed after {flood.closed_after} s")
+        # Reading stops when the answers are not read: the daemon holds a few buffers, not
+        # the flood (before: +30 MB for 32 MB sent).
+        assert growth < 8 * 2**20, growth
+        assert flood.sent < FLOOD_BYTES, "the daemon read the whole flood"
+        # Closed at the bind timeout although it kept sending (plus the grace a close gives a
+        # peer that does not read).
+        assert flood.closed_after is not None, "still open"
+        assert bind_timeout - 0.5 <= flood.closed_after <= bind_timeout + CLOSE_GRACE + 3.0
+        snap = await scrape(d)
+        assert (metric_value(snap, "smsagg_smpp_unbound_closed_total") or 0) >= 1
+        await still_served(d)
