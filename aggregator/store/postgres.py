@@ -79,6 +79,8 @@ MIGRATION_LOCK = 0x736D_7367_0001
 NOTIFY_CHANNEL = "smsagg_due"
 # Payload "callbacks", or "smpp:ACCOUNT": an outbox entry was added (on any instance).
 OUTBOX_CHANNEL = "smsagg_outbox"
+# An instance started or left: the others read the live members now, not at their next heartbeat.
+MEMBERS_CHANNEL = "smsagg_members"
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server
 ACQUIRE_TIMEOUT = 5.0  # seconds an operation waits for a pooled connection
 COMMAND_TIMEOUT = 30.0
@@ -352,6 +354,11 @@ class PostgresStore:
         self._lanes = {"accept": _Lane(groups), "other": _Lane(groups)}
         self._tasks: set[asyncio.Task[None]] = set()
         self.live_instances = 1  # instances whose heartbeat is within their lease
+        # Their names, sorted; `on_members` hears every change (and the first list, at open):
+        # the app shares providers' binds and TPS out between them.
+        self.members: tuple[str, ...] = (instance,)
+        self.on_members: Callable[[tuple[str, ...]], None] | None = None
+        self._members_task: asyncio.Task[None] | None = None
         self.pending_by_account: Counter[str] = Counter()  # `pending` per account
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -373,6 +380,8 @@ class PostgresStore:
                 await self._migrate(conn)
                 await self._recover(conn, mine=True)
                 await self._heartbeat(conn, starting=True)
+                await self._read_members(conn, always=True)
+                await conn.execute(f"SELECT pg_notify('{MEMBERS_CHANNEL}', $1)", self.instance)
                 self.pending, self.pending_by_account = await self._count_pending(conn)
                 self._size = await conn.fetchval("SELECT pg_database_size(current_database())")
             await self._listen()
@@ -453,11 +462,39 @@ class PostgresStore:
         conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
         await conn.add_listener(OUTBOX_CHANNEL, self._outbox_notified)
+        await conn.add_listener(MEMBERS_CHANNEL, self._members_notified)
         self._listener = conn
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if self._on_accepted is not None:
             self._on_accepted()
+
+    def _members_notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload == self.instance or self._closing:
+            return
+        if self._members_task is None or self._members_task.done():
+            self._members_task = asyncio.create_task(self._refresh_members(),
+                                                     name="store-members")
+
+    async def _refresh_members(self) -> None:
+        with contextlib.suppress(StoreError):  # else the next heartbeat reads them again
+            await self._run("members", lambda conn: self._read_members(conn), tx=False)
+
+    async def _read_members(self, conn: asyncpg.Connection, *, always: bool = False) -> None:
+        """The live instances (heartbeat within their lease), by name; tell on a change."""
+        rows = await conn.fetch(f"SELECT name FROM instances WHERE seen_at + lease_seconds "
+                                f">= {DB_NOW} ORDER BY name")
+        members = tuple(r[0] for r in rows) or (self.instance,)
+        self.live_instances = len(members)
+        metrics.store_live_instances.set(self.live_instances)
+        if members == self.members and not always:
+            return
+        if members != self.members:
+            log.info("store_members_changed", backend="postgres", instance=self.instance,
+                     members=list(members), was=list(self.members))
+        self.members = members
+        if self.on_members is not None:
+            self.on_members(members)
 
     def _outbox_notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if self._on_outbox is None:
@@ -485,6 +522,9 @@ class PostgresStore:
                 if not item.future.done():
                     item.future.set_exception(StoreError("store is closed"))
             lane.writes.clear()
+        if self._members_task is not None:
+            self._members_task.cancel()
+            await asyncio.gather(self._members_task, return_exceptions=True)
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
@@ -498,6 +538,8 @@ class PostgresStore:
             with contextlib.suppress(Exception):  # a graceful leave: no longer counted live
                 await asyncio.wait_for(pool.execute(
                     "DELETE FROM instances WHERE name = $1", self.instance), LEAVE_TIMEOUT)
+                await asyncio.wait_for(pool.execute(
+                    f"SELECT pg_notify('{MEMBERS_CHANNEL}', $1)", self.instance), LEAVE_TIMEOUT)
             try:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
             except Exception:
@@ -528,9 +570,7 @@ class PostgresStore:
     async def _maintain_once(self, conn: asyncpg.Connection) -> None:
         await self.renew(conn)
         await self._heartbeat(conn)
-        self.live_instances = await conn.fetchval(
-            f"SELECT count(*) FROM instances WHERE seen_at + lease_seconds >= {DB_NOW}")
-        metrics.store_live_instances.set(self.live_instances)
+        await self._read_members(conn)
         await self._recover(conn, mine=False)
         changes = self._pending_changes
         count, by_account = await self._count_pending(conn)
