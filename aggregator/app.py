@@ -78,7 +78,7 @@ class App:
             on_accepted=lambda: self.dispatcher.wake(),
             on_outbox=lambda account: (self.callbacks.wake() if account is None
                                        else self._wake_smpp(account)),
-            on_members=self._members_changed)
+            on_members=self._members_changed, held=lambda: self.dispatcher.holding)
         # The live instances sharing the store (PostgreSQL), sorted; () alone: whole limits.
         self._members: tuple[str, ...] = ()
         self.routes = RouteTable(Route.from_config(r) for r in config.routes)

@@ -19,7 +19,7 @@ import os
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -264,7 +264,10 @@ _ACCOUNT, _DEST, _CLASS, _CREATED = 1, 2, 10, 17  # positions in a message row
 _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
                 asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                 asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
-                asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError)
+                asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError,
+                # asyncpg's own state when the server went away in the middle of an operation
+                # ("cannot switch to state 15; another operation is in progress").
+                asyncpg.InternalClientError)
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # The database refused one operation's data: that operation fails, the store is fine.
 _REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
@@ -359,6 +362,13 @@ class PostgresStore:
         self.members: tuple[str, ...] = (instance,)
         self.on_members: Callable[[tuple[str, ...]], None] | None = None
         self._members_task: asyncio.Task[None] | None = None
+        # The ids of claimed messages this instance's dispatcher has in hand; None: renew every
+        # claim it owns. A claim committed whose answer never came back is not in hand: its
+        # lease runs out and it goes back to the queue.
+        self.held: Callable[[], Collection[str]] | None = None
+        self._maintain_failing = False  # the last round of lease renewal failed
+        self._settle_until = 0.0  # monotonic: after an outage, no takeovers until then
+        self._failing_since = 0.0  # monotonic: when lease renewal began to fail
         self.pending_by_account: Counter[str] = Counter()  # `pending` per account
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -478,13 +488,18 @@ class PostgresStore:
 
     async def _refresh_members(self) -> None:
         with contextlib.suppress(StoreError):  # else the next heartbeat reads them again
-            await self._run("members", lambda conn: self._read_members(conn), tx=False)
+            await self._run("members", lambda conn: self._read_members(
+                conn, keep=time.monotonic() < self._settle_until), tx=False)
 
-    async def _read_members(self, conn: asyncpg.Connection, *, always: bool = False) -> None:
-        """The live instances (heartbeat within their lease), by name; tell on a change."""
+    async def _read_members(self, conn: asyncpg.Connection, *, always: bool = False,
+                            keep: bool = False) -> None:
+        """The live instances (heartbeat within their lease), by name; tell on a change.
+        With `keep`, the ones known before stay members (after an outage)."""
         rows = await conn.fetch(f"SELECT name FROM instances WHERE seen_at + lease_seconds "
                                 f">= {DB_NOW} ORDER BY name")
         members = tuple(r[0] for r in rows) or (self.instance,)
+        if keep:
+            members = tuple(sorted(set(members) | set(self.members)))
         self.live_instances = len(members)
         metrics.store_live_instances.set(self.live_instances)
         if members == self.members and not always:
@@ -549,29 +564,40 @@ class PostgresStore:
 
     async def _maintain(self) -> None:
         """Every third of a lease: renew ours, take back expired ones, refresh figures."""
-        failing = False
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 await self._run("maintain", self._maintain_once)
-                if failing:
+                if self._maintain_failing:
                     log.info("store_reachable_again", backend="postgres", server=self.where)
-                failing = False
-            except StoreError as exc:
+                self._maintain_failing = False
+            except Exception as exc:  # whatever it was, this task must live: leases depend on it
                 metrics.store_lease_renewal_failures.inc()
-                if not failing:
-                    log.error("store_lease_renewal_failed", backend="postgres", error=str(exc))
-                failing = True
+                if not self._maintain_failing:
+                    error = str(exc) if isinstance(exc, StoreError) else self._brief(exc)
+                    log.error("store_lease_renewal_failed", backend="postgres", error=error)
+                    self._failing_since = time.monotonic()
+                self._maintain_failing = True
             if self._listener is None or self._listener.is_closed():
                 with contextlib.suppress(Exception):
                     self._listener = None
                     await self._listen()
 
     async def _maintain_once(self, conn: asyncpg.Connection) -> None:
+        if self._maintain_failing:
+            # The database was unreachable: no instance could renew, so every lease and
+            # heartbeat looks expired. For a lease, or as long as the outage lasted if longer
+            # (others may reach the database again later than this one), take nobody's claims
+            # over and drop nobody from the members: the live ones renew meanwhile (no
+            # duplicate sends, no binds and TPS shared out among fewer than are alive).
+            now = time.monotonic()
+            self._settle_until = now + max(self.lease_seconds, now - self._failing_since)
+        settling = time.monotonic() < self._settle_until
         await self.renew(conn)
         await self._heartbeat(conn)
-        await self._read_members(conn)
-        await self._recover(conn, mine=False)
+        await self._read_members(conn, keep=settling)
+        if not settling:
+            await self._recover(conn, mine=False)
         changes = self._pending_changes
         count, by_account = await self._count_pending(conn)
         if changes == self._pending_changes:  # else a local change raced the count: next time
@@ -592,8 +618,13 @@ class PostgresStore:
         """Extend the lease of everything this instance holds."""
         until = f"{DB_NOW} + $2"
         lease = self.lease_seconds
-        await conn.execute(f"UPDATE messages SET lease_until = {until} "
-                           "WHERE owner = $1 AND status = 'queued'", self.instance, lease)
+        if self.held is None:
+            await conn.execute(f"UPDATE messages SET lease_until = {until} "
+                               "WHERE owner = $1 AND status = 'queued'", self.instance, lease)
+        else:
+            await conn.execute(f"UPDATE messages SET lease_until = {until} WHERE owner = $1 "
+                               "AND status = 'queued' AND id = ANY($3::text[])",
+                               self.instance, lease, list(self.held()))
         for table in ("callbacks", "smpp_receipts"):
             await conn.execute(f"UPDATE {table} SET lease_until = {until} WHERE owner = $1",
                                self.instance, lease)
