@@ -15,7 +15,15 @@ import aiohttp
 
 from aggregator.cluster import Share, share_of
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, daemon, metric_samples, metric_value
+from tests.helpers import (
+    AUTH,
+    DEADLINE,
+    Samples,
+    daemon,
+    metric_samples,
+    metric_value,
+    running,
+)
 
 # A lease of 3 s: with 1 s, a daemon starved of CPU for a second on this busy machine looks
 # dead to the other, which then takes the whole limits for a moment.
@@ -78,6 +86,11 @@ def busiest_second(times: list[float]) -> int:
     return best
 
 
+async def scrape(http: aiohttp.ClientSession, base: str) -> Samples:
+    async with http.get(f"{base}/metrics") as r:
+        return metric_samples(await r.text())
+
+
 async def share(http: aiohttp.ClientSession, base: str) -> tuple[float | None, float | None]:
     """The daemon's share of provider sim: (binds, max_tps), from its /metrics."""
     async with http.get(f"{base}/metrics") as r:
@@ -128,6 +141,7 @@ async def test_two_instances_share_a_providers_binds_and_tps(tmp_path: Path, pg_
             # Both send; measure them together for a few seconds, then kill one.
             await smsc.wait_for_submits(300, DEADLINE)
             both = [s.received_at for s in smsc.received]
+            before = await scrape(http, base_a)
             both_bound = most_bound
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
@@ -139,6 +153,7 @@ async def test_two_instances_share_a_providers_binds_and_tps(tmp_path: Path, pg_
 
             await poll(survivor_whole, "the survivor holds every bind")
             took = time.monotonic() - killed_at
+            after = await scrape(http, base_a)
             start = time.time()
             await smsc.wait_for_submits(len(smsc.received) + int(2 * MAX_TPS), DEADLINE)
             alone = [s.received_at for s in smsc.received if s.received_at >= start]
@@ -158,6 +173,14 @@ async def test_two_instances_share_a_providers_binds_and_tps(tmp_path: Path, pg_
     assert took < LEASE + 3 * LEASE / 3 + 2  # the dead one's lease and a few heartbeats
     assert MAX_TPS * 2 / 3 * SLACK < survivor <= MAX_TPS * SLACK  # more than its old share
     assert most_bound <= BINDS
+    # The issue's metrics, on the survivor: live instances, lease takeovers, operation time.
+    assert metric_value(before, "smsagg_store_live_instances") == 2
+    assert metric_value(after, "smsagg_store_live_instances") == 1
+    takeovers = "smsagg_store_lease_takeovers_total"
+    assert (metric_value(after, takeovers) or 0) > (metric_value(before, takeovers) or 0)
+    assert (metric_value(after, "smsagg_cluster_rebalances_total") or 0) >= 3  # a; a+b; a
+    assert (metric_value(before, "smsagg_store_operation_seconds_count", backend="postgres",
+                         op="accept") or 0) > 0
 
 
 async def poll(condition: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -176,3 +199,21 @@ def test_the_shares_add_up_to_the_limits() -> None:
     assert abs(sum(s.max_tps for s in shares) - 70.0) < 1e-9
     assert share_of(7, 70.0, [], "a") == Share(7, 70.0)  # alone: the whole limits
     assert share_of(1, 10.0, ["a", "b"], "b") == Share(0, 0.0)  # fewer binds than instances
+
+
+async def test_sqlite_store_operations_are_timed_by_backend(tmp_path: Path) -> None:
+    """smsagg_store_operation_seconds{backend="sqlite"} beside PostgreSQL's, and one
+    instance on SQLite holds the whole limits."""
+    async with running(tmp_path) as r:
+        before = metric_samples(await (await r.http.get(f"{r.base}/metrics")).text())
+        status, body = await r.post({"to": "+38344123456", "from": "Shop", "text": "hi"})
+        assert status == 202, body
+        await r.wait_status(body["id"], {"delivered"})
+        after = metric_samples(await (await r.http.get(f"{r.base}/metrics")).text())
+        pool = r.app.pools["sim"]
+        assert (pool.share_binds, pool.share_tps) == (pool.config.binds, pool.config.max_tps)
+    name = "smsagg_store_operation_seconds_count"
+    for op in ("accept", "claim_due", "record_submitted"):
+        grew = (metric_value(after, name, backend="sqlite", op=op) or 0) - (
+            metric_value(before, name, backend="sqlite", op=op) or 0)
+        assert grew >= 1, op
