@@ -13,6 +13,7 @@ from aiohttp import web
 from aiosmpplib import DeliverSm, DeliverSmResp
 
 from aggregator import metrics
+from aggregator.cluster import share_of
 from aggregator.config import (
     Config,
     ConfigError,
@@ -76,7 +77,10 @@ class App:
             config, on_commit=metrics.store_commit_seconds.observe, on_lost=self._fail,
             on_accepted=lambda: self.dispatcher.wake(),
             on_outbox=lambda account: (self.callbacks.wake() if account is None
-                                       else self._wake_smpp(account)))
+                                       else self._wake_smpp(account)),
+            on_members=self._members_changed, held=lambda: self.dispatcher.holding)
+        # The live instances sharing the store (PostgreSQL), sorted; () alone: whole limits.
+        self._members: tuple[str, ...] = ()
         self.routes = RouteTable(Route.from_config(r) for r in config.routes)
         # Changed in place by reload(): the dispatcher, acceptor and MO handler hold these.
         self.pools = {p.name: ProviderPool(p, self._on_deliver) for p in config.providers}
@@ -148,6 +152,25 @@ class App:
     def _wire(self, pool: ProviderPool) -> None:
         pool.on_bind_change = self.dispatcher.wake
         pool.on_bind_up = self.dispatcher.provider_back
+        self._share(pool)
+
+    # ---- cluster limits (aggregator/cluster.py) ---------------------------------------------
+
+    def _share(self, pool: ProviderPool) -> None:
+        """This instance's share of the provider's binds and max_tps among the live ones."""
+        c = pool.config
+        mine = share_of(c.binds, c.max_tps, self._members, self.config.instance.name)
+        pool.set_share(mine.binds, mine.max_tps)
+
+    def _members_changed(self, members: tuple[str, ...]) -> None:
+        """The live instances changed (one joined or left): share the limits out again."""
+        if members == self._members:
+            return
+        self._members = members
+        metrics.cluster_rebalances.inc()
+        log.info("cluster_members", instance=self.config.instance.name, members=list(members))
+        for pool in self.pools.values():
+            self._share(pool)
 
     # ---- wiring callbacks ----------------------------------------------------------------------
 
@@ -233,7 +256,9 @@ class App:
         if self.workers is not None and self.workers.connected < self.workers.count:
             problems.append(f"{self.workers.connected} of {self.workers.count} ingress "
                             "workers connected")
-        if not any(p.binds_up for p in self.pools.values()):
+        # A provider this instance holds no bind of (its share in a cluster) is not missed.
+        holding = [p for p in self.pools.values() if p.share_binds]
+        if not any(p.binds_up for p in holding) and (holding or not self.pools):
             problems.append("no provider bind is up")
         store_error = self.store.write_failure()
         if store_error is not None:  # accepts get 503 store_unavailable meanwhile

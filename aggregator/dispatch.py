@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import ParamSpec, TypeVar
@@ -68,6 +69,9 @@ class Dispatcher:
         # Country [throughput] limits over every provider (policy/throughput.py); None: none.
         self.country_limits: CountryThroughput | None = None
         self._route_gates: dict[Route, FairGate] = {}  # waits for a route's max_tps, fairly
+        # Ids of the claimed messages in hand: the PostgreSQL store renews only their leases,
+        # so a claim whose answer was lost (the database went away) runs out and is sent.
+        self.holding: set[str] = set()
         # Messages in flight per account: the store's claim shares free slots fairly by it.
         self._held: dict[str, int] = {}
 
@@ -128,9 +132,11 @@ class Dispatcher:
                 log.error("claim_failed", error=str(exc))
                 await self._sleep_or_wake(IDLE_POLL)
                 continue
+            self.holding.update(m.id for m in batch)
             verdicts = await self._screen(batch) if self.send_check is not None else {}
             for message in batch:
                 task = asyncio.create_task(self._handle(message, verdicts.get(message.id)))
+                task.add_done_callback(functools.partial(self._let_go, message.id))
                 self._tasks.add(task)
                 self._count_in_flight(message.account, task)
                 task.add_done_callback(self._task_done)
@@ -199,6 +205,9 @@ class Dispatcher:
         else:
             del self._held[account]
         metrics.dispatch_in_flight.labels(account).dec()
+
+    def _let_go(self, message_id: str, _: object) -> None:
+        self.holding.discard(message_id)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

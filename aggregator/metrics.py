@@ -306,3 +306,18 @@ store_live_instances = Gauge(
     "Instances sharing the PostgreSQL store whose heartbeat is within their lease",
     registry=REGISTRY,
 )
+provider_share_binds = Gauge(
+    "smsagg_provider_share_binds",
+    "Binds this instance holds of a provider's cluster-wide binds", ["provider"],
+    registry=REGISTRY,
+)
+provider_share_tps = Gauge(
+    "smsagg_provider_share_tps",
+    "Submits per second this instance may send of a provider's cluster-wide max_tps",
+    ["provider"], registry=REGISTRY,
+)
+cluster_rebalances = Counter(
+    "smsagg_cluster_rebalances_total",
+    "Times the live instances changed and providers' binds and TPS were shared out again",
+    registry=REGISTRY,
+)

@@ -51,6 +51,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -68,6 +69,7 @@ import aiohttp
 
 from aggregator.demo import wait_ready
 from simulator.load import LoadOptions, LoadResult, run_load
+from simulator.pgserver import PgServer, create_database, start_server
 from simulator.proctree import cpu_delta, per_message_us, tree_cpu, tree_rss_mb
 
 API_KEY = "bench-key"
@@ -131,6 +133,10 @@ class BenchOptions:
     workers: int = 1
     receipt_wait: float = 60.0  # after sending, seconds to wait for every receipt
     seed: int | None = 1
+    # Store setups, each scenario run on each: (backend, instances). PostgreSQL: a throw-away
+    # server started for the bench, or the server `dsn` names (a database made per scenario).
+    setups: tuple[tuple[str, int], ...] = (("sqlite", 1),)
+    dsn: str | None = None
 
     def check(self) -> None:
         if not self.scenarios:
@@ -151,6 +157,13 @@ class BenchOptions:
             raise ValueError("--workers must be between 0 and 64")
         if self.receipt_wait < 0:
             raise ValueError("--receipt-wait must be >= 0")
+        if not self.setups:
+            raise ValueError("--store/--instances: no setup left (SQLite runs one instance)")
+        for backend, n in self.setups:
+            if backend not in ("sqlite", "postgres"):
+                raise ValueError(f"--store: sqlite or postgres, got {backend!r}")
+            if not 1 <= n <= 8:
+                raise ValueError("--instances must be between 1 and 8")
 
 
 @dataclass(slots=True)
@@ -278,6 +291,23 @@ async def wait_final(http_base: str, expected: int, timeout: float) -> int:
             await asyncio.sleep(0.1)
 
 
+async def wait_final_all(http_bases: Sequence[str], expected: int, timeout: float) -> int:
+    """wait_final over several instances: messages final on any of them, summed."""
+    if len(http_bases) == 1:
+        return await wait_final(http_bases[0], expected, timeout)
+    deadline = time.monotonic() + timeout
+    finals = [0] * len(http_bases)
+    async with aiohttp.ClientSession() as session:
+        while True:
+            for i, base in enumerate(http_bases):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{base}/metrics") as resp:
+                        finals[i] = final_messages(await resp.text())
+            if sum(finals) >= expected or time.monotonic() >= deadline:
+                return sum(finals)
+            await asyncio.sleep(0.1)
+
+
 # -- smsagg's memory -------------------------------------------------------------------------------
 
 
@@ -375,8 +405,10 @@ class Process:
 
 
 def config_text(store: Path, smsc_port: int, window: int, smpp_ingress: bool,
-                workers: int = 0) -> str:
-    """The smsagg configuration of one scenario."""
+                workers: int = 0, dsn: str | None = None, instance: str = "a") -> str:
+    """The smsagg configuration of one scenario (`dsn`: on PostgreSQL, as `instance`)."""
+    store_section = (f'backend = "postgres"\ndsn = "{dsn}"\n[instance]\nname = "{instance}"'
+                     if dsn else f'path = "{store}"')
     smpp = f"""
 [smpp]
 listen = "127.0.0.1:0"
@@ -389,7 +421,7 @@ password = "{SMPP_PASSWORD}"
 listen = "127.0.0.1:0"
 workers = {workers}
 [store]
-path = "{store}"
+{store_section}
 [callbacks]
 allowed_networks = ["127.0.0.0/8"]  # the local callback receiver
 [log]
@@ -434,7 +466,10 @@ def load_options(scenario: Scenario, options: BenchOptions, http_base: str,
                        window=SMPP_WINDOW, **common)
 
 
-async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioResult:
+async def run_scenario(scenario: Scenario, options: BenchOptions, instances: int = 1,
+                       dsn: str | None = None) -> ScenarioResult:
+    """One scenario on SQLite, or on PostgreSQL (`dsn`, an empty database) with `instances`
+    smsagg instances; the load is split evenly between them."""
     with tempfile.TemporaryDirectory(prefix=f"smsagg-bench-{scenario.key}-") as tmp:
         tmp_dir = Path(tmp)
         stats_file = tmp_dir / "smsc.json"
@@ -458,41 +493,48 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
             smsc.follow(smsc.proc.stderr, on_stats)
             smsc.follow(smsc.proc.stdout)
 
-            config = tmp_dir / "smsagg.toml"
-            config.write_text(config_text(tmp_dir / "smsagg.db", smsc_port, options.window,
-                                          scenario.smpp_ingress, options.workers),
-                              encoding="utf-8")
-            daemon = await Process.start(
-                "smsagg", "-m", "aggregator", "run", "--config", str(config),
-                "--drain-seconds", str(DRAIN_SECONDS),
-            )
-            procs.append(daemon)
-            daemon.follow(daemon.proc.stderr)
-            started = json.loads(
-                await daemon.wait_for_line(daemon.proc.stdout, '"started"', START_TIMEOUT))
-            daemon.follow(daemon.proc.stdout)
-            http_base = f"http://{started['http']}"
-            smpp_port = started.get("smpp")
-            if scenario.smpp_ingress and not isinstance(smpp_port, int):
-                raise RuntimeError(f"smsagg started without an SMPP listener: {started}")
-            await wait_ready(http_base, START_TIMEOUT)
-
-            load_opts = load_options(scenario, options, http_base,
-                                     smpp_port if isinstance(smpp_port, int) else None)
+            daemons: list[Process] = []
+            loads: list[LoadOptions] = []
+            for i in range(instances):
+                config = tmp_dir / ("smsagg.toml" if i == 0 else f"smsagg-{i}.toml")
+                config.write_text(config_text(tmp_dir / "smsagg.db", smsc_port, options.window,
+                                              scenario.smpp_ingress, options.workers, dsn,
+                                              chr(ord("a") + i)), encoding="utf-8")
+                daemon = await Process.start(
+                    "smsagg", "-m", "aggregator", "run", "--config", str(config),
+                    "--drain-seconds", str(DRAIN_SECONDS),
+                )
+                procs.append(daemon)
+                daemons.append(daemon)
+                daemon.follow(daemon.proc.stderr)
+                started = json.loads(
+                    await daemon.wait_for_line(daemon.proc.stdout, '"started"', START_TIMEOUT))
+                daemon.follow(daemon.proc.stdout)
+                http_base = f"http://{started['http']}"
+                smpp_port = started.get("smpp")
+                if scenario.smpp_ingress and not isinstance(smpp_port, int):
+                    raise RuntimeError(f"smsagg started without an SMPP listener: {started}")
+                await wait_ready(http_base, START_TIMEOUT)
+                loads.append(split_load(
+                    load_options(scenario, options, http_base,
+                                 smpp_port if isinstance(smpp_port, int) else None),
+                    i, instances))
+            pids = [d.proc.pid for d in daemons]
             t_start = time.perf_counter()
-            memory: list[tuple[float, float]] = []
-            cpu_before = tree_cpu([daemon.proc.pid])
-            sampler = asyncio.create_task(sample_memory(daemon.proc.pid, t_start, memory))
+            memory: list[tuple[float, float]] = []  # the first instance's
+            cpu_before = tree_cpu(pids)
+            sampler = asyncio.create_task(sample_memory(pids[0], t_start, memory))
             try:
-                result = await run_load(load_opts)
+                result = merge_loads(await asyncio.gather(*(run_load(o) for o in loads)))
             finally:
                 sampler.cancel()
             window_end = t_start + result.elapsed
             memory = [(t, mb) for t, mb in memory if t <= result.elapsed] or memory[:1]
             final = (None if scenario.callbacks else
-                     await wait_final(http_base, result.accepted, options.receipt_wait))
+                     await wait_final_all([o.url for o in loads], result.accepted,
+                                          options.receipt_wait))
             await asyncio.sleep(CPU_TAIL)  # work the load left behind is charged to it
-            cpu_s = cpu_delta(cpu_before, tree_cpu([daemon.proc.pid]))
+            cpu_s = cpu_delta(cpu_before, tree_cpu(pids))
             cpu_end = time.perf_counter()
             # One more stats sample after each end, so it is interpolated, not clamped.
             deadline = time.perf_counter() + 5 * STATS_INTERVAL + 2
@@ -516,22 +558,87 @@ async def run_scenario(scenario: Scenario, options: BenchOptions) -> ScenarioRes
         )
 
 
+def split_load(options: LoadOptions, index: int, parts: int) -> LoadOptions:
+    """Instance `index`'s part of a load shared evenly between `parts` instances."""
+    if parts == 1:
+        return options
+    count = options.count
+    if count is not None:
+        count = count // parts + (1 if index < count % parts else 0)
+    return dataclasses.replace(
+        options, count=count, rate=options.rate / parts,
+        concurrency=max(1, options.concurrency // parts),
+        seed=None if options.seed is None else options.seed + index)
+
+
+def merge_loads(results: Sequence[LoadResult]) -> LoadResult:
+    """The figures of loads run side by side (one per instance) as one."""
+    if len(results) == 1:
+        return results[0]
+    merged = LoadResult(options=results[0].options)
+    for r in results:
+        merged.sent += r.sent
+        merged.accepted += r.accepted
+        for key, n in r.errors.items():
+            merged.errors[key] = merged.errors.get(key, 0) + n
+        merged.elapsed = max(merged.elapsed, r.elapsed)
+        merged.total_elapsed = max(merged.total_elapsed, r.total_elapsed)
+        merged.accept_latency.merge(r.accept_latency)
+        merged.receipt_latency.merge(r.receipt_latency)
+        merged.receipts += r.receipts
+        merged.receipts_expected += r.receipts_expected
+        for key, n in r.receipts_by_status.items():
+            merged.receipts_by_status[key] = merged.receipts_by_status.get(key, 0) + n
+        merged.untracked += r.untracked
+        merged.stopped = merged.stopped or r.stopped
+    return merged
+
+
+def setup_label(backend: str, instances: int) -> str:
+    name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
+    return name if instances == 1 else f"{name}, {instances} instances"
+
+
 async def run_bench(options: BenchOptions,
                     progress: Callable[[str], None] | None = None) -> list[ScenarioResult]:
-    """Run the chosen scenarios one after the other; `progress(text)` is told about each."""
+    """Run the chosen scenarios one after the other, on each store setup; `progress(text)` is
+    told about each."""
     options.check()
     results = []
-    for key in options.scenarios:
-        scenario = SCENARIOS[key]
-        if progress is not None:
-            progress(f"bench: scenario {key} ({scenario.title})...")
-        result = await run_scenario(scenario, options)
-        if progress is not None:
-            progress(f"bench: scenario {key}: accepted {result.accepted_rate:.0f} msg/s,"
-                     f" relayed {result.relayed_rate:.0f} msg/s, errors {result.load.errors_total},"
-                     f" receipts {result.receipts_text()}")
-        results.append(result)
+    server: PgServer | None = None
+    try:
+        for backend, instances in options.setups:
+            if backend == "postgres" and options.dsn is None and server is None:
+                if progress is not None:
+                    progress("bench: starting a throw-away PostgreSQL server...")
+                server = await asyncio.to_thread(start_server)
+            for key in options.scenarios:
+                scenario = SCENARIOS[key]
+                if options.setups != BenchOptions().setups:
+                    scenario = dataclasses.replace(
+                        scenario, title=f"{scenario.title} [{setup_label(backend, instances)}]")
+                dsn = None
+                if backend == "postgres":
+                    admin = options.dsn or (server.admin_dsn if server else "")
+                    dsn = await create_database(admin)
+                results.append(await _run_one(scenario, options, instances, dsn, progress))
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.discard)
     return results
+
+
+async def _run_one(scenario: Scenario, options: BenchOptions, instances: int, dsn: str | None,
+                   progress: Callable[[str], None] | None) -> ScenarioResult:
+    key = scenario.key
+    if progress is not None:
+        progress(f"bench: scenario {key} ({scenario.title})...")
+    result = await run_scenario(scenario, options, instances, dsn)
+    if progress is not None:
+        progress(f"bench: scenario {key}: accepted {result.accepted_rate:.0f} msg/s,"
+                 f" relayed {result.relayed_rate:.0f} msg/s, errors {result.load.errors_total},"
+                 f" receipts {result.receipts_text()}")
+    return result
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -646,6 +753,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS",
                         help=f"after sending, wait this long for receipts (default"
                              f" {d.receipt_wait:g})")
+    parser.add_argument("--store", default="sqlite", metavar="BACKENDS",
+                        help="comma-separated store backends to run every scenario on, side by"
+                             " side: sqlite, postgres (a throw-away PostgreSQL server is"
+                             " started, unless --dsn; default sqlite)")
+    parser.add_argument("--instances", default="1", metavar="COUNTS",
+                        help="comma-separated smsagg instance counts on PostgreSQL, e.g. 1,2"
+                             " (SQLite always runs one; default 1)")
+    parser.add_argument("--dsn", default=None,
+                        help="with --store postgres: this server instead of a throw-away one"
+                             " (a database is created on it per scenario)")
     parser.add_argument("--markdown", default=None, metavar="FILE",
                         help="also write the Markdown table here")
     parser.add_argument("--json", default=None, metavar="FILE",
@@ -659,7 +776,23 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         duration = BenchOptions().duration
     return BenchOptions(scenarios=keys, duration=duration, count=args.count,
                         window=args.window, workers=args.workers,
-                        receipt_wait=args.receipt_wait)
+                        receipt_wait=args.receipt_wait, dsn=getattr(args, "dsn", None),
+                        setups=setups_from(getattr(args, "store", "sqlite"),
+                                           getattr(args, "instances", "1")))
+
+
+def setups_from(stores: str, instances: str) -> tuple[tuple[str, int], ...]:
+    """(backend, instances) for --store and --instances: SQLite once, PostgreSQL per count."""
+    try:
+        counts = [int(n) for n in instances.split(",") if n.strip()]
+    except ValueError:
+        raise ValueError(f"--instances: comma-separated numbers, got {instances!r}") from None
+    setups: list[tuple[str, int]] = []
+    for backend in (b.strip() for b in stores.split(",") if b.strip()):
+        for n in ([1] if backend == "sqlite" else counts):
+            if (backend, n) not in setups:
+                setups.append((backend, n))
+    return tuple(setups)
 
 
 async def _bench_code(options: BenchOptions, box: list[list[ScenarioResult]]) -> int:
@@ -688,7 +821,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         data = {"options": {"scenarios": list(options.scenarios), "duration": options.duration,
                             "count": options.count, "window": options.window,
-                            "provider_binds": PROVIDER_BINDS},
+                            "provider_binds": PROVIDER_BINDS,
+                            "setups": [list(setup) for setup in options.setups]},
                 "load_average_1m": load_average, "targets": target_lines(results),
                 "scenarios": [r.to_dict() for r in results]}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -28,7 +28,8 @@ async def test_receipts_on_any_bind_are_all_matched(tmp_path: Path, pg_dsn: str)
     before = unmatched._value.get()
     try:
         for name in ("a", "b"):
-            config = make_config(tmp_path / f"{name}.db", smsc.port, binds=1,
+            # binds = 2 for the cluster: one each ([[providers]] limits are shared out).
+            config = make_config(tmp_path / f"{name}.db", smsc.port, binds=2,
                                  store_opts={"backend": "postgres", "dsn": pg_dsn})
             app = App(with_overrides(config, instance={"name": name}))
             await app.start()

@@ -196,7 +196,11 @@ class Acceptor:
         )
 
     async def accept(self, account: str, item: SubmitInput) -> AcceptResult:
-        message = await self._admit(account, item)
+        try:
+            message = await self._admit(account, item)
+        except StoreError as exc:  # the rules' state (opt-outs, history) could not be read
+            metrics.store_errors.labels("accept").inc()
+            raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
         self._check_room(account=account)
         try:
             result = await self._store.accept(message, item.idempotency_key)
@@ -226,6 +230,9 @@ class Acceptor:
                     results.append(await self._admit(account, item))
                 except ApiError as exc:
                     results.append(exc)
+                except StoreError as exc:  # the rules' state could not be read: none stored
+                    metrics.store_errors.labels("accept").inc()
+                    raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
                 if i % BATCH_SLICE == 0:
                     await asyncio.sleep(0)
         valid = [r for r in results if isinstance(r, Message)]

@@ -94,6 +94,7 @@ class ProviderPool:
 
     def __init__(self, config: ProviderConfig, on_deliver: DeliverHandler) -> None:
         self.config = config
+        self._on_deliver = on_deliver
         self.name = config.name
         self.binds = [
             Bind(config, i + 1, on_deliver, self._wake, self._bind_up) for i in range(config.binds)
@@ -115,6 +116,12 @@ class ProviderPool:
         # Ids answered in submit_sm_resp whose store record is not committed yet: a receipt for
         # one waits for that commit instead of missing it (bounded by submits in flight).
         self._unrecorded: dict[str, asyncio.Future[None]] = {}
+        # This instance's share of the provider's binds and max_tps (a cluster splits them).
+        self.share_binds = config.binds
+        self.share_tps = config.max_tps
+        self._started = False
+        self._tls: Any = None
+        self._leaving: set[asyncio.Task[None]] = set()  # surplus binds unbinding
 
     @property
     def binds_up(self) -> int:
@@ -132,7 +139,7 @@ class ProviderPool:
     @property
     def bucket(self) -> TokenBucket:
         if self._bucket is None:
-            self._bucket = TokenBucket(self.config.max_tps)
+            self._bucket = TokenBucket(self.share_tps)
         return self._bucket
 
     def recorded(self, provider_msg_ids: Iterable[str]) -> None:
@@ -156,15 +163,58 @@ class ProviderPool:
             log.warning("provider_tls_unverified", provider=self.name, host=c.host,
                         note="tls_verify = false: the SMSC's certificate and name are not "
                              "checked; for lab use only")
+        self._tls = tls
+        self._started = True
         for bind in self.binds:
             bind.start(tls)
+
+    def set_share(self, binds: int, max_tps: float) -> None:
+        """Hold `binds` binds and send at most `max_tps` (this instance's share in a cluster):
+        surplus binds finish what they have in flight and unbind, missing ones bind."""
+        if binds == len(self.binds) and (max_tps == self.share_tps or binds == 0):
+            return
+        log.info("provider_share", provider=self.name, binds=binds, max_tps=round(max_tps, 3),
+                 was_binds=len(self.binds), was_max_tps=round(self.share_tps, 3))
+        self.share_binds = binds
+        metrics.provider_share_binds.labels(self.name).set(binds)
+        if binds > 0:  # with no bind nothing is sent: the rate does not matter
+            self.share_tps = max_tps
+            metrics.provider_share_tps.labels(self.name).set(max_tps)
+            if self._bucket is not None:
+                self._bucket.set_max_rate(max_tps)
+        while len(self.binds) > binds:
+            bind = self.binds.pop()
+            if self._started:
+                task = asyncio.create_task(self._leave(bind), name=f"unbind-{bind.name}")
+                self._leaving.add(task)
+                task.add_done_callback(self._leaving.discard)
+        while len(self.binds) < binds:
+            bind = Bind(self.config, len(self.binds) + 1, self._on_deliver, self._wake,
+                        self._bind_up)
+            self.binds.append(bind)
+            if self._started:
+                bind.start(self._tls)
+        self._wake()
+
+    async def _leave(self, bind: Bind) -> None:
+        # Out of self.binds, it gets no new submits; the answers to those in flight come first
+        # (an unanswered submit would be sent again: a duplicate).
+        deadline = time.monotonic() + self.config.response_timeout + 1.0
+        while bind.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await bind.stop()
+        if any(b.name == bind.name for b in self.binds):
+            return  # a new bind of the same number took its series over
+        for gauge in (metrics.bind_up, metrics.window_in_use):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.name, bind.name)
 
     async def stop(self) -> None:
         for timer in (self._token_timer, self._expiry_timer):
             if timer is not None:
                 timer.cancel()
         self._token_timer = self._expiry_timer = None
-        await asyncio.gather(*(b.stop() for b in self.binds))
+        await asyncio.gather(*(b.stop() for b in self.binds), *self._leaving)
         self._wake()  # submits still waiting for a window learn now that none will come
 
     def forget_metrics(self) -> None:
@@ -173,8 +223,10 @@ class ProviderPool:
             for gauge in (metrics.bind_up, metrics.window_in_use):
                 with contextlib.suppress(KeyError):
                     gauge.remove(self.name, bind.name)
-        with contextlib.suppress(KeyError):
-            metrics.breaker_state.remove(self.name)
+        for series in (metrics.breaker_state, metrics.provider_share_binds,
+                       metrics.provider_share_tps):
+            with contextlib.suppress(KeyError):
+                series.remove(self.name)
 
     def _wake(self) -> None:
         """A bind came up or went down, or window slots were freed."""

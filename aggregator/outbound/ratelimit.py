@@ -82,3 +82,13 @@ class TokenBucket:
             growth = max(1.0, self.rate * 0.05) * (now - self._last_grow)
             self.rate = min(self.max_rate, self.rate + growth)
         self._last_grow = now
+
+    def set_max_rate(self, rate: float) -> None:
+        """A new ceiling (this instance's share of the provider's rate changed): the current
+        rate scales with it, so a rate the operator cut keeps its proportion."""
+        if rate <= 0 or rate == self.max_rate:
+            return
+        self._refill()
+        self.rate = min(rate, self.rate * rate / self.max_rate)
+        self.max_rate = rate
+        self._tokens = min(self._tokens, self.burst)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from aggregator.config import Config
@@ -17,17 +17,25 @@ def build_store(config: Config, *, on_commit: Callable[[float], None] | None = N
                 on_lost: Callable[[str], None] | None = None,
                 on_accepted: Callable[[], None] | None = None,
                 on_outbox: Callable[[str | None], None] | None = None,
+                on_members: Callable[[tuple[str, ...]], None] | None = None,
+                held: Callable[[], Collection[str]] | None = None,
                 ) -> SqliteStore | PostgresStore:
     """SQLite (the embedded default) or PostgreSQL (several instances share it). `on_lost`:
     the SQLite writer process ended; `on_accepted`: messages were stored that wait to be sent
     (by an ingress worker, another instance, or back from an expired lease); `on_outbox`:
-    another instance added a callback (None) or an SMPP receipt for an account (PostgreSQL)."""
+    another instance added a callback (None) or an SMPP receipt for an account (PostgreSQL);
+    `on_members`: the live instances' names, sorted, at open and on every change (PostgreSQL;
+    SQLite is one instance); `held`: the ids of the claimed messages the dispatcher has in hand
+    (PostgreSQL renews only their leases)."""
     store = config.store
     if store.backend == "postgres":
         from aggregator.store.postgres import PostgresStore  # asyncpg only when used
 
-        return PostgresStore(store.dsn, instance=config.instance.name,
-                             pool_size=store.pool_size, lease_seconds=store.lease_seconds,
-                             on_accepted=on_accepted, on_outbox=on_outbox)
+        built = PostgresStore(store.dsn, instance=config.instance.name,
+                              pool_size=store.pool_size, lease_seconds=store.lease_seconds,
+                              on_accepted=on_accepted, on_outbox=on_outbox)
+        built.on_members = on_members
+        built.held = held
+        return built
     return SqliteStore(store.path, commit_batch=store.commit_batch, on_commit=on_commit,
                        writer=store.writer, on_lost=on_lost, on_accepted=on_accepted)

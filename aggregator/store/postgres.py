@@ -19,7 +19,7 @@ import os
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -80,6 +80,8 @@ MIGRATION_LOCK = 0x736D_7367_0001
 NOTIFY_CHANNEL = "smsagg_due"
 # Payload "callbacks", or "smpp:ACCOUNT": an outbox entry was added (on any instance).
 OUTBOX_CHANNEL = "smsagg_outbox"
+# An instance started or left: the others read the live members now, not at their next heartbeat.
+MEMBERS_CHANNEL = "smsagg_members"
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server
 ACQUIRE_TIMEOUT = 5.0  # seconds an operation waits for a pooled connection
 COMMAND_TIMEOUT = 30.0
@@ -272,7 +274,10 @@ _ACCOUNT, _DEST, _CLASS, _CREATED = 1, 2, 10, 17  # positions in a message row
 _UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
                 asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                 asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
-                asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError)
+                asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError,
+                # asyncpg's own state when the server went away in the middle of an operation
+                # ("cannot switch to state 15; another operation is in progress").
+                asyncpg.InternalClientError)
 _RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # The database refused one operation's data: that operation fails, the store is fine.
 _REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
@@ -362,6 +367,18 @@ class PostgresStore:
         self._lanes = {"accept": _Lane(groups), "other": _Lane(groups)}
         self._tasks: set[asyncio.Task[None]] = set()
         self.live_instances = 1  # instances whose heartbeat is within their lease
+        # Their names, sorted; `on_members` hears every change (and the first list, at open):
+        # the app shares providers' binds and TPS out between them.
+        self.members: tuple[str, ...] = (instance,)
+        self.on_members: Callable[[tuple[str, ...]], None] | None = None
+        self._members_task: asyncio.Task[None] | None = None
+        # The ids of claimed messages this instance's dispatcher has in hand; None: renew every
+        # claim it owns. A claim committed whose answer never came back is not in hand: its
+        # lease runs out and it goes back to the queue.
+        self.held: Callable[[], Collection[str]] | None = None
+        self._maintain_failing = False  # the last round of lease renewal failed
+        self._settle_until = 0.0  # monotonic: after an outage, no takeovers until then
+        self._failing_since = 0.0  # monotonic: when lease renewal began to fail
         self.pending_by_account: Counter[str] = Counter()  # `pending` per account
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -383,6 +400,8 @@ class PostgresStore:
                 await self._migrate(conn)
                 await self._recover(conn, mine=True)
                 await self._heartbeat(conn, starting=True)
+                await self._read_members(conn, always=True)
+                await conn.execute(f"SELECT pg_notify('{MEMBERS_CHANNEL}', $1)", self.instance)
                 self.pending, self.pending_by_account = await self._count_pending(conn)
                 self._size = await conn.fetchval("SELECT pg_database_size(current_database())")
             await self._listen()
@@ -463,11 +482,44 @@ class PostgresStore:
         conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
         await conn.add_listener(NOTIFY_CHANNEL, self._notified)
         await conn.add_listener(OUTBOX_CHANNEL, self._outbox_notified)
+        await conn.add_listener(MEMBERS_CHANNEL, self._members_notified)
         self._listener = conn
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if self._on_accepted is not None:
             self._on_accepted()
+
+    def _members_notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload == self.instance or self._closing:
+            return
+        if self._members_task is None or self._members_task.done():
+            self._members_task = asyncio.create_task(self._refresh_members(),
+                                                     name="store-members")
+
+    async def _refresh_members(self) -> None:
+        with contextlib.suppress(StoreError):  # else the next heartbeat reads them again
+            await self._run("members", lambda conn: self._read_members(
+                conn, keep=time.monotonic() < self._settle_until), tx=False)
+
+    async def _read_members(self, conn: asyncpg.Connection, *, always: bool = False,
+                            keep: bool = False) -> None:
+        """The live instances (heartbeat within their lease), by name; tell on a change.
+        With `keep`, the ones known before stay members (after an outage)."""
+        rows = await conn.fetch(f"SELECT name FROM instances WHERE seen_at + lease_seconds "
+                                f">= {DB_NOW} ORDER BY name")
+        members = tuple(r[0] for r in rows) or (self.instance,)
+        if keep:
+            members = tuple(sorted(set(members) | set(self.members)))
+        self.live_instances = len(members)
+        metrics.store_live_instances.set(self.live_instances)
+        if members == self.members and not always:
+            return
+        if members != self.members:
+            log.info("store_members_changed", backend="postgres", instance=self.instance,
+                     members=list(members), was=list(self.members))
+        self.members = members
+        if self.on_members is not None:
+            self.on_members(members)
 
     def _outbox_notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if self._on_outbox is None:
@@ -495,6 +547,9 @@ class PostgresStore:
                 if not item.future.done():
                     item.future.set_exception(StoreError("store is closed"))
             lane.writes.clear()
+        if self._members_task is not None:
+            self._members_task.cancel()
+            await asyncio.gather(self._members_task, return_exceptions=True)
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
@@ -508,6 +563,8 @@ class PostgresStore:
             with contextlib.suppress(Exception):  # a graceful leave: no longer counted live
                 await asyncio.wait_for(pool.execute(
                     "DELETE FROM instances WHERE name = $1", self.instance), LEAVE_TIMEOUT)
+                await asyncio.wait_for(pool.execute(
+                    f"SELECT pg_notify('{MEMBERS_CHANNEL}', $1)", self.instance), LEAVE_TIMEOUT)
             try:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
             except Exception:
@@ -517,31 +574,40 @@ class PostgresStore:
 
     async def _maintain(self) -> None:
         """Every third of a lease: renew ours, take back expired ones, refresh figures."""
-        failing = False
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 await self._run("maintain", self._maintain_once)
-                if failing:
+                if self._maintain_failing:
                     log.info("store_reachable_again", backend="postgres", server=self.where)
-                failing = False
-            except StoreError as exc:
+                self._maintain_failing = False
+            except Exception as exc:  # whatever it was, this task must live: leases depend on it
                 metrics.store_lease_renewal_failures.inc()
-                if not failing:
-                    log.error("store_lease_renewal_failed", backend="postgres", error=str(exc))
-                failing = True
+                if not self._maintain_failing:
+                    error = str(exc) if isinstance(exc, StoreError) else self._brief(exc)
+                    log.error("store_lease_renewal_failed", backend="postgres", error=error)
+                    self._failing_since = time.monotonic()
+                self._maintain_failing = True
             if self._listener is None or self._listener.is_closed():
                 with contextlib.suppress(Exception):
                     self._listener = None
                     await self._listen()
 
     async def _maintain_once(self, conn: asyncpg.Connection) -> None:
+        if self._maintain_failing:
+            # The database was unreachable: no instance could renew, so every lease and
+            # heartbeat looks expired. For a lease, or as long as the outage lasted if longer
+            # (others may reach the database again later than this one), take nobody's claims
+            # over and drop nobody from the members: the live ones renew meanwhile (no
+            # duplicate sends, no binds and TPS shared out among fewer than are alive).
+            now = time.monotonic()
+            self._settle_until = now + max(self.lease_seconds, now - self._failing_since)
+        settling = time.monotonic() < self._settle_until
         await self.renew(conn)
         await self._heartbeat(conn)
-        self.live_instances = await conn.fetchval(
-            f"SELECT count(*) FROM instances WHERE seen_at + lease_seconds >= {DB_NOW}")
-        metrics.store_live_instances.set(self.live_instances)
-        await self._recover(conn, mine=False)
+        await self._read_members(conn, keep=settling)
+        if not settling:
+            await self._recover(conn, mine=False)
         changes = self._pending_changes
         count, by_account = await self._count_pending(conn)
         if changes == self._pending_changes:  # else a local change raced the count: next time
@@ -562,8 +628,13 @@ class PostgresStore:
         """Extend the lease of everything this instance holds."""
         until = f"{DB_NOW} + $2"
         lease = self.lease_seconds
-        await conn.execute(f"UPDATE messages SET lease_until = {until} "
-                           "WHERE owner = $1 AND status = 'queued'", self.instance, lease)
+        if self.held is None:
+            await conn.execute(f"UPDATE messages SET lease_until = {until} "
+                               "WHERE owner = $1 AND status = 'queued'", self.instance, lease)
+        else:
+            await conn.execute(f"UPDATE messages SET lease_until = {until} WHERE owner = $1 "
+                               "AND status = 'queued' AND id = ANY($3::text[])",
+                               self.instance, lease, list(self.held()))
         for table in ("callbacks", "smpp_receipts"):
             await conn.execute(f"UPDATE {table} SET lease_until = {until} WHERE owner = $1",
                                self.instance, lease)

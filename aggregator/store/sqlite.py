@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import shutil
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aggregator import metrics
 from aggregator.frames import frame
 from aggregator.link import Calls, Link
 from aggregator.log import get_logger
@@ -599,6 +601,7 @@ class SqliteStore:
             future = self._loop.create_future()
             self._queue_op(Op(bind(name, args), future))
         self._waiting += 1
+        future.add_done_callback(functools.partial(_observe, name, time.monotonic()))
         return future
 
     def _queue_op(self, op: Op) -> None:
@@ -998,3 +1001,9 @@ class SqliteStore:
             (message_id,),
         )
         return [tuple(r) for r in rows]
+
+
+def _observe(op: str, started: float, future: asyncio.Future[Any]) -> None:
+    """A write's time, queued to committed, beside PostgreSQL's (by backend)."""
+    if not future.cancelled() and future.exception() is None:
+        metrics.store_operation_seconds.labels("sqlite", op).observe(time.monotonic() - started)
