@@ -194,8 +194,8 @@ class Dispatcher:
 
     def _count_in_flight(self, account: str, task: asyncio.Task[None]) -> None:
         self._held[account] = self._held.get(account, 0) + 1
-        metrics.dispatch_claimed.labels(account).inc()
-        metrics.dispatch_in_flight.labels(account).inc()
+        metrics.child(metrics.dispatch_claimed, account).inc()
+        metrics.child(metrics.dispatch_in_flight, account).inc()
         task.add_done_callback(lambda _: self._done_in_flight(account))
 
     def _done_in_flight(self, account: str) -> None:
@@ -204,7 +204,7 @@ class Dispatcher:
             self._held[account] = left
         else:
             del self._held[account]
-        metrics.dispatch_in_flight.labels(account).dec()
+        metrics.child(metrics.dispatch_in_flight, account).dec()
 
     def _let_go(self, message_id: str, _: object) -> None:
         self.holding.discard(message_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -321,3 +322,22 @@ cluster_rebalances = Counter(
     "Times the live instances changed and providers' binds and TPS were shared out again",
     registry=REGISTRY,
 )
+
+
+# ---- labelled children on the hot path (issue 20) ------------------------------------------
+# metric.labels(...) checks and joins its values and takes a lock on every call: 0.76 us against
+# 0.19 remembered, 10 calls a relayed message (about 6 us of the daemon's ~450). A child is the
+# same object for the same values until the metric removes it, which none given here does.
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+_CHILDREN_MAX = 4096  # label values are bounded sets; this only stops a mistake growing forever
+
+
+def child(metric: Counter | Gauge | Histogram, *values: str) -> Any:
+    """metric.labels(*values), remembered. Only for metrics whose children are never removed."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) >= _CHILDREN_MAX:
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found

@@ -203,12 +203,12 @@ class ReceiptProcessor:
 
     def _account(self, result: ReceiptResult) -> None:
         u = result.update
-        metrics.receipts.labels(u.provider, u.status.value).inc()
+        metrics.child(metrics.receipts, u.provider, u.status.value).inc()
         final = result.final
         if final is not None:
-            metrics.messages_final.labels(final.status.value).inc()
+            metrics.child(metrics.messages_final, final.status.value).inc()
             if final.submitted_at is not None:
-                metrics.receipt_latency.labels(u.provider).observe(
+                metrics.child(metrics.receipt_latency, u.provider).observe(
                     max(0.0, final.done_at - final.submitted_at)
                 )
             self._on_final(final)

@@ -210,7 +210,7 @@ class Acceptor:
             metrics.store_errors.labels("accept").inc()
             raise self._reject(503, ErrorCode.STORE_UNAVAILABLE, str(exc)) from None
         if result.created:
-            metrics.messages_accepted.labels(account).inc()
+            metrics.child(metrics.messages_accepted, account).inc()
             _count_send_at(item, result.message)
             self._on_accepted()
         return result

@@ -22,19 +22,19 @@ __all__ = ["class_for_http", "class_for_smpp"]
 
 def class_for_http(account: AccountConfig | None, given: str | None) -> str:
     if given is not None:
-        metrics.message_class_decided.labels("request").inc()
+        metrics.child(metrics.message_class_decided, "request").inc()
         return given
-    metrics.message_class_decided.labels("default_class").inc()
+    metrics.child(metrics.message_class_decided, "default_class").inc()
     return account.default_class if account is not None else "transactional"
 
 
 def class_for_smpp(account: AccountConfig, service_type: str) -> str:
     mapped = account.service_types.get(service_type) if service_type else None
     if mapped is not None:
-        metrics.message_class_decided.labels("service_type").inc()
+        metrics.child(metrics.message_class_decided, "service_type").inc()
         return mapped
     if account.smpp_class is not None:
-        metrics.message_class_decided.labels("smpp_class").inc()
+        metrics.child(metrics.message_class_decided, "smpp_class").inc()
         return account.smpp_class
-    metrics.message_class_decided.labels("default_class").inc()
+    metrics.child(metrics.message_class_decided, "default_class").inc()
     return account.default_class

@@ -31,6 +31,7 @@ from aiosmpplib.protocol import (
 )
 from aiosmpplib.state import SmppCommandStatus
 
+from aggregator.smpp.deliver_fast import decode_deliver_sm
 from aggregator.smpp.querysm import QuerySm, QuerySmResp
 from aggregator.text import GSM7_CODECS
 
@@ -248,6 +249,7 @@ _PEER_ROLE: Final = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 # Known statuses become SmppCommandStatus (aiosmpplib's constructors insist on it); others
 # (vendor-specific 0x400-0x4FF, ...) are set as plain ints after decoding.
 _STATUSES: Final[dict[int, Any]] = {int(s): s for s in SmppCommandStatus}
+_DELIVER_SM: Final = 0x00000005
 _ROK_STATUS: Final = SmppCommandStatus.ESME_ROK
 
 # What an outstanding request is, to decide what its response or timeout means.
@@ -271,6 +273,12 @@ def _status_of(status: int) -> Any:
 
 
 _CODECS = GSM7_CODECS
+
+
+def _request_status(status: int) -> Any:
+    """The command_status _decode leaves on a request: aiosmpplib's from_pdu drops the header's,
+    so ESME_ROK for any status it knows, and _decode sets the number it does not."""
+    return _ROK_STATUS if status in _STATUSES else status
 
 
 def _decode(cls: Any, data: bytes, length: int, command_id: int, status: int, seq: int) -> Pdu:
@@ -575,8 +583,11 @@ class SmppSession:
             # Also during our UNBINDING: refusing makes the peer keep the message for later.
             self._respond_error(command_id, ESME_RINVBNDSTS, seq)
             return
+        pdu = (decode_deliver_sm(data, _request_status(status), seq, _CODECS)
+               if command_id == _DELIVER_SM else None)  # receipts' fast path (deliver_fast.py)
         try:
-            pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
+            if pdu is None:
+                pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
         except Exception as exc:  # aiosmpplib raises many types on bad bodies
             self._respond_error(command_id, ESME_RINVMSGLEN, seq)
             events.append(ProtocolError(f"bad body in 0x{command_id:08X}: {exc!r}", "remote"))

@@ -25,6 +25,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -57,6 +58,14 @@ class _Client:
 # What a worker may ask of the writer directly: its accepts, nothing else.
 WORKER_OPS = frozenset({"accept", "accept_many"})
 WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread before it is dropped
+# Commit gathering: a group of fewer than GATHER_BELOW operations that comes less than GATHER_S
+# after the last group was done waits (once, asleep, not woken by each arriving frame) until
+# GATHER_S has passed, for more before its commit: groups start at most every GATHER_S while
+# traffic is dense, a lone request after a quiet spell is not delayed, and when commits are
+# slow (a loaded disk) nothing waits. Each commit costs about 90 µs of CPU (mostly fdatasync's)
+# and at 1,000 msg/s a loop turn found one or two operations.
+GATHER_S = 0.001
+GATHER_BELOW = 64
 
 
 def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: GroupWriter,
@@ -70,36 +79,16 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
     if listener is not None:
         selector.register(listener, selectors.EVENT_READ, None)
     stopping = False
+    last_group = 0.0  # when the last group was done (monotonic)
     while not stopping:
         batch: list[tuple[_Client, Op, str, Any]] = []
-        for key, _ in selector.select():
-            client: _Client | None = key.data
-            if client is None:  # a worker connects
-                conn, _ = listener.accept()  # type: ignore[union-attr]
-                # Blocking (recv runs only when select says readable), but a send to a
-                # worker that stopped reading gives up after WORKER_SEND_TIMEOUT.
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                                struct.pack("ll", int(WORKER_SEND_TIMEOUT), 0))
-                selector.register(conn, selectors.EVENT_READ, _Client(conn, daemon=False))
-                continue
-            requests, closed = _read(client)
-            if closed:
-                if client.daemon:
-                    stopping = True
-                else:
-                    selector.unregister(client.sock)
-                    client.sock.close()
-                    continue
-            for request in requests:
-                if request is None:  # the daemon's stop
-                    stopping = True
-                    break
-                rid, name, args = request
-                if name in OPS and (client.daemon or name in WORKER_OPS):
-                    batch.append((client, Op(bind(name, args), rid), name, args))
-                else:
-                    client.answers.append(
-                        (rid, False, StoreError(f"no store operation {name!r}")))
+        stopping = _take(selector.select(), listener, selector, batch)
+        wait = last_group + GATHER_S - time.monotonic()
+        if not stopping and 0 < len(batch) < GATHER_BELOW and wait > 0:
+            # A small group soon after the last: let company arrive before paying for its
+            # commit (see GATHER_S).
+            time.sleep(wait)
+            stopping = _take(selector.select(0), listener, selector, batch)
         took: Counter[str] = Counter()  # per account
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
@@ -123,6 +112,43 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
                 frame(("done", group.figures, durations[:], daemon.answers, took)))
             durations.clear()
             daemon.answers = []
+        last_group = time.monotonic()
+
+
+def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socket | None,
+          selector: selectors.BaseSelector, batch: list[tuple[_Client, Op, str, Any]]) -> bool:
+    """Add the requests waiting on the ready connections to `batch` (accepting workers that
+    connect); whether the daemon said stop or went."""
+    stopping = False
+    for key, _ in ready:
+        client: _Client | None = key.data
+        if client is None:  # a worker connects
+            conn, _ = listener.accept()  # type: ignore[union-attr]
+            # Blocking (recv runs only when select says readable), but a send to a
+            # worker that stopped reading gives up after WORKER_SEND_TIMEOUT.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            struct.pack("ll", int(WORKER_SEND_TIMEOUT), 0))
+            selector.register(conn, selectors.EVENT_READ, _Client(conn, daemon=False))
+            continue
+        requests, closed = _read(client)
+        if closed:
+            if client.daemon:
+                stopping = True
+            else:
+                selector.unregister(client.sock)
+                client.sock.close()
+                continue
+        for request in requests:
+            if request is None:  # the daemon's stop
+                stopping = True
+                break
+            rid, name, args = request
+            if name in OPS and (client.daemon or name in WORKER_OPS):
+                batch.append((client, Op(bind(name, args), rid), name, args))
+            else:
+                client.answers.append(
+                    (rid, False, StoreError(f"no store operation {name!r}")))
+    return stopping
 
 
 def _read(client: _Client) -> tuple[list[Any], bool]:

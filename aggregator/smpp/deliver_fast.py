@@ -1,0 +1,124 @@
+"""deliver_sm decoded without aiosmpplib's general path, for the common shape of a receipt or an
+MO: no UDH, no scheduled or validity time, text in short_message (any data_coding aiosmpplib
+knows; 0 is GSM 03.38 here). Anything else returns None and aiosmpplib decodes it (and raises
+its own errors on a bad body).
+
+The object is the DeliverSm aiosmpplib's from_pdu makes, attribute for attribute
+(tests/test_deliver_fast.py compares both over receipts, MOs, TLVs and odd bodies), built
+without the constructor's 31 parameter checks: 28-30 -> 9-13 us a receipt here on the loaded
+2-core machine, about 3% of the daemon's CPU per message at 1,000 msg/s.
+"""
+
+from __future__ import annotations
+
+import struct
+from codecs import CodecInfo
+from typing import Any
+
+from aiosmpplib import NPI, TON
+from aiosmpplib.codec import find_codec_info
+from aiosmpplib.protocol import DEFAULT_ENCODING, DeliverSm, OptionalParam, PhoneNumber
+from aiosmpplib.state import SmppDataCoding, tag_data_type
+
+_MESSAGE_PAYLOAD = 0x0424
+_HEADER_LENGTH = 16
+_U16 = struct.Struct("!H")
+_INT_FORMATS = {1: struct.Struct("!B"), 2: struct.Struct("!H"), 4: struct.Struct("!I")}
+_TONS = {int(t): t for t in TON}
+_NPIS = {int(n): n for n in NPI}
+
+
+def _c_string(pdu: bytes, index: int) -> tuple[str, int]:
+    end = pdu.index(b"\0", index)
+    return pdu[index:end].decode("ascii"), end + 1
+
+
+def _number(pdu: bytes, index: int) -> tuple[PhoneNumber, int] | None:
+    ton, npi = _TONS.get(pdu[index]), _NPIS.get(pdu[index + 1])
+    number, index = _c_string(pdu, index + 2)
+    if ton is None or npi is None or len(number) > 20:
+        return None  # aiosmpplib refuses these: let it say why
+    phone = PhoneNumber.__new__(PhoneNumber)
+    phone.__dict__.update(number=number, ton=ton, npi=npi)
+    return phone, index
+
+
+def _optional(tag: int, value: object) -> OptionalParam:
+    param = OptionalParam.__new__(OptionalParam)
+    param.__dict__.update(tag=tag, value=value)
+    return param
+
+
+def _tlvs(pdu: bytes, index: int) -> list[OptionalParam] | None:
+    params: list[OptionalParam] = []
+    end = len(pdu)
+    while index < end:
+        tag, length = _U16.unpack_from(pdu, index)[0], _U16.unpack_from(pdu, index + 2)[0]
+        index += 4
+        kind = tag_data_type(tag)
+        if tag == _MESSAGE_PAYLOAD:
+            return None
+        if kind is int:
+            unpack = _INT_FORMATS.get(length)
+            if unpack is None:
+                return None
+            params.append(_optional(tag, unpack.unpack_from(pdu, index)[0]))
+        elif kind is bool:
+            params.append(_optional(tag, True))
+        else:
+            text = pdu[index:index + length].decode("ascii")
+            params.append(_optional(tag, text[:-1] if text.endswith("\0") else text))
+        index += length
+    return params
+
+
+def decode_deliver_sm(pdu: bytes, command_status: Any, seq: int,
+                      codecs: dict[str, CodecInfo]) -> DeliverSm | None:
+    """The DeliverSm of a whole PDU (header included), or None when aiosmpplib must decode it."""
+    try:
+        return _decode(pdu, command_status, seq, codecs)
+    except Exception:  # a short or odd body: aiosmpplib's path decides what it is
+        return None
+
+
+def _decode(pdu: bytes, command_status: Any, seq: int,
+            codecs: dict[str, CodecInfo]) -> DeliverSm | None:
+    service_type, index = _c_string(pdu, _HEADER_LENGTH)
+    source = _number(pdu, index)
+    if source is None or len(service_type) > 5:
+        return None
+    destination = _number(pdu, source[1])
+    if destination is None:
+        return None
+    index = destination[1]
+    esm_class, protocol_id, priority_flag = pdu[index], pdu[index + 1], pdu[index + 2]
+    if esm_class & 0x40 or pdu[index + 3] or pdu[index + 4]:
+        return None  # UDH, or a scheduled / validity time
+    index += 5
+    registered_delivery, replace_if_present, data_coding = (
+        pdu[index], pdu[index + 1], pdu[index + 2])
+    sm_default_msg_id, sm_length = pdu[index + 3], pdu[index + 4]
+    index += 5
+    encoding = SmppDataCoding(data_coding).name if data_coding else DEFAULT_ENCODING
+    codec = find_codec_info(encoding, codecs)
+    raw = pdu[index:index + sm_length]
+    if len(raw) != sm_length or not sm_length:
+        return None
+    short_message = codec.decode(raw)[0]
+    params = _tlvs(pdu, index + sm_length)
+    if params is None or not short_message:
+        return None
+    message = DeliverSm.__new__(DeliverSm)
+    message.__dict__.update(
+        log_id="", extra_data="", sequence_num=seq, command_status=command_status,
+        short_message=short_message, source=source[0], destination=destination[0],
+        service_type=service_type, esm_class=esm_class, protocol_id=protocol_id,
+        priority_flag=priority_flag, schedule_delivery_time=None, validity_period=None,
+        registered_delivery=registered_delivery, replace_if_present_flag=replace_if_present,
+        encoding=encoding if encoding != DEFAULT_ENCODING else None,
+        sm_default_msg_id=sm_default_msg_id, message_payload="", optional_params=params,
+        auto_message_payload=True, error_handling="strict",
+        _default_encoding=DEFAULT_ENCODING, _custom_codecs=None, _encoded_message=b"",
+        _parsed_receipt=None,
+    )
+    return message
