@@ -167,12 +167,14 @@ async def test_a_frequency_cap_reached_between_accept_and_send_holds_the_message
         r.app.profiles["XK"] = dataclasses.replace(
             profile, frequency=Frequency(max_per_month=4, min_interval_hours=48))
         clock.at(local(1, 14, 1))
+        # The dispatcher may have taken it before the change (then it waits for a provider and
+        # is taken again when one is back) or after: either way the send-time check holds it.
+        await provider_up(r, port)
         stored = await _wait_stored(r, second["id"], "scheduled")
         assert stored.next_attempt_at == first_at + 48 * 3600
         assert stored.error is not None and stored.error.startswith("frequency_capped: ")
         assert await metric(r, "smsagg_send_rules_total", action="held",
                             reason="frequency_capped") == 1
-        await provider_up(r, port)
         _, view = await r.get(second["id"])
         assert view["status"] == "scheduled" and submits_to(r, XK) == 0
         clock.at(first_at + 48 * 3600 + 1)
