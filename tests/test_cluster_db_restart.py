@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from simulator.smsc import Smsc, SmscProfile
+from tests.cluster import cluster_config
 from tests.helpers import AUTH, DEADLINE, daemon, free_port
 from tests.pg import create_database, start_or_skip
 from tests.test_cluster_kill import final_states
@@ -28,46 +29,6 @@ RATE = 100.0  # HTTP accepts offered per second, over both daemons
 MAX_TPS = 50  # the provider's, for the cluster: below RATE, so a queue waits when it stops
 AFTER = 2.0  # seconds of load once both accept again
 ESME_RSYSERR = 0x08
-
-
-def cluster_config(path: Path, dsn: str, instance: str, smsc_port: int, smpp_port: int) -> Path:
-    path.mkdir()
-    config = path / "smsagg.toml"
-    config.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[smpp]
-listen = "127.0.0.1:{smpp_port}"
-[store]
-backend = "postgres"
-dsn = "{dsn}"
-lease_seconds = {LEASE}
-[instance]
-name = "{instance}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[[accounts]]
-name = "shop"
-api_key = "{AUTH['Authorization'].split()[1]}"
-system_id = "shop"
-password = "secret"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = 2
-window = 10
-max_tps = {MAX_TPS}
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
-    return config
 
 
 @dataclass(slots=True)
@@ -88,9 +49,11 @@ async def test_database_down_under_load_with_two_instances(tmp_path: Path) -> No
     try:
         dsn = await create_database(server)
         smpp_a = free_port()
-        async with daemon(cluster_config(tmp_path / "a", dsn, "a", smsc.port, smpp_a),
+        async with daemon(cluster_config(tmp_path / "a", dsn, "a", smsc.port, smpp_port=smpp_a,
+                                         lease=LEASE, binds=2, max_tps=MAX_TPS),
                           tmp_path / "a.log") as (proc_a, base_a), \
-                daemon(cluster_config(tmp_path / "b", dsn, "b", smsc.port, free_port()),
+                daemon(cluster_config(tmp_path / "b", dsn, "b", smsc.port, smpp_port=free_port(),
+                                      lease=LEASE, binds=2, max_tps=MAX_TPS),
                        tmp_path / "b.log") as (proc_b, base_b), \
                 aiohttp.ClientSession(headers=AUTH) as http:
             bases = (base_a, base_b)

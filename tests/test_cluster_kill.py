@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from simulator.smsc import Smsc, SmscProfile
+from tests.cluster import cluster_config
 from tests.helpers import AUTH, DEADLINE, daemon
 
 BINDS, WINDOW, LEASE = 2, 10, 1
@@ -24,51 +25,17 @@ COUNT = 600
 GRACE = 3.0  # seconds for the receipts of the last submits
 
 
-def cluster_config(path: Path, dsn: str, instance: str, smsc_port: int) -> Path:
-    path.mkdir()
-    config = path / "smsagg.toml"
-    config.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-backend = "postgres"
-dsn = "{dsn}"
-lease_seconds = {LEASE}
-[instance]
-name = "{instance}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[[accounts]]
-name = "shop"
-api_key = "{AUTH['Authorization'].split()[1]}"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = {BINDS}
-window = {WINDOW}
-max_tps = 100
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
-    return config
-
-
 async def test_one_of_two_instances_killed_under_load_loses_nothing(
         tmp_path: Path, pg_dsn: str) -> None:
     smsc = Smsc(SmscProfile(latency=0.01))
     await smsc.start()
     accepted: set[str] = set()
     try:
-        async with daemon(cluster_config(tmp_path / "a", pg_dsn, "a", smsc.port),
+        async with daemon(cluster_config(tmp_path / "a", pg_dsn, "a", smsc.port, lease=LEASE,
+                                         binds=BINDS, window=WINDOW),
                           tmp_path / "a.log") as (victim, base_a), \
-                daemon(cluster_config(tmp_path / "b", pg_dsn, "b", smsc.port),
+                daemon(cluster_config(tmp_path / "b", pg_dsn, "b", smsc.port, lease=LEASE,
+                                      binds=BINDS, window=WINDOW),
                        tmp_path / "b.log") as (_, base_b), \
                 aiohttp.ClientSession(headers=AUTH) as http:
             sem = asyncio.Semaphore(50)

@@ -15,6 +15,7 @@ import aiohttp
 
 from aggregator.cluster import Share, share_of
 from simulator.smsc import Smsc, SmscProfile
+from tests.cluster import cluster_config
 from tests.helpers import (
     AUTH,
     DEADLINE,
@@ -33,42 +34,6 @@ COUNT = 1200
 # and by timing noise: on a loaded machine submits sent on time can reach the SMSC together
 # (measured: up to 116 in the busiest second at max_tps 100 while a test suite ran beside it).
 SLACK = 1.2
-
-
-def cluster_config(path: Path, dsn: str, instance: str, smsc_port: int) -> Path:
-    path.mkdir()
-    config = path / "smsagg.toml"
-    config.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-backend = "postgres"
-dsn = "{dsn}"
-lease_seconds = {LEASE}
-[instance]
-name = "{instance}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[[accounts]]
-name = "shop"
-api_key = "{AUTH['Authorization'].split()[1]}"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = {BINDS}
-window = {WINDOW}
-max_tps = {MAX_TPS}
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
-    return config
 
 
 def bound(smsc: Smsc) -> int:
@@ -113,9 +78,11 @@ async def test_two_instances_share_a_providers_binds_and_tps(tmp_path: Path, pg_
             await asyncio.sleep(0.01)
 
     try:
-        async with daemon(cluster_config(tmp_path / "a", pg_dsn, "a", smsc.port),
+        async with daemon(cluster_config(tmp_path / "a", pg_dsn, "a", smsc.port, lease=LEASE,
+                                         binds=BINDS, window=WINDOW, max_tps=MAX_TPS),
                           tmp_path / "a.log") as (_, base_a), \
-                daemon(cluster_config(tmp_path / "b", pg_dsn, "b", smsc.port),
+                daemon(cluster_config(tmp_path / "b", pg_dsn, "b", smsc.port, lease=LEASE,
+                                      binds=BINDS, window=WINDOW, max_tps=MAX_TPS),
                        tmp_path / "b.log") as (victim, base_b), \
                 aiohttp.ClientSession(headers=AUTH) as http:
             shares: dict[str, tuple[float | None, float | None]] = {}
