@@ -44,6 +44,7 @@ from tests.helpers import (
     running,
     wait_for,
 )
+from tests.test_limits import stuck_receiver
 
 OK = {"to": "+38344123456", "from": "ACME", "text": "hello"}
 DEFAULT_POLICY = {"allowed_networks": []}  # as in the default configuration
@@ -441,40 +442,6 @@ async def test_failed_callback_urls_are_masked_in_logs_and_metrics(tmp_path: Pat
 # --------------------------------------------------------------------------- fairness
 
 
-@dataclass
-class BlackHole:
-    """Accepts TCP connections and reads, never answers."""
-
-    url: str = ""
-    connections: int = 0
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def black_hole() -> AsyncIterator[BlackHole]:
-    hole = BlackHole()
-    never = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hole.connections += 1
-        hole.writers.append(writer)
-        try:
-            while await reader.read(65536):
-                pass
-            await never.wait()
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    hole.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb"
-    try:
-        yield hole
-    finally:
-        for writer in hole.writers:
-            writer.close()
-        server.close()
-
-
 async def flood(r: Running, url: str, n: int, key: str = "shop-key") -> None:
     gate = asyncio.Semaphore(20)
 
@@ -505,7 +472,7 @@ async def test_a_dead_receiver_slows_only_its_own_callbacks(tmp_path: Path, vict
     """200 callbacks of account shop to a receiver that never answers, holding every slot;
     then one callback of account bank (or of shop itself, to another receiver) arrives
     promptly: a request of the dead receiver, above its share, gives its slot up."""
-    async with black_hole() as hole, running(tmp_path) as r:
+    async with stuck_receiver() as hole, running(tmp_path) as r:
         per_host = r.app.config.callbacks.per_host_concurrency
         await flood(r, hole.url, 200)
         # All 200 are due (in the outbox) before the victim's message is even sent.
@@ -577,7 +544,7 @@ async def test_an_account_above_its_share_yields_to_another_account() -> None:
     """Account a's callbacks go to 8 dead receivers, 4 each: no destination is above its
     share, account a is (32 > 16); account b's callback takes a slot within about a second."""
     async with contextlib.AsyncExitStack() as stack:
-        holes = [await stack.enter_async_context(black_hole()) for _ in range(8)]
+        holes = [await stack.enter_async_context(stuck_receiver()) for _ in range(8)]
         sink = await stack.enter_async_context(callback_sink())
         outbox = ScriptedOutbox()
         for hole in holes:
