@@ -24,8 +24,6 @@ from aggregator.config import (
 from aggregator.configread import ConfigReadTimeout, load_config_off_pool
 from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
-from aggregator.ingress.callback_guard import CallbackPolicy
-from aggregator.ingress.callbacks import CallbackSender
 from aggregator.ingress.connections import ConnectionGuard, GuardedSite, guard_for
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.smpp import ESME_RTHROTTLED, SmppServer
@@ -33,6 +31,8 @@ from aggregator.ingress.workers import IngressWorkers
 from aggregator.log import get_logger
 from aggregator.mo import MoHandler
 from aggregator.model import FinalNotice, ReceiptUpdate
+from aggregator.notify.callback_guard import CallbackPolicy
+from aggregator.notify.callbacks import CallbackSender
 from aggregator.outbound.connection import Bind
 from aggregator.outbound.pool import ProviderPool
 from aggregator.overdue import OverdueReceipts

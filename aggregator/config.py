@@ -178,7 +178,7 @@ class CallbacksConfig:
     per_host_concurrency: int = 8
     per_account_concurrency: int = 16
     # CIDR ranges callbacks may reach although loopback, private, link-local, ... (refused
-    # by default: aggregator/ingress/callback_guard.py).
+    # by default: aggregator/notify/callback_guard.py).
     allowed_networks: tuple[str, ...] = ()
 
 

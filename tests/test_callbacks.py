@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 
 from aggregator.config import CallbacksConfig
-from aggregator.ingress.callbacks import CallbackSender
+from aggregator.notify.callbacks import CallbackSender
 from aggregator.store.base import CallbackJob, StoreError
 from tests.helpers import callback_sink, wait_for
 

@@ -23,13 +23,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from aggregator.config import CallbacksConfig, ConfigError, parse_config
-from aggregator.ingress.callback_guard import (
+from aggregator.notify.callback_guard import (
     CallbackPolicy,
     ForbiddenAddress,
     GuardedResolver,
     mask_url,
 )
-from aggregator.ingress.callbacks import CallbackSender
+from aggregator.notify.callbacks import CallbackSender
 from aggregator.store.base import CallbackJob
 from aggregator.store.writes import callback_destination
 from simulator.smsc import Smsc, SmscProfile

@@ -20,11 +20,11 @@ from aggregator import metrics
 from aggregator.auth import Authenticator, FailedLogins, RateLimit, retry_after
 from aggregator.config import AccountConfig
 from aggregator.ingress.accept import Acceptor, SubmitInput
-from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.ingress.connections import ConnectionGuard
 from aggregator.ingress.consents import ConsentApi, removed_by
 from aggregator.log import get_logger
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
+from aggregator.notify.callback_guard import CallbackPolicy
 from aggregator.numbers import NumberError, parse_destination
 from aggregator.policy.replies import confirm_api_optout
 from aggregator.store.base import OPTOUT_ALL, OPTOUT_SCOPES, MessageFilter, Store, StoreError

@@ -16,11 +16,11 @@ from prometheus_client import generate_latest
 from aggregator import metrics
 from aggregator.config import Config, ConfigError, account_max_pending, load_config_or_default
 from aggregator.ingress.accept import Acceptor
-from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.ingress.connections import GuardedSite, guard_for
 from aggregator.ingress.http import HttpApi
 from aggregator.ingress.rpc import RemoteStore
 from aggregator.log import get_logger
+from aggregator.notify.callback_guard import CallbackPolicy
 from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
 from aggregator.routing import Route, RouteTable

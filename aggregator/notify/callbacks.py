@@ -25,7 +25,8 @@ import aiohttp
 
 from aggregator import metrics
 from aggregator.config import CallbacksConfig
-from aggregator.ingress.callback_guard import (
+from aggregator.log import get_logger
+from aggregator.notify.callback_guard import (
     CallbackPolicy,
     ForbiddenAddress,
     GuardedResolver,
@@ -33,7 +34,6 @@ from aggregator.ingress.callback_guard import (
     mask_url,
     scrub,
 )
-from aggregator.log import get_logger
 from aggregator.store.base import CallbackJob, Store, StoreError
 from aggregator.store.writes import callback_destination
 

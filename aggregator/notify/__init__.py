@@ -1,0 +1,1 @@
+"""What tells customers about their messages: HTTP callbacks and the SMPP receipt/MO outbox."""
