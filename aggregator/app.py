@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiosmpplib import DeliverSm, DeliverSmResp
 
 from aggregator import metrics
 from aggregator.cluster import share_of
@@ -22,15 +21,16 @@ from aggregator.config import (
     account_max_pending,
 )
 from aggregator.configread import ConfigReadTimeout, load_config_off_pool
+from aggregator.delivers import ProviderDelivers
 from aggregator.dispatch import Dispatcher
 from aggregator.ingress.accept import Acceptor
 from aggregator.ingress.connections import ConnectionGuard, GuardedSite, guard_for
 from aggregator.ingress.http import HttpApi
-from aggregator.ingress.smpp import ESME_RTHROTTLED, SmppServer
+from aggregator.ingress.smpp import SmppServer
 from aggregator.ingress.workers import IngressWorkers
 from aggregator.log import get_logger
 from aggregator.mo import MoHandler
-from aggregator.model import FinalNotice, ReceiptUpdate
+from aggregator.model import FinalNotice
 from aggregator.notify.callback_guard import CallbackPolicy
 from aggregator.notify.callbacks import CallbackSender
 from aggregator.outbound.connection import Bind
@@ -40,12 +40,7 @@ from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
 from aggregator.policy.sendcheck import SendCheck
 from aggregator.policy.throughput import CountryThroughput
-from aggregator.receipts import (
-    ReceiptProcessor,
-    normalise_receipt_id,
-    parse_receipt,
-    receipt_error,
-)
+from aggregator.receipts import ReceiptProcessor
 from aggregator.retention import Retention
 from aggregator.routing import Route, RouteTable
 from aggregator.smpp.transport import SmppConnection
@@ -55,9 +50,6 @@ from aggregator.store.factory import build_store
 log = get_logger("smsagg.app")
 
 GAUGE_INTERVAL = 5.0
-# deliver_sm (receipts, MO) from providers being handled at once; above: ESME_RTHROTTLED, and
-# the provider sends it again later.
-MAX_DELIVERS = 10_000
 # Sections a reload does not apply: what they say is used at start-up only.
 RESTART_ONLY = ("http", "store", "messages", "callbacks", "log", "smpp", "metrics", "policy")
 
@@ -111,6 +103,7 @@ class App:
         self.mo = MoHandler(self.store, self.profiles, self.accounts, self.acceptor,
                             self.callbacks.wake, on_smpp=self._wake_smpp,
                             auto_reply_interval=config.policy.auto_reply_interval)
+        self.delivers = ProviderDelivers(self.receipts, self.mo, self._pool_of)
         self.workers = (
             IngressWorkers(config.http.workers, config.http.listen, config_path, self.store,
                            self.dispatcher.wake, self.readiness)
@@ -130,9 +123,7 @@ class App:
         self._metrics_runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.http_guard: ConnectionGuard | None = None  # when this process serves HTTP
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._gauges: asyncio.Task[None] | None = None
-        self.max_delivers = MAX_DELIVERS
         self._reload_lock = asyncio.Lock()
         self._retiring: set[ProviderPool] = set()  # removed or replaced, draining
         self._retire_tasks: set[asyncio.Task[None]] = set()
@@ -189,56 +180,16 @@ class App:
             self.smpp.wake_receipts(notice.account)
 
     def _on_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
-        if len(self._tasks) >= self.max_delivers:
-            metrics.receipts.labels(bind.provider.name, "throttled").inc()
-            if not conn.closed.done():
-                resp = DeliverSmResp()
-                resp.command_status = ESME_RTHROTTLED
-                conn.respond(pdu, resp)
-            return
-        task = asyncio.ensure_future(self._handle_deliver(bind, conn, pdu))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.delivers.on_deliver(bind, conn, pdu)
 
-    async def _handle_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
-        """Apply a deliver_sm and answer it on `conn`, the connection it came on."""
-        provider = bind.provider
-        if not isinstance(pdu, DeliverSm) or not pdu.is_receipt():
-            try:
-                await self.mo.handle(provider.name, pdu)
-            except StoreError as exc:  # not acknowledged: the operator sends it again
-                metrics.store_errors.labels("mo").inc()
-                log.error("mo_store_failed", provider=provider.name, error=str(exc))
-                return
-            if not conn.closed.done():
-                conn.respond(pdu, DeliverSmResp())
-            return
-        tlvs = {p.tag: p.value for p in (pdu.optional_params or [])}
-        parsed = parse_receipt(pdu.short_message or pdu.message_payload or "", tlvs)
-        if parsed is None:
-            metrics.receipts.labels(provider.name, "unparsable").inc()
-            log.warning("receipt_unparsable", provider=provider.name, bind=bind.name)
-            if not conn.closed.done():
-                conn.respond(pdu, DeliverSmResp())
-            return
-        update = ReceiptUpdate(
-            provider=provider.name,
-            provider_msg_id=normalise_receipt_id(parsed.provider_msg_id, provider.receipt_id),
-            status=parsed.status,
-            error=receipt_error(parsed),
-            received_at=time.time(),
-        )
-        pool = self._pool_of(bind)
-        try:
-            if pool is not None:
-                await pool.wait_recorded(update.provider_msg_id)
-            await self.receipts.apply(update)
-        except StoreError as exc:
-            # Not acknowledged: the operator sends it again.
-            log.error("receipt_store_failed", provider=provider.name, error=str(exc))
-            return
-        if not conn.closed.done():
-            conn.respond(pdu, DeliverSmResp())
+    @property
+    def max_delivers(self) -> int:
+        """deliver_sm from providers handled at once (see delivers.py)."""
+        return self.delivers.max_delivers
+
+    @max_delivers.setter
+    def max_delivers(self, value: int) -> None:
+        self.delivers.max_delivers = value
 
     def _pool_of(self, bind: Bind) -> ProviderPool | None:
         """The pool a bind belongs to: the current one, or one draining after a reload."""
@@ -286,7 +237,8 @@ class App:
         metrics.watch_buffer("store_writes", self.store.max_waiting, lambda: self.store.waiting)
         metrics.watch_buffer("dispatch", self.dispatcher.max_in_flight,
                              lambda: self.dispatcher.in_flight)
-        metrics.watch_buffer("provider_delivers", self.max_delivers, lambda: len(self._tasks))
+        metrics.watch_buffer("provider_delivers", self.max_delivers,
+                             lambda: self.delivers.in_flight)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -363,8 +315,7 @@ class App:
         await self.dispatcher.stop(deadline)
         await self.overdue.stop()
         # Receipts still arriving for what we just sent are worth a moment.
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+        await self.delivers.wait(max(0.0, min(1.0, deadline - time.monotonic())))
         for pool in [*self.pools.values(), *self._retiring]:
             await pool.stop()
         await self.callbacks.stop()
@@ -373,9 +324,7 @@ class App:
         if self._gauges is not None:
             self._gauges.cancel()
             await asyncio.gather(self._gauges, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.delivers.cancel()
         await self.store.close()
         metrics.unwatch_buffers("store_pending", "store_writes", "dispatch", "provider_delivers")
         log.info("stopped")
