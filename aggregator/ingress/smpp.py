@@ -8,19 +8,9 @@ import contextlib
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from aiosmpplib import (
-    NPI,
-    TON,
-    DeliverSm,
-    DeliverSmResp,
-    OptionalParam,
-    PhoneNumber,
-    SubmitSm,
-    SubmitSmResp,
-)
+from aiosmpplib import DeliverSm, DeliverSmResp, SubmitSm, SubmitSmResp
 
 from aggregator import metrics
 from aggregator.auth import Authenticator, FailedLogins
@@ -30,7 +20,8 @@ from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
 from aggregator.log import get_logger
 from aggregator.loglimit import LogLimiter
 from aggregator.memory import give_back
-from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
+from aggregator.model import ApiError, ErrorCode, Message
+from aggregator.notify.smpp_outbox import RECEIPT_STATE, SmppOutbox
 from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.policy.classes import class_for_smpp
 from aggregator.smpp.fields import RawSubmit, parse_submit
@@ -45,10 +36,9 @@ from aggregator.smpp.session import (
     SessionClosed,
     SessionError,
     SmppSession,
-    WindowFull,
 )
 from aggregator.smpp.transport import SmppConnection, start_server
-from aggregator.store.base import SmppReceipt, Store, StoreError
+from aggregator.store.base import Store, StoreError
 from aggregator.text import ESM_CLASS_UDHI, decode_text, parse_udh
 
 log = get_logger("smsagg.smpp")
@@ -88,15 +78,6 @@ DECODABLE = {0, 1, 3, 8}
 # Bytes of expired parts above which freed heap memory is returned to the OS at once.
 GIVE_BACK_BYTES = 1 << 20
 
-_STATE = {
-    MessageStatus.DELIVERED: ("DELIVRD", 2),
-    MessageStatus.EXPIRED: ("EXPIRED", 3),
-    MessageStatus.UNDELIVERABLE: ("UNDELIV", 5),
-    MessageStatus.REJECTED: ("REJECTD", 8),
-    MessageStatus.FAILED: ("UNDELIV", 5),
-    MessageStatus.CANCELLED: ("DELETED", 4),
-}
-
 
 def query_answer(message: Message) -> QuerySmResp:
     """query_sm_resp for one of the account's messages: message_state, and for a final message
@@ -109,51 +90,12 @@ def query_answer(message: Message) -> QuerySmResp:
         _, _, err = message.error.partition("err:")
         error = int(err) if err.isdigit() and int(err) < 256 else 0
     return QuerySmResp(message_id=message.id, final_date=done,
-                       message_state=_STATE.get(message.status, ("UNKNOWN", 7))[1],
+                       message_state=RECEIPT_STATE.get(message.status, ("UNKNOWN", 7))[1],
                        error_code=error)
 
 
 def smpp_status_for(code: str) -> int:
     return STATUS_FOR_CODE.get(code, ESME_RSUBMITFAIL)
-
-
-def _smpp_date(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%y%m%d%H%M")
-
-
-def mo_pdu(r: SmppReceipt) -> Any:
-    """A handset's message (source) to what it replied to (dest), for the upstream."""
-    dest_ton = TON.INTERNATIONAL if r.dest.lstrip("+").isdigit() else TON.ALPHANUMERIC
-    return DeliverSm(
-        short_message=r.text or " ",
-        source=PhoneNumber(r.source.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
-        destination=PhoneNumber(r.dest.lstrip("+"), dest_ton,
-                                NPI.ISDN if dest_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
-        esm_class=0x00,
-        registered_delivery=0,
-    )
-
-
-def receipt_pdu(r: SmppReceipt) -> Any:
-    if r.kind == "mo":
-        return mo_pdu(r)
-    stat, state = _STATE.get(r.status, ("UNKNOWN", 7))
-    delivered = r.status is MessageStatus.DELIVERED
-    text = (
-        f"id:{r.message_id} sub:001 dlvrd:{'001' if delivered else '000'}"
-        f" submit date:{_smpp_date(r.submitted_at)} done date:{_smpp_date(r.done_at)}"
-        f" stat:{stat} err:{'000' if delivered else '001'} text:"
-    )
-    src_ton = TON.INTERNATIONAL if r.source.startswith("+") else TON.ALPHANUMERIC
-    return DeliverSm(
-        short_message=text,
-        source=PhoneNumber(r.dest.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
-        destination=PhoneNumber(r.source.lstrip("+"), src_ton,
-                                NPI.ISDN if src_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
-        esm_class=0x04,
-        registered_delivery=0,
-        optional_params=[OptionalParam(0x001E, r.message_id), OptionalParam(0x0427, state)],
-    )
 
 
 def _address(number: str, ton: int) -> str:
@@ -192,9 +134,6 @@ class _AccountState:
     config: AccountConfig
     clients: list[_Client] = field(default_factory=list)
     bucket: TokenBucket | None = None
-    receipts_wake: asyncio.Event = field(default_factory=asyncio.Event)
-    receipts_task: asyncio.Task[None] | None = None
-    removed: bool = False  # by a configuration reload: its receipt loop ends
 
 
 class SmppServer:
@@ -226,7 +165,8 @@ class SmppServer:
         self._pending_bind: dict[SmppConnection, AccountConfig] = {}
         # submit_sm of each session being accepted (answer not sent yet): at most `window`.
         self._submits: dict[SmppConnection, int] = {}
-        self._receipts_in_flight = 0
+        self._outbox = SmppOutbox(store, self._receivers, self._spawn, config.window,
+                                  config.receipt_attempts, clock)
         # registered_delivery of the parts held for reassembly, and when they expire, by key.
         self._part_receipts: dict[Hashable, tuple[tuple[int, ...], float]] = {}
         # Sessions already logged for exceeding the window, and when that was last logged.
@@ -251,15 +191,15 @@ class SmppServer:
         listen = self.config.listen
         self._server = await start_server(listen.host, listen.port, self._new_connection)
         self.port = self._server.sockets[0].getsockname()[1]
-        for state in self._accounts.values():
-            state.receipts_task = asyncio.create_task(self._send_receipts(state))
+        for name in self._accounts:
+            self._outbox.add(name)
         self._expiry = asyncio.create_task(self._expire_parts())
         metrics.smpp_sessions_max.set(self.config.max_sessions)
         window_total = self.config.window * self.config.max_sessions
         metrics.watch_buffer("reassembly", self.config.max_pending_parts,
                              lambda: self._reassembler.held)
         metrics.watch_buffer("smpp_submits", window_total, lambda: sum(self._submits.values()))
-        metrics.watch_buffer("smpp_receipts", window_total, lambda: self._receipts_in_flight)
+        metrics.watch_buffer("smpp_receipts", window_total, lambda: self._outbox.in_flight)
         metrics.watch_buffer("smpp_unbound", self.config.max_unbound, lambda: len(self._unbound))
         metrics.watch_buffer("reassembly_bytes", self.config.max_pending_bytes,
                              lambda: self._reassembler.held_bytes)
@@ -293,10 +233,7 @@ class SmppServer:
                     self._spawn(client.conn.unbind(5.0))
             if new is None:
                 del self._accounts[name]
-                state.removed = True
-                state.receipts_wake.set()
-                if state.receipts_task is not None:
-                    state.receipts_task.cancel()
+                self._outbox.remove(name)
                 for gauge in (metrics.smpp_sessions, metrics.smpp_account_sessions_max):
                     with contextlib.suppress(KeyError):
                         gauge.remove(name)
@@ -314,7 +251,7 @@ class SmppServer:
             self._accounts[name] = state
             self._publish_account(account)
             if self._server is not None and not self._stopping:
-                state.receipts_task = asyncio.create_task(self._send_receipts(state))
+                self._outbox.add(name)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Hand over cleanly: stop listening and taking requests, answer every submit_sm
@@ -336,19 +273,16 @@ class SmppServer:
         self._stopping = True
         held = self._drop_held_parts()
         log.info("smpp_draining", submits_in_flight=sum(self._submits.values()),
-                 receipts_in_flight=self._receipts_in_flight, parts_dropped=held,
+                 receipts_in_flight=self._outbox.in_flight, parts_dropped=held,
                  sessions=len(self._conns))
-        tasks = [s.receipts_task for s in self._accounts.values() if s.receipts_task]
+        tasks: list[asyncio.Task[None]] = self._outbox.halt()
         if self._expiry is not None:
             tasks.append(self._expiry)
-        for state in self._accounts.values():
-            state.receipts_wake.set()
-        for task in tasks:
-            task.cancel()
+            self._expiry.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
         await self._wait_tasks(deadline)
-        left = (sum(self._submits.values()), self._receipts_in_flight)
+        left = (sum(self._submits.values()), self._outbox.in_flight)
         if self._ignored_at_stop:
             log.info("smpp_requests_left_unanswered", requests=self._ignored_at_stop,
                      why="arrived while stopping; the ESME sends them again")
@@ -386,9 +320,7 @@ class SmppServer:
             await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
 
     def wake_receipts(self, account: str) -> None:
-        state = self._accounts.get(account)
-        if state is not None:
-            state.receipts_wake.set()
+        self._outbox.wake(account)
 
     # ---- sessions -------------------------------------------------------------------------------
 
@@ -610,7 +542,7 @@ class SmppServer:
         metrics.smpp_binds.labels("ok").inc()
         log.info("smpp_bound", account=account.name, peer=conn.peername, mode=event.mode.value)
         if event.mode in (BindMode.RECEIVER, BindMode.TRANSCEIVER):
-            state.receipts_wake.set()
+            self._outbox.wake(account.name)
 
     def _client(self, conn: SmppConnection) -> _Client | None:
         for state in self._accounts.values():
@@ -779,76 +711,14 @@ class SmppServer:
                     if not conn.closed.done():
                         self._refuse(conn, req, ESME_RSUBMITFAIL, "reassembly_timeout")
 
-    # ---- receipts back --------------------------------------------------------------------------
+    # ---- receipts back ------------------------------------------------------------------------
 
-    def _receiver(self, state: _AccountState) -> SmppConnection | None:
-        best: SmppConnection | None = None
-        for client in state.clients:
-            if client.mode is BindMode.TRANSMITTER or client.conn.closed.done():
-                continue
-            if best is None or client.conn.session.free_window > best.session.free_window:
-                best = client.conn
-        if best is not None and best.session.free_window <= 0:
-            return None
-        return best
-
-    async def _send_receipts(self, state: _AccountState) -> None:
-        in_flight: set[int] = set()
-        while not self._stopping and not state.removed:
-            state.receipts_wake.clear()
-            sent_any = False
-            if self._receiver(state) is not None:
-                try:
-                    due = await self._store.due_smpp_receipts(
-                        state.config.name, self._clock(), self.config.window * 4)
-                except StoreError:
-                    due = []
-                for receipt in due:
-                    if receipt.id in in_flight:
-                        continue
-                    conn = self._receiver(state)
-                    if conn is None:
-                        break
-                    try:
-                        fut = conn.request(receipt_pdu(receipt))
-                    except WindowFull:
-                        break
-                    except Exception:  # NotBound: the session went away
-                        break
-                    in_flight.add(receipt.id)
-                    self._receipts_in_flight += 1
-                    sent_any = True
-                    self._spawn(self._await_receipt(state, receipt, fut, in_flight))
-            if not sent_any:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.receipts_wake.wait(), 1.0)
-            else:
-                await asyncio.sleep(0)
-
-    async def _await_receipt(self, state: _AccountState, receipt: SmppReceipt,
-                             fut: asyncio.Future[Any], in_flight: set[int]) -> None:
-        try:
-            resp = await fut
-            ok = int(resp.command_status) == ESME_ROK
-        except Exception:  # timeout or the session closed: try again
-            ok = False
-        try:
-            if ok:
-                metrics.smpp_receipts.labels("ok").inc()
-                await self._store.smpp_receipt_done(receipt.id)
-            else:
-                attempts = receipt.attempts + 1
-                give_up = attempts >= self.config.receipt_attempts
-                metrics.smpp_receipts.labels("gave_up" if give_up else "retry").inc()
-                await self._store.smpp_receipt_retry(
-                    receipt.id, self._clock() + min(60.0, 2.0 ** attempts), give_up)
-        except StoreError as exc:  # the receipt stays due: sent again later
-            metrics.store_errors.labels("smpp_receipts").inc()
-            log.error("smpp_receipt_store_failed", error=str(exc))
-        finally:
-            in_flight.discard(receipt.id)
-            self._receipts_in_flight -= 1
-            state.receipts_wake.set()
+    def _receivers(self, account: str) -> list[SmppConnection]:
+        """The account's sessions that may receive its receipts and MO (notify/smpp_outbox.py)."""
+        state = self._accounts.get(account)
+        if state is None:
+            return []
+        return [c.conn for c in state.clients if c.mode is not BindMode.TRANSMITTER]
 
 
 def _query_error(status: int) -> QuerySmResp:
