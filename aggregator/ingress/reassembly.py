@@ -16,7 +16,9 @@ class ReassemblyFull(Exception):
 
 
 @dataclass(slots=True)
-class _Pending(Generic[C]):
+class _PartialMessage(Generic[C]):
+    """A long message whose parts are still arriving."""
+
     total: int
     deadline: float
     account: str = ""
@@ -41,7 +43,7 @@ class Reassembler(Generic[C]):
         self.held = 0
         self.held_bytes = 0
         self._account_bytes: dict[str, int] = {}
-        self._pending: dict[Hashable, _Pending[C]] = {}
+        self._pending: dict[Hashable, _PartialMessage[C]] = {}
 
     def account_bytes(self, account: str) -> int:
         return self._account_bytes.get(account, 0)
@@ -56,7 +58,7 @@ class Reassembler(Generic[C]):
             self._check_room(account, len(body))
             if pending is not None:  # same reference, another message: the old one is broken
                 self._release(pending)
-            pending = self._pending[key] = _Pending(total, now + self.timeout, account)
+            pending = self._pending[key] = _PartialMessage(total, now + self.timeout, account)
         else:
             self._check_room(account, len(body))
         pending.parts.setdefault(seq, body)  # a repeated part keeps the first copy
@@ -79,12 +81,12 @@ class Reassembler(Generic[C]):
         if self.max_account_bytes is not None and mine + size > self.max_account_bytes:
             raise ReassemblyFull(f"{mine} bytes of this account already waiting for the rest")
 
-    def _charge(self, pending: _Pending[C], size: int) -> None:
+    def _charge(self, pending: _PartialMessage[C], size: int) -> None:
         pending.size += size
         self.held_bytes += size
         self._account_bytes[pending.account] = self._account_bytes.get(pending.account, 0) + size
 
-    def _release(self, pending: _Pending[C]) -> None:
+    def _release(self, pending: _PartialMessage[C]) -> None:
         self.held -= len(pending.contexts)
         self.held_bytes -= pending.size
         left = self._account_bytes.get(pending.account, 0) - pending.size

@@ -123,7 +123,9 @@ class _HeldRequest:
 
 
 @dataclass(slots=True)
-class _Client:
+class _BoundEsme:
+    """A bound session of an upstream ESME: its account and bind mode."""
+
     account: AccountConfig
     conn: SmppConnection
     mode: BindMode
@@ -132,7 +134,7 @@ class _Client:
 @dataclass(slots=True)
 class _AccountState:
     config: AccountConfig
-    clients: list[_Client] = field(default_factory=list)
+    clients: list[_BoundEsme] = field(default_factory=list)
     bucket: TokenBucket | None = None
 
 
@@ -537,14 +539,14 @@ class SmppServer:
         if state is None:  # the account was removed by a reload in between
             self._spawn(conn.unbind(5.0))
             return
-        state.clients.append(_Client(account, conn, event.mode))
+        state.clients.append(_BoundEsme(account, conn, event.mode))
         metrics.smpp_sessions.labels(account.name).set(len(state.clients))
         metrics.smpp_binds.labels("ok").inc()
         log.info("smpp_bound", account=account.name, peer=conn.peername, mode=event.mode.value)
         if event.mode in (BindMode.RECEIVER, BindMode.TRANSCEIVER):
             self._outbox.wake(account.name)
 
-    def _client(self, conn: SmppConnection) -> _Client | None:
+    def _client(self, conn: SmppConnection) -> _BoundEsme | None:
         for state in self._accounts.values():
             for client in state.clients:
                 if client.conn is conn:
@@ -625,7 +627,7 @@ class SmppServer:
         self._part_receipts[key] = (seen, deadline)
         return 0
 
-    async def _accept(self, client: _Client, requests: list[tuple[SmppConnection, Any]],
+    async def _accept(self, client: _BoundEsme, requests: list[tuple[SmppConnection, Any]],
                       pdu: Any, fields: RawSubmit, body: bytes,
                       receipt_mode: int | None = None) -> None:
         try:

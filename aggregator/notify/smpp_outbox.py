@@ -20,7 +20,7 @@ from aggregator.log import get_logger
 from aggregator.model import MessageStatus
 from aggregator.smpp.session import WindowFull
 from aggregator.smpp.transport import SmppConnection
-from aggregator.store.base import SmppReceipt, Store, StoreError
+from aggregator.store.base import SmppOutboxItem, Store, StoreError
 
 log = get_logger("smsagg.smpp")
 
@@ -41,7 +41,7 @@ def _smpp_date(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%y%m%d%H%M")
 
 
-def mo_pdu(r: SmppReceipt) -> Any:
+def mo_pdu(r: SmppOutboxItem) -> Any:
     """A handset's message (source) to what it replied to (dest), for the upstream."""
     dest_ton = TON.INTERNATIONAL if r.dest.lstrip("+").isdigit() else TON.ALPHANUMERIC
     return DeliverSm(
@@ -54,9 +54,8 @@ def mo_pdu(r: SmppReceipt) -> Any:
     )
 
 
-def receipt_pdu(r: SmppReceipt) -> Any:
-    if r.kind == "mo":
-        return mo_pdu(r)
+def receipt_pdu(r: SmppOutboxItem) -> Any:
+    """A message's final state, as a delivery receipt to the account that sent it."""
     stat, state = RECEIPT_STATE.get(r.status, ("UNKNOWN", 7))
     delivered = r.status is MessageStatus.DELIVERED
     text = (
@@ -74,6 +73,11 @@ def receipt_pdu(r: SmppReceipt) -> Any:
         registered_delivery=0,
         optional_params=[OptionalParam(0x001E, r.message_id), OptionalParam(0x0427, state)],
     )
+
+
+def deliver_pdu(item: SmppOutboxItem) -> Any:
+    """The deliver_sm an outbox item stands for: an MO, or a receipt."""
+    return mo_pdu(item) if item.kind == "mo" else receipt_pdu(item)
 
 
 @dataclass(slots=True)
@@ -111,7 +115,7 @@ class SmppOutbox:
     def add(self, account: str) -> None:
         """Start the account's loop."""
         lane = self._lanes[account] = _Lane(account)
-        lane.task = asyncio.create_task(self._send_receipts(lane))
+        lane.task = asyncio.create_task(self._send_due(lane))
 
     def remove(self, account: str) -> None:
         """End the account's loop (removed by a reload); what it owes stays in the store."""
@@ -150,7 +154,7 @@ class SmppOutbox:
             return None
         return best
 
-    async def _send_receipts(self, state: _Lane) -> None:
+    async def _send_due(self, state: _Lane) -> None:
         in_flight: set[int] = set()
         while not self._stopping and not state.removed:
             state.wake.clear()
@@ -161,30 +165,30 @@ class SmppOutbox:
                         state.account, self._clock(), self._window * 4)
                 except StoreError:
                     due = []
-                for receipt in due:
-                    if receipt.id in in_flight:
+                for item in due:
+                    if item.id in in_flight:
                         continue
                     conn = self._receiver(state.account)
                     if conn is None:
                         break
                     try:
-                        fut = conn.request(receipt_pdu(receipt))
+                        fut = conn.request(deliver_pdu(item))
                     except WindowFull:
                         break
                     except Exception:  # NotBound: the session went away
                         break
-                    in_flight.add(receipt.id)
+                    in_flight.add(item.id)
                     self.in_flight += 1
                     sent_any = True
-                    self._spawn(self._await_receipt(state, receipt, fut, in_flight))
+                    self._spawn(self._await_answer(state, item, fut, in_flight))
             if not sent_any:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.wake.wait(), 1.0)
             else:
                 await asyncio.sleep(0)
 
-    async def _await_receipt(self, state: _Lane, receipt: SmppReceipt,
-                             fut: asyncio.Future[Any], in_flight: set[int]) -> None:
+    async def _await_answer(self, state: _Lane, item: SmppOutboxItem,
+                            fut: asyncio.Future[Any], in_flight: set[int]) -> None:
         try:
             resp = await fut
             ok = int(resp.command_status) == ESME_ROK
@@ -193,17 +197,17 @@ class SmppOutbox:
         try:
             if ok:
                 metrics.smpp_receipts.labels("ok").inc()
-                await self._store.smpp_receipt_done(receipt.id)
+                await self._store.smpp_receipt_done(item.id)
             else:
-                attempts = receipt.attempts + 1
+                attempts = item.attempts + 1
                 give_up = attempts >= self._attempts
                 metrics.smpp_receipts.labels("gave_up" if give_up else "retry").inc()
                 await self._store.smpp_receipt_retry(
-                    receipt.id, self._clock() + min(60.0, 2.0 ** attempts), give_up)
-        except StoreError as exc:  # the receipt stays due: sent again later
+                    item.id, self._clock() + min(60.0, 2.0 ** attempts), give_up)
+        except StoreError as exc:  # the item stays due: sent again later
             metrics.store_errors.labels("smpp_receipts").inc()
             log.error("smpp_receipt_store_failed", error=str(exc))
         finally:
-            in_flight.discard(receipt.id)
+            in_flight.discard(item.id)
             self.in_flight -= 1
             state.wake.set()

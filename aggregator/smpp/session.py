@@ -261,7 +261,9 @@ _KIND_UNBIND: Final = 4  # our unbind -> closes either way
 
 
 @dataclass(slots=True)
-class _Pending:
+class _Outstanding:
+    """A request sent and not yet answered: what its response or timeout means."""
+
     command_id: int
     kind: int
     deadline: float
@@ -342,7 +344,7 @@ class SmppSession:
         self._seq = first_sequence_num
         self._in = bytearray()
         self._out = bytearray()
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _Outstanding] = {}
         # (deadline, seq) min-heap of response deadlines; entries whose request was answered
         # stay until they surface (lazy deletion: no O(n) removal per response).
         self._timers: list[tuple[float, int]] = []
@@ -520,7 +522,7 @@ class SmppSession:
             self._enquire_outstanding = True
         return events
 
-    def _expire(self, seq: int, p: _Pending, events: list[Event]) -> None:
+    def _expire(self, seq: int, p: _Outstanding, events: list[Event]) -> None:
         kind = p.kind
         if kind == _KIND_DATA:
             self.in_flight -= 1
@@ -699,7 +701,7 @@ class SmppSession:
             pdu.set_encoding_info("gsm0338", _CODECS)
         self._out += pdu.pdu()  # encode before registering: a local encode error leaves no trace
         self._seq = seq + 1 if seq < MAX_SEQUENCE else 1
-        pending[seq] = _Pending(int(pdu.smpp_command), kind, deadline, context)
+        pending[seq] = _Outstanding(int(pdu.smpp_command), kind, deadline, context)
         heapq.heappush(self._timers, (deadline, seq))
         return seq
 

@@ -79,8 +79,9 @@ class CallbackJob:
 
 
 @dataclass(slots=True, frozen=True)
-class SmppReceipt:
-    """A final state owed to an upstream SMPP client as a deliver_sm receipt."""
+class SmppOutboxItem:
+    """A deliver_sm owed to an upstream SMPP client: a receipt (kind "receipt", a message's
+    final state) or a handset's message (kind "mo")."""
 
     id: int
     account: str
@@ -188,7 +189,7 @@ class Store(Protocol):
 
     async def due_smpp_receipts(
         self, account: str, now: float, limit: int
-    ) -> list[SmppReceipt]: ...
+    ) -> list[SmppOutboxItem]: ...
     async def enqueue_smpp_mo(
         self, account: str, source: str, dest: str, text: str, now: float
     ) -> None: ...

@@ -45,7 +45,7 @@ from aggregator.store.base import (
     MessageFilter,
     OverdueSegment,
     ReceiptResult,
-    SmppReceipt,
+    SmppOutboxItem,
     StoreBusy,
     StoreError,
 )
@@ -1212,11 +1212,13 @@ class PostgresStore:
 
     # ---- SMPP receipts outbox ----------------------------------------------------------------
 
-    async def due_smpp_receipts(self, account: str, now: float, limit: int) -> list[SmppReceipt]:
+    async def due_smpp_receipts(
+        self, account: str, now: float, limit: int
+    ) -> list[SmppOutboxItem]:
         """Due receipts and MO for `account`, leased to this instance (where it is bound), as
         due_callbacks does."""
 
-        async def op(conn: asyncpg.Connection) -> list[SmppReceipt]:
+        async def op(conn: asyncpg.Connection) -> list[SmppOutboxItem]:
             rows = await conn.fetch(
                 "WITH due AS (SELECT id FROM smpp_receipts WHERE account = $1 "
                 "AND NOT given_up AND next_attempt_at <= $2 "
@@ -1227,8 +1229,8 @@ class PostgresStore:
                 "r.source, r.dest, r.status, r.error, r.submitted_at, r.done_at, r.attempts, "
                 "r.kind, r.text", account, now, limit, self.instance, self.lease_seconds)
             return [
-                SmppReceipt(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7],
-                            r[8], r[9], r[10], r[11])
+                SmppOutboxItem(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7],
+                               r[8], r[9], r[10], r[11])
                 for r in sorted(rows, key=lambda r: r[0])
             ]
 

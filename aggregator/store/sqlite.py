@@ -49,7 +49,7 @@ from aggregator.store.base import (
     MessageFilter,
     OverdueSegment,
     ReceiptResult,
-    SmppReceipt,
+    SmppOutboxItem,
     StoreBusy,
     StoreError,
 )
@@ -765,11 +765,13 @@ class SqliteStore:
 
     # ---- SMPP receipts outbox -----------------------------------------------------------------
 
-    async def due_smpp_receipts(self, account: str, now: float, limit: int) -> list[SmppReceipt]:
+    async def due_smpp_receipts(
+        self, account: str, now: float, limit: int
+    ) -> list[SmppOutboxItem]:
         rows = await self._submit("due_smpp_receipts", account, now, limit)
         return [
-            SmppReceipt(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7], r[8],
-                        r[9], r[10], r[11])
+            SmppOutboxItem(r[0], r[1], r[2], r[3], r[4], MessageStatus(r[5]), r[6], r[7], r[8],
+                           r[9], r[10], r[11])
             for r in rows
         ]
 
