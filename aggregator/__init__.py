@@ -1,1 +1,1 @@
-"""smsagg."""
+"""The smsagg daemon: HTTP and SMPP in, a durable store, dispatch to operators, receipts back."""

@@ -1,1 +1,1 @@
-"""smsagg."""
+"""What customers send in: HTTP API, SMPP server, the accept path, reassembly, ingress workers."""

@@ -1,1 +1,1 @@
-"""smsagg."""
+"""Durable storage: the Store contract, SQLite with its writer process, PostgreSQL, store copy."""
