@@ -18,13 +18,12 @@ from aiosmpplib import NPI, TON, DeliverSm, OptionalParam, PhoneNumber
 from aggregator import metrics
 from aggregator.log import get_logger
 from aggregator.model import MessageStatus
+from aggregator.outbound.errors import ESME_ROK
 from aggregator.smpp.session import WindowFull
 from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import SmppOutboxItem, Store, StoreError
 
 log = get_logger("smsagg.smpp")
-
-ESME_ROK = 0x00
 
 # A final status as a receipt says it: the stat word and the message_state value.
 RECEIPT_STATE = {
