@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from aggregator.auth import digest
+from aggregator.credentials import digest
 from aggregator.numbers import is_region
 from aggregator.tls import TlsFileError, check_ca, server_context
 from aggregator.tomlcheck import ABSENT as _ABSENT
