@@ -46,7 +46,7 @@ class SmscSpec(NamedTuple):
     profile: SmscProfile
 
 
-class _Reader(Reader):
+class _SmscReader(Reader):
     """The shared reader in the simulator's wording, which its users know:
     "FILE: [[smsc]] #2 ('B'): key 'max_tps': expected a number, got 'fast'"."""
 
@@ -95,7 +95,7 @@ def parse_profiles(data: Mapping[str, Any], source: str) -> list[SmscSpec]:
             continue
         if isinstance(entry.get("name"), str):
             where += f" ({entry['name']!r})"
-        r = _Reader(entry, where, source, problems, SmscProfile)
+        r = _SmscReader(entry, where, source, problems, SmscProfile)
         spec = _parse_entry(r)
         r.finish()
         if spec is None:
@@ -112,7 +112,7 @@ def parse_profiles(data: Mapping[str, Any], source: str) -> list[SmscSpec]:
     return specs
 
 
-def _parse_entry(r: _Reader) -> SmscSpec | None:
+def _parse_entry(r: _SmscReader) -> SmscSpec | None:
     """The entry's SMSC, or None when a key is bad (reported)."""
     name, given = r.lookup("name")
     if given and (not isinstance(name, str) or not name):
@@ -135,7 +135,7 @@ def _parse_entry(r: _Reader) -> SmscSpec | None:
     return SmscSpec(name, port, profile) if profile is not None else None
 
 
-def _profile(r: _Reader, values: dict[str, Any], key: str | None) -> SmscProfile | None:
+def _profile(r: _SmscReader, values: dict[str, Any], key: str | None) -> SmscProfile | None:
     """SmscProfile(**values), or None with its ValueError reported (at ``key`` if given)."""
     try:
         return SmscProfile(**values)
@@ -156,7 +156,7 @@ def _toml_type(key: str) -> type:
     return annotation
 
 
-def _parse_handsets(r: _Reader) -> HandsetBook:
+def _parse_handsets(r: _SmscReader) -> HandsetBook:
     """`handsets` (number or prefix = behaviour, or a table of behaviour, reply, reply_delay)
     and `replies` (number or prefix = reply text), merged into one book."""
     book = HandsetBook()
@@ -175,7 +175,7 @@ def _parse_handsets(r: _Reader) -> HandsetBook:
                 if table_key == "replies":
                     problem = _set_reply(book, number, value, None)
                 elif isinstance(value, Mapping):
-                    _set_handset(book, number, _Reader(value, at, r.source, r.problems))
+                    _set_handset(book, number, _SmscReader(value, at, r.source, r.problems))
                 elif isinstance(value, str):
                     book.set_behaviour(number, value)
                 else:
@@ -188,7 +188,7 @@ def _parse_handsets(r: _Reader) -> HandsetBook:
     return book
 
 
-def _set_handset(book: HandsetBook, number: str, h: _Reader) -> None:
+def _set_handset(book: HandsetBook, number: str, h: _SmscReader) -> None:
     """One `{ behaviour, reply, reply_delay }` table; its problems are reported through h."""
     behaviour = h.string("behaviour") if h.given("behaviour") else "deliver"
     reply = h.optional("reply")
