@@ -7,19 +7,17 @@ key, a password or a digest.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from aggregator.config import AccountConfig
+from aggregator.credentials import DIGEST_SIZE, digest
 from aggregator.outbound.ratelimit import TokenBucket
-
-if TYPE_CHECKING:
-    from aggregator.config import AccountConfig
 
 __all__ = [
     "Authenticator",
@@ -35,13 +33,7 @@ ESME_RBINDFAIL: Final = 0x0D
 ESME_RINVPASWD: Final = 0x0E
 ESME_RINVSYSID: Final = 0x0F
 
-DIGEST_SIZE: Final = 32
 _NO_MATCH: Final = bytes(DIGEST_SIZE)  # compared against when there is nothing to compare
-
-
-def digest(secret: str) -> bytes:
-    """SHA-256 of the UTF-8 secret: the only form in which keys and passwords are kept."""
-    return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
 def retry_after(seconds: float) -> int:

@@ -1,10 +1,10 @@
 """Daemon configuration: TOML file -> validated, immutable Config.
 
 Each optional [section] is one dataclass plus one ``_parse_*`` function that reads its keys
-through a ``_Reader``. The reader is the schema: keys a parse function never asks for are
-reported as unknown, and keys without a dataclass default are required. Adding a section
-means: dataclass, parse function, a Config field and one ``_section(...)`` line in
-``parse_config``.
+through a ``Reader`` (aggregator/tomlcheck.py, shared with the country and simulator profiles).
+The reader is the schema: keys a parse function never asks for are reported as unknown, and
+keys without a dataclass default are required. Adding a section means: dataclass, parse
+function, a Config field and one ``top.section(...)`` line in ``parse_config``.
 
 Every problem in a file is collected before raising, so one run of the daemon shows them all.
 """
@@ -14,27 +14,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import math
 import os
 import re
 import socket
 import ssl
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from aggregator.auth import digest
+from aggregator.credentials import digest
 from aggregator.numbers import is_region
 from aggregator.tls import TlsFileError, check_ca, server_context
 from aggregator.tomlcheck import ABSENT as _ABSENT
-from aggregator.tomlcheck import is_number as _is_number
-from aggregator.tomlcheck import join_key as _join
+from aggregator.tomlcheck import Reader, TomlFileError, decode_toml, read_toml
 from aggregator.tomlcheck import kind as _kind
 from aggregator.tomlcheck import show as _show
-from aggregator.tomlcheck import toml_problem
 
 __all__ = [
     "AccountConfig",
@@ -343,202 +339,14 @@ class ConfigError(Exception):
         return "\n".join(self.problems)
 
 
-# --------------------------------------------------------------------------- reader
+# --------------------------------------------------------------------------- tables
 
 _T = TypeVar("_T")
 
 
-class _Reader:
-    """Typed, problem-collecting access to one TOML table.
-
-    Getters never raise: a bad value is reported and a placeholder of the right type is
-    returned, so parsing continues and every problem is collected. ``bad`` lets cross-field
-    checks skip keys already reported, avoiding follow-on noise.
-    """
-
-    __slots__ = ("_asked", "_data", "_defaults", "_noun", "bad", "path", "problems", "source")
-
-    def __init__(
-        self,
-        data: Mapping[str, Any],
-        path: str,
-        source: str,
-        problems: list[str],
-        defaults_from: type[Any] | None = None,
-        noun: str = "key",
-    ) -> None:
-        self._data = data
-        self.path = path
-        self.source = source
-        self.problems = problems
-        self._defaults: dict[str, Any] = {}
-        if defaults_from is not None:
-            for f in dataclasses.fields(defaults_from):
-                if f.default is not dataclasses.MISSING:
-                    self._defaults[f.name] = f.default
-        self._noun = noun
-        self._asked: list[str] = []
-        self.bad: set[str] = set()
-
-    def where(self, key: str) -> str:
-        return _join(self.path, key)
-
-    def problem(self, key: str, message: str, *, at: str | None = None) -> None:
-        self.bad.add(key)
-        self.problems.append(f"{self.source}: {at or self.where(key)}: {message}")
-
-    def ok(self, *keys: str) -> bool:
-        return self.bad.isdisjoint(keys)
-
-    def optional(self, key: str) -> Any:
-        """The file's value or _ABSENT, without defaults or a missing-key report."""
-        self._asked.append(key)
-        return self._data.get(key, _ABSENT)
-
-    def lookup(self, key: str) -> tuple[Any, bool]:
-        """(value, given): the file's value, else the dataclass default, else _ABSENT.
-
-        A missing required key is reported here; ``given`` is False for defaults, which are
-        trusted and not validated.
-        """
-        self._asked.append(key)
-        if key in self._data:
-            return self._data[key], True
-        if key in self._defaults:
-            return self._defaults[key], False
-        self.problem(key, "required key is missing")
-        return _ABSENT, False
-
-    def integer(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int:
-        value, given = self.lookup(key)
-        if not given:
-            return value if isinstance(value, int) else 0
-        if not _is_number(value) or not isinstance(value, int):
-            self.problem(key, f"must be an integer{_range_text(lo, hi)}, got {_show(value)}")
-            return 0
-        if lo is not None and value < lo:
-            self.problem(key, f"must be an integer >= {lo}, got {value}")
-        elif hi is not None and value > hi:
-            self.problem(key, f"must be an integer <= {hi}, got {value}")
-        return value
-
-    def number(self, key: str, *, gt: float | None = None, ge: float | None = None) -> float:
-        value, given = self.lookup(key)
-        if not given:
-            return float(value) if _is_number(value) else 0.0
-        bound = f" > {gt:g}" if gt is not None else f" >= {ge:g}" if ge is not None else ""
-        if not _is_number(value):
-            self.problem(key, f"must be a number{bound}, got {_show(value)}")
-            return 0.0
-        number = float(value)
-        if not math.isfinite(number):
-            self.problem(key, f"must be a finite number, got {_show(value)}")
-        elif (gt is not None and number <= gt) or (ge is not None and number < ge):
-            self.problem(key, f"must be a number{bound}, got {_show(value)}")
-        return number
-
-    def boolean(self, key: str) -> bool:
-        value, given = self.lookup(key)
-        if given and not isinstance(value, bool):
-            self.problem(key, f"must be true or false, got {_show(value)}")
-            return False
-        return value if isinstance(value, bool) else False
-
-    def string(
-        self,
-        key: str,
-        *,
-        choices: Sequence[str] = (),
-        nonempty: bool = False,
-        smpp_max: int | None = None,
-        secret: bool = False,
-    ) -> str:
-        """A string; ``secret`` values are never echoed, only their type or length."""
-        value, given = self.lookup(key)
-        if not given:
-            return value if isinstance(value, str) else ""
-        if not isinstance(value, str):
-            got = _kind(value) if secret else _show(value)
-            self.problem(key, f"must be a string, got {got}")
-            return ""
-        text: str = value
-        if choices and text not in choices:
-            options = ", ".join(repr(c) for c in choices)
-            self.problem(key, f"must be one of {options}, got {_show(text)}")
-        elif nonempty and not text:
-            self.problem(key, "must not be empty")
-        elif smpp_max is not None and not text.isascii():
-            self.problem(key, "must contain only ASCII characters (SMPP C-octet string)")
-        elif smpp_max is not None and len(text) > smpp_max:
-            self.problem(
-                key,
-                f"must be at most {smpp_max} characters (SMPP limit), got {len(text)}",
-            )
-        return text
-
-    def string_list(self, key: str) -> tuple[str, ...]:
-        """A non-empty array of strings; item problems are reported as key[i]."""
-        value, given = self.lookup(key)
-        if not given:
-            return tuple(value) if isinstance(value, tuple) else ()
-        if not isinstance(value, list | tuple):
-            self.problem(key, f"must be an array of strings, got {_show(value)}")
-            return ()
-        if not value:
-            self.problem(key, "must not be empty")
-        items: list[str] = []
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                items.append(item)
-            else:
-                self.problem(key, f"must be a string, got {_show(item)}", at=self.item(key, i))
-        return tuple(items)
-
-    def item(self, key: str, index: int) -> str:
-        return f"{self.where(key)}[{index}]"
-
-    def finish(self) -> None:
-        """Report keys present in the table that no parse function asked for."""
-        for key in self._data:
-            if key in self._asked:
-                continue
-            if not isinstance(key, str):  # only reachable from Python callers
-                self.problems.append(f"{self.source}: {self.path}: key {key!r} is not a string")
-                continue
-            hint = difflib.get_close_matches(key, self._asked, n=1)
-            message = f"unknown {self._noun}"
-            if hint:
-                message += f"; did you mean {hint[0]!r}?"
-            self.problems.append(f"{self.source}: {self.where(key)}: {message}")
-
-
-def _range_text(lo: int | None, hi: int | None) -> str:
-    if lo is not None and hi is not None:
-        return f" between {lo} and {hi}"
-    if lo is not None:
-        return f" >= {lo}"
-    if hi is not None:
-        return f" <= {hi}"
-    return ""
-
-
-def _section(top: _Reader, name: str, cls: type[_T], parse: Callable[[_Reader], _T]) -> _T:
-    """Parse an optional [name] table; an absent table gets every default."""
-    raw = top.optional(name)
-    if raw is _ABSENT:
-        raw = {}
-    elif not isinstance(raw, Mapping):
-        top.problem(name, f"must be a table ([{name}]), got {_show(raw)}")
-        raw = {}
-    reader = _Reader(raw, name, top.source, top.problems, cls)
-    result = parse(reader)
-    reader.finish()
-    return result
-
-
 def _array(
-    top: _Reader, name: str, cls: type[_T], parse: Callable[[_Reader], _T]
-) -> Iterator[tuple[_T, _Reader]]:
+    top: Reader, name: str, cls: type[_T], parse: Callable[[Reader], _T]
+) -> Iterator[tuple[_T, Reader]]:
     """Parse a required, non-empty [[name]] array of tables, yielding (item, its reader)."""
     raw, given = top.lookup(name)
     if not given:
@@ -550,13 +358,13 @@ def _array(
         top.problem(name, f"at least one [[{name}]] entry is required")
         return
     for index, table in enumerate(raw):
-        reader = _Reader(table, f"{name}[{index}]", top.source, top.problems, cls)
+        reader = Reader(table, f"{name}[{index}]", top.source, top.problems, cls)
         item = parse(reader)
         reader.finish()
         yield item, reader
 
 
-def _ordered(r: _Reader, low: str, high: str) -> tuple[float, float]:
+def _ordered(r: Reader, low: str, high: str) -> tuple[float, float]:
     """Read a positive (min, max) pair; min > max is reported unless either is already bad."""
     low_value, high_value = r.number(low, gt=0), r.number(high, gt=0)
     if r.ok(low, high) and low_value > high_value:
@@ -567,7 +375,7 @@ def _ordered(r: _Reader, low: str, high: str) -> tuple[float, float]:
 # --------------------------------------------------------------------------- sections
 
 
-def _listen(r: _Reader) -> ListenAddress:
+def _listen(r: Reader) -> ListenAddress:
     listen, given = r.lookup("listen")
     if given:
         if isinstance(listen, str):
@@ -580,7 +388,7 @@ def _listen(r: _Reader) -> ListenAddress:
     return listen if isinstance(listen, ListenAddress) else ListenAddress("", 0)
 
 
-def _parse_policy(r: _Reader) -> PolicyConfig:
+def _parse_policy(r: Reader) -> PolicyConfig:
     countries: str | None = None
     raw = r.optional("countries")
     if raw is not _ABSENT:
@@ -592,11 +400,11 @@ def _parse_policy(r: _Reader) -> PolicyConfig:
                         auto_reply_interval=r.number("auto_reply_interval", gt=0))
 
 
-def _parse_metrics(r: _Reader) -> MetricsConfig:
+def _parse_metrics(r: Reader) -> MetricsConfig:
     return MetricsConfig(listen=_listen(r))
 
 
-def _parse_smpp(r: _Reader) -> SmppConfig:
+def _parse_smpp(r: Reader) -> SmppConfig:
     return SmppConfig(
         listen=_listen(r),
         max_sessions=r.integer("max_sessions", lo=1, hi=100_000),
@@ -613,7 +421,7 @@ def _parse_smpp(r: _Reader) -> SmppConfig:
     )
 
 
-def _parse_http(r: _Reader) -> HttpConfig:
+def _parse_http(r: Reader) -> HttpConfig:
     listen = _listen(r)
     max_body_bytes = r.integer("max_body_bytes", lo=1)
     tls_cert, tls_key = _optional_path(r, "tls_cert"), _optional_path(r, "tls_key")
@@ -634,7 +442,7 @@ def _parse_http(r: _Reader) -> HttpConfig:
                       max_connections=r.integer("max_connections", lo=1, hi=1_000_000))
 
 
-def _optional_path(r: _Reader, key: str) -> str | None:
+def _optional_path(r: Reader, key: str) -> str | None:
     """An optional file path (relative: to the working directory); None when absent."""
     raw = r.optional(key)
     if raw is _ABSENT:
@@ -645,7 +453,7 @@ def _optional_path(r: _Reader, key: str) -> str | None:
     return raw
 
 
-def _parse_store(r: _Reader, environ: Mapping[str, str]) -> StoreConfig:
+def _parse_store(r: Reader, environ: Mapping[str, str]) -> StoreConfig:
     backend = r.string("backend", choices=STORE_BACKENDS)
     dsn, dsn_env = _store_dsn(r, environ)
     if backend == "postgres" and not dsn and r.ok("dsn", "dsn_env"):
@@ -655,20 +463,13 @@ def _parse_store(r: _Reader, environ: Mapping[str, str]) -> StoreConfig:
         max_pending=r.integer("max_pending", lo=1),
         commit_batch=r.integer("commit_batch", lo=1),
         writer=r.string("writer", choices=STORE_WRITERS),
-        account_pending_share=_share(r, "account_pending_share"),
+        account_pending_share=r.number("account_pending_share", gt=0, le=1),
         backend=backend,
         dsn=dsn,
         dsn_env=dsn_env,
         pool_size=r.integer("pool_size", lo=1, hi=1000),
         lease_seconds=r.number("lease_seconds", ge=1),
     )
-
-
-def _share(r: _Reader, key: str) -> float:
-    value = r.number(key, gt=0)
-    if value > 1:
-        r.problem(key, f"must be a number > 0 and <= 1, got {value:g}")
-    return value
 
 
 def account_max_pending(account: AccountConfig | None, store: StoreConfig) -> int:
@@ -679,7 +480,7 @@ def account_max_pending(account: AccountConfig | None, store: StoreConfig) -> in
     return max(1, int(store.max_pending * store.account_pending_share))
 
 
-def _store_dsn(r: _Reader, environ: Mapping[str, str]) -> tuple[str, str]:
+def _store_dsn(r: Reader, environ: Mapping[str, str]) -> tuple[str, str]:
     """(DSN, the variable it came from) from dsn or dsn_env; never echoes the DSN itself."""
     raw, raw_env = r.optional("dsn"), r.optional("dsn_env")
     if raw is not _ABSENT and raw_env is not _ABSENT:
@@ -707,7 +508,7 @@ def _store_dsn(r: _Reader, environ: Mapping[str, str]) -> tuple[str, str]:
     return "", ""
 
 
-def _parse_instance(r: _Reader) -> InstanceConfig:
+def _parse_instance(r: Reader) -> InstanceConfig:
     raw = r.optional("name")
     if raw is _ABSENT:
         return InstanceConfig()
@@ -718,32 +519,29 @@ def _parse_instance(r: _Reader) -> InstanceConfig:
     return InstanceConfig(name=raw)
 
 
-def _parse_messages(r: _Reader) -> MessagesConfig:
-    max_segments = r.integer("max_segments", lo=1, hi=255)  # SAR/UDH counts are one octet
-    default_validity = r.number("default_validity", gt=0)
+def _retries(r: Reader) -> dict[str, Any]:
+    """max_attempts, retry_min and retry_max: the same retry keys of [messages] and [callbacks]."""
     max_attempts = r.integer("max_attempts", lo=1)
     retry_min, retry_max = _ordered(r, "retry_min", "retry_max")
+    return {"max_attempts": max_attempts, "retry_min": retry_min, "retry_max": retry_max}
+
+
+def _parse_messages(r: Reader) -> MessagesConfig:
+    # Keyword arguments are evaluated in order: problems come out in the order of the keys.
     return MessagesConfig(
-        max_segments=max_segments,
-        default_validity=default_validity,
-        max_attempts=max_attempts,
-        retry_min=retry_min,
-        retry_max=retry_max,
+        max_segments=r.integer("max_segments", lo=1, hi=255),  # SAR/UDH counts are one octet
+        default_validity=r.number("default_validity", gt=0),
+        **_retries(r),
         receipt_timeout=r.number("receipt_timeout", gt=0),
         keep_text=r.string("keep_text", choices=KEEP_TEXT_MODES),
         retention_days=r.integer("retention_days", lo=1, hi=36500),
     )
 
 
-def _parse_callbacks(r: _Reader) -> CallbacksConfig:
-    timeout = r.number("timeout", gt=0)
-    max_attempts = r.integer("max_attempts", lo=1)
-    retry_min, retry_max = _ordered(r, "retry_min", "retry_max")
+def _parse_callbacks(r: Reader) -> CallbacksConfig:
     return CallbacksConfig(
-        timeout=timeout,
-        max_attempts=max_attempts,
-        retry_min=retry_min,
-        retry_max=retry_max,
+        timeout=r.number("timeout", gt=0),
+        **_retries(r),
         concurrency=r.integer("concurrency", lo=1),
         per_host_concurrency=r.integer("per_host_concurrency", lo=1),
         per_account_concurrency=r.integer("per_account_concurrency", lo=1),
@@ -751,7 +549,7 @@ def _parse_callbacks(r: _Reader) -> CallbacksConfig:
     )
 
 
-def _networks(r: _Reader, key: str) -> tuple[str, ...]:
+def _networks(r: Reader, key: str) -> tuple[str, ...]:
     """An array of CIDR ranges ("10.1.0.0/16", "::1/128"; a bare address is one host), kept
     in their normalised form; an empty array is allowed."""
     value, given = r.lookup(key)
@@ -773,7 +571,7 @@ def _networks(r: _Reader, key: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _parse_log(r: _Reader) -> LogConfig:
+def _parse_log(r: Reader) -> LogConfig:
     return LogConfig(
         level=r.string("level", choices=LOG_LEVELS),
         format=r.string("format", choices=LOG_FORMATS),
@@ -785,7 +583,7 @@ _SHA256_HEX_RE: Final = re.compile(r"[0-9A-Fa-f]{64}")
 
 
 def _secret(
-    r: _Reader,
+    r: Reader,
     key: str,
     environ: Mapping[str, str],
     check: Callable[[str], str | None],
@@ -844,17 +642,11 @@ def _smpp_password_problem(value: str) -> str | None:
     return None
 
 
-def _optional_rate(r: _Reader, key: str) -> float | None:
-    raw = r.optional(key)
-    if raw is _ABSENT:
-        return None
-    if not _is_number(raw) or not math.isfinite(raw) or raw <= 0:
-        r.problem(key, f"must be a number > 0, got {_show(raw)}")
-        return None
-    return float(raw)
+def _optional_rate(r: Reader, key: str) -> float | None:
+    return r.number(key, gt=0) if r.given(key) else None
 
 
-def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
+def _parse_account(r: Reader, environ: Mapping[str, str]) -> AccountConfig:
     name = r.string("name", nonempty=True)
     api_key, api_key_digest = _secret(r, "api_key", environ, _api_key_problem)
     if api_key_digest is None and r.ok("api_key", "api_key_sha256", "api_key_env"):
@@ -874,23 +666,7 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
     max_binds = r.integer("max_binds", lo=1, hi=1000)
     max_tps = _optional_rate(r, "max_tps")
     max_http_tps = _optional_rate(r, "max_http_tps")
-    registered: dict[str, tuple[str, ...]] = {}
-    raw_reg = r.optional("registered_senders")
-    if raw_reg is not _ABSENT:
-        if not isinstance(raw_reg, Mapping):
-            r.problem("registered_senders",
-                      f'must be a table like {{ KZ = ["ACME"] }}, got {_show(raw_reg)}')
-        else:
-            for region, senders in raw_reg.items():
-                if not (isinstance(region, str) and len(region) == 2 and region.isupper()):
-                    r.problem("registered_senders",
-                              f"keys are ISO region codes like 'KZ', got {_show(region)}")
-                elif not isinstance(senders, list) or not all(
-                        isinstance(x, str) and x for x in senders):
-                    r.problem("registered_senders",
-                              f"{region} must be an array of sender IDs, got {_show(senders)}")
-                else:
-                    registered[region] = tuple(senders)
+    registered = _parse_region_lists(r, "registered_senders", '{ KZ = ["ACME"] }', "sender IDs")
     mo_url: str | None = None
     raw_url = r.optional("mo_url")
     if raw_url is not _ABSENT:
@@ -908,7 +684,7 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
             r.problem("default_country", "must be an ISO 3166 alpha-2 country code with a "
                       f"numbering plan (like 'XK' or 'KZ'), got {_show(raw_country)}")
     default_class, smpp_class, service_types = _parse_account_classes(r)
-    cleared = _parse_region_lists(r, "cleared_categories", '{ KZ = ["financial"] }')
+    cleared = _parse_region_lists(r, "cleared_categories", '{ KZ = ["financial"] }', "names")
     confirm_api_optouts = r.boolean("confirm_api_optouts")
     optout_sender: str | None = None
     if r.optional("optout_sender") is not _ABSENT:
@@ -932,8 +708,10 @@ def _parse_account(r: _Reader, environ: Mapping[str, str]) -> AccountConfig:
                          max_pending=max_pending)
 
 
-def _parse_region_lists(r: _Reader, key: str, example: str) -> dict[str, tuple[str, ...]]:
-    """A table of region code -> array of non-empty strings."""
+def _parse_region_lists(
+    r: Reader, key: str, example: str, what: str
+) -> dict[str, tuple[str, ...]]:
+    """A table of region code -> array of non-empty strings (``what`` they are)."""
     out: dict[str, tuple[str, ...]] = {}
     raw = r.optional(key)
     if raw is _ABSENT:
@@ -941,17 +719,17 @@ def _parse_region_lists(r: _Reader, key: str, example: str) -> dict[str, tuple[s
     if not isinstance(raw, Mapping):
         r.problem(key, f"must be a table like {example}, got {_show(raw)}")
         return out
-    for region, items in raw.items():
+    for region, names in raw.items():
         if not (isinstance(region, str) and len(region) == 2 and region.isupper()):
             r.problem(key, f"keys are ISO region codes like 'KZ', got {_show(region)}")
-        elif not isinstance(items, list) or not all(isinstance(x, str) and x for x in items):
-            r.problem(key, f"{region} must be an array of names, got {_show(items)}")
+        elif not isinstance(names, list) or not all(isinstance(x, str) and x for x in names):
+            r.problem(key, f"{region} must be an array of {what}, got {_show(names)}")
         else:
-            out[region] = tuple(items)
+            out[region] = tuple(names)
     return out
 
 
-def _parse_account_classes(r: _Reader) -> tuple[str, str | None, dict[str, str]]:
+def _parse_account_classes(r: Reader) -> tuple[str, str | None, dict[str, str]]:
     """default_class, smpp_class and the service_types table of one account."""
     default_class = r.string("default_class", choices=MESSAGE_CLASSES)
     smpp_class: str | None = None
@@ -978,7 +756,7 @@ def _parse_account_classes(r: _Reader) -> tuple[str, str | None, dict[str, str]]
     return default_class, smpp_class, service_types
 
 
-def _parse_provider(r: _Reader) -> ProviderConfig:
+def _parse_provider(r: Reader) -> ProviderConfig:
     # Read in contract order so problems come out in the order a reader of the file expects.
     name = r.string("name", nonempty=True)
     host = r.string("host", nonempty=True)
@@ -1048,8 +826,8 @@ def _valid_prefix(prefix: str) -> bool:
     return prefix == "*" or _PREFIX_RE.fullmatch(prefix) is not None
 
 
-def _parse_route(r: _Reader) -> RouteConfig:
-    prefixes = r.string_list("prefixes")
+def _parse_route(r: Reader) -> RouteConfig:
+    prefixes = r.string_list("prefixes", nonempty=True)
     for i, prefix in enumerate(prefixes):
         if not _valid_prefix(prefix):
             r.problem(
@@ -1057,7 +835,7 @@ def _parse_route(r: _Reader) -> RouteConfig:
                 f'must be "*" or "+" followed by 1-15 digits, got {_show(prefix)}',
                 at=r.item("prefixes", i),
             )
-    providers = r.string_list("providers")
+    providers = r.string_list("providers", nonempty=True)
     message_class: str | None = None
     raw_class = r.optional("class")
     if raw_class is not _ABSENT:
@@ -1083,22 +861,15 @@ def _parse_route(r: _Reader) -> RouteConfig:
             weights = tuple(raw_weights)
     if strategy == "weighted" and not weights and r.ok("weights", "strategy"):
         r.problem("weights", 'strategy "weighted" needs weights, one per provider')
-    max_tps: float | None = None
-    raw_tps = r.optional("max_tps")
-    if raw_tps is not _ABSENT:
-        if not _is_number(raw_tps) or not math.isfinite(raw_tps) or raw_tps <= 0:
-            r.problem("max_tps", f"must be a number > 0, got {_show(raw_tps)}")
-        else:
-            max_tps = float(raw_tps)
     return RouteConfig(prefixes=prefixes, providers=providers, message_class=message_class,
-                       strategy=strategy, weights=weights, max_tps=max_tps)
+                       strategy=strategy, weights=weights, max_tps=_optional_rate(r, "max_tps"))
 
 
 # --------------------------------------------------------------------------- cross checks
 
 
 def _check_unique(
-    items: Sequence[tuple[Any, _Reader]], key: str, what: str, *, secret: bool = False
+    items: Sequence[tuple[Any, Reader]], key: str, what: str, *, secret: bool = False
 ) -> None:
     first: dict[str, str] = {}  # value -> where it was first defined
     for item, r in items:
@@ -1112,7 +883,7 @@ def _check_unique(
             first[value] = r.path
 
 
-def _check_unique_keys(accounts: Sequence[tuple[AccountConfig, _Reader]]) -> None:
+def _check_unique_keys(accounts: Sequence[tuple[AccountConfig, Reader]]) -> None:
     """Two accounts with one API key (in whichever form given): reported, never shown."""
     first: dict[bytes, str] = {}  # digest -> the account that has it
     for account, r in accounts:
@@ -1127,8 +898,8 @@ def _check_unique_keys(accounts: Sequence[tuple[AccountConfig, _Reader]]) -> Non
 
 
 def _check_routes(
-    routes: Sequence[tuple[RouteConfig, _Reader]],
-    providers: Sequence[tuple[ProviderConfig, _Reader]],
+    routes: Sequence[tuple[RouteConfig, Reader]],
+    providers: Sequence[tuple[ProviderConfig, Reader]],
 ) -> None:
     # A provider with a broken name would make every reference to it look unknown: skip then.
     names_known = bool(providers) and all(r.ok("name") for _, r in providers)
@@ -1177,18 +948,18 @@ def parse_config(
     files ([http] tls_cert / tls_key, [[providers]] tls_ca) are loaded here to check them."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     problems: list[str] = []
-    top = _Reader(data, "", source, problems, noun="section")
-    http = _section(top, "http", HttpConfig, _parse_http)
-    store = _section(top, "store", StoreConfig, lambda r: _parse_store(r, env))
-    instance = _section(top, "instance", InstanceConfig, _parse_instance)
-    messages = _section(top, "messages", MessagesConfig, _parse_messages)
-    callbacks = _section(top, "callbacks", CallbacksConfig, _parse_callbacks)
-    log = _section(top, "log", LogConfig, _parse_log)
-    smpp = _section(top, "smpp", SmppConfig, _parse_smpp) if "smpp" in data else None
+    top = Reader(data, "", source, problems, noun="section")
+    http = top.section("http", HttpConfig, _parse_http)
+    store = top.section("store", StoreConfig, lambda r: _parse_store(r, env))
+    instance = top.section("instance", InstanceConfig, _parse_instance)
+    messages = top.section("messages", MessagesConfig, _parse_messages)
+    callbacks = top.section("callbacks", CallbacksConfig, _parse_callbacks)
+    log = top.section("log", LogConfig, _parse_log)
+    smpp = top.section("smpp", SmppConfig, _parse_smpp) if "smpp" in data else None
     metrics = (
-        _section(top, "metrics", MetricsConfig, _parse_metrics) if "metrics" in data else None
+        top.section("metrics", MetricsConfig, _parse_metrics) if "metrics" in data else None
     )
-    policy = _section(top, "policy", PolicyConfig, _parse_policy)
+    policy = top.section("policy", PolicyConfig, _parse_policy)
     accounts = list(_array(top, "accounts", AccountConfig, lambda r: _parse_account(r, env)))
     providers = list(_array(top, "providers", ProviderConfig, _parse_provider))
     routes = list(_array(top, "routes", RouteConfig, _parse_route))
@@ -1219,26 +990,13 @@ def parse_config(
     )
 
 
-def _loads(text: str, source: str) -> Config:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([toml_problem(exc, source)]) from None
-    return parse_config(data, source)
-
-
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML file; every failure is a ConfigError naming the file."""
-    source = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read file: {exc.strerror or exc}"]) from None
-    try:
-        text = raw.decode("utf-8")  # TOML is UTF-8 by definition
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{source}: byte {exc.start}: file is not valid UTF-8"]) from None
-    return _loads(text, source)
+        data = read_toml(path)
+    except TomlFileError as exc:
+        raise ConfigError([str(exc)]) from None
+    return parse_config(data, str(path))
 
 
 def default_config_text() -> str:
@@ -1247,7 +1005,11 @@ def default_config_text() -> str:
 
 
 def load_default_config() -> Config:
-    return _loads(default_config_text(), DEFAULT_SOURCE)
+    try:
+        data = decode_toml(default_config_text(), DEFAULT_SOURCE)
+    except TomlFileError as exc:  # pragma: no cover - the packaged file is tested
+        raise ConfigError([str(exc)]) from None
+    return parse_config(data, DEFAULT_SOURCE)
 
 
 def load_config_or_default(path: str | None) -> Config:

@@ -65,7 +65,7 @@ def test_config_checks_the_class_keys(tmp_path: Path) -> None:
 async def test_http_without_class_takes_the_accounts_default_class(tmp_path: Path) -> None:
     async with running(tmp_path, shop={"default_class": "marketing"}) as r:
         assert r.app.acceptor.policy is not None
-        r.app.acceptor.policy._clock = lambda: NOON.timestamp()
+        r.app.acceptor.policy.clock = lambda: NOON.timestamp()
         await r.app.store.add_optout("shop", XK, "test", NOON.timestamp())
         body = {"to": XK, "from": "ACME", "text": "Our new offer"}
         status, data = await r.post(body)
@@ -91,7 +91,7 @@ async def test_smpp_class_from_service_type(tmp_path: Path) -> None:
         assert r.app.smpp is not None
         await r.app.store.add_optout("shop", XK, "test", NOON.timestamp())
         assert r.app.acceptor.policy is not None
-        r.app.acceptor.policy._clock = lambda: NOON.timestamp()
+        r.app.acceptor.policy.clock = lambda: NOON.timestamp()
         port = r.app.smpp.port
 
         def client_run() -> list[int]:

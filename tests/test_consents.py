@@ -34,7 +34,7 @@ async def r(tmp_path: Path) -> Any:
     async with running(tmp_path, shop=senders, bank=senders) as run:
         assert run.app.acceptor.policy is not None
         run.app.acceptor.policy.profiles = STRICT
-        run.app.acceptor.policy._clock = lambda: NOON_KZ
+        run.app.acceptor.policy.clock = lambda: NOON_KZ
         yield run
 
 

@@ -36,7 +36,7 @@ OPENS = datetime.combine(_TOMORROW, time(9, 0), ZoneInfo("Europe/Belgrade")).tim
 
 def fix_clock(r: Running, ts: float) -> None:
     assert r.app.acceptor.policy is not None
-    r.app.acceptor.policy._clock = lambda: ts  # the rules' clock only
+    r.app.acceptor.policy.clock = lambda: ts  # the rules' clock only
 
 
 @pytest.fixture

@@ -49,8 +49,10 @@ def _config_keys() -> set[str]:
     """Every key aggregator/config.py reads, from the calls that read them."""
     source = (ROOT / "aggregator" / "config.py").read_text(encoding="utf-8")
     keys = set(re.findall(
-        r'\br\.(?:string|integer|number|boolean|optional|lookup|string_list)\(\s*"(\w+)"', source))
-    keys |= set(re.findall(r'_optional_path\(r, "(\w+)"', source))
+        r'\br\.(?:string|integer|number|boolean|optional|given|lookup|string_list)\(\s*"(\w+)"',
+        source))
+    keys |= set(re.findall(r'_(?:optional_path|optional_rate|parse_region_lists)\(r, "(\w+)"',
+                           source))
     for low, high in re.findall(r'_ordered\(r, "(\w+)", "(\w+)"\)', source):
         keys |= {low, high}
     for key in re.findall(r'_secret\(r, "(\w+)"', source):
@@ -65,7 +67,7 @@ def test_every_config_key_and_section_is_documented() -> None:
     assert {"listen", "max_pending", "breaker_cooldown", "api_key_env", "tls_ca"} <= keys
     missing = sorted(k for k in keys if f"`{k}`" not in doc)
     assert not missing, f"keys not in docs/configuration.md: {missing}"
-    sections = set(re.findall(r'_section\(top, "(\w+)"', source))
+    sections = set(re.findall(r'\btop\.section\("(\w+)"', source))
     assert sections, "no sections found in config.py"
     for name in sections:
         assert f"## `[{name}]`" in doc, f"no heading for [{name}] in docs/configuration.md"

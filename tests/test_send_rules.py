@@ -53,7 +53,7 @@ class Clock:
         fn: Callable[[], float] = lambda: self.now  # noqa: E731
         app.acceptor._clock = fn
         assert app.acceptor.policy is not None
-        app.acceptor.policy._clock = fn
+        app.acceptor.policy.clock = fn
         app.send_check.clock = fn
         app.dispatcher._clock = fn
         self._app = app
@@ -109,7 +109,7 @@ async def test_an_optout_between_schedule_and_send_rejects_the_message(tmp_path:
         night = local(-3, 3, 0)
         r.app.acceptor._clock = lambda: night
         assert r.app.acceptor.policy is not None
-        r.app.acceptor.policy._clock = lambda: night
+        r.app.acceptor.policy.clock = lambda: night
         r.app.send_check.clock = lambda: local(-3, 9, 0, 1)  # inside the window
         r.app.dispatcher.max_in_flight = 0
         held = await post(r, callback_url=sink.url)

@@ -25,14 +25,18 @@ AUTO_REPLY_REFERENCE = "smsagg:auto_reply"
 log = get_logger("smsagg.policy")
 
 
-def _count_optout_refusal(message: Message, scope: str, stage: str) -> None:
+def count_optout_refusal(message: Message, scope: str, stage: str) -> None:
     """A message refused by an opt-out (at accept or at send): counted and logged by scope."""
     metrics.optout_refusals.labels(scope, message.message_class, stage).inc()
     log.info("optout_refused", account=message.account, message_class=message.message_class,
              scope=scope, stage=stage)
 
 
-class PolicyGate:
+class RulesState:
+    """What the country rules read, at accept (PolicyGate) and again at send (SendCheck): the
+    profiles, the accounts, the store, and the rules' clock (tests move it instead of
+    waiting)."""
+
     def __init__(
         self,
         profiles: Mapping[str, CountryProfile],
@@ -41,9 +45,13 @@ class PolicyGate:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.profiles = profiles
-        self._accounts = accounts
-        self._store = store
-        self._clock = clock
+        self.accounts = accounts
+        self.store = store
+        self.clock = clock
+
+
+class PolicyGate(RulesState):
+    """The rules at accept: a message passes, is scheduled, or is refused (ApiError)."""
 
     @staticmethod
     def _send_time(message: Message, now: float) -> float:
@@ -54,13 +62,13 @@ class PolicyGate:
         return now
 
     def confirms_api_optouts(self, account: str) -> bool:
-        config = self._accounts.get(account)
+        config = self.accounts.get(account)
         return config is not None and config.confirm_api_optouts
 
     def api_optout_confirmation(self, account: str, region: str | None) -> tuple[str, str] | None:
         """(sender, text) confirming an opt-out the account added through the API, or None
         when the account does not confirm them or the country has no confirmation text."""
-        config = self._accounts.get(account)
+        config = self.accounts.get(account)
         if config is None or not config.confirm_api_optouts or config.optout_sender is None:
             return None
         profile = self.profiles.get(region) if region else None
@@ -70,31 +78,31 @@ class PolicyGate:
 
     def default_class(self, account: str) -> str:
         """The class of a message that names none (policy/classes.py)."""
-        return class_for_http(self._accounts.get(account), None)
+        return class_for_http(self.accounts.get(account), None)
 
     async def apply(self, message: Message, number_type: str,
                     auto_reply: bool = False) -> Message:
         """The message as it may be stored (possibly scheduled); raises ApiError if refused.
         `auto_reply`: an answer to the recipient's own keyword, which its opt-out allows."""
-        account = self._accounts.get(message.account)
+        account = self.accounts.get(message.account)
         if account is None:  # removed by a configuration reload while this request was under way
             raise ApiError(401, ErrorCode.UNAUTHORIZED, "the account no longer exists")
         profile = self.profiles.get(message.region) if message.region else None
         marketing = message.message_class == "marketing"
         # Every class: an opt-out of scope "all" stops transactional too (one primary-key read).
-        scope = None if auto_reply else await self._store.optout_scope(message.account,
+        scope = None if auto_reply else await self.store.optout_scope(message.account,
                                                                          message.to)
         blocked = optout_blocks(scope, message.message_class,
                                 account.block_transactional_to_opted_out)
         if profile is None and not blocked and number_type != "fixed_line":
             return message  # the common case for transactional traffic: one store read
         count, last = 0, None
-        now = self._clock()
+        now = self.clock()
         consent = True
         if marketing and profile is not None and profile.optout.consent_required_for_marketing:
-            consent = await self._store.has_consent(message.account, message.to, "marketing")
+            consent = await self.store.has_consent(message.account, message.to, "marketing")
         if marketing and profile is not None:
-            count, last_ts = await self._store.marketing_history(message.account, message.to,
+            count, last_ts = await self.store.marketing_history(message.account, message.to,
                                                                  now - MONTH)
             last = datetime.fromtimestamp(last_ts, UTC) if last_ts is not None else None
         verdict = evaluate(profile, PolicyInput(
@@ -117,7 +125,7 @@ class PolicyGate:
         if isinstance(verdict, Reject):
             metrics.messages_rejected.labels(verdict.code).inc()
             if verdict.code == PolicyCode.OPTED_OUT:
-                _count_optout_refusal(message, scope or OPTOUT_MARKETING, "accept")
+                count_optout_refusal(message, scope or OPTOUT_MARKETING, "accept")
             raise ApiError(verdict.status, ErrorCode(verdict.code), verdict.message)
         if isinstance(verdict, Defer):
             metrics.messages_scheduled.inc()

@@ -2,7 +2,8 @@
 
 A profile is data only (see config/countries/SCHEMA.md); the rule engine in
 ``aggregator.policy.rules`` interprets it. Every problem in every file is collected before
-raising, each as "FILE: key.path: problem", like ``aggregator.config``.
+raising, each as "FILE: key.path: problem", by the reader ``aggregator.config`` uses too
+(``aggregator.tomlcheck.Reader``).
 
 The only I/O here is reading the files (``load_profiles``, ``bundled_profiles``) and the
 time-zone database lookup when a profile is parsed.
@@ -10,10 +11,7 @@ time-zone database lookup when a profile is parsed.
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
-import tomllib
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,10 +26,9 @@ import phonenumbers
 
 from aggregator.config import ConfigError
 from aggregator.tomlcheck import ABSENT as _ABSENT
-from aggregator.tomlcheck import is_number as _is_number
+from aggregator.tomlcheck import Reader, TomlFileError, decode_toml
 from aggregator.tomlcheck import key_text as _key_text
 from aggregator.tomlcheck import show as _show
-from aggregator.tomlcheck import toml_problem
 
 __all__ = [
     "DEFAULT_URL_SHORTENERS",
@@ -192,126 +189,6 @@ class ProfileError(ConfigError):
     """Every problem found in the country profiles, each "FILE: key.path: problem"."""
 
 
-# --------------------------------------------------------------------------- reader
-
-
-class _Reader:
-    """Problem-collecting access to one TOML table; getters never raise."""
-
-    __slots__ = ("_asked", "_data", "path", "problems", "source")
-
-    def __init__(self, data: Mapping[str, Any], path: str, source: str, problems: list[str]):
-        self._data = data
-        self.path = path
-        self.source = source
-        self.problems = problems
-        self._asked: list[str] = []
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{_key_text(key)}" if self.path else _key_text(key)
-
-    def problem(self, key: str, message: str, *, at: str | None = None) -> None:
-        self.problems.append(f"{self.source}: {at or self.where(key)}: {message}")
-
-    def get(self, key: str, *, required: bool = False) -> Any:
-        self._asked.append(key)
-        if key in self._data:
-            return self._data[key]
-        if required:
-            self.problem(key, "required key is missing")
-        return _ABSENT
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key)
-        if value is _ABSENT:
-            return default
-        if not isinstance(value, bool):
-            self.problem(key, f"must be true or false, got {_show(value)}")
-            return default
-        return value
-
-    def integer(self, key: str, default: int | None, *, lo: int, hi: int | None = None) -> Any:
-        value = self.get(key)
-        if value is _ABSENT:
-            return default
-        top = f" between {lo} and {hi}" if hi is not None else f" >= {lo}"
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.problem(key, f"must be an integer{top}, got {_show(value)}")
-            return default
-        if value < lo or (hi is not None and value > hi):
-            self.problem(key, f"must be an integer{top}, got {value}")
-            return default
-        return value
-
-    def number(
-        self, key: str, default: float | None, *, lo: float, hi: float | None = None
-    ) -> Any:
-        value = self.get(key)
-        if value is _ABSENT:
-            return default
-        top = f" between {lo:g} and {hi:g}" if hi is not None else f" >= {lo:g}"
-        if not _is_number(value) or not math.isfinite(value):
-            self.problem(key, f"must be a number{top}, got {_show(value)}")
-            return default
-        if value < lo or (hi is not None and value > hi):
-            self.problem(key, f"must be a number{top}, got {_show(value)}")
-            return default
-        return float(value)
-
-    def string(self, key: str, default: str, *, required: bool = False) -> str:
-        value = self.get(key, required=required)
-        if value is _ABSENT:
-            return default
-        if not isinstance(value, str):
-            self.problem(key, f"must be a string, got {_show(value)}")
-            return default
-        return value
-
-    def string_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        """An array of non-empty, trimmed strings; item problems are reported as key[i]."""
-        value = self.get(key)
-        if value is _ABSENT:
-            return default
-        return _strings(self, key, value, self.where(key))
-
-    def table(self, key: str) -> _Reader:
-        """A sub-table reader; an absent table reads as empty (all defaults)."""
-        value = self.get(key)
-        if value is _ABSENT:
-            value = {}
-        elif not isinstance(value, Mapping):
-            self.problem(key, f"must be a table ([{self.where(key)}]), got {_show(value)}")
-            value = {}
-        return _Reader(value, self.where(key), self.source, self.problems)
-
-    def finish(self) -> None:
-        for key in self._data:
-            if key in self._asked:
-                continue
-            hint = difflib.get_close_matches(str(key), self._asked, n=1)
-            message = "unknown key"
-            if hint:
-                message += f"; did you mean {hint[0]!r}?"
-            self.problems.append(f"{self.source}: {self.where(str(key))}: {message}")
-
-
-def _strings(r: _Reader, key: str, value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple):
-        r.problem(key, f"must be an array of strings, got {_show(value)}", at=where)
-        return ()
-    items: list[str] = []
-    for i, item in enumerate(value):
-        at = f"{where}[{i}]"
-        if not isinstance(item, str):
-            r.problem(key, f"must be a string, got {_show(item)}", at=at)
-        elif not item.strip() or item != item.strip():
-            r.problem(key, f"must be non-empty without surrounding spaces, got {_show(item)}",
-                      at=at)
-        else:
-            items.append(item)
-    return tuple(items)
-
-
 def normalize_keyword(text: str) -> str:
     """The form keywords are compared in: NFKC, case-folded, trimmed."""
     return unicodedata.normalize("NFKC", text).strip().casefold()
@@ -320,9 +197,9 @@ def normalize_keyword(text: str) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _parse_time(r: _Reader, key: str) -> time | None:
-    value = r.get(key, required=True)
-    if value is _ABSENT:
+def _parse_time(r: Reader, key: str) -> time | None:
+    value, given = r.lookup(key)
+    if not given:
         return None
     if isinstance(value, time):  # TOML local time: start = 09:00:00
         if value.tzinfo is not None:
@@ -336,10 +213,10 @@ def _parse_time(r: _Reader, key: str) -> time | None:
     return time(int(match["h"]), int(match["m"]))
 
 
-def _parse_window(parent: _Reader, key: str) -> Window | None:
-    if parent.get(key) is _ABSENT:
+def _parse_window(parent: Reader, key: str) -> Window | None:
+    if not parent.given(key):
         return None
-    r = parent.table(key)
+    r = parent.table(key, Window)
     start, end = _parse_time(r, "start"), _parse_time(r, "end")
     r.finish()
     if start is None or end is None:
@@ -350,36 +227,27 @@ def _parse_window(parent: _Reader, key: str) -> Window | None:
     return Window(start, end)
 
 
-def _parse_windows(r: _Reader) -> SendingWindows:
-    if r.get("transactional") is not _ABSENT:
+def _parse_windows(r: Reader) -> SendingWindows:
+    if r.given("transactional"):
         r.problem("transactional", "transactional messages are never deferred; remove this key")
-    windows = SendingWindows(marketing=_parse_window(r, "marketing"))
-    r.finish()
-    return windows
+    return SendingWindows(marketing=_parse_window(r, "marketing"))
 
 
-def _parse_senders(r: _Reader) -> Senders:
-    d = Senders()
-    senders = Senders(
-        alphanumeric=r.boolean("alphanumeric", d.alphanumeric),
-        alphanumeric_registration_required=r.boolean(
-            "alphanumeric_registration_required", d.alphanumeric_registration_required
-        ),
-        long_codes=r.boolean("long_codes", d.long_codes),
-        short_codes=r.boolean("short_codes", d.short_codes),
-        max_alphanumeric_length=r.integer(
-            "max_alphanumeric_length", d.max_alphanumeric_length, lo=1, hi=11
-        ),
-        domestic_long_codes=r.boolean("domestic_long_codes", d.domestic_long_codes),
+def _parse_senders(r: Reader) -> Senders:
+    return Senders(
+        alphanumeric=r.boolean("alphanumeric"),
+        alphanumeric_registration_required=r.boolean("alphanumeric_registration_required"),
+        long_codes=r.boolean("long_codes"),
+        short_codes=r.boolean("short_codes"),
+        max_alphanumeric_length=r.integer("max_alphanumeric_length", lo=1, hi=11,
+                                          whole_range=True),
+        domestic_long_codes=r.boolean("domestic_long_codes"),
     )
-    r.finish()
-    return senders
 
 
-def _parse_optout(r: _Reader) -> OptOut:
-    d = OptOut()
-    keywords = r.string_list("keywords", d.keywords)
-    help_keywords = r.string_list("help_keywords", d.help_keywords)
+def _parse_optout(r: Reader) -> OptOut:
+    keywords = r.string_list("keywords", trimmed=True)
+    help_keywords = r.string_list("help_keywords", trimmed=True)
     seen: dict[str, str] = {}
     for key, words in (("keywords", keywords), ("help_keywords", help_keywords)):
         for word in words:
@@ -388,23 +256,20 @@ def _parse_optout(r: _Reader) -> OptOut:
                 r.problem(key, f"keyword {word!r} is already listed in optout.{seen[norm]}")
             else:
                 seen[norm] = key
-    if not keywords and r.get("keywords") is not _ABSENT:
+    if not keywords and r.given("keywords"):
         r.problem("keywords", "must list at least one opt-out keyword")
-    optout = OptOut(
+    return OptOut(
         keywords=keywords,
         help_keywords=help_keywords,
-        confirmation=r.string("confirmation", d.confirmation),
-        help_text=r.string("help_text", d.help_text),
-        consent_required_for_marketing=r.boolean("consent_required_for_marketing",
-                                                 d.consent_required_for_marketing),
+        confirmation=r.string("confirmation"),
+        help_text=r.string("help_text"),
+        consent_required_for_marketing=r.boolean("consent_required_for_marketing"),
     )
-    r.finish()
-    return optout
 
 
-def _parse_categories(r: _Reader, key: str = "forbidden_categories"
+def _parse_categories(r: Reader, key: str = "forbidden_categories"
                       ) -> tuple[ForbiddenCategory, ...]:
-    value = r.get(key)
+    value = r.optional(key)
     if value is _ABSENT:
         return ()
     if not isinstance(value, Mapping):
@@ -417,7 +282,7 @@ def _parse_categories(r: _Reader, key: str = "forbidden_categories"
         if not _CATEGORY_RE.fullmatch(name):
             r.problem(name, "category names use only a-z, 0-9 and _", at=where)
             continue
-        keywords = _strings(r, name, words, where)
+        keywords = r.strings(name, words, where, trimmed=True)
         if isinstance(words, list | tuple) and not words:
             r.problem(name, "must list at least one keyword", at=where)
         if keywords:
@@ -425,49 +290,43 @@ def _parse_categories(r: _Reader, key: str = "forbidden_categories"
     return tuple(categories)
 
 
-def _parse_content(r: _Reader) -> ContentRules:
-    d = ContentRules()
+def _parse_content(r: Reader) -> ContentRules:
     categories = _parse_categories(r)
-    shorteners = r.string_list("url_shorteners", d.url_shorteners)
+    shorteners = r.string_list("url_shorteners", trimmed=True)
     for i, domain in enumerate(shorteners):
         if not _DOMAIN_RE.fullmatch(domain):
             r.problem("url_shorteners", f"must be a lower-case domain like 'bit.ly', got "
-                      f"{_show(domain)}", at=f"{r.where('url_shorteners')}[{i}]")
+                      f"{_show(domain)}", at=r.item("url_shorteners", i))
     content = ContentRules(
         forbidden_categories=categories,
         documented_categories=_parse_categories(r, "documented_categories"),
-        require_optout_instructions=r.boolean("require_optout_instructions",
-                                              d.require_optout_instructions),
-        optout_instructions=r.string_list("optout_instructions", d.optout_instructions),
-        max_uppercase_ratio=r.number("max_uppercase_ratio", d.max_uppercase_ratio, lo=0, hi=1),
-        all_caps_min_letters=r.integer("all_caps_min_letters", d.all_caps_min_letters, lo=1),
-        max_repeated_punctuation=r.integer(
-            "max_repeated_punctuation", d.max_repeated_punctuation, lo=1
-        ),
+        require_optout_instructions=r.boolean("require_optout_instructions"),
+        optout_instructions=r.string_list("optout_instructions", trimmed=True),
+        max_uppercase_ratio=r.number("max_uppercase_ratio", ge=0, le=1),
+        all_caps_min_letters=r.integer("all_caps_min_letters", lo=1),
+        max_repeated_punctuation=r.integer("max_repeated_punctuation", lo=1),
         url_shorteners=shorteners,
     )
     if content.require_optout_instructions and not content.optout_instructions:
         r.problem("optout_instructions",
                   "must list at least one phrase when require_optout_instructions is true")
-    r.finish()
     return content
 
 
-def _parse_frequency(r: _Reader) -> Frequency:
-    frequency = Frequency(
-        max_per_month=r.integer("max_per_month", None, lo=1),
-        min_interval_hours=r.number("min_interval_hours", None, lo=0),
+def _parse_frequency(r: Reader) -> Frequency:
+    return Frequency(  # no cap (None) unless given
+        max_per_month=r.integer("max_per_month", lo=1) if r.given("max_per_month") else None,
+        min_interval_hours=(r.number("min_interval_hours", ge=0)
+                            if r.given("min_interval_hours") else None),
     )
-    r.finish()
-    return frequency
 
 
 _MONTH_DAY_RE: Final = re.compile(r"(?P<m>[0-9]{2})-(?P<d>[0-9]{2})")
 
 
-def _parse_holidays(r: _Reader) -> frozenset[date]:
+def _parse_holidays(r: Reader) -> frozenset[date]:
     """[calendar.holidays]: year = ["MM-DD", ...] (data per year: movable feasts differ)."""
-    value = r.get("holidays")
+    value = r.optional("holidays")
     if value is _ABSENT:
         return frozenset()
     if not isinstance(value, Mapping):
@@ -480,7 +339,7 @@ def _parse_holidays(r: _Reader) -> frozenset[date]:
         if not (isinstance(year, str) and year.isdigit() and len(year) == 4):
             r.problem("holidays", "keys are years like 2026", at=where)
             continue
-        for i, item in enumerate(_strings(r, year, items, where)):
+        for i, item in enumerate(r.strings(year, items, where, trimmed=True)):
             match = _MONTH_DAY_RE.fullmatch(item)
             try:
                 if match is None:
@@ -492,39 +351,43 @@ def _parse_holidays(r: _Reader) -> frozenset[date]:
     return frozenset(days)
 
 
-def _parse_calendar(r: _Reader) -> Calendar:
-    d = Calendar()
-    names = r.string_list("weekend", tuple(WEEKDAYS[i] for i in d.weekend))
+def _parse_weekend(r: Reader) -> tuple[int, ...]:
+    """Day names -> date.weekday() numbers; absent: the default weekend."""
+    value, given = r.lookup("weekend")
+    if not given:
+        return tuple(value)
     weekend: list[int] = []
-    for i, name in enumerate(names):
+    for i, name in enumerate(r.strings("weekend", value, r.where("weekend"), trimmed=True)):
         if name.lower() in WEEKDAYS:
             weekend.append(WEEKDAYS.index(name.lower()))
         else:
             r.problem("weekend", f"must be a day name like 'saturday', got {_show(name)}",
-                      at=f"{r.where('weekend')}[{i}]")
+                      at=r.item("weekend", i))
+    return tuple(sorted(set(weekend)))
+
+
+def _parse_calendar(r: Reader) -> Calendar:
     calendar = Calendar(
-        weekend=tuple(sorted(set(weekend))),
-        avoid_weekends=r.boolean("avoid_weekends", d.avoid_weekends),
-        avoid_holidays=r.boolean("avoid_holidays", d.avoid_holidays),
+        weekend=_parse_weekend(r),
+        avoid_weekends=r.boolean("avoid_weekends"),
+        avoid_holidays=r.boolean("avoid_holidays"),
         holidays=_parse_holidays(r),
     )
     if calendar.avoid_weekends and len(calendar.weekend) == len(WEEKDAYS):
         r.problem("weekend", "cannot be every day when avoid_weekends is true")
-    r.finish()
     return calendar
 
 
-def _parse_throughput(r: _Reader) -> Throughput:
-    throughput = Throughput(
-        max_per_second=r.integer("max_per_second", None, lo=1, hi=100_000),
-        max_per_minute=r.integer("max_per_minute", None, lo=1, hi=1_000_000),
-    )
-    r.finish()
-    return throughput
+def _parse_throughput(r: Reader) -> Throughput:
+    def limit(key: str, hi: int) -> int | None:  # no limit (None) unless given
+        return r.integer(key, lo=1, hi=hi, whole_range=True) if r.given(key) else None
+
+    return Throughput(max_per_second=limit("max_per_second", 100_000),
+                      max_per_minute=limit("max_per_minute", 1_000_000))
 
 
-def _parse_timezone(r: _Reader) -> ZoneInfo | None:
-    name = r.string("timezone", "", required=True)
+def _parse_timezone(r: Reader) -> ZoneInfo | None:
+    name = r.string("timezone")
     if not name:
         return None
     try:
@@ -534,8 +397,8 @@ def _parse_timezone(r: _Reader) -> ZoneInfo | None:
         return None
 
 
-def _parse_region(r: _Reader, expected: str | None) -> str:
-    region = r.string("region", "", required=True)
+def _parse_region(r: Reader, expected: str | None) -> str:
+    region = r.string("region")
     if not region:
         return region
     if not _REGION_RE.fullmatch(region) or region not in phonenumbers.SUPPORTED_REGIONS:
@@ -554,21 +417,21 @@ def parse_profile(
     ``expected_region`` (the file name's stem when loading a directory) must equal ``region``.
     """
     problems: list[str] = []
-    top = _Reader(data, "", source, problems)
+    top = Reader(data, "", source, problems, CountryProfile)
     region = _parse_region(top, expected_region)
-    name = top.string("name", "", required=True)
+    name = top.string("name")
     if isinstance(data.get("name"), str) and not name.strip():
         top.problem("name", "must not be empty")
     zone = _parse_timezone(top)
-    landlines = top.boolean("landlines_supported", False)
-    two_way = top.boolean("two_way_supported", False)
-    windows = _parse_windows(top.table("sending_windows"))
-    senders = _parse_senders(top.table("senders"))
-    optout = _parse_optout(top.table("optout"))
-    content = _parse_content(top.table("content"))
-    frequency = _parse_frequency(top.table("frequency"))
-    throughput = _parse_throughput(top.table("throughput"))
-    calendar = _parse_calendar(top.table("calendar"))
+    landlines = top.boolean("landlines_supported")
+    two_way = top.boolean("two_way_supported")
+    windows = top.section("sending_windows", SendingWindows, _parse_windows)
+    senders = top.section("senders", Senders, _parse_senders)
+    optout = top.section("optout", OptOut, _parse_optout)
+    content = top.section("content", ContentRules, _parse_content)
+    frequency = top.section("frequency", Frequency, _parse_frequency)
+    throughput = top.section("throughput", Throughput, _parse_throughput)
+    calendar = top.section("calendar", Calendar, _parse_calendar)
     top.finish()
     if problems or zone is None:
         raise ProfileError(problems)
@@ -594,13 +457,9 @@ def parse_profile(
 
 def _decode(raw: bytes, source: str) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProfileError([f"{source}: byte {exc.start}: file is not valid UTF-8"]) from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError([toml_problem(exc, source)]) from None
+        return decode_toml(raw, source)
+    except TomlFileError as exc:
+        raise ProfileError([str(exc)]) from None
 
 
 def _load_all(files: Iterable[tuple[str, str, bytes]]) -> dict[str, CountryProfile]:

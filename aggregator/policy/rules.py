@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -352,17 +352,7 @@ def _check_banned(rules: ContentRules, text: str) -> Reject | None:
     """Forbidden categories: every message class."""
     if not rules.forbidden_categories:
         return None
-    norm = unicodedata.normalize("NFKC", text)
-    found = _forbidden_match(_keyword_index(rules.forbidden_categories), _words(norm))
-    if found is None:
-        return None
-    name, keyword = found
-    return Reject(
-        422,
-        PolicyCode.CONTENT_REJECTED,
-        f"text rejected by content rule forbidden_category:{name}: contains {keyword!r}",
-        f"forbidden_category:{name}",
-    )
+    return _category_match(rules.forbidden_categories, text, "forbidden", lambda name: "")
 
 
 def _check_documented(profile: CountryProfile, item: PolicyInput) -> Reject | None:
@@ -375,19 +365,23 @@ def _check_documented(profile: CountryProfile, item: PolicyInput) -> Reject | No
     pending = tuple(c for c in categories if c.name not in cleared)
     if not pending:
         return None
-    found = _forbidden_match(_keyword_index(pending),
-                             _words(unicodedata.normalize("NFKC", item.text)))
+    return _category_match(pending, item.text, "documented", lambda name: (
+        f"; {name} messages to {profile.name} need documents: account {item.account!r} is not "
+        f"cleared for them"))
+
+
+def _category_match(categories: tuple[ForbiddenCategory, ...], text: str, kind: str,
+                    why: Callable[[str], str]) -> Reject | None:
+    """The rejection by rule ``{kind}_category:NAME`` of the first category one of whose
+    keywords the text contains (``why(NAME)`` appended to the message), or None."""
+    found = _forbidden_match(_keyword_index(categories),
+                             _words(unicodedata.normalize("NFKC", text)))
     if found is None:
         return None
     name, keyword = found
-    return Reject(
-        422,
-        PolicyCode.CONTENT_REJECTED,
-        f"text rejected by content rule documented_category:{name}: contains {keyword!r}; "
-        f"{name} messages to {profile.name} need documents: account {item.account!r} is not "
-        f"cleared for them",
-        f"documented_category:{name}",
-    )
+    rule = f"{kind}_category:{name}"
+    return Reject(422, PolicyCode.CONTENT_REJECTED,
+                  f"text rejected by content rule {rule}: contains {keyword!r}{why(name)}", rule)
 
 
 def _check_optout_instructions(rules: ContentRules, text: str) -> Reject | None:

@@ -10,14 +10,12 @@ recipient opted out is rejected."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from aggregator.config import AccountConfig
 from aggregator.model import Message
-from aggregator.policy.gate import AUTO_REPLY_REFERENCE, MONTH, _count_optout_refusal
+from aggregator.policy.gate import AUTO_REPLY_REFERENCE, MONTH, RulesState, count_optout_refusal
 from aggregator.policy.profiles import CountryProfile
 from aggregator.policy.rules import (
     MARKETING,
@@ -26,7 +24,7 @@ from aggregator.policy.rules import (
     _check_optout,
     next_window_opening,
 )
-from aggregator.store.base import OPTOUT_ALL, OPTOUT_MARKETING, Store
+from aggregator.store.base import OPTOUT_ALL, OPTOUT_MARKETING
 
 # Reasons (metric labels): a bounded set.
 QUIET_HOURS = "quiet_hours"
@@ -61,21 +59,9 @@ Verdict = Hold | Refuse
 Key = tuple[str, str]  # (account, number)
 
 
-class SendCheck:
-    """`clock` is the rules' clock (tests move it instead of waiting); the dispatcher keeps
-    its own for what is due."""
-
-    def __init__(
-        self,
-        profiles: Mapping[str, CountryProfile],
-        accounts: Mapping[str, AccountConfig],
-        store: Store,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.profiles = profiles
-        self._accounts = accounts
-        self._store = store
-        self.clock = clock
+class SendCheck(RulesState):
+    """The rules again when a message is taken for sending. `clock` is the rules' clock; the
+    dispatcher keeps its own for what is due."""
 
     def needs(self, message: Message) -> bool:
         """Whether any send-time rule can apply: always, since an opt-out of scope "all" stops
@@ -92,7 +78,7 @@ class SendCheck:
         since = now - MONTH
         keys = sorted({(m.account, m.to) for m in todo})
         marketing = {(m.account, m.to) for m in todo if m.message_class == MARKETING}
-        opted_out, sent = await self._store.send_rules_state(
+        opted_out, sent = await self.store.send_rules_state(
             keys, [k for k in keys if k in marketing], since)
         verdicts: dict[str, Verdict] = {}
         for m in todo:
@@ -107,7 +93,7 @@ class SendCheck:
     def _verdict(self, m: Message, scope: str | None, sent: Sequence[float],
                  now: float) -> Verdict | None:
         """`scope`: the recipient's opt-out scope, None when not opted out."""
-        account = self._accounts.get(m.account)
+        account = self.accounts.get(m.account)
         block = account is not None and account.block_transactional_to_opted_out
         profile = self.profiles.get(m.region) if m.region else None
         # Its own entry in the marketing log (made at accept) is not a message sent before it.
@@ -127,7 +113,7 @@ class SendCheck:
         refused = _check_optout(item)
         if refused is not None:
             of = "all" if scope == OPTOUT_ALL else m.message_class
-            _count_optout_refusal(m, scope or OPTOUT_MARKETING, "send")
+            count_optout_refusal(m, scope or OPTOUT_MARKETING, "send")
             return Refuse(OPTED_OUT, f"the recipient opted out of {of} messages "
                                      f"from account {m.account!r} after it was accepted")
         if m.message_class != MARKETING or profile is None:
