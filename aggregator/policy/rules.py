@@ -144,11 +144,11 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
     if profile is None:
         # Opt-out is the recipient's choice, not a country rule: it holds everywhere. Landlines
         # take the default (not supported).
-        return check_landline(None, item.number_type) or _check_optout(item) or ALLOW
+        return check_landline(None, item.number_type) or check_optout(item) or ALLOW
     rejected = (
         check_landline(profile, item.number_type)
         or _check_sender(profile, item)
-        or _check_optout(item)
+        or check_optout(item)
         or _check_consent(profile, item)
     )
     if rejected is not None:
@@ -160,7 +160,7 @@ def evaluate(profile: CountryProfile | None, item: PolicyInput, now_utc: datetim
         return rejected
     if item.message_class != MARKETING:
         return ALLOW
-    rejected = _check_content(profile.content, item.text) or _check_frequency(
+    rejected = _check_content(profile.content, item.text) or check_frequency(
         profile.frequency, item, now_utc
     )
     if rejected is not None:
@@ -313,7 +313,7 @@ def optout_blocks(scope: str | None, message_class: str,
     return (scope == "all" or message_class == MARKETING or block_transactional_to_opted_out)
 
 
-def _check_optout(item: PolicyInput) -> Reject | None:
+def check_optout(item: PolicyInput) -> Reject | None:
     scope = item.optout_scope if item.opted_out else None
     if optout_blocks(scope, item.message_class, item.block_transactional_to_opted_out):
         of = "all" if scope == "all" else item.message_class
@@ -428,7 +428,7 @@ def _check_content(rules: ContentRules, text: str) -> Reject | None:
     return None
 
 
-def _check_frequency(frequency: Frequency, item: PolicyInput, now_utc: datetime) -> Reject | None:
+def check_frequency(frequency: Frequency, item: PolicyInput, now_utc: datetime) -> Reject | None:
     cap = frequency.max_per_month
     if cap is not None and item.marketing_sent_last_30d >= cap:
         return Reject(

@@ -20,8 +20,8 @@ from aggregator.policy.profiles import CountryProfile
 from aggregator.policy.rules import (
     MARKETING,
     PolicyInput,
-    _check_frequency,
-    _check_optout,
+    check_frequency,
+    check_optout,
     next_window_opening,
 )
 from aggregator.store.base import OPTOUT_ALL, OPTOUT_MARKETING
@@ -110,7 +110,7 @@ class SendCheck(RulesState):
             marketing_sent_last_30d=len(others),
             last_marketing_at=datetime.fromtimestamp(others[-1], UTC) if others else None,
         )
-        refused = _check_optout(item)
+        refused = check_optout(item)
         if refused is not None:
             of = "all" if scope == OPTOUT_ALL else m.message_class
             count_optout_refusal(m, scope or OPTOUT_MARKETING, "send")
@@ -118,7 +118,7 @@ class SendCheck(RulesState):
                                      f"from account {m.account!r} after it was accepted")
         if m.message_class != MARKETING or profile is None:
             return None
-        capped = _check_frequency(profile.frequency, item, now_utc)
+        capped = check_frequency(profile.frequency, item, now_utc)
         if capped is not None:
             return Hold(self._cap_lifts(profile, others, now), FREQUENCY_CAPPED, capped.message)
         window = profile.sending_windows.marketing
