@@ -17,12 +17,14 @@ from pathlib import Path
 
 import aiohttp
 
+from simulator.harness import daemon_config, wait_ready, write_config
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
     API_KEY,
     AUTH,
     DEADLINE,
     ROOT,
+    SHOP,
     Running,
     daemon,
     metric_samples,
@@ -174,31 +176,10 @@ async def test_limits_apply_in_ingress_worker_processes_and_are_logged(tmp_path:
     smsc = Smsc(SmscProfile())
     await smsc.start()
     config = tmp_path / "smsagg.toml"
-    config.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-workers = 1
-header_timeout = 0.5
-body_timeout = 1.0
-max_connections = 5
-[store]
-path = "{tmp_path / "smsagg.db"}"
-[[accounts]]
-name = "shop"
-api_key = "{API_KEY}"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc.port}
-system_id = "smsagg"
-password = "pw"
-binds = 1
-window = 10
-max_tps = 100
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
+    write_config(config, daemon_config(
+        smsc.port, {"path": str(tmp_path / "smsagg.db")}, [SHOP],
+        provider={"binds": 1, "max_tps": 100},
+        http={"workers": 1, "header_timeout": 0.5, "body_timeout": 1.0, "max_connections": 5}))
     log = tmp_path / "daemon.log"
     try:
         async with daemon(config, log) as (_proc, base):
@@ -230,18 +211,6 @@ providers = ["sim"]
         assert "Traceback" not in text  # a closed body is no handler error
     finally:
         await smsc.stop()
-
-
-async def wait_ready(base: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    async with aiohttp.ClientSession() as http:
-        while True:
-            with suppress(aiohttp.ClientError):
-                async with http.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            assert time.monotonic() < deadline, "daemon not ready"
-            await asyncio.sleep(0.05)
 
 
 def fd_bounded_in_child(soft: int, hard: int) -> tuple[int, int]:
