@@ -211,6 +211,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def shop_config(tmp_path: Path, smsc_port: int, *, provider: dict[str, Any] | None = None,
+                http: dict[str, Any] | None = None,
+                sections: dict[str, dict[str, Any]] | None = None) -> Path:
+    """DIR/smsagg.toml for `daemon()`, as built by simulator.harness.daemon_config: store
+    DIR/smsagg.db, account "shop" (API_KEY), provider "sim" at `smsc_port` with `provider`'s
+    keys; `http` and `sections` as there."""
+    return write_config(tmp_path / "smsagg.toml", daemon_config(
+        smsc_port, {"path": str(tmp_path / "smsagg.db")}, [SHOP], provider=provider, http=http,
+        sections=sections))
+
+
 def write_daemon_config(
     path: Path,
     store: Path,

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import aiohttp
 
-from simulator.harness import daemon_config, wait_ready, write_config
+from simulator.harness import wait_ready
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
     API_KEY,
     AUTH,
     DEADLINE,
     ROOT,
-    SHOP,
     Running,
     daemon,
     metric_samples,
     metric_value,
     running,
+    shop_config,
     wait_for,
 )
 
@@ -175,11 +175,8 @@ async def test_at_the_cap_with_every_connection_in_a_request_new_ones_get_503(
 async def test_limits_apply_in_ingress_worker_processes_and_are_logged(tmp_path: Path) -> None:
     smsc = Smsc(SmscProfile())
     await smsc.start()
-    config = tmp_path / "smsagg.toml"
-    write_config(config, daemon_config(
-        smsc.port, {"path": str(tmp_path / "smsagg.db")}, [SHOP],
-        provider={"binds": 1, "max_tps": 100},
-        http={"workers": 1, "header_timeout": 0.5, "body_timeout": 1.0, "max_connections": 5}))
+    config = shop_config(tmp_path, smsc.port, provider={"binds": 1, "max_tps": 100}, http={
+        "workers": 1, "header_timeout": 0.5, "body_timeout": 1.0, "max_connections": 5})
     log = tmp_path / "daemon.log"
     try:
         async with daemon(config, log) as (_proc, base):

@@ -14,17 +14,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from simulator.harness import daemon_config, write_config
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
     AUTH,
     DEADLINE,
-    SHOP,
     Samples,
     daemon,
     metric_samples,
     metric_value,
     running,
+    shop_config,
 )
 
 PHONE_LIKE = re.compile(r"^\+?\d{7,15}$")
@@ -99,11 +98,9 @@ async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> 
 async def test_logs_are_json_with_masked_numbers_and_no_text_or_secrets(tmp_path: Path) -> None:
     smsc = Smsc(SmscProfile())
     await smsc.start()
-    config = tmp_path / "smsagg.toml"
-    write_config(config, daemon_config(
-        smsc.port, {"path": str(tmp_path / "smsagg.db")}, [SHOP],
-        provider={"password": "hunter2", "binds": 1, "max_tps": 100},
-        sections={"log": {"level": "debug"}}))
+    config = shop_config(tmp_path, smsc.port,
+                         provider={"password": "hunter2", "binds": 1, "max_tps": 100},
+                         sections={"log": {"level": "debug"}})
     log = tmp_path / "daemon.log"
     try:
         async with daemon(config, log) as (proc, base):
