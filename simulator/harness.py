@@ -120,10 +120,6 @@ class Process:
         )
         return cls(name, proc, on_line)
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     def _seen(self, raw: bytes) -> str:
         line = raw.decode(errors="replace").rstrip("\n")
         self.tail.append(line)
