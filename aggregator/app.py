@@ -285,9 +285,8 @@ class App:
                                  backlog=1024, ssl_context=http.ssl_context())
         guard.publish()
         await self._site.start()
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else http.listen.port
+        addresses = self._runner.addresses  # (host, port, ...) of each listening socket
+        self.http_port = addresses[0][1] if addresses else http.listen.port
 
     async def _exposition(self) -> bytes:
         assert self.workers is not None

@@ -7,19 +7,11 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from typing import Any
 
 from aggregator.config import Config, ConfigError, load_config, load_config_or_default
+from aggregator.eventloop import run_loop
 from aggregator.log import get_logger, setup_logging
-
-
-def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 async def serve(config: Config, drain_seconds: float, config_path: str | None = None) -> int:

@@ -55,11 +55,9 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +65,16 @@ from typing import Any
 
 import aiohttp
 
-from aggregator.demo import wait_ready
+from aggregator.eventloop import run_loop
+from simulator.harness import (
+    LOOPBACK_CALLBACKS,
+    Process,
+    daemon_config,
+    start_daemon,
+    start_smsc,
+    toml_text,
+    wait_ready,
+)
 from simulator.load import LoadOptions, LoadResult, run_load
 from simulator.pgserver import PgServer, create_database, start_server
 from simulator.proctree import cpu_delta, per_message_us, tree_cpu, tree_rss_mb
@@ -76,8 +83,6 @@ API_KEY = "bench-key"
 SMPP_SYSTEM_ID = "bench"
 SMPP_PASSWORD = "bench-pw"  # SMPP passwords are at most 8 characters
 STATS_INTERVAL = 0.25  # seconds between the SMSC's stats lines
-START_TIMEOUT = 30.0  # for "listening on", "started" and /readyz
-STOP_TIMEOUT = 20.0  # after SIGTERM, before SIGKILL
 DRAIN_SECONDS = 5.0  # smsagg --drain-seconds
 PROVIDER_BINDS = 2
 PROVIDER_MAX_TPS = 100_000
@@ -321,130 +326,22 @@ async def sample_memory(pid: int, start: float, samples: list[tuple[float, float
         await asyncio.sleep(MEMORY_INTERVAL)
 
 
-# -- processes ----------------------------------------------------------------------------------
-
-
-class Process:
-    """A child process whose output is read line by line (so it never blocks on a full pipe)
-    and whose last lines are kept for error messages."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
-        self.name = name
-        self.proc = proc
-        self.tail: deque[str] = deque(maxlen=20)
-        self._readers: list[asyncio.Task[None]] = []
-
-    @classmethod
-    async def start(cls, name: str, *args: str) -> Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        return cls(name, proc)
-
-    async def wait_for_line(self, stream: asyncio.StreamReader | None, marker: str,
-                            timeout: float) -> str:
-        """The first line containing `marker` (lines before it are kept in the tail)."""
-        assert stream is not None
-
-        async def scan() -> str:
-            while True:
-                raw = await stream.readline()
-                if not raw:
-                    raise RuntimeError(f"{self.name} exited before printing {marker!r}"
-                                       f"{self.describe_tail()}")
-                line = raw.decode(errors="replace").rstrip("\n")
-                if marker in line:
-                    return line
-                self.tail.append(line)
-
-        try:
-            return await asyncio.wait_for(scan(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"{self.name} printed no {marker!r} within {timeout:g} s"
-                               f"{self.describe_tail()}") from None
-
-    def follow(self, stream: asyncio.StreamReader | None,
-               on_line: Callable[[str], None] | None = None) -> None:
-        """Read `stream` to its end in the background, calling on_line(line) for each line."""
-        if stream is None:
-            return
-
-        async def read() -> None:
-            while True:
-                raw = await stream.readline()
-                if not raw:
-                    return
-                line = raw.decode(errors="replace").rstrip("\n")
-                self.tail.append(line)
-                if on_line is not None:
-                    on_line(line)
-
-        self._readers.append(asyncio.create_task(read(), name=f"{self.name}-reader"))
-
-    def describe_tail(self) -> str:
-        return (":\n  " + "\n  ".join(self.tail)) if self.tail else ""
-
-    async def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, then SIGKILL after `timeout` seconds; waits for the output readers."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            code = await self.proc.wait()
-        if self._readers:
-            _, pending = await asyncio.wait(self._readers, timeout=5)
-            for task in pending:
-                task.cancel()
-        return code
-
-
 def config_text(store: Path, smsc_port: int, window: int, smpp_ingress: bool,
                 workers: int = 0, dsn: str | None = None, instance: str = "a") -> str:
     """The smsagg configuration of one scenario (`dsn`: on PostgreSQL, as `instance`)."""
-    store_section = (f'backend = "postgres"\ndsn = "{dsn}"\n[instance]\nname = "{instance}"'
-                     if dsn else f'path = "{store}"')
-    smpp = f"""
-[smpp]
-listen = "127.0.0.1:0"
-window = {SMPP_WINDOW}
-""" if smpp_ingress else ""
-    credentials = f"""system_id = "{SMPP_SYSTEM_ID}"
-password = "{SMPP_PASSWORD}"
-""" if smpp_ingress else ""
-    return f"""[http]
-listen = "127.0.0.1:0"
-workers = {workers}
-[store]
-{store_section}
-[callbacks]
-allowed_networks = ["127.0.0.0/8"]  # the local callback receiver
-[log]
-level = "info"
-{smpp}
-[[accounts]]
-name = "bench"
-api_key = "{API_KEY}"
-{credentials}
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = {PROVIDER_BINDS}
-window = {window}
-max_tps = {PROVIDER_MAX_TPS}
-
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-"""
+    account: dict[str, Any] = {"name": "bench", "api_key": API_KEY}
+    sections: dict[str, dict[str, Any]] = {"callbacks": LOOPBACK_CALLBACKS,
+                                           "log": {"level": "info"}}
+    if smpp_ingress:
+        account.update(system_id=SMPP_SYSTEM_ID, password=SMPP_PASSWORD)
+        sections["smpp"] = {"listen": "127.0.0.1:0", "window": SMPP_WINDOW}
+    if dsn:
+        sections["instance"] = {"name": instance}
+    return toml_text(daemon_config(
+        smsc_port, {"backend": "postgres", "dsn": dsn} if dsn else {"path": str(store)},
+        [account], http={"workers": workers},
+        provider={"binds": PROVIDER_BINDS, "window": window, "max_tps": PROVIDER_MAX_TPS},
+        sections=sections))
 
 
 def load_options(scenario: Scenario, options: BenchOptions, http_base: str,
@@ -476,14 +373,10 @@ async def run_scenario(scenario: Scenario, options: BenchOptions, instances: int
         samples: list[tuple[float, int]] = []
         procs: list[Process] = []
         try:
-            smsc = await Process.start(
-                "simulator SMSC", "-m", "simulator", "smsc", "--port", "0",
-                "--stats-interval", str(STATS_INTERVAL), "--stats-file", str(stats_file),
-            )
+            smsc, smsc_port = await start_smsc(
+                "--stats-interval", str(STATS_INTERVAL), "--stats-file", str(stats_file))
             procs.append(smsc)
-            line = await smsc.wait_for_line(smsc.proc.stderr, "listening on", START_TIMEOUT)
             samples.append((time.perf_counter(), 0))
-            smsc_port = int(line.rsplit(":", 1)[1].split()[0])
 
             def on_stats(text: str) -> None:
                 n = parse_submits(text)
@@ -500,21 +393,16 @@ async def run_scenario(scenario: Scenario, options: BenchOptions, instances: int
                 config.write_text(config_text(tmp_dir / "smsagg.db", smsc_port, options.window,
                                               scenario.smpp_ingress, options.workers, dsn,
                                               chr(ord("a") + i)), encoding="utf-8")
-                daemon = await Process.start(
-                    "smsagg", "-m", "aggregator", "run", "--config", str(config),
-                    "--drain-seconds", str(DRAIN_SECONDS),
-                )
+                daemon, started = await start_daemon(config, "--drain-seconds",
+                                                     str(DRAIN_SECONDS))
                 procs.append(daemon)
                 daemons.append(daemon)
-                daemon.follow(daemon.proc.stderr)
-                started = json.loads(
-                    await daemon.wait_for_line(daemon.proc.stdout, '"started"', START_TIMEOUT))
                 daemon.follow(daemon.proc.stdout)
                 http_base = f"http://{started['http']}"
                 smpp_port = started.get("smpp")
                 if scenario.smpp_ingress and not isinstance(smpp_port, int):
                     raise RuntimeError(f"smsagg started without an SMPP listener: {started}")
-                await wait_ready(http_base, START_TIMEOUT)
+                await wait_ready(http_base)
                 loads.append(split_load(
                     load_options(scenario, options, http_base,
                                  smpp_port if isinstance(smpp_port, int) else None),
@@ -802,14 +690,12 @@ async def _bench_code(options: BenchOptions, box: list[list[ScenarioResult]]) ->
 
 def run_command(args: argparse.Namespace) -> int:
     """Exit 0 when every scenario ran, 1 when one could not run, 2 on bad options."""
-    from simulator.cli import run_async
-
     options = options_from_args(args)
     options.check()  # ValueError: the CLI prints it and exits 2
     load_average = os.getloadavg()[0]
     box: list[list[ScenarioResult]] = []
     try:
-        run_async(_bench_code(options, box), args.loop)
+        run_loop(_bench_code(options, box), args.loop)
     except RuntimeError as exc:
         print(f"smsagg-sim bench: {exc}", file=sys.stderr)
         return 1

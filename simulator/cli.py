@@ -10,15 +10,14 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aggregator.eventloop import install_stop_signals, run_loop
 from simulator import bench as bench_command
 from simulator import load as load_command
 from simulator.handsets import HandsetBook
@@ -31,35 +30,6 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
-
-
-def run_async(main: Coroutine[Any, Any, int], loop: str = "auto") -> int:
-    """Run a coroutine on uvloop ("auto": when it is installed) or on asyncio's own loop."""
-    if loop != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if loop == "uvloop":
-                main.close()
-                raise
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(main)
-    return asyncio.run(main)
-
-
-def install_stop_signals(stop: asyncio.Event) -> None:
-    """SIGINT/SIGTERM set `stop`; a second one forces exit (the clean stop may hang)."""
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            print(f"signal {signum} again: forced exit", file=sys.stderr, flush=True)
-            os._exit(1)
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
 
 
 def emit_summary(summary: dict[str, Any], stats_file: str | None) -> None:
@@ -304,7 +274,7 @@ def _run_smsc(args: argparse.Namespace) -> int:
     if args.profile is not None:
         _check_no_per_smsc_options(args)
         specs = load_profiles(args.profile)  # ProfileError (a ValueError): exit code 2
-    return run_async(_serve_smsc(args, specs), args.loop)
+    return run_loop(_serve_smsc(args, specs), args.loop)
 
 
 COMMANDS: dict[str, Command] = {

@@ -4,8 +4,10 @@ one provider (the simulator SMSC), short retries and reconnects."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import AUTH
+from simulator.harness import QUICK_RECONNECT, QUICK_RETRIES, daemon_config, write_config
+from tests.helpers import SHOP
 
 
 def cluster_config(path: Path, dsn: str, instance: str, smsc_port: int, *, lease: float,
@@ -14,37 +16,13 @@ def cluster_config(path: Path, dsn: str, instance: str, smsc_port: int, *, lease
     """Write DIR/smsagg.toml for `instance` (DIR is made); with `smpp_port`, an [smpp] server
     there and SMPP credentials (shop/secret) for the account."""
     path.mkdir()
-    smpp = f'[smpp]\nlisten = "127.0.0.1:{smpp_port}"\n' if smpp_port is not None else ""
-    credentials = 'system_id = "shop"\npassword = "secret"\n' if smpp_port is not None else ""
-    config = path / "smsagg.toml"
-    config.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-{smpp}[store]
-backend = "postgres"
-dsn = "{dsn}"
-lease_seconds = {lease}
-[instance]
-name = "{instance}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[[accounts]]
-name = "shop"
-api_key = "{AUTH['Authorization'].split()[1]}"
-{credentials}[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = {binds}
-window = {window}
-max_tps = {max_tps}
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
-    return config
+    account = dict(SHOP)
+    sections: dict[str, dict[str, Any]] = {"instance": {"name": instance},
+                                           "messages": QUICK_RETRIES}
+    if smpp_port is not None:
+        sections["smpp"] = {"listen": f"127.0.0.1:{smpp_port}"}
+        account.update(system_id="shop", password="secret")
+    return write_config(path / "smsagg.toml", daemon_config(
+        smsc_port, {"backend": "postgres", "dsn": dsn, "lease_seconds": lease}, [account],
+        provider={"binds": binds, "window": window, "max_tps": max_tps, **QUICK_RECONNECT},
+        sections=sections))

@@ -4,12 +4,10 @@ daemon as a subprocess for crash tests), waiting helpers."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aggregator.app import App
 from aggregator.config import Config, parse_config
+from simulator.harness import (
+    LOOPBACK_CALLBACKS,
+    QUICK_RECONNECT,
+    QUICK_RETRIES,
+    daemon_config,
+    start_daemon,
+    write_config,
+)
 from simulator.smsc import Smsc, SmscProfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +35,7 @@ Start = Callable[..., Awaitable[Smsc]]  # the start_smsc fixture (conftest.py)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 API_KEY = "shop-key"
+SHOP: dict[str, Any] = {"name": "shop", "api_key": API_KEY}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -50,30 +57,20 @@ def make_config(
     bank: dict[str, Any] | None = None,
     callbacks: dict[str, Any] | None = None,
 ) -> Config:
-    provider: dict[str, Any] = {
-        "name": "sim", "host": "127.0.0.1", "port": smsc_port, "system_id": "smsagg",
-        "password": "pw", "binds": binds, "window": window, "max_tps": max_tps,
-        "reconnect_min": 0.05, "reconnect_max": 0.5,
-    }
-    provider.update(extra_provider or {})
-    data: dict[str, Any] = {
-        "http": {"listen": "127.0.0.1:0", **(http or {})},
-        "store": {"path": str(store), **(store_opts or {})},
-        "messages": {"retry_min": 0.05, "retry_max": 0.5, **(messages or {})},
-        # The tests' receivers listen on loopback, which callbacks may not reach by default.
-        "callbacks": {"retry_min": 0.05, "retry_max": 0.2, "allowed_networks": ["127.0.0.0/8"],
-                      **(callbacks or {})},
-        "accounts": [
-            {"name": "shop", "api_key": API_KEY, **(shop or {})},
-            {"name": "bank", "api_key": "bank-key", **(bank or {})},
-        ],
-        "providers": [provider],
-        "routes": [{"prefixes": list(prefixes), "providers": ["sim"]}],
+    sections: dict[str, dict[str, Any]] = {
+        "messages": {**QUICK_RETRIES, **(messages or {})},
+        "callbacks": {**QUICK_RETRIES, "retry_max": 0.2, **LOOPBACK_CALLBACKS, **(callbacks or {})},
     }
     if smpp is not None:
-        data["smpp"] = {"listen": "127.0.0.1:0", **smpp}
+        sections["smpp"] = {"listen": "127.0.0.1:0", **smpp}
     if metrics is not None:
-        data["metrics"] = metrics
+        sections["metrics"] = metrics
+    data = daemon_config(
+        smsc_port, {"path": str(store), **(store_opts or {})},
+        [{**SHOP, **(shop or {})}, {"name": "bank", "api_key": "bank-key", **(bank or {})}],
+        provider={"binds": binds, "window": window, "max_tps": max_tps, **QUICK_RECONNECT,
+                  **(extra_provider or {})},
+        prefixes=prefixes, http=http, sections=sections)
     return parse_config(data, "<test>")
 
 
@@ -115,16 +112,23 @@ async def callback_sink() -> AsyncIterator[CallbackSink]:
         sink.changed.set()
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/cb", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sink.url = f"http://127.0.0.1:{port}/cb"
-    try:
+    async with serve_app([web.post("/cb", receive)]) as base:
+        sink.url = f"{base}/cb"
         yield sink
+
+
+@asynccontextmanager
+async def serve_app(routes: Iterable[web.AbstractRouteDef]) -> AsyncIterator[str]:
+    """An aiohttp server with `routes` on 127.0.0.1 (a free port) for the block; yields its
+    base URL (http://127.0.0.1:PORT)."""
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
 
@@ -207,6 +211,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def shop_config(tmp_path: Path, smsc_port: int, *, provider: dict[str, Any] | None = None,
+                http: dict[str, Any] | None = None,
+                sections: dict[str, dict[str, Any]] | None = None) -> Path:
+    """DIR/smsagg.toml for `daemon()`, as built by simulator.harness.daemon_config: store
+    DIR/smsagg.db, account "shop" (API_KEY), provider "sim" at `smsc_port` with `provider`'s
+    keys; `http` and `sections` as there."""
+    return write_config(tmp_path / "smsagg.toml", daemon_config(
+        smsc_port, {"path": str(tmp_path / "smsagg.db")}, [SHOP], provider=provider, http=http,
+        sections=sections))
+
+
 def write_daemon_config(
     path: Path,
     store: Path,
@@ -216,42 +231,17 @@ def write_daemon_config(
     binds: int = 2,
     window: int = 10,
     max_tps: float = 150,
-    provider: dict[str, float] | None = None,
+    provider: dict[str, Any] | None = None,
     http_workers: int = 0,
-) -> None:
+) -> Path:
     """A TOML config for `daemon()`: account "shop" (API_KEY), one provider "sim" on every route;
     `provider` adds keys to it (response_timeout, breaker_cooldown, ...)."""
-    extra = "".join(f"{key} = {value!r}\n" for key, value in (provider or {}).items())
-    path.write_text(f"""
-[http]
-listen = "127.0.0.1:{http_port}"
-workers = {http_workers}
-[store]
-path = "{store}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[callbacks]
-allowed_networks = ["127.0.0.0/8"]
-[[accounts]]
-name = "shop"
-api_key = "{API_KEY}"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = {binds}
-window = {window}
-max_tps = {max_tps}
-reconnect_min = 0.05
-reconnect_max = 0.5
-{extra}
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
+    return write_config(path, daemon_config(
+        smsc_port, {"path": str(store)}, [SHOP],
+        provider={"binds": binds, "window": window, "max_tps": max_tps, **QUICK_RECONNECT,
+                  **(provider or {})},
+        http={"listen": f"127.0.0.1:{http_port}", "workers": http_workers},
+        sections={"messages": QUICK_RETRIES, "callbacks": LOOPBACK_CALLBACKS}))
 
 
 @asynccontextmanager
@@ -260,42 +250,22 @@ async def daemon(
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     """Run the daemon on `config` until it has started; yields the process and its HTTP base URL.
     Its output goes to `log` (appended) when given. Killed on exit if still running."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aggregator", "run", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=config.parent,
-    )
-    assert proc.stdout is not None
     sink = log.open("ab") if log is not None else None
+
+    def write(line: str) -> None:
+        if sink is not None:
+            sink.write(line.encode() + b"\n")
+            sink.flush()
+
     try:
-        base = ""
-        while not base:
-            line = await asyncio.wait_for(proc.stdout.readline(), DEADLINE)
-            assert line, "daemon exited before it started"
-            if sink is not None:
-                sink.write(line)
-            if b'"started"' in line:
-                base = "http://" + json.loads(line)["http"]
-
-        async def drain() -> None:
-            assert proc.stdout is not None
-            while line := await proc.stdout.readline():
-                if sink is not None:
-                    sink.write(line)
-
-        drainer = asyncio.create_task(drain())
+        proc, started = await start_daemon(
+            config, merge_stderr=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=config.parent, on_line=write)
+        proc.follow(proc.proc.stdout)
         try:
-            yield proc, base
+            yield proc.proc, "http://" + started["http"]
         finally:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            with suppress(TimeoutError):  # the rest of its output, if the pipe closes soon
-                await asyncio.wait_for(drainer, 1.0)
-            drainer.cancel()
+            await proc.stop(kill=True, output_wait=1.0)  # the rest of its output, if soon
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         if sink is not None:
             sink.close()

@@ -18,7 +18,7 @@ from aggregator.policy.profiles import bundled_profiles
 from aggregator.store.base import StoreError
 from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import SmscProfile
-from tests.helpers import Running, make_config, running, wait_for
+from tests.helpers import Running, make_config, running, serve_app, wait_for
 
 XK = "+38344123456"
 KZ = "+77011234567"
@@ -193,22 +193,13 @@ async def test_other_mo_replies_go_to_the_accounts_mo_url(tmp_path: Path) -> Non
         arrived.set()
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/mo", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     book = HandsetBook({XK: Handset(reply="Yes please, call me")})
-    try:
-        async with running(tmp_path, SmscProfile(handsets=book),
-                           shop={**SHOP, "mo_url": f"http://127.0.0.1:{port}/mo"}) as r:
-            status, _ = await post(r)
-            assert status == 202
-            await asyncio.wait_for(arrived.wait(), 20)
-    finally:
-        await runner.cleanup()
+    async with serve_app([web.post("/mo", receive)]) as base, \
+            running(tmp_path, SmscProfile(handsets=book),
+                    shop={**SHOP, "mo_url": f"{base}/mo"}) as r:
+        status, _ = await post(r)
+        assert status == 202
+        await asyncio.wait_for(arrived.wait(), 20)
     assert got[0]["type"] == "mo" and got[0]["from"] == XK and got[0]["to"] == "ACME"
     assert got[0]["text"] == "Yes please, call me"
 

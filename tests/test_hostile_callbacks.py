@@ -11,8 +11,9 @@ import json
 import socket
 import sqlite3
 import time
+import tomllib
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,20 @@ from aggregator.notify.callback_guard import (
 from aggregator.notify.callbacks import CallbackSender
 from aggregator.store.base import CallbackJob
 from aggregator.store.writes import callback_destination
+from simulator.harness import daemon_config as harness_config
+from simulator.harness import wait_ready, write_config
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
     AUTH,
     DEADLINE,
+    SHOP,
     Running,
     callback_sink,
     daemon,
     metric_samples,
     metric_value,
     running,
+    serve_app,
     wait_for,
 )
 from tests.test_limits import stuck_receiver
@@ -191,20 +196,6 @@ async def test_allowed_networks_open_a_loopback_name(tmp_path: Path) -> None:
         assert sink.received[0]["id"] == body["id"]
 
 
-@asynccontextmanager
-async def http_server(routes: web.RouteTableDef) -> AsyncIterator[str]:
-    app = web.Application()
-    app.add_routes(routes)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site.port}"
-    finally:
-        await runner.cleanup()
-
-
 async def test_a_redirect_is_a_failed_attempt_and_not_followed(tmp_path: Path) -> None:
     hits: list[str] = []
     routes = web.RouteTableDef()
@@ -219,7 +210,7 @@ async def test_a_redirect_is_a_failed_attempt_and_not_followed(tmp_path: Path) -
         hits.append("internal")
         return web.Response(status=204)
 
-    async with http_server(routes) as base, running(tmp_path) as r:
+    async with serve_app(routes) as base, running(tmp_path) as r:
         status, _body = await r.post({**OK, "callback_url": f"{base}/hook"})
         assert status == 202
         await wait_for(lambda: hits.count("hook") >= 2, what="a retried redirect")
@@ -232,29 +223,10 @@ async def test_a_redirect_is_a_failed_attempt_and_not_followed(tmp_path: Path) -
 
 
 def daemon_config(path: Path, store: Path, smsc_port: int, callbacks: str) -> None:
-    path.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = "{store}"
-[callbacks]
-{callbacks}
-[[accounts]]
-name = "shop"
-api_key = "shop-key"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = 1
-window = 10
-max_tps = 100
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
+    """A config for `daemon()`; `callbacks` is the body of its [callbacks] section (TOML)."""
+    write_config(path, harness_config(
+        smsc_port, {"path": str(store)}, [SHOP], provider={"binds": 1, "max_tps": 100},
+        sections={"callbacks": tomllib.loads(callbacks)}))
 
 
 def rss_kb(pid: int) -> tuple[int, int]:
@@ -322,7 +294,7 @@ async def test_a_huge_callback_answer_is_not_read(tmp_path: Path) -> None:
     try:
         async with huge_answer() as huge, daemon(config) as (proc, base), \
                 aiohttp.ClientSession(headers=AUTH) as http:
-            await wait_ready(http, base)
+            await wait_ready(base)
             rss_before, _ = rss_kb(proc.pid)
             async with http.post(f"{base}/v1/messages",
                                  json={**OK, "callback_url": huge.url}) as resp:
@@ -361,7 +333,7 @@ async def test_a_huge_failure_answer_is_recorded_with_its_status(tmp_path: Path)
     try:
         async with huge_answer(503) as huge, daemon(config) as (proc, base), \
                 aiohttp.ClientSession(headers=AUTH) as http:
-            await wait_ready(http, base)
+            await wait_ready(base)
             rss_before, _ = rss_kb(proc.pid)
             async with http.post(f"{base}/v1/messages",
                                  json={**OK, "callback_url": huge.url}) as resp:
@@ -376,17 +348,6 @@ async def test_a_huge_failure_answer_is_recorded_with_its_status(tmp_path: Path)
             assert huge.sent < 32 * 2**20
     finally:
         await smsc.stop()
-
-
-async def wait_ready(http: aiohttp.ClientSession, base: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        with suppress(aiohttp.ClientError):
-            async with http.get(f"{base}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        assert time.monotonic() < deadline, "daemon not ready"
-        await asyncio.sleep(0.05)
 
 
 async def scrape(http: aiohttp.ClientSession, base: str) -> dict[Any, float]:
@@ -411,9 +372,9 @@ async def test_failed_callback_urls_are_masked_in_logs_and_metrics(tmp_path: Pat
                   'retry_min = 0.05\nretry_max = 0.1')
     log = tmp_path / "daemon.log"
     try:
-        async with http_server(routes) as base_cb, daemon(config, log) as (_proc, base), \
+        async with serve_app(routes) as base_cb, daemon(config, log) as (_proc, base), \
                 aiohttp.ClientSession(headers=AUTH) as http:
-            await wait_ready(http, base)
+            await wait_ready(base)
             host = base_cb.removeprefix("http://")
             secret_urls = [f"http://alice:Pa55word@{host}/cb?token=T0KEN1",
                            "http://bob:Hunter22@localhost:1/cb?sig=S1GNATURE",  # refused

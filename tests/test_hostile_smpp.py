@@ -21,11 +21,12 @@ import aiohttp
 import pytest
 
 from aggregator.smpp.transport import CLOSE_GRACE
+from simulator import harness
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
-    API_KEY,
     AUTH,
     DEADLINE,
+    SHOP,
     daemon,
     free_port,
     metric_samples,
@@ -72,41 +73,13 @@ class Daemon:
 
 def write_config(path: Path, store: Path, smsc_port: int, smpp_port: int,
                  smpp: dict[str, Any]) -> None:
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in smpp.items())
-    path.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = "{store}"
-[smpp]
-listen = "127.0.0.1:{smpp_port}"
-{extra}
-[[accounts]]
-name = "shop"
-api_key = "{API_KEY}"
-system_id = "shop"
-password = "secret"
-max_binds = 10
-[[accounts]]
-name = "bank"
-api_key = "bank-key"
-system_id = "bank"
-password = "secret2"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = 1
-window = 10
-max_tps = 500
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
+    accounts = [{**SHOP, "system_id": "shop", "password": "secret", "max_binds": 10},
+                {"name": "bank", "api_key": "bank-key", "system_id": "bank",
+                 "password": "secret2"}]
+    harness.write_config(path, harness.daemon_config(
+        smsc_port, {"path": str(store)}, accounts,
+        provider={"binds": 1, "max_tps": 500, **harness.QUICK_RECONNECT},
+        sections={"smpp": {"listen": f"127.0.0.1:{smpp_port}", **smpp}}))
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.helpers import Running, running, wait_for
+from tests.helpers import Running, running, serve_app, wait_for
 
 MOBILE = "+38344123456"
 OK = {"to": MOBILE, "from": "ACME", "text": "hello"}
@@ -125,28 +125,18 @@ async def test_callback_is_retried_until_it_answers_2xx(tmp_path: Path) -> None:
         calls.append(1)
         return web.Response(status=500 if len(calls) < 3 else 200)
 
-    app = web.Application()
-    app.router.add_post("/cb", flaky)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with running(tmp_path) as run:
-            status, body = await run.post({**OK, "callback_url": f"http://127.0.0.1:{port}/cb"})
-            assert status == 202
-            await run.wait_status(body["id"], {"delivered"})
-            await wait_for(lambda: len(calls) >= 3, what="third callback attempt")
-            # The 2xx removes the job from the outbox: nothing is due, however late it is.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while await run.app.store.due_callbacks(10**12, 10):
-                assert loop.time() < deadline, "callback job still in the outbox"
-                await asyncio.sleep(0.02)
-            assert len(calls) == 3
-    finally:
-        await runner.cleanup()
+    async with serve_app([web.post("/cb", flaky)]) as base, running(tmp_path) as run:
+        status, body = await run.post({**OK, "callback_url": f"{base}/cb"})
+        assert status == 202
+        await run.wait_status(body["id"], {"delivered"})
+        await wait_for(lambda: len(calls) >= 3, what="third callback attempt")
+        # The 2xx removes the job from the outbox: nothing is due, however late it is.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await run.app.store.due_callbacks(10**12, 10):
+            assert loop.time() < deadline, "callback job still in the outbox"
+            await asyncio.sleep(0.02)
+        assert len(calls) == 3
 
 
 async def test_batch_answers_each_item_in_order_and_stores_the_valid_ones(r: Running) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
+from simulator.harness import wait_ready
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
     API_KEY,
@@ -28,6 +29,7 @@ from tests.helpers import (
     metric_samples,
     metric_value,
     running,
+    shop_config,
     wait_for,
 )
 
@@ -173,32 +175,8 @@ async def test_at_the_cap_with_every_connection_in_a_request_new_ones_get_503(
 async def test_limits_apply_in_ingress_worker_processes_and_are_logged(tmp_path: Path) -> None:
     smsc = Smsc(SmscProfile())
     await smsc.start()
-    config = tmp_path / "smsagg.toml"
-    config.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-workers = 1
-header_timeout = 0.5
-body_timeout = 1.0
-max_connections = 5
-[store]
-path = "{tmp_path / "smsagg.db"}"
-[[accounts]]
-name = "shop"
-api_key = "{API_KEY}"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc.port}
-system_id = "smsagg"
-password = "pw"
-binds = 1
-window = 10
-max_tps = 100
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
+    config = shop_config(tmp_path, smsc.port, provider={"binds": 1, "max_tps": 100}, http={
+        "workers": 1, "header_timeout": 0.5, "body_timeout": 1.0, "max_connections": 5})
     log = tmp_path / "daemon.log"
     try:
         async with daemon(config, log) as (_proc, base):
@@ -230,18 +208,6 @@ providers = ["sim"]
         assert "Traceback" not in text  # a closed body is no handler error
     finally:
         await smsc.stop()
-
-
-async def wait_ready(base: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    async with aiohttp.ClientSession() as http:
-        while True:
-            with suppress(aiohttp.ClientError):
-                async with http.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            assert time.monotonic() < deadline, "daemon not ready"
-            await asyncio.sleep(0.05)
 
 
 def fd_bounded_in_child(soft: int, hard: int) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import DEADLINE, daemon, free_port
+from tests.helpers import DEADLINE, daemon, free_port, serve_app
 from tests.test_smpp_restart import WINDOW, number, write_config
 
 BEARERBOX = shutil.which("bearerbox") or shutil.which("/usr/sbin/bearerbox")
@@ -94,31 +94,26 @@ async def kannel(tmp_path: Path, smpp_port: int) -> AsyncIterator[Kannel]:
         k.dlrs.append((request.query["ref"], int(request.query["type"])))
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/dlr", on_dlr)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    k.dlr_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/dlr"  # type: ignore[union-attr]
-    log = (tmp_path / "kannel.out").open("ab")
-    boxes = [await asyncio.create_subprocess_exec(BEARERBOX, str(conf), stdout=log, stderr=log)]
-    try:
-        await asyncio.sleep(0.5)  # smsbox connects to bearerbox's box port
-        boxes.append(await asyncio.create_subprocess_exec(SMSBOX, str(conf), stdout=log,
-                                                          stderr=log))
-        yield k
-    finally:
-        for box in reversed(boxes):
-            if box.returncode is None:
-                box.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(box.wait(), 10)
-                except TimeoutError:
-                    box.kill()
-                    await box.wait()
-        log.close()
-        await runner.cleanup()
+    async with serve_app([web.get("/dlr", on_dlr)]) as dlr_base:
+        k.dlr_url = f"{dlr_base}/dlr"
+        log = (tmp_path / "kannel.out").open("ab")
+        boxes = [await asyncio.create_subprocess_exec(BEARERBOX, str(conf), stdout=log,
+                                                      stderr=log)]
+        try:
+            await asyncio.sleep(0.5)  # smsbox connects to bearerbox's box port
+            boxes.append(await asyncio.create_subprocess_exec(SMSBOX, str(conf), stdout=log,
+                                                              stderr=log))
+            yield k
+        finally:
+            for box in reversed(boxes):
+                if box.returncode is None:
+                    box.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(box.wait(), 10)
+                    except TimeoutError:
+                        box.kill()
+                        await box.wait()
+            log.close()
 
 
 async def send_all(k: Kannel, texts: dict[int, str], http: aiohttp.ClientSession) -> None:

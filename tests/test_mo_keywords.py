@@ -19,7 +19,7 @@ from aggregator.policy.profiles import bundled_profiles
 from aggregator.policy.rules import classify_mo
 from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import SmscProfile
-from tests.helpers import Running, make_config, running, wait_for
+from tests.helpers import Running, make_config, running, serve_app, wait_for
 
 P = bundled_profiles()
 XK_NUMBER = "+38344123456"
@@ -154,17 +154,8 @@ async def mo_sink() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         got.append(await request.json())
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/mo", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/mo", got
-    finally:
-        await runner.cleanup()
+    async with serve_app([web.post("/mo", receive)]) as base:
+        yield f"{base}/mo", got
 
 
 async def test_help_without_help_text_is_forwarded(

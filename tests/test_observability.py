@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, Samples, metric_samples, metric_value, running
+from tests.helpers import (
+    AUTH,
+    DEADLINE,
+    Samples,
+    daemon,
+    metric_samples,
+    metric_value,
+    running,
+    shop_config,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 PHONE_LIKE = re.compile(r"^\+?\d{7,15}$")
 
 
@@ -92,66 +98,31 @@ async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> 
 async def test_logs_are_json_with_masked_numbers_and_no_text_or_secrets(tmp_path: Path) -> None:
     smsc = Smsc(SmscProfile())
     await smsc.start()
-    config = tmp_path / "smsagg.toml"
-    config.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = "{tmp_path / 'smsagg.db'}"
-[log]
-level = "debug"
-[[accounts]]
-name = "shop"
-api_key = "shop-key"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc.port}
-system_id = "smsagg"
-password = "hunter2"
-binds = 1
-window = 10
-max_tps = 100
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aggregator", "run", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
+    config = shop_config(tmp_path, smsc.port,
+                         provider={"password": "hunter2", "binds": 1, "max_tps": 100},
+                         sections={"log": {"level": "debug"}})
+    log = tmp_path / "daemon.log"
     try:
-        base = ""
-        while not base:
-            line = (await asyncio.wait_for(proc.stdout.readline(), DEADLINE)).decode()
-            assert line, "daemon exited"
-            lines.append(line)
-            if '"started"' in line:
-                base = "http://" + json.loads(line)["http"]
-        async with aiohttp.ClientSession(headers=AUTH) as http:
-            for _ in range(100):
-                async with http.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        break
-                await asyncio.sleep(0.05)
-            async with http.post(f"{base}/v1/messages", json={
-                "to": "+38344123456", "from": "ACME", "text": "SECRET-TEXT-4711"}) as resp:
-                mid = (await resp.json())["id"]
-            for _ in range(200):
-                async with http.get(f"{base}/v1/messages/{mid}") as resp:
-                    if (await resp.json())["status"] == "delivered":
-                        break
-                await asyncio.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
-        lines += rest.decode().splitlines()
+        async with daemon(config, log) as (proc, base):
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                for _ in range(100):
+                    async with http.get(f"{base}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                    await asyncio.sleep(0.05)
+                async with http.post(f"{base}/v1/messages", json={
+                    "to": "+38344123456", "from": "ACME", "text": "SECRET-TEXT-4711"}) as resp:
+                    mid = (await resp.json())["id"]
+                for _ in range(200):
+                    async with http.get(f"{base}/v1/messages/{mid}") as resp:
+                        if (await resp.json())["status"] == "delivered":
+                            break
+                    await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), DEADLINE)
     finally:
-        if proc.returncode is None:
-            proc.kill()
         await smsc.stop()
+    lines = log.read_text().splitlines()
     assert proc.returncode == 0
     records = [json.loads(line) for line in lines if line.strip()]
     assert all({"event", "level", "timestamp"} <= rec.keys() for rec in records)

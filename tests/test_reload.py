@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -21,6 +20,7 @@ import pytest
 from aggregator.config import parse_config
 from aggregator.smpp.session import BindMode
 from aggregator.smpp.transport import BindError, open_client
+from simulator.harness import start_daemon
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import DEADLINE, make_config, metric_samples, metric_value, running, wait_for
 
@@ -74,19 +74,17 @@ listen = "127.0.0.1:0"
 class Daemon:
     """`python -m aggregator run` with its JSON log lines kept for the test to look at."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process
         self.records: list[dict[str, Any]] = []
         self.changed = asyncio.Event()
         self.base = ""
         self.smpp_port = 0
 
-    async def read(self) -> None:
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            with suppress(ValueError):
-                self.records.append(json.loads(line))
-                self.changed.set()
+    def read(self, line: str) -> None:
+        with suppress(ValueError):
+            self.records.append(json.loads(line))
+            self.changed.set()
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("event") == name]
@@ -104,25 +102,18 @@ class Daemon:
 
 @asynccontextmanager
 async def daemon(config: Path) -> AsyncIterator[Daemon]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aggregator", "run", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=config.parent,
-    )
-    d = Daemon(proc)
-    reader = asyncio.create_task(d.read())
+    d = Daemon()
+    proc, started = await start_daemon(config, merge_stderr=True, cwd=config.parent,
+                                       env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                       on_line=d.read)
+    proc.follow(proc.proc.stdout)
+    d.proc = proc.proc
+    d.base = "http://" + started["http"]
+    d.smpp_port = int(started["smpp"])
     try:
-        started = await d.wait_event("started")
-        d.base = "http://" + started["http"]
-        d.smpp_port = int(started["smpp"])
         yield d
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-        with suppress(TimeoutError):
-            await asyncio.wait_for(reader, 2.0)
-        reader.cancel()
+        await proc.stop(kill=True, output_wait=2.0)
 
 
 async def poll(check: Callable[[], Any], what: str) -> Any:

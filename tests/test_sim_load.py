@@ -23,8 +23,9 @@ from aggregator.model import Encoding
 from aggregator.text import count_segments
 from simulator import load as load_module
 from simulator.load import Destinations, LoadOptions, LoadResult, run_load, segment_text
+from simulator.load import progress as load_progress
 from simulator.stats import LatencyHistogram
-from tests.helpers import API_KEY, DEADLINE, running
+from tests.helpers import API_KEY, DEADLINE, running, serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,22 +89,14 @@ async def fake_api() -> AsyncIterator[FakeApi]:
         api.batch_sizes.append(len(messages))
         return web.json_response({"results": [handle(m) for m in messages]})
 
-    app = web.Application()
-    app.router.add_post("/v1/messages", single)
-    app.router.add_post("/v1/messages/batch", batch)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    api.url = f"http://127.0.0.1:{port}"
-    try:
-        yield api
-    finally:
-        for task in list(api.pending):
-            task.cancel()
-        await client.close()
-        await runner.cleanup()
+    async with serve_app([web.post("/v1/messages", single),
+                          web.post("/v1/messages/batch", batch)]) as api.url:
+        try:
+            yield api
+        finally:
+            for task in list(api.pending):
+                task.cancel()
+            await client.close()
 
 
 # -- against the real daemon ----------------------------------------------------------------------
@@ -248,7 +241,7 @@ async def test_json_shape() -> None:
 
 
 async def test_progress_lines_when_not_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load_module, "PLAIN_PROGRESS_INTERVAL", 0.05)
+    monkeypatch.setattr(load_progress, "PLAIN_PROGRESS_INTERVAL", 0.05)
     stream = io.StringIO()
     async with fake_api() as api:
         await run_load(LoadOptions(url=api.url, api_key="k", count=30, rate=100,
@@ -264,7 +257,7 @@ class _Tty(io.StringIO):
 
 
 async def test_progress_rewrites_one_line_on_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(load_module, "TTY_PROGRESS_INTERVAL", 0.05)
+    monkeypatch.setattr(load_progress, "TTY_PROGRESS_INTERVAL", 0.05)
     stream = _Tty()
     async with fake_api() as api:
         await run_load(LoadOptions(url=api.url, api_key="k", count=30, rate=100,

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from simulator import harness
 from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import API_KEY, DEADLINE, daemon, free_port
+from tests.helpers import DEADLINE, SHOP, daemon, free_port
 from tests.kannel_esme import (
     BIND_TRANSMITTER,
     ESME_RTHROTTLED,
@@ -37,37 +38,12 @@ WINDOW = 50  # Kannel max-pending-submits = smsagg's [smpp] window
 
 
 def write_config(path: Path, store: Path, smsc_port: int, smpp_port: int) -> None:
-    path.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = "{store}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[smpp]
-listen = "127.0.0.1:{smpp_port}"
-window = {WINDOW}
-[[accounts]]
-name = "shop"
-api_key = "{API_KEY}"
-system_id = "shop"
-password = "secret"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = 2
-window = 20
-max_tps = 2000
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
+    harness.write_config(path, harness.daemon_config(
+        smsc_port, {"path": str(store)},
+        [{**SHOP, "system_id": "shop", "password": "secret"}],
+        provider={"window": 20, "max_tps": 2000, **harness.QUICK_RECONNECT},
+        sections={"messages": harness.QUICK_RETRIES,
+                  "smpp": {"listen": f"127.0.0.1:{smpp_port}", "window": WINDOW}}))
 
 
 def number(i: int) -> str:
