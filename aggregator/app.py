@@ -121,7 +121,7 @@ class App:
         )
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: GuardedSite | None = None
         self.http_guard: ConnectionGuard | None = None  # when this process serves HTTP
         self._gauges: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()

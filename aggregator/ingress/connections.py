@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import resource
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -238,29 +239,41 @@ class ConnectionGuard:
 _STATE_OF = {"header_timeout": HEADERS, "body_timeout": REQUEST, "idle_timeout": IDLE}
 
 
-class GuardedSite(web.TCPSite):
-    """A TCPSite whose connections go through a ConnectionGuard."""
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through a ConnectionGuard. It keeps its own copy of
+    what it was given rather than reading TCPSite's private fields; `_server` is the one
+    attribute BaseSite asks its subclasses to set (its `stop` closes it)."""
 
     def __init__(self, guard: ConnectionGuard, runner: web.BaseRunner, host: str, port: int,
-                 **options: Any) -> None:
-        super().__init__(runner, host, port, **options)
-        self._guard = guard
+                 *, ssl_context: ssl.SSLContext | None = None, backlog: int = 128,
+                 reuse_address: bool | None = None, reuse_port: bool | None = None) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self.guard = guard
+        self.handler = runner.server
+        self.host, self.port = host, port
+        self.tls = ssl_context
+        self.listen_backlog = backlog
+        self.reuse_address, self.reuse_port = reuse_address, reuse_port
+
+    @property
+    def name(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host or '0.0.0.0'}:{self.port}"
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
-        self._guard.start()
-        server = self._runner.server
-        assert server is not None
+        await super().start()  # registers the site with its runner
+        self.guard.start()
+        assert self.handler is not None
         # A TLS handshake counts as headers: a peer that stalls it goes as soon.
         handshake: dict[str, Any] = (
-            {"ssl_handshake_timeout": self._guard.timeout(HEADERS)} if self._ssl_context else {})
-        self._server = await asyncio.get_running_loop().create_server(
-            self._guard.factory(server), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port, **handshake,
+            {"ssl_handshake_timeout": self.guard.timeout(HEADERS)} if self.tls else {})
+        server = await asyncio.get_running_loop().create_server(
+            self.guard.factory(self.handler), self.host, self.port, ssl=self.tls,
+            backlog=self.listen_backlog, reuse_address=self.reuse_address,
+            reuse_port=self.reuse_port, **handshake,
         )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+        self._server = server
+        if server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
 
 
 FD_RESERVE = 256  # file descriptors kept for everything else (SMPP, store, callbacks, ...)
