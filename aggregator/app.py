@@ -28,7 +28,7 @@ from aggregator.ingress.callback_guard import CallbackPolicy
 from aggregator.ingress.callbacks import CallbackSender
 from aggregator.ingress.connections import ConnectionGuard, GuardedSite, guard_for
 from aggregator.ingress.http import HttpApi
-from aggregator.ingress.smpp import ESME_RTHROTTLED, SmppServer
+from aggregator.ingress.smpp import SmppServer
 from aggregator.ingress.workers import IngressWorkers
 from aggregator.log import get_logger
 from aggregator.mo import MoHandler
@@ -48,6 +48,7 @@ from aggregator.receipts import (
 )
 from aggregator.retention import Retention
 from aggregator.routing import Route, RouteTable
+from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import StoreError
 from aggregator.store.factory import build_store
@@ -193,7 +194,7 @@ class App:
             metrics.receipts.labels(bind.provider.name, "throttled").inc()
             if not conn.closed.done():
                 resp = DeliverSmResp()
-                resp.command_status = ESME_RTHROTTLED
+                resp.command_status = CommandStatus.ESME_RTHROTTLED
                 conn.respond(pdu, resp)
             return
         task = asyncio.ensure_future(self._handle_deliver(bind, conn, pdu))

@@ -34,6 +34,7 @@ from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SubmitSm
 
 from aggregator.model import Encoding
 from aggregator.smpp.session import BindMode, NotBound, RequestReceived, WindowFull
+from aggregator.smpp.status import CommandStatus, status_name
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout, SmppConnection, open_client
 from aggregator.text import GSM7_PART, GSM7_SINGLE, count_segments, is_gsm7
 from simulator.callback_server import CallbackServer
@@ -51,11 +52,6 @@ _STOP_CHECK = 0.05  # seconds a sender sleeps at most before it looks at the sto
 _MESSAGE_STATES = {
     1: "enroute", 2: "delivered", 3: "expired", 4: "deleted", 5: "undeliverable",
     6: "accepted", 7: "unknown", 8: "rejected",
-}
-_SMPP_STATUS_NAMES = {
-    0x01: "ESME_RINVMSGLEN", 0x08: "ESME_RSYSERR", 0x0A: "ESME_RINVSRCADR",
-    0x0B: "ESME_RINVDSTADR", 0x0D: "ESME_RBINDFAIL", 0x14: "ESME_RMSGQFUL",
-    0x45: "ESME_RSUBMITFAIL", 0x58: "ESME_RTHROTTLED",
 }
 
 
@@ -618,10 +614,10 @@ class SmppLoad:
             return
         now = time.perf_counter()
         status = int(resp.command_status)
-        if status == 0:
+        if status == CommandStatus.ESME_ROK:
             rec.accepted(str(resp.message_id), t0, now)
         else:
-            rec.error(_SMPP_STATUS_NAMES.get(status, f"0x{status:08X}"), now)
+            rec.error(status_name(status) or f"0x{status:08X}", now)
 
 
 async def _run_smpp(options: LoadOptions, rec: Recorder, start: float, stop: asyncio.Event,

@@ -37,7 +37,6 @@ from aiosmpplib import (
     GenericNack,
     OptionalParam,
     PhoneNumber,
-    SmppCommandStatus,
     SmppDataCoding,
     SubmitSm,
     SubmitSmResp,
@@ -59,6 +58,7 @@ from aggregator.smpp.session import (
     SessionState,
     SmppSession,
 )
+from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import ConnectionLost, SmppConnection, start_server
 from aggregator.tls import server_context
 from simulator.handsets import Handset, HandsetBook
@@ -78,8 +78,6 @@ SAR_MSG_REF_NUM = 0x020C
 SAR_TOTAL_SEGMENTS = 0x020E
 SAR_SEGMENT_SEQNUM = 0x020F
 SUBMIT_SM_RESP = 0x80000004
-ESME_RBINDFAIL = 0x0D
-ESME_RINVDSTADR = 0x0B
 # How often a disabled disconnect_every is checked for having been enabled at run time.
 DISCONNECT_POLL = 0.25
 _CAN_RECEIVE = (BindMode.RECEIVER, BindMode.TRANSCEIVER)
@@ -119,7 +117,7 @@ class SmscProfile:
     # receipt for one smsagg instance's submit may reach another instance.
     receipts_any_bind: bool = False
     error_ratio: float = 0.0  # share of submit_sm answered with error_status (no receipt)
-    error_status: int = 0x08  # ESME_RSYSERR
+    error_status: int = int(CommandStatus.ESME_RSYSERR)
     drop_ratio: float = 0.0  # share of submit_sm never answered (counted in dropped_total)
     disconnect_after: int | None = None  # close a session's connection at its Nth submit_sm
     disconnect_every: float | None = None  # close every bound session every T seconds
@@ -503,7 +501,7 @@ class Smsc:
     def _on_bind_requested(self, conn: SmppConnection, event: BindRequested) -> None:
         request = event.pdu
         if self.profile.refuse_binds:
-            status: int | None = ESME_RBINDFAIL
+            status: int | None = CommandStatus.ESME_RBINDFAIL
         else:
             status = self._check_credentials(request.system_id, request.password)
         if status is None:
@@ -515,9 +513,9 @@ class Smsc:
     def _check_credentials(self, system_id: str, password: str) -> int | None:
         wanted_id, wanted_password = self.profile.system_id, self.profile.password
         if wanted_id is not None and system_id != wanted_id:
-            return int(SmppCommandStatus.ESME_RINVSYSID)
+            return CommandStatus.ESME_RINVSYSID
         if wanted_password is not None and password != wanted_password:
-            return int(SmppCommandStatus.ESME_RINVPASWD)
+            return CommandStatus.ESME_RINVPASWD
         return None
 
     def _on_bound(self, conn: SmppConnection, event: Bound) -> None:
@@ -549,15 +547,13 @@ class Smsc:
     def _on_request(self, conn: SmppConnection, event: RequestReceived) -> None:
         pdu = event.pdu
         if isinstance(pdu, DeliverSm):  # an SMSC does not take deliver_sm from an ESME
-            conn.respond(pdu, DeliverSmResp(sequence_num=pdu.sequence_num,
-                                            command_status=SmppCommandStatus.ESME_RINVCMDID))
+            conn.respond(pdu, _resp(DeliverSmResp, CommandStatus.ESME_RINVCMDID))
         elif isinstance(pdu, SubmitSm):
             self._on_submit(conn, pdu)
         elif isinstance(pdu, QuerySm):
             self._on_query(conn, pdu)
         else:
-            conn.respond(pdu, GenericNack(sequence_num=pdu.sequence_num,
-                                          command_status=SmppCommandStatus.ESME_RINVCMDID))
+            conn.respond(pdu, _resp(GenericNack, CommandStatus.ESME_RINVCMDID))
 
     # -- query_sm -------------------------------------------------------------------------------
 
@@ -573,12 +569,11 @@ class Smsc:
         know (or no longer keeps)."""
         self.queries_total += 1
         if not self.profile.answer_query_sm:
-            self._respond(conn, pdu, GenericNack(sequence_num=pdu.sequence_num,
-                                                 command_status=SmppCommandStatus.ESME_RINVCMDID))
+            self._respond(conn, pdu, _resp(GenericNack, CommandStatus.ESME_RINVCMDID))
         else:
             known = self._states.get(pdu.message_id)
             if known is None:
-                resp = QuerySmResp(command_status=SmppCommandStatus.ESME_RINVMSGID)
+                resp = QuerySmResp(command_status=CommandStatus.ESME_RINVMSGID)
             else:
                 state, done_at = known
                 self.queries_answered += 1
@@ -593,8 +588,7 @@ class Smsc:
         peer = self._peers.get(conn)
         stats = peer.stats if peer is not None else None
         if stats is None:  # the session lets only bound peers submit; be safe anyway
-            conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num,
-                                           command_status=SmppCommandStatus.ESME_RINVBNDSTS))
+            conn.respond(pdu, _resp(SubmitSmResp, CommandStatus.ESME_RINVBNDSTS))
             return
         profile = self.profile
         self.submits_total += 1
@@ -605,14 +599,13 @@ class Smsc:
             return
         if not self._take_token(stats.system_id):
             self.throttled_total += 1
-            self._respond(conn, pdu, SubmitSmResp(
-                sequence_num=pdu.sequence_num, command_status=SmppCommandStatus.ESME_RTHROTTLED))
+            self._respond(conn, pdu, _resp(SubmitSmResp, CommandStatus.ESME_RTHROTTLED))
             self._notify()
             return
         handset = profile.handsets.lookup(pdu.destination.number) if profile.handsets else None
         if handset is not None and handset.behaviour == "invalid":
             self.invalid_total += 1
-            self._respond(conn, pdu, _ErrorResp(ESME_RINVDSTADR))
+            self._respond(conn, pdu, _ErrorResp(CommandStatus.ESME_RINVDSTADR))
             self._notify()
             return
         fault = self._roll_fault(profile)
@@ -911,7 +904,7 @@ class Smsc:
             self._enqueue(receipt)
             return
         exc = future.exception()
-        if exc is None and future.result().command_status == SmppCommandStatus.ESME_ROK:
+        if exc is None and future.result().command_status == CommandStatus.ESME_ROK:
             if receipt.mo_text is None:
                 self.receipts_acked += 1
             else:
@@ -978,6 +971,14 @@ class Smsc:
 
         handle = self._loop.call_later(delay, fire)
         self._timers.add(handle)
+
+
+def _resp(cls: Any, status: CommandStatus) -> Any:
+    """An aiosmpplib response carrying `status` (its constructors take only its own enum);
+    the session sets the sequence number."""
+    resp = cls()
+    resp.command_status = status
+    return resp
 
 
 def _counts_as_attempt(exc: BaseException) -> bool:
