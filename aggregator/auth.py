@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.ratelimit import TokenBucket
 from aggregator.smpp.status import CommandStatus
 
 if TYPE_CHECKING:

@@ -44,6 +44,7 @@ from aiosmpplib import (
 from aiosmpplib.codec import find_codec_info
 from aiosmpplib.state import NPI, TON
 
+from aggregator.ratelimit import TokenBucket
 from aggregator.smpp import querysm as query
 from aggregator.smpp.querysm import QuerySm, QuerySmResp
 from aggregator.smpp.session import (
@@ -206,24 +207,6 @@ class _Peer:
     stats: BindStats | None = None
 
 
-@dataclass(slots=True)
-class _Bucket:
-    """Token bucket with one second of burst."""
-
-    rate: float
-    tokens: float
-    last: float
-
-    def take(self, now: float) -> bool:
-        capacity = max(self.rate, 1.0)
-        self.tokens = min(capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class _ErrorResp:
     """A bodiless submit_sm_resp with any command_status (aiosmpplib's takes only its enum).
 
@@ -299,7 +282,7 @@ class Smsc:
         # Receipts waiting for a bound RX/TRX session with a free slot, per system_id.
         self._pending: dict[str, deque[_Receipt]] = {}
         self._pending_count = 0
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._waiters: list[_Waiter] = []
         self._rng = random.Random(self.profile.seed)
@@ -658,18 +641,18 @@ class Smsc:
             del received[: len(received) - RECEIVED_MAX]
 
     def _take_token(self, system_id: str) -> bool:
+        """max_tps per system_id, with one second of burst; a rate changed at run time applies
+        from now on."""
         rate = self.profile.max_tps
         if rate is None:
             return True
-        now = self._now()
         bucket = self._buckets.get(system_id)
         if bucket is None:
-            bucket = self._buckets[system_id] = _Bucket(rate, max(rate, 1.0), now)
-        elif bucket.rate != rate:  # the profile changed at run time: refill at the old rate
-            bucket.tokens = min(max(rate, 1.0), bucket.tokens + (now - bucket.last) * bucket.rate)
-            bucket.last = now
-            bucket.rate = rate
-        return bucket.take(now)
+            bucket = self._buckets[system_id] = TokenBucket(rate, burst=max(rate, 1.0),
+                                                            clock=self._now)
+        elif bucket.max_rate != rate:
+            bucket.set_rate(rate, burst=max(rate, 1.0))
+        return bucket.try_take() == 0.0
 
     def _next_id(self) -> str:
         self._id_counter += 1

@@ -31,8 +31,8 @@ from aggregator.log import get_logger
 from aggregator.loglimit import LogLimiter
 from aggregator.memory import give_back
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
-from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.policy.classes import class_for_smpp
+from aggregator.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
 from aggregator.smpp.querysm import ENROUTE, QuerySm, QuerySmResp, final_date
 from aggregator.smpp.session import (
