@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import secrets
 import struct
 import time
@@ -35,18 +34,17 @@ from aiosmpplib import (
     DeliverSm,
     DeliverSmResp,
     GenericNack,
-    OptionalParam,
     PhoneNumber,
-    SmppDataCoding,
     SubmitSm,
     SubmitSmResp,
 )
-from aiosmpplib.codec import find_codec_info
 from aiosmpplib.state import NPI, TON
 
 from aggregator.ratelimit import TokenBucket
 from aggregator.smpp import querysm as query
-from aggregator.smpp.querysm import QuerySm, QuerySmResp
+from aggregator.smpp.fields import RawSubmit, parse_submit
+from aggregator.smpp.querysm import DELIVERED, UNDELIVERABLE, QuerySm, QuerySmResp
+from aggregator.smpp.receipt_pdu import receipt_pdu
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
@@ -61,23 +59,16 @@ from aggregator.smpp.session import (
 )
 from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import ConnectionLost, SmppConnection, start_server
+from aggregator.text import ESM_CLASS_UDHI, is_gsm7, parse_udh
 from aggregator.tls import server_context
 from simulator.handsets import Handset, HandsetBook
 
 log = logging.getLogger(__name__)
 
-RECEIPTED_MESSAGE_ID = 0x001E
-MESSAGE_STATE = 0x0427
-STATE_DELIVERED = 2
-STATE_UNDELIVERABLE = 5
 SMSC_SYSTEM_ID = "smsagg-sim"
 RECEIVED_MAX = 200_000
 PENDING_MAX = 100_000
 RECEIPT_RETRIES = 3
-UDHI = 0x40
-SAR_MSG_REF_NUM = 0x020C
-SAR_TOTAL_SEGMENTS = 0x020E
-SAR_SEGMENT_SEQNUM = 0x020F
 SUBMIT_SM_RESP = 0x80000004
 # How often a disabled disconnect_every is checked for having been enabled at run time.
 DISCONNECT_POLL = 0.25
@@ -532,7 +523,7 @@ class Smsc:
         if isinstance(pdu, DeliverSm):  # an SMSC does not take deliver_sm from an ESME
             conn.respond(pdu, _resp(DeliverSmResp, CommandStatus.ESME_RINVCMDID))
         elif isinstance(pdu, SubmitSm):
-            self._on_submit(conn, pdu)
+            self._on_submit(conn, pdu, event.raw)
         elif isinstance(pdu, QuerySm):
             self._on_query(conn, pdu)
         else:
@@ -567,11 +558,17 @@ class Smsc:
 
     # -- submit_sm ------------------------------------------------------------------------------
 
-    def _on_submit(self, conn: SmppConnection, pdu: Any) -> None:
+    def _on_submit(self, conn: SmppConnection, pdu: Any, raw: bytes) -> None:
         peer = self._peers.get(conn)
         stats = peer.stats if peer is not None else None
         if stats is None:  # the session lets only bound peers submit; be safe anyway
             conn.respond(pdu, _resp(SubmitSmResp, CommandStatus.ESME_RINVBNDSTS))
+            return
+        try:
+            fields = parse_submit(raw)  # the octets as sent: aiosmpplib keeps only the text
+        except ValueError as exc:  # e.g. both short_message and message_payload
+            log.info("smsc: malformed submit_sm from %s: %s", conn.peername, exc)
+            self._respond(conn, pdu, _ErrorResp(CommandStatus.ESME_RINVMSGLEN))
             return
         profile = self.profile
         self.submits_total += 1
@@ -606,9 +603,11 @@ class Smsc:
             return
         self.accepted_total += 1
         message_id = self._next_id()
-        self._record(_received_submit(pdu, message_id, stats.bind_id))
+        self._record(_received_submit(pdu, fields, message_id, stats.bind_id))
         self._notify()
-        self._after_latency(profile, self._answer, conn, stats, pdu, message_id, handset)
+        completes = completes_message(fields)
+        self._after_latency(profile, self._answer, conn, stats, pdu, message_id, handset,
+                            completes)
 
     def _roll_fault(self, profile: SmscProfile) -> str | None:
         """None (answer normally), "drop" or "error"; one draw, only when a ratio is set."""
@@ -685,11 +684,11 @@ class Smsc:
 
     def _answer(
         self, conn: SmppConnection, stats: BindStats, pdu: Any, message_id: str,
-        handset: Handset | None,
+        handset: Handset | None, completes: bool,
     ) -> None:
-        if self._hold(self._answer, conn, stats, pdu, message_id, handset) or not self._settle(
-            conn, stats
-        ):
+        """`completes`: the submit is a whole message or its last part (a handset replies)."""
+        if self._hold(self._answer, conn, stats, pdu, message_id, handset,
+                      completes) or not self._settle(conn, stats):
             return
         try:
             conn.respond(pdu, SubmitSmResp(sequence_num=pdu.sequence_num, message_id=message_id))
@@ -704,7 +703,7 @@ class Smsc:
             delivered = not (ratio > 0 and self._rng.random() < ratio)
         receipt = self._make_receipt(conn, stats.system_id, pdu, message_id, delivered)
         reply = None
-        if delivered and handset is not None and handset.reply and _completes_message(pdu):
+        if delivered and handset is not None and handset.reply and completes:
             reply = _Receipt(
                 message_id=message_id, system_id=stats.system_id, origin=conn,
                 source=PhoneNumber(_strip_plus(pdu.destination.number), TON(1), NPI(1)),
@@ -917,27 +916,9 @@ class Smsc:
         receipt_id = receipt.message_id
         if self.profile.receipt_id_format == "decimal":
             receipt_id = str(int(receipt_id, 16))
-        if receipt.delivered:
-            stat, dlvrd, err, state = "DELIVRD", 1, 0, STATE_DELIVERED
-        else:
-            stat, dlvrd, err, state = "UNDELIV", 0, 1, STATE_UNDELIVERABLE
-        text = (
-            f"id:{receipt_id} sub:001 dlvrd:{dlvrd:03d}"
-            f" submit date:{_smpp_date(receipt.submitted_at)}"
-            f" done date:{_smpp_date(time.time())}"
-            f" stat:{stat} err:{err:03d} text:"
-        )
-        return DeliverSm(
-            short_message=text,
-            source=receipt.source,
-            destination=receipt.destination,
-            esm_class=0x04,
-            registered_delivery=0,
-            optional_params=[
-                OptionalParam(RECEIPTED_MESSAGE_ID, receipt_id),
-                OptionalParam(MESSAGE_STATE, state),
-            ],
-        )
+        stat, state = ("DELIVRD", DELIVERED) if receipt.delivered else ("UNDELIV", UNDELIVERABLE)
+        return receipt_pdu(receipt_id, stat, state, receipt.submitted_at, time.time(),
+                           source=receipt.source, destination=receipt.destination)
 
     # -- timers ---------------------------------------------------------------------------------
 
@@ -978,130 +959,45 @@ def _mo_pdu(reply: _Receipt) -> Any:
         destination=reply.destination,
         esm_class=0x00,
         registered_delivery=0,
-        encoding=None if _fits_gsm(text) else "ucs2",
+        encoding=None if is_gsm7(text) else "ucs2",
     )
-
-
-def _fits_gsm(text: str) -> bool:
-    try:
-        find_codec_info("gsm0338").encode(text, "strict")
-    except (UnicodeError, ValueError):
-        return False
-    return True
 
 
 def _strip_plus(number: str) -> str:
     return number[1:] if number.startswith("+") else number
 
 
-def _completes_message(pdu: Any) -> bool:
+def completes_message(fields: RawSubmit) -> bool:
     """True unless the submit is a part, other than the last, of a concatenated message."""
-    if pdu.esm_class & UDHI:
-        _, octets = raw_short_message(pdu)
-        seq_total = _udh_part(octets)
-    else:
-        values = {p.tag: p.value for p in pdu.optional_params or []}
-        seq, total = values.get(SAR_SEGMENT_SEQNUM), values.get(SAR_TOTAL_SEGMENTS)
-        seq_total = None if seq is None or total is None else (int(seq), int(total))
-    return seq_total is None or seq_total[0] >= seq_total[1]
+    if fields.esm_class & ESM_CLASS_UDHI:
+        try:
+            concat, _ = parse_udh(fields.message)
+        except ValueError:  # not a header the SMSC can read: a message of its own
+            return True
+        return concat is None or concat.seq >= concat.total
+    return fields.sar is None or fields.sar.seq >= fields.sar.total
 
 
-def _udh_part(octets: bytes) -> tuple[int, int] | None:
-    """(part number, parts) from a concatenation UDH (IEI 0x00 or 0x08), else None."""
-    if not octets:
-        return None
-    end = 1 + octets[0]
-    pos = 1
-    while pos + 2 <= end and end <= len(octets):
-        iei, length = octets[pos], octets[pos + 1]
-        data = octets[pos + 2: pos + 2 + length]
-        if iei == 0x00 and length == 3 and len(data) == 3:
-            return data[2], data[1]
-        if iei == 0x08 and length == 4 and len(data) == 4:
-            return data[3], data[2]
-        pos += 2 + length
-    return None
-
-
-def _smpp_date(timestamp: float) -> str:
-    return time.strftime("%y%m%d%H%M", time.gmtime(timestamp))
-
-
-def _received_submit(pdu: Any, message_id: str, bind_id: str) -> ReceivedSubmit:
-    data_coding, octets = raw_short_message(pdu)
+def _received_submit(
+    pdu: Any, fields: RawSubmit, message_id: str, bind_id: str
+) -> ReceivedSubmit:
     return ReceivedSubmit(
         smsc_id=message_id,
         source=pdu.source.number,
         destination=pdu.destination.number,
-        esm_class=pdu.esm_class,
-        data_coding=data_coding,
-        short_message=octets,
+        esm_class=fields.esm_class,
+        data_coding=fields.data_coding,
+        short_message=fields.message,
         bind_id=bind_id,
         received_at=time.time(),
     )
 
 
 def raw_short_message(pdu: Any) -> tuple[int, bytes]:
-    """(data_coding, raw octets incl. UDH) of a decoded submit_sm, by re-encoding it.
-
-    aiosmpplib keeps only the decoded text and turns a concatenation UDH into SAR TLVs (reading
-    a 16-bit reference as 4 bytes: RH RL TT NN), so the UDH is rebuilt from those.
-    """
-    # pdu.encoding is None when data_coding 0 was decoded as GSM 03.38, "" when it was decoded
-    # without a default encoding, else a SmppDataCoding name. aiosmpplib decodes "" and names
-    # Python has no codec for (8-bit binary) as ASCII: one char per octet, so latin_1 undoes it.
-    encoding: str | None = pdu.encoding
-    data_coding = 0
-    if encoding is None:
-        encoding = "gsm0338"
-    elif encoding == "":
-        encoding = "latin_1"
-    else:
-        with contextlib.suppress(KeyError):
-            data_coding = int(SmppDataCoding[encoding].value)
-    text: str = pdu.short_message or pdu.message_payload
-    if encoding == "gsm0338" and _SAME_IN_GSM.fullmatch(text):
-        body = text.encode("ascii")  # fast path: aiosmpplib's GSM encoder is slow per char
-    else:
-        body = _encode(text, encoding)
-    if not pdu.esm_class & UDHI:
-        return data_coding, body
-    return data_coding, _concat_udh(pdu.optional_params or []) + body
-
-
-def _encode(text: str, encoding: str) -> bytes:
-    try:
-        codec = find_codec_info(encoding)
-    except LookupError:
-        codec = find_codec_info("latin_1")  # octets decoded as single bytes survive as such
-    try:
-        return bytes(codec.encode(text, "strict")[0])
-    except (UnicodeError, ValueError):
-        return text.encode("latin_1", "replace")
-
-
-def _same_in_gsm() -> re.Pattern[str]:
-    """Regex for texts of ASCII characters whose GSM 03.38 septet equals their ASCII code."""
-    codec = find_codec_info("gsm0338")
-    same = "".join(chr(c) for c in range(128) if codec.encode(chr(c), "ignore")[0] == bytes([c]))
-    return re.compile(f"[{re.escape(same)}]*")
-
-
-_SAME_IN_GSM = _same_in_gsm()
-
-
-def _concat_udh(params: list[Any]) -> bytes:
-    values: dict[int, int] = {}
-    for param in params:  # the UDH-derived values come first; keep those
-        if param.tag in (SAR_MSG_REF_NUM, SAR_TOTAL_SEGMENTS, SAR_SEGMENT_SEQNUM):
-            values.setdefault(param.tag, int(param.value))
-    ref = values.get(SAR_MSG_REF_NUM, 0)
-    total = values.get(SAR_TOTAL_SEGMENTS, 1) & 0xFF
-    seq = values.get(SAR_SEGMENT_SEQNUM, 1) & 0xFF
-    if ref > 0xFF:  # 16-bit form, read by aiosmpplib as RH RL TT NN
-        ref16 = (ref >> 16) & 0xFFFF
-        return bytes([6, 8, 4, ref16 >> 8, ref16 & 0xFF, total, seq])
-    return bytes([5, 0, 3, ref, total, seq])
+    """(data_coding, octets with their UDH) of an aiosmpplib submit_sm built here, read back
+    from its encoding (a received one's octets are in its RequestReceived.raw)."""
+    fields = parse_submit(pdu.pdu())
+    return fields.data_coding, fields.message
 
 
 __all__ = ["BindStats", "ReceivedSubmit", "Smsc", "SmscProfile", "raw_short_message"]

@@ -3,7 +3,11 @@ rate change, SMPP receipt PDUs and dates, and the simulator's view of received o
 
 from __future__ import annotations
 
+from aiosmpplib import NPI, TON, PhoneNumber
+
 from aggregator.ratelimit import TokenBucket
+from aggregator.smpp.receipt_pdu import receipt_pdu, receipt_text
+from aggregator.timefmt import smpp_date
 
 
 def test_set_rate_refills_at_the_old_rate_up_to_the_new_burst() -> None:
@@ -16,3 +20,17 @@ def test_set_rate_refills_at_the_old_rate_up_to_the_new_burst() -> None:
     assert (bucket.rate, bucket.max_rate, bucket.burst) == (2.0, 2.0, 2.0)
     assert bucket.try_take() == 0.0 and bucket.try_take() == 0.0
     assert bucket.try_take() == 0.5  # ...capped at the new burst of 2; one more in 1/2 s
+
+
+def test_receipt_text_and_pdu() -> None:
+    submitted = 1767225600.0  # 2026-01-01 00:00:00 UTC
+    assert smpp_date(submitted + 61) == "2601010001"
+    assert receipt_text("a1", "UNDELIV", False, submitted, submitted + 61) == (
+        "id:a1 sub:001 dlvrd:000 submit date:2601010000 done date:2601010001"
+        " stat:UNDELIV err:001 text:"
+    )
+    pdu = receipt_pdu("a1", "DELIVRD", 2, submitted, submitted,
+                      source=PhoneNumber("4179", TON(1), NPI(1)),
+                      destination=PhoneNumber("Shop", TON(5), NPI(0)))
+    assert pdu.esm_class == 0x04 and pdu.short_message.startswith("id:a1 sub:001 dlvrd:001")
+    assert {p.tag: p.value for p in pdu.optional_params} == {0x001E: "a1", 0x0427: 2}

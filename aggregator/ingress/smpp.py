@@ -8,7 +8,6 @@ import contextlib
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiosmpplib import (
@@ -16,7 +15,6 @@ from aiosmpplib import (
     TON,
     DeliverSm,
     DeliverSmResp,
-    OptionalParam,
     PhoneNumber,
     SubmitSm,
     SubmitSmResp,
@@ -35,6 +33,7 @@ from aggregator.policy.classes import class_for_smpp
 from aggregator.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
 from aggregator.smpp.querysm import ENROUTE, QuerySm, QuerySmResp, final_date
+from aggregator.smpp.receipt_pdu import receipt_pdu as receipt_deliver_sm
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
@@ -102,10 +101,6 @@ def smpp_status_for(code: str) -> int:
     return STATUS_FOR_CODE.get(code, CommandStatus.ESME_RSUBMITFAIL)
 
 
-def _smpp_date(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%y%m%d%H%M")
-
-
 def mo_pdu(r: SmppReceipt) -> Any:
     """A handset's message (source) to what it replied to (dest), for the upstream."""
     dest_ton = TON.INTERNATIONAL if r.dest.lstrip("+").isdigit() else TON.ALPHANUMERIC
@@ -123,21 +118,12 @@ def receipt_pdu(r: SmppReceipt) -> Any:
     if r.kind == "mo":
         return mo_pdu(r)
     stat, state = _STATE.get(r.status, ("UNKNOWN", 7))
-    delivered = r.status is MessageStatus.DELIVERED
-    text = (
-        f"id:{r.message_id} sub:001 dlvrd:{'001' if delivered else '000'}"
-        f" submit date:{_smpp_date(r.submitted_at)} done date:{_smpp_date(r.done_at)}"
-        f" stat:{stat} err:{'000' if delivered else '001'} text:"
-    )
     src_ton = TON.INTERNATIONAL if r.source.startswith("+") else TON.ALPHANUMERIC
-    return DeliverSm(
-        short_message=text,
+    return receipt_deliver_sm(
+        r.message_id, stat, state, r.submitted_at, r.done_at,
         source=PhoneNumber(r.dest.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
         destination=PhoneNumber(r.source.lstrip("+"), src_ton,
                                 NPI.ISDN if src_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
-        esm_class=0x04,
-        registered_delivery=0,
-        optional_params=[OptionalParam(0x001E, r.message_id), OptionalParam(0x0427, state)],
     )
 
 
