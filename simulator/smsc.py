@@ -42,9 +42,9 @@ from aiosmpplib.state import NPI, TON
 
 from aggregator.ratelimit import TokenBucket
 from aggregator.smpp import querysm as query
+from aggregator.smpp.deliver_pdu import mo_pdu, receipt_pdu
 from aggregator.smpp.fields import RawSubmit, parse_submit
 from aggregator.smpp.querysm import DELIVERED, UNDELIVERABLE, QuerySm, QuerySmResp
-from aggregator.smpp.receipt_pdu import receipt_pdu
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
@@ -59,7 +59,7 @@ from aggregator.smpp.session import (
 )
 from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import ConnectionLost, SmppConnection, start_server
-from aggregator.text import ESM_CLASS_UDHI, is_gsm7, parse_udh
+from aggregator.text import ESM_CLASS_UDHI, parse_udh
 from aggregator.tls import server_context
 from simulator.handsets import Handset, HandsetBook
 
@@ -912,7 +912,7 @@ class Smsc:
 
     def _receipt_pdu(self, receipt: _Receipt) -> Any:
         if receipt.mo_text is not None:
-            return _mo_pdu(receipt)
+            return mo_pdu(receipt.mo_text, receipt.source, receipt.destination)
         receipt_id = receipt.message_id
         if self.profile.receipt_id_format == "decimal":
             receipt_id = str(int(receipt_id, 16))
@@ -948,19 +948,6 @@ def _resp(cls: Any, status: CommandStatus) -> Any:
 def _counts_as_attempt(exc: BaseException) -> bool:
     """A timeout counts against the receipt's retries; a lost connection does not."""
     return not isinstance(exc, ConnectionLost | SessionError)
-
-
-def _mo_pdu(reply: _Receipt) -> Any:
-    """A handset's reply: GSM 03.38 (data_coding 0) when the text fits it, else UCS-2 (8)."""
-    text = reply.mo_text or ""
-    return DeliverSm(
-        short_message=text,
-        source=reply.source,
-        destination=reply.destination,
-        esm_class=0x00,
-        registered_delivery=0,
-        encoding=None if is_gsm7(text) else "ucs2",
-    )
 
 
 def _strip_plus(number: str) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from aiosmpplib import NPI, TON, PhoneNumber
 
 from aggregator.ratelimit import TokenBucket
-from aggregator.smpp.receipt_pdu import receipt_pdu, receipt_text
+from aggregator.smpp.deliver_pdu import mo_pdu, receipt_pdu, receipt_text
+from aggregator.smpp.fields import parse_submit
 from aggregator.timefmt import smpp_date
 
 
@@ -34,3 +35,10 @@ def test_receipt_text_and_pdu() -> None:
                       destination=PhoneNumber("Shop", TON(5), NPI(0)))
     assert pdu.esm_class == 0x04 and pdu.short_message.startswith("id:a1 sub:001 dlvrd:001")
     assert {p.tag: p.value for p in pdu.optional_params} == {0x001E: "a1", 0x0427: 2}
+
+
+def test_mo_pdu_is_gsm_when_the_text_fits_else_ucs2() -> None:
+    handset, sender = PhoneNumber("4179", TON(1), NPI(1)), PhoneNumber("4178", TON(1), NPI(1))
+    for text, data_coding in (("Yes @ 5€", 0), ("Да", 8)):
+        fields = parse_submit(mo_pdu(text, handset, sender).pdu())  # deliver_sm: same layout
+        assert (fields.esm_class, fields.data_coding) == (0, data_coding), text

@@ -31,9 +31,10 @@ from aggregator.memory import give_back
 from aggregator.model import ApiError, ErrorCode, Message, MessageStatus
 from aggregator.policy.classes import class_for_smpp
 from aggregator.ratelimit import TokenBucket
+from aggregator.smpp.deliver_pdu import mo_pdu as mo_deliver_sm
+from aggregator.smpp.deliver_pdu import receipt_pdu as receipt_deliver_sm
 from aggregator.smpp.fields import RawSubmit, parse_submit
 from aggregator.smpp.querysm import ENROUTE, QuerySm, QuerySmResp, final_date
-from aggregator.smpp.receipt_pdu import receipt_pdu as receipt_deliver_sm
 from aggregator.smpp.session import (
     BindMode,
     BindRequested,
@@ -104,13 +105,11 @@ def smpp_status_for(code: str) -> int:
 def mo_pdu(r: SmppReceipt) -> Any:
     """A handset's message (source) to what it replied to (dest), for the upstream."""
     dest_ton = TON.INTERNATIONAL if r.dest.lstrip("+").isdigit() else TON.ALPHANUMERIC
-    return DeliverSm(
-        short_message=r.text or " ",
+    return mo_deliver_sm(
+        r.text or " ",
         source=PhoneNumber(r.source.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
         destination=PhoneNumber(r.dest.lstrip("+"), dest_ton,
                                 NPI.ISDN if dest_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
-        esm_class=0x00,
-        registered_delivery=0,
     )
 
 

@@ -1,6 +1,7 @@
-"""Delivery receipts as deliver_sm: the text form (SMPP 3.4 appendix B) with the
-receipted_message_id and message_state TLVs. The daemon's SMPP server sends them to its ESMEs
-and the simulated SMSC to the daemon, from this one builder."""
+"""The deliver_sm PDUs an SMSC side sends: delivery receipts (the text form of SMPP 3.4
+appendix B with the receipted_message_id and message_state TLVs) and mobile-originated
+messages. The daemon's SMPP server sends them to its ESMEs and the simulated SMSC to the
+daemon, from these builders."""
 
 from __future__ import annotations
 
@@ -40,4 +41,17 @@ def receipt_pdu(message_id: str, stat: str, state: int, submitted_at: float, don
     )
 
 
-__all__ = ["ESM_CLASS_RECEIPT", "receipt_pdu", "receipt_text"]
+
+def mo_pdu(text: str, source: PhoneNumber, destination: PhoneNumber) -> Any:
+    """A handset's message: GSM 03.38 (data_coding 0) when the text fits it, else UCS-2 (8),
+    as aiosmpplib chooses when no encoding is given."""
+    return DeliverSm(
+        short_message=text,
+        source=source,
+        destination=destination,
+        esm_class=0x00,
+        registered_delivery=0,
+    )
+
+
+__all__ = ["ESM_CLASS_RECEIPT", "mo_pdu", "receipt_pdu", "receipt_text"]
