@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SubmitSm
 
 from aggregator.model import Encoding
+from aggregator.smpp.fields import MESSAGE_STATE, RECEIPTED_MESSAGE_ID
 from aggregator.smpp.session import BindMode, NotBound, RequestReceived, WindowFull
 from aggregator.smpp.status import CommandStatus, status_name
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout, SmppConnection, open_client
@@ -552,10 +553,10 @@ class SmppLoad:
             return
         pdu = event.pdu
         conn.respond(pdu, DeliverSmResp())
-        message_id = _tlv(pdu, 0x001E)
+        message_id = _tlv(pdu, RECEIPTED_MESSAGE_ID)
         if message_id is None:
             return  # a mobile-originated message, not a receipt
-        state = _tlv(pdu, 0x0427)
+        state = _tlv(pdu, MESSAGE_STATE)
         status = _MESSAGE_STATES.get(int(state), str(state)) if state is not None else "unknown"
         self.rec.receipt(str(message_id), status, time.perf_counter())
 
