@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 from aggregator.smpp.fields import RawSubmit, parse_submit
+from aggregator.smpp.session import RESP_BIT, SUBMIT_SM
 from aggregator.smpp.status import CommandStatus
 from aggregator.text import ESM_CLASS_UDHI, parse_udh
 from simulator.smsc.records import ReceivedSubmit
 
-SUBMIT_SM_RESP = 0x80000004
+SUBMIT_SM_RESP = SUBMIT_SM | RESP_BIT
 _HEADER = struct.Struct("!IIII")
 
 

@@ -40,7 +40,6 @@ class ReceivedSubmit:
     received_at: float  # time.time()
 
 
-
 @dataclass(slots=True)
 class QueuedDeliver:
     """A receipt, or a handset's reply, waiting to go out as deliver_sm."""
@@ -56,7 +55,6 @@ class QueuedDeliver:
     # Set: not a receipt but a handset's mobile-originated reply with this text (source: the
     # handset, destination: the sender it replies to); it shares the receipts' queue and retries.
     mo_text: str | None = None
-
 
 
 @dataclass(slots=True)

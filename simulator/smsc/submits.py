@@ -34,7 +34,7 @@ class SmscSubmits(SmscFaults):
             return
         try:
             fields = parse_submit(raw)  # the octets as sent: aiosmpplib keeps only the text
-        except ValueError as exc:  # e.g. both short_message and message_payload
+        except ValueError as exc:  # what aiosmpplib let through but the octets do not hold
             log.info("smsc: malformed submit_sm from %s: %s", conn.peername, exc)
             self._respond(conn, pdu, ErrorResp(CommandStatus.ESME_RINVMSGLEN))
             return
