@@ -17,7 +17,8 @@ from typing import Final
 
 from aggregator.config import AccountConfig
 from aggregator.credentials import DIGEST_SIZE, digest
-from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.ratelimit import TokenBucket
+from aggregator.smpp.status import CommandStatus
 
 __all__ = [
     "Authenticator",
@@ -26,12 +27,6 @@ __all__ = [
     "digest",
     "retry_after",
 ]
-
-# SMPP bind statuses (the same values as in ingress/smpp.py; this module must not import it).
-ESME_ROK: Final = 0x00
-ESME_RBINDFAIL: Final = 0x0D
-ESME_RINVPASWD: Final = 0x0E
-ESME_RINVSYSID: Final = 0x0F
 
 _NO_MATCH: Final = bytes(DIGEST_SIZE)  # compared against when there is nothing to compare
 
@@ -68,18 +63,20 @@ class Authenticator:
                 found = name
         return found
 
-    def check_bind(self, system_id: str, password: str) -> tuple[AccountConfig | None, int]:
+    def check_bind(
+        self, system_id: str, password: str
+    ) -> tuple[AccountConfig | None, CommandStatus]:
         """(account, ESME_ROK) for good credentials, else (None, ESME_RINVSYSID/RINVPASWD)."""
         account = self._by_system_id.get(system_id)
         presented = digest(password)
         if account is None:
             # Same work as a known system_id, so timing does not tell which ids exist.
             hmac.compare_digest(presented, _NO_MATCH)
-            return None, ESME_RINVSYSID
+            return None, CommandStatus.ESME_RINVSYSID
         wanted = account.password_digest if account.password_digest is not None else _NO_MATCH
         if not hmac.compare_digest(presented, wanted) or account.password_digest is None:
-            return None, ESME_RINVPASWD
-        return account, ESME_ROK
+            return None, CommandStatus.ESME_RINVPASWD
+        return account, CommandStatus.ESME_ROK
 
 
 @dataclass(slots=True)

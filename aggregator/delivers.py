@@ -16,7 +16,6 @@ from aggregator.log import get_logger
 from aggregator.mo import MoHandler
 from aggregator.model import ReceiptUpdate
 from aggregator.outbound.connection import Bind
-from aggregator.outbound.errors import ESME_RTHROTTLED
 from aggregator.outbound.pool import ProviderPool
 from aggregator.receipts import (
     ReceiptProcessor,
@@ -24,6 +23,7 @@ from aggregator.receipts import (
     parse_receipt,
     receipt_error,
 )
+from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import StoreError
 
@@ -54,7 +54,7 @@ class ProviderDelivers:
             metrics.receipts.labels(bind.provider.name, "throttled").inc()
             if not conn.closed.done():
                 resp = DeliverSmResp()
-                resp.command_status = ESME_RTHROTTLED
+                resp.command_status = CommandStatus.ESME_RTHROTTLED
                 conn.respond(pdu, resp)
             return
         task = asyncio.ensure_future(self._handle_deliver(bind, conn, pdu))

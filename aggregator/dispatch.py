@@ -19,9 +19,9 @@ from aggregator.outbound import errors
 from aggregator.outbound.errors import Outcome
 from aggregator.outbound.fairqueue import FairGate
 from aggregator.outbound.pool import ProviderPool, SubmitRequest, SubmitResult
-from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.policy.sendcheck import CHECK_FAILED, Hold, Refuse, SendCheck, Verdict
 from aggregator.policy.throughput import CountryThroughput
+from aggregator.ratelimit import TokenBucket
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import NO_PROVIDER, Store, StoreError
 from aggregator.text import EncodedMessage, encode_message

@@ -22,6 +22,7 @@ from aggregator.model import FinalNotice, MessageStatus, ReceiptUpdate
 from aggregator.outbound.pool import ProviderPool
 from aggregator.receipts import ReceiptProcessor, parse_query_answer, receipt_error
 from aggregator.smpp.querysm import QUERY_SM_RESP
+from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout
 from aggregator.store.base import OverdueSegment, Store, StoreError
 
@@ -34,7 +35,6 @@ BACKOFF_MIN = 60.0  # seconds a provider is not asked after its first failed que
 BACKOFF_MAX = 3600.0
 MAX_INTERVAL = 1.0  # seconds between passes
 MIN_INTERVAL = 0.05
-ESME_RINVMSGID = 0x0C  # the SMSC does not know that id: about the message, not the provider
 
 FAILURES = frozenset({"error", "nack", "timeout"})
 
@@ -141,9 +141,10 @@ class OverdueReceipts:
         if int(resp.smpp_command) != QUERY_SM_RESP:
             return "nack"  # generic_nack: the provider does not take query_sm
         status = int(resp.command_status)
-        if status == ESME_RINVMSGID:
+        # The SMSC does not know that id: about the message, not the provider.
+        if status == CommandStatus.ESME_RINVMSGID:
             return "not_found"
-        if status != 0:
+        if status != CommandStatus.ESME_ROK:
             return "error"
         parsed = parse_query_answer(seg.provider_msg_id, int(resp.message_state),
                                     int(resp.error_code))

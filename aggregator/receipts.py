@@ -12,13 +12,10 @@ from typing import Any
 from aggregator import metrics
 from aggregator.log import get_logger
 from aggregator.model import FinalNotice, MessageStatus, ReceiptUpdate
+from aggregator.smpp.fields import MESSAGE_STATE, NETWORK_ERROR_CODE, RECEIPTED_MESSAGE_ID
 from aggregator.store.base import ReceiptResult, Store, StoreError
 
 log = get_logger("smsagg.receipts")
-
-RECEIPTED_MESSAGE_ID = 0x001E
-MESSAGE_STATE = 0x0427
-NETWORK_ERROR_CODE = 0x0423
 
 # message_state TLV values (SMPP 3.4 section 5.2.28)
 _STATE_TO_STATUS: dict[int, MessageStatus] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 
@@ -10,3 +11,8 @@ def iso_utc(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def smpp_date(ts: float) -> str:
+    """YYMMDDhhmm in UTC: the submit date / done date of a receipt's text (SMPP 3.4 appendix B)."""
+    return time.strftime("%y%m%d%H%M", time.gmtime(ts))

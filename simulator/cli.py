@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.eventloop import install_stop_signals, run_loop
+from aggregator.smpp.status import CommandStatus
 from simulator import bench as bench_command
 from simulator import load as load_command
 from simulator.handsets import HandsetBook
@@ -72,7 +73,8 @@ def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
     faults = parser.add_argument_group("faults")
     faults.add_argument("--error-ratio", type=float, default=0.0,
                         help="share of submit_sm answered with --error-status, no receipt (0..1)")
-    faults.add_argument("--error-status", type=_command_status, default=0x08,
+    faults.add_argument("--error-status", type=_command_status,
+                        default=int(CommandStatus.ESME_RSYSERR),
                         help="command_status for --error-ratio, e.g. 0x08 or 8 (default 0x08)")
     faults.add_argument("--drop-ratio", type=float, default=0.0,
                         help="share of submit_sm never answered (0..1)")

@@ -17,6 +17,7 @@ from aggregator import auth, metrics
 from aggregator.auth import Authenticator, FailedLogins, RateLimit, digest
 from aggregator.config import AccountConfig, Config, ConfigError, parse_config
 from aggregator.smpp.session import BindMode
+from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import BindError, open_client
 from tests import helpers
 from tests.helpers import API_KEY, Running, running
@@ -196,10 +197,10 @@ def test_check_bind_statuses() -> None:
                 AccountConfig(name="web", api_key="w")]
     authn = Authenticator(accounts)
     account, status = authn.check_bind("shop", SMPP_PASSWORD)
-    assert account is not None and (account.name, status) == ("shop", auth.ESME_ROK)
-    assert authn.check_bind("shop", "wrong") == (None, auth.ESME_RINVPASWD)
-    assert authn.check_bind("web", "") == (None, auth.ESME_RINVSYSID)
-    assert authn.check_bind("nobody", SMPP_PASSWORD) == (None, auth.ESME_RINVSYSID)
+    assert account is not None and (account.name, status) == ("shop", CommandStatus.ESME_ROK)
+    assert authn.check_bind("shop", "wrong") == (None, CommandStatus.ESME_RINVPASWD)
+    assert authn.check_bind("web", "") == (None, CommandStatus.ESME_RINVSYSID)
+    assert authn.check_bind("nobody", SMPP_PASSWORD) == (None, CommandStatus.ESME_RINVSYSID)
 
 
 def test_failed_logins_block_after_limit_within_window_then_cool_down() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.outbound import errors
 from aggregator.outbound.errors import Outcome, classify, describe, status_name
+from aggregator.smpp.status import CommandStatus
 
 
 @pytest.mark.parametrize(
@@ -27,14 +27,14 @@ def test_classify(status: int, outcome: Outcome) -> None:
 
 
 def test_named_constants_match_the_spec_values() -> None:
-    assert errors.ESME_ROK == 0x00
-    assert errors.ESME_RTHROTTLED == 0x58
-    assert errors.ESME_RMSGQFUL == 0x14
-    assert errors.ESME_RSYSERR == 0x08
-    assert errors.ESME_RSUBMITFAIL == 0x45
-    assert errors.ESME_RINVDSTADR == 0x0B
-    assert errors.ESME_RINVSRCADR == 0x0A
-    assert errors.ESME_RINVMSGLEN == 0x01
+    assert CommandStatus.ESME_ROK == 0x00
+    assert CommandStatus.ESME_RTHROTTLED == 0x58
+    assert CommandStatus.ESME_RMSGQFUL == 0x14
+    assert CommandStatus.ESME_RSYSERR == 0x08
+    assert CommandStatus.ESME_RSUBMITFAIL == 0x45
+    assert CommandStatus.ESME_RINVDSTADR == 0x0B
+    assert CommandStatus.ESME_RINVSRCADR == 0x0A
+    assert CommandStatus.ESME_RINVMSGLEN == 0x01
 
 
 @pytest.mark.parametrize(

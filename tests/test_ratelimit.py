@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.ratelimit import TokenBucket
 
 
 class FakeClock:

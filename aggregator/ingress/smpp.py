@@ -22,8 +22,8 @@ from aggregator.loglimit import LogLimiter
 from aggregator.memory import give_back
 from aggregator.model import ApiError, ErrorCode, Message
 from aggregator.notify.smpp_outbox import RECEIPT_STATE, SmppOutbox
-from aggregator.outbound.ratelimit import TokenBucket
 from aggregator.policy.classes import class_for_smpp
+from aggregator.ratelimit import TokenBucket
 from aggregator.smpp.fields import RawSubmit, parse_submit
 from aggregator.smpp.querysm import ENROUTE, QuerySm, QuerySmResp, final_date
 from aggregator.smpp.session import (
@@ -37,41 +37,26 @@ from aggregator.smpp.session import (
     SessionError,
     SmppSession,
 )
+from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import SmppConnection, start_server
 from aggregator.store.base import Store, StoreError
 from aggregator.text import ESM_CLASS_UDHI, decode_text, parse_udh
 
 log = get_logger("smsagg.smpp")
 
-ESME_ROK = 0x00
-ESME_RINVMSGLEN = 0x01
-ESME_RINVCMDID = 0x03
-ESME_RSYSERR = 0x08
-ESME_RINVSRCADR = 0x0A
-ESME_RINVDSTADR = 0x0B
-ESME_RINVMSGID = 0x0C
-ESME_RBINDFAIL = 0x0D
-ESME_RINVPASWD = 0x0E
-ESME_RINVSYSID = 0x0F
-ESME_RMSGQFUL = 0x14
-ESME_RSUBMITFAIL = 0x45
-ESME_RTHROTTLED = 0x58
-ESME_RQUERYFAIL = 0x67
-ESME_RINVDCS = 0x104  # SMPP 5.0 status; 3.4 ESMEs treat it as a generic failure
-
 # One table from the accept path's error codes to SMPP statuses.
 STATUS_FOR_CODE: dict[str, int] = {
-    ErrorCode.INVALID_NUMBER: ESME_RINVDSTADR,
-    ErrorCode.NOT_MOBILE: ESME_RINVDSTADR,
-    ErrorCode.NO_ROUTE: ESME_RINVDSTADR,
-    ErrorCode.INVALID_SENDER: ESME_RINVSRCADR,
-    ErrorCode.TOO_LONG: ESME_RINVMSGLEN,
-    ErrorCode.EMPTY_TEXT: ESME_RINVMSGLEN,
-    ErrorCode.QUEUE_FULL: ESME_RMSGQFUL,
-    ErrorCode.STORE_UNAVAILABLE: ESME_RSYSERR,
-    ErrorCode.SENDER_NOT_REGISTERED: ESME_RINVSRCADR,
-    ErrorCode.SENDER_TYPE_UNSUPPORTED: ESME_RINVSRCADR,
-    ErrorCode.FREQUENCY_CAPPED: ESME_RTHROTTLED,
+    ErrorCode.INVALID_NUMBER: CommandStatus.ESME_RINVDSTADR,
+    ErrorCode.NOT_MOBILE: CommandStatus.ESME_RINVDSTADR,
+    ErrorCode.NO_ROUTE: CommandStatus.ESME_RINVDSTADR,
+    ErrorCode.INVALID_SENDER: CommandStatus.ESME_RINVSRCADR,
+    ErrorCode.TOO_LONG: CommandStatus.ESME_RINVMSGLEN,
+    ErrorCode.EMPTY_TEXT: CommandStatus.ESME_RINVMSGLEN,
+    ErrorCode.QUEUE_FULL: CommandStatus.ESME_RMSGQFUL,
+    ErrorCode.STORE_UNAVAILABLE: CommandStatus.ESME_RSYSERR,
+    ErrorCode.SENDER_NOT_REGISTERED: CommandStatus.ESME_RINVSRCADR,
+    ErrorCode.SENDER_TYPE_UNSUPPORTED: CommandStatus.ESME_RINVSRCADR,
+    ErrorCode.FREQUENCY_CAPPED: CommandStatus.ESME_RTHROTTLED,
     # opted_out and content_rejected: ESME_RSUBMITFAIL (the default below)
 }
 DECODABLE = {0, 1, 3, 8}
@@ -95,7 +80,7 @@ def query_answer(message: Message) -> QuerySmResp:
 
 
 def smpp_status_for(code: str) -> int:
-    return STATUS_FOR_CODE.get(code, ESME_RSUBMITFAIL)
+    return STATUS_FOR_CODE.get(code, CommandStatus.ESME_RSUBMITFAIL)
 
 
 def _address(number: str, ton: int) -> str:
@@ -415,7 +400,7 @@ class SmppServer:
                     return
                 open_now = self._submits.get(conn, 0)
                 if open_now >= self.config.window:  # the ESME ignores its window: slow it down
-                    self._refuse(conn, pdu, ESME_RTHROTTLED, "window_full")
+                    self._refuse(conn, pdu, CommandStatus.ESME_RTHROTTLED, "window_full")
                     self._window_exceeded(conn)
                     return
                 self._submits[conn] = open_now + 1
@@ -424,7 +409,7 @@ class SmppServer:
             elif isinstance(pdu, QuerySm):
                 self._on_query_request(conn, pdu)
             else:  # deliver_sm goes from an SMSC to an ESME, not the other way
-                conn.respond(pdu, _resp(DeliverSmResp, ESME_RINVCMDID))
+                conn.respond(pdu, _resp(DeliverSmResp, CommandStatus.ESME_RINVCMDID))
 
     def _on_refused(self, conn: SmppConnection, event: RequestRefused) -> None:
         """data_sm (refused by the session with ESME_RINVCMDID): counted; logged once per
@@ -477,7 +462,7 @@ class SmppServer:
         account: AccountConfig | None = None
         result = "rejected"
         if self._failed_logins.blocked_for(address) > 0:
-            status = ESME_RBINDFAIL
+            status = CommandStatus.ESME_RBINDFAIL
             metrics.auth_failures.labels("smpp").inc()
         else:
             account, status = self._auth.check_bind(str(pdu.system_id), str(pdu.password or ""))
@@ -489,8 +474,8 @@ class SmppServer:
             else:
                 limit = self._limit_reached(account)
                 if limit is not None:
-                    status, result = ESME_RBINDFAIL, limit
-        if status != ESME_ROK:
+                    status, result = CommandStatus.ESME_RBINDFAIL, limit
+        if status != CommandStatus.ESME_ROK:
             metrics.smpp_binds.labels(result).inc()
             # Never the presented system_id or password (a typo of one is the other); one line
             # per source and window, however fast the binds come.
@@ -570,22 +555,22 @@ class SmppServer:
                                            burst=max(1.0, client.account.max_tps))
             if state.bucket.try_take() > 0:
                 metrics.rate_limited.labels("smpp").inc()
-                self._refuse(conn, pdu, ESME_RTHROTTLED, "throttled")
+                self._refuse(conn, pdu, CommandStatus.ESME_RTHROTTLED, "throttled")
                 return
         try:
             fields = parse_submit(raw)
         except ValueError:
-            self._refuse(conn, pdu, ESME_RINVMSGLEN, "malformed")
+            self._refuse(conn, pdu, CommandStatus.ESME_RINVMSGLEN, "malformed")
             return
         if fields.data_coding not in DECODABLE:
-            self._refuse(conn, pdu, ESME_RINVDCS, "data_coding")
+            self._refuse(conn, pdu, CommandStatus.ESME_RINVDCS, "data_coding")
             return
         concat, body = None, fields.message
         if fields.esm_class & ESM_CLASS_UDHI:
             try:
                 concat, body = parse_udh(fields.message)
             except ValueError:
-                self._refuse(conn, pdu, ESME_RINVMSGLEN, "malformed_udh")
+                self._refuse(conn, pdu, CommandStatus.ESME_RINVMSGLEN, "malformed_udh")
                 return
         parts = None
         if concat is not None and concat.total > 1:
@@ -603,10 +588,10 @@ class SmppServer:
                                           (conn, _HeldRequest(pdu.sequence_num)),
                                           self._clock(), client.account.name)
         except ReassemblyFull:
-            self._refuse(conn, pdu, ESME_RMSGQFUL, "reassembly_full")
+            self._refuse(conn, pdu, CommandStatus.ESME_RMSGQFUL, "reassembly_full")
             return
         except ValueError:
-            self._refuse(conn, pdu, ESME_RINVMSGLEN, "bad_part_number")
+            self._refuse(conn, pdu, CommandStatus.ESME_RINVMSGLEN, "bad_part_number")
             return
         receipt_mode = self._parts_receipt_mode(key, fields.registered_delivery, whole is not None)
         if whole is not None:
@@ -634,7 +619,7 @@ class SmppServer:
             text = decode_text(body, fields.data_coding)
         except ValueError:
             for conn, req in requests:
-                self._refuse(conn, req, ESME_RINVMSGLEN, "undecodable")
+                self._refuse(conn, req, CommandStatus.ESME_RINVMSGLEN, "undecodable")
             return
         item = SubmitInput(
             to=_address(pdu.destination.number, int(pdu.destination.ton)),
@@ -667,7 +652,8 @@ class SmppServer:
             return
         open_now = self._submits.get(conn, 0)
         if open_now >= self.config.window:
-            self._answer_query(conn, pdu, _query_error(ESME_RTHROTTLED), "window_full")
+            self._answer_query(conn, pdu, _query_error(CommandStatus.ESME_RTHROTTLED),
+                               "window_full")
             return
         self._submits[conn] = open_now + 1
         self._spawn(self._on_query(conn, pdu), lambda: self._submit_done(conn))
@@ -679,18 +665,21 @@ class SmppServer:
         if client is None:  # closed meanwhile
             return
         if not pdu.message_id:
-            self._answer_query(conn, pdu, _query_error(ESME_RINVMSGID), "invalid_id")
+            self._answer_query(conn, pdu, _query_error(CommandStatus.ESME_RINVMSGID),
+                               "invalid_id")
             return
         try:
             message = await self._store.get_message(client.account.name, pdu.message_id)
         except StoreError as exc:
             metrics.store_errors.labels("smpp_query").inc()
             log.error("smpp_query_failed", account=client.account.name, error=str(exc))
-            self._answer_query(conn, pdu, _query_error(ESME_RQUERYFAIL), "store_error")
+            self._answer_query(conn, pdu, _query_error(CommandStatus.ESME_RQUERYFAIL),
+                               "store_error")
             return
         if message is None:
             log.debug("smpp_query_unknown", account=client.account.name)
-            self._answer_query(conn, pdu, _query_error(ESME_RINVMSGID), "unknown_id")
+            self._answer_query(conn, pdu, _query_error(CommandStatus.ESME_RINVMSGID),
+                               "unknown_id")
             return
         self._answer_query(conn, pdu, query_answer(message), "ok")
 
@@ -711,7 +700,8 @@ class SmppServer:
             for contexts in expired:
                 for conn, req in contexts:
                     if not conn.closed.done():
-                        self._refuse(conn, req, ESME_RSUBMITFAIL, "reassembly_timeout")
+                        self._refuse(conn, req, CommandStatus.ESME_RSUBMITFAIL,
+                                     "reassembly_timeout")
 
     # ---- receipts back ------------------------------------------------------------------------
 

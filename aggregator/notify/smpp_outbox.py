@@ -10,16 +10,17 @@ import contextlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from aiosmpplib import NPI, TON, DeliverSm, OptionalParam, PhoneNumber
+from aiosmpplib import NPI, TON, PhoneNumber
 
 from aggregator import metrics
 from aggregator.log import get_logger
 from aggregator.model import MessageStatus
-from aggregator.outbound.errors import ESME_ROK
+from aggregator.smpp.deliver_pdu import mo_pdu as mo_deliver_sm
+from aggregator.smpp.deliver_pdu import receipt_pdu as receipt_deliver_sm
 from aggregator.smpp.session import WindowFull
+from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import SmppOutboxItem, Store, StoreError
 
@@ -36,41 +37,26 @@ RECEIPT_STATE = {
 }
 
 
-def _smpp_date(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%y%m%d%H%M")
-
-
 def mo_pdu(r: SmppOutboxItem) -> Any:
     """A handset's message (source) to what it replied to (dest), for the upstream."""
     dest_ton = TON.INTERNATIONAL if r.dest.lstrip("+").isdigit() else TON.ALPHANUMERIC
-    return DeliverSm(
-        short_message=r.text or " ",
+    return mo_deliver_sm(
+        r.text or " ",
         source=PhoneNumber(r.source.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
         destination=PhoneNumber(r.dest.lstrip("+"), dest_ton,
                                 NPI.ISDN if dest_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
-        esm_class=0x00,
-        registered_delivery=0,
     )
 
 
 def receipt_pdu(r: SmppOutboxItem) -> Any:
     """A message's final state, as a delivery receipt to the account that sent it."""
     stat, state = RECEIPT_STATE.get(r.status, ("UNKNOWN", 7))
-    delivered = r.status is MessageStatus.DELIVERED
-    text = (
-        f"id:{r.message_id} sub:001 dlvrd:{'001' if delivered else '000'}"
-        f" submit date:{_smpp_date(r.submitted_at)} done date:{_smpp_date(r.done_at)}"
-        f" stat:{stat} err:{'000' if delivered else '001'} text:"
-    )
     src_ton = TON.INTERNATIONAL if r.source.startswith("+") else TON.ALPHANUMERIC
-    return DeliverSm(
-        short_message=text,
+    return receipt_deliver_sm(
+        r.message_id, stat, state, r.submitted_at, r.done_at,
         source=PhoneNumber(r.dest.lstrip("+"), TON.INTERNATIONAL, NPI.ISDN),
         destination=PhoneNumber(r.source.lstrip("+"), src_ton,
                                 NPI.ISDN if src_ton is TON.INTERNATIONAL else NPI.UNKNOWN),
-        esm_class=0x04,
-        registered_delivery=0,
-        optional_params=[OptionalParam(0x001E, r.message_id), OptionalParam(0x0427, state)],
     )
 
 
@@ -190,7 +176,7 @@ class SmppOutbox:
                             fut: asyncio.Future[Any], in_flight: set[int]) -> None:
         try:
             resp = await fut
-            ok = int(resp.command_status) == ESME_ROK
+            ok = int(resp.command_status) == CommandStatus.ESME_ROK
         except Exception:  # timeout or the session closed: try again
             ok = False
         try:

@@ -22,7 +22,7 @@ from aggregator.outbound.connection import Bind, DeliverHandler
 from aggregator.outbound.errors import Outcome
 from aggregator.outbound.fairqueue import FairQueue
 from aggregator.outbound.health import BreakerState, CircuitBreaker
-from aggregator.outbound.ratelimit import TokenBucket
+from aggregator.ratelimit import TokenBucket
 from aggregator.receipts import normalise_submit_id, submit_form_of
 from aggregator.smpp.querysm import QuerySm
 from aggregator.smpp.session import SessionError

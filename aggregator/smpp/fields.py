@@ -7,7 +7,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+# TLV tags (SMPP 3.4 section 5.3.2).
+RECEIPTED_MESSAGE_ID = 0x001E
+NETWORK_ERROR_CODE = 0x0423
 MESSAGE_PAYLOAD = 0x0424
+MESSAGE_STATE = 0x0427
 SAR_MSG_REF_NUM = 0x020C
 SAR_TOTAL_SEGMENTS = 0x020E
 SAR_SEGMENT_SEQNUM = 0x020F

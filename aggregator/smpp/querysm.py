@@ -9,6 +9,8 @@ import struct
 import time
 from typing import Any, Final
 
+from aggregator.smpp.status import CommandStatus
+
 QUERY_SM: Final = 0x00000003
 QUERY_SM_RESP: Final = 0x80000003
 _HEADER: Final = struct.Struct("!IIII")
@@ -103,7 +105,7 @@ class QuerySmResp(_Pdu):
         self.error_code = error_code
 
     def body(self) -> bytes:
-        if int(self.command_status) != 0:
+        if int(self.command_status) != CommandStatus.ESME_ROK:
             return b""  # an error response has no body
         return (_cstring(self.message_id, MAX_MESSAGE_ID, "message_id")
                 + _cstring(self.final_date, MAX_FINAL_DATE, "final_date")

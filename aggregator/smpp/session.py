@@ -33,6 +33,7 @@ from aiosmpplib.state import SmppCommandStatus
 
 from aggregator.smpp.deliver_fast import decode_deliver_sm
 from aggregator.smpp.querysm import QuerySm, QuerySmResp
+from aggregator.smpp.status import CommandStatus
 from aggregator.text import GSM7_CODECS
 
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
@@ -58,19 +59,6 @@ SUBMIT_MULTI: Final = 0x00000021
 ALERT_NOTIFICATION: Final = 0x00000102
 DATA_SM: Final = 0x00000103
 RESP_BIT: Final = 0x80000000
-
-# command_status values used here.
-ESME_ROK: Final = 0x00
-ESME_RINVMSGLEN: Final = 0x01
-ESME_RINVCMDLEN: Final = 0x02
-ESME_RINVCMDID: Final = 0x03
-ESME_RINVBNDSTS: Final = 0x04
-ESME_RALYBND: Final = 0x05
-ESME_RSYSERR: Final = 0x08
-ESME_RBINDFAIL: Final = 0x0D
-ESME_RINVPASWD: Final = 0x0E
-ESME_RINVSYSID: Final = 0x0F
-
 
 class Role(Enum):
     CLIENT = "client"
@@ -300,11 +288,11 @@ def _bind_body_status(body: bytes) -> int:
     allows (15 / 8 octets) is a wrong system_id or password, not a server error."""
     system_id, found, rest = body.partition(b"\0")
     if not found or len(system_id) > 15:
-        return ESME_RINVSYSID
+        return CommandStatus.ESME_RINVSYSID
     password, found, _ = rest.partition(b"\0")
     if not found or len(password) > 8:
-        return ESME_RINVPASWD
-    return ESME_RSYSERR
+        return CommandStatus.ESME_RINVPASWD
+    return CommandStatus.ESME_RSYSERR
 
 
 _Handler: TypeAlias = Callable[["SmppSession", int, int, int, bytes, list[Event]], None]
@@ -402,7 +390,7 @@ class SmppSession:
     def reject_bind(self, request: Pdu, status: int, now: float) -> None:
         """SERVER: answer the bind with an error status; the session stays OPEN."""
         mode = self._check_bind_answer(request)
-        if status == ESME_ROK:
+        if status == CommandStatus.ESME_ROK:
             raise SessionError("reject_bind needs an error status")
         self._out += _HEADER.pack(
             HEADER_LENGTH, _BIND_COMMANDS[mode] | RESP_BIT, status, request.sequence_num
@@ -552,7 +540,7 @@ class SmppSession:
             length, command_id, status, seq = _HEADER.unpack_from(buf, pos)
             if length < HEADER_LENGTH or length > self.max_pdu_length:
                 # We cannot find the next PDU boundary: answer and give up on the connection.
-                self._nack(ESME_RINVCMDLEN, seq)
+                self._nack(CommandStatus.ESME_RINVCMDLEN, seq)
                 events.append(ProtocolError(f"invalid command_length {length}", "remote"))
                 self._close("invalid command_length", events)
                 buf.clear()
@@ -563,7 +551,7 @@ class SmppSession:
             pos += length
             handler = handlers.get(command_id)
             if handler is None:
-                self._nack(ESME_RINVCMDID, seq)
+                self._nack(CommandStatus.ESME_RINVCMDID, seq)
                 events.append(ProtocolError(f"unknown command_id 0x{command_id:08X}", "remote"))
                 continue
             handler(self, command_id, status, seq, pdu_bytes, events)
@@ -583,7 +571,7 @@ class SmppSession:
             allowed is not None and self.mode not in allowed
         ):
             # Also during our UNBINDING: refusing makes the peer keep the message for later.
-            self._respond_error(command_id, ESME_RINVBNDSTS, seq)
+            self._respond_error(command_id, CommandStatus.ESME_RINVBNDSTS, seq)
             return
         pdu = (decode_deliver_sm(data, _request_status(status), seq, _CODECS)
                if command_id == _DELIVER_SM else None)  # receipts' fast path (deliver_fast.py)
@@ -591,7 +579,7 @@ class SmppSession:
             if pdu is None:
                 pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
         except Exception as exc:  # aiosmpplib raises many types on bad bodies
-            self._respond_error(command_id, ESME_RINVMSGLEN, seq)
+            self._respond_error(command_id, CommandStatus.ESME_RINVMSGLEN, seq)
             events.append(ProtocolError(f"bad body in 0x{command_id:08X}: {exc!r}", "remote"))
             return
         events.append(RequestReceived(pdu, bytes(data)))
@@ -601,18 +589,20 @@ class SmppSession:
     ) -> None:
         """A request we do not support although the spec defines it (data_sm): its own
         response with ESME_RINVCMDID, as the spec allows, rather than a generic_nack."""
-        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, ESME_RINVCMDID, seq)
-        events.append(RequestRefused(command_id, ESME_RINVCMDID))
+        self._out += _HEADER.pack(
+            HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_RINVCMDID, seq
+        )
+        events.append(RequestRefused(command_id, CommandStatus.ESME_RINVCMDID))
 
     def _on_bind(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
         if self.role is Role.CLIENT:
-            self._respond_error(command_id, ESME_RINVBNDSTS, seq)
+            self._respond_error(command_id, CommandStatus.ESME_RINVBNDSTS, seq)
             events.append(ProtocolError("bind sent to a client session", "remote"))
             return
         if self.state is not SessionState.OPEN:
-            self._respond_error(command_id, ESME_RALYBND, seq)
+            self._respond_error(command_id, CommandStatus.ESME_RALYBND, seq)
             return
         try:
             pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
@@ -626,12 +616,12 @@ class SmppSession:
     def _on_enquire_link(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
-        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, ESME_ROK, seq)
+        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_ROK, seq)
 
     def _on_unbind(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
-        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, ESME_ROK, seq)
+        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_ROK, seq)
         self._close("peer unbound", events)
 
     def _on_response(
@@ -656,7 +646,7 @@ class SmppSession:
             pdu = cls(sequence_num=seq, command_status=_status_of(status))
             if status not in _STATUSES:
                 pdu.command_status = status
-            if status == ESME_ROK:
+            if status == CommandStatus.ESME_ROK:
                 events.append(ProtocolError(f"bad body in 0x{command_id:08X}: {exc!r}", "remote"))
         kind = p.kind
         if kind == _KIND_DATA:
@@ -667,7 +657,7 @@ class SmppSession:
         elif kind == _KIND_ENQUIRE:
             self._enquire_outstanding = False
         elif kind == _KIND_BIND:
-            if status == ESME_ROK and command_id != GENERIC_NACK:
+            if status == CommandStatus.ESME_ROK and command_id != GENERIC_NACK:
                 assert isinstance(p.context, BindMode)
                 self.state = SessionState.BOUND
                 self.mode = p.context
@@ -675,7 +665,7 @@ class SmppSession:
                 events.append(Bound(p.context, self.system_id))
             else:
                 self.state = SessionState.OPEN
-                events.append(BindFailed(status or ESME_RBINDFAIL))
+                events.append(BindFailed(status or CommandStatus.ESME_RBINDFAIL))
         else:
             self._close("unbound", events)
 
@@ -713,7 +703,7 @@ class SmppSession:
         if command_id in _RESP_CLASSES or command_id in _DATA_COMMANDS:
             self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, status, seq)
         else:
-            self._nack(ESME_RINVCMDLEN, seq)
+            self._nack(CommandStatus.ESME_RINVCMDLEN, seq)
 
     def _check_bind_answer(self, request: Pdu) -> BindMode:
         if self.role is not Role.SERVER:

@@ -9,7 +9,9 @@ from typing import Any
 
 from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SubmitSm
 
+from aggregator.smpp.fields import MESSAGE_STATE, RECEIPTED_MESSAGE_ID
 from aggregator.smpp.session import BindMode, NotBound, RequestReceived, WindowFull
+from aggregator.smpp.status import CommandStatus, status_name
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout, SmppConnection, open_client
 from aggregator.text import GSM7_SINGLE
 from simulator.load.content import Destinations
@@ -21,11 +23,6 @@ from simulator.load.schedule import schedule
 _MESSAGE_STATES = {
     1: "enroute", 2: "delivered", 3: "expired", 4: "deleted", 5: "undeliverable",
     6: "accepted", 7: "unknown", 8: "rejected",
-}
-_SMPP_STATUS_NAMES = {
-    0x01: "ESME_RINVMSGLEN", 0x08: "ESME_RSYSERR", 0x0A: "ESME_RINVSRCADR",
-    0x0B: "ESME_RINVDSTADR", 0x0D: "ESME_RBINDFAIL", 0x14: "ESME_RMSGQFUL",
-    0x45: "ESME_RSUBMITFAIL", 0x58: "ESME_RTHROTTLED",
 }
 
 
@@ -50,10 +47,10 @@ class SmppLoad:
             return
         pdu = event.pdu
         conn.respond(pdu, DeliverSmResp())
-        message_id = _tlv(pdu, 0x001E)
+        message_id = _tlv(pdu, RECEIPTED_MESSAGE_ID)
         if message_id is None:
             return  # a mobile-originated message, not a receipt
-        state = _tlv(pdu, 0x0427)
+        state = _tlv(pdu, MESSAGE_STATE)
         status = _MESSAGE_STATES.get(int(state), str(state)) if state is not None else "unknown"
         self.rec.receipt(str(message_id), status, time.perf_counter())
 
@@ -112,10 +109,10 @@ class SmppLoad:
             return
         now = time.perf_counter()
         status = int(resp.command_status)
-        if status == 0:
+        if status == CommandStatus.ESME_ROK:
             rec.accepted(str(resp.message_id), t0, now)
         else:
-            rec.error(_SMPP_STATUS_NAMES.get(status, f"0x{status:08X}"), now)
+            rec.error(status_name(status) or f"0x{status:08X}", now)
 
 
 async def run_smpp(options: LoadOptions, rec: Recorder, start: float, stop: asyncio.Event,

@@ -1,5 +1,6 @@
-"""Token bucket shared by the binds of one provider, with additive-increase/multiplicative-decrease
-when the operator throttles us."""
+"""The token bucket every rate limit uses: a provider's binds (with additive-increase /
+multiplicative-decrease when the operator throttles us), routes, an account's HTTP and SMPP
+request rate (auth.RateLimit, the SMPP server) and the simulated SMSC's max_tps."""
 
 from __future__ import annotations
 
@@ -82,6 +83,16 @@ class TokenBucket:
             growth = max(1.0, self.rate * 0.05) * (now - self._last_grow)
             self.rate = min(self.max_rate, self.rate + growth)
         self._last_grow = now
+
+    def set_rate(self, rate: float, *, burst: float | None = None) -> None:
+        """A new fixed rate and burst, as a limit changed by hand: the time since the last take
+        refills at the old rate, capped at the new burst."""
+        now = self._clock()
+        refilled = self._tokens + (now - self._stamp) * self.rate
+        self.rate = self.max_rate = rate
+        self._fixed_burst = burst
+        self._tokens = min(self.burst, refilled)
+        self._stamp = now
 
     def set_max_rate(self, rate: float) -> None:
         """A new ceiling (this instance's share of the provider's rate changed): the current
