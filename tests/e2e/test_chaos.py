@@ -4,7 +4,7 @@ posts messages. Afterwards every accepted message is delivered, the SMSC saw eac
 and the duplicates stay within what was in flight at each fault.
 
 The fault schedule (order and moments) comes from a random seed printed at the start and in the
-summary line; rerun one with CHAOS_SEED=<seed>. `pytest -s tests/test_chaos.py` shows the lines.
+summary line; rerun one with CHAOS_SEED=<seed>. `pytest -s tests/e2e/test_chaos.py` shows the lines.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from aggregator.model import FINAL_STATUSES
 from simulator.load import LoadOptions, LoadResult, run_load
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import API_KEY, AUTH, DEADLINE, daemon, free_port, write_daemon_config
-from tests.test_hostile_smpp import (
+from tests.hostile_helpers import (
     FLOOD_BYTES,
     bound_flood_then_read,
     hostile_daemon,
@@ -99,7 +99,7 @@ async def fetch(http: aiohttp.ClientSession, base: str, ids: set[str]) -> dict[s
 async def test_chaos_under_load_loses_nothing(tmp_path: Path, http_workers: int) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
     print(f"\nchaos seed {seed}, [http] workers = {http_workers} "
-          f"(rerun: CHAOS_SEED={seed} pytest -s tests/test_chaos.py)")
+          f"(rerun: CHAOS_SEED={seed} pytest -s tests/e2e/test_chaos.py)")
     rng = random.Random(seed)
     started = time.monotonic()
     smsc = Smsc(SmscProfile(latency=0.01, latency_jitter=0.005, receipt_delay=0.05, seed=seed))

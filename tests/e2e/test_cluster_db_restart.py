@@ -18,10 +18,9 @@ import aiohttp
 import pytest
 
 from simulator.smsc import Smsc, SmscProfile
-from tests.cluster import cluster_config
+from tests.cluster import cluster_config, final_states
 from tests.helpers import AUTH, DEADLINE, daemon, free_port
 from tests.pg import create_database, start_or_skip
-from tests.test_cluster_kill import final_states
 
 DOWN = 10.0  # seconds the database is stopped, as issue 18 asks
 LEASE = 1

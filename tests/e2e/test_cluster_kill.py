@@ -16,13 +16,12 @@ from pathlib import Path
 import aiohttp
 
 from simulator.smsc import Smsc, SmscProfile
-from tests.cluster import cluster_config
+from tests.cluster import GRACE, cluster_config, final_states
 from tests.helpers import AUTH, DEADLINE, daemon
 
 BINDS, WINDOW, LEASE = 2, 10, 1
 MAX_IN_FLIGHT = max(100, 4 * BINDS * WINDOW)  # the daemon's (App._max_in_flight)
 COUNT = 600
-GRACE = 3.0  # seconds for the receipts of the last submits
 
 
 async def test_one_of_two_instances_killed_under_load_loses_nothing(
@@ -73,26 +72,3 @@ async def test_one_of_two_instances_killed_under_load_loses_nothing(
     assert len(sent) >= len(accepted)  # every accepted message reached the SMSC: none lost
     assert duplicates <= MAX_IN_FLIGHT
     assert took < LEASE + 5 + GRACE + 5  # the survivor sent what the killed one held
-
-
-async def final_states(http: aiohttp.ClientSession, base: str, ids: set[str], *,
-                       deadline: float) -> Counter[str]:
-    """Every message's status once all are delivered, or none has waited to be sent for
-    GRACE seconds (receipts for the submitted ones had time to come), or at the deadline."""
-    end = time.monotonic() + deadline
-    states: dict[str, str] = dict.fromkeys(ids, "accepted")
-    settled_at: float | None = None
-    while True:
-        for mid in [m for m, state in states.items() if state != "delivered"]:
-            async with http.get(f"{base}/v1/messages/{mid}") as r:
-                states[mid] = (await r.json())["status"]
-        now = time.monotonic()
-        if all(state == "delivered" for state in states.values()) or now > end:
-            return Counter(states.values())
-        if any(state in ("accepted", "queued", "scheduled") for state in states.values()):
-            settled_at = None
-        elif settled_at is None:
-            settled_at = now
-        elif now - settled_at > GRACE:
-            return Counter(states.values())
-        await asyncio.sleep(0.2)

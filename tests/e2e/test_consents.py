@@ -13,7 +13,7 @@ import pytest
 from aggregator.policy.profiles import load_profiles
 from tests.helpers import AUTH, Running, running
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STRICT = load_profiles(ROOT / "config" / "countries" / "strict")
 KZ = "+77011234567"
 XK = "+38344123456"

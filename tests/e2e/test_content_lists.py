@@ -113,7 +113,7 @@ async def test_cleared_account_passes_end_to_end(tmp_path: Path) -> None:
 
 
 def test_profile_copies_stay_identical() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for name in ("XK.toml", "KZ.toml"):
         assert (root / "config/countries" / name).read_bytes() == (
             root / "aggregator/policy/countries" / name).read_bytes()

@@ -20,7 +20,7 @@ import pytest
 from aggregator import metrics
 from aggregator.config import ConfigError, load_config
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

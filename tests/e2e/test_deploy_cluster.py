@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import Start, daemon
 
-CLUSTER_TOML = Path(__file__).resolve().parent.parent / "deploy" / "smsagg-cluster.toml"
+CLUSTER_TOML = Path(__file__).resolve().parents[2] / "deploy" / "smsagg-cluster.toml"
 MESSAGES = 20
 DEADLINE = 30.0
 

@@ -39,7 +39,7 @@ from aggregator.smpp.session import (
 from aggregator.smpp.transport import CLOSE_GRACE
 from aggregator.text import decode_text, parse_udh
 from tests.helpers import API_KEY, Running, metric_value, running
-from tests.test_hostile_smpp import (
+from tests.hostile_helpers import (
     FLOOD_BYTES,
     connect,
     flood_without_reading,

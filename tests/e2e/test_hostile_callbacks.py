@@ -33,6 +33,7 @@ from aggregator.notify.callbacks import CallbackSender
 from aggregator.store.base import CallbackJob
 from aggregator.store.writes import callback_destination
 from simulator.smsc import Smsc, SmscProfile
+from tests.callback_helpers import stuck_receiver
 from tests.helpers import (
     AUTH,
     DEADLINE,
@@ -44,7 +45,6 @@ from tests.helpers import (
     running,
     wait_for,
 )
-from tests.test_limits import stuck_receiver
 
 OK = {"to": "+38344123456", "from": "ACME", "text": "hello"}
 DEFAULT_POLICY = {"allowed_networks": []}  # as in the default configuration

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 
 import aiohttp
 
 from aggregator.loglimit import LogLimiter
 from tests.helpers import DEADLINE, metric_value
-from tests.test_hostile_smpp import HEADER, bind_pdu, connect, hostile_daemon, scrape
+from tests.hostile_helpers import HEADER, bind_pdu, connect, hostile_daemon, read_pdu, scrape
 
 SUBMIT_SM = 0x00000004
 
@@ -23,22 +22,6 @@ def submit_pdu(seq: int) -> bytes:
     body = (b"\0" + b"\x05\x00" + b"ACME\0" + b"\x01\x01" + b"38344123456\0"
             + b"\x00\x00\x00" + b"\0" + b"\0" + b"\x00\x00\x00\x00" + bytes([len(text)]) + text)
     return HEADER.pack(16 + len(body), SUBMIT_SM, 0, seq) + body
-
-
-def read_pdu(sock: socket.socket) -> tuple[int, int, bytes]:
-    """(command_id, command_status, body) of the next PDU."""
-    head = b""
-    while len(head) < 16:
-        chunk = sock.recv(16 - len(head))
-        assert chunk, "closed"
-        head += chunk
-    length, command_id, status, _ = HEADER.unpack(head)
-    body = b""
-    while len(body) < length - 16:
-        chunk = sock.recv(length - 16 - len(body))
-        assert chunk, "closed"
-        body += chunk
-    return command_id, status, body
 
 
 def bind_and_submit(port: int, source: str) -> str:

@@ -15,8 +15,15 @@ from pathlib import Path
 
 from aggregator.ingress.reassembly import Reassembler, ReassemblyFull
 from tests.helpers import DEADLINE, metric_value
-from tests.test_hostile_logs import read_pdu
-from tests.test_hostile_smpp import HEADER, bind_pdu, connect, hostile_daemon, rss_bytes, scrape
+from tests.hostile_helpers import (
+    HEADER,
+    bind_pdu,
+    connect,
+    hostile_daemon,
+    read_pdu,
+    rss_bytes,
+    scrape,
+)
 
 SUBMIT_SM = 0x00000004
 PART_BYTES = 60 * 1024

@@ -14,7 +14,7 @@ import aiohttp
 
 from aggregator.configread import CONFIG_READ_TIMEOUT
 from tests.helpers import AUTH, DEADLINE, metric_value
-from tests.test_hostile_smpp import Daemon, hostile_daemon, scrape
+from tests.hostile_helpers import Daemon, hostile_daemon, scrape
 
 SIGHUPS = 10  # more than the default thread pool's threads on a small machine
 

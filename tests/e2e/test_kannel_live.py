@@ -21,7 +21,7 @@ from aiohttp import web
 
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import DEADLINE, daemon, free_port
-from tests.test_smpp_restart import WINDOW, number, write_config
+from tests.kannel_helpers import WINDOW, number, write_config
 
 BEARERBOX = shutil.which("bearerbox") or shutil.which("/usr/sbin/bearerbox")
 SMSBOX = shutil.which("smsbox") or shutil.which("/usr/sbin/smsbox")

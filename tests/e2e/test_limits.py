@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from aggregator.smpp.session import BindMode
 from aggregator.smpp.transport import BindError, SmppConnection, open_client
+from tests.callback_helpers import stuck_receiver
 from tests.helpers import (
     DEADLINE,
     Running,
@@ -25,41 +24,6 @@ from tests.helpers import (
 )
 
 MESSAGES = 200
-
-
-@dataclass
-class StuckReceiver:
-    """Accepts HTTP connections, reads the requests and never answers."""
-
-    url: str = ""
-    connections: int = 0
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def stuck_receiver() -> AsyncIterator[StuckReceiver]:
-    stuck = StuckReceiver()
-    never = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stuck.connections += 1
-        stuck.writers.append(writer)
-        try:
-            while await reader.read(65536):
-                pass
-            await never.wait()
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stuck.url = f"http://127.0.0.1:{port}/cb"
-    try:
-        yield stuck
-    finally:
-        for writer in stuck.writers:
-            writer.close()
-        server.close()
 
 
 async def scrape(r: Running) -> Samples:
@@ -232,7 +196,7 @@ async def test_an_esme_beyond_the_window_is_throttled(tmp_path: Path) -> None:
     ESME_RTHROTTLED instead of piling up."""
     async with running(tmp_path, smpp={"window": 2}, shop={**SHOP, "max_binds": 1},
                        prefixes=("+383",)) as r:
-        from tests.test_smpp_server import submit
+        from tests.smpp_helpers import submit
 
         before = metric_value(await scrape(r), "smsagg_smpp_submits_total", result="window_full")
         conn = await bind(r)

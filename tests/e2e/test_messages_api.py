@@ -195,7 +195,7 @@ async def test_send_at_still_waits_for_the_sending_window(tmp_path: Path) -> Non
 async def test_cancelled_smpp_message_gets_a_deleted_receipt(tmp_path: Path) -> None:
     """A message submitted over SMPP and cancelled over HTTP before any provider took it: the
     ESME gets its receipt with stat:DELETED and message_state 4 (DELETED)."""
-    from tests.test_smpp_server import SHOP, Upstream, bind, send, submit, tlv
+    from tests.smpp_helpers import SHOP, Upstream, bind, send, submit, tlv
 
     async with running(tmp_path, smpp={}, shop=SHOP) as run:
         await run.smsc.stop()  # no provider: the message waits, still cancellable

@@ -19,7 +19,7 @@ import pytest
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, Samples, metric_samples, metric_value, running
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PHONE_LIKE = re.compile(r"^\+?\d{7,15}$")
 
 

@@ -24,7 +24,7 @@ from aggregator.smpp.transport import BindError, open_client
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import DEADLINE, make_config, metric_samples, metric_value, running, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KOSOVO = "+38344123456"
 GERMANY = "+4915112345678"
 

@@ -20,7 +20,7 @@ import pytest
 
 from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import API_KEY, DEADLINE, daemon, free_port
+from tests.helpers import DEADLINE, daemon, free_port
 from tests.kannel_esme import (
     BIND_TRANSMITTER,
     ESME_RTHROTTLED,
@@ -30,48 +30,10 @@ from tests.kannel_esme import (
     submit_body,
     udh8,
 )
+from tests.kannel_helpers import WINDOW, number, write_config
 
 # The issue's figure is for 2,000 messages; SMSAGG_RESTART_MESSAGES changes it.
 MESSAGES = int(os.environ.get("SMSAGG_RESTART_MESSAGES", "2000"))
-WINDOW = 50  # Kannel max-pending-submits = smsagg's [smpp] window
-
-
-def write_config(path: Path, store: Path, smsc_port: int, smpp_port: int) -> None:
-    path.write_text(f"""
-[http]
-listen = "127.0.0.1:0"
-[store]
-path = "{store}"
-[messages]
-retry_min = 0.05
-retry_max = 0.5
-[smpp]
-listen = "127.0.0.1:{smpp_port}"
-window = {WINDOW}
-[[accounts]]
-name = "shop"
-api_key = "{API_KEY}"
-system_id = "shop"
-password = "secret"
-[[providers]]
-name = "sim"
-host = "127.0.0.1"
-port = {smsc_port}
-system_id = "smsagg"
-password = "pw"
-binds = 2
-window = 20
-max_tps = 2000
-reconnect_min = 0.05
-reconnect_max = 0.5
-[[routes]]
-prefixes = ["*"]
-providers = ["sim"]
-""")
-
-
-def number(i: int) -> str:
-    return f"38344{700000 + i}"
 
 
 class Flow:

@@ -1,4 +1,4 @@
-"""The store contract on every backend: tests/test_store.py's backend-neutral tests, run here
+"""The store contract on every backend: tests/unit/test_store.py's backend-neutral tests, run here
 against SQLite (as production opens it: through the factory, writer process) and a real
 PostgreSQL server, plus contract tests of the members test_store.py does not cover."""
 
@@ -19,16 +19,11 @@ from aggregator.store.postgres import PostgresStore
 from aggregator.store.sqlite import SqliteStore
 from aggregator.store.writes import id_bound
 from tests.pg import PgServer, create_database
+from tests.store_helpers import NOW, PROVIDER, make_message, parts, receipt, submitted
 
 # test_store.py's tests that use only the Store contract: collected here once per backend,
 # with this module's `store` fixture. (Imported names starting with test_ are collected.)
-from tests.test_store import (  # noqa: F401
-    NOW,
-    PROVIDER,
-    make_message,
-    parts,
-    receipt,
-    submitted,
+from tests.unit.test_store import (  # noqa: F401
     test_accept_then_get_message_returns_the_same_fields,
     test_callback_give_up_stops_it_being_due,
     test_callback_retry_pushes_next_attempt,

@@ -12,7 +12,7 @@ from aggregator.model import Message, MessageStatus
 from aggregator.store.postgres import PostgresStore
 from aggregator.store.sqlite import SqliteStore
 from tests.helpers import DEADLINE, ROOT
-from tests.test_store import NOW, PROVIDER, make_message, parts, receipt
+from tests.store_helpers import NOW, PROVIDER, make_message, parts, receipt
 
 
 async def smsagg(*args: str) -> tuple[int, str, str]:

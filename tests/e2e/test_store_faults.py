@@ -33,7 +33,7 @@ from aggregator.store.sqlite import (
 )
 from aggregator.store.writes import INSERT_MESSAGE
 from tests.helpers import AUTH, DEADLINE, Running, running, wait_for
-from tests.test_store import NOW, make_message
+from tests.store_helpers import NOW, make_message
 
 MOBILE = "+38344123456"
 SHOP = {"system_id": "shop", "password": "secret"}
@@ -44,7 +44,7 @@ ESME_RSYSERR = 0x08
 LONG = "x" * 1200
 TABLES = {"messages", "segments", "idempotency", "callbacks", "smpp_receipts", "optouts",
           "marketing_log", "consents", "optout_removals"}  # the last two: schema 2
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- fault switches, run on the store's writer connection between transactions -----------------

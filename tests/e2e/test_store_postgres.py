@@ -24,7 +24,7 @@ from aggregator.store.base import StoreError
 from aggregator.store.postgres import SCHEMA_VERSION, PostgresStore
 from tests.helpers import DEADLINE, ROOT, free_port, running
 from tests.pg import create_database, start_or_skip
-from tests.test_store import NOW, PROVIDER, make_message, parts, receipt, submitted
+from tests.store_helpers import NOW, PROVIDER, make_message, parts, receipt, submitted
 
 Opener = Callable[..., Any]
 

@@ -21,7 +21,7 @@ from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore, message_row
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, ROOT, daemon, wait_for, write_daemon_config
-from tests.test_store import NOW, make_message, parts, receipt
+from tests.store_helpers import NOW, make_message, parts, receipt
 
 
 @pytest.fixture

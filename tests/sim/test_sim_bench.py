@@ -29,7 +29,7 @@ from simulator.cli import build_parser
 from simulator.load import LoadOptions, LoadResult
 from simulator.proctree import cpu_delta, per_message_us, role_of, tree_cpu, tree_rss_mb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "bench" / "kannel-vs-smsagg.sh"
 
 

@@ -28,9 +28,9 @@ from simulator.cli import _smsc_profile, build_parser, main
 from simulator.profiles import ProfileError, SmscSpec, load_profiles, parse_profiles
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import Start
-from tests.test_sim_smsc import Client, Connect, make_submit
+from tests.sim_helpers import Client, Connect, make_submit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 5.0
 
 

@@ -26,7 +26,7 @@ from simulator.load import Destinations, LoadOptions, LoadResult, run_load, segm
 from simulator.stats import LatencyHistogram
 from tests.helpers import API_KEY, DEADLINE, running
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def assert_ordered(summary: dict[str, Any]) -> None:

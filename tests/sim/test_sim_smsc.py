@@ -9,47 +9,24 @@ import re
 import signal
 import struct
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmpplib import (
-    DeliverSmResp,
-    OptionalParam,
-    PhoneNumber,
-    SmppCommandStatus,
-    SubmitSm,
-)
+from aiosmpplib import DeliverSmResp, OptionalParam, SmppCommandStatus
 
 from aggregator.smpp.session import BindMode, Event, RequestReceived, SessionClosed
 from aggregator.smpp.transport import BindError, SmppConnection, open_client
 from simulator.smsc import Smsc, raw_short_message
 from tests.helpers import Start
+from tests.sim_helpers import DEADLINE, Client, Connect, make_submit
 
-ROOT = Path(__file__).resolve().parent.parent
-DEADLINE = 5.0
+ROOT = Path(__file__).resolve().parents[2]
 RECEIPT_RE = re.compile(
     r"^id:(?P<id>\S+) sub:001 dlvrd:(?P<dlvrd>\d{3}) submit date:\d{10} done date:\d{10}"
     r" stat:(?P<stat>\w+) err:(?P<err>\d{3}) text:$"
 )
-
-
-@dataclass
-class Client:
-    conn: SmppConnection
-    delivers: asyncio.Queue[Any]
-    closed: asyncio.Event
-
-    async def submit(self, pdu: Any) -> Any:
-        return await asyncio.wait_for(self.conn.request(pdu), DEADLINE)
-
-    async def next_deliver(self) -> Any:
-        return await asyncio.wait_for(self.delivers.get(), DEADLINE)
-
-
-Connect = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
@@ -87,12 +64,6 @@ async def connect() -> AsyncIterator[Connect]:
     yield open_
     for client in clients:
         client.conn.close()
-
-
-def make_submit(text: str = "hello", **kwargs: Any) -> Any:
-    kwargs.setdefault("source", PhoneNumber("SENDER"))
-    kwargs.setdefault("destination", PhoneNumber("4915112345678"))
-    return SubmitSm(short_message=text, **kwargs)
 
 
 def udh_submit(udh: bytes, text: str = "part") -> Any:

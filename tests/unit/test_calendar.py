@@ -20,7 +20,7 @@ from aggregator.policy.profiles import (
 )
 from aggregator.policy.rules import Allow, Defer, PolicyInput, Reject, evaluate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 P = bundled_profiles()
 STRICT = load_profiles(ROOT / "config" / "countries" / "strict")
 

@@ -27,7 +27,7 @@ from aggregator.config import (
     with_overrides,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = """
 [http]

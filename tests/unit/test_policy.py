@@ -33,7 +33,7 @@ from aggregator.policy.rules import (
     next_window_opening,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COUNTRIES = ROOT / "config" / "countries"
 BUNDLED = ROOT / "aggregator" / "policy" / "countries"
 

@@ -18,62 +18,13 @@ from aggregator.model import (
     Message,
     MessageStatus,
     ReceiptUpdate,
-    SegmentSubmit,
     Sender,
     SenderKind,
 )
 from aggregator.store.base import AcceptResult, CallbackJob, StoreError
 from aggregator.store.sqlite import SqliteStore
 from aggregator.store.writes import IDEMPOTENCY_TTL
-
-NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-PROVIDER = "opA"
-
-_ids = iter(range(1, 1_000_000))
-
-
-def make_message(
-    *,
-    account: str = "shop",
-    segments: int = 1,
-    created_at: float = NOW,
-    next_attempt_at: float = 0.0,
-    status: MessageStatus = MessageStatus.ACCEPTED,
-    callback_url: str | None = None,
-    reference: str | None = None,
-) -> Message:
-    return Message(
-        id=f"msg{next(_ids):05d}",
-        account=account,
-        to="+38344123456",
-        sender=Sender("Shop", SenderKind.ALPHANUMERIC),
-        text="hello",
-        encoding=Encoding.GSM7,
-        segments=segments,
-        concat_ref=7,
-        created_at=created_at,
-        status=status,
-        callback_url=callback_url,
-        reference=reference,
-        next_attempt_at=next_attempt_at,
-        expires_at=created_at + 86_400,
-    )
-
-
-def parts(message: Message, *seqs: int) -> list[SegmentSubmit]:
-    return [SegmentSubmit(seq, f"{message.id}-p{seq}") for seq in seqs]
-
-
-def receipt(
-    message: Message,
-    seq: int,
-    status: MessageStatus = MessageStatus.DELIVERED,
-    *,
-    at: float = NOW + 10,
-    error: str | None = None,
-    provider: str = PROVIDER,
-) -> ReceiptUpdate:
-    return ReceiptUpdate(provider, f"{message.id}-p{seq}", status, error, at)
+from tests.store_helpers import NOW, PROVIDER, make_message, parts, receipt, submitted
 
 
 async def open_store(path: Path) -> SqliteStore:
@@ -94,16 +45,6 @@ async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
         yield s
     finally:
         await s.close()
-
-
-async def submitted(store: SqliteStore, message: Message, *, at: float = NOW + 1) -> None:
-    """Accept, claim and record every segment of `message` as submitted to PROVIDER."""
-    await store.accept(message, None)
-    claimed = await store.claim_due(NOW, 100)
-    assert [m.id for m in claimed] == [message.id]
-    await store.record_submitted(
-        message.id, PROVIDER, parts(message, *range(1, message.segments + 1)), at
-    )
 
 
 async def status_of(store: SqliteStore, message: Message) -> MessageStatus:

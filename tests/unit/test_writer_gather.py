@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.store.sqlite import SqliteStore
-from tests.test_store import make_message
+from tests.store_helpers import make_message
 
 
 @pytest.fixture
