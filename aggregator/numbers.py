@@ -112,7 +112,7 @@ def _fast_parse(norm: str) -> PhoneNumber | None:
     error). parse() first looks for a number in free text (phone-context, extensions, letters,
     other plus signs), which a "+digits" string cannot hold. Measured here: parse 15 -> 2.5 us,
     parse_destination of a new number 18 -> 9 us (about 2% of the daemon's CPU per message).
-    tests/test_numbers_fast.py compares the two over every country calling code."""
+    tests/unit/test_numbers_fast.py compares the two over every country calling code."""
     digits = norm[1:]
     if len(digits) < 7 or digits[0] == "0":
         return None

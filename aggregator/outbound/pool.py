@@ -75,7 +75,7 @@ class EncodedSubmitSm:
     """A submit_sm already encoded but for its sequence number: what the session needs of a
     request (smpp_command, sequence_num, pdu()). aiosmpplib's SubmitSm checks 19 parameters on
     construction and encodes through date and TLV helpers: 24 + 6 us a segment here against
-    2 for this (tests/test_submit_fast.py holds both to the same octets)."""
+    2 for this (tests/unit/test_submit_fast.py holds both to the same octets)."""
 
     __slots__ = ("_body", "log_id", "sequence_num")
     smpp_command = SmppCommand.SUBMIT_SM

@@ -4,7 +4,7 @@ knows; 0 is GSM 03.38 here). Anything else returns None and aiosmpplib decodes i
 its own errors on a bad body).
 
 The object is the DeliverSm aiosmpplib's from_pdu makes, attribute for attribute
-(tests/test_deliver_fast.py compares both over receipts, MOs, TLVs and odd bodies), built
+(tests/unit/test_deliver_fast.py compares both over receipts, MOs, TLVs and odd bodies), built
 without the constructor's 31 parameter checks: 28-30 -> 9-13 us a receipt here on the loaded
 2-core machine, about 3% of the daemon's CPU per message at 1,000 msg/s.
 """

@@ -1,0 +1,1 @@
+"""End-to-end tests: the daemon, clusters, Kannel, PostgreSQL and the deploy files."""

@@ -1,0 +1,1 @@
+"""Unit tests: pure functions and in-process parts; no daemon and no simulator process."""
