@@ -113,7 +113,7 @@ class App:
                             auto_reply_interval=config.policy.auto_reply_interval)
         self.workers = (
             IngressWorkers(config.http.workers, config.http.listen, config_path, self.store,
-                           self.dispatcher.wake, self.readiness)
+                           self.readiness)
             if config.http.workers else None
         )
         self.api = HttpApi(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from aggregator.frames import frame
@@ -19,6 +20,7 @@ from aggregator.link import Link
 from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore, message_row
+from aggregator.wire import Answers, call
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, ROOT, daemon, wait_for, write_daemon_config
 from tests.test_store import NOW, make_message, parts, receipt
@@ -197,8 +199,10 @@ class _Worker:
         self.answers: dict[int, tuple[bool, Any]] = {}
 
     def frame_received(self, link: Link, obj: Any) -> None:
-        for rid, ok, result in obj[1]:
-            self.answers[rid] = (ok, result)
+        assert isinstance(obj, Answers)
+        for a in obj.answers:
+            self.answers[a.id] = (a.fault is None, a.fault.text if a.fault else
+                                  msgspec.msgpack.decode(a.result))
 
     def link_lost(self, link: Link) -> None:
         pass
@@ -217,9 +221,9 @@ async def test_a_workers_accepts_go_to_the_writer_and_the_daemon_counts_them(
         await asyncio.get_running_loop().create_unix_connection(lambda: worker.link,
                                                                 store.writer_address)
         m, n = make_message(), make_message()
-        worker.link.send(frame((1, "accept", (message_row(m), None))))
-        worker.link.send(frame((2, "accept_many", ([message_row(n)], []))))
-        worker.link.send(frame((3, "claim_due", (NOW, 10))))  # not a worker's to ask
+        worker.link.send(frame(call(1, "accept", (message_row(m), None))))
+        worker.link.send(frame(call(2, "accept_many", ([message_row(n)], []))))
+        worker.link.send(frame(call(3, "claim_due", (NOW, 10, None))))  # not a worker's to ask
 
         await wait_for(lambda: len(worker.answers) == 3, what="three answers")
         assert worker.answers[1] == (True, None) and worker.answers[2] == (True, None)
@@ -238,7 +242,7 @@ async def test_a_worker_sending_garbage_is_dropped_and_the_writer_goes_on(
 ) -> None:
     assert store.writer_address is not None
     reader, writer = await asyncio.open_unix_connection(store.writer_address)
-    writer.write((5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")  # not a pickle
+    writer.write((5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")  # not a wire message
     await writer.drain()
 
     assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # dropped

@@ -380,6 +380,7 @@ class PostgresStore:
         self._settle_until = 0.0  # monotonic: after an outage, no takeovers until then
         self._failing_since = 0.0  # monotonic: when lease renewal began to fail
         self.pending_by_account: Counter[str] = Counter()  # `pending` per account
+        self.worker = False  # an ingress worker's store: see _open_worker
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -387,6 +388,9 @@ class PostgresStore:
         """Connect, migrate under an advisory lock, take back what this instance held before a
         restart and what dead instances held, start renewing leases. Every refusal is one
         StoreError line that names the server (never its password) and what is wrong."""
+        if self.worker:
+            await self._open_worker()
+            return
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
@@ -418,6 +422,33 @@ class PostgresStore:
         self._maintenance = asyncio.create_task(self._maintain(), name="store-leases")
         log.info("store_opened", backend="postgres", server=self.where, instance=self.instance,
                  pending=self.pending, lease_seconds=self.lease_seconds)
+
+    async def _open_worker(self) -> None:
+        """An ingress worker's store (`worker`): a pool for its accepts and the HTTP API's
+        reads and writes. It claims nothing, so it holds no lease, heartbeat, member entry,
+        LISTEN connection or maintenance task; the daemon that started it migrated the
+        schema, and a NOTIFY trigger wakes every instance's dispatcher for its accepts."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT)
+            async with self._pool.acquire() as conn:
+                version = await conn.fetchval("SELECT max(version) FROM smsagg_schema")
+        except Exception as exc:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
+            raise StoreError(f"PostgreSQL store {self.where}: cannot connect: "
+                             f"{self._scrub(exc)}") from None
+        if version != SCHEMA_VERSION:
+            self._pool.terminate()
+            self._pool = None
+            raise StoreError(f"PostgreSQL store {self.where}: schema version {version}, "
+                             f"not {SCHEMA_VERSION}: the daemon migrates it first")
+        self._closed = self._closing = False
+        self._last_ok_at = time.monotonic()
+        log.info("store_opened", backend="postgres", server=self.where, instance=self.instance,
+                 role="worker")
 
     def _scrub(self, exc: BaseException) -> str:
         """An exception as text, with the DSN's password (if it appears) masked."""
@@ -559,12 +590,13 @@ class PostgresStore:
                 await asyncio.wait_for(self._listener.close(), CLOSE_TIMEOUT)
             self._listener = None
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is not None and not self.worker:
             with contextlib.suppress(Exception):  # a graceful leave: no longer counted live
                 await asyncio.wait_for(pool.execute(
                     "DELETE FROM instances WHERE name = $1", self.instance), LEAVE_TIMEOUT)
                 await asyncio.wait_for(pool.execute(
                     f"SELECT pg_notify('{MEMBERS_CHANNEL}', $1)", self.instance), LEAVE_TIMEOUT)
+        if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
             except Exception:

@@ -56,15 +56,17 @@ from aggregator.store.base import (
 from aggregator.store.writes import (
     BUSY_TIMEOUT,
     MESSAGE_COLUMNS,
+    OPS,
     PENDING,
     GroupWriter,
     Op,
     WriteFigures,
-    bind,
     connect,
+    prepare,
     waiting_added,
     waiting_by_account,
 )
+from aggregator.wire import Answers, Done, OpenFailed, Ready, Stop, Wire, signature
 
 log = get_logger("smsagg.store")
 
@@ -293,13 +295,16 @@ class SqliteStore:
                  on_commit: Callable[[float], None] | None = None,
                  writer: str = "thread",
                  on_lost: Callable[[str], None] | None = None,
-                 on_accepted: Callable[[], None] | None = None) -> None:
+                 on_accepted: Callable[[], None] | None = None,
+                 join: str | None = None) -> None:
         """`on_commit` gets each group commit's seconds (a metric). `writer`: "thread" runs
         the writes on a thread of this process; "process" in a child process, where this
         process's event loop cannot keep them waiting for the GIL. `on_lost` hears why, if that
         process ends while the store is open: nothing can be written any more. The writer
         process also takes ingress workers' accepts directly (`writer_address`); `on_accepted`
-        hears when it has stored some that wait to be sent."""
+        hears when it has stored some that wait to be sent. `join`: that socket of a running
+        daemon's writer process, used instead of starting one (an ingress worker: its writes
+        go there, its reads to its own WAL connections)."""
         if writer not in WRITERS:
             raise ValueError(f"writer must be one of {sorted(WRITERS)}, not {writer!r}")
         self.path = path
@@ -333,6 +338,7 @@ class SqliteStore:
         self._started: asyncio.Future[None] | None = None
         self._lost: str | None = None  # why the writer process is gone
         self.writer_address: str | None = None  # where workers send accepts to the writer
+        self._join = join
         self._writer_dir: str | None = None
 
     @property
@@ -348,11 +354,14 @@ class SqliteStore:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        conn = await asyncio.to_thread(self._open_sync)
-        if self.writer == "process":
+        if self._join is not None:
+            await self._join_process(self._join)
+        elif self.writer == "process":
+            conn = await asyncio.to_thread(self._open_sync)
             conn.close()  # checked and migrated; the child opens its own
             await self._start_process()
         else:
+            conn = await asyncio.to_thread(self._open_sync)
             group = GroupWriter(conn, self._on_commit)
             self._figures = group.figures
             self._thread = threading.Thread(
@@ -442,6 +451,8 @@ class SqliteStore:
         self._closed = True
         if self._proc is not None:
             await self._stop_process()
+        elif self._link is not None:  # joined: the daemon's writer goes on
+            self._link.close()
         else:
             if self._turn:
                 self._hand_over()
@@ -521,10 +532,19 @@ class SqliteStore:
             raise
         self.writer_address = address
 
+    async def _join_process(self, address: str) -> None:
+        """Connect to a running writer process (an ingress worker's store): it answers with
+        Answers; the daemon that started it migrated the database."""
+        loop = asyncio.get_running_loop()
+        try:
+            _, self._link = await loop.create_unix_connection(lambda: Link(self), address)
+        except OSError as exc:
+            raise StoreError(f"cannot reach the store writer at {address}: {exc}") from exc
+
     async def _stop_process(self) -> None:
         proc, link = self._proc, self._link
-        if link is not None:
-            link.send(frame(None))  # after every request already sent: they are answered first
+        if link is not None and proc is not None:
+            link.send(frame(Stop()))  # after every call already sent: they are answered first
         if proc is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(proc.wait), PROCESS_STOP_TIMEOUT)
@@ -536,29 +556,38 @@ class SqliteStore:
         if self._writer_dir is not None:
             shutil.rmtree(self._writer_dir, ignore_errors=True)
 
-    def frame_received(self, link: Link, obj: Any) -> None:
-        """From the writer process: ("ready",), ("error", why) or one group's answers."""
-        if obj[0] == "ready":
-            if self._started is not None and not self._started.done():
-                self._started.set_result(None)
+    def frame_received(self, link: Link, obj: Wire) -> None:
+        """From the writer process: Ready, OpenFailed, or one round's Done (Answers, when
+        joined)."""
+        if isinstance(obj, Answers):
+            self._waiting -= len(obj.answers)
+            for answer in obj.answers:
+                self._calls.answer(answer)
             return
-        if obj[0] == "error":
+        if isinstance(obj, Ready | OpenFailed):
             if self._started is not None and not self._started.done():
-                self._started.set_exception(StoreError(obj[1]))
+                if isinstance(obj, Ready):
+                    self._started.set_result(None)
+                else:
+                    self._started.set_exception(StoreError(obj.error))
             return
-        _, self._figures, durations, answers, took = obj
-        if took:  # workers' accepts, straight to the writer: {account: waiting messages}
-            self.pending += sum(took.values())
-            self.pending_by_account.update(took)
-            if self._on_accepted is not None:
+        if not isinstance(obj, Done):
+            raise StoreError(f"unexpected message from the writer: {type(obj).__name__}")
+        self._figures = obj.figures
+        if obj.pending:  # the workers' writes, straight to the writer: {account: change}
+            self.pending += sum(obj.pending.values())
+            self.pending_by_account.update(obj.pending)
+            for account in [a for a, n in self.pending_by_account.items() if n <= 0]:
+                del self.pending_by_account[account]
+            if self._on_accepted is not None and any(n > 0 for n in obj.pending.values()):
                 self._on_accepted()
         if self._on_commit is not None:
-            for seconds in durations:
+            for seconds in obj.durations:
                 with contextlib.suppress(Exception):
                     self._on_commit(seconds)
-        self._waiting -= len(answers)
-        for answer in answers:
-            self._calls.answer(*answer)
+        self._waiting -= len(obj.answers)
+        for answer in obj.answers:
+            self._calls.answer(answer)
 
     def link_lost(self, link: Link) -> None:
         code = self._proc.poll() if self._proc is not None else None
@@ -595,11 +624,13 @@ class SqliteStore:
             raise StoreError(self._lost)
         if self._waiting >= self.max_waiting:
             raise StoreBusy("too many writes waiting for the store")
+        if name not in OPS:
+            raise StoreError(f"no store operation {name!r}")
         if self._link is not None:
-            future = self._calls.send(self._link, lambda rid: (rid, name, args))
+            future = self._calls.send(self._link, name, args, signature(OPS[name]))
         else:
             future = self._loop.create_future()
-            self._queue_op(Op(bind(name, args), future))
+            self._queue_op(Op(prepare(name, args), future))
         self._waiting += 1
         future.add_done_callback(functools.partial(_observe, name, time.monotonic()))
         return future

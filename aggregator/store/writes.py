@@ -594,8 +594,18 @@ def waiting_by_account(name: str, args: Sequence[Any], result: Any) -> Counter[s
     return Counter(row[_ACCOUNT] for row in args[0] if row[_STATUS] in _WAITING_VALUES)
 
 
-def bind(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
-    """The operation `name` with its arguments, to run on a connection."""
+def pending_change(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
+    """How an operation that succeeded changed the pending counts, per account: accepts add
+    the waiting messages they stored, a cancel of a pending message takes one away."""
+    if name in ("accept", "accept_many"):
+        return waiting_by_account(name, args, result)
+    if name == "cancel" and result[2]:  # (outcome, notice, was pending)
+        return Counter({args[0]: -1})
+    return Counter()
+
+
+def prepare(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
+    """The operation `name` with its arguments, ready to run on a connection."""
     fn = OPS[name]
     return lambda conn: fn(conn, *args)
 
@@ -603,12 +613,14 @@ def bind(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
 # ---- group commit ------------------------------------------------------------------------------
 
 class Op:
-    __slots__ = ("bare", "error", "fn", "ref", "result")
+    __slots__ = ("bare", "error", "fn", "name", "ref", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], ref: Any, bare: bool = False):
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], ref: Any, bare: bool = False,
+                 name: str = ""):
         self.fn = fn
         self.ref = ref  # the caller's handle: a future (thread) or a request id (process)
         self.bare = bare  # run outside any transaction (run_on_writer)
+        self.name = name  # the operation's, in OPS
         self.result: Any = None
         self.error: BaseException | None = None
 
