@@ -291,6 +291,8 @@ class App:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        for note in self.config.store.ignored:
+            log.warning("config_key_ignored", note=note)
         await self.store.open()
         for pool in self.pools.values():
             pool.start()

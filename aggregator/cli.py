@@ -122,6 +122,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    for note in config.store.ignored:
+        print(f"{args.file}: warning: {note}", file=sys.stderr)
     print(
         f"{args.file}: OK ({len(config.accounts)} accounts, {len(config.providers)} providers, "
         f"{len(config.routes)} routes)"

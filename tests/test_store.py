@@ -627,11 +627,10 @@ async def test_claiming_walks_the_due_index_instead_of_sorting_the_backlog(
     # With a deep backlog, sorting every waiting row on each claim (the planner's own choice,
     # via messages_status) cost 14 ms per claim at 16k rows and capped relaying.
     await store.accept_many([make_message() for _ in range(300)])
-    statements: list[str] = []
-    await store.run_on_writer(lambda conn: conn.set_trace_callback(statements.append))
+    await store.run_on_writer("trace", True)
     assert len(await store.claim_due(NOW, 10)) == 10
     assert await store.next_due_at() == 0.0
-    await store.run_on_writer(lambda conn: conn.set_trace_callback(None))
+    statements: list[str] = await store.run_on_writer("trace", False)
     reads = [s for s in statements if "messages_due" in s or "next_attempt_at <=" in s
              or "MIN(next_attempt_at)" in s]
     # The claim's look for the accounts due (two index seeks with one account), the claim,

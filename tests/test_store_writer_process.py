@@ -1,4 +1,4 @@
-"""The store's writer in a process of its own ([store] writer = "process", the default)."""
+"""The SQLite store's writer, a process of its own."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def commit_seconds() -> list[float]:
 
 @pytest.fixture
 async def store(tmp_path: Path, commit_seconds: list[float]) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "smsagg.db"), writer="process",
+    s = SqliteStore(str(tmp_path / "smsagg.db"),
                     on_commit=commit_seconds.append)
     await s.open()
     try:
@@ -103,9 +103,14 @@ async def test_an_unknown_operation_gets_an_error_not_a_dead_writer(store: Sqlit
     assert (await store.accept(make_message(), None)).created
 
 
-async def test_run_on_writer_is_refused_in_process_mode(store: SqliteStore) -> None:
-    with pytest.raises(StoreError, match="thread"):
-        await store.run_on_writer(lambda conn: conn.execute("SELECT 1").fetchone())
+async def test_run_on_writer_runs_named_tools_only(store: SqliteStore) -> None:
+    """A function does not travel to the writer process: only writes.TOOLS do, and of the
+    PRAGMAs only TOOL_PRAGMAS."""
+    with pytest.raises(StoreError, match="no writer tool"):
+        await store.run_on_writer("drop_everything")
+    with pytest.raises(StoreError, match="not a writer tool"):
+        await store.run_on_writer("pragma", "writable_schema", 1)
+    assert await store.run_on_writer("pragma", "query_only", None) == 0
 
 
 async def test_a_dead_writer_process_fails_writes_and_readiness(store: SqliteStore) -> None:
@@ -123,7 +128,7 @@ async def test_the_writer_process_dies_with_a_killed_daemon(tmp_path: Path) -> N
         import asyncio, sys
         from aggregator.store.sqlite import SqliteStore, message_row
         async def main():
-            store = SqliteStore({str(tmp_path / "smsagg.db")!r}, writer="process")
+            store = SqliteStore({str(tmp_path / "smsagg.db")!r})
             await store.open()
             print(store._proc.pid, flush=True)
             await asyncio.Event().wait()
@@ -212,7 +217,7 @@ async def test_a_workers_accepts_go_to_the_writer_and_the_daemon_counts_them(
     tmp_path: Path,
 ) -> None:
     woken: list[int] = []
-    store = SqliteStore(str(tmp_path / "smsagg.db"), writer="process",
+    store = SqliteStore(str(tmp_path / "smsagg.db"),
                         on_accepted=lambda: woken.append(1))
     await store.open()
     try:

@@ -50,11 +50,12 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
     remote = await DaemonClient.connect(
         rpc_path, lambda: generate_latest(metrics.REGISTRY).decode(), on_status)
     log.info("worker_store_opened", backend=config.store.backend, node=node)
+    direct = metrics.worker_direct_accepts.labels(config.store.backend)
     routes = RouteTable(Route.from_config(r) for r in config.routes)
     profiles = profiles_for(config.policy.countries)
     accounts = {a.name: a for a in config.accounts}
     acceptor = Acceptor(store, routes, config.messages, max_pending=config.store.max_pending,
-                        on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store),
+                        on_accepted=direct.inc, policy=PolicyGate(profiles, accounts, store),
                         accounts=accounts, id_node=node,
                         account_limit=lambda name: account_max_pending(accounts.get(name),
                                                                        config.store))

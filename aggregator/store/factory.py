@@ -38,7 +38,7 @@ def build_store(config: Config, *, on_commit: Callable[[float], None] | None = N
         built.held = held
         return built
     return SqliteStore(store.path, commit_batch=store.commit_batch, on_commit=on_commit,
-                       writer=store.writer, on_lost=on_lost, on_accepted=on_accepted)
+                       on_lost=on_lost, on_accepted=on_accepted)
 
 
 def worker_store(config: Config, writer_address: str | None, node: int, *,
@@ -58,5 +58,5 @@ def worker_store(config: Config, writer_address: str | None, node: int, *,
         return built
     if writer_address is None:
         raise ValueError("an ingress worker on SQLite needs the writer process's address")
-    return SqliteStore(store.path, commit_batch=store.commit_batch, writer="process",
-                       join=writer_address, on_lost=on_lost)
+    return SqliteStore(store.path, commit_batch=store.commit_batch, join=writer_address,
+                       on_lost=on_lost)

@@ -394,7 +394,7 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT)
+                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings())
         except Exception as exc:
             raise StoreError(f"PostgreSQL store {self.where}: cannot connect: "
                              f"{self._scrub(exc)}") from None
@@ -423,6 +423,10 @@ class PostgresStore:
         log.info("store_opened", backend="postgres", server=self.where, instance=self.instance,
                  pending=self.pending, lease_seconds=self.lease_seconds)
 
+    def _settings(self) -> dict[str, str]:
+        """Its connections name the instance (and worker) in pg_stat_activity."""
+        return {"application_name": f"smsagg {self.instance}"[:63]}
+
     async def _open_worker(self) -> None:
         """An ingress worker's store (`worker`): a pool for its accepts and the HTTP API's
         reads and writes. It claims nothing, so it holds no lease, heartbeat, member entry,
@@ -431,7 +435,7 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT)
+                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings())
             async with self._pool.acquire() as conn:
                 version = await conn.fetchval("SELECT max(version) FROM smsagg_schema")
         except Exception as exc:

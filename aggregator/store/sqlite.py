@@ -1,10 +1,10 @@
-"""SQLite store: WAL, synchronous=FULL, one writer that commits operations in groups.
+"""SQLite store: WAL, synchronous=FULL, one writer process that commits operations in groups.
 
-Every write is a named operation (writes.py) run by the writer, a thread of this process or a
-child process of its own; the writer takes all operations waiting (up to `commit_batch`), runs
-them inside one transaction, commits once and then answers them. Thousands of accepts per second
-share a few fsyncs, and an operation's future resolves only after its data is on disk. Reads use
-a connection of their own (WAL lets them run beside the writer).
+Every write is a named operation (writes.py) run by the writer, a child process of the daemon
+(writer_process.py); it takes all operations waiting (up to `commit_batch`), runs them inside
+one transaction, commits once and then answers them. Thousands of accepts per second share a
+few fsyncs, and an operation's future resolves only after its data is on disk. Reads use a
+connection of their own (WAL lets them run beside the writer).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import queue
 import shutil
 import socket
 import sqlite3
@@ -58,11 +57,9 @@ from aggregator.store.writes import (
     MESSAGE_COLUMNS,
     OPS,
     PENDING,
-    GroupWriter,
-    Op,
+    TOOLS,
     WriteFigures,
     connect,
-    prepare,
     waiting_added,
     waiting_by_account,
 )
@@ -225,7 +222,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-WRITERS = frozenset({"thread", "process"})
 PROCESS_START_TIMEOUT = 30.0  # seconds for the writer process to open the database
 PROCESS_STOP_TIMEOUT = 30.0  # seconds for it to answer what is queued and exit
 
@@ -293,22 +289,17 @@ class SqliteStore:
     def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
                  busy_timeout: float = BUSY_TIMEOUT,
                  on_commit: Callable[[float], None] | None = None,
-                 writer: str = "thread",
                  on_lost: Callable[[str], None] | None = None,
                  on_accepted: Callable[[], None] | None = None,
                  join: str | None = None) -> None:
-        """`on_commit` gets each group commit's seconds (a metric). `writer`: "thread" runs
-        the writes on a thread of this process; "process" in a child process, where this
-        process's event loop cannot keep them waiting for the GIL. `on_lost` hears why, if that
-        process ends while the store is open: nothing can be written any more. The writer
-        process also takes ingress workers' accepts directly (`writer_address`); `on_accepted`
-        hears when it has stored some that wait to be sent. `join`: that socket of a running
-        daemon's writer process, used instead of starting one (an ingress worker: its writes
-        go there, its reads to its own WAL connections)."""
-        if writer not in WRITERS:
-            raise ValueError(f"writer must be one of {sorted(WRITERS)}, not {writer!r}")
+        """`on_commit` gets each group commit's seconds (a metric). The writes run in a child
+        process, where this process's event loop cannot keep them waiting for the GIL;
+        `on_lost` hears why, if that process ends while the store is open: nothing can be
+        written any more. The writer process also takes ingress workers' writes directly
+        (`writer_address`); `on_accepted` hears when it has stored some that wait to be sent.
+        `join`: that socket of a running daemon's writer process, used instead of starting one
+        (an ingress worker: its writes go there, its reads to its own WAL connections)."""
         self.path = path
-        self.writer = writer
         self._on_commit = on_commit
         self._on_lost = on_lost
         self._on_accepted = on_accepted
@@ -325,13 +316,8 @@ class SqliteStore:
         # The event loop's own connection, for primary-key reads on the accept path (optout_scope).
         self._point: sqlite3.Connection | None = None
         self._closed = True
-        self._figures = WriteFigures()  # the writer's, or (process) its last answer's
-        # Thread writer: ops go to it once per event-loop turn, as one list, so it wakes once
-        # for everything the turn produced, not on the first op while the loop holds the GIL.
-        self._queue: queue.SimpleQueue[list[Op] | None] = queue.SimpleQueue()
-        self._turn: list[Op] = []
-        self._thread: threading.Thread | None = None
-        # Process writer: requests by id; the link sends a turn's requests in one write.
+        self._figures = WriteFigures()  # as the writer process's last answer gave them
+        # Calls by id; the link sends a turn's calls in one write.
         self._proc: subprocess.Popen[bytes] | None = None
         self._link: Link | None = None
         self._calls = Calls()
@@ -356,18 +342,10 @@ class SqliteStore:
         self._loop = asyncio.get_running_loop()
         if self._join is not None:
             await self._join_process(self._join)
-        elif self.writer == "process":
+        else:
             conn = await asyncio.to_thread(self._open_sync)
             conn.close()  # checked and migrated; the child opens its own
             await self._start_process()
-        else:
-            conn = await asyncio.to_thread(self._open_sync)
-            group = GroupWriter(conn, self._on_commit)
-            self._figures = group.figures
-            self._thread = threading.Thread(
-                target=self._write_loop, args=(group,), name="smsagg-store-writer", daemon=True
-            )
-            self._thread.start()
         self._closed = False
         self._reader = await asyncio.to_thread(connect, self.path, self.busy_timeout)
         self._point = await asyncio.to_thread(connect, self.path, 0.0)  # busy: never waits
@@ -453,59 +431,11 @@ class SqliteStore:
             await self._stop_process()
         elif self._link is not None:  # joined: the daemon's writer goes on
             self._link.close()
-        else:
-            if self._turn:
-                self._hand_over()
-            self._queue.put(None)
-            if self._thread is not None:
-                await asyncio.to_thread(self._thread.join)
         if self._reader is not None:
             self._reader.close()
         if self._point is not None:
             self._point.close()
             self._point = None
-
-    # ---- the writer thread ---------------------------------------------------------------------
-
-    def _write_loop(self, group: GroupWriter) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = first
-            while len(batch) < self.commit_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.extend(nxt)
-            for start in range(0, len(batch), self.commit_batch):  # one turn may bring more
-                chunk = batch[start:start + self.commit_batch]
-                group.run(chunk)
-                assert self._loop is not None
-                with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                    self._loop.call_soon_threadsafe(self._resolve, chunk)
-        group.conn.close()
-
-    def _resolve(self, batch: list[Op]) -> None:
-        self._waiting -= len(batch)
-        for op in batch:
-            future: asyncio.Future[Any] = op.ref
-            if future.done():
-                continue
-            if op.error is not None:
-                future.set_exception(op.error)
-            else:
-                future.set_result(op.result)
-
-    def _hand_over(self) -> None:
-        turn, self._turn = self._turn, []
-        if turn:  # close() may have handed this turn over already
-            self._queue.put(turn)
 
     # ---- the writer process --------------------------------------------------------------------
 
@@ -624,39 +554,27 @@ class SqliteStore:
             raise StoreError(self._lost)
         if self._waiting >= self.max_waiting:
             raise StoreBusy("too many writes waiting for the store")
-        if name not in OPS:
+        fn = OPS.get(name) or TOOLS.get(name)
+        if fn is None:
             raise StoreError(f"no store operation {name!r}")
-        if self._link is not None:
-            future = self._calls.send(self._link, name, args, signature(OPS[name]))
-        else:
-            future = self._loop.create_future()
-            self._queue_op(Op(prepare(name, args), future))
+        if self._link is None:
+            raise StoreError("store is closed")
+        future = self._calls.send(self._link, name, args, signature(fn))
         self._waiting += 1
         future.add_done_callback(functools.partial(_observe, name, time.monotonic()))
         return future
-
-    def _queue_op(self, op: Op) -> None:
-        assert self._loop is not None
-        if not self._turn:
-            self._loop.call_soon(self._hand_over)
-        self._turn.append(op)
 
     @property
     def waiting(self) -> int:
         return self._waiting
 
-    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` on the writer's connection between transactions, before the writes queued
-        with it. For tests and tools: e.g. PRAGMA max_page_count (a full disk), query_only (a
-        read-only file) or busy_timeout. The thread writer only: a function does not travel."""
-        if self._closed or self._loop is None:
-            raise StoreError("store is closed")
-        if self._link is not None:
-            raise StoreError("run_on_writer needs writer = \"thread\"")
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._waiting += 1
-        self._queue_op(Op(fn, future, bare=True))
-        return await future
+    async def run_on_writer(self, name: str, *args: Any) -> Any:
+        """Run the tool `name` (writes.TOOLS: a PRAGMA, a statement trace) on the writer's
+        connection between transactions, after the writes queued before it. For tests and
+        tools: e.g. PRAGMA max_page_count (a full disk) or query_only (a read-only file)."""
+        if name not in TOOLS:
+            raise StoreError(f"no writer tool {name!r}")
+        return await self._submit(name, *args)
 
     # ---- writes ------------------------------------------------------------------------------
 

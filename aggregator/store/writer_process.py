@@ -28,7 +28,15 @@ from typing import Any
 
 from aggregator.frames import FrameReader, frame
 from aggregator.store.base import StoreError
-from aggregator.store.writes import OPS, GroupWriter, Op, connect, pending_change, prepare
+from aggregator.store.writes import (
+    OPS,
+    TOOLS,
+    GroupWriter,
+    Op,
+    connect,
+    pending_change,
+    prepare,
+)
 from aggregator.wire import (
     Answer,
     Answers,
@@ -154,13 +162,15 @@ def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socke
                 break
             if not isinstance(request, Call):  # not a request: the peer is broken
                 continue
-            if request.op in OPS and (client.daemon or request.op in WORKER_OPS):
+            fn = OPS.get(request.op) or (TOOLS.get(request.op) if client.daemon else None)
+            if fn is not None and (client.daemon or request.op in WORKER_OPS):
                 try:
-                    args = signature(OPS[request.op]).args.decode(request.args)
+                    args = signature(fn).args.decode(request.args)
                 except Exception as exc:  # arguments not of the operation's types
                     client.answers.append(failed(request.id, exc))
                     continue
-                op = Op(prepare(request.op, args), request.id, name=request.op)
+                op = Op(prepare(request.op, args), request.id, bare=request.op in TOOLS,
+                        name=request.op)
                 batch.append((client, op, args))
             else:
                 client.answers.append(
