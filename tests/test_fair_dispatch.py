@@ -326,7 +326,8 @@ providers = ["sim"]
 async def test_a_version_1_database_is_migrated_to_the_account_index(tmp_path: Path) -> None:
     import sqlite3
 
-    from aggregator.store.sqlite import MIGRATIONS, SCHEMA_VERSION, message_row
+    from aggregator.store.rows import message_row
+    from aggregator.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
     from aggregator.store.writes import INSERT_MESSAGE
 
     path = tmp_path / "v1.db"

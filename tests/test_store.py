@@ -609,7 +609,7 @@ async def test_writes_waiting_behind_a_busy_writer_go_in_one_commit(
             asyncio.ensure_future(store.accept(make_message(), None)) for _ in range(300)
         ]
         await asyncio.sleep(0)  # each task queues its write on its first step
-        assert store.waiting == 300
+        assert store.writes_queued == 300
         blocker.execute("COMMIT")
     finally:
         blocker.close()

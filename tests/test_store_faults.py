@@ -22,16 +22,12 @@ from aggregator import metrics
 from aggregator.model import MessageStatus
 from aggregator.smpp.session import BindMode
 from aggregator.smpp.transport import SmppConnection, open_client
-from aggregator.store import sqlite as sqlite_store
+from aggregator.store import sqlite_schema, sqlite_writer
 from aggregator.store.base import StoreError
-from aggregator.store.sqlite import (
-    BUSY_TIMEOUT,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SqliteStore,
-    message_row,
-)
-from aggregator.store.writes import INSERT_MESSAGE
+from aggregator.store.rows import message_row
+from aggregator.store.sqlite import SqliteStore
+from aggregator.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from aggregator.store.writes import BUSY_TIMEOUT, INSERT_MESSAGE
 from tests.helpers import AUTH, DEADLINE, Running, running, wait_for
 from tests.test_store import NOW, make_message
 
@@ -194,7 +190,7 @@ async def test_write_failure_is_forgotten_once_old(db_path: Path,
         with pytest.raises(StoreError):
             await store.accept(make_message(), None)
         assert store.write_failure() is not None
-        monkeypatch.setattr(sqlite_store, "WRITE_FAILURE_WINDOW", 0.0)
+        monkeypatch.setattr(sqlite_writer, "WRITE_FAILURE_WINDOW", 0.0)
         assert store.write_failure() is None
         await writable(store)
 
@@ -492,8 +488,8 @@ BROKEN_STEP = "CREATE TABLE half_done (x TEXT); ALTER TABLE no_such_table ADD CO
 
 def with_steps(monkeypatch: pytest.MonkeyPatch, *steps: str) -> None:
     """Pretend a later release added migration steps."""
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, *steps])
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", len(MIGRATIONS) + len(steps))
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", [*MIGRATIONS, *steps])
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", len(MIGRATIONS) + len(steps))
 
 
 def sql(path: Path, query: str) -> list[Any]:

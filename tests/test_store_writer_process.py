@@ -19,7 +19,8 @@ from aggregator.frames import frame
 from aggregator.link import Link
 from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
-from aggregator.store.sqlite import SqliteStore, message_row
+from aggregator.store.rows import message_row
+from aggregator.store.sqlite import SqliteStore
 from aggregator.wire import Answers, call
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, ROOT, daemon, wait_for, write_daemon_config
@@ -88,12 +89,12 @@ async def test_an_operation_that_fails_alone_fails_alone(store: SqliteStore) -> 
 
 async def test_the_writer_process_outlives_sigint_and_sigterm(store: SqliteStore) -> None:
     """Ctrl-C and systemd's stop reach the writer too; the daemon drains and must still write."""
-    assert store._proc is not None
+    assert store.writer.proc is not None
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        store._proc.send_signal(signum)
+        store.writer.proc.send_signal(signum)
 
     assert (await store.accept(make_message(), None)).created  # answered after the signals
-    assert store._proc.poll() is None and store.write_failure() is None
+    assert store.writer.proc.poll() is None and store.write_failure() is None
 
 
 async def test_an_unknown_operation_gets_an_error_not_a_dead_writer(store: SqliteStore) -> None:
@@ -114,8 +115,8 @@ async def test_run_on_writer_runs_named_tools_only(store: SqliteStore) -> None:
 
 
 async def test_a_dead_writer_process_fails_writes_and_readiness(store: SqliteStore) -> None:
-    assert store._proc is not None
-    store._proc.kill()
+    assert store.writer.proc is not None
+    store.writer.proc.kill()
     await wait_for(lambda: store.write_failure() is not None, what="the loss noticed")
 
     with pytest.raises(StoreError, match="writer process exited"):
@@ -126,11 +127,11 @@ async def test_a_dead_writer_process_fails_writes_and_readiness(store: SqliteSto
 async def test_the_writer_process_dies_with_a_killed_daemon(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
-        from aggregator.store.sqlite import SqliteStore, message_row
+        from aggregator.store.sqlite import SqliteStore
         async def main():
             store = SqliteStore({str(tmp_path / "smsagg.db")!r})
             await store.open()
-            print(store._proc.pid, flush=True)
+            print(store.writer.proc.pid, flush=True)
             await asyncio.Event().wait()
         asyncio.run(main())
     """)

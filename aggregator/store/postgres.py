@@ -40,6 +40,7 @@ from aggregator.model import (
 from aggregator.store.base import (
     NO_PROVIDER,
     OPTOUT_MARKETING,
+    WRITE_FAILURE_WINDOW,
     AcceptResult,
     CallbackJob,
     MessageFilter,
@@ -49,13 +50,7 @@ from aggregator.store.base import (
     StoreBusy,
     StoreError,
 )
-from aggregator.store.sqlite import (
-    WRITE_FAILURE_WINDOW,
-    accept_result,
-    marketing_rows,
-    message_row,
-    row_to_message,
-)
+from aggregator.store.rows import accept_result, marketing_rows, message_row, row_to_message
 from aggregator.store.writes import (
     CANCELLED_ERROR,
     FAIR_SCAN,
@@ -329,7 +324,7 @@ class PostgresStore:
     backend = "postgres"
 
     def __init__(self, dsn: str, *, instance: str, pool_size: int = 10,
-                 lease_seconds: float = 10.0, max_waiting: int = 50_000,
+                 lease_seconds: float = 10.0, max_writes_queued: int = 50_000,
                  on_accepted: Callable[[], None] | None = None,
                  on_outbox: Callable[[str | None], None] | None = None) -> None:
         """`instance`: this instance's name, the owner of what it claims (unique per running
@@ -343,12 +338,12 @@ class PostgresStore:
         self.instance = instance
         self.pool_size = pool_size
         self.lease_seconds = lease_seconds
-        self.max_waiting = max_waiting
+        self.max_writes_queued = max_writes_queued
         self._on_accepted = on_accepted
         self._on_outbox = on_outbox
         self.pending = 0
         self.writer_address: str | None = None  # ingress workers go through the daemon
-        self._waiting = 0
+        self._writes_queued = 0
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -729,8 +724,8 @@ class PostgresStore:
         return None
 
     @property
-    def waiting(self) -> int:
-        return self._waiting
+    def writes_queued(self) -> int:
+        return self._writes_queued
 
     def size_bytes(self) -> int:
         return self._size
@@ -754,9 +749,9 @@ class PostgresStore:
         the database refused, _Refused."""
         if self._closed or self._pool is None:
             raise StoreError("store is closed")
-        if self._waiting >= self.max_waiting:
+        if self._writes_queued >= self.max_writes_queued:
             raise StoreBusy("too many operations waiting for the store")
-        self._waiting += 1
+        self._writes_queued += 1
         started = time.monotonic()
         try:
             for attempt in range(RETRIES):
@@ -779,7 +774,7 @@ class PostgresStore:
             self._last_error_at = time.monotonic()
             raise StoreError(self._last_error) from None
         finally:
-            self._waiting -= 1
+            self._writes_queued -= 1
         done = time.monotonic()
         self._last_ok_at = done
         metrics.store_operation_seconds.labels("postgres", op).observe(done - started)
@@ -803,7 +798,7 @@ class PostgresStore:
         if self._closed or self._closing:
             raise StoreError("store is closed")
         lane = self._lanes["accept" if op == "accept" else "other"]
-        if self._waiting + len(lane.writes) >= self.max_waiting:
+        if self._writes_queued + len(lane.writes) >= self.max_writes_queued:
             raise StoreBusy("too many operations waiting for the store")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         lane.writes.append(_Write(op, future, fn, row, key))

@@ -836,3 +836,13 @@ def remove_optout_logged(conn: sqlite3.Connection, account: str, number: str, re
 
 OPS.update({fn.__name__: fn for fn in (erase_texts, purge_before, add_consent,
                                        remove_optout_logged)})
+
+
+def recover(conn: sqlite3.Connection) -> int:
+    """Claimed (queued) messages back to accepted, due again: the dispatcher that claimed them
+    is gone (SqliteStore.recover, at open). How many."""
+    return conn.execute("UPDATE messages SET status = 'accepted' WHERE status = 'queued'"
+                        ).rowcount
+
+
+OPS["recover"] = recover
