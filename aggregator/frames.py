@@ -54,11 +54,17 @@ class FrameReader:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._need = LEN.size  # bytes _buf must hold before a frame in it is whole
 
     def feed(self, data: bytes) -> list[Wire]:
         self._buf += data
+        if len(self._buf) < self._need:  # a big frame arriving in pieces: no copy, no parse
+            return []
         out, pos, error = split(bytes(self._buf))
         if error is not None:
             raise error
         del self._buf[:pos]
+        self._need = LEN.size
+        if len(self._buf) >= LEN.size:
+            self._need += LEN.unpack_from(self._buf)[0]
         return out

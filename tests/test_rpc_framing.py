@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aggregator.frames import MAX_FRAME, frame
+from aggregator.frames import MAX_FRAME, FrameReader, frame
 from aggregator.link import Link
 from aggregator.wire import Ready, Stop, call
 
@@ -82,3 +82,17 @@ async def test_frames_sent_in_one_turn_leave_in_one_write() -> None:
     link.send(frame(Stop()))
     await asyncio.sleep(0)
     assert link.fake.writes[1] == [frame(Stop())]
+
+
+def test_the_writer_process_reader_takes_frames_in_any_pieces() -> None:
+    """frames.FrameReader (the writer process's blocking end): whole frames, in order, from
+    pieces cut anywhere; a big frame is parsed once, when its last piece arrives."""
+    objs = [call(i, "accept", ("y" * (i * 53 % 400),)) for i in range(12)]
+    objs.append(call(99, "m", (b"\x00" * 200_000,)))
+    stream = b"".join(frame(o) for o in objs)
+    for cut in (1, 3, 7, 64, 4096):
+        reader = FrameReader()
+        got = []
+        for start in range(0, len(stream), cut):
+            got += reader.feed(stream[start:start + cut])
+        assert got == objs, cut
