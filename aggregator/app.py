@@ -106,7 +106,7 @@ class App:
         self.delivers = ProviderDelivers(self.receipts, self.mo, self._pool_of)
         self.workers = (
             IngressWorkers(config.http.workers, config.http.listen, config_path, self.store,
-                           self.dispatcher.wake, self.readiness)
+                           self.readiness)
             if config.http.workers else None
         )
         self.api = HttpApi(
@@ -224,7 +224,7 @@ class App:
                     metrics.queue_depth.labels(state).set(counts.get(state, 0))
             except StoreError:
                 pass
-            metrics.store_waiting.set(self.store.waiting)
+            metrics.store_waiting.set(self.store.writes_queued)
             for name in self.accounts:
                 metrics.account_pending.labels(name).set(self.store.pending_by_account.get(name, 0))
             metrics.store_bytes.set(self.store.size_bytes())
@@ -234,7 +234,8 @@ class App:
         """Each in-memory queue's bound, and its depth read at scrape time."""
         metrics.watch_buffer("store_pending", self.config.store.max_pending,
                              lambda: self.store.pending)
-        metrics.watch_buffer("store_writes", self.store.max_waiting, lambda: self.store.waiting)
+        metrics.watch_buffer("store_writes", self.store.max_writes_queued,
+                             lambda: self.store.writes_queued)
         metrics.watch_buffer("dispatch", self.dispatcher.max_in_flight,
                              lambda: self.dispatcher.in_flight)
         metrics.watch_buffer("provider_delivers", self.max_delivers,
@@ -243,6 +244,8 @@ class App:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        for note in self.config.store.ignored:
+            log.warning("config_key_ignored", note=note)
         await self.store.open()
         for pool in self.pools.values():
             pool.start()

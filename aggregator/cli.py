@@ -102,7 +102,8 @@ def cmd_ingress_worker(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     setup_logging(config.log.level, config.log.format, config.log.log_numbers)
-    return run_loop(run_worker(config, args.config, args.rpc, args.port, args.node))
+    return run_loop(run_worker(config, args.config, args.rpc, args.port, args.node,
+                               args.writer))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -113,6 +114,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    for note in config.store.ignored:
+        print(f"{args.file}: warning: {note}", file=sys.stderr)
     print(
         f"{args.file}: OK ({len(config.accounts)} accounts, {len(config.providers)} providers, "
         f"{len(config.routes)} routes)"
@@ -162,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser(
         "ingress-worker", help="an HTTP ingress process ([http] workers); the daemon starts it")
     worker.add_argument("--config", help="TOML configuration (default: the embedded one)")
-    worker.add_argument("--rpc", required=True, help="the daemon's store socket")
+    worker.add_argument("--rpc", required=True, help="the daemon's socket for status calls")
+    worker.add_argument("--writer", help="the SQLite store's writer process socket")
     worker.add_argument("--port", type=int, required=True, help="the HTTP port to share")
     worker.add_argument("--node", type=int, default=1,
                         help="this worker's number (1..127), part of decimal message ids")

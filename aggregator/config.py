@@ -119,7 +119,9 @@ class HttpConfig:
         return None
 
 
-STORE_WRITERS = ("process", "thread")
+# Keys read only to say that they do nothing any more (logged at start, shown by check-config).
+STORE_WRITER_IGNORED = ("[store] writer is ignored: SQLite always writes from its writer "
+                        "process; remove the key")
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -127,7 +129,8 @@ class StoreConfig:
     path: str = "smsagg.db"
     max_pending: int = 200_000
     commit_batch: int = 1000
-    writer: str = "process"
+    # Keys given that no longer do anything: one line each, for a warning.
+    ignored: tuple[str, ...] = ()
     # The share of max_pending one account may fill unless it sets its own max_pending.
     account_pending_share: float = 0.5
     backend: str = "sqlite"  # or "postgres": several instances sharing one database
@@ -462,7 +465,7 @@ def _parse_store(r: Reader, environ: Mapping[str, str]) -> StoreConfig:
         path=r.string("path", nonempty=True),
         max_pending=r.integer("max_pending", lo=1),
         commit_batch=r.integer("commit_batch", lo=1),
-        writer=r.string("writer", choices=STORE_WRITERS),
+        ignored=(STORE_WRITER_IGNORED,) if r.given("writer") else (),
         account_pending_share=r.number("account_pending_share", gt=0, le=1),
         backend=backend,
         dsn=dsn,

@@ -1,29 +1,37 @@
-"""Length-prefixed pickle frames over a stream socket: a 4-byte length, then a pickle.
+"""Length-prefixed frames over a stream socket: a 4-byte length, then one message of wire.py
+(MessagePack).
 
 `frame` makes one; `FrameReader` takes whole ones out of a blocking socket's bytes (the store's
-writer process); `link.Link` is the asyncio end. Pickle trusts its peer: only sockets our own
-process made, or one only the daemon's user can open, carry frames. No asyncio here: the writer
+writer process); `link.Link` is the asyncio end. A frame longer than MAX_FRAME, or one that is
+not a wire message, is an error: the peer is broken and is dropped. The sockets are still only
+ones our own process made, or one only the daemon's user can open. No asyncio here: the writer
 process starts faster without it."""
 
 from __future__ import annotations
 
-import pickle
 import struct
-from typing import Any
+
+from aggregator.wire import DECODER, ENCODER, Wire
 
 LEN = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
 
 
-def frame(obj: object) -> bytes:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return LEN.pack(len(data)) + data
+def frame(msg: Wire) -> bytes:
+    buf = bytearray(LEN.size)
+    ENCODER.encode_into(msg, buf, LEN.size)
+    size = len(buf) - LEN.size
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    LEN.pack_into(buf, 0, size)
+    return bytes(buf)
 
 
-def split(data: bytes | bytearray) -> tuple[list[Any], int, Exception | None]:
+def split(data: bytes) -> tuple[list[Wire], int, Exception | None]:
     """The whole frames at the start of `data`, the bytes they took, and the error that
-    stopped the parse, if one did (a frame too big, or not a pickle: the peer is broken)."""
-    out: list[Any] = []
+    stopped the parse, if one did (a frame too big, or not a wire message: the peer is
+    broken). Immutable bytes: a message's Raw fields are views of them, not copies."""
+    out: list[Wire] = []
     pos, size = 0, len(data)
     view = memoryview(data)
     try:
@@ -34,12 +42,10 @@ def split(data: bytes | bytearray) -> tuple[list[Any], int, Exception | None]:
             end = pos + LEN.size + length
             if end > size:
                 break
-            out.append(pickle.loads(view[pos + LEN.size:end]))
+            out.append(DECODER.decode(view[pos + LEN.size:end]))
             pos = end
     except Exception as exc:
         return out, pos, exc
-    finally:
-        view.release()
     return out, pos, None
 
 
@@ -48,11 +54,17 @@ class FrameReader:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._need = LEN.size  # bytes _buf must hold before a frame in it is whole
 
-    def feed(self, data: bytes) -> list[Any]:
+    def feed(self, data: bytes) -> list[Wire]:
         self._buf += data
-        out, pos, error = split(self._buf)
+        if len(self._buf) < self._need:  # a big frame arriving in pieces: no copy, no parse
+            return []
+        out, pos, error = split(bytes(self._buf))
         if error is not None:
             raise error
         del self._buf[:pos]
+        self._need = LEN.size
+        if len(self._buf) >= LEN.size:
+            self._need += LEN.unpack_from(self._buf)[0]
         return out

@@ -1,5 +1,6 @@
-"""The asyncio end of a socket carrying frames (frames.py): the ingress RPC, and the store's
-writer process as the daemon sees it."""
+"""The asyncio end of a socket carrying frames (frames.py) of wire.py messages: the store's
+writer process as the daemon and the ingress workers see it, and a worker's link to the
+daemon (ingress/rpc.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Protocol, cast
 
 from aggregator.frames import LEN, frame, split
 from aggregator.log import get_logger
+from aggregator.wire import Answer, Signature, Wire, call, fault_error
 
 log = get_logger("smsagg.link")
 
@@ -17,7 +19,7 @@ log = get_logger("smsagg.link")
 class LinkOwner(Protocol):
     """What a link reports to: the StoreServer (one link per worker) or a RemoteStore."""
 
-    def frame_received(self, link: Link, obj: Any) -> None: ...
+    def frame_received(self, link: Link, obj: Wire) -> None: ...
 
     def link_lost(self, link: Link) -> None: ...
 
@@ -84,36 +86,42 @@ class Link(asyncio.Protocol):
 
 
 class Calls:
-    """Requests sent over a link and waiting for their answers, by request id."""
+    """Calls sent over a link and waiting for their answers, by call id."""
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._waiting: dict[int, tuple[asyncio.Future[Any], Signature]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def send(self, link: Link, request: Callable[[int], object]) -> asyncio.Future[Any]:
-        """Send request(id) as a frame over `link`; the future gets its answer. The frame is
-        made first, so arguments that do not pickle raise here and leave nothing waiting."""
+    def send(self, link: Link, op: str, args: tuple[Any, ...],
+             sig: Signature) -> asyncio.Future[Any]:
+        """Send the call `op(*args)` over `link`; the future gets its result, decoded as `sig`
+        says. The frame is made first, so arguments that do not encode raise here and leave
+        nothing waiting."""
         rid = next(self._ids)
-        data = frame(request(rid))
+        data = frame(call(rid, op, sig.complete(args)))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = future
+        self._waiting[rid] = (future, sig)
         link.send(data)
         return future
 
-    def answer(self, rid: int, ok: bool, result: Any) -> None:
-        future = self._waiting.pop(rid, None)
-        if future is None or future.done():
+    def answer(self, answer: Answer) -> None:
+        waiting = self._waiting.pop(answer.id, None)
+        if waiting is None or waiting[0].done():
             return
-        if ok:
-            future.set_result(result)
-        else:
-            future.set_exception(result)
+        future, sig = waiting
+        if answer.fault is not None:
+            future.set_exception(fault_error(answer.fault))
+            return
+        try:
+            future.set_result(sig.result.decode(answer.result))
+        except Exception as exc:  # a result not of the declared type: the peer is broken
+            future.set_exception(exc)
 
     def fail_all(self, error: Callable[[], Exception]) -> None:
-        for future in self._waiting.values():
+        for future, _ in self._waiting.values():
             if not future.done():
                 future.set_exception(error())
         self._waiting.clear()

@@ -69,14 +69,19 @@ queue_depth = Gauge("smsagg_queue_depth", "Messages per state in the store", ["s
                     registry=REGISTRY)
 store_waiting = Gauge("smsagg_store_writes_waiting", "Writes waiting for a group commit",
                       registry=REGISTRY)
-# Its count is the number of group commits. The time includes the writer thread's waits for the
-# GIL: under load they, not the fsync, are most of an accept's wait for its commit.
+# Its count is the number of group commits.
 store_commit_seconds = Histogram(
     "smsagg_store_commit_seconds", "Group commit time, BEGIN to COMMIT done",
     buckets=LATENCY_BUCKETS, registry=REGISTRY,
 )
 store_errors = Counter("smsagg_store_errors_total", "Store operations that failed", ["op"],
                        registry=REGISTRY)
+# An ingress worker's accepts (a message, or a batch) stored by the worker itself: through the
+# SQLite writer process's socket or its own PostgreSQL pool, never relayed by the daemon.
+worker_direct_accepts = Counter(
+    "smsagg_worker_direct_accepts_total",
+    "Accept calls (a message or a batch) an ingress worker stored itself", ["backend"],
+    registry=REGISTRY)
 failovers = Counter("smsagg_failovers_total", "Segments moved to another provider",
                     ["from", "to"], registry=REGISTRY)
 retries = Counter("smsagg_retries_total", "Submit attempts retried", ["provider", "reason"],

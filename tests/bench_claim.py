@@ -21,7 +21,8 @@ from typing import Any
 
 from aggregator.model import Encoding, Message, Sender, SenderKind
 from aggregator.store import writes
-from aggregator.store.sqlite import SqliteStore, marketing_rows, message_row
+from aggregator.store.rows import marketing_rows, message_row
+from aggregator.store.sqlite import SqliteStore
 
 NOW = 1_700_000_000.0
 

@@ -269,3 +269,21 @@ async def daemon(
     finally:
         if sink is not None:
             sink.close()
+
+
+async def delivered(http: aiohttp.ClientSession, base: str, ids: list[str]) -> bool:
+    """Whether every message in `ids` has status delivered."""
+    for mid in ids:
+        async with http.get(f"{base}/v1/messages/{mid}") as r:
+            if (await r.json())["status"] != "delivered":
+                return False
+    return True
+
+
+async def wait_async(check: Any, timeout: float = DEADLINE) -> None:
+    """Poll an async condition until it holds, failing at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.1)

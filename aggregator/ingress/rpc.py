@@ -1,55 +1,42 @@
-"""The store, reached from ingress worker processes over a UNIX socket.
+"""An ingress worker's link to its daemon: status and metrics, never the store.
 
-Only the daemon's process writes the SQLite file: a second writing process gets "database is
-locked" under load. Ingress workers parse and validate HTTP requests on the other cores and
-call the store methods below through the daemon, whose answer comes after its commit, so a 202
-from a worker means what it means in-process. Frames are a 4-byte length and a pickle, on a
-socket in a directory only the daemon's user can open (pickle trusts its peer)."""
+A worker stores on its own (store/factory.open_worker_store: the SQLite writer process's socket
+and a WAL reader, or a PostgreSQL pool), so a 202 from a worker means what it means from the
+daemon and the daemon's event loop is not on the way. What it still asks the daemon, over a
+Unix socket in a directory only the daemon's user can open, are wire.DAEMON_CALLS: its status
+report (its metrics in, the daemon's pending counts out, every STATUS_EVERY), the merged
+metrics, readiness, and that it is serving."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from aggregator.frames import frame
 from aggregator.link import Calls, Link
 from aggregator.log import get_logger
-from aggregator.model import Message
-from aggregator.store.base import AcceptResult, Store, StoreError
-from aggregator.store.sqlite import accept_result, marketing_rows, message_row
-from aggregator.store.writes import WAITING
+from aggregator.store.base import StoreError
+from aggregator.wire import DAEMON_CALLS, Answers, Call, Wire, answer, failed
 
 log = get_logger("smsagg.rpc")
 
-# Store methods a worker may call; anything else is refused.
-STORE_METHODS = frozenset({
-    "accept", "accept_many", "is_opted_out", "marketing_history", "get_message",
-    "list_optouts", "add_optout", "remove_optout", "list_messages", "cancel",
-})
-# Consent records and opt-out removals (issue 19 item 6).
-STORE_METHODS = STORE_METHODS | frozenset({
-    "add_consent", "has_consent", "list_consents", "remove_optout_logged",
-    "list_optout_removals",
-})
-# Per-type opt-outs: the accept path reads an opt-out's scope.
-STORE_METHODS = STORE_METHODS | frozenset({"optout_scope"})
 STATUS_EVERY = 0.5  # seconds between a worker's status calls (its metrics, the pending count)
-class StoreServer:
-    """In the daemon: answers the workers' store calls and collects their status reports."""
 
-    def __init__(self, store: Store, on_accepted: Callable[[], None],
+
+class WorkerServer:
+    """In the daemon: answers the workers' DAEMON_CALLS and keeps their metrics reports."""
+
+    def __init__(self, pending: Callable[[], tuple[int, dict[str, int]]],
                  ready: Callable[[], tuple[bool, list[str]]],
                  exposition: Callable[[], str]) -> None:
-        self._store = store
-        self._on_accepted = on_accepted
+        self._pending = pending
         self._ready = ready
         self._exposition = exposition  # every process's metrics, summed
         self._server: asyncio.AbstractServer | None = None
         self._reports: dict[Link, str] = {}  # each connected worker's metrics text
         self._serving: set[Link] = set()  # workers listening on the port
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def workers(self) -> int:
@@ -68,9 +55,6 @@ class StoreServer:
             self._server.close()
         for link in list(self._reports):
             link.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _connected(self) -> Link:
         link = Link(self)
@@ -81,98 +65,69 @@ class StoreServer:
         self._reports.pop(link, None)
         self._serving.discard(link)
 
-    def frame_received(self, link: Link, obj: Any) -> None:
-        rid, name, args, kwargs = obj
-        if name in STORE_METHODS:  # the store answers after its commit: in a task
-            task = asyncio.create_task(self._call(link, rid, name, args, kwargs))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
+    def frame_received(self, link: Link, obj: Wire) -> None:
+        if not isinstance(obj, Call):
+            raise StoreError(f"unexpected message from a worker: {type(obj).__name__}")
         try:
-            if name == "status":  # the worker's metrics in, the pending counts out
+            sig = DAEMON_CALLS.get(obj.op)
+            if sig is None:
+                raise StoreError(f"{obj.op!r} is not served to workers (they store directly)")
+            args = sig.args.decode(obj.args)
+            result: Any = None
+            if obj.op == "status":  # the worker's metrics in, the pending counts out
                 if link in self._reports:  # not after it disconnected: no stale figures
-                    self._reports[link] = str(args[0])
-                result: Any = (self._store.pending, dict(self._store.pending_by_account))
-            elif name == "metrics":
+                    self._reports[link] = args[0]
+                result = self._pending()
+            elif obj.op == "metrics":
                 result = self._exposition()
-            elif name == "ready":
+            elif obj.op == "ready":
                 result = self._ready()
-            elif name == "serving":  # the worker's HTTP site is up
+            elif obj.op == "serving":  # the worker's HTTP site is up
                 self._serving.add(link)
-                result = None
-            elif name == "writer_address":  # where to send accepts, if a writer process runs
-                result = self._store.writer_address
-            else:
-                raise StoreError(f"store method {name!r} is not served to workers")
+            reply = answer(obj.id, result)
         except Exception as exc:
-            self._answer(link, rid, False, exc)
-        else:
-            self._answer(link, rid, True, result)
-
-    async def _call(self, link: Link, rid: int, name: str, args: Sequence[Any],
-                    kwargs: dict[str, Any]) -> None:
-        try:
-            result = await getattr(self._store, name)(*args, **kwargs)
-        except Exception as exc:
-            self._answer(link, rid, False, exc)
-            return
-        if name in ("accept", "accept_many"):
-            self._on_accepted()
-        self._answer(link, rid, True, result)
-
-    @staticmethod
-    def _answer(link: Link, rid: int, ok: bool, result: Any) -> None:
-        try:
-            data = frame((rid, ok, result))
-        except Exception as exc:  # an answer that does not pickle still gets an answer
-            data = frame((rid, False, StoreError(f"{type(exc).__name__}: {exc}")))
-        link.send(data)
+            reply = failed(obj.id, exc)
+        link.send(frame(Answers([reply])))
 
 
-class RemoteStore:
-    """In a worker: the store methods the HTTP API and the accept path use, done by the
-    daemon. A lost connection fails every call with StoreError (503) and sets `lost`."""
+class DaemonClient:
+    """In a worker: its calls to the daemon. `on_status` hears the daemon's pending counts;
+    a lost connection fails every call with StoreError (503) and sets `lost`."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_status: Callable[[int, dict[str, int]], None]) -> None:
         self._link = Link(self)
         self._calls = Calls()
-        self.pending = 0
-        # From the daemon every STATUS_EVERY, plus this worker's own accepts in between.
-        self.pending_by_account: dict[str, int] = {}
+        self._on_status = on_status
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._status_task: asyncio.Task[None] | None = None
-        self._writer: _WriterLink | None = None
 
     @classmethod
-    async def connect(cls, path: str, report: Callable[[], str]) -> RemoteStore:
-        store = cls()
-        loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: store._link, path)
-        address = await store.call("writer_address")
-        if address is not None:
-            # Accepts go straight to the store's writer process: the daemon's busy event loop
-            # is not on their way. It tells the daemon how many messages they added.
-            writer = _WriterLink(store)
-            await loop.create_unix_connection(lambda: writer.link, address)
-            store._writer = writer
-        store._status_task = asyncio.create_task(store._status(report))
-        return store
+    async def connect(cls, path: str, report: Callable[[], str],
+                      on_status: Callable[[int, dict[str, int]], None]) -> DaemonClient:
+        client = cls(on_status)
+        await asyncio.get_running_loop().create_unix_connection(lambda: client._link, path)
+        client._status_task = asyncio.create_task(client._status(report))
+        return client
 
     async def close(self) -> None:
         if self._status_task is not None:
             self._status_task.cancel()
             await asyncio.gather(self._status_task, return_exceptions=True)
-        if self._writer is not None:
-            self._writer.link.close()
         self._link.close()
 
-    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, name: str, *args: Any) -> Any:
         if self.lost.done():
             raise StoreError("the daemon is gone")
-        return await self._calls.send(self._link, lambda rid: (rid, name, args, kwargs))
+        sig = DAEMON_CALLS.get(name)
+        if sig is None:
+            raise StoreError(f"{name!r} is not a call the daemon serves")
+        return await self._calls.send(self._link, name, args, sig)
 
-    def frame_received(self, link: Link, obj: Any) -> None:
-        self._calls.answer(*obj)
+    def frame_received(self, link: Link, obj: Wire) -> None:
+        if not isinstance(obj, Answers):
+            raise StoreError(f"unexpected message from the daemon: {type(obj).__name__}")
+        for reply in obj.answers:
+            self._calls.answer(reply)
 
     def link_lost(self, link: Link) -> None:
         self._calls.fail_all(lambda: StoreError("lost the connection to the daemon"))
@@ -182,63 +137,6 @@ class RemoteStore:
     async def _status(self, report: Callable[[], str]) -> None:
         while not self.lost.done():
             with contextlib.suppress(StoreError):
-                self.pending, self.pending_by_account = await self.call("status", report())
+                pending, by_account = await self.call("status", report())
+                self._on_status(pending, by_account)
             await asyncio.sleep(STATUS_EVERY)
-
-    # ---- the Store methods the HTTP API, the accept path and the policy gate use ----------
-
-    async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
-        if self._writer is not None:
-            result = accept_result(
-                message, await self._writer.call("accept", message_row(message), idempotency_key))
-        else:
-            result = await self.call("accept", message, idempotency_key)
-        if result.created and result.message.status in WAITING:
-            self._count(message.account, 1)
-        return result
-
-    async def accept_many(self, messages: Sequence[Message]) -> None:
-        if self._writer is not None:
-            await self._writer.call("accept_many", [message_row(m) for m in messages],
-                                    marketing_rows(messages))
-        else:
-            await self.call("accept_many", list(messages))
-        for m in messages:
-            if m.status in WAITING:
-                self._count(m.account, 1)
-
-    def _count(self, account: str, n: int) -> None:
-        """Counted here until the next status answer brings the daemon's count."""
-        self.pending_by_account[account] = self.pending_by_account.get(account, 0) + n
-
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        if name not in STORE_METHODS:
-            raise AttributeError(name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(name, *args, **kwargs)
-
-        return call
-
-
-class _WriterLink:
-    """A worker's connection to the store's writer process: accepts, answered after commit.
-    Losing it is losing the daemon (the writer ends with it): the worker stops."""
-
-    def __init__(self, store: RemoteStore) -> None:
-        self._store = store
-        self.link = Link(self)
-        self._calls = Calls()
-
-    async def call(self, name: str, *args: Any) -> Any:
-        if self._store.lost.done():
-            raise StoreError("the daemon is gone")
-        return await self._calls.send(self.link, lambda rid: (rid, name, args))
-
-    def frame_received(self, link: Link, obj: Any) -> None:
-        for answer in obj[1]:  # ("answers", [(id, ok, result), ...])
-            self._calls.answer(*answer)
-
-    def link_lost(self, link: Link) -> None:
-        self._calls.fail_all(lambda: StoreError("lost the connection to the store writer"))
-        self._store.link_lost(link)

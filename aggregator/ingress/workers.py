@@ -1,6 +1,7 @@
-"""The daemon's side of `[http] workers`: holds the HTTP port, serves the store to the ingress
-worker processes (ingress/rpc.py), starts them, restarts one that dies, and stops them first
-on shutdown so that every request they took is answered before the store closes."""
+"""The daemon's side of `[http] workers`: holds the HTTP port, answers the ingress worker
+processes' status calls (ingress/rpc.py; they store on their own), starts them, restarts one
+that dies, and stops them first on shutdown so that every request they took is answered
+before the store closes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from prometheus_client import generate_latest
 
 from aggregator import metrics
 from aggregator.config import ListenAddress
-from aggregator.ingress.rpc import StoreServer
+from aggregator.ingress.rpc import WorkerServer
 from aggregator.log import get_logger
 from aggregator.metrics_merge import merge_exposition
 from aggregator.store.base import Store
@@ -31,12 +32,13 @@ RESTART_DELAY = 1.0  # seconds before a worker that exited is started again
 
 class IngressWorkers:
     def __init__(self, count: int, listen: ListenAddress, config_path: str | None, store: Store,
-                 on_accepted: Callable[[], None],
                  ready: Callable[[], tuple[bool, list[str]]]) -> None:
         self.count = count
         self._listen = listen
         self._config_path = config_path
-        self.server = StoreServer(store, on_accepted, ready, self.exposition)
+        self._store = store  # its writer_address (SQLite) goes to the workers
+        self.server = WorkerServer(
+            lambda: (store.pending, dict(store.pending_by_account)), ready, self.exposition)
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._holder: socket.socket | None = None
@@ -84,6 +86,8 @@ class IngressWorkers:
                 "--port", str(self.port), "--node", str(index)]
         if self._config_path:
             args += ["--config", self._config_path]
+        if self._store.writer_address is not None:  # SQLite: the writer process's socket
+            args += ["--writer", self._store.writer_address]
         while not self._stopping:
             proc = await asyncio.create_subprocess_exec(*args)
             self._procs[index] = proc

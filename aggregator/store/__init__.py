@@ -1,1 +1,1 @@
-"""Durable storage: the Store contract, SQLite with its writer process, PostgreSQL, store copy."""
+"""Durable storage: the Store contract (base.py), the SQLite and PostgreSQL backends, the writes."""

@@ -20,7 +20,7 @@ import asyncpg
 
 from aggregator.store.base import StoreError
 from aggregator.store.postgres import CONNECT_TIMEOUT, PostgresStore, masked_dsn
-from aggregator.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from aggregator.store.sqlite_schema import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from aggregator.store.writes import MESSAGE_COLUMNS
 
 _STATUS = [c.strip() for c in MESSAGE_COLUMNS.split(",")].index("status")

@@ -38,4 +38,25 @@ def build_store(config: Config, *, on_commit: Callable[[float], None] | None = N
         built.held = held
         return built
     return SqliteStore(store.path, commit_batch=store.commit_batch, on_commit=on_commit,
-                       writer=store.writer, on_lost=on_lost, on_accepted=on_accepted)
+                       on_lost=on_lost, on_accepted=on_accepted)
+
+
+def worker_store(config: Config, writer_address: str | None, node: int, *,
+                 on_lost: Callable[[str], None] | None = None) -> SqliteStore | PostgresStore:
+    """An ingress worker's own store, not yet open: it writes without the daemon on the way.
+    SQLite: the daemon's writer process (`writer_address`) for writes, its own WAL connections
+    for reads. PostgreSQL: a pool of its own (`pool_size`, per process) and no background
+    tasks: the daemon claims, renews and recovers. `on_lost`: the writer process ended
+    (SQLite; it ends with the daemon)."""
+    store = config.store
+    if store.backend == "postgres":
+        from aggregator.store.postgres import PostgresStore
+
+        built = PostgresStore(store.dsn, instance=f"{config.instance.name}/worker-{node}",
+                              pool_size=store.pool_size, lease_seconds=store.lease_seconds)
+        built.worker = True
+        return built
+    if writer_address is None:
+        raise ValueError("an ingress worker on SQLite needs the writer process's address")
+    return SqliteStore(store.path, commit_batch=store.commit_batch, join=writer_address,
+                       on_lost=on_lost)

@@ -40,6 +40,7 @@ from aggregator.model import (
 from aggregator.store.base import (
     NO_PROVIDER,
     OPTOUT_MARKETING,
+    WRITE_FAILURE_WINDOW,
     AcceptResult,
     CallbackJob,
     MessageFilter,
@@ -49,13 +50,7 @@ from aggregator.store.base import (
     StoreBusy,
     StoreError,
 )
-from aggregator.store.sqlite import (
-    WRITE_FAILURE_WINDOW,
-    accept_result,
-    marketing_rows,
-    message_row,
-    row_to_message,
-)
+from aggregator.store.rows import accept_result, marketing_rows, message_row, row_to_message
 from aggregator.store.writes import (
     CANCELLED_ERROR,
     FAIR_SCAN,
@@ -329,7 +324,7 @@ class PostgresStore:
     backend = "postgres"
 
     def __init__(self, dsn: str, *, instance: str, pool_size: int = 10,
-                 lease_seconds: float = 10.0, max_waiting: int = 50_000,
+                 lease_seconds: float = 10.0, max_writes_queued: int = 50_000,
                  on_accepted: Callable[[], None] | None = None,
                  on_outbox: Callable[[str | None], None] | None = None) -> None:
         """`instance`: this instance's name, the owner of what it claims (unique per running
@@ -343,12 +338,12 @@ class PostgresStore:
         self.instance = instance
         self.pool_size = pool_size
         self.lease_seconds = lease_seconds
-        self.max_waiting = max_waiting
+        self.max_writes_queued = max_writes_queued
         self._on_accepted = on_accepted
         self._on_outbox = on_outbox
         self.pending = 0
         self.writer_address: str | None = None  # ingress workers go through the daemon
-        self._waiting = 0
+        self._writes_queued = 0
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -380,6 +375,7 @@ class PostgresStore:
         self._settle_until = 0.0  # monotonic: after an outage, no takeovers until then
         self._failing_since = 0.0  # monotonic: when lease renewal began to fail
         self.pending_by_account: Counter[str] = Counter()  # `pending` per account
+        self.worker = False  # an ingress worker's store: see _open_worker
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -387,10 +383,13 @@ class PostgresStore:
         """Connect, migrate under an advisory lock, take back what this instance held before a
         restart and what dead instances held, start renewing leases. Every refusal is one
         StoreError line that names the server (never its password) and what is wrong."""
+        if self.worker:
+            await self._open_worker()
+            return
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT)
+                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings())
         except Exception as exc:
             raise StoreError(f"PostgreSQL store {self.where}: cannot connect: "
                              f"{self._scrub(exc)}") from None
@@ -418,6 +417,37 @@ class PostgresStore:
         self._maintenance = asyncio.create_task(self._maintain(), name="store-leases")
         log.info("store_opened", backend="postgres", server=self.where, instance=self.instance,
                  pending=self.pending, lease_seconds=self.lease_seconds)
+
+    def _settings(self) -> dict[str, str]:
+        """Its connections name the instance (and worker) in pg_stat_activity."""
+        return {"application_name": f"smsagg {self.instance}"[:63]}
+
+    async def _open_worker(self) -> None:
+        """An ingress worker's store (`worker`): a pool for its accepts and the HTTP API's
+        reads and writes. It claims nothing, so it holds no lease, heartbeat, member entry,
+        LISTEN connection or maintenance task; the daemon that started it migrated the
+        schema, and a NOTIFY trigger wakes every instance's dispatcher for its accepts."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings())
+            async with self._pool.acquire() as conn:
+                version = await conn.fetchval("SELECT max(version) FROM smsagg_schema")
+        except Exception as exc:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
+            raise StoreError(f"PostgreSQL store {self.where}: cannot connect: "
+                             f"{self._scrub(exc)}") from None
+        if version != SCHEMA_VERSION:
+            self._pool.terminate()
+            self._pool = None
+            raise StoreError(f"PostgreSQL store {self.where}: schema version {version}, "
+                             f"not {SCHEMA_VERSION}: the daemon migrates it first")
+        self._closed = self._closing = False
+        self._last_ok_at = time.monotonic()
+        log.info("store_opened", backend="postgres", server=self.where, instance=self.instance,
+                 role="worker")
 
     def _scrub(self, exc: BaseException) -> str:
         """An exception as text, with the DSN's password (if it appears) masked."""
@@ -559,12 +589,13 @@ class PostgresStore:
                 await asyncio.wait_for(self._listener.close(), CLOSE_TIMEOUT)
             self._listener = None
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is not None and not self.worker:
             with contextlib.suppress(Exception):  # a graceful leave: no longer counted live
                 await asyncio.wait_for(pool.execute(
                     "DELETE FROM instances WHERE name = $1", self.instance), LEAVE_TIMEOUT)
                 await asyncio.wait_for(pool.execute(
                     f"SELECT pg_notify('{MEMBERS_CHANNEL}', $1)", self.instance), LEAVE_TIMEOUT)
+        if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
             except Exception:
@@ -693,8 +724,8 @@ class PostgresStore:
         return None
 
     @property
-    def waiting(self) -> int:
-        return self._waiting
+    def writes_queued(self) -> int:
+        return self._writes_queued
 
     def size_bytes(self) -> int:
         return self._size
@@ -718,9 +749,9 @@ class PostgresStore:
         the database refused, _Refused."""
         if self._closed or self._pool is None:
             raise StoreError("store is closed")
-        if self._waiting >= self.max_waiting:
+        if self._writes_queued >= self.max_writes_queued:
             raise StoreBusy("too many operations waiting for the store")
-        self._waiting += 1
+        self._writes_queued += 1
         started = time.monotonic()
         try:
             for attempt in range(RETRIES):
@@ -743,7 +774,7 @@ class PostgresStore:
             self._last_error_at = time.monotonic()
             raise StoreError(self._last_error) from None
         finally:
-            self._waiting -= 1
+            self._writes_queued -= 1
         done = time.monotonic()
         self._last_ok_at = done
         metrics.store_operation_seconds.labels("postgres", op).observe(done - started)
@@ -767,7 +798,7 @@ class PostgresStore:
         if self._closed or self._closing:
             raise StoreError("store is closed")
         lane = self._lanes["accept" if op == "accept" else "other"]
-        if self._waiting + len(lane.writes) >= self.max_waiting:
+        if self._writes_queued + len(lane.writes) >= self.max_writes_queued:
             raise StoreBusy("too many operations waiting for the store")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         lane.writes.append(_Write(op, future, fn, row, key))

@@ -1,39 +1,28 @@
-"""SQLite store: WAL, synchronous=FULL, one writer that commits operations in groups.
+"""SQLite store: WAL, synchronous=FULL, one writer process that commits operations in groups.
 
-Every write is a named operation (writes.py) run by the writer, a thread of this process or a
-child process of its own; the writer takes all operations waiting (up to `commit_batch`), runs
-them inside one transaction, commits once and then answers them. Thousands of accepts per second
-share a few fsyncs, and an operation's future resolves only after its data is on disk. Reads use
-a connection of their own (WAL lets them run beside the writer).
+This is the facade: the Store contract (base.py) over three parts, each in a module of its own:
+the schema and its migrations (sqlite_schema.py), the writes (writes.py: one function per
+operation, run in groups by the writer process, writer_process.py, which sqlite_writer.py
+starts and talks to), and the reads here, on connections of their own (WAL lets them run beside
+the writer). Thousands of accepts per second share a few fsyncs, and a write's future resolves
+only after its data is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
-import queue
-import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from aggregator import metrics
-from aggregator.frames import frame
-from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.model import (
     FINAL_STATUSES,
-    Encoding,
     FinalNotice,
     Message,
     MessageStatus,
@@ -50,315 +39,102 @@ from aggregator.store.base import (
     OverdueSegment,
     ReceiptResult,
     SmppOutboxItem,
-    StoreBusy,
     StoreError,
 )
+from aggregator.store.rows import (
+    accept_result,
+    marketing_rows,
+    message_row,
+    parts_rows,
+    row_to_message,
+)
+from aggregator.store.sqlite_schema import open_database
+from aggregator.store.sqlite_writer import WriterClient
 from aggregator.store.writes import (
     BUSY_TIMEOUT,
     MESSAGE_COLUMNS,
     PENDING,
-    GroupWriter,
-    Op,
-    WriteFigures,
-    bind,
+    TOOLS,
     connect,
     waiting_added,
     waiting_by_account,
 )
+from aggregator.store.writes import recover as recover_claims
 
 log = get_logger("smsagg.store")
 
-T = TypeVar("T")
-
-SCHEMA_VERSION = 5  # == len(MIGRATIONS)
-# Readiness fails while the last write failed less than this many seconds ago.
-WRITE_FAILURE_WINDOW = 10.0
-
-# Versioned migrations: index i brings the schema from version i to i + 1.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE messages (
-        id TEXT PRIMARY KEY,
-        account TEXT NOT NULL,
-        dest TEXT NOT NULL,
-        region TEXT,
-        sender TEXT NOT NULL,
-        sender_kind TEXT NOT NULL,
-        body TEXT NOT NULL,
-        encoding TEXT NOT NULL,
-        segments INTEGER NOT NULL,
-        concat_ref INTEGER NOT NULL,
-        message_class TEXT NOT NULL,
-        receipt_mode INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        callback_url TEXT,
-        reference TEXT,
-        provider TEXT,
-        error TEXT,
-        created_at REAL NOT NULL,
-        submitted_at REAL,
-        done_at REAL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        expires_at REAL NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX messages_due ON messages (next_attempt_at)
-        WHERE status IN ('accepted', 'scheduled');
-    CREATE INDEX messages_by_dest ON messages (dest, created_at);
-    CREATE INDEX messages_status ON messages (status);
-    CREATE TABLE segments (
-        message_id TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        provider TEXT NOT NULL,
-        provider_msg_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        error TEXT,
-        submitted_at REAL NOT NULL,
-        done_at REAL,
-        PRIMARY KEY (message_id, seq)
-    ) WITHOUT ROWID;
-    CREATE INDEX segments_by_provider_id ON segments (provider, provider_msg_id);
-    CREATE TABLE idempotency (
-        account TEXT NOT NULL,
-        key TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (account, key)
-    ) WITHOUT ROWID;
-    CREATE TABLE callbacks (
-        id INTEGER PRIMARY KEY,
-        message_id TEXT NOT NULL,
-        url TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error TEXT,
-        given_up INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX callbacks_due ON callbacks (next_attempt_at) WHERE given_up = 0;
-    CREATE TABLE smpp_receipts (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL DEFAULT 'receipt',
-        text TEXT,
-        account TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        source TEXT NOT NULL,
-        dest TEXT NOT NULL,
-        status TEXT NOT NULL,
-        error TEXT,
-        submitted_at REAL NOT NULL,
-        done_at REAL NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        given_up INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX smpp_receipts_due ON smpp_receipts (account, next_attempt_at)
-        WHERE given_up = 0;
-    CREATE TABLE optouts (
-        account TEXT NOT NULL,
-        number TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        source TEXT NOT NULL,
-        PRIMARY KEY (account, number)
-    ) WITHOUT ROWID;
-    CREATE TABLE marketing_log (
-        account TEXT NOT NULL,
-        number TEXT NOT NULL,
-        sent_at REAL NOT NULL
-    );
-    CREATE INDEX marketing_log_by_number ON marketing_log (account, number, sent_at);
-    """,
-    # 2: receipts that never come (overdue.py): when a segment was last queried with query_sm,
-    # and the open segments and submitted messages indexed by age.
-    """
-    ALTER TABLE segments ADD COLUMN queried_at REAL;
-    CREATE INDEX segments_open ON segments (provider, submitted_at) WHERE status = 'submitted';
-    CREATE INDEX messages_submitted ON messages (submitted_at) WHERE status = 'submitted';
-    """,
-    # 3: consent records (time, source, scope) and the record of removed opt-outs (who, when):
-    # the Kazakhstan guide makes consent records mandatory for marketing, the Kosovo guide asks
-    # for opt-out records kept at least 12 months (issue 19 item 6).
-    """
-    CREATE TABLE consents (
-        id INTEGER PRIMARY KEY,
-        account TEXT NOT NULL,
-        number TEXT NOT NULL,
-        scope TEXT NOT NULL,
-        source TEXT NOT NULL,
-        consented_at REAL NOT NULL,
-        recorded_at REAL NOT NULL
-    );
-    CREATE INDEX consents_by_number ON consents (account, number, scope);
-    CREATE TABLE optout_removals (
-        id INTEGER PRIMARY KEY,
-        account TEXT NOT NULL,
-        number TEXT NOT NULL,
-        opted_out_at REAL NOT NULL,
-        source TEXT NOT NULL,
-        removed_at REAL NOT NULL,
-        removed_by TEXT NOT NULL
-    );
-    CREATE INDEX optout_removals_by_number ON optout_removals (account, number, removed_at);
-    """,
-    # 3 -> 4: fair claims between accounts (writes.due_accounts, writes.claim_due): waiting
-    # messages by account, then due time. It replaces messages_due (by due time alone): one
-    # index less to keep up on every accept and claim. Dropped first, so that the new index
-    # takes its page: a new database has no free pages, as before.
-    """
-    DROP INDEX messages_due;
-    CREATE INDEX messages_due_account ON messages (account, next_attempt_at)
-        WHERE status IN ('accepted', 'scheduled');
-    """,
-    # 4 -> 5: per-type opt-outs (issue 19 item 6; the Kosovo guide: "separate opt-out lists for
-    # various message types"): each opt-out, and each removal record, has a scope, "marketing" or
-    # "all" (base.OPTOUT_SCOPES). Rows from before are "marketing": what every opt-out meant
-    # until now (marketing refused; transactional only where the account sets
-    # block_transactional_to_opted_out), so nothing sent before the upgrade is refused after it.
-    # Every insert names its scope; the default is only for those rows (no table rewrite).
-    """
-    ALTER TABLE optouts ADD COLUMN scope TEXT NOT NULL DEFAULT 'marketing'
-        CHECK (scope IN ('marketing', 'all'));
-    ALTER TABLE optout_removals ADD COLUMN scope TEXT NOT NULL DEFAULT 'marketing'
-        CHECK (scope IN ('marketing', 'all'));
-    """,
-]
-
-WRITERS = frozenset({"thread", "process"})
-PROCESS_START_TIMEOUT = 30.0  # seconds for the writer process to open the database
-PROCESS_STOP_TIMEOUT = 30.0  # seconds for it to answer what is queued and exit
-
-
-def message_row(m: Message) -> tuple[Any, ...]:
-    """A message as a row of the messages table (MESSAGE_COLUMNS order)."""
-    return (
-        m.id, m.account, m.to, m.region, m.sender.value, m.sender.kind.value, m.text,
-        m.encoding.value, m.segments, m.concat_ref, m.message_class, m.receipt_mode,
-        m.status.value, m.callback_url, m.reference, m.provider, m.error, m.created_at,
-        m.submitted_at, m.done_at, m.attempts, m.next_attempt_at, m.expires_at,
-    )
-
-
-def accept_result(message: Message, prior: Sequence[Any] | None) -> AcceptResult:
-    """What the `accept` write answered: None, the message is stored; else the row of the one an
-    idempotency key stored before."""
-    if prior is not None:
-        return AcceptResult(row_to_message(prior), created=False)
-    return AcceptResult(message, created=True)
-
-
-def marketing_rows(messages: Sequence[Message]) -> list[tuple[str, str, float]]:
-    """The marketing_log rows of an accept: frequency caps count what was accepted."""
-    return [(m.account, m.to, m.created_at) for m in messages if m.message_class == "marketing"]
-
-
-def _parts(parts: Sequence[SegmentSubmit]) -> list[tuple[int, str]]:
-    return [(p.seq, p.provider_msg_id) for p in parts]
-
-
-def row_to_message(row: Sequence[Any]) -> Message:
-    return Message(
-        id=row[0],
-        account=row[1],
-        to=row[2],
-        region=row[3],
-        sender=Sender(row[4], SenderKind(row[5])),
-        text=row[6],
-        encoding=Encoding(row[7]),
-        segments=row[8],
-        concat_ref=row[9],
-        message_class=row[10],
-        receipt_mode=row[11],
-        status=MessageStatus(row[12]),
-        callback_url=row[13],
-        reference=row[14],
-        provider=row[15],
-        error=row[16],
-        created_at=row[17],
-        submitted_at=row[18],
-        done_at=row[19],
-        attempts=row[20],
-        next_attempt_at=row[21],
-        expires_at=row[22],
-    )
-
-
-# Primary result codes that say the environment failed, not the file: PERM, BUSY, LOCKED,
-# NOMEM, READONLY, IOERR, FULL, CANTOPEN.
-_NOT_THE_FILE = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
-
 
 class SqliteStore:
-    def __init__(self, path: str, *, commit_batch: int = 1000, max_waiting: int = 50_000,
-                 busy_timeout: float = BUSY_TIMEOUT,
+    backend = "sqlite"
+
+    def __init__(self, path: str, *, commit_batch: int = 1000,
+                 max_writes_queued: int = 50_000, busy_timeout: float = BUSY_TIMEOUT,
                  on_commit: Callable[[float], None] | None = None,
-                 writer: str = "thread",
                  on_lost: Callable[[str], None] | None = None,
-                 on_accepted: Callable[[], None] | None = None) -> None:
-        """`on_commit` gets each group commit's seconds (a metric). `writer`: "thread" runs
-        the writes on a thread of this process; "process" in a child process, where this
-        process's event loop cannot keep them waiting for the GIL. `on_lost` hears why, if that
-        process ends while the store is open: nothing can be written any more. The writer
-        process also takes ingress workers' accepts directly (`writer_address`); `on_accepted`
-        hears when it has stored some that wait to be sent."""
-        if writer not in WRITERS:
-            raise ValueError(f"writer must be one of {sorted(WRITERS)}, not {writer!r}")
+                 on_accepted: Callable[[], None] | None = None,
+                 join: str | None = None) -> None:
+        """`on_commit` gets each group commit's seconds (a metric). The writes run in a child
+        process, where this process's event loop cannot keep them waiting for the GIL;
+        `on_lost` hears why, if that process ends while the store is open: nothing can be
+        written any more. The writer process also takes ingress workers' writes directly
+        (`writer_address`); `on_accepted` hears when it has stored some that wait to be sent.
+        `join`: that socket of a running daemon's writer process, used instead of starting one
+        (an ingress worker: its writes go there, its reads to its own WAL connections)."""
         self.path = path
-        self.writer = writer
-        self._on_commit = on_commit
-        self._on_lost = on_lost
-        self._on_accepted = on_accepted
         self.busy_timeout = busy_timeout
-        self.commit_batch = commit_batch
-        self.max_waiting = max_waiting
+        self._on_accepted = on_accepted
+        self.writer = WriterClient(path, busy_timeout=busy_timeout, commit_batch=commit_batch,
+                                   max_writes_queued=max_writes_queued, on_commit=on_commit,
+                                   on_lost=on_lost, on_pending=self._workers_changed)
+        self._submit = self.writer.submit
         self.pending = 0
         # The pending count per account (its own max_pending); accounts at 0 are dropped.
         self.pending_by_account: Counter[str] = Counter()
-        self._waiting = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         # The event loop's own connection, for primary-key reads on the accept path (optout_scope).
         self._point: sqlite3.Connection | None = None
         self._closed = True
-        self._figures = WriteFigures()  # the writer's, or (process) its last answer's
-        # Thread writer: ops go to it once per event-loop turn, as one list, so it wakes once
-        # for everything the turn produced, not on the first op while the loop holds the GIL.
-        self._queue: queue.SimpleQueue[list[Op] | None] = queue.SimpleQueue()
-        self._turn: list[Op] = []
-        self._thread: threading.Thread | None = None
-        # Process writer: requests by id; the link sends a turn's requests in one write.
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._link: Link | None = None
-        self._calls = Calls()
-        self._started: asyncio.Future[None] | None = None
-        self._lost: str | None = None  # why the writer process is gone
-        self.writer_address: str | None = None  # where workers send accepts to the writer
-        self._writer_dir: str | None = None
+        self._join = join
+
+    @property
+    def writer_address(self) -> str | None:
+        """Where ingress workers reach the writer process (None before open, or joined)."""
+        return self.writer.address
+
+    @property
+    def writes_queued(self) -> int:
+        return self.writer.writes_queued
+
+    @property
+    def max_writes_queued(self) -> int:
+        return self.writer.max_writes_queued
 
     @property
     def commits(self) -> int:
         """Group commits done (tests, tools)."""
-        return self._figures.commits
+        return self.writer.figures.commits
 
     @property
     def write_errors(self) -> int:
-        return self._figures.write_errors
+        return self.writer.figures.write_errors
+
+    def write_failure(self) -> str | None:
+        return self.writer.write_failure()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        conn = await asyncio.to_thread(self._open_sync)
-        if self.writer == "process":
-            conn.close()  # checked and migrated; the child opens its own
-            await self._start_process()
+        """Started (the daemon): check and migrate the file, recover (claims from before go
+        back to the queue), start the writer process. Joined (an ingress worker): connect to the
+        daemon's writer. Then the reading connections and the pending counts."""
+        if self._join is not None:
+            await self.writer.join(self._join)
         else:
-            group = GroupWriter(conn, self._on_commit)
-            self._figures = group.figures
-            self._thread = threading.Thread(
-                target=self._write_loop, args=(group,), name="smsagg-store-writer", daemon=True
-            )
-            self._thread.start()
+            recovered = await asyncio.to_thread(self._open_and_recover)
+            if recovered:
+                log.info("store_claims_recovered", backend="sqlite", messages=recovered)
+            await self.writer.start()
         self._closed = False
         self._reader = await asyncio.to_thread(connect, self.path, self.busy_timeout)
         self._point = await asyncio.to_thread(connect, self.path, 0.0)  # busy: never waits
@@ -368,264 +144,49 @@ class SqliteStore:
             self._read, "SELECT account, COUNT(*) FROM messages WHERE status IN "
             f"({','.join('?' * len(PENDING))}) GROUP BY account", PENDING)))
 
-    def _open_sync(self) -> sqlite3.Connection:
-        """Connect, refuse what is not our database, migrate, check, recover claimed messages.
-        Every refusal is a StoreError whose message says what is wrong and what to do."""
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn: sqlite3.Connection | None = None
+    def _open_and_recover(self) -> int:
+        """Check and migrate the file, then recover (writes.recover) on that connection,
+        before the writer process starts and anything is claimed."""
+        conn = open_database(self.path, self.busy_timeout)
         try:
-            conn = connect(self.path, self.busy_timeout)
-            self._migrate(conn)
-            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
-            if problems != ["ok"]:
-                detail = "; ".join(problems).replace("\n", "; ")[:500]
-                raise StoreError(
-                    f"{self.path}: not a usable smsagg database (integrity check failed: "
-                    f"{detail}); restore it from a backup or point [store] path elsewhere"
-                )
-            # Messages claimed by a dispatcher that died are due again: resend, never lose.
-            conn.execute(
-                "UPDATE messages SET status = 'accepted' WHERE status = 'queued'"
-            )
-        except BaseException as exc:
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            if not isinstance(exc, sqlite3.DatabaseError):
-                raise
-            code = getattr(exc, "sqlite_errorcode", None)
-            if isinstance(code, int) and code & 0xFF in _NOT_THE_FILE:  # the file may be fine
-                raise StoreError(f"{self.path}: cannot open the database ({exc})") from exc
-            raise StoreError(
-                f"{self.path}: not a usable smsagg database ({exc}); "
-                "restore it from a backup or point [store] path elsewhere"
-            ) from exc
-        return conn
+            return recover_claims(conn)
+        finally:
+            conn.close()  # the writer process opens its own
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Bring the schema to SCHEMA_VERSION, one transaction per step: a step that fails
-        leaves the database at the version before it."""
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: database schema version {version} is newer than this smsagg "
-                f"understands ({SCHEMA_VERSION}); upgrade smsagg or use another store path"
-            )
-        if version < 0:
-            raise StoreError(f"{self.path}: database schema version {version} is not one "
-                             "smsagg writes; point [store] path at an smsagg database")
-        if version == 0 and conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
-            raise StoreError(
-                f"{self.path}: has tables but no smsagg schema version: not an smsagg "
-                "database; point [store] path elsewhere"
-            )
-        for target in range(version, SCHEMA_VERSION):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target + 1}")
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise StoreError(
-                    f"{self.path}: migrating the database schema from version {target} to "
-                    f"{target + 1} failed ({exc}); it was left at version {target}. Restore "
-                    "a backup or report this with the smsagg version"
-                ) from exc
+    async def recover(self) -> int:
+        """Messages claimed (queued) by a dispatcher that is gone are due again: resend, never
+        lose. How many. One instance, so every claim is this one's: open() does it before the
+        writer starts; later, only a tool would."""
+        recovered: int = await self._submit("recover")
+        return recovered
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._proc is not None:
-            await self._stop_process()
-        else:
-            if self._turn:
-                self._hand_over()
-            self._queue.put(None)
-            if self._thread is not None:
-                await asyncio.to_thread(self._thread.join)
+        await self.writer.close()
         if self._reader is not None:
             self._reader.close()
         if self._point is not None:
             self._point.close()
             self._point = None
 
-    # ---- the writer thread ---------------------------------------------------------------------
+    def _workers_changed(self, changes: dict[str, int]) -> None:
+        """The ingress workers' writes, straight to the writer: {account: pending change}."""
+        self.pending += sum(changes.values())
+        self.pending_by_account.update(changes)
+        for account in [a for a, n in self.pending_by_account.items() if n <= 0]:
+            del self.pending_by_account[account]
+        if self._on_accepted is not None and any(n > 0 for n in changes.values()):
+            self._on_accepted()
 
-    def _write_loop(self, group: GroupWriter) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = first
-            while len(batch) < self.commit_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.extend(nxt)
-            for start in range(0, len(batch), self.commit_batch):  # one turn may bring more
-                chunk = batch[start:start + self.commit_batch]
-                group.run(chunk)
-                assert self._loop is not None
-                with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                    self._loop.call_soon_threadsafe(self._resolve, chunk)
-        group.conn.close()
-
-    def _resolve(self, batch: list[Op]) -> None:
-        self._waiting -= len(batch)
-        for op in batch:
-            future: asyncio.Future[Any] = op.ref
-            if future.done():
-                continue
-            if op.error is not None:
-                future.set_exception(op.error)
-            else:
-                future.set_result(op.result)
-
-    def _hand_over(self) -> None:
-        turn, self._turn = self._turn, []
-        if turn:  # close() may have handed this turn over already
-            self._queue.put(turn)
-
-    # ---- the writer process --------------------------------------------------------------------
-
-    async def _start_process(self) -> None:
-        loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        self._writer_dir = tempfile.mkdtemp(prefix="smsagg-writer-")  # mode 0700: ours only
-        address = os.path.join(self._writer_dir, "writer.sock")
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "aggregator.store.writer_process", str(theirs.fileno()),
-                 self.path, repr(self.busy_timeout), str(self.commit_batch), address],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-            )
-        finally:
-            theirs.close()
-        self._started = loop.create_future()
-        _, link = await loop.connect_accepted_socket(lambda: Link(self), ours)
-        self._link = link
-        try:
-            await asyncio.wait_for(asyncio.shield(self._started), PROCESS_START_TIMEOUT)
-        except BaseException:
-            await self._stop_process()
-            raise
-        self.writer_address = address
-
-    async def _stop_process(self) -> None:
-        proc, link = self._proc, self._link
-        if link is not None:
-            link.send(frame(None))  # after every request already sent: they are answered first
-        if proc is not None:
-            try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), PROCESS_STOP_TIMEOUT)
-            except TimeoutError:
-                proc.kill()
-                await asyncio.to_thread(proc.wait)
-        if link is not None:
-            link.close()
-        if self._writer_dir is not None:
-            shutil.rmtree(self._writer_dir, ignore_errors=True)
-
-    def frame_received(self, link: Link, obj: Any) -> None:
-        """From the writer process: ("ready",), ("error", why) or one group's answers."""
-        if obj[0] == "ready":
-            if self._started is not None and not self._started.done():
-                self._started.set_result(None)
-            return
-        if obj[0] == "error":
-            if self._started is not None and not self._started.done():
-                self._started.set_exception(StoreError(obj[1]))
-            return
-        _, self._figures, durations, answers, took = obj
-        if took:  # workers' accepts, straight to the writer: {account: waiting messages}
-            self.pending += sum(took.values())
-            self.pending_by_account.update(took)
-            if self._on_accepted is not None:
-                self._on_accepted()
-        if self._on_commit is not None:
-            for seconds in durations:
-                with contextlib.suppress(Exception):
-                    self._on_commit(seconds)
-        self._waiting -= len(answers)
-        for answer in answers:
-            self._calls.answer(*answer)
-
-    def link_lost(self, link: Link) -> None:
-        code = self._proc.poll() if self._proc is not None else None
-        self._lost = f"the store writer process exited (code {code})"
-        if not self._closed:
-            log.error("store_writer_lost", exit_code=code)
-            if self._on_lost is not None:
-                self._on_lost(self._lost)
-        self._figures.failed(self._lost)
-        if self._started is not None and not self._started.done():
-            self._started.set_exception(StoreError(self._lost))
-        self._waiting -= len(self._calls)
-        lost = self._lost
-        self._calls.fail_all(lambda: StoreError(lost))
-
-    # ---- submitting writes -----------------------------------------------------------------
-
-    def write_failure(self) -> str | None:
-        """The last write error while writes are failing (the last group failed, within
-        WRITE_FAILURE_WINDOW seconds); None when the store takes writes. For readiness."""
-        if self._lost is not None:
-            return self._lost
-        f = self._figures
-        error, at = f.last_write_error, f.last_write_error_at
-        if error is None or at <= f.last_write_ok_at:
-            return None
-        return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
-
-    def _submit(self, name: str, *args: Any) -> asyncio.Future[Any]:
-        """Queue the write `name` (an operation of writes.py) with plain-value arguments."""
-        if self._closed or self._loop is None:
-            raise StoreError("store is closed")
-        if self._lost is not None:
-            raise StoreError(self._lost)
-        if self._waiting >= self.max_waiting:
-            raise StoreBusy("too many writes waiting for the store")
-        if self._link is not None:
-            future = self._calls.send(self._link, lambda rid: (rid, name, args))
-        else:
-            future = self._loop.create_future()
-            self._queue_op(Op(bind(name, args), future))
-        self._waiting += 1
-        future.add_done_callback(functools.partial(_observe, name, time.monotonic()))
-        return future
-
-    def _queue_op(self, op: Op) -> None:
-        assert self._loop is not None
-        if not self._turn:
-            self._loop.call_soon(self._hand_over)
-        self._turn.append(op)
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
-    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` on the writer's connection between transactions, before the writes queued
-        with it. For tests and tools: e.g. PRAGMA max_page_count (a full disk), query_only (a
-        read-only file) or busy_timeout. The thread writer only: a function does not travel."""
-        if self._closed or self._loop is None:
-            raise StoreError("store is closed")
-        if self._link is not None:
-            raise StoreError("run_on_writer needs writer = \"thread\"")
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._waiting += 1
-        self._queue_op(Op(fn, future, bare=True))
-        return await future
+    async def run_on_writer(self, name: str, *args: Any) -> Any:
+        """Run the tool `name` (writes.TOOLS: a PRAGMA, a statement trace) on the writer's
+        connection between transactions, after the writes queued before it. For tests and
+        tools: e.g. PRAGMA max_page_count (a full disk) or query_only (a read-only file)."""
+        if name not in TOOLS:
+            raise StoreError(f"no writer tool {name!r}")
+        return await self._submit(name, *args)
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -663,7 +224,7 @@ class SqliteStore:
         # Not `self.pending -= await ...`: that reads the count before the await and writes
         # it back after, losing every accept counted meanwhile (the count drifted negative).
         account = await self._submit("record_submitted", message_id, provider,
-                                     _parts(parts), now)
+                                     parts_rows(parts), now)
         if account is not None:
             self.pending -= 1
             self._less_pending(account)
@@ -677,7 +238,7 @@ class SqliteStore:
         error: str | None,
         count_attempt: bool = True,
     ) -> None:
-        await self._submit("reschedule", message_id, provider, _parts(parts), next_attempt_at,
+        await self._submit("reschedule", message_id, provider, parts_rows(parts), next_attempt_at,
                            error, count_attempt, time.time())
 
     async def hold(self, message_id: str, next_attempt_at: float, error: str) -> None:
@@ -1003,9 +564,3 @@ class SqliteStore:
             (message_id,),
         )
         return [tuple(r) for r in rows]
-
-
-def _observe(op: str, started: float, future: asyncio.Future[Any]) -> None:
-    """A write's time, queued to committed, beside PostgreSQL's (by backend)."""
-    if not future.cancelled() and future.exception() is None:
-        metrics.store_operation_seconds.labels("sqlite", op).observe(time.monotonic() - started)

@@ -1,25 +1,22 @@
-"""The store's writer as a process of its own (`[store] writer = "process"`).
+"""The SQLite store's writer: a process of its own, the one that writes the database file.
 
-The daemon's event loop and a writer thread share one GIL: SQLite lets go of it around every
-statement and the writer must win it back from the busy loop each time, so at a few thousand
-messages per second group commits spent most of their time waiting for the GIL, not for the
-disk. Here the writer has a process, and so a GIL, to itself.
+The daemon's event loop and a writer thread would share one GIL: SQLite lets go of it around
+every statement and the writer must win it back from the busy loop each time, so at a few
+thousand messages per second group commits spent most of their time waiting for the GIL, not
+for the disk. Here the writer has a process, and so a GIL, to itself.
 
     python -m aggregator.store.writer_process FD PATH BUSY_TIMEOUT COMMIT_BATCH [LISTEN]
 
-FD is a connected stream socket to the daemon. Requests are frames (frames.py) of
-(id, operation name, arguments); None asks it to stop after answering what came before. Each
-round of groups is answered to the daemon with one frame: ("done", WriteFigures, [commit
-seconds], [(id, ok, result or exception), ...], waiting messages the workers' accepts added
-per account).
-LISTEN, a Unix socket path, takes ingress workers' `accept` and `accept_many`, each connection
-answered with ("answers", [(id, ok, result or exception), ...]). The process ends when the
-daemon's socket closes, so it never outlives a daemon killed with SIGKILL.
+FD is a connected stream socket to the daemon. The messages are wire.py's: the daemon sends
+`Call`s (any operation of writes.py) and a `Stop` after its last; each round of groups is
+answered to it with one `Done` (its answers, the figures, commit seconds, and how the workers'
+writes changed the pending counts). LISTEN, a Unix socket path, takes ingress workers' calls
+(WORKER_OPS: their accepts and the API's writes), each connection answered with `Answers`. The
+process ends when the daemon's socket closes, so it never outlives a daemon killed with SIGKILL.
 """
 
 from __future__ import annotations
 
-import pickle
 import selectors
 import signal
 import socket
@@ -31,18 +28,36 @@ from typing import Any
 
 from aggregator.frames import FrameReader, frame
 from aggregator.store.base import StoreError
-from aggregator.store.writes import OPS, GroupWriter, Op, bind, connect, waiting_by_account
+from aggregator.store.writes import (
+    OPS,
+    TOOLS,
+    GroupWriter,
+    Op,
+    connect,
+    pending_change,
+    prepare,
+)
+from aggregator.wire import (
+    Answer,
+    Answers,
+    Call,
+    Done,
+    OpenFailed,
+    Ready,
+    Stop,
+    answer,
+    failed,
+    signature,
+)
 
 
-def _answer(op: Op) -> tuple[int, bool, Any]:
-    if op.error is None:
-        return (op.ref, True, op.result)
-    error: BaseException = op.error
+def _answer(op: Op) -> Answer:
+    if op.error is not None:
+        return failed(op.ref, op.error)
     try:
-        pickle.dumps(error)
-    except Exception:  # any exception must reach the caller as one
-        error = StoreError(f"{type(op.error).__name__}: {op.error}")
-    return (op.ref, False, error)
+        return answer(op.ref, op.result)
+    except Exception as exc:  # a result that does not encode still gets an answer
+        return failed(op.ref, exc)
 
 
 class _Client:
@@ -52,11 +67,14 @@ class _Client:
         self.sock = sock
         self.daemon = daemon
         self.reader = FrameReader()
-        self.answers: list[tuple[int, bool, Any]] = []
+        self.answers: list[Answer] = []
 
 
-# What a worker may ask of the writer directly: its accepts, nothing else.
-WORKER_OPS = frozenset({"accept", "accept_many"})
+# A round's calls: who asked, the operation, its arguments (for the pending counts).
+Batch = list[tuple[_Client, Op, tuple[Any, ...]]]
+# What a worker may ask of the writer directly: its accepts and the HTTP API's writes.
+WORKER_OPS = frozenset({"accept", "accept_many", "cancel", "add_optout", "remove_optout",
+                        "remove_optout_logged", "add_consent"})
 WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread before it is dropped
 # Commit gathering: a group of fewer than GATHER_BELOW operations that comes less than GATHER_S
 # after the last group was done waits (once, asleep, not woken by each arriving frame) until
@@ -71,8 +89,8 @@ GATHER_BELOW = 64
 def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: GroupWriter,
           commit_batch: int, durations: list[float]) -> None:
     """Until the daemon says stop or goes: take every request ready on every connection, run
-    them as groups, answer each connection; tell the daemon how many messages workers' accepts
-    added, with its own answers."""
+    them as groups, answer each connection; tell the daemon how the workers' writes changed
+    the pending counts, with its own answers."""
     selector = selectors.DefaultSelector()
     daemon = _Client(daemon_sock, daemon=True)
     selector.register(daemon_sock, selectors.EVENT_READ, daemon)
@@ -81,7 +99,7 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
     stopping = False
     last_group = 0.0  # when the last group was done (monotonic)
     while not stopping:
-        batch: list[tuple[_Client, Op, str, Any]] = []
+        batch: Batch = []
         stopping = _take(selector.select(), listener, selector, batch)
         wait = last_group + GATHER_S - time.monotonic()
         if not stopping and 0 < len(batch) < GATHER_BELOW and wait > 0:
@@ -92,31 +110,31 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
         took: Counter[str] = Counter()  # per account
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
-            group.run([op for _, op, _, _ in chunk])
-            for client, op, name, args in chunk:
+            group.run([op for _, op, _ in chunk])
+            for client, op, args in chunk:
                 client.answers.append(_answer(op))
                 if not client.daemon and op.error is None:
-                    took.update(waiting_by_account(name, args, op.result))
+                    took.update(pending_change(op.name, args, op.result))
         for key in list(selector.get_map().values()):
             client = key.data
             if client is None or client.daemon or not client.answers:
                 continue
             try:
-                client.sock.sendall(frame(("answers", client.answers)))
+                client.sock.sendall(frame(Answers(client.answers)))
             except OSError:  # gone, or not reading its answers: its requests fail
                 selector.unregister(client.sock)
                 client.sock.close()
             client.answers = []
         if daemon.answers or durations or took:
             daemon_sock.sendall(
-                frame(("done", group.figures, durations[:], daemon.answers, took)))
+                frame(Done(group.figures, durations[:], daemon.answers, dict(took))))
             durations.clear()
             daemon.answers = []
         last_group = time.monotonic()
 
 
 def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socket | None,
-          selector: selectors.BaseSelector, batch: list[tuple[_Client, Op, str, Any]]) -> bool:
+          selector: selectors.BaseSelector, batch: Batch) -> bool:
     """Add the requests waiting on the ready connections to `batch` (accepting workers that
     connect); whether the daemon said stop or went."""
     stopping = False
@@ -139,21 +157,30 @@ def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socke
                 client.sock.close()
                 continue
         for request in requests:
-            if request is None:  # the daemon's stop
+            if isinstance(request, Stop) and client.daemon:
                 stopping = True
                 break
-            rid, name, args = request
-            if name in OPS and (client.daemon or name in WORKER_OPS):
-                batch.append((client, Op(bind(name, args), rid), name, args))
+            if not isinstance(request, Call):  # not a request: the peer is broken
+                continue
+            fn = OPS.get(request.op) or (TOOLS.get(request.op) if client.daemon else None)
+            if fn is not None and (client.daemon or request.op in WORKER_OPS):
+                try:
+                    args = signature(fn).args.decode(request.args)
+                except Exception as exc:  # arguments not of the operation's types
+                    client.answers.append(failed(request.id, exc))
+                    continue
+                op = Op(prepare(request.op, args), request.id, bare=request.op in TOOLS,
+                        name=request.op)
+                batch.append((client, op, args))
             else:
                 client.answers.append(
-                    (rid, False, StoreError(f"no store operation {name!r}")))
+                    failed(request.id, StoreError(f"no store operation {request.op!r}")))
     return stopping
 
 
-def _read(client: _Client) -> tuple[list[Any], bool]:
+def _read(client: _Client) -> tuple[list[object], bool]:
     """The requests waiting on a readable connection, and whether it closed."""
-    requests: list[Any] = []
+    requests: list[object] = []
     try:
         data = client.sock.recv(1 << 20)
         if not data:
@@ -164,7 +191,7 @@ def _read(client: _Client) -> tuple[list[Any], bool]:
         return requests, True  # recv gave b"": closed after what it sent
     except BlockingIOError:
         return requests, False
-    except Exception:  # reset, or a frame that is not ours (too big, not a pickle): drop it
+    except Exception:  # reset, or a frame that is not ours (too big, garbled): drop it
         return requests, True
 
 
@@ -177,18 +204,18 @@ def main(argv: list[str]) -> int:
     listen = argv[4] if len(argv) > 4 else ""
     sock = socket.socket(fileno=fd)
     listener: socket.socket | None = None
-    if listen:  # in a directory only the daemon's user can open (frames are pickles)
+    if listen:  # in a directory only the daemon's user can open
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(listen)
         listener.listen(64)
     try:
         conn = connect(path, busy_timeout)
     except Exception as exc:  # reported to the daemon, which refuses to start
-        sock.sendall(frame(("error", f"{path}: cannot open the database ({exc})")))
+        sock.sendall(frame(OpenFailed(f"{path}: cannot open the database ({exc})")))
         return 1
     durations: list[float] = []
     group = GroupWriter(conn, durations.append)
-    sock.sendall(frame(("ready",)))
+    sock.sendall(frame(Ready()))
     try:
         serve(sock, listener, group, commit_batch, durations)
     except (BrokenPipeError, ConnectionResetError):

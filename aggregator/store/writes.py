@@ -1,8 +1,9 @@
 """The store's writes: one plain function per operation, run on the writer's connection, and
 the group runner that commits many of them in one transaction.
 
-An operation is named and takes plain values, so the same code runs on the writer thread or in
-the writer process (`writer_process.py`), where the daemon's event loop cannot hold it up."""
+An operation is named and its parameters and result are typed: the writer process
+(`writer_process.py`), where the daemon's event loop cannot hold it up, runs it for a
+wire.Call whose arguments are decoded by that signature."""
 
 from __future__ import annotations
 
@@ -594,21 +595,62 @@ def waiting_by_account(name: str, args: Sequence[Any], result: Any) -> Counter[s
     return Counter(row[_ACCOUNT] for row in args[0] if row[_STATUS] in _WAITING_VALUES)
 
 
-def bind(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
-    """The operation `name` with its arguments, to run on a connection."""
-    fn = OPS[name]
+def pending_change(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
+    """How an operation that succeeded changed the pending counts, per account: accepts add
+    the waiting messages they stored, a cancel of a pending message takes one away."""
+    if name in ("accept", "accept_many"):
+        return waiting_by_account(name, args, result)
+    if name == "cancel" and result[2]:  # (outcome, notice, was pending)
+        return Counter({args[0]: -1})
+    return Counter()
+
+
+def prepare(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
+    """The operation `name` with its arguments, ready to run on a connection."""
+    fn = OPS.get(name) or TOOLS[name]
     return lambda conn: fn(conn, *args)
+
+
+# ---- tools: run on the writer's connection outside any transaction (SqliteStore.run_on_writer)
+
+# The PRAGMAs a tool may read or set: faults for tests (a full disk, a read-only file) and the
+# writer's settings.
+TOOL_PRAGMAS = frozenset({"max_page_count", "page_count", "freelist_count", "query_only",
+                          "busy_timeout"})
+_trace: list[str] = []
+
+
+def pragma(conn: sqlite3.Connection, name: str, value: int | None) -> int | None:
+    """PRAGMA `name` (TOOL_PRAGMAS), set to `value` unless None; what it answers."""
+    if name not in TOOL_PRAGMAS:
+        raise StoreError(f"PRAGMA {name} is not a writer tool")
+    sql = f"PRAGMA {name}" if value is None else f"PRAGMA {name} = {int(value)}"
+    row = conn.execute(sql).fetchone()
+    return None if row is None else int(row[0])
+
+
+def trace(conn: sqlite3.Connection, on: bool) -> list[str]:
+    """Start recording the writer's statements (`on`), or stop and return them."""
+    got = _trace[:]
+    _trace.clear()
+    conn.set_trace_callback(_trace.append if on else None)
+    return [] if on else got
+
+
+TOOLS: dict[str, Callable[..., Any]] = {fn.__name__: fn for fn in (pragma, trace)}
 
 
 # ---- group commit ------------------------------------------------------------------------------
 
 class Op:
-    __slots__ = ("bare", "error", "fn", "ref", "result")
+    __slots__ = ("bare", "error", "fn", "name", "ref", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], ref: Any, bare: bool = False):
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], ref: Any, bare: bool = False,
+                 name: str = ""):
         self.fn = fn
         self.ref = ref  # the caller's handle: a future (thread) or a request id (process)
-        self.bare = bare  # run outside any transaction (run_on_writer)
+        self.bare = bare  # a tool: run outside any transaction (run_on_writer)
+        self.name = name  # the operation's, in OPS
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -656,7 +698,7 @@ class GroupWriter:
         """Set every op's result or error."""
         conn = self.conn
         todo = batch
-        if any(op.bare for op in batch):  # run_on_writer: before the group, outside it
+        if any(op.bare for op in batch):  # tools: before the group, outside it
             todo = [op for op in batch if not op.bare]
             for op in batch:
                 if op.bare:
@@ -794,3 +836,13 @@ def remove_optout_logged(conn: sqlite3.Connection, account: str, number: str, re
 
 OPS.update({fn.__name__: fn for fn in (erase_texts, purge_before, add_consent,
                                        remove_optout_logged)})
+
+
+def recover(conn: sqlite3.Connection) -> int:
+    """Claimed (queued) messages back to accepted, due again: the dispatcher that claimed them
+    is gone (SqliteStore.recover, at open). How many."""
+    return conn.execute("UPDATE messages SET status = 'accepted' WHERE status = 'queued'"
+                        ).rowcount
+
+
+OPS["recover"] = recover

@@ -66,7 +66,7 @@ def _message(i: int, account: str, created_at: float,
 
 
 async def test_claim_shares_a_batch_between_accounts_by_what_they_hold(tmp_path: Path) -> None:
-    store = SqliteStore(str(tmp_path / "s.db"), writer="thread")
+    store = SqliteStore(str(tmp_path / "s.db"))
     await store.open()
     try:
         now = time.time()
@@ -171,7 +171,7 @@ async def test_a_recovered_queue_stays_fair(tmp_path: Path) -> None:
     """A backlog claimed (queued) when the daemon died, and another account's newest message:
     after the restart that message goes out among the first, not after the backlog."""
     smsc_profile = SLOW_SMSC
-    store = SqliteStore(str(tmp_path / "smsagg.db"), writer="thread")
+    store = SqliteStore(str(tmp_path / "smsagg.db"))
     await store.open()
     now = time.time()
     await store.accept_many([_message(i, "shop", now - 60 + i / 100, MessageStatus.QUEUED)
@@ -326,7 +326,8 @@ providers = ["sim"]
 async def test_a_version_1_database_is_migrated_to_the_account_index(tmp_path: Path) -> None:
     import sqlite3
 
-    from aggregator.store.sqlite import MIGRATIONS, SCHEMA_VERSION, message_row
+    from aggregator.store.rows import message_row
+    from aggregator.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
     from aggregator.store.writes import INSERT_MESSAGE
 
     path = tmp_path / "v1.db"
@@ -336,7 +337,7 @@ async def test_a_version_1_database_is_migrated_to_the_account_index(tmp_path: P
     conn.execute(INSERT_MESSAGE, message_row(_message(1, "shop", time.time() - 1)))
     conn.commit()
     conn.close()
-    store = SqliteStore(str(path), writer="thread")
+    store = SqliteStore(str(path))
     await store.open()
     try:
         assert dict(store.pending_by_account) == {"shop": 1}

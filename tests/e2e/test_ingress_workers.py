@@ -9,20 +9,22 @@ import signal
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar
 
 import aiohttp
 import pytest
 
-from aggregator.ingress.rpc import RemoteStore, StoreServer
+from aggregator.ingress.rpc import DaemonClient, WorkerServer
 from aggregator.store.base import StoreError
+from aggregator.wire import DAEMON_CALLS
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import (
     AUTH,
     DEADLINE,
     daemon,
+    delivered,
     metric_samples,
     metric_value,
+    wait_async,
     wait_for,
     write_daemon_config,
 )
@@ -34,22 +36,6 @@ async def port_closed(base: str) -> bool:
             return False
     except aiohttp.ClientConnectionError:
         return True
-
-
-async def delivered(http: aiohttp.ClientSession, base: str, ids: list[str]) -> bool:
-    for mid in ids:
-        async with http.get(f"{base}/v1/messages/{mid}") as r:
-            if (await r.json())["status"] != "delivered":
-                return False
-    return True
-
-
-async def wait_async(check: Any, timeout: float = DEADLINE) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.1)
 
 
 async def test_worker_serves_the_api_and_metrics_sum_both_processes(tmp_path: Path) -> None:
@@ -116,33 +102,25 @@ async def test_workers_exit_when_the_daemon_is_killed_and_nothing_acknowledged_i
     assert all(f"38344{820000 + i}" in seen for i in range(150))
 
 
-class _FakeStore:
-    pending = 7
-    pending_by_account: ClassVar[dict[str, int]] = {"shop": 7}
-    writer_address = None  # no writer process: accepts go through the daemon
-
-    async def get_message(self, account: str, message_id: str) -> str:
-        return f"{account}/{message_id}"
-
-    async def claim_due(self, now: float, limit: int) -> list[str]:
-        raise AssertionError("a worker must not reach this")
-
-
-async def test_rpc_serves_only_the_ingress_store_methods() -> None:
+async def test_the_daemon_serves_workers_status_calls_only_never_the_store() -> None:
+    """Workers store on their own: the daemon's socket refuses every store method."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "s.sock")
-        server = StoreServer(_FakeStore(), lambda: None, lambda: (True, []),  # type: ignore[arg-type]
-                             lambda: "# metrics\n")
+        server = WorkerServer(lambda: (7, {"shop": 7}), lambda: (True, []),
+                              lambda: "# metrics\n")
         await server.start(path)
-        remote = await RemoteStore.connect(path, lambda: "")
+        seen: list[tuple[int, dict[str, int]]] = []
+        remote = await DaemonClient.connect(path, lambda: "",
+                                            lambda p, by: seen.append((p, by)))
         try:
-            assert await remote.call("get_message", "shop", "m1") == "shop/m1"
-            with pytest.raises(StoreError, match="not served"):
-                await remote.call("claim_due", 0.0, 10)
-            with pytest.raises(AttributeError):
-                remote.claim_due  # noqa: B018
-            await wait_for(lambda: remote.pending == 7)
-            assert remote.pending_by_account == {"shop": 7}
+            for name in ("get_message", "claim_due", "accept"):
+                with pytest.raises(StoreError, match="not a call the daemon serves"):
+                    await remote.call(name)
+                # Asked anyway (a worker of another version): the daemon refuses it.
+                with pytest.raises(StoreError, match="not served"):
+                    await remote._calls.send(remote._link, name, (), DAEMON_CALLS["metrics"])
+            await wait_for(lambda: bool(seen))
+            assert seen[0] == (7, {"shop": 7})
             assert await remote.call("metrics") == "# metrics\n"
         finally:
             await remote.close()

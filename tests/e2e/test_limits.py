@@ -176,7 +176,7 @@ async def test_every_queue_bound_and_depth_is_in_metrics(tmp_path: Path) -> None
         snap = await scrape(r)
         bounds = {
             "store_pending": 4567,
-            "store_writes": r.app.store.max_waiting,
+            "store_writes": r.app.store.max_writes_queued,
             "dispatch": r.app.dispatcher.max_in_flight,
             "callbacks": r.app.config.callbacks.concurrency,
             "reassembly": 123,

@@ -464,7 +464,7 @@ def _sqlite_before_scopes(path: Path) -> None:
     removal record in it."""
     import sqlite3
 
-    from aggregator.store.sqlite import MIGRATIONS
+    from aggregator.store.sqlite_schema import MIGRATIONS
 
     conn = sqlite3.connect(path, isolation_level=None)
     try:

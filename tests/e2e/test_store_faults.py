@@ -22,16 +22,12 @@ from aggregator import metrics
 from aggregator.model import MessageStatus
 from aggregator.smpp.session import BindMode
 from aggregator.smpp.transport import SmppConnection, open_client
-from aggregator.store import sqlite as sqlite_store
+from aggregator.store import sqlite_schema, sqlite_writer
 from aggregator.store.base import StoreError
-from aggregator.store.sqlite import (
-    BUSY_TIMEOUT,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    SqliteStore,
-    message_row,
-)
-from aggregator.store.writes import INSERT_MESSAGE
+from aggregator.store.rows import message_row
+from aggregator.store.sqlite import SqliteStore
+from aggregator.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from aggregator.store.writes import BUSY_TIMEOUT, INSERT_MESSAGE
 from tests.helpers import AUTH, DEADLINE, Running, running, wait_for
 from tests.store_helpers import NOW, make_message
 
@@ -50,33 +46,31 @@ REPO = Path(__file__).resolve().parents[2]
 # ---- fault switches, run on the store's writer connection between transactions -----------------
 
 
-# The faults below are made on the writer's own connection (run_on_writer), which only the
-# thread writer offers; the group commit that meets them is the same code in both writers, and
-# the locked-database test runs the process writer (the default) through a fault.
-STRIKABLE = {"writer": "thread"}
+# The faults below are made on the writer process's own connection, between transactions
+# (run_on_writer's "pragma" tool).
 
 
-def disk_full(conn: sqlite3.Connection) -> int:
+async def disk_full(store: SqliteStore) -> int:
     """The database may not grow past its size now (PRAGMA max_page_count), as on a full disk."""
     # No free page to reuse: every write that needs a page must grow the file, and fails.
-    assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
-    size = conn.execute("PRAGMA page_count").fetchone()[0]
-    limit: int = conn.execute(f"PRAGMA max_page_count = {size}").fetchone()[0]
+    assert await store.run_on_writer("pragma", "freelist_count", None) == 0
+    size = await store.run_on_writer("pragma", "page_count", None)
+    limit: int = await store.run_on_writer("pragma", "max_page_count", size)
     return limit
 
 
-def disk_freed(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA max_page_count = 1073741823")
+async def disk_freed(store: SqliteStore) -> None:
+    await store.run_on_writer("pragma", "max_page_count", 1073741823)
 
 
-def read_only(conn: sqlite3.Connection) -> None:
+async def read_only(store: SqliteStore) -> None:
     """Writes fail with SQLITE_READONLY ("attempt to write a readonly database"), as on a file
     that became unwritable (chmod cannot make one for root, which the tests may run as)."""
-    conn.execute("PRAGMA query_only = 1")
+    await store.run_on_writer("pragma", "query_only", 1)
 
 
-def writable(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA query_only = 0")
+async def writable(store: SqliteStore) -> None:
+    await store.run_on_writer("pragma", "query_only", 0)
 
 
 @contextmanager
@@ -126,7 +120,7 @@ async def test_full_disk_fails_writes_keeps_what_was_committed_and_recovers(db_p
             await store.accept(m, None)
         assert store.write_failure() is None
 
-        await store.run_on_writer(disk_full)
+        await disk_full(store)
         with pytest.raises(StoreError, match="full"):
             await store.accept(long_message(), None)
         with pytest.raises(StoreError, match="full"):
@@ -137,7 +131,7 @@ async def test_full_disk_fails_writes_keeps_what_was_committed_and_recovers(db_p
         assert store.pending == 20
         assert await store.count_by_status() == {"accepted": 20}
 
-        await store.run_on_writer(disk_freed)
+        await disk_freed(store)
         late = long_message()
         assert (await store.accept(late, None)).created
         assert store.write_failure() is None
@@ -170,20 +164,20 @@ async def test_locked_database_fails_writes_after_the_busy_timeout_then_recovers
 
 async def test_default_busy_timeout_is_a_few_seconds_at_most(db_path: Path) -> None:
     async with opened(db_path) as store:
-        ms = await store.run_on_writer(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0])
+        ms = await store.run_on_writer("pragma", "busy_timeout", None)
     assert 0 < ms <= 3000
     assert ms == BUSY_TIMEOUT * 1000
 
 
 async def test_read_only_database_fails_writes_then_recovers(db_path: Path) -> None:
     async with opened(db_path) as store:
-        await store.run_on_writer(read_only)
+        await read_only(store)
         with pytest.raises(StoreError, match="readonly"):
             await store.accept(make_message(), None)
         with pytest.raises(StoreError, match="readonly"):
             await store.claim_due(NOW, 10)
         assert store.write_failure() is not None
-        await store.run_on_writer(writable)
+        await writable(store)
         assert (await store.accept(make_message(), None)).created
         assert store.write_failure() is None
 
@@ -192,13 +186,13 @@ async def test_write_failure_is_forgotten_once_old(db_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Readiness looks at recent failures only: with no write since, an old one is not news."""
     async with opened(db_path) as store:
-        await store.run_on_writer(read_only)
+        await read_only(store)
         with pytest.raises(StoreError):
             await store.accept(make_message(), None)
         assert store.write_failure() is not None
-        monkeypatch.setattr(sqlite_store, "WRITE_FAILURE_WINDOW", 0.0)
+        monkeypatch.setattr(sqlite_writer, "WRITE_FAILURE_WINDOW", 0.0)
         assert store.write_failure() is None
-        await store.run_on_writer(writable)
+        await writable(store)
 
 
 # ---- end to end: HTTP, SMPP, readiness, metrics, delivery ------------------------------------
@@ -311,17 +305,17 @@ async def all_delivered(r: Running, acked: list[str]) -> None:
 async def test_full_disk_refuses_accepts_and_recovers_losing_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running(tmp_path, smpp={}, shop=SHOP, store_opts=STRIKABLE) as r:
+    async with running(tmp_path, smpp={}, shop=SHOP) as r:
         conn = await upstream(r)
         store = r.app.store
-        acked = await accept_then_strike(r, 5, lambda: store.run_on_writer(disk_full),
+        acked = await accept_then_strike(r, 5, lambda: disk_full(store),
                                          monkeypatch)
 
         await refused_while_faulted(r, conn, "full")
         # (Neither readiness nor held outcomes are asserted: writes that need no new page,
         # like most outcomes, still succeed on a full disk.)
 
-        await store.run_on_writer(disk_freed)
+        await disk_freed(store)
         acked += await accepted_after_recovery(r, conn)
         await all_delivered(r, acked)
         conn.close()
@@ -366,11 +360,11 @@ async def test_read_only_database_holds_outcomes_and_receipts_until_writable(
     """The submits' outcomes cannot be written: the dispatcher keeps trying, and the SMSC's
     receipts are not acknowledged meanwhile (they wait for the outcome). Once writable, all
     is recorded and every message delivered, with no restart."""
-    async with running(tmp_path, smpp={}, shop=SHOP, store_opts=STRIKABLE) as r:
+    async with running(tmp_path, smpp={}, shop=SHOP) as r:
         conn = await upstream(r)
         store = r.app.store
         dispatch_errors = store_errors("dispatch")
-        acked = await accept_then_strike(r, 5, lambda: store.run_on_writer(read_only),
+        acked = await accept_then_strike(r, 5, lambda: read_only(store),
                                          monkeypatch)
 
         await refused_while_faulted(r, conn, "readonly")
@@ -379,7 +373,7 @@ async def test_read_only_database_holds_outcomes_and_receipts_until_writable(
         assert any("readonly" in p for p in ready["problems"])
         await outcomes_and_receipts_held(r, acked, dispatch_errors)
 
-        await store.run_on_writer(writable)
+        await writable(store)
         acked += await accepted_after_recovery(r, conn)
         await all_delivered(r, acked)
         await wait_for(lambda: r.smsc.receipts_acked >= 5, what="the receipts to be acked")
@@ -494,8 +488,8 @@ BROKEN_STEP = "CREATE TABLE half_done (x TEXT); ALTER TABLE no_such_table ADD CO
 
 def with_steps(monkeypatch: pytest.MonkeyPatch, *steps: str) -> None:
     """Pretend a later release added migration steps."""
-    monkeypatch.setattr(sqlite_store, "MIGRATIONS", [*MIGRATIONS, *steps])
-    monkeypatch.setattr(sqlite_store, "SCHEMA_VERSION", len(MIGRATIONS) + len(steps))
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", [*MIGRATIONS, *steps])
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", len(MIGRATIONS) + len(steps))
 
 
 def sql(path: Path, query: str) -> list[Any]:

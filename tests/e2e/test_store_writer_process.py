@@ -1,4 +1,4 @@
-"""The store's writer in a process of its own ([store] writer = "process", the default)."""
+"""The SQLite store's writer, a process of its own."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from aggregator.frames import frame
 from aggregator.link import Link
 from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
-from aggregator.store.sqlite import SqliteStore, message_row
+from aggregator.store.rows import message_row
+from aggregator.store.sqlite import SqliteStore
+from aggregator.wire import Answers, call
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, ROOT, daemon, wait_for, write_daemon_config
 from tests.store_helpers import NOW, make_message, parts, receipt
@@ -31,7 +34,7 @@ def commit_seconds() -> list[float]:
 
 @pytest.fixture
 async def store(tmp_path: Path, commit_seconds: list[float]) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "smsagg.db"), writer="process",
+    s = SqliteStore(str(tmp_path / "smsagg.db"),
                     on_commit=commit_seconds.append)
     await s.open()
     try:
@@ -86,12 +89,12 @@ async def test_an_operation_that_fails_alone_fails_alone(store: SqliteStore) -> 
 
 async def test_the_writer_process_outlives_sigint_and_sigterm(store: SqliteStore) -> None:
     """Ctrl-C and systemd's stop reach the writer too; the daemon drains and must still write."""
-    assert store._proc is not None
+    assert store.writer.proc is not None
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        store._proc.send_signal(signum)
+        store.writer.proc.send_signal(signum)
 
     assert (await store.accept(make_message(), None)).created  # answered after the signals
-    assert store._proc.poll() is None and store.write_failure() is None
+    assert store.writer.proc.poll() is None and store.write_failure() is None
 
 
 async def test_an_unknown_operation_gets_an_error_not_a_dead_writer(store: SqliteStore) -> None:
@@ -101,14 +104,19 @@ async def test_an_unknown_operation_gets_an_error_not_a_dead_writer(store: Sqlit
     assert (await store.accept(make_message(), None)).created
 
 
-async def test_run_on_writer_is_refused_in_process_mode(store: SqliteStore) -> None:
-    with pytest.raises(StoreError, match="thread"):
-        await store.run_on_writer(lambda conn: conn.execute("SELECT 1").fetchone())
+async def test_run_on_writer_runs_named_tools_only(store: SqliteStore) -> None:
+    """A function does not travel to the writer process: only writes.TOOLS do, and of the
+    PRAGMAs only TOOL_PRAGMAS."""
+    with pytest.raises(StoreError, match="no writer tool"):
+        await store.run_on_writer("drop_everything")
+    with pytest.raises(StoreError, match="not a writer tool"):
+        await store.run_on_writer("pragma", "writable_schema", 1)
+    assert await store.run_on_writer("pragma", "query_only", None) == 0
 
 
 async def test_a_dead_writer_process_fails_writes_and_readiness(store: SqliteStore) -> None:
-    assert store._proc is not None
-    store._proc.kill()
+    assert store.writer.proc is not None
+    store.writer.proc.kill()
     await wait_for(lambda: store.write_failure() is not None, what="the loss noticed")
 
     with pytest.raises(StoreError, match="writer process exited"):
@@ -119,11 +127,11 @@ async def test_a_dead_writer_process_fails_writes_and_readiness(store: SqliteSto
 async def test_the_writer_process_dies_with_a_killed_daemon(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, sys
-        from aggregator.store.sqlite import SqliteStore, message_row
+        from aggregator.store.sqlite import SqliteStore
         async def main():
-            store = SqliteStore({str(tmp_path / "smsagg.db")!r}, writer="process")
+            store = SqliteStore({str(tmp_path / "smsagg.db")!r})
             await store.open()
-            print(store._proc.pid, flush=True)
+            print(store.writer.proc.pid, flush=True)
             await asyncio.Event().wait()
         asyncio.run(main())
     """)
@@ -197,8 +205,10 @@ class _Worker:
         self.answers: dict[int, tuple[bool, Any]] = {}
 
     def frame_received(self, link: Link, obj: Any) -> None:
-        for rid, ok, result in obj[1]:
-            self.answers[rid] = (ok, result)
+        assert isinstance(obj, Answers)
+        for a in obj.answers:
+            self.answers[a.id] = (a.fault is None, a.fault.text if a.fault else
+                                  msgspec.msgpack.decode(a.result))
 
     def link_lost(self, link: Link) -> None:
         pass
@@ -208,7 +218,7 @@ async def test_a_workers_accepts_go_to_the_writer_and_the_daemon_counts_them(
     tmp_path: Path,
 ) -> None:
     woken: list[int] = []
-    store = SqliteStore(str(tmp_path / "smsagg.db"), writer="process",
+    store = SqliteStore(str(tmp_path / "smsagg.db"),
                         on_accepted=lambda: woken.append(1))
     await store.open()
     try:
@@ -217,9 +227,9 @@ async def test_a_workers_accepts_go_to_the_writer_and_the_daemon_counts_them(
         await asyncio.get_running_loop().create_unix_connection(lambda: worker.link,
                                                                 store.writer_address)
         m, n = make_message(), make_message()
-        worker.link.send(frame((1, "accept", (message_row(m), None))))
-        worker.link.send(frame((2, "accept_many", ([message_row(n)], []))))
-        worker.link.send(frame((3, "claim_due", (NOW, 10))))  # not a worker's to ask
+        worker.link.send(frame(call(1, "accept", (message_row(m), None))))
+        worker.link.send(frame(call(2, "accept_many", ([message_row(n)], []))))
+        worker.link.send(frame(call(3, "claim_due", (NOW, 10, None))))  # not a worker's to ask
 
         await wait_for(lambda: len(worker.answers) == 3, what="three answers")
         assert worker.answers[1] == (True, None) and worker.answers[2] == (True, None)
@@ -238,7 +248,7 @@ async def test_a_worker_sending_garbage_is_dropped_and_the_writer_goes_on(
 ) -> None:
     assert store.writer_address is not None
     reader, writer = await asyncio.open_unix_connection(store.writer_address)
-    writer.write((5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")  # not a pickle
+    writer.write((5).to_bytes(4, "big") + b"\xff\xfe\xfd\xfc\xfb")  # not a wire message
     await writer.drain()
 
     assert await asyncio.wait_for(reader.read(), DEADLINE) == b""  # dropped

@@ -550,7 +550,7 @@ async def test_writes_waiting_behind_a_busy_writer_go_in_one_commit(
             asyncio.ensure_future(store.accept(make_message(), None)) for _ in range(300)
         ]
         await asyncio.sleep(0)  # each task queues its write on its first step
-        assert store.waiting == 300
+        assert store.writes_queued == 300
         blocker.execute("COMMIT")
     finally:
         blocker.close()
@@ -568,11 +568,10 @@ async def test_claiming_walks_the_due_index_instead_of_sorting_the_backlog(
     # With a deep backlog, sorting every waiting row on each claim (the planner's own choice,
     # via messages_status) cost 14 ms per claim at 16k rows and capped relaying.
     await store.accept_many([make_message() for _ in range(300)])
-    statements: list[str] = []
-    await store.run_on_writer(lambda conn: conn.set_trace_callback(statements.append))
+    await store.run_on_writer("trace", True)
     assert len(await store.claim_due(NOW, 10)) == 10
     assert await store.next_due_at() == 0.0
-    await store.run_on_writer(lambda conn: conn.set_trace_callback(None))
+    statements: list[str] = await store.run_on_writer("trace", False)
     reads = [s for s in statements if "messages_due" in s or "next_attempt_at <=" in s
              or "MIN(next_attempt_at)" in s]
     # The claim's look for the accounts due (two index seeks with one account), the claim,

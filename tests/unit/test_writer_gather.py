@@ -16,7 +16,7 @@ from tests.store_helpers import make_message
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "smsagg.db"), writer="process")
+    s = SqliteStore(str(tmp_path / "smsagg.db"))
     await s.open()
     try:
         yield s

@@ -1,0 +1,200 @@
+"""The SQLite store's client of its writer process (writer_process.py): starts it (the daemon)
+or joins one already running (an ingress worker), sends it writes as wire.py calls and resolves
+each one's future once its group has committed; keeps the figures readiness reads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aggregator import metrics
+from aggregator.frames import frame
+from aggregator.link import Calls, Link
+from aggregator.log import get_logger
+from aggregator.store.base import WRITE_FAILURE_WINDOW, StoreBusy, StoreError
+from aggregator.store.writes import OPS, TOOLS, WriteFigures
+from aggregator.wire import Answers, Done, OpenFailed, Ready, Stop, Wire, signature
+
+log = get_logger("smsagg.store")
+
+PROCESS_START_TIMEOUT = 30.0  # seconds for the writer process to open the database
+PROCESS_STOP_TIMEOUT = 30.0  # seconds for it to answer what is queued and exit
+
+
+class WriterClient:
+    """One link to the writer process. `on_commit` gets each group commit's seconds (a
+    metric); `on_lost` hears why, if the process ends while the store is open (nothing can be
+    written any more); `on_pending` hears how the ingress workers' writes changed the pending
+    counts, per account."""
+
+    def __init__(self, path: str, *, busy_timeout: float, commit_batch: int,
+                 max_writes_queued: int,
+                 on_commit: Callable[[float], None] | None = None,
+                 on_lost: Callable[[str], None] | None = None,
+                 on_pending: Callable[[dict[str, int]], None] | None = None) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.commit_batch = commit_batch
+        self.max_writes_queued = max_writes_queued
+        self._on_commit = on_commit
+        self._on_lost = on_lost
+        self._on_pending = on_pending
+        self.figures = WriteFigures()  # as the writer process's last answer gave them
+        self.proc: subprocess.Popen[bytes] | None = None  # None when joined
+        self._link: Link | None = None
+        self._calls = Calls()  # by id; the link sends a turn's calls in one write
+        self._started: asyncio.Future[None] | None = None
+        self._lost: str | None = None  # why the writer process is gone
+        self._closed = True
+        self._queued = 0  # writes sent and not yet answered
+        self.address: str | None = None  # where ingress workers reach the writer process
+        self._dir: str | None = None
+
+    @property
+    def writes_queued(self) -> int:
+        """Writes sent to the writer and not yet answered (bounded by max_writes_queued)."""
+        return self._queued
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer process on the (migrated) database and wait until it is ready."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        self._dir = tempfile.mkdtemp(prefix="smsagg-writer-")  # mode 0700: ours only
+        address = os.path.join(self._dir, "writer.sock")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "aggregator.store.writer_process", str(theirs.fileno()),
+                 self.path, repr(self.busy_timeout), str(self.commit_batch), address],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._started = loop.create_future()
+        self._closed = False
+        _, self._link = await loop.connect_accepted_socket(lambda: Link(self), ours)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._started), PROCESS_START_TIMEOUT)
+        except BaseException:
+            await self.close()
+            raise
+        self.address = address
+
+    async def join(self, address: str) -> None:
+        """Connect to a running writer process (an ingress worker's store): it answers with
+        Answers; the daemon that started it migrated the database."""
+        loop = asyncio.get_running_loop()
+        try:
+            _, self._link = await loop.create_unix_connection(lambda: Link(self), address)
+        except OSError as exc:
+            raise StoreError(f"cannot reach the store writer at {address}: {exc}") from exc
+        self._closed = False
+
+    async def close(self) -> None:
+        """Started: stop the process after it answered every write sent before. Joined: leave
+        the daemon's writer running."""
+        self._closed = True
+        proc, link = self.proc, self._link
+        if link is not None and proc is not None:
+            link.send(frame(Stop()))  # after every call already sent: they are answered first
+        if proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), PROCESS_STOP_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        if link is not None:
+            link.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ---- from the writer -------------------------------------------------------------------
+
+    def frame_received(self, link: Link, obj: Wire) -> None:
+        """Ready, OpenFailed, or one round's Done (Answers, when joined)."""
+        if isinstance(obj, Answers):
+            self._answered(obj)
+            return
+        if isinstance(obj, Ready | OpenFailed):
+            if self._started is not None and not self._started.done():
+                if isinstance(obj, Ready):
+                    self._started.set_result(None)
+                else:
+                    self._started.set_exception(StoreError(obj.error))
+            return
+        if not isinstance(obj, Done):
+            raise StoreError(f"unexpected message from the writer: {type(obj).__name__}")
+        self.figures = obj.figures
+        if obj.pending and self._on_pending is not None:
+            self._on_pending(obj.pending)
+        if self._on_commit is not None:
+            for seconds in obj.durations:
+                with contextlib.suppress(Exception):
+                    self._on_commit(seconds)
+        self._answered(obj)
+
+    def _answered(self, obj: Answers | Done) -> None:
+        self._queued -= len(obj.answers)
+        for answer in obj.answers:
+            self._calls.answer(answer)
+
+    def link_lost(self, link: Link) -> None:
+        code = self.proc.poll() if self.proc is not None else None
+        self._lost = f"the store writer process exited (code {code})"
+        if not self._closed:
+            log.error("store_writer_lost", exit_code=code)
+            if self._on_lost is not None:
+                self._on_lost(self._lost)
+        self.figures.failed(self._lost)
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(StoreError(self._lost))
+        self._queued -= len(self._calls)
+        lost = self._lost
+        self._calls.fail_all(lambda: StoreError(lost))
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def write_failure(self) -> str | None:
+        """The last write error while writes are failing (the last group failed, within
+        WRITE_FAILURE_WINDOW seconds); None when the store takes writes. For readiness."""
+        if self._lost is not None:
+            return self._lost
+        f = self.figures
+        error, at = f.last_write_error, f.last_write_error_at
+        if error is None or at <= f.last_write_ok_at:
+            return None
+        return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
+
+    def submit(self, name: str, *args: Any) -> asyncio.Future[Any]:
+        """Send the write `name` (an operation of writes.OPS, or a tool of writes.TOOLS) with
+        its arguments; the future resolves after its group committed."""
+        if self._closed or self._link is None:
+            raise StoreError("store is closed")
+        if self._lost is not None:
+            raise StoreError(self._lost)
+        if self._queued >= self.max_writes_queued:
+            raise StoreBusy("too many writes queued for the store")
+        fn = OPS.get(name) or TOOLS.get(name)
+        if fn is None:
+            raise StoreError(f"no store operation {name!r}")
+        future = self._calls.send(self._link, name, args, signature(fn))
+        self._queued += 1
+        future.add_done_callback(functools.partial(_observe, name, time.monotonic()))
+        return future
+
+
+def _observe(op: str, started: float, future: asyncio.Future[Any]) -> None:
+    """A write's time, queued to committed, beside PostgreSQL's (by backend)."""
+    if not future.cancelled() and future.exception() is None:
+        metrics.store_operation_seconds.labels("sqlite", op).observe(time.monotonic() - started)
