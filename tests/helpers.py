@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from aggregator import metrics
 from aggregator.app import App
 from aggregator.config import Config, parse_config
 from simulator.harness import (
@@ -202,6 +203,11 @@ def metric_samples(text: str) -> Samples:
 def metric_value(samples: Samples, name: str, **labels: str) -> float | None:
     """The sample with exactly these labels; None when there is none."""
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def registry_value(name: str, **labels: str) -> float:
+    """A sample of this process's metrics registry (0 while the labelled child does not exist)."""
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def free_port() -> int:

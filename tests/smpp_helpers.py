@@ -67,3 +67,12 @@ async def send(conn: SmppConnection, pdu: Any) -> Any:
 
 def tlv(pdu: Any, tag: int) -> Any:
     return next(p.value for p in pdu.optional_params if p.tag == tag)
+
+
+def smpplib_client(port: int) -> Any:
+    """python-smpplib's client, an independent ESME, for the daemon's SMPP server on port: every
+    socket read waits up to DEADLINE (smpplib's own timeout argument, not its socket)."""
+    import smpplib.client
+
+    return smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
+                                 allow_unknown_opt_params=True)

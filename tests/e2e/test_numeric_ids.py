@@ -15,7 +15,8 @@ import pytest
 from aggregator.config import ConfigError
 from aggregator.model import DecimalIds
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, daemon, make_config, running, write_daemon_config
+from tests.helpers import AUTH, daemon, make_config, running, write_daemon_config
+from tests.smpp_helpers import smpplib_client
 
 SHOP = {"system_id": "shop", "password": "secret", "message_id_format": "decimal"}
 BANK = {"system_id": "bank", "password": "secret"}
@@ -52,10 +53,9 @@ def test_config_refuses_an_unknown_id_format(tmp_path: Path) -> None:
 def _smpplib_run(port: int, system_id: str, n: int) -> tuple[list[str], list[tuple[str, str]]]:
     """Submit n messages asking for receipts; the submit_sm_resp ids and, per receipt, its
     receipted_message_id and text."""
-    import smpplib.client
     import smpplib.consts
 
-    client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+    client = smpplib_client(port)
     sent: list[str] = []
     receipts: list[tuple[str, str]] = []
     client.set_message_sent_handler(lambda pdu: sent.append(pdu.message_id.decode()))
@@ -67,7 +67,6 @@ def _smpplib_run(port: int, system_id: str, n: int) -> tuple[list[str], list[tup
     client.connect()
     try:
         client.bind_transceiver(system_id=system_id, password="secret")
-        client._socket.settimeout(DEADLINE)
         for i in range(n):
             client.send_message(
                 source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="ACME",
