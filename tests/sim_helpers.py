@@ -1,5 +1,6 @@
 """An SMPP client of the simulator SMSC for its tests: one bound connection with its deliver_sm
-queue, and a submit_sm builder."""
+queue (each with the loop time it came), opened by the `connect` fixture of tests/sim/conftest.py,
+and a submit_sm builder."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmpplib import PhoneNumber, SubmitSm
+from aiosmpplib import DeliverSmResp, PhoneNumber, SmppCommandStatus, SubmitSm
 
-from aggregator.smpp.transport import SmppConnection
+from aggregator.smpp.session import BindMode, Event, RequestReceived, SessionClosed
+from aggregator.smpp.transport import SmppConnection, open_client
+from simulator.smsc import Smsc
 
 DEADLINE = 5.0
 
@@ -18,17 +21,51 @@ DEADLINE = 5.0
 @dataclass
 class Client:
     conn: SmppConnection
-    delivers: asyncio.Queue[Any]
+    delivers: asyncio.Queue[tuple[float, Any]]  # (loop time received, deliver_sm)
     closed: asyncio.Event
 
     async def submit(self, pdu: Any) -> Any:
         return await asyncio.wait_for(self.conn.request(pdu), DEADLINE)
 
     async def next_deliver(self) -> Any:
+        return (await self.next_timed())[1]
+
+    async def next_timed(self) -> tuple[float, Any]:
         return await asyncio.wait_for(self.delivers.get(), DEADLINE)
 
 
 Connect = Callable[..., Awaitable[Client]]
+
+
+async def open_sim_client(
+    target: Smsc | int,
+    *,
+    mode: BindMode = BindMode.TRANSCEIVER,
+    system_id: str = "esme",
+    password: str = "pw",
+    deliver_status: Any = SmppCommandStatus.ESME_ROK,
+    window: int = 50,
+    response_timeout: float = DEADLINE,
+) -> Client:
+    """Bind to an SMSC (or a port); every deliver_sm is queued and answered with deliver_status."""
+    delivers: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
+    closed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_event(conn: SmppConnection, event: Event) -> None:
+        if isinstance(event, RequestReceived):
+            delivers.put_nowait((loop.time(), event.pdu))
+            conn.respond(event.pdu, DeliverSmResp(command_status=deliver_status))
+        elif isinstance(event, SessionClosed):
+            closed.set()
+
+    port = target if isinstance(target, int) else target.port
+    conn = await open_client(
+        "127.0.0.1", port, mode=mode, system_id=system_id, password=password,
+        window=window, on_event=on_event, bind_timeout=DEADLINE,
+        response_timeout=response_timeout,
+    )
+    return Client(conn, delivers, closed)
 
 
 def make_submit(text: str = "hello", **kwargs: Any) -> Any:

@@ -12,7 +12,7 @@ import aiohttp
 
 from aggregator.app import App
 from aggregator.config import with_overrides
-from simulator.cli import _add_smsc_args, _smsc_profile
+from simulator.cli import add_smsc_args, smsc_profile
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, make_config, registry_value, wait_for
 
@@ -74,7 +74,7 @@ async def until_final(app: App, count: int) -> dict[str, int]:
 
 def test_smsc_option_receipts_any_bind_sets_the_profile() -> None:
     parser = argparse.ArgumentParser()
-    _add_smsc_args(parser)
+    add_smsc_args(parser)
 
-    assert _smsc_profile(parser.parse_args(["--receipts-any-bind"])).receipts_any_bind
-    assert not _smsc_profile(parser.parse_args([])).receipts_any_bind
+    assert smsc_profile(parser.parse_args(["--receipts-any-bind"])).receipts_any_bind
+    assert not smsc_profile(parser.parse_args([])).receipts_any_bind

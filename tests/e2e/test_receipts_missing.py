@@ -202,12 +202,12 @@ async def test_id_the_smsc_forgot_is_not_found_without_back_off(tmp_path: Path) 
 def test_simulator_cli_and_profile_file_options() -> None:
     import argparse
 
-    from simulator.cli import _add_smsc_args, _smsc_profile
+    from simulator.cli import add_smsc_args, smsc_profile
     from simulator.profiles import parse_profiles
 
     parser = argparse.ArgumentParser()
-    _add_smsc_args(parser)
-    profile = _smsc_profile(parser.parse_args(["--lose-receipts", "0.05", "--no-query-sm"]))
+    add_smsc_args(parser)
+    profile = smsc_profile(parser.parse_args(["--lose-receipts", "0.05", "--no-query-sm"]))
     assert (profile.lose_receipts, profile.answer_query_sm) == (0.05, False)
     [spec] = parse_profiles({"smsc": [{"name": "A", "port": 0, "lose_receipts": 0.05}]}, "f")
     assert (spec.profile.lose_receipts, spec.profile.answer_query_sm) == (0.05, True)

@@ -9,61 +9,23 @@ import re
 import signal
 import struct
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmpplib import DeliverSmResp, OptionalParam, SmppCommandStatus
+from aiosmpplib import OptionalParam, SmppCommandStatus
 
-from aggregator.smpp.session import BindMode, Event, RequestReceived, SessionClosed
-from aggregator.smpp.transport import BindError, SmppConnection, open_client
-from simulator.smsc import Smsc, raw_short_message
+from aggregator.smpp.session import BindMode
+from aggregator.smpp.transport import BindError
+from simulator.smsc import raw_short_message
 from tests.helpers import Start
-from tests.sim_helpers import DEADLINE, Client, Connect, make_submit
+from tests.sim_helpers import DEADLINE, Connect, make_submit
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIPT_RE = re.compile(
     r"^id:(?P<id>\S+) sub:001 dlvrd:(?P<dlvrd>\d{3}) submit date:\d{10} done date:\d{10}"
     r" stat:(?P<stat>\w+) err:(?P<err>\d{3}) text:$"
 )
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    clients: list[Client] = []
-
-    async def open_(
-        target: Smsc | int,
-        *,
-        mode: BindMode = BindMode.TRANSCEIVER,
-        system_id: str = "esme",
-        password: str = "pw",
-        deliver_status: Any = SmppCommandStatus.ESME_ROK,
-        window: int = 50,
-    ) -> Client:
-        delivers: asyncio.Queue[Any] = asyncio.Queue()
-        closed = asyncio.Event()
-
-        def on_event(conn: SmppConnection, event: Event) -> None:
-            if isinstance(event, RequestReceived):
-                delivers.put_nowait(event.pdu)
-                conn.respond(event.pdu, DeliverSmResp(command_status=deliver_status))
-            elif isinstance(event, SessionClosed):
-                closed.set()
-
-        port = target if isinstance(target, int) else target.port
-        conn = await open_client(
-            "127.0.0.1", port, mode=mode, system_id=system_id, password=password,
-            window=window, on_event=on_event, bind_timeout=DEADLINE,
-        )
-        client = Client(conn, delivers, closed)
-        clients.append(client)
-        return client
-
-    yield open_
-    for client in clients:
-        client.conn.close()
 
 
 def udh_submit(udh: bytes, text: str = "part") -> Any:
