@@ -83,7 +83,7 @@ async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> 
                 assert not PHONE_LIKE.match(label_value), (name, label_value)
         assert "38344" not in text  # no number anywhere, not even in help text
         # The separate metrics listener serves the same registry.
-        m_port = r.app._metrics_runner.addresses[0][1]  # type: ignore[union-attr]
+        m_port = r.app.metrics_port
         assert "smsagg_messages_accepted_total" in await scrape(
             r.http, f"http://127.0.0.1:{m_port}/metrics")
 

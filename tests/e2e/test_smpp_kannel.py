@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from aggregator.ingress.smpp import _receipt_mode, query_answer
+from aggregator.ingress.smpp import message_receipt_mode, query_answer
 from aggregator.model import Encoding, Message, MessageStatus, Sender, SenderKind
 from simulator.smsc import SmscProfile
 from tests.helpers import DEADLINE, Running, registry_value, running
@@ -90,7 +90,7 @@ async def test_receipt_asked_on_the_first_part_only_gives_the_final_receipt(
 )
 def test_a_long_message_asks_for_a_receipt_if_any_part_does(modes: tuple[int, ...],
                                                            expected: int) -> None:
-    assert _receipt_mode(modes) == expected
+    assert message_receipt_mode(modes) == expected
 
 
 # ---- a window larger than [smpp] window (item 7) ----------------------------------------------
