@@ -21,6 +21,7 @@ _ids = iter(range(1, 1_000_000))
 
 def make_message(
     *,
+    message_id: str | None = None,
     account: str = "shop",
     segments: int = 1,
     created_at: float = NOW,
@@ -30,7 +31,7 @@ def make_message(
     reference: str | None = None,
 ) -> Message:
     return Message(
-        id=f"msg{next(_ids):05d}",
+        id=message_id or f"msg{next(_ids):05d}",
         account=account,
         to="+38344123456",
         sender=Sender("Shop", SenderKind.ALPHANUMERIC),
