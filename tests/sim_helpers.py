@@ -1,11 +1,16 @@
 """An SMPP client of the simulator SMSC for its tests: one bound connection with its deliver_sm
 queue (each with the loop time it came), opened by the `connect` fixture of tests/sim/conftest.py,
-and a submit_sm builder."""
+a submit_sm builder, and `python -m simulator` as a subprocess stopped with SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +19,7 @@ from aiosmpplib import DeliverSmResp, PhoneNumber, SmppCommandStatus, SubmitSm
 from aggregator.smpp.session import BindMode, Event, RequestReceived, SessionClosed
 from aggregator.smpp.transport import SmppConnection, open_client
 from simulator.smsc import Smsc
+from tests.helpers import ROOT
 
 DEADLINE = 5.0
 
@@ -72,3 +78,39 @@ def make_submit(text: str = "hello", **kwargs: Any) -> Any:
     kwargs.setdefault("source", PhoneNumber("SENDER"))
     kwargs.setdefault("destination", PhoneNumber("4915112345678"))
     return SubmitSm(short_message=text, **kwargs)
+
+
+@asynccontextmanager
+async def simulator_process(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m simulator ARGS` from this tree, output piped; killed at the end if it still
+    runs (a test that wants a clean exit calls sigterm_and_wait first)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulator", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def stderr_match(proc: asyncio.subprocess.Process, pattern: str,
+                       timeout: float = DEADLINE) -> re.Match[str]:
+    """Read stderr lines until one starts with pattern (failing if the process ends first)."""
+    assert proc.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), timeout)).decode()
+        assert line, f"simulator exited before printing {pattern!r}"
+        match = re.match(pattern, line)
+        if match:
+            return match
+
+
+async def sigterm_and_wait(proc: asyncio.subprocess.Process) -> bytes:
+    """SIGTERM, then what the process wrote on stdout until it exited."""
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
+    return stdout

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,10 +19,16 @@ from aggregator.smpp.transport import (
 from simulator.cli import build_parser, main, smsc_profile
 from simulator.profiles import ProfileError, SmscSpec, load_profiles, parse_profiles
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import Start
-from tests.sim_helpers import DEADLINE, Client, Connect, make_submit
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, Start
+from tests.sim_helpers import (
+    DEADLINE,
+    Client,
+    Connect,
+    make_submit,
+    sigterm_and_wait,
+    simulator_process,
+    stderr_match,
+)
 
 
 async def statuses(client: Client, n: int) -> list[int]:
@@ -380,38 +383,20 @@ async def test_cli_runs_two_smscs_from_a_profile_file(tmp_path: Path, connect: C
         '[[smsc]]\nname = "A"\nport = 0\n'
         '[[smsc]]\nname = "B"\nport = 0\nerror_ratio = 1.0\nerror_status = 0x14\n'
     ))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator", "smsc", "--profile", str(path),
-        "--stats-interval", "0.1", "--loop", "asyncio",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
+    async with simulator_process("smsc", "--profile", str(path), "--stats-interval", "0.1",
+                                 "--loop", "asyncio") as proc:
         ports: dict[str, int] = {}
         while len(ports) < 2:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 20.0)).decode()
-            assert line, "simulator exited before listening"
-            match = re.match(r"listening on [\d.]+:(\d+) \((\w+)\)", line)
-            if match:
-                ports[match[2]] = int(match[1])
+            match = await stderr_match(proc, r"listening on [\d.]+:(\d+) \((\w+)\)", 20.0)
+            ports[match[2]] = int(match[1])
         assert set(ports) == {"A", "B"} and ports["A"] != ports["B"]
         a, b = await connect(ports["A"]), await connect(ports["B"])
         assert (await a.submit(make_submit())).command_status == SmppCommandStatus.ESME_ROK
         assert int((await b.submit(make_submit())).command_status) == 0x14
         seen: set[str] = set()
         while seen != {"A", "B"}:  # periodic stats, one line per SMSC
-            line = (await asyncio.wait_for(proc.stderr.readline(), DEADLINE)).decode()
-            assert line, "simulator exited"
-            match = re.match(r"(\w+): submits=1 .*errors=(\d+)", line)
-            if match:
-                seen.add(match[1])
-        proc.send_signal(signal.SIGTERM)
-        stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            seen.add((await stderr_match(proc, r"(\w+): submits=1 .*errors=(\d+)"))[1])
+        stdout = await sigterm_and_wait(proc)
     assert proc.returncode == 0
     summary = json.loads(stdout)
     assert set(summary) == {"A", "B"}
