@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
 from aggregator.model import (
     Encoding,
     Message,
@@ -17,6 +22,17 @@ NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 PROVIDER = "opA"
 
 _ids = iter(range(1, 1_000_000))
+
+
+@asynccontextmanager
+async def opened_sqlite(path: Path, **options: Any) -> AsyncIterator[SqliteStore]:
+    """A SqliteStore at path (options as its constructor's), open, closed at the end."""
+    store = SqliteStore(str(path), **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def make_message(

@@ -27,7 +27,7 @@ from aggregator.receipts import (
     receipt_error,
 )
 from aggregator.store.sqlite import SqliteStore
-from tests.store_helpers import make_message
+from tests.store_helpers import make_message, opened_sqlite
 
 NOW = 1_700_000_000.0
 
@@ -206,12 +206,8 @@ def test_ids_that_do_not_convert_stay_as_they_are(mode: str) -> None:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "smsagg.db"))
-    await s.open()
-    try:
+    async with opened_sqlite(tmp_path / "smsagg.db") as s:
         yield s
-    finally:
-        await s.close()
 
 
 class Finals:
