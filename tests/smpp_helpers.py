@@ -76,3 +76,24 @@ def smpplib_client(port: int) -> Any:
 
     return smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
                                  allow_unknown_opt_params=True)
+
+
+def smpplib_submit_status(port: int, destination: str, text: bytes, *, source: str = "ACME",
+                          **fields: Any) -> int:
+    """smpplib binds as shop and sends one submit_sm (alphanumeric source, international
+    destination without its +, other fields as given); the status of its submit_sm_resp."""
+    import smpplib.consts
+
+    client = smpplib_client(port)
+    try:
+        client.connect()
+        client.bind_transceiver(system_id="shop", password="secret")
+        client.send_message(
+            source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr=source,
+            dest_addr_ton=smpplib.consts.SMPP_TON_INTL, destination_addr=destination,
+            short_message=text, **fields)
+        resp = client.read_pdu()
+        assert resp.command == "submit_sm_resp"
+        return int(resp.status)
+    finally:
+        client.disconnect()
