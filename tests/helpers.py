@@ -210,6 +210,19 @@ def registry_value(name: str, **labels: str) -> float:
     return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+class ManualClock:
+    """A clock for `clock=` parameters that stands still until the test moves `now`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port() -> int:
     """A port the OS hands out as ephemeral now, for a server that keeps it across restarts."""
     with socket.socket() as sock:
