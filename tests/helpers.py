@@ -134,6 +134,19 @@ async def serve_app(routes: Iterable[web.AbstractRouteDef]) -> AsyncIterator[str
         await runner.cleanup()
 
 
+async def post_messages(http: aiohttp.ClientSession, base: str, count: int, *, first: int,
+                        tag: str) -> list[str]:
+    """POST count messages from ACME to +38344<first + i>, text <tag><i>, one after the other,
+    each answered 202; their ids."""
+    ids: list[str] = []
+    for i in range(count):
+        async with http.post(f"{base}/v1/messages", headers=AUTH, json={
+                "to": f"+38344{first + i}", "from": "ACME", "text": f"{tag}{i}"}) as r:
+            assert r.status == 202, await r.text()
+            ids.append((await r.json())["id"])
+    return ids
+
+
 @dataclass
 class Running:
     app: App
@@ -147,6 +160,10 @@ class Running:
         kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
         async with self.http.post(f"{self.base}/v1/messages", headers=hdrs, **kwargs) as r:
             return r.status, await r.json()
+
+    async def post_many(self, count: int, *, first: int, tag: str) -> list[str]:
+        """See post_messages."""
+        return await post_messages(self.http, self.base, count, first=first, tag=tag)
 
     async def get(self, message_id: str, key: str = API_KEY) -> tuple[int, dict[str, Any]]:
         async with self.http.get(f"{self.base}/v1/messages/{message_id}",

@@ -15,7 +15,14 @@ import pytest
 from aggregator.config import ConfigError
 from aggregator.model import DecimalIds
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, daemon, make_config, running, write_daemon_config
+from tests.helpers import (
+    AUTH,
+    daemon,
+    make_config,
+    post_messages,
+    running,
+    write_daemon_config,
+)
 from tests.smpp_helpers import smpplib_client
 
 SHOP = {"system_id": "shop", "password": "secret", "message_id_format": "decimal"}
@@ -112,12 +119,7 @@ async def test_decimal_ids_over_http_from_ingress_workers(tmp_path: Path) -> Non
                                    'api_key = "shop-key"\nmessage_id_format = "decimal"\n'))
     try:
         async with daemon(config) as (_proc, base), aiohttp.ClientSession(headers=AUTH) as http:
-            ids = []
-            for i in range(40):
-                async with http.post(f"{base}/v1/messages", json={
-                        "to": f"+38344{820000 + i}", "from": "ACME", "text": f"d{i}"}) as r:
-                    assert r.status == 202, await r.text()
-                    ids.append((await r.json())["id"])
+            ids = await post_messages(http, base, 40, first=820000, tag="d")
             assert len(set(ids)) == 40
             assert all(re.fullmatch(r"[1-9][0-9]{0,18}", x) for x in ids)
             assert {_node(x) for x in ids} <= {1, 2}  # a worker's number in each
