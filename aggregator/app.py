@@ -129,6 +129,7 @@ class App:
         self._retire_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.http_port = 0
+        self.metrics_port = 0  # [metrics] listen's port once started (0 there: the one taken)
         self.http_scheme = "https" if config.http.tls_cert else "http"
         self.started = asyncio.Event()
         # Set when the daemon cannot go on (its store writer process died): `smsagg run` then
@@ -263,6 +264,7 @@ class App:
             await self._metrics_runner.setup()
             m = self.config.metrics.listen
             await web.TCPSite(self._metrics_runner, m.host, m.port).start()
+            self.metrics_port = self._metrics_runner.addresses[0][1]
         listen = self.config.http.listen
         if self.workers is not None:  # they serve HTTP; this process relays
             await self.workers.start()

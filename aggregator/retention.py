@@ -29,7 +29,7 @@ class Retention:
                  clock: Callable[[], float] = time.time, interval: float = INTERVAL) -> None:
         self._store = store
         self.config = config
-        self._clock = clock
+        self.clock = clock  # public: tests move time past the retention cutoff
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -59,7 +59,7 @@ class Retention:
             erased += n
             if n < BATCH:
                 break
-        cutoff = self._clock() - self.config.retention_days * DAY
+        cutoff = self.clock() - self.config.retention_days * DAY
         while (n := await self._store.purge_before(cutoff, BATCH)) > 0:
             purged += n
             if n < BATCH:

@@ -43,7 +43,7 @@ def emit_summary(summary: dict[str, Any], stats_file: str | None) -> None:
 # -- smsc ---------------------------------------------------------------------------------------
 
 
-def _add_smsc_args(parser: argparse.ArgumentParser) -> None:
+def add_smsc_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=2776, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0,
@@ -155,14 +155,14 @@ _PER_SMSC_OPTIONS = (
 
 def _check_no_per_smsc_options(args: argparse.Namespace) -> None:
     defaults = argparse.ArgumentParser()
-    _add_smsc_args(defaults)
+    add_smsc_args(defaults)
     for dest in _PER_SMSC_OPTIONS:
         if getattr(args, dest) != defaults.get_default(dest):
             option = "--" + dest.replace("_", "-")
             raise ValueError(f"{option} cannot be combined with --profile (set it in the file)")
 
 
-def _smsc_profile(args: argparse.Namespace) -> SmscProfile:
+def smsc_profile(args: argparse.Namespace) -> SmscProfile:
     return SmscProfile(
         latency=args.latency_ms / 1000.0,
         receipt_delay=args.receipt_delay_ms / 1000.0,
@@ -219,7 +219,7 @@ class _Served:
 async def _serve_smsc(args: argparse.Namespace, specs: list[SmscSpec] | None) -> int:
     tls = {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
     if specs is None:
-        served = [_Served(None, Smsc(_smsc_profile(args), host=args.host, port=args.port,
+        served = [_Served(None, Smsc(smsc_profile(args), host=args.host, port=args.port,
                                      **tls))]
     else:
         served = [_Served(s.name, Smsc(s.profile, host=args.host, port=s.port, **tls))
@@ -280,7 +280,7 @@ def _run_smsc(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "smsc": Command("run a simulated operator SMSC (SMPP server)", _add_smsc_args, _run_smsc),
+    "smsc": Command("run a simulated operator SMSC (SMPP server)", add_smsc_args, _run_smsc),
     "load": Command("generate load against smsagg over HTTP or SMPP and report latencies",
                     load_command.add_arguments, load_command.run_command),
     "bench": Command("run end-to-end scenarios (SMSC + smsagg subprocesses) and print a table",

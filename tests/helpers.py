@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from aggregator import metrics
 from aggregator.app import App
 from aggregator.config import Config, parse_config
 from simulator.harness import (
@@ -133,6 +134,19 @@ async def serve_app(routes: Iterable[web.AbstractRouteDef]) -> AsyncIterator[str
         await runner.cleanup()
 
 
+async def post_messages(http: aiohttp.ClientSession, base: str, count: int, *, first: int,
+                        tag: str) -> list[str]:
+    """POST count messages from ACME to +38344<first + i>, text <tag><i>, one after the other,
+    each answered 202; their ids."""
+    ids: list[str] = []
+    for i in range(count):
+        async with http.post(f"{base}/v1/messages", headers=AUTH, json={
+                "to": f"+38344{first + i}", "from": "ACME", "text": f"{tag}{i}"}) as r:
+            assert r.status == 202, await r.text()
+            ids.append((await r.json())["id"])
+    return ids
+
+
 @dataclass
 class Running:
     app: App
@@ -146,6 +160,10 @@ class Running:
         kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
         async with self.http.post(f"{self.base}/v1/messages", headers=hdrs, **kwargs) as r:
             return r.status, await r.json()
+
+    async def post_many(self, count: int, *, first: int, tag: str) -> list[str]:
+        """See post_messages."""
+        return await post_messages(self.http, self.base, count, first=first, tag=tag)
 
     async def get(self, message_id: str, key: str = API_KEY) -> tuple[int, dict[str, Any]]:
         async with self.http.get(f"{self.base}/v1/messages/{message_id}",
@@ -202,6 +220,24 @@ def metric_samples(text: str) -> Samples:
 def metric_value(samples: Samples, name: str, **labels: str) -> float | None:
     """The sample with exactly these labels; None when there is none."""
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def registry_value(name: str, **labels: str) -> float:
+    """A sample of this process's metrics registry (0 while the labelled child does not exist)."""
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class ManualClock:
+    """A clock for `clock=` parameters that stands still until the test moves `now`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def free_port() -> int:

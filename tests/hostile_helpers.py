@@ -20,6 +20,7 @@ import pytest
 from simulator import harness
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import AUTH, DEADLINE, SHOP, daemon, free_port, metric_samples
+from tests.smpp_helpers import smpplib_client
 
 HEADER = struct.Struct("!IIII")
 ENQUIRE_LINK = 0x00000015
@@ -91,11 +92,9 @@ async def scrape(d: Daemon) -> dict[Any, float]:
 
 def normal_client_submits(port: int) -> str:
     """An independent client (python-smpplib) binds, submits one message, unbinds; its id."""
-    import smpplib.client
     import smpplib.consts
 
-    client = smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
-                                   allow_unknown_opt_params=True)
+    client = smpplib_client(port)
     ids: list[str] = []
     client.set_message_sent_handler(lambda pdu: ids.append(pdu.message_id.decode()))
     client.connect()

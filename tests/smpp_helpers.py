@@ -67,3 +67,33 @@ async def send(conn: SmppConnection, pdu: Any) -> Any:
 
 def tlv(pdu: Any, tag: int) -> Any:
     return next(p.value for p in pdu.optional_params if p.tag == tag)
+
+
+def smpplib_client(port: int) -> Any:
+    """python-smpplib's client, an independent ESME, for the daemon's SMPP server on port: every
+    socket read waits up to DEADLINE (smpplib's own timeout argument, not its socket)."""
+    import smpplib.client
+
+    return smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
+                                 allow_unknown_opt_params=True)
+
+
+def smpplib_submit_status(port: int, destination: str, text: bytes, *, source: str = "ACME",
+                          **fields: Any) -> int:
+    """smpplib binds as shop and sends one submit_sm (alphanumeric source, international
+    destination without its +, other fields as given); the status of its submit_sm_resp."""
+    import smpplib.consts
+
+    client = smpplib_client(port)
+    try:
+        client.connect()
+        client.bind_transceiver(system_id="shop", password="secret")
+        client.send_message(
+            source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr=source,
+            dest_addr_ton=smpplib.consts.SMPP_TON_INTL, destination_addr=destination,
+            short_message=text, **fields)
+        resp = client.read_pdu()
+        assert resp.command == "submit_sm_resp"
+        return int(resp.status)
+    finally:
+        client.disconnect()

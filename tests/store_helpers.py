@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
 from aggregator.model import (
     Encoding,
     Message,
@@ -19,8 +24,20 @@ PROVIDER = "opA"
 _ids = iter(range(1, 1_000_000))
 
 
+@asynccontextmanager
+async def opened_sqlite(path: Path, **options: Any) -> AsyncIterator[SqliteStore]:
+    """A SqliteStore at path (options as its constructor's), open, closed at the end."""
+    store = SqliteStore(str(path), **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def make_message(
     *,
+    message_id: str | None = None,
     account: str = "shop",
     segments: int = 1,
     created_at: float = NOW,
@@ -30,7 +47,7 @@ def make_message(
     reference: str | None = None,
 ) -> Message:
     return Message(
-        id=f"msg{next(_ids):05d}",
+        id=message_id or f"msg{next(_ids):05d}",
         account=account,
         to="+38344123456",
         sender=Sender("Shop", SenderKind.ALPHANUMERIC),

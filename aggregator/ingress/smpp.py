@@ -90,7 +90,7 @@ def _address(number: str, ton: int) -> str:
     return number
 
 
-def _receipt_mode(registered_deliveries: Iterable[int]) -> int:
+def message_receipt_mode(registered_deliveries: Iterable[int]) -> int:
     """The receipt request of a message from its parts' registered_delivery (bits 1-0): any
     part asking counts, as gateways such as Kannel ask on the first part only. Asked always
     (01) on any part wins over on failure only (10)."""
@@ -599,14 +599,14 @@ class SmppServer:
 
     def _parts_receipt_mode(self, key: Hashable, registered_delivery: int, whole: bool) -> int:
         """Collect the registered_delivery of a long message's parts as they are held; once the
-        message is whole, its receipt request (see _receipt_mode). Entries of messages whose
+        message is whole, its receipt request (see message_receipt_mode). Entries of messages whose
         parts expired are dropped when there are more than parts could be held."""
         now = self._clock()
         seen, deadline = self._part_receipts.get(key, ((), now + self.config.reassembly_timeout))
         seen = (*seen, registered_delivery)
         if whole:
             self._part_receipts.pop(key, None)
-            return _receipt_mode(seen)
+            return message_receipt_mode(seen)
         if len(self._part_receipts) >= self.config.max_pending_parts:
             self._part_receipts = {k: v for k, v in self._part_receipts.items() if v[1] > now}
         self._part_receipts[key] = (seen, deadline)

@@ -88,6 +88,10 @@ class CallbackSender:
         """Callback requests under way (at most ``concurrency``)."""
         return len(self._flights)
 
+    def in_flight_to(self, destination: str) -> int:
+        """Callback requests under way to one destination ("scheme://host:port")."""
+        return self._hosts[destination]
+
     def start(self) -> None:
         metrics.watch_buffer("callbacks", self._config.concurrency, lambda: self.in_flight)
         self._session = aiohttp.ClientSession(

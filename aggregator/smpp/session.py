@@ -39,7 +39,7 @@ from aggregator.text import GSM7_CODECS
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
 Pdu: TypeAlias = SmppMessage
 
-_HEADER: Final = struct.Struct("!IIII")
+HEADER: Final = struct.Struct("!IIII")  # command_length, command_id, command_status, sequence
 HEADER_LENGTH: Final = 16
 MAX_SEQUENCE: Final = 0x7FFFFFFF
 
@@ -265,13 +265,13 @@ def _status_of(status: int) -> Any:
 _CODECS = GSM7_CODECS
 
 
-def _request_status(status: int) -> Any:
-    """The command_status _decode leaves on a request: aiosmpplib's from_pdu drops the header's,
-    so ESME_ROK for any status it knows, and _decode sets the number it does not."""
+def request_status(status: int) -> Any:
+    """The command_status decode_pdu leaves on a request: aiosmpplib's from_pdu drops the header's,
+    so ESME_ROK for any status it knows, and decode_pdu sets the number it does not."""
     return _ROK_STATUS if status in _STATUSES else status
 
 
-def _decode(cls: Any, data: bytes, length: int, command_id: int, status: int, seq: int) -> Pdu:
+def decode_pdu(cls: Any, data: bytes, length: int, command_id: int, status: int, seq: int) -> Pdu:
     """Decode with aiosmpplib; raises whatever aiosmpplib raises on a bad body."""
     known = _STATUSES.get(status)
     # data_coding 0 is GSM 03.38 here (SMPP-REFERENCE.md), not aiosmpplib's ASCII fallback.
@@ -392,7 +392,7 @@ class SmppSession:
         mode = self._check_bind_answer(request)
         if status == CommandStatus.ESME_ROK:
             raise SessionError("reject_bind needs an error status")
-        self._out += _HEADER.pack(
+        self._out += HEADER.pack(
             HEADER_LENGTH, _BIND_COMMANDS[mode] | RESP_BIT, status, request.sequence_num
         )
         self.state = SessionState.OPEN
@@ -537,7 +537,7 @@ class SmppSession:
         pos = 0
         handlers = _HANDLERS
         while end - pos >= HEADER_LENGTH:
-            length, command_id, status, seq = _HEADER.unpack_from(buf, pos)
+            length, command_id, status, seq = HEADER.unpack_from(buf, pos)
             if length < HEADER_LENGTH or length > self.max_pdu_length:
                 # We cannot find the next PDU boundary: answer and give up on the connection.
                 self._nack(CommandStatus.ESME_RINVCMDLEN, seq)
@@ -573,11 +573,11 @@ class SmppSession:
             # Also during our UNBINDING: refusing makes the peer keep the message for later.
             self._respond_error(command_id, CommandStatus.ESME_RINVBNDSTS, seq)
             return
-        pdu = (decode_deliver_sm(data, _request_status(status), seq, _CODECS)
+        pdu = (decode_deliver_sm(data, request_status(status), seq, _CODECS)
                if command_id == _DELIVER_SM else None)  # receipts' fast path (deliver_fast.py)
         try:
             if pdu is None:
-                pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
+                pdu = decode_pdu(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
         except Exception as exc:  # aiosmpplib raises many types on bad bodies
             self._respond_error(command_id, CommandStatus.ESME_RINVMSGLEN, seq)
             events.append(ProtocolError(f"bad body in 0x{command_id:08X}: {exc!r}", "remote"))
@@ -589,7 +589,7 @@ class SmppSession:
     ) -> None:
         """A request we do not support although the spec defines it (data_sm): its own
         response with ESME_RINVCMDID, as the spec allows, rather than a generic_nack."""
-        self._out += _HEADER.pack(
+        self._out += HEADER.pack(
             HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_RINVCMDID, seq
         )
         events.append(RequestRefused(command_id, CommandStatus.ESME_RINVCMDID))
@@ -605,7 +605,7 @@ class SmppSession:
             self._respond_error(command_id, CommandStatus.ESME_RALYBND, seq)
             return
         try:
-            pdu = _decode(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
+            pdu = decode_pdu(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
         except Exception as exc:  # aiosmpplib raises many types on bad bodies
             self._respond_error(command_id, _bind_body_status(data[HEADER_LENGTH:]), seq)
             events.append(ProtocolError(f"bad bind body: {exc!r}", "remote"))
@@ -616,12 +616,12 @@ class SmppSession:
     def _on_enquire_link(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
-        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_ROK, seq)
+        self._out += HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_ROK, seq)
 
     def _on_unbind(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
-        self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_ROK, seq)
+        self._out += HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, CommandStatus.ESME_ROK, seq)
         self._close("peer unbound", events)
 
     def _on_response(
@@ -639,7 +639,7 @@ class SmppSession:
         del self._pending[seq]
         cls = _PDU_CLASSES[command_id]
         try:
-            pdu = _decode(cls, data, len(data), command_id, status, seq)
+            pdu = decode_pdu(cls, data, len(data), command_id, status, seq)
         except Exception as exc:  # aiosmpplib raises many types on bad bodies
             # Error responses usually come without a body (aiosmpplib's bind_resp decoder
             # requires one); a bodiless object still carries the status to the caller.
@@ -696,12 +696,12 @@ class SmppSession:
         return seq
 
     def _nack(self, status: int, seq: int) -> None:
-        self._out += _HEADER.pack(HEADER_LENGTH, GENERIC_NACK, status, seq)
+        self._out += HEADER.pack(HEADER_LENGTH, GENERIC_NACK, status, seq)
 
     def _respond_error(self, command_id: int, status: int, seq: int) -> None:
         """Answer a request with its own *_resp, header only (the spec omits error bodies)."""
         if command_id in _RESP_CLASSES or command_id in _DATA_COMMANDS:
-            self._out += _HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, status, seq)
+            self._out += HEADER.pack(HEADER_LENGTH, command_id | RESP_BIT, status, seq)
         else:
             self._nack(CommandStatus.ESME_RINVCMDLEN, seq)
 

@@ -65,8 +65,9 @@ class SmscFaults(SmscReceipts):
             self._held.append((callback, args))
         return self._paused
 
-    def _roll_fault(self, profile: SmscProfile) -> str | None:
-        """None (answer normally), "drop" or "error"; one draw, only when a ratio is set."""
+    def roll_fault(self, profile: SmscProfile) -> str | None:
+        """None (answer normally), "drop" or "error"; one draw, only when a ratio is set (public
+        for tests that check the ratios over many draws)."""
         drop, error = profile.drop_ratio, profile.error_ratio
         if drop <= 0 and error <= 0:
             return None

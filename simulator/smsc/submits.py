@@ -56,7 +56,7 @@ class SmscSubmits(SmscFaults):
             self._respond(conn, pdu, ErrorResp(CommandStatus.ESME_RINVDSTADR))
             self._notify()
             return
-        fault = self._roll_fault(profile)
+        fault = self.roll_fault(profile)
         if fault == "drop":
             self.dropped_total += 1
             self._notify()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.helpers import AUTH, Start, daemon, write_daemon_config
+from tests.helpers import AUTH, Start, daemon, post_messages, write_daemon_config
 
 
 async def test_delete_on_the_removals_list_is_405(tmp_path: Path, start_smsc: Start) -> None:
@@ -74,12 +74,7 @@ async def test_decimal_ids_page_with_their_cursor(tmp_path: Path, start_smsc: St
     config.write_text(config.read_text().replace(
         'api_key = "shop-key"\n', 'api_key = "shop-key"\nmessage_id_format = "decimal"\n'))
     async with daemon(config) as (_, base), aiohttp.ClientSession(headers=AUTH) as http:
-        sent = []
-        for i in range(5):
-            async with http.post(f"{base}/v1/messages", json={
-                    "to": f"+38344{830000 + i}", "from": "ACME", "text": f"p{i}"}) as r:
-                assert r.status == 202, await r.text()
-                sent.append((await r.json())["id"])
+        sent = await post_messages(http, base, 5, first=830000, tag="p")
         async with http.get(f"{base}/v1/messages", params={"limit": "3"}) as r:
             first = await r.json()
             assert r.status == 200, first

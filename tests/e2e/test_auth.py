@@ -20,7 +20,7 @@ from aggregator.smpp.session import BindMode
 from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import BindError, open_client
 from tests import helpers
-from tests.helpers import API_KEY, Running, running
+from tests.helpers import API_KEY, ManualClock, Running, running
 
 OK = {"to": "+38344123456", "from": "ACME", "text": "hello"}
 SHOP_KEY = "shop-hashed-key-1"  # the plain key behind the configured digest
@@ -30,14 +30,6 @@ SMPP_PASSWORD = "s3cr3t"
 
 def sha(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --------------------------------------------------------------------------- configuration
@@ -204,7 +196,7 @@ def test_check_bind_statuses() -> None:
 
 
 def test_failed_logins_block_after_limit_within_window_then_cool_down() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = FailedLogins(limit=3, window=10, cooldown=30, clock=clock)
     assert not limiter.failed("1.2.3.4")
     clock.now += 11  # the first failure has left the window
@@ -222,7 +214,7 @@ def test_failed_logins_block_after_limit_within_window_then_cool_down() -> None:
 
 
 def test_failed_logins_memory_is_bounded_oldest_first() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limiter = FailedLogins(limit=1, window=60, cooldown=60, max_addresses=100, clock=clock)
     for i in range(250):
         limiter.failed(f"10.0.{i // 256}.{i % 256}")
@@ -232,7 +224,7 @@ def test_failed_logins_memory_is_bounded_oldest_first() -> None:
 
 
 def test_rate_limit_counts_every_message_and_says_when_to_retry() -> None:
-    clock = Clock()
+    clock = ManualClock()
     bucket = RateLimit(2.0, clock=clock)
     assert bucket.try_take(2) == 0.0
     assert bucket.try_take() == pytest.approx(0.5)

@@ -14,6 +14,7 @@ from aggregator.config import ConfigError
 from aggregator.policy.profiles import bundled_profiles
 from aggregator.policy.rules import Allow, PolicyInput, Reject, evaluate
 from tests.helpers import DEADLINE, make_config, running
+from tests.smpp_helpers import smpplib_client
 
 XK = "+38344123456"
 PROFILES = bundled_profiles()
@@ -82,7 +83,6 @@ async def test_smpp_class_from_service_type(tmp_path: Path) -> None:
     """An independent SMPP client (smpplib): service_type MKT is marketing, so the opt-out holds;
     without it the account's default (transactional) applies; banned content fails either way."""
     pytest.importorskip("smpplib")
-    import smpplib.client
     import smpplib.consts
     import smpplib.exceptions
 
@@ -95,10 +95,9 @@ async def test_smpp_class_from_service_type(tmp_path: Path) -> None:
         port = r.app.smpp.port
 
         def client_run() -> list[int]:
-            client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+            client = smpplib_client(port)
             client.connect()
             client.bind_transceiver(system_id="shop", password="secret")
-            client._socket.settimeout(DEADLINE)
             statuses: list[int] = []
             for service_type, text in (("MKT", "Our new offer"), ("", "Our new offer"),
                                        ("", "Your casino payout")):

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +20,7 @@ from simulator.smsc import Smsc, SmscProfile
 from tests.cluster import cluster_config, final_states
 from tests.helpers import AUTH, DEADLINE, daemon, free_port
 from tests.pg import create_database, start_or_skip
+from tests.smpp_helpers import smpplib_submit_status
 
 DOWN = 10.0  # seconds the database is stopped, as issue 18 asks
 LEASE = 1
@@ -64,7 +64,9 @@ async def test_database_down_under_load_with_two_instances(tmp_path: Path) -> No
             queued_at_stop = sum(1 for a in answers if a.status == 202) - smsc.submits_total
             for base in bases:
                 await until(lambda base=base: readyz(http, base, 503), "readyz to fail")
-            smpp_status = await asyncio.to_thread(smpp_submit, smpp_a)
+            smpp_status = await asyncio.to_thread(
+                smpplib_submit_status, smpp_a, "38344999999", b"while the database is down",
+                registered_delivery=False)
             await asyncio.sleep(max(0.0, DOWN - (time.monotonic() - down_at)))  # the outage
             up_at = time.monotonic()
             await asyncio.to_thread(server.resume)
@@ -162,22 +164,3 @@ async def until(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def smpp_submit(port: int) -> int:
-    """One submit_sm from an upstream SMPP client (python-smpplib): its status."""
-    import smpplib.client
-    import smpplib.consts
-
-    client: Any = smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
-                                        allow_unknown_opt_params=True)
-    try:
-        client.connect()
-        client.bind_transceiver(system_id="shop", password="secret")
-        client.send_message(
-            source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="ACME",
-            dest_addr_ton=smpplib.consts.SMPP_TON_INTL, destination_addr="38344999999",
-            short_message=b"while the database is down", registered_delivery=False)
-        resp = client.read_pdu()
-        assert resp.command == "submit_sm_resp"
-        return int(resp.status)
-    finally:
-        client.disconnect()

@@ -10,22 +10,24 @@ from pathlib import Path
 
 import aiohttp
 
-from aggregator import metrics
 from aggregator.app import App
 from aggregator.config import with_overrides
-from simulator.cli import _add_smsc_args, _smsc_profile
+from simulator.cli import add_smsc_args, smsc_profile
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, make_config, wait_for
+from tests.helpers import AUTH, DEADLINE, make_config, registry_value, wait_for
 
 COUNT = 100
+
+
+def unmatched() -> float:
+    return registry_value("smsagg_receipts_unmatched_total", provider="sim")
 
 
 async def test_receipts_on_any_bind_are_all_matched(tmp_path: Path, pg_dsn: str) -> None:
     smsc = Smsc(SmscProfile(receipts_any_bind=True))
     await smsc.start()
     apps: list[App] = []
-    unmatched = metrics.receipts_unmatched.labels("sim")
-    before = unmatched._value.get()
+    before = unmatched()
     try:
         for name in ("a", "b"):
             # binds = 2 for the cluster: one each ([[providers]] limits are shared out).
@@ -57,7 +59,7 @@ async def test_receipts_on_any_bind_are_all_matched(tmp_path: Path, pg_dsn: str)
     assert counts == {"delivered": COUNT}, counts
     assert len(set(ids)) == COUNT
     assert smsc.receipts_elsewhere >= COUNT // 4  # about half crossed to the other instance
-    assert unmatched._value.get() == before
+    assert unmatched() == before
 
 
 async def until_final(app: App, count: int) -> dict[str, int]:
@@ -72,7 +74,7 @@ async def until_final(app: App, count: int) -> dict[str, int]:
 
 def test_smsc_option_receipts_any_bind_sets_the_profile() -> None:
     parser = argparse.ArgumentParser()
-    _add_smsc_args(parser)
+    add_smsc_args(parser)
 
-    assert _smsc_profile(parser.parse_args(["--receipts-any-bind"])).receipts_any_bind
-    assert not _smsc_profile(parser.parse_args([])).receipts_any_bind
+    assert smsc_profile(parser.parse_args(["--receipts-any-bind"])).receipts_any_bind
+    assert not smsc_profile(parser.parse_args([])).receipts_any_bind

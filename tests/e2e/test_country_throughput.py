@@ -11,17 +11,9 @@ import pytest
 
 from aggregator.policy.profiles import ProfileError, Throughput, bundled_profiles, parse_profile
 from aggregator.policy.throughput import CountryThroughput
-from tests.helpers import running, wait_for
+from tests.helpers import ManualClock, running, wait_for
 
 KZ = bundled_profiles()["KZ"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_kazakhstan_profile_has_the_guides_rates() -> None:
@@ -35,7 +27,7 @@ def test_kazakhstan_profile_has_the_guides_rates() -> None:
 
 
 def test_per_second_and_per_minute_windows_at_their_edges() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limits = CountryThroughput({"KZ": KZ}, clock=clock)
     start = clock.now
     assert all(limits.reserve("KZ") == 0.0 for _ in range(100))
@@ -57,7 +49,7 @@ def test_per_second_and_per_minute_windows_at_their_edges() -> None:
 
 
 def test_a_message_longer_than_the_limit_waits_for_an_empty_window() -> None:
-    clock = Clock()
+    clock = ManualClock()
     small = dataclasses.replace(KZ, throughput=Throughput(max_per_second=3))
     limits = CountryThroughput({"KZ": small}, clock=clock)
     assert limits.reserve("KZ", 2) == 0.0

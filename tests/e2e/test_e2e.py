@@ -70,12 +70,7 @@ async def test_multipart_is_delivered_only_after_every_part_receipt(tmp_path: Pa
 async def test_window_is_never_exceeded(tmp_path: Path) -> None:
     # Slow answers keep submits outstanding, so the window is the only thing limiting them.
     async with running(tmp_path, SmscProfile(latency=0.05), binds=2, window=3) as r:
-        ids = []
-        for i in range(60):
-            status, body = await r.post({"to": f"+38344{100000 + i}", "from": "ACME",
-                                         "text": f"n{i}"})
-            assert status == 202
-            ids.append(body["id"])
+        ids = await r.post_many(60, first=100000, tag="n")
         await r.smsc.wait_for_submits(60, 20)
         for mid in ids:
             await r.wait_status(mid, {"delivered"})

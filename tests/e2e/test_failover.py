@@ -14,12 +14,11 @@ from typing import Any
 
 import aiohttp
 
-from aggregator import metrics
 from aggregator.app import App
 from aggregator.config import parse_config
 from aggregator.outbound.health import BreakerState
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, wait_for
+from tests.helpers import AUTH, DEADLINE, registry_value, wait_for
 
 WINDOW = 5
 BINDS = 2
@@ -104,7 +103,7 @@ async def two_operators(
 
 
 def failovers(src: str, dst: str) -> float:
-    return metrics.failovers.labels(src, dst)._value.get()
+    return registry_value("smsagg_failovers_total", **{"from": src, "to": dst})
 
 
 async def test_weighted_route_splits_three_to_one(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from aggregator.store.sqlite import SqliteStore
 from aggregator.store.writes import fair_shares
 from simulator.smsc import SmscProfile
 from tests.helpers import DEADLINE, Running, make_config, metric_samples, metric_value, running
+from tests.smpp_helpers import smpplib_submit_status
 
 MOBILE = "+38344123456"
 BANK = {"Authorization": "Bearer bank-key"}
@@ -216,8 +217,6 @@ async def test_an_account_at_its_max_pending_gets_503_while_another_gets_202(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("smpplib")
-    import smpplib.client
-    import smpplib.consts
 
     async with running(tmp_path, STUCK, binds=1, window=1, store_opts={"max_pending": 40},
                        smpp={}, shop={"system_id": "shop", "password": "secret"},
@@ -238,23 +237,8 @@ async def test_an_account_at_its_max_pending_gets_503_while_another_gets_202(
         status, body = await r.post({"to": MOBILE, "from": "Bank", "text": "b5"}, headers=BANK)
         assert (status, body["error"]["code"]) == (503, "queue_full")
 
-        def smpp_submit() -> int:
-            client = smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
-                                            allow_unknown_opt_params=True)
-            client.connect()
-            try:
-                client.bind_transceiver(system_id="shop", password="secret")
-                client.send_message(
-                    source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="Shop",
-                    dest_addr_ton=smpplib.consts.SMPP_TON_INTL, destination_addr=MOBILE[1:],
-                    short_message=b"over smpp")
-                resp = client.read_pdu()
-                assert resp.command == "submit_sm_resp"
-                return int(resp.status)
-            finally:
-                client.disconnect()
-
-        assert await asyncio.to_thread(smpp_submit) == 0x14  # ESME_RMSGQFUL
+        assert await asyncio.to_thread(  # ESME_RMSGQFUL
+            smpplib_submit_status, port, MOBILE[1:], b"over smpp", source="Shop") == 0x14
         assert await _metric(r, "smsagg_account_queue_full_total", account="shop") == 2
         assert await _metric(r, "smsagg_account_queue_full_total", account="bank") == 1
         assert dict(r.app.store.pending_by_account) == {"shop": 20, "bank": 5}

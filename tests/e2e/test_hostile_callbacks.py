@@ -444,7 +444,7 @@ async def test_a_dead_receiver_slows_only_its_own_callbacks(tmp_path: Path, vict
         print(f"{victim}'s callback behind 200 black-holed ones: {took:.2f} s")
         assert took < 3.0, took
         # The dead receiver had every slot until then; now it keeps its share.
-        assert r.app.callbacks._hosts[callback_destination(hole.url)] >= per_host
+        assert r.app.callbacks.in_flight_to(callback_destination(hole.url)) >= per_host
         await assert_still_serving(r)
         await asyncio.wait_for(r.app.callbacks.stop(), 5)
 

@@ -24,6 +24,7 @@ from tests.helpers import (
     delivered,
     metric_samples,
     metric_value,
+    post_messages,
     wait_async,
     wait_for,
     write_daemon_config,
@@ -45,12 +46,7 @@ async def test_worker_serves_the_api_and_metrics_sum_both_processes(tmp_path: Pa
     write_daemon_config(config, tmp_path / "smsagg.db", smsc.port, max_tps=1000, http_workers=1)
     try:
         async with daemon(config) as (proc, base), aiohttp.ClientSession(headers=AUTH) as http:
-            ids = []
-            for i in range(40):
-                async with http.post(f"{base}/v1/messages", json={
-                        "to": f"+38344{810000 + i}", "from": "ACME", "text": f"w{i}"}) as r:
-                    assert r.status == 202, await r.text()
-                    ids.append((await r.json())["id"])
+            ids = await post_messages(http, base, 40, first=810000, tag="w")
             await wait_async(lambda: delivered(http, base, ids))
             async with http.get(f"{base}/readyz") as r:
                 assert r.status == 200, await r.text()

@@ -11,7 +11,8 @@ import pytest
 
 from aggregator.config import ConfigError
 from aggregator.numbers import NumberError, parse_destination
-from tests.helpers import DEADLINE, make_config, running
+from tests.helpers import make_config, running
+from tests.smpp_helpers import smpplib_client
 
 SHOP = {"system_id": "shop", "password": "secret", "default_country": "XK"}
 BANK = {"system_id": "bank", "password": "secret"}
@@ -63,10 +64,9 @@ async def test_http_national_number(tmp_path: Path) -> None:
 def _smpplib_submits(port: int, system_id: str,
                      submits: list[tuple[int, str]]) -> list[tuple[int, str]]:
     """(status, message_id) of each submit_sm (dest TON, destination_addr), in order."""
-    import smpplib.client
     import smpplib.consts
 
-    client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+    client = smpplib_client(port)
     answers: list[tuple[int, str]] = []
     client.set_message_sent_handler(
         lambda pdu: answers.append((int(pdu.status), (pdu.message_id or b"").decode())))
@@ -74,7 +74,6 @@ def _smpplib_submits(port: int, system_id: str,
     client.connect()
     try:
         client.bind_transceiver(system_id=system_id, password="secret")
-        client._socket.settimeout(DEADLINE)
         for ton, dest in submits:
             client.send_message(
                 source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="ACME",

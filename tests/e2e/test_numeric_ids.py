@@ -15,7 +15,15 @@ import pytest
 from aggregator.config import ConfigError
 from aggregator.model import DecimalIds
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import AUTH, DEADLINE, daemon, make_config, running, write_daemon_config
+from tests.helpers import (
+    AUTH,
+    daemon,
+    make_config,
+    post_messages,
+    running,
+    write_daemon_config,
+)
+from tests.smpp_helpers import smpplib_client
 
 SHOP = {"system_id": "shop", "password": "secret", "message_id_format": "decimal"}
 BANK = {"system_id": "bank", "password": "secret"}
@@ -52,10 +60,9 @@ def test_config_refuses_an_unknown_id_format(tmp_path: Path) -> None:
 def _smpplib_run(port: int, system_id: str, n: int) -> tuple[list[str], list[tuple[str, str]]]:
     """Submit n messages asking for receipts; the submit_sm_resp ids and, per receipt, its
     receipted_message_id and text."""
-    import smpplib.client
     import smpplib.consts
 
-    client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+    client = smpplib_client(port)
     sent: list[str] = []
     receipts: list[tuple[str, str]] = []
     client.set_message_sent_handler(lambda pdu: sent.append(pdu.message_id.decode()))
@@ -67,7 +74,6 @@ def _smpplib_run(port: int, system_id: str, n: int) -> tuple[list[str], list[tup
     client.connect()
     try:
         client.bind_transceiver(system_id=system_id, password="secret")
-        client._socket.settimeout(DEADLINE)
         for i in range(n):
             client.send_message(
                 source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="ACME",
@@ -113,12 +119,7 @@ async def test_decimal_ids_over_http_from_ingress_workers(tmp_path: Path) -> Non
                                    'api_key = "shop-key"\nmessage_id_format = "decimal"\n'))
     try:
         async with daemon(config) as (_proc, base), aiohttp.ClientSession(headers=AUTH) as http:
-            ids = []
-            for i in range(40):
-                async with http.post(f"{base}/v1/messages", json={
-                        "to": f"+38344{820000 + i}", "from": "ACME", "text": f"d{i}"}) as r:
-                    assert r.status == 202, await r.text()
-                    ids.append((await r.json())["id"])
+            ids = await post_messages(http, base, 40, first=820000, tag="d")
             assert len(set(ids)) == 40
             assert all(re.fullmatch(r"[1-9][0-9]{0,18}", x) for x in ids)
             assert {_node(x) for x in ids} <= {1, 2}  # a worker's number in each

@@ -44,12 +44,7 @@ async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> 
     async with running(tmp_path, SmscProfile(undeliverable_ratio=0.0),
                        metrics={"listen": "127.0.0.1:0"}) as r:
         before = metric_samples(await scrape(r.http, f"{r.base}/metrics"))
-        ids = []
-        for i in range(30):
-            status, body = await r.post({"to": f"+38344{700000 + i}", "from": "ACME",
-                                         "text": f"m{i}"})
-            assert status == 202
-            ids.append(body["id"])
+        ids = await r.post_many(30, first=700000, tag="m")
         for bad in ("+38338123456", "123"):
             status, _ = await r.post({"to": bad, "from": "ACME", "text": "x"})
             assert status == 422
@@ -83,7 +78,7 @@ async def test_metrics_match_what_was_sent_and_pass_promtool(tmp_path: Path) -> 
                 assert not PHONE_LIKE.match(label_value), (name, label_value)
         assert "38344" not in text  # no number anywhere, not even in help text
         # The separate metrics listener serves the same registry.
-        m_port = r.app._metrics_runner.addresses[0][1]  # type: ignore[union-attr]
+        m_port = r.app.metrics_port
         assert "smsagg_messages_accepted_total" in await scrape(
             r.http, f"http://127.0.0.1:{m_port}/metrics")
 

@@ -15,6 +15,7 @@ import pytest
 from simulator.handsets import Handset, HandsetBook
 from simulator.smsc import SmscProfile
 from tests.helpers import DEADLINE, Running, metric_samples, metric_value, running, wait_for
+from tests.smpp_helpers import smpplib_client
 
 XK = "+38344123456"
 XK2 = "+38344123457"
@@ -107,7 +108,6 @@ async def test_smpp_transactional_passes_a_marketing_optout_not_an_all_one(
     """SMPP submits are transactional: an independent client (smpplib) gets ESME_ROK past a
     marketing-only opt-out and ESME_RSUBMITFAIL for an opt-out of everything."""
     pytest.importorskip("smpplib")
-    import smpplib.client
     import smpplib.consts
     import smpplib.exceptions
 
@@ -119,8 +119,7 @@ async def test_smpp_transactional_passes_a_marketing_optout_not_an_all_one(
         assert (await optout(r, XK2, "all"))[0] == 201
 
         def submit_each() -> list[int]:
-            client = smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
-                                           allow_unknown_opt_params=True)
+            client = smpplib_client(port)
             client.connect()
             try:
                 client.bind_transceiver(system_id="shop", password="secret")

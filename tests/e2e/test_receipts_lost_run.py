@@ -12,20 +12,15 @@ from typing import Any
 
 import pytest
 
-from aggregator import metrics
 from simulator.smsc import SmscProfile
-from tests.helpers import AUTH, Running, running
+from tests.helpers import AUTH, Running, registry_value, running
 
 N = 1000
 LOST = 0.05
 
 
-def sample(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def _queries() -> dict[str, float]:
-    return {o: sample("smsagg_receipt_queries_total", provider="sim", outcome=o)
+    return {o: registry_value("smsagg_receipt_queries_total", provider="sim", outcome=o)
             for o in ("final", "pending", "not_found", "error", "nack", "timeout", "no_bind")}
 
 
@@ -41,8 +36,8 @@ async def _send(run: Running, n: int) -> None:
 
 async def _lost_run(tmp_path: Path, answer_query_sm: bool) -> dict[str, Any]:
     queries = _queries()
-    backoffs = sample("smsagg_receipt_query_backoffs_total", provider="sim")
-    timeouts = sample("smsagg_receipt_timeouts_total", provider="sim")
+    backoffs = registry_value("smsagg_receipt_query_backoffs_total", provider="sim")
+    timeouts = registry_value("smsagg_receipt_timeouts_total", provider="sim")
     profile = SmscProfile(lose_receipts=LOST, seed=16, answer_query_sm=answer_query_sm,
                           receipt_delay=0.05)
     async with running(tmp_path, profile, extra_provider={"query_after": 0.5},
@@ -68,12 +63,12 @@ async def _lost_run(tmp_path: Path, answer_query_sm: bool) -> dict[str, Any]:
             "query_sm_received_by_smsc": smsc.queries_total,
             "queries_by_outcome": {k: int(after[k] - queries[k]) for k in after
                                    if after[k] - queries[k]},
-            "query_backoffs": int(sample("smsagg_receipt_query_backoffs_total", provider="sim")
-                                  - backoffs),
+            "query_backoffs": int(registry_value("smsagg_receipt_query_backoffs_total",
+                                                 provider="sim") - backoffs),
             "final_delivered": counts.get("delivered", 0),
             "final_unknown": counts.get("unknown", 0),
-            "receipt_timeouts_metric": int(sample("smsagg_receipt_timeouts_total",
-                                                  provider="sim") - timeouts),
+            "receipt_timeouts_metric": int(registry_value("smsagg_receipt_timeouts_total",
+                                                          provider="sim") - timeouts),
         }
 
 

@@ -10,19 +10,14 @@ from typing import Any
 
 from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SubmitSm
 
-from aggregator import metrics
 from aggregator.smpp import querysm
 from aggregator.smpp.querysm import QuerySm
 from aggregator.smpp.session import BindMode, RequestReceived
 from aggregator.smpp.transport import SmppConnection, open_client
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import DEADLINE, Running, callback_sink, running, wait_for
+from tests.helpers import DEADLINE, Running, callback_sink, registry_value, running, wait_for
 
 MOBILE = "+38344123456"
-
-
-def sample(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def post(run: Running, n: int, **extra: Any) -> list[str]:
@@ -106,7 +101,7 @@ async def test_simulator_loses_about_its_share_of_receipts() -> None:
 
 
 async def test_lost_receipt_is_asked_for_with_query_sm_and_applied(tmp_path: Path) -> None:
-    before = sample("smsagg_receipt_queries_total", provider="sim", outcome="final")
+    before = registry_value("smsagg_receipt_queries_total", provider="sim", outcome="final")
     async with callback_sink() as sink, running(
             tmp_path, SmscProfile(lose_receipts=1.0), binds=1,
             extra_provider={"query_after": 0.3}) as run:
@@ -121,8 +116,8 @@ async def test_lost_receipt_is_asked_for_with_query_sm_and_applied(tmp_path: Pat
         assert {c["id"]: c["status"] for c in sink.received} == {
             delivered: "delivered", failed: "undeliverable"}
         assert run.smsc.receipts_sent == 0 and run.smsc.queries_answered >= 2
-        assert sample("smsagg_receipt_queries_total", provider="sim",
-                      outcome="final") - before == 2
+        assert registry_value("smsagg_receipt_queries_total", provider="sim",
+                              outcome="final") - before == 2
 
 
 async def test_en_route_answer_is_asked_again_later(tmp_path: Path) -> None:
@@ -135,8 +130,8 @@ async def test_en_route_answer_is_asked_again_later(tmp_path: Path) -> None:
 
 
 async def test_provider_without_query_sm_is_backed_off_then_unknown(tmp_path: Path) -> None:
-    backoffs = sample("smsagg_receipt_query_backoffs_total", provider="sim")
-    timeouts = sample("smsagg_receipt_timeouts_total", provider="sim")
+    backoffs = registry_value("smsagg_receipt_query_backoffs_total", provider="sim")
+    timeouts = registry_value("smsagg_receipt_timeouts_total", provider="sim")
     async with callback_sink() as sink, running(
             tmp_path, SmscProfile(lose_receipts=1.0, answer_query_sm=False), binds=1,
             extra_provider={"query_after": 0.1}, messages={"receipt_timeout": 1.5}) as run:
@@ -149,8 +144,8 @@ async def test_provider_without_query_sm_is_backed_off_then_unknown(tmp_path: Pa
         # The first pass's queries (sent together) get generic_nack, then the provider is left
         # alone (back-off) until the timeout; without it each part is asked every 0.1 s.
         assert 1 <= run.smsc.queries_total <= 3
-    assert sample("smsagg_receipt_query_backoffs_total", provider="sim") - backoffs == 1
-    assert sample("smsagg_receipt_timeouts_total", provider="sim") - timeouts == 3
+    assert registry_value("smsagg_receipt_query_backoffs_total", provider="sim") - backoffs == 1
+    assert registry_value("smsagg_receipt_timeouts_total", provider="sim") - timeouts == 3
 
 
 async def test_receipt_timeout_sends_stat_unknown_to_the_smpp_client(tmp_path: Path) -> None:
@@ -185,8 +180,8 @@ async def test_receipt_timeout_sends_stat_unknown_to_the_smpp_client(tmp_path: P
 
 
 async def test_id_the_smsc_forgot_is_not_found_without_back_off(tmp_path: Path) -> None:
-    backoffs = sample("smsagg_receipt_query_backoffs_total", provider="sim")
-    not_found = sample("smsagg_receipt_queries_total", provider="sim", outcome="not_found")
+    backoffs = registry_value("smsagg_receipt_query_backoffs_total", provider="sim")
+    not_found = registry_value("smsagg_receipt_queries_total", provider="sim", outcome="not_found")
     async with running(tmp_path, SmscProfile(lose_receipts=1.0, receipt_delay=30.0), binds=1,
                        extra_provider={"query_after": 0.2},
                        messages={"receipt_timeout": 2.0}) as run:
@@ -199,20 +194,20 @@ async def test_id_the_smsc_forgot_is_not_found_without_back_off(tmp_path: Path) 
         await run.smsc.start()
         await wait_for(lambda: run.smsc.queries_total >= 2, what="asked again after not found")
         await run.wait_status(message_id, {"unknown"})
-    assert sample("smsagg_receipt_queries_total", provider="sim",
-                  outcome="not_found") - not_found >= 2
-    assert sample("smsagg_receipt_query_backoffs_total", provider="sim") == backoffs
+    assert registry_value("smsagg_receipt_queries_total", provider="sim",
+                          outcome="not_found") - not_found >= 2
+    assert registry_value("smsagg_receipt_query_backoffs_total", provider="sim") == backoffs
 
 
 def test_simulator_cli_and_profile_file_options() -> None:
     import argparse
 
-    from simulator.cli import _add_smsc_args, _smsc_profile
+    from simulator.cli import add_smsc_args, smsc_profile
     from simulator.profiles import parse_profiles
 
     parser = argparse.ArgumentParser()
-    _add_smsc_args(parser)
-    profile = _smsc_profile(parser.parse_args(["--lose-receipts", "0.05", "--no-query-sm"]))
+    add_smsc_args(parser)
+    profile = smsc_profile(parser.parse_args(["--lose-receipts", "0.05", "--no-query-sm"]))
     assert (profile.lose_receipts, profile.answer_query_sm) == (0.05, False)
     [spec] = parse_profiles({"smsc": [{"name": "A", "port": 0, "lose_receipts": 0.05}]}, "f")
     assert (spec.profile.lose_receipts, spec.profile.answer_query_sm) == (0.05, True)

@@ -261,12 +261,7 @@ async def test_a_changed_provider_is_rebound_and_a_removed_one_drained(tmp_path:
             old_pool = r.app.pools["sim"]
 
             # Messages in flight while "sim" changes (window 10 -> 5) are not lost.
-            ids = []
-            for i in range(30):
-                status, body = await r.post({"to": f"+38344{600000 + i}", "from": "ACME",
-                                             "text": f"c{i}"})
-                assert status == 202
-                ids.append(body["id"])
+            ids = await r.post_many(30, first=600000, tag="c")
             assert await r.app.reload(with_providers({**sim, "window": 5}))
             await wait_for(lambda: r.app.pools.get("sim") not in (None, old_pool),
                            what="new sim pool")

@@ -69,10 +69,10 @@ async def test_retention_days_purge_edge(tmp_path: Path) -> None:
         await r.wait_status(delivered, {"delivered"})
         await r.app.store.add_optout("shop", DELIVERED_TO, "test", 0.0)  # a very old opt-out
         created = int(delivered[:12], 16) / 1000  # ids begin with their creation time
-        r.app.retention._clock = lambda: created + 30 * 86400 - 1  # last second inside
+        r.app.retention.clock = lambda: created + 30 * 86400 - 1  # last second inside
         assert (await r.app.retention.sweep())[1] == 0
         assert body(tmp_path, delivered) is not None
-        r.app.retention._clock = lambda: created + 30 * 86400 + 1  # first second outside
+        r.app.retention.clock = lambda: created + 30 * 86400 + 1  # first second outside
         assert (await r.app.retention.sweep())[1] == 1
         assert body(tmp_path, delivered) is None
         assert (await r.get(delivered))[0] == 404

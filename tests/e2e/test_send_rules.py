@@ -28,6 +28,7 @@ from tests.helpers import (
     running,
     wait_for,
 )
+from tests.smpp_helpers import smpplib_client
 
 XK = "+38344123456"
 KOSOVO = ZoneInfo("Europe/Belgrade")
@@ -206,7 +207,6 @@ async def test_an_optout_rejects_an_smpp_accounts_message_with_a_rejectd_receipt
     """An account that blocks opted-out recipients for every class: its SMPP (transactional)
     message, taken for sending after the recipient opted out, comes back as a receipt."""
     pytest.importorskip("smpplib")
-    import smpplib.client
     import smpplib.consts
 
     account = {**SHOP, "system_id": "shop", "password": "secret",
@@ -215,8 +215,7 @@ async def test_an_optout_rejects_an_smpp_accounts_message_with_a_rejectd_receipt
         assert r.app.smpp is not None
         port = r.app.smpp.port
         r.app.dispatcher.max_in_flight = 0  # nothing is taken until the opt-out is in
-        client = smpplib.client.Client("127.0.0.1", port, timeout=DEADLINE,
-                                       allow_unknown_opt_params=True)
+        client = smpplib_client(port)
         delivered: list[Any] = []
         client.set_message_received_handler(lambda pdu: delivered.append(pdu))
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from aggregator import metrics
-from aggregator.ingress.smpp import _receipt_mode, query_answer
+from aggregator.ingress.smpp import message_receipt_mode, query_answer
 from aggregator.model import Encoding, Message, MessageStatus, Sender, SenderKind
 from simulator.smsc import SmscProfile
-from tests.helpers import DEADLINE, Running, running
+from tests.helpers import DEADLINE, Running, registry_value, running
 from tests.kannel_esme import DATA_SM, QUERY_SM, KannelEsme, cstr, submit_body, tlv, udh8
+from tests.smpp_helpers import smpplib_client
 
 MOBILE = "38344123456"
 SHOP = {"system_id": "shop", "password": "secret"}
@@ -90,14 +90,14 @@ async def test_receipt_asked_on_the_first_part_only_gives_the_final_receipt(
 )
 def test_a_long_message_asks_for_a_receipt_if_any_part_does(modes: tuple[int, ...],
                                                            expected: int) -> None:
-    assert _receipt_mode(modes) == expected
+    assert message_receipt_mode(modes) == expected
 
 
 # ---- a window larger than [smpp] window (item 7) ----------------------------------------------
 
 
 def window_exceeded(r: Running) -> float:
-    return metrics.smpp_window_exceeded.labels("shop")._value.get()
+    return registry_value("smsagg_smpp_window_exceeded_total", account="shop")
 
 
 async def test_a_window_above_smpp_window_is_throttled_logged_once_and_counted(
@@ -126,7 +126,6 @@ async def test_a_window_above_smpp_window_is_throttled_logged_once_and_counted(
 
 async def test_query_sm_with_smpplib(tmp_path: Path) -> None:
     pytest.importorskip("smpplib")
-    import smpplib.client
     import smpplib.consts
     import smpplib.smpp
 
@@ -141,7 +140,7 @@ async def test_query_sm_with_smpplib(tmp_path: Path) -> None:
         banks = body["id"]
 
         def client_run() -> dict[str, Any]:
-            client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+            client = smpplib_client(port)
             out: dict[str, Any] = {"sent": [], "receipts": [], "queries": [], "errors": []}
             client.set_message_sent_handler(lambda pdu: out["sent"].append(
                 pdu.message_id.decode()))
@@ -162,7 +161,6 @@ async def test_query_sm_with_smpplib(tmp_path: Path) -> None:
                 return out["queries"][-1]
 
             client.connect()
-            client._socket.settimeout(DEADLINE)
             client.bind_transceiver(system_id="shop", password="secret")
             client.send_message(
                 source_addr_ton=smpplib.consts.SMPP_TON_ALNUM, source_addr="ACME",

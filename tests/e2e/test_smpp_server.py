@@ -16,7 +16,7 @@ from aggregator.smpp.session import BindMode
 from aggregator.smpp.transport import BindError
 from simulator.smsc import SmscProfile
 from tests.helpers import DEADLINE, Running, running
-from tests.smpp_helpers import MOBILE, SHOP, Upstream, bind, send, submit, tlv
+from tests.smpp_helpers import MOBILE, SHOP, Upstream, bind, send, smpplib_client, submit, tlv
 
 
 @pytest.fixture
@@ -262,7 +262,6 @@ def _nack() -> Any:
 
 async def test_smpplib_client_interoperates(tmp_path: Path) -> None:
     pytest.importorskip("smpplib")
-    import smpplib.client
     import smpplib.consts
     import smpplib.gsm
 
@@ -271,7 +270,7 @@ async def test_smpplib_client_interoperates(tmp_path: Path) -> None:
         port = r.app.smpp.port
 
         def client_run() -> tuple[list[str], list[str]]:
-            client = smpplib.client.Client("127.0.0.1", port, allow_unknown_opt_params=True)
+            client = smpplib_client(port)
             sent: list[str] = []
             receipts: list[str] = []
             client.set_message_sent_handler(lambda pdu: sent.append(pdu.message_id.decode()))
@@ -291,7 +290,6 @@ async def test_smpplib_client_interoperates(tmp_path: Path) -> None:
                         short_message=part, data_coding=coding, esm_class=msg_type,
                         registered_delivery=True,
                     )
-            client._socket.settimeout(DEADLINE)
             while len(receipts) < 2:
                 client.read_once()
             client.unbind()

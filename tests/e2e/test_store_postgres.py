@@ -17,12 +17,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aggregator import metrics
 from aggregator.config import ConfigError, parse_config
 from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
 from aggregator.store.postgres import SCHEMA_VERSION, PostgresStore
-from tests.helpers import DEADLINE, ROOT, free_port, running
+from tests.helpers import DEADLINE, ROOT, free_port, registry_value, running
 from tests.pg import create_database, start_or_skip
 from tests.store_helpers import NOW, PROVIDER, make_message, parts, receipt, submitted
 
@@ -84,12 +83,12 @@ async def test_expired_lease_returns_messages_to_another_instance(instances: Ope
     assert len(await dead.claim_due(NOW, 10)) == 5
     await dead.close()  # as if killed: nothing released, no more renewals
     assert await survivor.claim_due(NOW, 10) == []  # still leased
-    before = metrics.store_lease_takeovers._value.get()
+    before = registry_value("smsagg_store_lease_takeovers_total")
 
     taken = await until(lambda: survivor.claim_due(NOW, 10), "the lease to run out")
 
     assert sorted(m.id for m in taken) == sorted(m.id for m in messages)
-    assert metrics.store_lease_takeovers._value.get() - before == 5
+    assert registry_value("smsagg_store_lease_takeovers_total") - before == 5
 
 
 async def test_live_instance_keeps_its_claims_by_renewing_leases(instances: Opener) -> None:
@@ -128,7 +127,7 @@ async def test_instances_register_by_heartbeat_and_leave_on_close(instances: Ope
 
     async def live(n: int) -> bool:
         await asyncio.sleep(0)
-        return a.live_instances == n and metrics.store_live_instances._value.get() == n
+        return a.live_instances == n and registry_value("smsagg_store_live_instances") == n
 
     await until(lambda: live(2), "two live instances")
     await b.close()

@@ -5,65 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmpplib import DeliverSmResp, SmppCommandStatus
+from aiosmpplib import SmppCommandStatus
 
-from aggregator.smpp.session import BindMode, Event, RequestReceived, SessionClosed
 from aggregator.smpp.transport import (
     BindError,
     ConnectionLost,
     RequestTimeout,
-    SmppConnection,
-    open_client,
 )
-from simulator.cli import _smsc_profile, build_parser, main
+from simulator.cli import build_parser, main, smsc_profile
 from simulator.profiles import ProfileError, SmscSpec, load_profiles, parse_profiles
 from simulator.smsc import Smsc, SmscProfile
-from tests.helpers import Start
-from tests.sim_helpers import Client, Connect, make_submit
-
-ROOT = Path(__file__).resolve().parents[2]
-DEADLINE = 5.0
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    clients: list[Client] = []
-
-    async def open_(
-        target: Smsc | int, *, response_timeout: float = DEADLINE, system_id: str = "esme"
-    ) -> Client:
-        delivers: asyncio.Queue[Any] = asyncio.Queue()
-        closed = asyncio.Event()
-
-        def on_event(conn: SmppConnection, event: Event) -> None:
-            if isinstance(event, RequestReceived):
-                delivers.put_nowait(event.pdu)
-                conn.respond(event.pdu, DeliverSmResp(command_status=SmppCommandStatus.ESME_ROK))
-            elif isinstance(event, SessionClosed):
-                closed.set()
-
-        port = target if isinstance(target, int) else target.port
-        conn = await open_client(
-            "127.0.0.1", port, mode=BindMode.TRANSCEIVER, system_id=system_id, password="pw",
-            window=50, on_event=on_event, bind_timeout=DEADLINE,
-            response_timeout=response_timeout,
-        )
-        client = Client(conn, delivers, closed)
-        clients.append(client)
-        return client
-
-    yield open_
-    for client in clients:
-        client.conn.close()
+from tests.helpers import ROOT, Start
+from tests.sim_helpers import (
+    DEADLINE,
+    Client,
+    Connect,
+    make_submit,
+    sigterm_and_wait,
+    simulator_process,
+    stderr_match,
+)
 
 
 async def statuses(client: Client, n: int) -> list[int]:
@@ -110,7 +75,7 @@ def test_ratios_share_one_draw_and_are_reproducible() -> None:
     results = []
     for _ in range(2):
         smsc = Smsc(SmscProfile(error_ratio=0.3, drop_ratio=0.3, seed=42))
-        outcomes = [smsc._roll_fault(smsc.profile) for _ in range(2000)]
+        outcomes = [smsc.roll_fault(smsc.profile) for _ in range(2000)]
         results.append(outcomes)
         assert 450 < outcomes.count("drop") < 750
         assert 450 < outcomes.count("error") < 750
@@ -229,7 +194,7 @@ async def test_abort_drops_every_link_and_start_listens_again(
     await smsc.start()  # the restart: same port, same record
     assert smsc.port == port
     again = await connect(smsc)
-    receipt = await asyncio.wait_for(again.delivers.get(), DEADLINE)  # kept across the crash
+    receipt = await again.next_deliver()  # kept across the crash
     assert next(p.value for p in receipt.optional_params if p.tag == 0x001E) == first.message_id
     assert int((await again.submit(make_submit("after"))).command_status) == 0
     assert smsc.submits_total == 4 and len(smsc.received) == 4
@@ -250,7 +215,7 @@ async def test_pause_holds_answers_and_receipts_until_resume(
     assert client.delivers.empty() and not client.closed.is_set()  # the link stays up
 
     assert smsc.resume() == 2  # the late answers, then their receipts, go out now
-    receipts = [await asyncio.wait_for(client.delivers.get(), DEADLINE) for _ in range(3)]
+    receipts = [await client.next_deliver() for _ in range(3)]
     ids = {next(p.value for p in r.optional_params if p.tag == 0x001E) for r in receipts}
     assert first.message_id in ids and len(ids) == 3
     assert int((await client.submit(make_submit("after"))).command_status) == 0
@@ -394,13 +359,13 @@ def test_cli_fault_options() -> None:
         "--disconnect-after", "5", "--disconnect-every", "2.5", "--refuse-binds",
         "--latency-ms", "100", "--latency-jitter-ms", "20",
     ])
-    profile = _smsc_profile(args)
+    profile = smsc_profile(args)
     assert (profile.error_ratio, profile.error_status, profile.drop_ratio) == (0.25, 0x14, 0.1)
     assert (profile.disconnect_after, profile.disconnect_every) == (5, 2.5)
     assert profile.refuse_binds and profile.latency_jitter == pytest.approx(0.02)
     decimal = build_parser().parse_args(["smsc", "--error-status", "8"])
-    assert _smsc_profile(decimal).error_status == 8
-    assert _smsc_profile(build_parser().parse_args(["smsc"])) == SmscProfile()
+    assert smsc_profile(decimal).error_status == 8
+    assert smsc_profile(build_parser().parse_args(["smsc"])) == SmscProfile()
 
 
 def test_cli_bad_profile_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -418,38 +383,20 @@ async def test_cli_runs_two_smscs_from_a_profile_file(tmp_path: Path, connect: C
         '[[smsc]]\nname = "A"\nport = 0\n'
         '[[smsc]]\nname = "B"\nport = 0\nerror_ratio = 1.0\nerror_status = 0x14\n'
     ))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator", "smsc", "--profile", str(path),
-        "--stats-interval", "0.1", "--loop", "asyncio",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
+    async with simulator_process("smsc", "--profile", str(path), "--stats-interval", "0.1",
+                                 "--loop", "asyncio") as proc:
         ports: dict[str, int] = {}
         while len(ports) < 2:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 20.0)).decode()
-            assert line, "simulator exited before listening"
-            match = re.match(r"listening on [\d.]+:(\d+) \((\w+)\)", line)
-            if match:
-                ports[match[2]] = int(match[1])
+            match = await stderr_match(proc, r"listening on [\d.]+:(\d+) \((\w+)\)", 20.0)
+            ports[match[2]] = int(match[1])
         assert set(ports) == {"A", "B"} and ports["A"] != ports["B"]
         a, b = await connect(ports["A"]), await connect(ports["B"])
         assert (await a.submit(make_submit())).command_status == SmppCommandStatus.ESME_ROK
         assert int((await b.submit(make_submit())).command_status) == 0x14
         seen: set[str] = set()
         while seen != {"A", "B"}:  # periodic stats, one line per SMSC
-            line = (await asyncio.wait_for(proc.stderr.readline(), DEADLINE)).decode()
-            assert line, "simulator exited"
-            match = re.match(r"(\w+): submits=1 .*errors=(\d+)", line)
-            if match:
-                seen.add(match[1])
-        proc.send_signal(signal.SIGTERM)
-        stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            seen.add((await stderr_match(proc, r"(\w+): submits=1 .*errors=(\d+)"))[1])
+        stdout = await sigterm_and_wait(proc)
     assert proc.returncode == 0
     summary = json.loads(stdout)
     assert set(summary) == {"A", "B"}

@@ -3,71 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmpplib import DeliverSmResp, PhoneNumber, SmppCommandStatus, SubmitSm
+from aiosmpplib import PhoneNumber, SmppCommandStatus, SubmitSm
 from aiosmpplib.state import NPI, TON
 
-from aggregator.smpp.session import BindMode, Event, RequestReceived
-from aggregator.smpp.transport import SmppConnection, open_client
-from simulator.cli import _smsc_profile, build_parser, main
+from aggregator.smpp.session import BindMode
+from simulator.cli import build_parser, main, smsc_profile
 from simulator.handsets import Handset, HandsetBook
 from simulator.profiles import ProfileError, load_profiles, parse_profiles
-from simulator.smsc import Smsc, SmscProfile
+from simulator.smsc import SmscProfile
 from tests.helpers import Start
+from tests.sim_helpers import DEADLINE, Connect
 
-DEADLINE = 5.0
 HANDSET = "38344123456"
-
-
-@dataclass
-class Client:
-    conn: SmppConnection
-    delivers: asyncio.Queue[tuple[float, Any]]  # (loop time received, deliver_sm)
-
-    async def submit(self, pdu: Any) -> Any:
-        return await asyncio.wait_for(self.conn.request(pdu), DEADLINE)
-
-    async def next_deliver(self) -> Any:
-        return (await self.next_timed())[1]
-
-    async def next_timed(self) -> tuple[float, Any]:
-        return await asyncio.wait_for(self.delivers.get(), DEADLINE)
-
-
-Connect = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    conns: list[SmppConnection] = []
-
-    async def open_(
-        smsc: Smsc, *, mode: BindMode = BindMode.TRANSCEIVER,
-        deliver_status: Any = SmppCommandStatus.ESME_ROK,
-    ) -> Client:
-        delivers: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def on_event(conn: SmppConnection, event: Event) -> None:
-            if isinstance(event, RequestReceived):
-                delivers.put_nowait((loop.time(), event.pdu))
-                conn.respond(event.pdu, DeliverSmResp(command_status=deliver_status))
-
-        conn = await open_client(
-            "127.0.0.1", smsc.port, mode=mode, system_id="esme", password="pw",
-            window=50, on_event=on_event, bind_timeout=DEADLINE,
-        )
-        conns.append(conn)
-        return Client(conn, delivers)
-
-    yield open_
-    for conn in conns:
-        conn.close()
 
 
 def book(**handsets: Handset) -> HandsetBook:
@@ -276,14 +227,14 @@ def test_cli_reply_and_handset_options() -> None:
         "--handset", "+38338=invalid", "--handset", "38344123456=roaming",
         "--roaming-delay-ms", "250",
     ])
-    profile = _smsc_profile(args)
+    profile = smsc_profile(args)
     assert profile.roaming_delay == pytest.approx(0.25)
     assert profile.handsets == HandsetBook({
         "38344123456": Handset("roaming", "NDALO"),
         "38344999": Handset(reply="a=b"),
         "38338": Handset("invalid"),
     })
-    assert _smsc_profile(build_parser().parse_args(["smsc"])).handsets is None
+    assert smsc_profile(build_parser().parse_args(["smsc"])).handsets is None
 
 
 def test_cli_bad_handset_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

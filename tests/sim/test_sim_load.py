@@ -26,6 +26,7 @@ from simulator.load import Destinations, LoadOptions, LoadResult, run_load, segm
 from simulator.load import progress as load_progress
 from simulator.stats import LatencyHistogram
 from tests.helpers import API_KEY, DEADLINE, running, serve_app
+from tests.sim_helpers import simulator_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -326,11 +327,8 @@ def test_cli_help() -> None:
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator", "load", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    async with simulator_process("load", *args) as proc:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

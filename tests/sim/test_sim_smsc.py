@@ -4,66 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import struct
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmpplib import DeliverSmResp, OptionalParam, SmppCommandStatus
+from aiosmpplib import OptionalParam, SmppCommandStatus
 
-from aggregator.smpp.session import BindMode, Event, RequestReceived, SessionClosed
-from aggregator.smpp.transport import BindError, SmppConnection, open_client
-from simulator.smsc import Smsc, raw_short_message
+from aggregator.smpp.session import BindMode
+from aggregator.smpp.transport import BindError
+from simulator.smsc import raw_short_message
 from tests.helpers import Start
-from tests.sim_helpers import DEADLINE, Client, Connect, make_submit
+from tests.sim_helpers import (
+    DEADLINE,
+    Connect,
+    make_submit,
+    sigterm_and_wait,
+    simulator_process,
+    stderr_match,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 RECEIPT_RE = re.compile(
     r"^id:(?P<id>\S+) sub:001 dlvrd:(?P<dlvrd>\d{3}) submit date:\d{10} done date:\d{10}"
     r" stat:(?P<stat>\w+) err:(?P<err>\d{3}) text:$"
 )
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    clients: list[Client] = []
-
-    async def open_(
-        target: Smsc | int,
-        *,
-        mode: BindMode = BindMode.TRANSCEIVER,
-        system_id: str = "esme",
-        password: str = "pw",
-        deliver_status: Any = SmppCommandStatus.ESME_ROK,
-        window: int = 50,
-    ) -> Client:
-        delivers: asyncio.Queue[Any] = asyncio.Queue()
-        closed = asyncio.Event()
-
-        def on_event(conn: SmppConnection, event: Event) -> None:
-            if isinstance(event, RequestReceived):
-                delivers.put_nowait(event.pdu)
-                conn.respond(event.pdu, DeliverSmResp(command_status=deliver_status))
-            elif isinstance(event, SessionClosed):
-                closed.set()
-
-        port = target if isinstance(target, int) else target.port
-        conn = await open_client(
-            "127.0.0.1", port, mode=mode, system_id=system_id, password=password,
-            window=window, on_event=on_event, bind_timeout=DEADLINE,
-        )
-        client = Client(conn, delivers, closed)
-        clients.append(client)
-        return client
-
-    yield open_
-    for client in clients:
-        client.conn.close()
 
 
 def udh_submit(udh: bytes, text: str = "part") -> Any:
@@ -345,33 +310,14 @@ async def test_refused_receipt_retried_three_times(start_smsc: Start, connect: C
 @pytest.mark.parametrize("loop", ["asyncio", "auto"])
 async def test_cli_smsc_smoke(tmp_path: Path, connect: Connect, loop: str) -> None:
     stats_file = tmp_path / "stats.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator", "smsc", "--port", "0", "--stats-interval", "0.1",
-        "--stats-file", str(stats_file), "--loop", loop,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        match = None
-        while match is None:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 20.0)).decode()
-            assert line, "simulator exited before listening"
-            match = re.match(r"listening on ([\d.]+):(\d+)", line)
+    async with simulator_process("smsc", "--port", "0", "--stats-interval", "0.1",
+                                 "--stats-file", str(stats_file), "--loop", loop) as proc:
+        match = await stderr_match(proc, r"listening on ([\d.]+):(\d+)", 20.0)
         client = await connect(int(match[2]))
         resp = await client.submit(make_submit())
         await client.next_deliver()
-        stats_line = ""
-        while "submits=1 " not in stats_line:
-            stats_line = (await asyncio.wait_for(proc.stderr.readline(), DEADLINE)).decode()
-            assert stats_line, "simulator exited"
-
-        proc.send_signal(signal.SIGTERM)
-        stdout, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stderr_match(proc, r".*submits=1 ")
+        stdout = await sigterm_and_wait(proc)
     assert proc.returncode == 0
     summary = json.loads(stdout)
     assert summary["submits"] == 1 and summary["binds"] == 1

@@ -14,7 +14,8 @@ from aiosmpplib import NPI, TON
 from aiosmpplib.protocol import DeliverSm, OptionalParam, PhoneNumber
 
 from aggregator.smpp.deliver_fast import decode_deliver_sm
-from aggregator.smpp.session import _CODECS, _HEADER, _decode, _request_status
+from aggregator.smpp.session import HEADER, decode_pdu, request_status
+from aggregator.text import GSM7_CODECS
 
 RECEIPT = ("id:0123456789abcdef sub:001 dlvrd:001 submit date:2612041200 done date:2612041200 "
            "stat:DELIVRD err:000 text:")
@@ -27,7 +28,7 @@ def _pdu(text: str = RECEIPT, esm_class: int = 4, seq: int = 7, **kw: Any) -> by
         destination=kw.pop("destination", PhoneNumber("SMSAGG", TON.ALPHANUMERIC, NPI.UNKNOWN)),
         **kw)
     message.sequence_num = seq
-    message.set_encoding_info("gsm0338", _CODECS)
+    message.set_encoding_info("gsm0338", GSM7_CODECS)
     return bytes(message.pdu())
 
 
@@ -66,16 +67,16 @@ def _corpus() -> list[bytes]:
 
 
 def _slow(pdu: bytes) -> Any:
-    _, command_id, status, seq = _HEADER.unpack_from(pdu, 0)
+    _, command_id, status, seq = HEADER.unpack_from(pdu, 0)
     try:
-        return _decode(DeliverSm, pdu, len(pdu), command_id, status, seq)
+        return decode_pdu(DeliverSm, pdu, len(pdu), command_id, status, seq)
     except Exception as exc:
         return exc
 
 
 def _fast(pdu: bytes) -> DeliverSm | None:
-    _, _, status, seq = _HEADER.unpack_from(pdu, 0)
-    return decode_deliver_sm(pdu, _request_status(status), seq, _CODECS)
+    _, _, status, seq = HEADER.unpack_from(pdu, 0)
+    return decode_deliver_sm(pdu, request_status(status), seq, GSM7_CODECS)
 
 
 def test_fast_decode_is_aiosmpplibs() -> None:

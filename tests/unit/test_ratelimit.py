@@ -7,22 +7,12 @@ import itertools
 import pytest
 
 from aggregator.ratelimit import TokenBucket
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import ManualClock
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 def take_all(bucket: TokenBucket) -> int:
@@ -34,7 +24,7 @@ def take_all(bucket: TokenBucket) -> int:
     return n
 
 
-def test_burst_then_wait_time(clock: FakeClock) -> None:
+def test_burst_then_wait_time(clock: ManualClock) -> None:
     bucket = TokenBucket(8.0, burst=4.0, clock=clock)
 
     assert [bucket.try_take() for _ in range(4)] == [0.0] * 4
@@ -48,7 +38,7 @@ def test_burst_then_wait_time(clock: FakeClock) -> None:
     assert bucket.try_take() == pytest.approx(1 / 8)
 
 
-def test_refill_is_capped_at_burst(clock: FakeClock) -> None:
+def test_refill_is_capped_at_burst(clock: ManualClock) -> None:
     bucket = TokenBucket(8.0, burst=4.0, clock=clock)
     take_all(bucket)
 
@@ -59,14 +49,14 @@ def test_refill_is_capped_at_burst(clock: FakeClock) -> None:
 
 @pytest.mark.parametrize(("rate", "burst"), [(100.0, 10), (5.0, 1), (1000.0, 100)])
 def test_default_burst_is_a_tenth_of_a_second(
-    clock: FakeClock, rate: float, burst: int
+    clock: ManualClock, rate: float, burst: int
 ) -> None:
     bucket = TokenBucket(rate, clock=clock)
 
     assert take_all(bucket) == burst
 
 
-def test_slow_down_cuts_the_rate_by_30_percent_down_to_one(clock: FakeClock) -> None:
+def test_slow_down_cuts_the_rate_by_30_percent_down_to_one(clock: ManualClock) -> None:
     bucket = TokenBucket(10.0, clock=clock)
     rates = []
     for _ in range(10):
@@ -77,7 +67,7 @@ def test_slow_down_cuts_the_rate_by_30_percent_down_to_one(clock: FakeClock) -> 
     assert rates[-1] == 1.0 and min(rates) == 1.0
 
 
-def test_answers_in_flight_cut_the_rate_only_once(clock: FakeClock) -> None:
+def test_answers_in_flight_cut_the_rate_only_once(clock: ManualClock) -> None:
     bucket = TokenBucket(100.0, clock=clock)
     for _ in range(10):  # ten throttled answers to submits sent before the first cut
         bucket.slow_down()
@@ -87,7 +77,7 @@ def test_answers_in_flight_cut_the_rate_only_once(clock: FakeClock) -> None:
     assert bucket.rate == pytest.approx(49.0)
 
 
-def test_slow_down_empties_the_bucket(clock: FakeClock) -> None:
+def test_slow_down_empties_the_bucket(clock: ManualClock) -> None:
     bucket = TokenBucket(100.0, burst=10.0, clock=clock)
     assert take_all(bucket) == 10
     clock.advance(1.0)  # refills to the burst
@@ -95,7 +85,7 @@ def test_slow_down_empties_the_bucket(clock: FakeClock) -> None:
     assert bucket.try_take() > 0  # nothing left to send at once after a throttle
 
 
-def test_recover_climbs_back_to_max_rate_and_not_beyond(clock: FakeClock) -> None:
+def test_recover_climbs_back_to_max_rate_and_not_beyond(clock: ManualClock) -> None:
     bucket = TokenBucket(100.0, clock=clock)
     bucket.slow_down()
     assert bucket.rate == pytest.approx(70.0)
@@ -109,7 +99,7 @@ def test_recover_climbs_back_to_max_rate_and_not_beyond(clock: FakeClock) -> Non
     assert rates[-1] == 100.0 and max(rates) == 100.0
 
 
-def test_throttle_drops_to_what_the_operator_accepted(clock: FakeClock) -> None:
+def test_throttle_drops_to_what_the_operator_accepted(clock: ManualClock) -> None:
     bucket = TokenBucket(400.0, clock=clock)
     for _ in range(50):  # the operator took 50 in the last second
         clock.advance(0.02)
@@ -118,7 +108,7 @@ def test_throttle_drops_to_what_the_operator_accepted(clock: FakeClock) -> None:
     assert bucket.rate == pytest.approx(0.95 * 50)
 
 
-def test_recover_at_max_rate_changes_nothing(clock: FakeClock) -> None:
+def test_recover_at_max_rate_changes_nothing(clock: ManualClock) -> None:
     bucket = TokenBucket(1000.0, clock=clock)
 
     bucket.recover()
@@ -127,7 +117,7 @@ def test_recover_at_max_rate_changes_nothing(clock: FakeClock) -> None:
 
 
 def test_recover_growth_depends_on_time_not_on_the_number_of_successes(
-    clock: FakeClock,
+    clock: ManualClock,
 ) -> None:
     bucket = TokenBucket(200.0, clock=clock)
     bucket.slow_down()
@@ -138,7 +128,7 @@ def test_recover_growth_depends_on_time_not_on_the_number_of_successes(
     assert bucket.rate == pytest.approx(before * 1.05)
 
 
-def test_slow_down_never_raises_the_rate_above_max(clock: FakeClock) -> None:
+def test_slow_down_never_raises_the_rate_above_max(clock: ManualClock) -> None:
     bucket = TokenBucket(0.5, clock=clock)
 
     bucket.slow_down()

@@ -10,14 +10,11 @@ from typing import Any
 import pytest
 
 from aggregator.model import (
-    Encoding,
     FinalNotice,
     Message,
     MessageStatus,
     ReceiptUpdate,
     SegmentSubmit,
-    Sender,
-    SenderKind,
 )
 from aggregator.receipts import (
     MESSAGE_STATE,
@@ -30,6 +27,7 @@ from aggregator.receipts import (
     receipt_error,
 )
 from aggregator.store.sqlite import SqliteStore
+from tests.store_helpers import make_message, opened_sqlite
 
 NOW = 1_700_000_000.0
 
@@ -208,12 +206,8 @@ def test_ids_that_do_not_convert_stay_as_they_are(mode: str) -> None:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "smsagg.db"))
-    await s.open()
-    try:
+    async with opened_sqlite(tmp_path / "smsagg.db") as s:
         yield s
-    finally:
-        await s.close()
 
 
 class Finals:
@@ -244,18 +238,8 @@ async def processor(store: SqliteStore, finals: Finals) -> AsyncIterator[Receipt
 
 
 async def submitted_message(store: SqliteStore, msg_id: str, segments: int = 1) -> Message:
-    m = Message(
-        id=msg_id,
-        account="shop",
-        to="+38344123456",
-        sender=Sender("Shop", SenderKind.ALPHANUMERIC),
-        text="hello",
-        encoding=Encoding.GSM7,
-        segments=segments,
-        concat_ref=1,
-        created_at=NOW,
-        reference=f"ref-{msg_id}",
-    )
+    m = make_message(message_id=msg_id, segments=segments, created_at=NOW,
+                     reference=f"ref-{msg_id}")
     await store.accept(m, None)
     await store.claim_due(NOW, 100)
     await store.record_submitted(
@@ -320,17 +304,7 @@ async def test_receipts_in_one_loop_turn_share_one_store_commit(
 async def test_receipt_that_overtakes_its_submit_is_applied_on_retry(
     store: SqliteStore, processor: ReceiptProcessor, finals: Finals
 ) -> None:
-    m = Message(
-        id="m1",
-        account="shop",
-        to="+38344123456",
-        sender=Sender("Shop", SenderKind.ALPHANUMERIC),
-        text="hello",
-        encoding=Encoding.GSM7,
-        segments=1,
-        concat_ref=1,
-        created_at=NOW,
-    )
+    m = make_message(message_id="m1", created_at=NOW)
     await store.accept(m, None)
     await store.claim_due(NOW, 10)
 

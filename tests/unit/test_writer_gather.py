@@ -11,17 +11,13 @@ from pathlib import Path
 import pytest
 
 from aggregator.store.sqlite import SqliteStore
-from tests.store_helpers import make_message
+from tests.store_helpers import make_message, opened_sqlite
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "smsagg.db"))
-    await s.open()
-    try:
+    async with opened_sqlite(tmp_path / "smsagg.db") as s:
         yield s
-    finally:
-        await s.close()
 
 
 async def test_paced_accepts_share_commits(store: SqliteStore) -> None:
