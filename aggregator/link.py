@@ -37,6 +37,11 @@ class Link(asyncio.Protocol):
         self._need = 0  # bytes _partial must hold before a frame in it is whole
         self._out: list[bytes] = []
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame not yet whole (0 between frames)."""
+        return len(self._partial)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 

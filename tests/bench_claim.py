@@ -22,7 +22,7 @@ from typing import Any
 from aggregator.model import Encoding, Message, Sender, SenderKind
 from aggregator.store import writes
 from aggregator.store.rows import marketing_rows, message_row
-from aggregator.store.sqlite import SqliteStore
+from aggregator.store.sqlite_schema import open_database
 
 NOW = 1_700_000_000.0
 
@@ -51,7 +51,7 @@ def _claim(conn: Any, limit: int) -> int:
 def run_once(n: int, accounts: int, batch: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.db")
-        conn = SqliteStore(path)._open_sync()
+        conn = open_database(path, writes.BUSY_TIMEOUT)
         messages = _messages(n, accounts)
         started = time.process_time()
         for i in range(0, n, 1000):

@@ -18,7 +18,7 @@ from aggregator.frames import frame
 from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.store.base import StoreError
-from aggregator.wire import DAEMON_CALLS, Answers, Call, Wire, answer, failed
+from aggregator.wire import DAEMON_CALLS, Answers, Call, Signature, Wire, answer, failed
 
 log = get_logger("smsagg.rpc")
 
@@ -121,6 +121,11 @@ class DaemonClient:
         sig = DAEMON_CALLS.get(name)
         if sig is None:
             raise StoreError(f"{name!r} is not a call the daemon serves")
+        return await self.call_unchecked(name, sig, *args)
+
+    async def call_unchecked(self, name: str, sig: Signature, *args: Any) -> Any:
+        """`name` sent with `args` encoded by `sig`, whether the daemon serves it or not: what
+        a worker of another version would send (tests of the daemon's refusal)."""
         return await self._calls.send(self._link, name, args, sig)
 
     def frame_received(self, link: Link, obj: Wire) -> None:

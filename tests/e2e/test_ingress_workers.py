@@ -114,7 +114,7 @@ async def test_the_daemon_serves_workers_status_calls_only_never_the_store() -> 
                     await remote.call(name)
                 # Asked anyway (a worker of another version): the daemon refuses it.
                 with pytest.raises(StoreError, match="not served"):
-                    await remote._calls.send(remote._link, name, (), DAEMON_CALLS["metrics"])
+                    await remote.call_unchecked(name, DAEMON_CALLS["metrics"])
             await wait_for(lambda: bool(seen))
             assert seen[0] == (7, {"shop": 7})
             assert await remote.call("metrics") == "# metrics\n"

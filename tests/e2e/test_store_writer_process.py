@@ -99,7 +99,7 @@ async def test_the_writer_process_outlives_sigint_and_sigterm(store: SqliteStore
 
 async def test_an_unknown_operation_gets_an_error_not_a_dead_writer(store: SqliteStore) -> None:
     with pytest.raises(StoreError, match="no store operation 'drop_everything'"):
-        await store._submit("drop_everything")
+        await store.writer.submit("drop_everything")
 
     assert (await store.accept(make_message(), None)).created
 

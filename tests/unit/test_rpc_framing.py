@@ -51,7 +51,7 @@ async def test_frames_split_at_every_byte_and_joined_come_out_whole_in_order() -
         for start in range(0, len(stream), cut):
             link.data_received(stream[start:start + cut])
         assert link.frames == objs, cut
-        assert not link._partial
+        assert link.buffered == 0
 
 
 async def test_a_large_frame_in_small_pieces_arrives_once() -> None:
