@@ -5,15 +5,14 @@ They have the interface the session uses for aiosmpplib's PDU classes: `smpp_com
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any, Final
 
+from aggregator.smpp.header import HEADER
 from aggregator.smpp.status import CommandStatus
 
 QUERY_SM: Final = 0x00000003
 QUERY_SM_RESP: Final = 0x80000003
-_HEADER: Final = struct.Struct("!IIII")
 MAX_MESSAGE_ID: Final = 64  # octets, without the NUL
 MAX_SOURCE_ADDR: Final = 20
 MAX_FINAL_DATE: Final = 16
@@ -55,7 +54,7 @@ class _Pdu:
 
     def pdu(self) -> bytes:
         body = self.body()
-        return _HEADER.pack(_HEADER.size + len(body), self.smpp_command,
+        return HEADER.pack(HEADER.size + len(body), self.smpp_command,
                             int(self.command_status), self.sequence_num) + body
 
 
@@ -80,7 +79,7 @@ class QuerySm(_Pdu):
 
     @classmethod
     def from_pdu(cls, data: bytes, header: Any, *_codecs: Any) -> QuerySm:
-        body = data[_HEADER.size:]
+        body = data[HEADER.size:]
         message_id, pos = _read_cstring(body, 0, MAX_MESSAGE_ID, "message_id")
         if pos + 2 > len(body):
             raise ValueError("query_sm body too short")
@@ -113,7 +112,7 @@ class QuerySmResp(_Pdu):
 
     @classmethod
     def from_pdu(cls, data: bytes, header: Any, *_codecs: Any) -> QuerySmResp:
-        body = data[_HEADER.size:]
+        body = data[HEADER.size:]
         message_id, pos = _read_cstring(body, 0, MAX_MESSAGE_ID, "message_id")
         final_date, pos = _read_cstring(body, pos, MAX_FINAL_DATE, "final_date")
         if pos + 2 > len(body):

@@ -9,7 +9,6 @@ PDUs are aiosmpplib's classes; the header is read here with struct because aiosm
 from __future__ import annotations
 
 import heapq
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -32,22 +31,20 @@ from aiosmpplib.protocol import (
 from aiosmpplib.state import SmppCommandStatus
 
 from aggregator.smpp.deliver_fast import decode_deliver_sm
-from aggregator.smpp.querysm import QuerySm, QuerySmResp
+from aggregator.smpp.header import HEADER, HEADER_LENGTH
+from aggregator.smpp.querysm import QUERY_SM, QuerySm, QuerySmResp
 from aggregator.smpp.status import CommandStatus
 from aggregator.text import GSM7_CODECS
 
 # aiosmpplib ships no type information: its PDU objects are Any to mypy.
 Pdu: TypeAlias = SmppMessage
 
-HEADER: Final = struct.Struct("!IIII")  # command_length, command_id, command_status, sequence
-HEADER_LENGTH: Final = 16
 MAX_SEQUENCE: Final = 0x7FFFFFFF
 
 # Command ids (plain ints: dict lookups on the hot path stay cheap).
 GENERIC_NACK: Final = 0x80000000
 BIND_RECEIVER: Final = 0x00000001
 BIND_TRANSMITTER: Final = 0x00000002
-QUERY_SM: Final = 0x00000003
 SUBMIT_SM: Final = 0x00000004
 DELIVER_SM: Final = 0x00000005
 UNBIND: Final = 0x00000006

@@ -3,18 +3,17 @@ daemon's field and UDH parsers, aggregator.smpp.fields and aggregator.text)."""
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any
 
 from aggregator.smpp.fields import RawSubmit, parse_submit
+from aggregator.smpp.header import HEADER
 from aggregator.smpp.session import RESP_BIT, SUBMIT_SM
 from aggregator.smpp.status import CommandStatus
 from aggregator.text import ESM_CLASS_UDHI, parse_udh
 from simulator.smsc.records import ReceivedSubmit
 
 SUBMIT_SM_RESP = SUBMIT_SM | RESP_BIT
-_HEADER = struct.Struct("!IIII")
 
 
 class ErrorResp:
@@ -28,7 +27,7 @@ class ErrorResp:
         self.sequence_num = 0  # set by SmppSession.send_response
 
     def pdu(self) -> bytes:
-        return _HEADER.pack(_HEADER.size, SUBMIT_SM_RESP, self.status, self.sequence_num)
+        return HEADER.pack(HEADER.size, SUBMIT_SM_RESP, self.status, self.sequence_num)
 
 
 def response(cls: Any, status: CommandStatus) -> Any:

@@ -14,7 +14,8 @@ from aiosmpplib import NPI, TON
 from aiosmpplib.protocol import DeliverSm, OptionalParam, PhoneNumber
 
 from aggregator.smpp.deliver_fast import decode_deliver_sm
-from aggregator.smpp.session import HEADER, decode_pdu, request_status
+from aggregator.smpp.header import HEADER
+from aggregator.smpp.session import decode_pdu, request_status
 from aggregator.text import GSM7_CODECS
 
 RECEIPT = ("id:0123456789abcdef sub:001 dlvrd:001 submit date:2612041200 done date:2612041200 "
