@@ -10,6 +10,8 @@ process starts faster without it."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any
 
 from aggregator.wire import DECODER, ENCODER, Wire
 
@@ -27,10 +29,12 @@ def frame(msg: Wire) -> bytes:
     return bytes(buf)
 
 
-def split(data: bytes) -> tuple[list[Wire], int, Exception | None]:
+def split(data: bytes, decode: Callable[[memoryview], Any] = DECODER.decode
+          ) -> tuple[list[Wire], int, Exception | None]:
     """The whole frames at the start of `data`, the bytes they took, and the error that
     stopped the parse, if one did (a frame too big, or not a wire message: the peer is
-    broken). Immutable bytes: a message's Raw fields are views of them, not copies."""
+    broken). Immutable bytes: a message's Raw fields are views of them, not copies.
+    `decode` is wire.py's; tests/bench_frames.py passes another to compare framings."""
     out: list[Wire] = []
     pos, size = 0, len(data)
     view = memoryview(data)
@@ -42,7 +46,7 @@ def split(data: bytes) -> tuple[list[Wire], int, Exception | None]:
             end = pos + LEN.size + length
             if end > size:
                 break
-            out.append(DECODER.decode(view[pos + LEN.size:end]))
+            out.append(decode(view[pos + LEN.size:end]))
             pos = end
     except Exception as exc:
         return out, pos, exc

@@ -19,7 +19,7 @@ import pickle
 import time
 from typing import Any
 
-from aggregator.frames import LEN, MAX_FRAME, frame, split
+from aggregator.frames import LEN, frame, split
 from aggregator.store.sqlite import message_row
 from aggregator.store.writes import OPS
 from aggregator.wire import Answers, Call, answer, call, signature
@@ -35,30 +35,12 @@ def _pickle_frame(obj: object) -> bytes:
     return LEN.pack(len(data)) + data
 
 
-def _pickle_split(data: bytes) -> list[Any]:
-    """frames.split before wire.py (its error handling aside)."""
-    out: list[Any] = []
-    pos, size = 0, len(data)
-    view = memoryview(data)
-    while size - pos >= LEN.size:
-        (length,) = LEN.unpack_from(view, pos)
-        if length > MAX_FRAME:
-            raise ValueError(f"frame of {length} bytes")
-        end = pos + LEN.size + length
-        if end > size:
-            break
-        out.append(pickle.loads(view[pos + LEN.size:end]))
-        pos = end
-    view.release()
-    return out
-
-
 def pickle_round(row: tuple[Any, ...]) -> int:
     """Before: positional tuples, pickled, through the same length-prefixed framing."""
     request = _pickle_frame((7, "accept", (row, "key-1")))
-    [(rid, _, args)] = _pickle_split(request)
+    [(rid, _, args)], _, _ = split(request, pickle.loads)
     reply = _pickle_frame(("answers", [(rid, True, None)]))
-    [(_, answers)] = _pickle_split(reply)
+    [(_, answers)], _, _ = split(reply, pickle.loads)
     assert answers[0][1] and args[0][0] == row[0]
     return len(request) + len(reply)
 

@@ -5,6 +5,7 @@ corrupt or newer-schema file is refused at start, by the store and by `smsagg ru
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import sqlite3
 import subprocess
@@ -384,9 +385,9 @@ async def test_read_only_database_holds_outcomes_and_receipts_until_writable(
 
 # ---- migrations -------------------------------------------------------------------------------
 
-# The version-1 schema as released, frozen: MIGRATIONS[0] must never change (a change is a new
-# step), or databases created by earlier releases would differ from new ones.
-FROZEN_V1 = (Path(__file__).parents[1] / "data" / "sqlite_schema_v1.sql").read_text()
+# The version-1 schema as released, frozen by its digest: MIGRATIONS[0] must never change (a
+# change is a new step), or databases created by earlier releases would differ from new ones.
+FROZEN_V1_SHA256 = "33a6796b5ed8a997c8594751dd09b96e35076d13dec209273378213f57b00d78"
 STEP_2 = """
     ALTER TABLE messages ADD COLUMN note TEXT;
     CREATE TABLE extra (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID
@@ -478,9 +479,11 @@ async def test_empty_database_migrates_to_the_current_version_with_every_table(
 async def test_version_1_database_keeps_its_rows_and_gets_todays_schema(tmp_path: Path) -> None:
     """A database made by the first release (frozen schema) opens with its rows, and ends with
     exactly the schema a new database gets: migrations append, they never edit a step."""
+    assert hashlib.sha256(MIGRATIONS[0].encode()).hexdigest() == FROZEN_V1_SHA256, (
+        "MIGRATIONS[0] changed: add a migration step instead")
     old = tmp_path / "v1.db"
     conn = sqlite3.connect(old, isolation_level=None)
-    conn.executescript(FROZEN_V1)
+    conn.executescript(MIGRATIONS[0])
     conn.execute("PRAGMA user_version = 1")
     messages = [make_message() for _ in range(3)]
     for m in messages:
