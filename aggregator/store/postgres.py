@@ -453,12 +453,14 @@ class PostgresStore:
         self._last_error_at = 0.0
         self._last_ok_at = 0.0
         self._pending_changes = 0  # local changes to `pending`, to refresh it without races
-        # Accepts and the other writes (outcomes of submits, receipts, outboxes) are grouped
-        # apart: a submit's record never waits behind a burst of accepts (each submit answered
-        # but not yet recorded is a duplicate if the instance dies). The rest of the pool is
-        # for claims, reads and lease renewal.
+        # Accepts, submits' records and the other writes (receipts, outboxes, ...) are grouped
+        # apart: a submit's record never waits behind a burst of accepts or receipts (each
+        # submit answered but not yet recorded is a duplicate if the instance dies, and keeps
+        # its window slot until the record commits). The rest of the pool is for claims, reads
+        # and lease renewal.
         groups = max(1, pool_size * 3 // 10)
-        self._lanes = {"accept": _Lane(groups), "other": _Lane(groups)}
+        self._lanes = {"accept": _Lane(groups), "other": _Lane(groups),
+                       "record_submitted": _Lane(groups)}
         self._tasks: set[asyncio.Task[None]] = set()
         # Opt-out reads of the accept path asked in the same loop turns go as one statement.
         self._scope_reads: dict[tuple[str, str], asyncio.Future[str | None]] = {}
@@ -865,7 +867,7 @@ class PostgresStore:
         all of them, as SQLite's group commit (accepts: one pipelined insert)."""
         if self._closed or self._closing:
             raise StoreError("store is closed")
-        lane = self._lanes["accept" if op == "accept" else "other"]
+        lane = self._lanes.get(op) or self._lanes["other"]
         if self._waiting + len(lane.writes) >= self.max_waiting:
             raise StoreBusy("too many operations waiting for the store")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
