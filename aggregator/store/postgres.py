@@ -97,8 +97,10 @@ DB_NOW = "extract(epoch from clock_timestamp())::float8"
 # Each (provider, id) is matched to a segment; the messages the final ones touch are locked in id
 # order (instances applying receipts at once never deadlock); then, in input order, the segment
 # takes the receipt's status and a message whose last part is in (or any part failed) becomes
-# final. One row per input: the matched message (NULL: no match), and for a message made final
-# here its new status, whether it was pending and what its outbox entries need.
+# final, with its outbox entries: the HTTP callback (the payload as writes.callback_payload
+# makes it, non-ASCII characters left as they are) and the SMPP receipt its receipt_mode asks
+# for. One row per input: the matched message (NULL: no match), and for a message made final
+# here its new status, whether it was pending and its notice's fields.
 _APPLY_RECEIPTS_FUNCTION = f"""
     CREATE FUNCTION smsagg_apply_receipts(p_provider TEXT[], p_pid TEXT[], p_status TEXT[],
                                           p_error TEXT[], p_at DOUBLE PRECISION[])
@@ -160,6 +162,22 @@ _APPLY_RECEIPTS_FUNCTION = f"""
                         o_receipt_mode, o_sender, o_dest, o_created_at;
                 o_final := fin;
                 o_was_pending := prior IN ({", ".join(f"'{v}'" for v in PENDING)});
+                IF o_callback_url <> '' THEN
+                    INSERT INTO callbacks (message_id, url, payload, next_attempt_at)
+                    VALUES (mids[k], o_callback_url, '{{"id":' || to_json(mids[k])::TEXT
+                        || ',"status":' || to_json(fin)::TEXT
+                        || ',"reference":' || coalesce(to_json(o_reference)::TEXT, 'null')
+                        || ',"error":' || coalesce(to_json(p_error[k])::TEXT, 'null')
+                        || ',"done_at":' || to_json(to_char(to_timestamp(p_at[k])
+                            AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::TEXT || '}}',
+                        p_at[k]);
+                END IF;
+                IF o_receipt_mode = 1 OR (o_receipt_mode = 2 AND fin <> 'delivered') THEN
+                    INSERT INTO smpp_receipts (account, message_id, source, dest, status, error,
+                        submitted_at, done_at, next_attempt_at)
+                    VALUES (o_account, mids[k], o_sender, o_dest, fin, p_error[k],
+                        o_created_at, p_at[k], p_at[k]);
+                END IF;
             END IF;
             RETURN NEXT;
         END LOOP;
@@ -1499,13 +1517,13 @@ BATCHED = frozenset({"record_submitted", "apply_receipts", "callbacks_done",
 
 
 def _one_statement(group: Sequence[_Write]) -> bool:
-    """The group is one statement: accepts without key or marketing, or a single BATCHED kind
-    other than receipts (which write outboxes afterwards)."""
+    """The group is one statement: accepts without key or marketing, or a single BATCHED
+    kind."""
     first = group[0].op
     if first == "accept":
         return all(i.op == "accept" and i.key is None and i.row[_CLASS] != "marketing"
                    for i in group)
-    return first in BATCHED and first != "apply_receipts" and all(i.op == first for i in group)
+    return first in BATCHED and all(i.op == first for i in group)
 
 
 async def _write_group(conn: asyncpg.Connection, group: Sequence[_Write]) -> list[Any]:
@@ -1653,15 +1671,15 @@ async def _finish(conn: asyncpg.Connection, message_id: str, status: MessageStat
 
 async def _apply_receipts(conn: asyncpg.Connection,
                           updates: list[ReceiptUpdate]) -> list[tuple[ReceiptResult, bool]]:
-    """Receipts matched and applied in one call (smsagg_apply_receipts), then the outbox
-    entries of the messages they made final in one statement per outbox."""
+    """Receipts matched and applied, and the outbox entries of the messages they made final
+    added, in one call (smsagg_apply_receipts): one round trip, and no transaction of its
+    own when it is alone in its group."""
     rows = await conn.fetch(
         "SELECT * FROM smsagg_apply_receipts($1::text[], $2::text[], $3::text[], $4::text[], "
         "$5::float8[])", [u.provider for u in updates], [u.provider_msg_id for u in updates],
         [u.status.value for u in updates], [u.error for u in updates],
         [u.received_at for u in updates])
     results: list[tuple[ReceiptResult, bool]] = []
-    finished: list[tuple[FinalNotice, int, str, str, float]] = []
     for u, r in zip(updates, rows, strict=True):
         if r[0] is None:
             results.append((ReceiptResult(u, matched=False, message_id=None, final=None), False))
@@ -1672,9 +1690,7 @@ async def _apply_receipts(conn: asyncpg.Connection,
                 message_id=r[0], account=r[3], status=MessageStatus(r[1]), reference=r[4],
                 error=u.error, done_at=u.received_at, callback_url=r[5], submitted_at=r[6],
                 provider=r[7])
-            finished.append((notice, r[8], r[9], r[10], r[11]))
         results.append((ReceiptResult(u, matched=True, message_id=r[0], final=notice), r[2]))
-    await _add_outboxes(conn, finished)
     return results
 
 
