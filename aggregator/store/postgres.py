@@ -474,9 +474,10 @@ class PostgresStore:
         # Accepts, submits' records and the other writes (receipts, outboxes, ...) are grouped
         # apart: a submit's record never waits behind a burst of accepts or receipts (each
         # submit answered but not yet recorded is a duplicate if the instance dies, and keeps
-        # its window slot until the record commits). The rest of the pool is for claims, reads
-        # and lease renewal.
-        groups = max(1, pool_size * 3 // 10)
+        # its window slot until the record commits). Each lane has a quarter of the pool less
+        # two connections (2 of 10), as have the opt-out reads: the two left and whatever a lane
+        # does not use serve claims, other reads and lease renewal without waiting.
+        groups = max(1, (pool_size - 2) // 4)
         self._lanes = {"accept": _Lane(groups), "other": _Lane(groups),
                        "record_submitted": _Lane(groups)}
         self._tasks: set[asyncio.Task[None]] = set()
