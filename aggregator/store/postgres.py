@@ -362,14 +362,27 @@ _INSERT_MESSAGES = (
 )
 # Accounts with a message due at $1: a loose index scan, one seek per account with waiting
 # messages (its earliest due time decides), however many messages each has.
-_DUE_ACCOUNTS = (
+_DUE_ACCOUNTS_CTE = (
     "WITH RECURSIVE a(account, due) AS ("
     "(SELECT account, next_attempt_at FROM messages WHERE status IN ('accepted', 'scheduled') "
     "ORDER BY account, next_attempt_at LIMIT 1) UNION ALL "
     "SELECT n.account, n.next_attempt_at FROM a CROSS JOIN LATERAL (SELECT account, "
     "next_attempt_at FROM messages WHERE status IN ('accepted', 'scheduled') "
-    "AND account > a.account ORDER BY account, next_attempt_at LIMIT 1) n) "
-    "SELECT account FROM a WHERE due <= $1"
+    "AND account > a.account ORDER BY account, next_attempt_at LIMIT 1) n)"
+)
+# Claim up to $2 due messages ($1: now) of the one account that has some, leased to $3 for $4
+# seconds; with several accounts due, claim none. The first column lists the accounts due; one
+# row with the rest NULL when nothing was claimed.
+_CLAIM_ONE_ACCOUNT = (
+    f"{_DUE_ACCOUNTS_CTE}, due AS (SELECT account FROM a WHERE due <= $1), "
+    "picked AS (SELECT p.id FROM due CROSS JOIN LATERAL (SELECT id FROM messages "
+    "WHERE account = due.account AND status IN ('accepted', 'scheduled') "
+    "AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) p "
+    "WHERE (SELECT count(*) FROM due) = 1), "
+    "claimed AS (UPDATE messages m SET status = 'queued', owner = $3, "
+    f"lease_until = {DB_NOW} + $4 FROM picked WHERE m.id = picked.id RETURNING {_M_COLUMNS}) "
+    "SELECT d.accounts, claimed.* FROM (SELECT array_agg(account) AS accounts FROM due) d "
+    "LEFT JOIN claimed ON TRUE"
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES ($1, $2, $3)"
 _ACCOUNT, _DEST, _CLASS, _CREATED = 1, 2, 10, 17  # positions in a message row
@@ -973,10 +986,14 @@ class PostgresStore:
         in flight) plus what it gets now is as level as can be (writes.fair_shares)."""
 
         async def op(conn: asyncpg.Connection) -> list[Message]:
-            due = [r[0] for r in await conn.fetch(_DUE_ACCOUNTS, now)]
-            if len(due) <= 1:  # the common case: one statement, oldest first
-                rows = await self._claim_some(conn, now, [(a, limit) for a in due]) if due \
-                    else []
+            # The common case, one account due (or none), in one statement, oldest first; with
+            # more, it claims nothing and names them for the fair claim.
+            found = await conn.fetch(_CLAIM_ONE_ACCOUNT, now, limit, self.instance,
+                                     self.lease_seconds)
+            due: list[str] = (found[0][0] or []) if found else []
+            if len(due) <= 1:
+                rows = sorted((tuple(r)[1:] for r in found if r[1] is not None),
+                              key=lambda r: (r[21], r[0]))  # next_attempt_at, id
             else:
                 rows = await self._claim_fairly(conn, now, limit, due, held or {})
             multi = [r[0] for r in rows if r[8] > 1]
