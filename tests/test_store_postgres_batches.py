@@ -100,3 +100,16 @@ async def test_opt_out_reads_asked_together_go_as_one_and_answer_each(
     scopes = await asyncio.gather(*(store.optout_scope("shop", n) for n in numbers))
     assert scopes == [None, "marketing", None, "all", None] * 2
     assert await store.optout_scope("other", "+38344000001") is None
+
+
+async def test_next_due_after_a_claim_is_the_claims_answer_and_sees_retries(
+        store: PostgresStore) -> None:
+    now_due = make_message()
+    later = make_message(status=MessageStatus.SCHEDULED, next_attempt_at=NOW + 100)
+    for m in (now_due, later):
+        await store.accept(m, None)
+    assert [m.id for m in await store.claim_due(NOW, 10)] == [now_due.id]
+    await store.reschedule(now_due.id, None, [], NOW + 5, "try again")
+    assert await store.next_due_at() == NOW + 5  # a retry written since the claim: read again
+    assert await store.claim_due(NOW, 10) == []
+    assert await store.next_due_at() == NOW + 5  # the claim's own answer

@@ -88,6 +88,7 @@ COMMAND_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
 LEAVE_TIMEOUT = 2.0  # seconds to say goodbye to a database that may be gone
 GROUP_SIZE = 500  # writes committed in one transaction at most
+LATER_TTL = 0.1  # seconds a claim's next due time answers next_due_at
 SCOPE_BATCHES = 2  # batches of opt-out reads under way at once; the next waits for one
 RETRIES = 3  # deadlock / serialization failure: the transaction is run again
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
@@ -371,8 +372,9 @@ _DUE_ACCOUNTS_CTE = (
     "AND account > a.account ORDER BY account, next_attempt_at LIMIT 1) n)"
 )
 # Claim up to $2 due messages ($1: now) of the one account that has some, leased to $3 for $4
-# seconds; with several accounts due, claim none. The first column lists the accounts due; one
-# row with the rest NULL when nothing was claimed.
+# seconds; with several accounts due, claim none. The first column lists the accounts due, the
+# second the earliest due time after $1 (for next_due_at); one row with the rest NULL when
+# nothing was claimed.
 _CLAIM_ONE_ACCOUNT = (
     f"{_DUE_ACCOUNTS_CTE}, due AS (SELECT account FROM a WHERE due <= $1), "
     "picked AS (SELECT p.id FROM due CROSS JOIN LATERAL (SELECT id FROM messages "
@@ -381,8 +383,9 @@ _CLAIM_ONE_ACCOUNT = (
     "WHERE (SELECT count(*) FROM due) = 1), "
     "claimed AS (UPDATE messages m SET status = 'queued', owner = $3, "
     f"lease_until = {DB_NOW} + $4 FROM picked WHERE m.id = picked.id RETURNING {_M_COLUMNS}) "
-    "SELECT d.accounts, claimed.* FROM (SELECT array_agg(account) AS accounts FROM due) d "
-    "LEFT JOIN claimed ON TRUE"
+    "SELECT d.accounts, d.later, claimed.* FROM (SELECT array_agg(account) AS accounts, "
+    "(SELECT min(next_attempt_at) FROM messages WHERE status IN ('accepted', 'scheduled') "
+    "AND next_attempt_at > $1) AS later FROM due) d LEFT JOIN claimed ON TRUE"
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES ($1, $2, $3)"
 _ACCOUNT, _DEST, _CLASS, _CREATED = 1, 2, 10, 17  # positions in a message row
@@ -498,6 +501,9 @@ class PostgresStore:
         self._scope_reads: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self._scope_batches = 0
         self._scope_flush = False
+        # The last claim's earliest later due time: (monotonic, _due_changes then, the time).
+        self._later: tuple[float, int, float | None] | None = None
+        self._due_changes = 0  # retries, holds and releases written here
         self.live_instances = 1  # instances whose heartbeat is within their lease
         # Their names, sorted; `on_members` hears every change (and the first list, at open):
         # the app shares providers' binds and TPS out between them.
@@ -988,12 +994,14 @@ class PostgresStore:
         async def op(conn: asyncpg.Connection) -> list[Message]:
             # The common case, one account due (or none), in one statement, oldest first; with
             # more, it claims nothing and names them for the fair claim.
+            changes = self._due_changes  # before the statement's snapshot
             found = await conn.fetch(_CLAIM_ONE_ACCOUNT, now, limit, self.instance,
                                      self.lease_seconds)
             due: list[str] = (found[0][0] or []) if found else []
             if len(due) <= 1:
-                rows = sorted((tuple(r)[1:] for r in found if r[1] is not None),
+                rows = sorted((tuple(r)[2:] for r in found if r[2] is not None),
                               key=lambda r: (r[21], r[0]))  # next_attempt_at, id
+                self._later = (time.monotonic(), changes, found[0][1])
             else:
                 rows = await self._claim_fairly(conn, now, limit, due, held or {})
             multi = [r[0] for r in rows if r[8] > 1]
@@ -1046,6 +1054,15 @@ class PostgresStore:
         return rows
 
     async def next_due_at(self) -> float | None:
+        """The earliest due time of a message waiting. Right after a claim (within LATER_TTL,
+        with no retry or hold written since) the claim's own answer, with no round trip: what
+        was due then it claimed, and messages accepted since wake the dispatcher anyway."""
+        if self._later is not None:
+            at, changes, later = self._later
+            self._later = None
+            if changes == self._due_changes and time.monotonic() - at < LATER_TTL:
+                return later
+
         async def op(conn: asyncpg.Connection) -> float | None:
             due: float | None = await conn.fetchval(
                 "SELECT min(next_attempt_at) FROM messages "
@@ -1084,15 +1101,21 @@ class PostgresStore:
             if parts and provider is not None:
                 await _insert_parts(conn, message_id, provider, parts, now)
 
-        await self._write("reschedule", op)
+        try:
+            await self._write("reschedule", op)
+        finally:
+            self._due_changes += 1  # after the commit: a claim that began before missed it
 
     async def hold(self, message_id: str, next_attempt_at: float, error: str) -> None:
         """A claimed message back to scheduled until `next_attempt_at` (a send-time rule), no
         attempt spent; released, so any instance may take it then."""
-        await self._write("hold", lambda conn: conn.execute(
-            "UPDATE messages SET status = 'scheduled', next_attempt_at = $1, error = $2, "
-            "owner = NULL, lease_until = NULL WHERE id = $3 AND status = 'queued'",
-            next_attempt_at, error, message_id))
+        try:
+            await self._write("hold", lambda conn: conn.execute(
+                "UPDATE messages SET status = 'scheduled', next_attempt_at = $1, error = $2, "
+                "owner = NULL, lease_until = NULL WHERE id = $3 AND status = 'queued'",
+                next_attempt_at, error, message_id))
+        finally:
+            self._due_changes += 1
 
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
@@ -1102,7 +1125,10 @@ class PostgresStore:
                 "UPDATE messages SET next_attempt_at = $1 WHERE status = 'accepted' "
                 "AND next_attempt_at > $1 AND error = $2", now, NO_PROVIDER))
 
-        released: int = await self._write("release_waiting", op)
+        try:
+            released: int = await self._write("release_waiting", op)
+        finally:
+            self._due_changes += 1
         return released
 
     async def finish(
