@@ -59,6 +59,11 @@ window_in_use = Gauge(
     "smsagg_window_in_use", "submit_sm awaiting a response", ["provider", "bind"],
     registry=REGISTRY,
 )
+window_held = Gauge(
+    "smsagg_window_held",
+    "window slots of submits answered but not yet recorded in the store (held until it commits)",
+    ["provider"], registry=REGISTRY,
+)
 bind_up = Gauge("smsagg_bind_up", "1 when the bind is bound", ["provider", "bind"],
                 registry=REGISTRY)
 bind_failures = Counter(

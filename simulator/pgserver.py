@@ -42,6 +42,7 @@ class PgServer:
     port: int
     bin_dir: str
     as_user: str | None  # run the binaries as this user (we are root)
+    settings: str = ""  # more server options ("-c name=value ..."), e.g. for measuring
 
     @property
     def admin_dsn(self) -> str:
@@ -74,7 +75,7 @@ class PgServer:
         data = os.path.join(self.root, "data")
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                    f"-c unix_socket_directories={self.root} -c fsync=on "
-                   "-c max_connections=300 -c shared_buffers=32MB")
+                   f"-c max_connections=300 -c shared_buffers=32MB {self.settings}")
         self.run("pg_ctl", "start", "-w", "-t", str(int(START_TIMEOUT)), "-D", data,
                  "-l", os.path.join(self.root, "log"), "-o", options)
 
@@ -88,9 +89,10 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_server() -> PgServer:
-    """A new server; FileNotFoundError without the binaries, KeyError without a `postgres`
-    user to run them as (when we are root), RuntimeError when it does not start."""
+def start_server(settings: str = "") -> PgServer:
+    """A new server (with more `settings`, "-c name=value ..."); FileNotFoundError without the
+    binaries, KeyError without a `postgres` user to run them as (when we are root),
+    RuntimeError when it does not start."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         raise FileNotFoundError("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin "
@@ -107,7 +109,7 @@ def start_server() -> PgServer:
         os.chown(root, entry.pw_uid, entry.pw_gid)
     last: Exception | None = None
     for _ in range(3):  # the free port may be taken before the server binds it
-        server = PgServer(root, _free_port(), bin_dir, as_user)
+        server = PgServer(root, _free_port(), bin_dir, as_user, settings)
         try:
             server.start()
             return server

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from aggregator.outbound.fairqueue import FairQueue
 from aggregator.outbound.health import BreakerState, CircuitBreaker
 from aggregator.ratelimit import TokenBucket
 from aggregator.receipts import normalise_submit_id, submit_form_of
+from aggregator.smpp.header import HEADER
 from aggregator.smpp.querysm import QuerySm
 from aggregator.smpp.session import SessionError
 from aggregator.smpp.transport import ConnectionLost, RequestTimeout
@@ -62,13 +64,13 @@ class _Queued:
     deadline: float  # loop time: not sent by then -> fails over as no_bind
     came_without_bind: bool  # queued while no bind was up: waits for one to come back
     sent_at: float = 0.0
+    bind: Bind | None = None  # the bind it went on
 
 
 def _account_of(entry: _Queued) -> str:
     return entry.req.account
 
 
-_SUBMIT_SM_HEADER = struct.Struct("!IIII")  # command_length, command_id, status, sequence
 
 
 class EncodedSubmitSm:
@@ -87,7 +89,7 @@ class EncodedSubmitSm:
         self.sequence_num = 0
 
     def pdu(self) -> bytes:
-        return _SUBMIT_SM_HEADER.pack(16 + len(self._body), self.smpp_command, 0,
+        return HEADER.pack(HEADER.size + len(self._body), self.smpp_command, 0,
                                       self.sequence_num) + self._body
 
 
@@ -112,6 +114,15 @@ def build_submit_sm(req: SubmitRequest) -> Any:
 
 
 _BYTE, _BYTE2, _BYTE3 = struct.Struct("!B"), struct.Struct("!BB"), struct.Struct("!BBB")
+
+
+def _drop(counts: Counter[Any], key: Any) -> None:
+    """One less of `key`; the counter keeps only keys above zero."""
+    left = counts[key] - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def build_submit_sm_aiosmpplib(req: SubmitRequest) -> Any:
@@ -163,6 +174,15 @@ class ProviderPool:
         # Ids answered in submit_sm_resp whose store record is not committed yet: a receipt for
         # one waits for that commit instead of missing it (bounded by submits in flight).
         self._unrecorded: dict[str, asyncio.Future[None]] = {}
+        # A window slot is taken from the submit until its answer is a failure or, for an id,
+        # until the record of it commits: what an instance killed now would send again (sent,
+        # or answered and not recorded) stays within its windows. The parts of a message
+        # already holding a slot may use the session's free window regardless (else a message
+        # of more parts than the windows could never finish).
+        self._slots: dict[str, tuple[Bind, str]] = {}  # provider_msg_id -> bind, message id
+        self._taken: Counter[Bind] = Counter()  # slots taken per bind
+        self._held_by: Counter[str] = Counter()  # answered ids held per message id
+        self._g_held = metrics.window_held.labels(self.name)
         # This instance's share of the provider's binds and max_tps (a cluster splits them).
         self.share_binds = config.binds
         self.share_tps = config.max_tps
@@ -190,11 +210,36 @@ class ProviderPool:
         return self._bucket
 
     def recorded(self, provider_msg_ids: Iterable[str]) -> None:
-        """The dispatcher committed (or gave up on) these ids: receipts may look them up."""
+        """The dispatcher committed (or gave up on) these ids: receipts may look them up, and
+        their window slots are free."""
+        freed = False
         for msg_id in provider_msg_ids:
             fut = self._unrecorded.pop(msg_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+            held = self._slots.pop(msg_id, None)
+            if held is not None:
+                _drop(self._taken, held[0])
+                _drop(self._held_by, held[1])
+                freed = True
+        if freed:
+            self._g_held.set(len(self._slots))
+            self._pump()
+
+    def _settle_slot(self, entry: _Queued, provider_msg_id: str | None) -> None:
+        """The answer to a submit came: its slot stays taken until `provider_msg_id` is
+        recorded, or is free now (a failure, or an id answered twice, which holds one)."""
+        bind = entry.bind
+        if bind is None:
+            return  # never sent
+        entry.bind = None
+        if provider_msg_id is None or provider_msg_id in self._slots:
+            _drop(self._taken, bind)
+            self._pump()
+            return
+        self._slots[provider_msg_id] = (bind, entry.req.message_id)
+        self._held_by[entry.req.message_id] += 1
+        self._g_held.set(len(self._slots))
 
     async def wait_recorded(self, provider_msg_id: str) -> None:
         fut = self._unrecorded.get(provider_msg_id)
@@ -271,7 +316,7 @@ class ProviderPool:
                 with contextlib.suppress(KeyError):
                     gauge.remove(self.name, bind.name)
         for series in (metrics.breaker_state, metrics.provider_share_binds,
-                       metrics.provider_share_tps):
+                       metrics.provider_share_tps, metrics.window_held):
             with contextlib.suppress(KeyError):
                 series.remove(self.name)
 
@@ -293,9 +338,9 @@ class ProviderPool:
             if entry.future.done():  # its caller was cancelled
                 queue.popleft()
                 continue
-            bind = self._best_bind()
+            bind = self._best_bind(entry.req.message_id)
             if bind is None:
-                return  # a response, a timeout or a bind coming up pumps again
+                return  # a response, a record, a timeout or a bind coming up pumps again
             if self.breaker.state is BreakerState.OPEN:
                 # It opened while this segment waited for a slot: do not send into a known fault.
                 queue.popleft()
@@ -314,6 +359,9 @@ class ProviderPool:
             except Exception as exc:  # WindowFull/NotBound cannot happen after _best_bind; be safe
                 if not entry.future.done():
                     entry.future.set_exception(ConnectionLost(f"{type(exc).__name__}: {exc}"))
+            else:
+                entry.bind = bind
+                self._taken[bind] += 1
 
     def _token_due(self) -> None:
         self._token_timer = None
@@ -347,11 +395,16 @@ class ProviderPool:
         if self.on_bind_up is not None:
             self.on_bind_up()
 
-    def _best_bind(self) -> Bind | None:
+    def _best_bind(self, message_id: str | None = None) -> Bind | None:
+        """The bind with the most free window; slots held for records to commit count as
+        taken, except for the parts of `message_id` when it holds some already."""
+        own = message_id is not None and message_id in self._held_by
+        window = self.config.window
         best: Bind | None = None
         best_free = 0
         for bind in self.binds:
-            free = bind.free_window
+            free = bind.free_window if own else min(bind.free_window,
+                                                     window - self._taken[bind])
             if free > best_free:
                 best, best_free = bind, free
         return best
@@ -392,6 +445,15 @@ class ProviderPool:
         self._queue.append(entry)
         self._pump()
         self._arm_expiry()
+        provider_msg_id: str | None = None
+        try:
+            result = await self._answer(entry)
+            provider_msg_id = result.provider_msg_id
+            return result
+        finally:
+            self._settle_slot(entry, provider_msg_id)
+
+    async def _answer(self, entry: _Queued) -> SubmitResult:
         try:
             answer = await entry.future
         except RequestTimeout:

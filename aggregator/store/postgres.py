@@ -69,7 +69,7 @@ log = get_logger("smsagg.store.postgres")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2  # == len(MIGRATIONS)
+SCHEMA_VERSION = 3  # == len(MIGRATIONS)
 # pg_advisory_lock key held while migrating: two instances starting at once take turns.
 MIGRATION_LOCK = 0x736D_7367_0001
 NOTIFY_CHANNEL = "smsagg_due"
@@ -83,9 +83,102 @@ COMMAND_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
 LEAVE_TIMEOUT = 2.0  # seconds to say goodbye to a database that may be gone
 GROUP_SIZE = 500  # writes committed in one transaction at most
+LATER_TTL = 0.1  # seconds a claim's next due time answers next_due_at
+SCOPE_BATCHES = 2  # batches of opt-out reads under way at once; the next waits for one
 RETRIES = 3  # deadlock / serialization failure: the transaction is run again
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
 DB_NOW = "extract(epoch from clock_timestamp())::float8"
+
+# Receipts applied on the server, one call per group instead of 2-4 round trips per receipt.
+# Each (provider, id) is matched to a segment; the messages the final ones touch are locked in id
+# order (instances applying receipts at once never deadlock); then, in input order, the segment
+# takes the receipt's status and a message whose last part is in (or any part failed) becomes
+# final, with its outbox entries: the HTTP callback (the payload as writes.callback_payload
+# makes it, non-ASCII characters left as they are) and the SMPP receipt its receipt_mode asks
+# for. One row per input: the matched message (NULL: no match), and for a message made final
+# here its new status, whether it was pending and its notice's fields.
+_APPLY_RECEIPTS_FUNCTION = f"""
+    CREATE FUNCTION smsagg_apply_receipts(p_provider TEXT[], p_pid TEXT[], p_status TEXT[],
+                                          p_error TEXT[], p_at DOUBLE PRECISION[])
+    RETURNS TABLE (o_message TEXT, o_final TEXT, o_was_pending BOOLEAN, o_account TEXT,
+                   o_reference TEXT, o_callback_url TEXT, o_submitted_at DOUBLE PRECISION,
+                   o_provider TEXT, o_receipt_mode INTEGER, o_sender TEXT, o_dest TEXT,
+                   o_created_at DOUBLE PRECISION)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        n INTEGER := coalesce(array_length(p_pid, 1), 0);
+        mids TEXT[] := array_fill(NULL::TEXT, ARRAY[n]);
+        seqs INTEGER[] := array_fill(NULL::INTEGER, ARRAY[n]);
+        k INTEGER;
+        found_id TEXT;
+        found_seq INTEGER;
+        parts INTEGER;
+        prior TEXT;
+        fin TEXT;
+    BEGIN
+        FOR k IN 1..n LOOP
+            SELECT s.message_id, s.seq INTO found_id, found_seq FROM segments s
+                WHERE s.provider = p_provider[k] AND s.provider_msg_id = p_pid[k] LIMIT 1;
+            IF FOUND THEN
+                mids[k] := found_id;
+                seqs[k] := found_seq;
+            END IF;
+        END LOOP;
+        PERFORM 1 FROM messages m WHERE m.id IN (SELECT u.mid FROM unnest(mids, p_status)
+            AS u(mid, st) WHERE u.mid IS NOT NULL AND u.st <> 'submitted')
+            ORDER BY m.id FOR UPDATE;
+        FOR k IN 1..n LOOP
+            o_message := mids[k];
+            o_final := NULL;
+            o_was_pending := FALSE;
+            IF mids[k] IS NULL OR p_status[k] = 'submitted' THEN  -- unmatched, intermediate
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            UPDATE segments SET status = p_status[k], error = p_error[k], done_at = p_at[k]
+                WHERE message_id = mids[k] AND seq = seqs[k];
+            SELECT m.segments, m.status INTO parts, prior FROM messages m WHERE m.id = mids[k];
+            IF NOT FOUND OR prior IN ({", ".join(f"'{v}'" for v in sorted(FINAL_VALUES))}) THEN
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            fin := NULL;
+            IF p_status[k] <> 'delivered' THEN
+                fin := p_status[k];  -- one part finally failed: the message did
+            ELSIF parts = 1 OR (SELECT count(*) FROM segments s WHERE s.message_id = mids[k]
+                                AND s.status = 'delivered') >= parts THEN
+                fin := 'delivered';
+            END IF;
+            IF fin IS NOT NULL THEN
+                UPDATE messages m SET status = fin, error = p_error[k], done_at = p_at[k],
+                    owner = NULL, lease_until = NULL WHERE m.id = mids[k]
+                    RETURNING m.account, m.reference, m.callback_url, m.submitted_at,
+                        m.provider, m.receipt_mode, m.sender, m.dest, m.created_at
+                    INTO o_account, o_reference, o_callback_url, o_submitted_at, o_provider,
+                        o_receipt_mode, o_sender, o_dest, o_created_at;
+                o_final := fin;
+                o_was_pending := prior IN ({", ".join(f"'{v}'" for v in PENDING)});
+                IF o_callback_url <> '' THEN
+                    INSERT INTO callbacks (message_id, url, payload, next_attempt_at)
+                    VALUES (mids[k], o_callback_url, '{{"id":' || to_json(mids[k])::TEXT
+                        || ',"status":' || to_json(fin)::TEXT
+                        || ',"reference":' || coalesce(to_json(o_reference)::TEXT, 'null')
+                        || ',"error":' || coalesce(to_json(p_error[k])::TEXT, 'null')
+                        || ',"done_at":' || to_json(to_char(to_timestamp(p_at[k])
+                            AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::TEXT || '}}',
+                        p_at[k]);
+                END IF;
+                IF o_receipt_mode = 1 OR (o_receipt_mode = 2 AND fin <> 'delivered') THEN
+                    INSERT INTO smpp_receipts (account, message_id, source, dest, status, error,
+                        submitted_at, done_at, next_attempt_at)
+                    VALUES (o_account, mids[k], o_sender, o_dest, fin, p_error[k],
+                        o_created_at, p_at[k], p_at[k]);
+                END IF;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+    END $$;
+    """
 
 MIGRATIONS: list[str] = [
     f"""
@@ -244,6 +337,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE optout_removals ADD COLUMN scope TEXT NOT NULL DEFAULT 'marketing'
         CHECK (scope IN ('marketing', 'all'));
     """,
+    # 2 -> 3: receipts applied in one round trip per group (see _apply_receipts).
+    _APPLY_RECEIPTS_FUNCTION,
 ]
 
 _COLUMNS = [c.strip() for c in MESSAGE_COLUMNS.split(",")]
@@ -252,16 +347,40 @@ _INSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES "
     f"({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})"
 )
+_COLUMN_TYPES = {"segments": "int", "concat_ref": "int", "receipt_mode": "int", "attempts": "int",
+                 "created_at": "float8", "submitted_at": "float8", "done_at": "float8",
+                 "next_attempt_at": "float8", "expires_at": "float8"}
+# Many messages in one statement: one array per column.
+_INSERT_MESSAGES = (
+    f"INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{_COLUMN_TYPES.get(c, 'text')}[]" for i, c in enumerate(_COLUMNS, 1))
+    + ")"
+)
 # Accounts with a message due at $1: a loose index scan, one seek per account with waiting
 # messages (its earliest due time decides), however many messages each has.
-_DUE_ACCOUNTS = (
+_DUE_ACCOUNTS_CTE = (
     "WITH RECURSIVE a(account, due) AS ("
     "(SELECT account, next_attempt_at FROM messages WHERE status IN ('accepted', 'scheduled') "
     "ORDER BY account, next_attempt_at LIMIT 1) UNION ALL "
     "SELECT n.account, n.next_attempt_at FROM a CROSS JOIN LATERAL (SELECT account, "
     "next_attempt_at FROM messages WHERE status IN ('accepted', 'scheduled') "
-    "AND account > a.account ORDER BY account, next_attempt_at LIMIT 1) n) "
-    "SELECT account FROM a WHERE due <= $1"
+    "AND account > a.account ORDER BY account, next_attempt_at LIMIT 1) n)"
+)
+# Claim up to $2 due messages ($1: now) of the one account that has some, leased to $3 for $4
+# seconds; with several accounts due, claim none. The first column lists the accounts due, the
+# second the earliest due time after $1 (for next_due_at); one row with the rest NULL when
+# nothing was claimed.
+_CLAIM_ONE_ACCOUNT = (
+    f"{_DUE_ACCOUNTS_CTE}, due AS (SELECT account FROM a WHERE due <= $1), "
+    "picked AS (SELECT p.id FROM due CROSS JOIN LATERAL (SELECT id FROM messages "
+    "WHERE account = due.account AND status IN ('accepted', 'scheduled') "
+    "AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) p "
+    "WHERE (SELECT count(*) FROM due) = 1), "
+    "claimed AS (UPDATE messages m SET status = 'queued', owner = $3, "
+    f"lease_until = {DB_NOW} + $4 FROM picked WHERE m.id = picked.id RETURNING {_M_COLUMNS}) "
+    "SELECT d.accounts, d.later, claimed.* FROM (SELECT array_agg(account) AS accounts, "
+    "(SELECT min(next_attempt_at) FROM messages WHERE status IN ('accepted', 'scheduled') "
+    "AND next_attempt_at > $1) AS later FROM due) d LEFT JOIN claimed ON TRUE"
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES ($1, $2, $3)"
 _ACCOUNT, _DEST, _CLASS, _CREATED = 1, 2, 10, 17  # positions in a message row
@@ -280,13 +399,15 @@ _REFUSED = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
 @dataclass(slots=True)
 class _Write:
-    """One write waiting for a group: an accept (`row`, `key`) or any other (`fn`)."""
+    """One write waiting for a group: an accept (`row`, `key`), one of the BATCHED kinds
+    (`args`), or any other (`fn`)."""
 
     op: str
     future: asyncio.Future[Any]
     fn: Callable[[asyncpg.Connection], Awaitable[Any]] | None = None
     row: tuple[Any, ...] = ()
     key: str | None = None
+    args: Any = None
 
 
 @dataclass(slots=True)
@@ -313,6 +434,13 @@ def masked_dsn(dsn: str) -> str:
     except ValueError:
         return "<unparsable DSN>"
     return f"{url.scheme}://{user}{host}{port}{url.path}"
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool needs no reset: pooled connections never LISTEN, set
+    session settings or keep advisory locks (the migration's lock is released in a finally),
+    and asyncpg rolls back an open transaction itself. asyncpg's default reset is one more
+    round trip (UNLISTEN, RESET ALL, ...) per operation."""
 
 
 def _count(status: str) -> int:
@@ -354,13 +482,23 @@ class PostgresStore:
         self._last_error_at = 0.0
         self._last_ok_at = 0.0
         self._pending_changes = 0  # local changes to `pending`, to refresh it without races
-        # Accepts and the other writes (outcomes of submits, receipts, outboxes) are grouped
-        # apart: a submit's record never waits behind a burst of accepts (each submit answered
-        # but not yet recorded is a duplicate if the instance dies). The rest of the pool is
-        # for claims, reads and lease renewal.
-        groups = max(1, pool_size * 3 // 10)
-        self._lanes = {"accept": _Lane(groups), "other": _Lane(groups)}
+        # Accepts, submits' records and the other writes (receipts, outboxes, ...) are grouped
+        # apart: a submit's record never waits behind a burst of accepts or receipts (each
+        # submit answered but not yet recorded is a duplicate if the instance dies, and keeps
+        # its window slot until the record commits). Each lane has a quarter of the pool less
+        # two connections (2 of 10), as have the opt-out reads: the two left and whatever a lane
+        # does not use serve claims, other reads and lease renewal without waiting.
+        groups = max(1, (pool_size - 2) // 4)
+        self._lanes = {"accept": _Lane(groups), "other": _Lane(groups),
+                       "record_submitted": _Lane(groups)}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Opt-out reads of the accept path asked in the same loop turns go as one statement.
+        self._scope_reads: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._scope_batches = 0
+        self._scope_flush = False
+        # The last claim's earliest later due time: (monotonic, _due_changes then, the time).
+        self._later: tuple[float, int, float | None] | None = None
+        self._due_changes = 0  # retries, holds and releases written here
         self.live_instances = 1  # instances whose heartbeat is within their lease
         # Their names, sorted; `on_members` hears every change (and the first list, at open):
         # the app shares providers' binds and TPS out between them.
@@ -389,7 +527,8 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings())
+                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings(),
+                reset=_keep_session)
         except Exception as exc:
             raise StoreError(f"PostgreSQL store {self.where}: cannot connect: "
                              f"{self._scrub(exc)}") from None
@@ -430,7 +569,8 @@ class PostgresStore:
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings())
+                command_timeout=COMMAND_TIMEOUT, server_settings=self._settings(),
+                reset=_keep_session)
             async with self._pool.acquire() as conn:
                 version = await conn.fetchval("SELECT max(version) FROM smsagg_schema")
         except Exception as exc:
@@ -791,17 +931,18 @@ class PostgresStore:
         return accept_result(message, prior)
 
     async def _write(self, op: str, fn: Callable[[asyncpg.Connection], Awaitable[T]] | None
-                     = None, *, row: tuple[Any, ...] = (), key: str | None = None) -> Any:
+                     = None, *, row: tuple[Any, ...] = (), key: str | None = None,
+                     args: Any = None) -> Any:
         """A write, committed before it returns. Writes made while earlier ones wait for their
         commit go together in one transaction: one round of BEGIN/COMMIT and one WAL flush for
         all of them, as SQLite's group commit (accepts: one pipelined insert)."""
         if self._closed or self._closing:
             raise StoreError("store is closed")
-        lane = self._lanes["accept" if op == "accept" else "other"]
+        lane = self._lanes.get(op) or self._lanes["other"]
         if self._writes_queued + len(lane.writes) >= self.max_writes_queued:
             raise StoreBusy("too many operations waiting for the store")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        lane.writes.append(_Write(op, future, fn, row, key))
+        lane.writes.append(_Write(op, future, fn, row, key, args))
         self._start_groups(lane)
         started = time.monotonic()
         result = await future
@@ -828,7 +969,8 @@ class PostgresStore:
     async def _commit_group(self, lane: _Lane, group: list[_Write]) -> None:
         try:
             try:
-                results = await self._run("group", lambda conn: _write_all(conn, group))
+                results = await self._run("group", lambda conn: _write_all(conn, group),
+                                          tx=False)
             except _Refused:
                 if len(group) == 1:
                     raise
@@ -852,7 +994,8 @@ class PostgresStore:
 
     async def _commit_alone(self, item: _Write) -> None:
         try:
-            [result] = await self._run(item.op, lambda conn: _write_all(conn, [item]))
+            [result] = await self._run(item.op, lambda conn: _write_all(conn, [item]),
+                                       tx=False)
         except StoreError as exc:
             item.future.set_exception(exc)
         else:
@@ -882,10 +1025,16 @@ class PostgresStore:
         in flight) plus what it gets now is as level as can be (writes.fair_shares)."""
 
         async def op(conn: asyncpg.Connection) -> list[Message]:
-            due = [r[0] for r in await conn.fetch(_DUE_ACCOUNTS, now)]
-            if len(due) <= 1:  # the common case: one statement, oldest first
-                rows = await self._claim_some(conn, now, [(a, limit) for a in due]) if due \
-                    else []
+            # The common case, one account due (or none), in one statement, oldest first; with
+            # more, it claims nothing and names them for the fair claim.
+            changes = self._due_changes  # before the statement's snapshot
+            found = await conn.fetch(_CLAIM_ONE_ACCOUNT, now, limit, self.instance,
+                                     self.lease_seconds)
+            due: list[str] = (found[0][0] or []) if found else []
+            if len(due) <= 1:
+                rows = sorted((tuple(r)[2:] for r in found if r[2] is not None),
+                              key=lambda r: (r[21], r[0]))  # next_attempt_at, id
+                self._later = (time.monotonic(), changes, found[0][1])
             else:
                 rows = await self._claim_fairly(conn, now, limit, due, held or {})
             multi = [r[0] for r in rows if r[8] > 1]
@@ -938,6 +1087,15 @@ class PostgresStore:
         return rows
 
     async def next_due_at(self) -> float | None:
+        """The earliest due time of a message waiting. Right after a claim (within LATER_TTL,
+        with no retry or hold written since) the claim's own answer, with no round trip: what
+        was due then it claimed, and messages accepted since wake the dispatcher anyway."""
+        if self._later is not None:
+            at, changes, later = self._later
+            self._later = None
+            if changes == self._due_changes and time.monotonic() - at < LATER_TTL:
+                return later
+
         async def op(conn: asyncpg.Connection) -> float | None:
             due: float | None = await conn.fetchval(
                 "SELECT min(next_attempt_at) FROM messages "
@@ -949,17 +1107,8 @@ class PostgresStore:
     async def record_submitted(
         self, message_id: str, provider: str, parts: Sequence[SegmentSubmit], now: float
     ) -> None:
-        async def op(conn: asyncpg.Connection) -> str | None:
-            # The message row first, then its segments: every write locks in that order.
-            account: str | None = await conn.fetchval(
-                "UPDATE messages SET status = 'submitted', provider = $1, submitted_at = $2, "
-                "attempts = attempts + 1, owner = NULL, lease_until = NULL "
-                "WHERE id = $3 AND status IN ('accepted', 'queued') RETURNING account",
-                provider, now, message_id)
-            await _insert_parts(conn, message_id, provider, parts, now)
-            return account
-
-        account = await self._write("record_submitted", op)
+        account = await self._write("record_submitted",
+                                    args=(message_id, provider, tuple(parts), now))
         if account is not None:
             self._changed_pending(-1, {account: -1})
 
@@ -985,15 +1134,21 @@ class PostgresStore:
             if parts and provider is not None:
                 await _insert_parts(conn, message_id, provider, parts, now)
 
-        await self._write("reschedule", op)
+        try:
+            await self._write("reschedule", op)
+        finally:
+            self._due_changes += 1  # after the commit: a claim that began before missed it
 
     async def hold(self, message_id: str, next_attempt_at: float, error: str) -> None:
         """A claimed message back to scheduled until `next_attempt_at` (a send-time rule), no
         attempt spent; released, so any instance may take it then."""
-        await self._write("hold", lambda conn: conn.execute(
-            "UPDATE messages SET status = 'scheduled', next_attempt_at = $1, error = $2, "
-            "owner = NULL, lease_until = NULL WHERE id = $3 AND status = 'queued'",
-            next_attempt_at, error, message_id))
+        try:
+            await self._write("hold", lambda conn: conn.execute(
+                "UPDATE messages SET status = 'scheduled', next_attempt_at = $1, error = $2, "
+                "owner = NULL, lease_until = NULL WHERE id = $3 AND status = 'queued'",
+                next_attempt_at, error, message_id))
+        finally:
+            self._due_changes += 1
 
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
@@ -1003,7 +1158,10 @@ class PostgresStore:
                 "UPDATE messages SET next_attempt_at = $1 WHERE status = 'accepted' "
                 "AND next_attempt_at > $1 AND error = $2", now, NO_PROVIDER))
 
-        released: int = await self._write("release_waiting", op)
+        try:
+            released: int = await self._write("release_waiting", op)
+        finally:
+            self._due_changes += 1
         return released
 
     async def finish(
@@ -1022,7 +1180,7 @@ class PostgresStore:
         transaction; the message rows are locked in id order, so instances applying receipts
         at once never deadlock and never both miss the last segment."""
         updates = list(updates)
-        applied = await self._write("apply_receipts", lambda conn: _apply_receipts(conn, updates))
+        applied = await self._write("apply_receipts", args=updates)
         less: Counter[str] = Counter()
         for result, was_pending in applied:
             if was_pending and result.final is not None:
@@ -1221,8 +1379,7 @@ class PostgresStore:
 
     async def callbacks_done(self, job_ids: Sequence[int]) -> None:
         ids = list(job_ids)
-        await self._write("callbacks_done", lambda conn: conn.execute(
-            "DELETE FROM callbacks WHERE id = ANY($1::bigint[])", ids))
+        await self._write("callbacks_done", args=ids)
 
     async def callback_retry(self, job_id: int, next_attempt_at: float, error: str) -> None:
         await self._write("callback_retry", lambda conn: conn.execute(
@@ -1277,8 +1434,7 @@ class PostgresStore:
             text, account, source, dest, now))
 
     async def smpp_receipt_done(self, receipt_id: int) -> None:
-        await self._write("smpp_receipt_done", lambda conn: conn.execute(
-            "DELETE FROM smpp_receipts WHERE id = $1", receipt_id))
+        await self._write("smpp_receipt_done", args=[receipt_id])
 
     async def smpp_receipt_retry(self, receipt_id: int, next_attempt_at: float,
                                  give_up: bool) -> None:
@@ -1313,11 +1469,57 @@ class PostgresStore:
         return found is not None
 
     async def optout_scope(self, account: str, number: str) -> str | None:
-        """The scope of the number's opt-out, None without one (a primary-key read)."""
-        scope: str | None = await self._run("optout_scope", lambda conn: conn.fetchval(
-            "SELECT scope FROM optouts WHERE account = $1 AND number = $2", account, number),
-            tx=False)
+        """The scope of the number's opt-out, None without one (a primary-key read). Every
+        accept asks: the reads asked while earlier ones are under way go together, in one
+        statement (one connection, one round trip for all)."""
+        key = (account, number)
+        future = self._scope_reads.get(key)
+        if future is None:
+            future = self._scope_reads[key] = asyncio.get_running_loop().create_future()
+            self._start_scope_reads()
+        started = time.monotonic()
+        scope: str | None = await asyncio.shield(future)
+        metrics.store_operation_seconds.labels("postgres", "optout_scope").observe(
+            time.monotonic() - started)
         return scope
+
+    def _start_scope_reads(self) -> None:
+        if self._scope_reads and not self._scope_flush and self._scope_batches < SCOPE_BATCHES:
+            self._scope_flush = True
+            asyncio.get_running_loop().call_soon(self._flush_scope_reads)
+
+    def _flush_scope_reads(self) -> None:
+        self._scope_flush = False
+        if not self._scope_reads or self._scope_batches >= SCOPE_BATCHES:
+            return
+        batch, self._scope_reads = self._scope_reads, {}
+        self._scope_batches += 1
+        task = asyncio.ensure_future(self._read_scopes(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_scopes(self, batch: dict[tuple[str, str], asyncio.Future[str | None]]
+                           ) -> None:
+        keys = list(batch)
+        try:
+            rows = await self._run("optout_scopes", lambda conn: conn.fetch(
+                "SELECT k.a, k.n, o.scope FROM unnest($1::text[], $2::text[]) AS k(a, n) "
+                "JOIN optouts o ON o.account = k.a AND o.number = k.n",
+                [k[0] for k in keys], [k[1] for k in keys]), tx=False)
+        except Exception as exc:
+            for future in batch.values():  # each reader its own exception (own traceback)
+                if not future.done():
+                    future.set_exception(type(exc)(str(exc)) if isinstance(exc, StoreError)
+                                         else exc)
+                future.exception()  # a reader that went away leaves no "never retrieved"
+        else:
+            scopes = {(r[0], r[1]): r[2] for r in rows}
+            for key, future in batch.items():
+                if not future.done():
+                    future.set_result(scopes.get(key))
+        finally:
+            self._scope_batches -= 1
+            self._start_scope_reads()
 
     async def list_optouts(self, account: str, number: str | None,
                            limit: int) -> list[tuple[str, float, str, str]]:
@@ -1379,24 +1581,105 @@ class PostgresStore:
 # ---- operations: (connection in a transaction, plain values) -> plain result -----------------
 
 async def _write_all(conn: asyncpg.Connection, group: Sequence[_Write]) -> list[Any]:
-    """A group of writes in one transaction: accepts without a key in one pipelined insert,
-    then every other write in order (a key given twice in a group finds the first's message)."""
+    """A group of writes in one transaction (none when the group is one statement, which
+    commits alone): each BATCHED kind in one statement for the whole group, then every other
+    write in order (a key given twice in a group finds the first's message)."""
+    if _one_statement(group):
+        return await _write_group(conn, group)
+    async with conn.transaction():
+        return await _write_group(conn, group)
+
+
+# Kinds of write a group does in one statement for all of its writes of that kind.
+BATCHED = frozenset({"record_submitted", "apply_receipts", "callbacks_done",
+                     "smpp_receipt_done"})
+
+
+def _one_statement(group: Sequence[_Write]) -> bool:
+    """The group is one statement: accepts without key or marketing, or a single BATCHED
+    kind."""
+    first = group[0].op
+    if first == "accept":
+        return all(i.op == "accept" and i.key is None and i.row[_CLASS] != "marketing"
+                   for i in group)
+    return first in BATCHED and all(i.op == first for i in group)
+
+
+async def _write_group(conn: asyncpg.Connection, group: Sequence[_Write]) -> list[Any]:
+    results: list[Any] = [None] * len(group)
+    batched: dict[str, list[int]] = {}
+    for n, item in enumerate(group):
+        if item.op in BATCHED:
+            batched.setdefault(item.op, []).append(n)
     plain = [item.row for item in group if item.op == "accept" and item.key is None]
     if plain:
-        await conn.executemany(_INSERT_MESSAGE, plain)
-        marketing = [(r[_ACCOUNT], r[_DEST], r[_CREATED]) for r in plain
-                     if r[_CLASS] == "marketing"]
-        if marketing:
-            await conn.executemany(_LOG_MARKETING, marketing)
-    results: list[Any] = []
-    for item in group:
+        await _insert_messages(conn, plain)
+    if "record_submitted" in batched:
+        await _record_submitted(conn, group, batched["record_submitted"], results)
+    for n, item in enumerate(group):
         if item.fn is not None:
-            results.append(await item.fn(conn))
+            results[n] = await item.fn(conn)
         elif item.key is not None:
-            results.append(await _accept(conn, item.row, item.key))
-        else:
-            results.append(None)
+            results[n] = await _accept(conn, item.row, item.key)
+    for op, table in (("callbacks_done", "callbacks"), ("smpp_receipt_done", "smpp_receipts")):
+        if op in batched:
+            await conn.execute(f"DELETE FROM {table} WHERE id = ANY($1::bigint[])",
+                               [i for n in batched[op] for i in group[n].args])
+    if "apply_receipts" in batched:
+        indexes = batched["apply_receipts"]
+        applied = await _apply_receipts(conn, [u for n in indexes for u in group[n].args])
+        at = 0
+        for n in indexes:
+            size = len(group[n].args)
+            results[n], at = applied[at:at + size], at + size
     return results
+
+
+async def _insert_messages(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Messages (rows without key) in one statement, and their marketing history."""
+    if len(rows) == 1:
+        await conn.execute(_INSERT_MESSAGE, *rows[0])
+    else:
+        await conn.execute(_INSERT_MESSAGES, *(list(c) for c in zip(*rows, strict=True)))
+    marketing = [(r[_ACCOUNT], r[_DEST], r[_CREATED]) for r in rows if r[_CLASS] == "marketing"]
+    if marketing:
+        await conn.execute(
+            "INSERT INTO marketing_log (account, number, sent_at) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])",
+            *(list(c) for c in zip(*marketing, strict=True)))
+
+
+async def _record_submitted(conn: asyncpg.Connection, group: Sequence[_Write],
+                            indexes: Sequence[int], results: list[Any]) -> None:
+    """Every record_submitted of a group in one statement: the messages become submitted
+    (their account is each one's result; None: it was no longer accepted or queued) and their
+    parts are stored."""
+    parts: dict[tuple[str, int], tuple[str, str, float]] = {}  # the last word per part
+    for n in indexes:
+        message_id, provider, sent, now = group[n].args
+        for p in sent:
+            parts[(message_id, p.seq)] = (provider, p.provider_msg_id, now)
+    rows = await conn.fetch(
+        "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) "
+        "AS r(id, provider, at)), "
+        "done AS (UPDATE messages m SET status = 'submitted', provider = r.provider, "
+        "submitted_at = r.at, attempts = m.attempts + 1, owner = NULL, lease_until = NULL "
+        "FROM r WHERE m.id = r.id AND m.status IN ('accepted', 'queued') "
+        "RETURNING m.id, m.account), "
+        "parts AS (INSERT INTO segments (message_id, seq, provider, provider_msg_id, status, "
+        "submitted_at) SELECT m, s, p, i, 'submitted', a FROM unnest($4::text[], $5::int[], "
+        "$6::text[], $7::text[], $8::float8[]) AS u(m, s, p, i, a) "
+        "ON CONFLICT (message_id, seq) DO UPDATE SET provider = EXCLUDED.provider, "
+        "provider_msg_id = EXCLUDED.provider_msg_id, status = 'submitted', error = NULL, "
+        "submitted_at = EXCLUDED.submitted_at, done_at = NULL) "
+        "SELECT id, account FROM done",
+        [group[n].args[0] for n in indexes], [group[n].args[1] for n in indexes],
+        [group[n].args[3] for n in indexes],
+        [k[0] for k in parts], [k[1] for k in parts], [v[0] for v in parts.values()],
+        [v[1] for v in parts.values()], [v[2] for v in parts.values()])
+    accounts = {r[0]: r[1] for r in rows}
+    for n in indexes:
+        results[n] = accounts.get(group[n].args[0])
 
 
 async def _accept(conn: asyncpg.Connection, row: tuple[Any, ...],
@@ -1461,80 +1744,58 @@ async def _finish(conn: asyncpg.Connection, message_id: str, status: MessageStat
     notice = FinalNotice(
         message_id=message_id, account=row[0], status=status, reference=row[1], error=error,
         done_at=now, callback_url=row[2], submitted_at=row[3], provider=row[4])
-    if notice.callback_url:
-        await conn.execute(
-            "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
-            "VALUES ($1, $2, $3, $4)",
-            message_id, notice.callback_url, callback_payload(notice), now)
-    receipt_mode = row[5]
-    if receipt_mode == 1 or (receipt_mode == 2 and status is not MessageStatus.DELIVERED):
-        await conn.execute(
-            "INSERT INTO smpp_receipts (account, message_id, source, dest, status, error, "
-            "submitted_at, done_at, next_attempt_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-            row[0], message_id, row[6], row[7], status.value, error, row[8], now)
+    await _add_outboxes(conn, [(notice, row[5], row[6], row[7], row[8])])
     return notice, prior_status in PENDING
 
 
 async def _apply_receipts(conn: asyncpg.Connection,
                           updates: list[ReceiptUpdate]) -> list[tuple[ReceiptResult, bool]]:
-    found = await conn.fetch(
-        "SELECT u.i, s.message_id, s.seq FROM unnest($1::text[], $2::text[]) "
-        "WITH ORDINALITY AS u(provider, pid, i) JOIN segments s "
-        "ON s.provider = u.provider AND s.provider_msg_id = u.pid",
-        [u.provider for u in updates], [u.provider_msg_id for u in updates])
-    segment: dict[int, tuple[str, int]] = {}
-    for i, message_id, seq in found:
-        segment.setdefault(i - 1, (message_id, seq))
-    # Lock every message this batch finalises or counts, in id order (no deadlock).
-    ids = sorted({segment[i][0] for i, u in enumerate(updates)
-                  if i in segment and u.status is not MessageStatus.SUBMITTED})
-    state: dict[str, list[Any]] = {}
-    if ids:
-        for mid, segments, status in await conn.fetch(
-                "SELECT id, segments, status FROM messages WHERE id = ANY($1) ORDER BY id "
-                "FOR UPDATE", ids):
-            state[mid] = [segments, status]
+    """Receipts matched and applied, and the outbox entries of the messages they made final
+    added, in one call (smsagg_apply_receipts): one round trip, and no transaction of its
+    own when it is alone in its group."""
+    rows = await conn.fetch(
+        "SELECT * FROM smsagg_apply_receipts($1::text[], $2::text[], $3::text[], $4::text[], "
+        "$5::float8[])", [u.provider for u in updates], [u.provider_msg_id for u in updates],
+        [u.status.value for u in updates], [u.error for u in updates],
+        [u.received_at for u in updates])
     results: list[tuple[ReceiptResult, bool]] = []
-    for i, u in enumerate(updates):
-        if i not in segment:
-            results.append((ReceiptResult(u, matched=False, message_id=None, final=None),
-                            False))
+    for u, r in zip(updates, rows, strict=True):
+        if r[0] is None:
+            results.append((ReceiptResult(u, matched=False, message_id=None, final=None), False))
             continue
-        message_id, seq = segment[i]
-        matched = ReceiptResult(u, matched=True, message_id=message_id, final=None)
-        if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
-            results.append((matched, False))
-            continue
-        await conn.execute(
-            "UPDATE segments SET status = $1, error = $2, done_at = $3 "
-            "WHERE message_id = $4 AND seq = $5",
-            u.status.value, u.error, u.received_at, message_id, seq)
-        msg = state.get(message_id)
-        if msg is None or msg[1] in FINAL_VALUES:
-            results.append((matched, False))
-            continue
-        final_status: MessageStatus | None = None
-        if u.status is not MessageStatus.DELIVERED:
-            final_status = u.status  # one part finally failed: the message did
-        elif msg[0] == 1:
-            final_status = MessageStatus.DELIVERED
-        else:
-            delivered = await conn.fetchval(
-                "SELECT count(*) FROM segments WHERE message_id = $1 AND status = 'delivered'",
-                message_id)
-            if delivered >= msg[0]:
-                final_status = MessageStatus.DELIVERED
-        if final_status is None:
-            results.append((matched, False))
-            continue
-        notice, was_pending = await _finish(conn, message_id, final_status, u.error,
-                                            u.received_at, msg[1])
-        if notice is not None:
-            msg[1] = final_status.value
-        results.append((ReceiptResult(u, matched=True, message_id=message_id, final=notice),
-                        was_pending))
+        notice: FinalNotice | None = None
+        if r[1] is not None:
+            notice = FinalNotice(
+                message_id=r[0], account=r[3], status=MessageStatus(r[1]), reference=r[4],
+                error=u.error, done_at=u.received_at, callback_url=r[5], submitted_at=r[6],
+                provider=r[7])
+        results.append((ReceiptResult(u, matched=True, message_id=r[0], final=notice), r[2]))
     return results
+
+
+async def _add_outboxes(conn: asyncpg.Connection,
+                        finished: Sequence[tuple[FinalNotice, int, str, str, float]]) -> None:
+    """For messages just made final, (notice, receipt_mode, sender, dest, created_at): their
+    HTTP callbacks and SMPP receipts, one statement per outbox."""
+    calls = [n for n, *_ in finished if n.callback_url]
+    if calls:
+        await conn.execute(
+            "INSERT INTO callbacks (message_id, url, payload, next_attempt_at) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])",
+            [n.message_id for n in calls], [n.callback_url for n in calls],
+            [callback_payload(n) for n in calls], [n.done_at for n in calls])
+    receipts = [f for f in finished
+                if f[1] == 1 or (f[1] == 2 and f[0].status is not MessageStatus.DELIVERED)]
+    if receipts:
+        await conn.execute(
+            "INSERT INTO smpp_receipts (account, message_id, source, dest, status, error, "
+            "submitted_at, done_at, next_attempt_at) SELECT a, m, s, d, st, e, c, t, t FROM "
+            "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "$7::float8[], $8::float8[]) AS u(a, m, s, d, st, e, c, t)",
+            [f[0].account for f in receipts], [f[0].message_id for f in receipts],
+            [f[2] for f in receipts], [f[3] for f in receipts],
+            [f[0].status.value for f in receipts], [f[0].error for f in receipts],
+            [f[4] for f in receipts], [f[0].done_at for f in receipts])
 
 
 async def _cancel(conn: asyncpg.Connection, account: str, message_id: str,
