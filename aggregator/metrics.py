@@ -83,6 +83,12 @@ retries = Counter("smsagg_retries_total", "Submit attempts retried", ["provider"
                   registry=REGISTRY)
 callbacks = Counter("smsagg_callbacks_total", "Callback attempts", ["result"],
                     registry=REGISTRY)
+optout_local_reads = Counter(
+    "smsagg_optout_local_reads_total",
+    "Ingress workers: accept-time opt-out reads on the worker's own SQLite connection "
+    "(outcome=read), and those that could not run at once and asked the daemon (outcome=busy)",
+    ["outcome"], registry=REGISTRY,
+)
 http_fast_lane = Counter(
     "smsagg_http_fast_lane_total",
     "HTTP API: requests answered by the fast lane for plain POST /v1/messages (lane=fast), and "

@@ -25,6 +25,7 @@ from aggregator.policy.gate import PolicyGate
 from aggregator.policy.profiles import profiles_for
 from aggregator.routing import Route, RouteTable
 from aggregator.store.base import Store
+from aggregator.store.optout_reads import LocalOptouts
 
 log = get_logger("smsagg.worker")
 
@@ -37,8 +38,11 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
     routes = RouteTable(Route.from_config(r) for r in config.routes)
     profiles = profiles_for(config.policy.countries)
     accounts = {a.name: a for a in config.accounts}
+    # Opt-outs read here, not asked of the daemon per message (store/optout_reads.py).
+    optouts = LocalOptouts.open(config.store.path) if config.store.backend == "sqlite" else None
+    policy = PolicyGate(profiles, accounts, store, optouts=optouts)
     acceptor = Acceptor(store, routes, config.messages, max_pending=config.store.max_pending,
-                        on_accepted=lambda: None, policy=PolicyGate(profiles, accounts, store),
+                        on_accepted=lambda: None, policy=policy,
                         accounts=accounts, id_node=node,
                         account_limit=lambda name: account_max_pending(accounts.get(name),
                                                                        config.store))

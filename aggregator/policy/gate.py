@@ -16,6 +16,7 @@ from aggregator.policy.classes import class_for_http
 from aggregator.policy.profiles import CountryProfile
 from aggregator.policy.rules import Defer, PolicyCode, PolicyInput, Reject, evaluate, optout_blocks
 from aggregator.store.base import OPTOUT_MARKETING, Store
+from aggregator.store.optout_reads import LocalOptouts, OptoutsBusy
 
 MONTH = 30 * 24 * 3600.0
 # The reference of the daemon's own answers to a handset's keyword (opt-out confirmations, help
@@ -39,11 +40,22 @@ class PolicyGate:
         accounts: Mapping[str, AccountConfig],
         store: Store,
         clock: Callable[[], float] = time.time,
+        optouts: LocalOptouts | None = None,
     ) -> None:
+        """`optouts`: an ingress worker's own reader of the opt-outs, asked before `store`."""
         self.profiles = profiles
         self._accounts = accounts
         self._store = store
         self._clock = clock
+        self._optouts = optouts
+
+    async def _optout_scope(self, account: str, number: str) -> str | None:
+        if self._optouts is not None:
+            try:
+                return self._optouts.scope(account, number)
+            except OptoutsBusy:
+                pass  # the daemon's store waits for it
+        return await self._store.optout_scope(account, number)
 
     @staticmethod
     def _send_time(message: Message, now: float) -> float:
@@ -82,8 +94,7 @@ class PolicyGate:
         profile = self.profiles.get(message.region) if message.region else None
         marketing = message.message_class == "marketing"
         # Every class: an opt-out of scope "all" stops transactional too (one primary-key read).
-        scope = None if auto_reply else await self._store.optout_scope(message.account,
-                                                                         message.to)
+        scope = None if auto_reply else await self._optout_scope(message.account, message.to)
         blocked = optout_blocks(scope, message.message_class,
                                 account.block_transactional_to_opted_out)
         if profile is None and not blocked and number_type != "fixed_line":
