@@ -64,7 +64,7 @@ class _Connection(asyncio.Protocol):
         self.since = 0.0
         self.body: Any = None  # the request's payload while a handler runs
         # The fast lane (fastpost.py) until a read it cannot take: then aiohttp's for good.
-        self._fast = guard.fast_post is not None
+        self._fast = False  # from connection_made on, for an admitted connection
         self._answering: asyncio.Task[None] | None = None  # a fast-lane answer under way
         self._held = bytearray()  # bytes that came meanwhile
         self._paused = False  # reading, for holding too much of them
@@ -79,6 +79,7 @@ class _Connection(asyncio.Protocol):
         if not self._guard.admit(self):
             return
         self.admitted = True
+        self._fast = self._guard.fast_post is not None
         self.enter(HEADERS)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple | list) and peer else ""
