@@ -97,6 +97,28 @@ async def test_the_fast_lane_answers_as_the_aiohttp_route_does(tmp_path: Path) -
             writer.close()
 
 
+async def test_a_429_is_the_same_on_both_lanes(tmp_path: Path) -> None:
+    """After too many wrong keys from one address: 429 with Retry-After, both ways."""
+    async with running(tmp_path) as r:
+        fast_reader, fast_writer = await connect(r, aiohttp_lane=False)
+        slow_reader, slow_writer = await connect(r, aiohttp_lane=True)
+        for _ in range(12):
+            fast_writer.write(request(OK, key="wrong"))
+            if (await read_answer(fast_reader))[0] == 429:
+                break
+        slow_writer.write(request(OK))
+        slow = await read_answer(slow_reader)
+        fast_writer.write(request(OK))
+        fast = await read_answer(fast_reader)
+        assert fast[0] == slow[0] == 429, (fast, slow)
+        assert fast[2] == slow[2]
+        assert {k for k in fast[1] if k != "date"} == {k for k in slow[1] if k != "date"}
+        assert fast[1]["content-type"] == slow[1]["content-type"]
+        assert "retry-after" in fast[1]
+        for writer in (fast_writer, slow_writer):
+            writer.close()
+
+
 async def test_what_the_fast_lane_does_not_take_aiohttp_answers_in_order(
         tmp_path: Path) -> None:
     async with running(tmp_path) as r:
