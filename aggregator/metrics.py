@@ -93,6 +93,12 @@ retries = Counter("smsagg_retries_total", "Submit attempts retried", ["provider"
                   registry=REGISTRY)
 callbacks = Counter("smsagg_callbacks_total", "Callback attempts", ["result"],
                     registry=REGISTRY)
+http_fast_lane = Counter(
+    "smsagg_http_fast_lane_total",
+    "HTTP API: requests answered by the fast lane for plain POST /v1/messages (lane=fast), and "
+    "connections handed to aiohttp by a read the fast lane does not take (lane=aiohttp)",
+    ["lane"], registry=REGISTRY,
+)
 http_connections_closed = Counter(
     "smsagg_http_connections_closed_total",
     "HTTP API connections closed by smsagg: header_timeout, body_timeout, idle_timeout, "

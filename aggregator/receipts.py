@@ -60,21 +60,24 @@ class ParsedReceipt:
 def parse_receipt(text: str, tlvs: dict[int, Any]) -> ParsedReceipt | None:
     """The TLVs win where present (they are typed); the text form fills what they lack.
     Returns None when neither gives an id and a state."""
-    m_id = _ID_RE.search(text)
-    m_stat = _STAT_RE.search(text)
-    m_err = _ERR_RE.search(text)
-    msg_id = tlvs.get(RECEIPTED_MESSAGE_ID) or (m_id.group(1) if m_id else None)
+    # The text is searched only for what the TLVs lack: with both TLVs (the usual receipt),
+    # one search instead of three (5.4 -> 3.0 µs a receipt; tests/test_receipt_parse_fast.py).
+    msg_id = tlvs.get(RECEIPTED_MESSAGE_ID)
+    if not msg_id:
+        m_id = _ID_RE.search(text)
+        msg_id = m_id.group(1) if m_id else None
     state = tlvs.get(MESSAGE_STATE)
     status: MessageStatus | None = None
     stat = ""
     if isinstance(state, int) and state in _STATE_TO_STATUS:
         status = _STATE_TO_STATUS[state]
         stat = _STATE_NAMES[state]
-    elif m_stat is not None:
+    elif (m_stat := _STAT_RE.search(text)) is not None:
         stat = m_stat.group(1).upper()
         status = _STAT_TO_STATUS.get(stat)
     if not msg_id or status is None:
         return None
+    m_err = _ERR_RE.search(text)
     err = m_err.group(1) if m_err else None
     net_err = tlvs.get(NETWORK_ERROR_CODE)
     if err is None and net_err:

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from aggregator import metrics
 from aggregator.config import HttpConfig
+from aggregator.ingress import fastpost
 from aggregator.log import get_logger
 
 log = get_logger("smsagg.http")
@@ -39,6 +40,14 @@ HEADERS, REQUEST, IDLE = "headers", "request", "idle"
 
 _BODY = json.dumps({"error": {"code": "too_many_connections",
                               "message": "too many open connections; try again"}}).encode()
+# The fast lane (fastpost.py): bytes that arrive while its answer is pending are kept, in order,
+# and reading pauses beyond this many.
+HOLD_LIMIT = 256 * 1024
+# Seconds a stopping site waits for the fast lane's answers under way (aiohttp's own default
+# for the requests it runs).
+FAST_DRAIN = 60.0
+FastPost = Callable[[str, fastpost.FastRequest], Awaitable[bytes]]
+
 REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
            % (len(_BODY), _BODY))
@@ -55,6 +64,14 @@ class _Connection(asyncio.Protocol):
         self.state = HEADERS
         self.since = 0.0
         self.body: Any = None  # the request's payload while a handler runs
+        # The fast lane (fastpost.py) until a read it cannot take: then aiohttp's for good.
+        self._fast = False  # from connection_made on, for an admitted connection
+        self._answering: asyncio.Task[None] | None = None  # a fast-lane answer under way
+        self._held = bytearray()  # bytes that came meanwhile
+        self._paused = False  # reading, for holding too much of them
+        self._blocked = False  # reading, for the peer not reading our answers
+        self._peer = ""
+        self._loop = asyncio.get_running_loop()  # once (each lookup is a getpid() on 3.11)
 
     # -- asyncio protocol -------------------------------------------------------------------
 
@@ -63,13 +80,70 @@ class _Connection(asyncio.Protocol):
         if not self._guard.admit(self):
             return
         self.admitted = True
+        self._fast = self._guard.fast_post is not None
         self.enter(HEADERS)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple | list) and peer else ""
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._fast and self._fast_take(data):
+            return
         if self.state == IDLE:
             self.enter(HEADERS)  # the next request has begun
         self._inner.data_received(data)
+
+    def _fast_take(self, data: bytes) -> bool:
+        """Whether the fast lane took `data` (answers it, or keeps it until its answer under
+        way is written); False once it cannot: from then on aiohttp has the connection."""
+        if self._answering is not None:
+            self._held += data
+            if len(self._held) > HOLD_LIMIT and self.transport is not None and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            return True
+        request = fastpost.parse(data, self._guard.max_body)
+        if request is None:
+            self._fast = False
+            self._guard.to_aiohttp.inc()
+            log.debug("http_fast_lane_left", peer=self._peer)
+            return False
+        self._guard.fast.inc()
+        self.enter(REQUEST)
+        self._answering = self._loop.create_task(self._answer(request))
+        self._guard.answering.add(self._answering)
+        self._answering.add_done_callback(self._guard.answering.discard)
+        return True
+
+    async def _answer(self, request: fastpost.FastRequest) -> None:
+        fast_post = self._guard.fast_post
+        assert fast_post is not None
+        close = False
+        try:
+            answer = await fast_post(self._peer, request)
+        except Exception as exc:  # as aiohttp does: logged, 500, and the connection closed
+            log.error("http_request_failed", path="/v1/messages", error=type(exc).__name__,
+                      exc_info=exc)
+            answer = fastpost.render(500, b"500 Internal Server Error\n\nServer got itself in "
+                                     b"trouble", content_type=b"text/plain", close=True)
+            close = True
+        self._answering = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(answer)
+        if close:
+            transport.close()
+            return
+        self.enter(IDLE)
+        if self._held:
+            held = bytes(self._held)
+            self._held.clear()
+            if self._paused:
+                self._paused = False
+                if not self._blocked:
+                    transport.resume_reading()
+            self.data_received(held)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self.admitted else None
@@ -80,9 +154,16 @@ class _Connection(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        if self._fast and self.transport is not None:  # answers pile up: stop taking requests
+            self._blocked = True
+            self.transport.pause_reading()
         self._inner.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._blocked:
+            self._blocked = False
+            if self.transport is not None and not self._paused:
+                self.transport.resume_reading()
         self._inner.resume_writing()
 
     # -- states -----------------------------------------------------------------------------
@@ -124,6 +205,13 @@ class ConnectionGuard:
         # late.
         self.sweep_interval = min(1.0, max(0.05, min(self._timeouts.values()) / 4))
         self._sweeper: asyncio.Task[None] | None = None
+        # POST /v1/messages in plain form, answered without aiohttp (fastpost.py); set by
+        # HttpApi.app() with the body limit.
+        self.fast_post: FastPost | None = None
+        self.max_body = 0
+        self.answering: set[asyncio.Task[None]] = set()  # fast-lane answers under way
+        self.fast = metrics.http_fast_lane.labels("fast")
+        self.to_aiohttp = metrics.http_fast_lane.labels("aiohttp")
 
     @property
     def open(self) -> int:
@@ -274,6 +362,13 @@ class GuardedSite(web.BaseSite):
         self._server = server
         if server.sockets:
             self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening, then let the fast lane's answers under way finish (aiohttp lets
+        its own requests finish after this)."""
+        await super().stop()
+        if self.guard.answering:
+            await asyncio.wait(set(self.guard.answering), timeout=FAST_DRAIN)
 
 
 FD_RESERVE = 256  # file descriptors kept for everything else (SMPP, store, callbacks, ...)

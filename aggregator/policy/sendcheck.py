@@ -93,6 +93,10 @@ class SendCheck(RulesState):
     def _verdict(self, m: Message, scope: str | None, sent: Sequence[float],
                  now: float) -> Verdict | None:
         """`scope`: the recipient's opt-out scope, None when not opted out."""
+        if scope is None and m.message_class != MARKETING:
+            # Nothing can stop it (no opt-out; only marketing has windows and caps): the
+            # usual case, without the rule input built below (13 -> 0.3 µs per message).
+            return None
         account = self.accounts.get(m.account)
         block = account is not None and account.block_transactional_to_opted_out
         profile = self.profiles.get(m.region) if m.region else None
