@@ -57,7 +57,7 @@ class Dispatcher:
         self._config = config
         self._on_final = on_final
         self._max_in_flight = max_in_flight
-        self._clock = clock
+        self.clock = clock
         # Rules checked again when a message is taken for sending; None: none.
         self.send_check = send_check
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,7 +125,7 @@ class Dispatcher:
                 continue
             self._wake.clear()
             try:
-                batch = await self._store.claim_due(self._clock(), min(free, CLAIM_BATCH),
+                batch = await self._store.claim_due(self.clock(), min(free, CLAIM_BATCH),
                                                     self._held)
             except StoreError as exc:
                 metrics.store_errors.labels("claim_due").inc()
@@ -154,7 +154,7 @@ class Dispatcher:
         except StoreError as exc:
             metrics.store_errors.labels("send_check").inc()
             log.error("send_check_failed", error=str(exc), retry_in=IDLE_POLL)
-            until = self._clock() + IDLE_POLL
+            until = self.clock() + IDLE_POLL
             return {m.id: Hold(until, CHECK_FAILED, "the rules' state could not be read")
                     for m in batch if check.needs(m)}
 
@@ -184,7 +184,7 @@ class Dispatcher:
             return IDLE_POLL
         if due is None:
             return IDLE_POLL
-        return min(IDLE_POLL, max(0.0, due - self._clock()))
+        return min(IDLE_POLL, max(0.0, due - self.clock()))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         if seconds <= 0 or self._stopping:
@@ -229,7 +229,7 @@ class Dispatcher:
             await turn
 
     async def _handle(self, message: Message, verdict: Verdict | None = None) -> None:
-        now = self._clock()
+        now = self.clock()
         if now >= message.expires_at:
             await self._finish(message, MessageStatus.EXPIRED, "validity period elapsed")
             return
@@ -258,8 +258,8 @@ class Dispatcher:
                 if not failures:
                     pool.breaker.success()
                     await self._durably(message, self._store.record_submitted, message.id,
-                                        pool.name, sent, self._clock())
-                    metrics.accept_to_submit.observe(max(0.0, self._clock() - message.created_at))
+                                        pool.name, sent, self.clock())
+                    metrics.accept_to_submit.observe(max(0.0, self.clock() - message.created_at))
                     log.debug("submitted", message_id=message.id, provider=pool.name,
                               to=message.to, segments=len(encoded.parts))
                     return
@@ -334,7 +334,7 @@ class Dispatcher:
     async def _wait_for_provider(self, message: Message, route: Route) -> None:
         """Every provider on the route is down or open: wait without spending an attempt."""
         delay = self._config.retry_max / 4
-        next_at = self._clock() + delay
+        next_at = self.clock() + delay
         if next_at >= message.expires_at:
             await self._finish(message, MessageStatus.EXPIRED,
                                "validity period elapsed; no provider available")
@@ -351,7 +351,7 @@ class Dispatcher:
 
     async def _release_waiting(self) -> None:
         try:
-            released = await self._store.release_waiting(self._clock())
+            released = await self._store.release_waiting(self.clock())
         except StoreError:
             return
         if released:
@@ -374,7 +374,7 @@ class Dispatcher:
             )
             return
         backoff = min(self._config.retry_max, self._config.retry_min * 2 ** (attempts - 1))
-        next_at = self._clock() + backoff
+        next_at = self.clock() + backoff
         if next_at >= message.expires_at:
             await self._finish(message, MessageStatus.EXPIRED,
                                f"validity period elapsed; last error: {failure.error}")
@@ -386,7 +386,7 @@ class Dispatcher:
 
     async def _finish(self, message: Message, status: MessageStatus, error: str | None) -> None:
         notice = await self._durably(message, self._store.finish, message.id, status, error,
-                                     self._clock())
+                                     self.clock())
         log.debug("message_final", message_id=message.id, status=status.value, error=error)
         if notice is not None:
             metrics.messages_final.labels(status.value).inc()

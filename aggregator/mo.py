@@ -43,7 +43,7 @@ class MoHandler:
         self._acceptor = acceptor
         self._on_callback = on_callback
         self._on_smpp = on_smpp
-        self._clock = clock
+        self.clock = clock
 
     async def handle(self, provider: str, pdu: Any) -> None:
         """Raises StoreError if the outcome could not be stored (then do not acknowledge)."""
@@ -65,7 +65,7 @@ class MoHandler:
         profile = self._profiles.get(region) if region else None
         kind = classify_mo(profile, text)
         metrics.mo_messages.labels(kind).inc()
-        now = self._clock()
+        now = self.clock()
         automated = looks_automated(pdu, text, profile)
         if kind == "optout":
             # A STOP from the handset stops everything from the account (scope "all"), whatever
@@ -142,6 +142,10 @@ class AutoReplies:
         self.interval = interval
         self._max = max_entries
         self._sent: dict[tuple[str, str, str], float] = {}
+
+    def __len__(self) -> int:
+        """How many (account, number, kind) it remembers now: at most max_entries."""
+        return len(self._sent)
 
     def allow(self, account: str, number: str, kind: str, now: float) -> bool:
         key = (account, number, kind)

@@ -80,12 +80,12 @@ def parse_destination(raw: str, default_region: str | None = None) -> Destinatio
         norm = "+" + norm[2:]
     elif default_region is not None and norm.isascii() and norm.isdigit():
         norm = _national_to_e164(norm, default_region)
-    return _parse_destination(norm)
+    return parse_normalised(norm)
 
 
 @lru_cache(maxsize=8192)
 def _national_to_e164(digits: str, region: str) -> str:
-    """A national number of `region` ("044123456" in XK) as +E.164, for _parse_destination to
+    """A national number of `region` ("044123456" in XK) as +E.164, for parse_normalised to
     validate."""
     if len(digits) > 17:
         raise _invalid(digits, "too long")
@@ -106,7 +106,7 @@ _KEEP_PREFIX = (ValidationResult.TOO_SHORT, ValidationResult.IS_POSSIBLE_LOCAL_O
                 ValidationResult.INVALID_LENGTH)
 
 
-def _fast_parse(norm: str) -> PhoneNumber | None:
+def fast_parse(norm: str) -> PhoneNumber | None:
     """phonenumbers.parse(norm, None) for "+<digits>" of at most 17 characters (checked by the
     caller), or None where this short cut does not decide (parse then runs and raises its own
     error). parse() first looks for a number in free text (phone-context, extensions, letters,
@@ -141,7 +141,7 @@ def _fast_parse(norm: str) -> PhoneNumber | None:
 # successes are cached (lru_cache does not cache raised exceptions). An entry is about 700 bytes:
 # 65,536 of them made the daemon's memory climb by 45 MB over a soak with random numbers.
 @lru_cache(maxsize=8192)
-def _parse_destination(norm: str) -> Destination:
+def parse_normalised(norm: str) -> Destination:
     if not norm:
         raise _invalid(norm, "it is empty")
     if not norm.startswith("+"):
@@ -154,7 +154,7 @@ def _parse_destination(norm: str) -> Destination:
     if len(norm) > 17:  # E.164 allows 15 digits; cheap guard before phonenumbers
         raise _invalid(norm, "too long")
     try:
-        num = _fast_parse(norm) or phonenumbers.parse(norm, None)
+        num = fast_parse(norm) or phonenumbers.parse(norm, None)
     except NumberParseException as exc:
         if exc.error_type == NumberParseException.INVALID_COUNTRY_CODE:
             raise _invalid(norm, "unknown country code") from None

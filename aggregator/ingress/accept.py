@@ -77,7 +77,7 @@ class Acceptor:
         self._config = config
         self._max_pending = max_pending
         self._on_accepted = on_accepted
-        self._clock = clock
+        self.clock = clock
         self._account_limit = account_limit
         self._full_logged: dict[str, float] = {}  # account -> when its refusal was last logged
         self.policy = policy  # country rules; None: none apply
@@ -143,7 +143,7 @@ class Acceptor:
                 422, ErrorCode.NO_ROUTE,
                 f"no route for {message_class} messages to {dest.e164[:4]}...",
             )
-        now = self._clock()
+        now = self.clock()
         validity = item.validity or self._config.default_validity
         if item.send_at is not None and item.send_at >= now + validity:
             raise self._reject(

@@ -73,6 +73,11 @@ class _Connection(asyncio.Protocol):
         self._peer = ""
         self._loop = asyncio.get_running_loop()  # once (each lookup is a getpid() on 3.11)
 
+    @property
+    def held(self) -> int:
+        """Bytes received while a fast-lane answer was under way, not handled yet."""
+        return len(self._held)
+
     # -- asyncio protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -173,14 +173,14 @@ async def test_a_request_arriving_while_an_answer_is_pending_waits_its_turn() ->
     writer.write(request(b"1"))
     await wait_for(lambda: bool(guard.answering), what="the first answer under way")
     writer.write(request(b"2"))  # while the first is pending: held, then the fast lane's
-    await wait_for(lambda: bool(conn._held), what="the second held")  # type: ignore[attr-defined]
+    await wait_for(lambda: conn.held > 0, what="the second held")  # type: ignore[attr-defined]
     gate.set()
     assert await reader.readexactly(24) == b"answer to 1;answer to 2;"
     gate.clear()
     writer.write(request(b"3"))
     await wait_for(lambda: bool(guard.answering), what="the third answer under way")
     writer.write(b"GET /healthz HTTP/1.1\r\n\r\n")  # not the fast lane's: aiohttp's, after
-    await wait_for(lambda: bool(conn._held), what="the GET held")  # type: ignore[attr-defined]
+    await wait_for(lambda: conn.held > 0, what="the GET held")  # type: ignore[attr-defined]
     assert inner.data == b""
     gate.set()
     assert await reader.readexactly(12) == b"answer to 3;"

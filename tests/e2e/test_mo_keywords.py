@@ -67,7 +67,7 @@ def test_auto_replies_table_stays_bounded() -> None:
     auto = AutoReplies(100.0, max_entries=10)
     for i in range(50):
         assert auto.allow("shop", f"+3834412{i:04d}", "help", float(i))
-    assert len(auto._sent) <= 10
+    assert len(auto) <= 10
     assert not auto.allow("shop", "+38344120049", "help", 50.0)  # the newest are kept
 
 
@@ -118,7 +118,7 @@ async def test_help_loop_is_bounded(tmp_path: Path) -> None:
     book = HandsetBook({XK_NUMBER: Handset(reply="HELP")})
     async with running(tmp_path, SmscProfile(handsets=book), shop=SHOP) as r:
         clock = [1_900_000_000.0]
-        r.app.mo._clock = lambda: clock[0]
+        r.app.mo.clock = lambda: clock[0]
         recent = sample("smsagg_mo_auto_replies_total", "help", "recent")
         status, _ = await r.post({"to": XK_NUMBER, "from": "ACME", "text": "Your order shipped"})
         assert status == 202

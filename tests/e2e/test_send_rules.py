@@ -52,11 +52,11 @@ class Clock:
     def __init__(self, app: App, now: float) -> None:
         self.now = now
         fn: Callable[[], float] = lambda: self.now  # noqa: E731
-        app.acceptor._clock = fn
+        app.acceptor.clock = fn
         assert app.acceptor.policy is not None
         app.acceptor.policy.clock = fn
         app.send_check.clock = fn
-        app.dispatcher._clock = fn
+        app.dispatcher.clock = fn
         self._app = app
 
     def at(self, now: float) -> None:
@@ -108,7 +108,7 @@ async def test_an_optout_between_schedule_and_send_rejects_the_message(tmp_path:
         # until the opt-out is in.
         rejected = await rule_count(r, "rejected", "opted_out")
         night = local(-3, 3, 0)
-        r.app.acceptor._clock = lambda: night
+        r.app.acceptor.clock = lambda: night
         assert r.app.acceptor.policy is not None
         r.app.acceptor.policy.clock = lambda: night
         r.app.send_check.clock = lambda: local(-3, 9, 0, 1)  # inside the window

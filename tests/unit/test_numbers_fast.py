@@ -1,4 +1,4 @@
-"""numbers._fast_parse, the short cut past phonenumbers.parse for "+digits" destinations, gives
+"""numbers.fast_parse, the short cut past phonenumbers.parse for "+digits" destinations, gives
 the same PhoneNumber as parse() (or declines) for every country calling code and length, and
 parse_destination's answers do not change. The micro-benchmark guards what it buys."""
 
@@ -13,7 +13,7 @@ import pytest
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
 from aggregator import numbers
-from aggregator.numbers import NumberError, _fast_parse, parse_destination
+from aggregator.numbers import NumberError, fast_parse, parse_destination
 
 
 def _numbers(rng: random.Random) -> list[str]:
@@ -40,7 +40,7 @@ def test_fast_parse_is_parse_for_every_country_code() -> None:
     known = ["+38344123456", "+390612345678", "+12025550123", "+4402071234567", "+79161234567",
              "+2250712345678"]
     for number in [*_numbers(rng), *known]:
-        fast = _fast_parse(number)
+        fast = fast_parse(number)
         if fast is not None:
             assert fast == _slow(number), number
             checked += 1
@@ -57,12 +57,12 @@ def _outcome(number: str) -> object:
 def test_parse_destination_answers_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(21)
     sample = _numbers(rng)[::7]
-    numbers._parse_destination.cache_clear()
+    numbers.parse_normalised.cache_clear()
     fast = [_outcome(n) for n in sample]
-    numbers._parse_destination.cache_clear()
-    monkeypatch.setattr(numbers, "_fast_parse", lambda norm: None)
+    numbers.parse_normalised.cache_clear()
+    monkeypatch.setattr(numbers, "fast_parse", lambda norm: None)
     slow = [_outcome(n) for n in sample]
-    numbers._parse_destination.cache_clear()
+    numbers.parse_normalised.cache_clear()
     assert fast == slow
 
 
@@ -81,4 +81,4 @@ def test_fast_parse_micro_benchmark() -> None:
             best = min(best, time.process_time() - start)
         return best
 
-    assert cost(_fast_parse) < cost(lambda n: phonenumbers.parse(n, None)) / 2
+    assert cost(fast_parse) < cost(lambda n: phonenumbers.parse(n, None)) / 2
