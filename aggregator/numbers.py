@@ -9,17 +9,8 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import (
     NumberParseException,
-    PhoneMetadata,
-    PhoneNumber,
     PhoneNumberType,
     ValidationResult,
-)
-from phonenumbers.phonenumberutil import (
-    COUNTRY_CODE_TO_REGION_CODE,
-    _maybe_strip_national_prefix_carrier_code,
-    _set_italian_leading_zeros_for_phone_number,
-    _test_number_length,
-    region_code_for_country_code,
 )
 
 from aggregator.model import ErrorCode, Sender, SenderKind
@@ -102,41 +93,6 @@ def is_region(code: str) -> bool:
 
 
 # Length results for which phonenumbers.parse keeps the national prefix it could strip.
-_KEEP_PREFIX = (ValidationResult.TOO_SHORT, ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
-                ValidationResult.INVALID_LENGTH)
-
-
-def fast_parse(norm: str) -> PhoneNumber | None:
-    """phonenumbers.parse(norm, None) for "+<digits>" of at most 17 characters (checked by the
-    caller), or None where this short cut does not decide (parse then runs and raises its own
-    error). parse() first looks for a number in free text (phone-context, extensions, letters,
-    other plus signs), which a "+digits" string cannot hold. Measured here: parse 15 -> 2.5 us,
-    parse_destination of a new number 18 -> 9 us (about 2% of the daemon's CPU per message).
-    tests/unit/test_numbers_fast.py compares the two over every country calling code."""
-    digits = norm[1:]
-    if len(digits) < 7 or digits[0] == "0":
-        return None
-    for size in (1, 2, 3):  # the country calling code, as parse's _extract_country_code
-        code = int(digits[:size])
-        if code in COUNTRY_CODE_TO_REGION_CODE:
-            national = digits[size:]
-            break
-    else:
-        return None
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(
-        code, region_code_for_country_code(code))
-    if metadata is not None:
-        _, stripped, _ = _maybe_strip_national_prefix_carrier_code(national, metadata)
-        if _test_number_length(stripped, metadata) not in _KEEP_PREFIX:
-            national = stripped
-    if not 2 <= len(national) <= 17:
-        return None
-    num = PhoneNumber(country_code=code)
-    _set_italian_leading_zeros_for_phone_number(national, num)
-    num.national_number = int(national)
-    return num
-
-
 # Keyed on the normalised string so differently formatted inputs share an entry; only
 # successes are cached (lru_cache does not cache raised exceptions). An entry is about 700 bytes:
 # 65,536 of them made the daemon's memory climb by 45 MB over a soak with random numbers.
@@ -154,7 +110,7 @@ def parse_normalised(norm: str) -> Destination:
     if len(norm) > 17:  # E.164 allows 15 digits; cheap guard before phonenumbers
         raise _invalid(norm, "too long")
     try:
-        num = fast_parse(norm) or phonenumbers.parse(norm, None)
+        num = phonenumbers.parse(norm, None)
     except NumberParseException as exc:
         if exc.error_type == NumberParseException.INVALID_COUNTRY_CODE:
             raise _invalid(norm, "unknown country code") from None
