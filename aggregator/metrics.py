@@ -299,11 +299,6 @@ optout_refusals = Counter(
     "class and when: accept or send",
     ["scope", "message_class", "stage"], registry=REGISTRY)
 # Several instances on PostgreSQL ([store] backend = "postgres").
-store_due_notify_failures_total = Counter(
-    "smsagg_store_due_notify_failures_total",
-    "NOTIFYs of accepted messages that failed (PostgreSQL); dispatchers poll every second",
-    registry=REGISTRY,
-)
 store_claim_scopes_reused_total = Counter(
     "smsagg_store_claim_scopes_reused_total",
     "Send-time opt-out checks answered from the claim's own read (PostgreSQL), no round trip",

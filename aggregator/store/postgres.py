@@ -8,8 +8,7 @@ The same contract as the SQLite store (store/base.py), with these cluster rules:
   instance lives; what an instance stopped renewing goes back to the queue when its lease runs
   out (`recover()`), so another instance sends it (at least once, never zero times);
 - lease times are the database's clock, so instances' clocks need not agree;
-- a message accepted anywhere is followed by a NOTIFY on `smsagg_due` (after its commit), so
-  every instance's dispatcher wakes.
+- a message inserted anywhere NOTIFYs `smsagg_due`, so every instance's dispatcher wakes.
 """
 
 from __future__ import annotations
@@ -346,9 +345,7 @@ MIGRATIONS: list[str] = [
     # whole-table index on status served only the pending count, which the due and queued
     # partial indexes serve; the text-kept index holds only rows whose text erase_texts may
     # blank (never a waiting message's); one index on queued rows serves lease renewal
-    # (owner) and takeover (lease_until). And an accept's transaction no longer NOTIFYs: a
-    # NOTIFY takes a database-wide lock held until its commit is flushed, so accepts queued
-    # behind each other's and receipts' commits; the store NOTIFYs after (see _announce_due).
+    # (owner) and takeover (lease_until).
     """
     DROP INDEX messages_status;
     DROP INDEX messages_text_kept;
@@ -357,8 +354,6 @@ MIGRATIONS: list[str] = [
     DROP INDEX messages_leased;
     DROP INDEX messages_owned;
     CREATE INDEX messages_queued ON messages (owner, lease_until) WHERE status = 'queued';
-    DROP TRIGGER messages_notify_due ON messages;
-    DROP FUNCTION smsagg_notify_due();
     """,
 ]
 
@@ -527,8 +522,6 @@ class PostgresStore:
         # _optout_changes then, scopes). send_rules_state answers from them within LATER_TTL.
         self._claim_scopes: tuple[float, int, dict[tuple[str, str], str | None]] | None = None
         self._optout_changes = 0  # opt-outs added or removed here
-        self._announcing = False  # a NOTIFY of messages due is under way (_announce_due)
-        self._announce_again = False  # and more were committed since it began
         self.live_instances = 1  # instances whose heartbeat is within their lease
         # Their names, sorted; `on_members` hears every change (and the first list, at open):
         # the app shares providers' binds and TPS out between them.
@@ -595,7 +588,7 @@ class PostgresStore:
         """An ingress worker's store (`worker`): a pool for its accepts and the HTTP API's
         reads and writes. It claims nothing, so it holds no lease, heartbeat, member entry,
         LISTEN connection or maintenance task; the daemon that started it migrated the
-        schema, and its NOTIFY after each accept commit wakes every instance's dispatcher."""
+        schema, and a NOTIFY trigger wakes every instance's dispatcher for its accepts."""
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=0, max_size=self.pool_size, timeout=CONNECT_TIMEOUT,
@@ -1019,8 +1012,6 @@ class PostgresStore:
             for item, result in zip(group, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
-            if any(item.op == "accept" for item in group):
-                self._announce_due()
         except BaseException as exc:
             for item in group:
                 if not item.future.done():
@@ -1040,37 +1031,6 @@ class PostgresStore:
             item.future.set_exception(exc)
         else:
             item.future.set_result(result)
-            if item.op == "accept":
-                self._announce_due()
-
-    def _announce_due(self) -> None:
-        """Wake every instance's dispatcher (NOTIFY) for messages just committed, outside their
-        transaction: the NOTIFY's database-wide lock never holds an accept's commit. One NOTIFY
-        under way at a time, and one more after it for all the commits made meanwhile; if it
-        fails, dispatchers find the messages at their next look (every second at most)."""
-        if self._announcing:
-            self._announce_again = True
-            return
-        self._announcing = True
-        task = asyncio.ensure_future(self._send_due_notify())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send_due_notify(self) -> None:
-        try:
-            while True:
-                self._announce_again = False
-                try:
-                    await self._run("notify_due", lambda conn: conn.execute(
-                        f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"), tx=False)
-                except StoreError as exc:
-                    metrics.store_due_notify_failures_total.inc()
-                    log.warning("store_due_notify_failed", backend="postgres", error=str(exc))
-                    return
-                if not self._announce_again:
-                    return
-        finally:
-            self._announcing = False
 
     async def accept_many(self, messages: Sequence[Message]) -> None:
         """All in one transaction: every message is stored, or none is."""
@@ -1083,7 +1043,6 @@ class PostgresStore:
                 await conn.executemany(_LOG_MARKETING, marketing)
 
         await self._run("accept_many", op)
-        self._announce_due()
         self._changed_pending(waiting_added("accept_many", (rows,), None),
                               waiting_by_account("accept_many", (rows,), None))
 
