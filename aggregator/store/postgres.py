@@ -513,7 +513,6 @@ class PostgresStore:
         # Opt-out reads of the accept path asked in the same loop turns go as one statement.
         self._scope_reads: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self._scope_batches = 0
-        self._scope_max = SCOPE_BATCHES  # batches under way at once
         self._scope_flush = False
         # The last claim's earliest later due time: (monotonic, _due_changes then, the time).
         self._later: tuple[float, int, float | None] | None = None
@@ -607,11 +606,6 @@ class PostgresStore:
             self._pool = None
             raise StoreError(f"PostgreSQL store {self.where}: schema version {version}, "
                              f"not {SCHEMA_VERSION}: the daemon migrates it first")
-        # A worker claims nothing and records no submits: its pool is for accepts (half) and
-        # their opt-out reads (a quarter); the rest serve the API's reads. An accept then never
-        # waits for a group slot while the connections it could use sit idle.
-        self._lanes["accept"].max_groups = max(1, self.pool_size // 2)
-        self._scope_max = max(1, self.pool_size // 4)
         self._closed = self._closing = False
         self._last_ok_at = time.monotonic()
         log.info("store_opened", backend="postgres", server=self.where, instance=self.instance,
@@ -1531,13 +1525,13 @@ class PostgresStore:
         return scope
 
     def _start_scope_reads(self) -> None:
-        if self._scope_reads and not self._scope_flush and self._scope_batches < self._scope_max:
+        if self._scope_reads and not self._scope_flush and self._scope_batches < SCOPE_BATCHES:
             self._scope_flush = True
             asyncio.get_running_loop().call_soon(self._flush_scope_reads)
 
     def _flush_scope_reads(self) -> None:
         self._scope_flush = False
-        if not self._scope_reads or self._scope_batches >= self._scope_max:
+        if not self._scope_reads or self._scope_batches >= SCOPE_BATCHES:
             return
         batch, self._scope_reads = self._scope_reads, {}
         self._scope_batches += 1
