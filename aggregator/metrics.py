@@ -305,6 +305,11 @@ optout_refusals = Counter(
     "class and when: accept or send",
     ["scope", "message_class", "stage"], registry=REGISTRY)
 # Several instances on PostgreSQL ([store] backend = "postgres").
+store_claim_scopes_reused_total = Counter(
+    "smsagg_store_claim_scopes_reused_total",
+    "Send-time opt-out checks answered from the claim's own read (PostgreSQL), no round trip",
+    registry=REGISTRY,
+)
 store_operation_seconds = Histogram(
     "smsagg_store_operation_seconds", "Store operation time, call to commit, by backend",
     ["backend", "op"], buckets=LATENCY_BUCKETS, registry=REGISTRY,

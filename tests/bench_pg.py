@@ -9,7 +9,8 @@ a statement is a round trip; BEGIN and COMMIT count), then for each scenario and
 runs `python -m simulator.cli bench --store postgres --dsn ...` against it and prints: relayed
 and accepted msg/s, accept p50/p99, smsagg's CPU-µs per relayed message (from the bench), the
 server's (utime + stime of the postmaster and every backend, exited ones included through the
-postmaster's cutime/cstime), and statements per relayed message. With --statements N, the N
+postmaster's cutime/cstime), and statements per relayed message. smsagg reaches the server
+through its unix socket (--tcp: TCP loopback). With --statements N, the N
 most frequent statements of each run follow, per relayed message. The machine is shared:
 throughput moves with the neighbours' load, CPU and statements per message much less."""
 
@@ -83,7 +84,9 @@ async def _admin(dsn: str, sql: str) -> list[Any]:
         await conn.close()
 
 
-def run_one(server: PgServer, scenario: str, instances: int, duration: float) -> Run:
+def run_one(server: PgServer, scenario: str, instances: int, duration: float,
+            dsn: str) -> Run:
+    """One bench run; smsagg reaches the server through `dsn`."""
     postmaster = int((Path(server.root) / "data" / "postmaster.pid").read_text().split()[0])
     asyncio.run(_admin(server.admin_dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
     asyncio.run(_admin(server.admin_dsn, "SELECT pg_stat_statements_reset()"))
@@ -92,7 +95,7 @@ def run_one(server: PgServer, scenario: str, instances: int, duration: float) ->
         before = server_cpu(postmaster)
         subprocess.run([sys.executable, "-m", "simulator.cli", "bench", "--scenarios", scenario,
                         "--duration", str(duration), "--store", "postgres", "--instances",
-                        str(instances), "--dsn", server.admin_dsn, "--json", str(out)],
+                        str(instances), "--dsn", dsn, "--json", str(out)],
                        check=True, stdout=subprocess.DEVNULL)
         used = server_cpu(postmaster) - before
         result = json.loads(out.read_text())["scenarios"][0]
@@ -109,6 +112,8 @@ def main() -> None:
     parser.add_argument("--instances", default="1,2")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--statements", type=int, default=0)
+    parser.add_argument("--tcp", action="store_true",
+                        help="smsagg connects over TCP loopback, not the unix socket")
     args = parser.parse_args()
     server = start_server(SETTINGS)
     runs: list[Run] = []
@@ -117,7 +122,8 @@ def main() -> None:
             for scenario in args.scenarios.split(","):
                 print(f"bench_pg: scenario {scenario}, {instances} instance(s), load average "
                       f"{os.getloadavg()[0]:.2f}...", file=sys.stderr)
-                runs.append(run_one(server, scenario, instances, args.duration))
+                runs.append(run_one(server, scenario, instances, args.duration,
+                                    server.admin_dsn if args.tcp else server.socket_dsn))
     finally:
         server.discard()
     print("| scenario | instances | accepted msg/s | relayed msg/s | accept p50 / p99 ms "
