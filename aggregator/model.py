@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
-from operator import attrgetter
-from typing import Any
 
 
 class MessageStatus(StrEnum):
@@ -184,41 +182,12 @@ class Message:
     # Segment numbers (1-based) that an earlier attempt already got an id for.
     done_segments: frozenset[int] = field(default_factory=frozenset)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled twice per accept through an ingress worker (ingress/rpc.py). The slots
-        # dataclass default walks fields() each time, and each enum pickles through Python
-        # code: this way, dumps + loads of an accept call take 15 µs instead of 40.
-        values = list(_message_values(self))
-        values[_STATUS] = self.status.value
-        values[_ENCODING] = self.encoding.value
-        values[_SENDER] = (self.sender.value, self.sender.kind.value)
-        return _message_from_values, (values,)
-
-
-_MESSAGE_FIELDS = [f.name for f in fields(Message)]
-_message_values = attrgetter(*_MESSAGE_FIELDS)
-_STATUS = _MESSAGE_FIELDS.index("status")
-_ENCODING = _MESSAGE_FIELDS.index("encoding")
-_SENDER = _MESSAGE_FIELDS.index("sender")
-
-
-def _message_from_values(values: list[Any]) -> Message:
-    values[_STATUS] = MessageStatus(values[_STATUS])
-    values[_ENCODING] = Encoding(values[_ENCODING])
-    sender, kind = values[_SENDER]
-    values[_SENDER] = Sender(sender, SenderKind(kind))
-    return Message(*values)
-
-
 @dataclass(slots=True, frozen=True)
 class SegmentSubmit:
     """One segment accepted by a provider: the id it gave us, for receipt correlation."""
 
     seq: int
     provider_msg_id: str
-
-
-_STATUS_BY_VALUE = {status.value: status for status in MessageStatus}
 
 
 @dataclass(slots=True, frozen=True)
@@ -230,17 +199,6 @@ class ReceiptUpdate:
     status: MessageStatus  # DELIVERED / UNDELIVERABLE / EXPIRED / REJECTED / SUBMITTED(enroute)
     error: str | None
     received_at: float
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Receipts and their results cross to the store's writer process and back; see
-        # Message.__reduce__ for why not the dataclass default.
-        return _receipt_update, (self.provider, self.provider_msg_id, self.status.value,
-                                 self.error, self.received_at)
-
-
-def _receipt_update(provider: str, provider_msg_id: str, status: str, error: str | None,
-                    received_at: float) -> ReceiptUpdate:
-    return ReceiptUpdate(provider, provider_msg_id, _STATUS_BY_VALUE[status], error, received_at)
 
 
 @dataclass(slots=True, frozen=True)
@@ -256,12 +214,3 @@ class FinalNotice:
     callback_url: str | None
     submitted_at: float | None
     provider: str | None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _final_notice, (self.message_id, self.account, self.status.value, self.reference,
-                               self.error, self.done_at, self.callback_url, self.submitted_at,
-                               self.provider)
-
-
-def _final_notice(message_id: str, account: str, status: str, *rest: Any) -> FinalNotice:
-    return FinalNotice(message_id, account, _STATUS_BY_VALUE[status], *rest)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from aggregator.model import (
     FinalNotice,
@@ -43,9 +43,6 @@ class AcceptResult:
     message: Message
     created: bool  # False when an idempotency key replayed an earlier message
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return AcceptResult, (self.message, self.created)  # see Message.__reduce__
-
 
 @dataclass(slots=True, frozen=True)
 class ReceiptResult:
@@ -53,9 +50,6 @@ class ReceiptResult:
     matched: bool
     message_id: str | None
     final: FinalNotice | None  # set when this receipt made the message final
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return ReceiptResult, (self.update, self.matched, self.message_id, self.final)
 
 
 @dataclass(slots=True, frozen=True)
