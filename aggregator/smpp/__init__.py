@@ -1,1 +1,1 @@
-"""SMPP itself: the session state machine, its asyncio transport, raw PDU fields, query_sm."""
+"""SMPP itself: session state machine, transport, statuses, header, PDU fields and builders."""
