@@ -61,7 +61,7 @@ def parse_receipt(text: str, tlvs: dict[int, Any]) -> ParsedReceipt | None:
     """The TLVs win where present (they are typed); the text form fills what they lack.
     Returns None when neither gives an id and a state."""
     # The text is searched only for what the TLVs lack: with both TLVs (the usual receipt),
-    # one search instead of three (5.4 -> 3.0 µs a receipt; tests/test_receipt_parse_fast.py).
+    # one search instead of three (5.4 -> 3.0 µs a receipt; tests/unit/test_receipt_parse_fast.py).
     msg_id = tlvs.get(RECEIPTED_MESSAGE_ID)
     if not msg_id:
         m_id = _ID_RE.search(text)

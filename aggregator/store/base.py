@@ -106,7 +106,7 @@ class OverdueSegment:
 
 class Store(Protocol):
     """What the daemon and the ingress workers need from durable storage; SqliteStore and
-    PostgresStore implement it (tests/test_store_contract.py runs the same cases on both).
+    PostgresStore implement it (tests/e2e/test_store_contract.py runs the same cases on both).
 
     Every write is durable when its coroutine returns: committed (SQLite: fsync'd in a group
     commit; PostgreSQL: its transaction committed), so an answer to a client made after it
