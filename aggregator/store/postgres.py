@@ -50,7 +50,13 @@ from aggregator.store.base import (
     StoreBusy,
     StoreError,
 )
-from aggregator.store.rows import accept_result, marketing_rows, message_row, row_to_message
+from aggregator.store.rows import (
+    accept_result,
+    marketing_rows,
+    message_conditions,
+    message_row,
+    row_to_message,
+)
 from aggregator.store.writes import (
     CANCELLED_ERROR,
     FAIR_SCAN,
@@ -1335,15 +1341,10 @@ class PostgresStore:
     async def list_messages(self, account: str, where: MessageFilter,
                             limit: int) -> list[Message]:
         """The account's messages matching `where`, newest (highest id) first."""
-        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE account = $1"
-        args: list[Any] = [account]
-        for clause, value in (("status =", where.status), ("dest =", where.to),
-                              ("reference =", where.reference),
-                              ("created_at >=", where.since), ("created_at <", where.until),
-                              ("id <", where.before)):
-            if value is not None:
-                args.append(value)
-                sql += f" AND {clause} ${len(args)}"
+        conditions = message_conditions(where)
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE account = $1" + "".join(
+            f" AND {clause} ${n}" for n, (clause, _) in enumerate(conditions, start=2))
+        args = [account, *(value for _, value in conditions)]
         sql += f" ORDER BY id DESC LIMIT ${len(args) + 1}"
         rows = await self._run("list_messages", lambda conn: conn.fetch(sql, *args, limit),
                                tx=False)
@@ -1565,14 +1566,8 @@ class PostgresStore:
     async def list_optouts(self, account: str, number: str | None,
                            limit: int) -> list[tuple[str, float, str, str]]:
         """(number, created_at, source, scope), oldest first."""
-        sql = "SELECT number, created_at, source, scope FROM optouts WHERE account = $1"
-        args: list[Any] = [account]
-        if number is not None:
-            sql += " AND number = $2"
-            args.append(number)
-        sql += f" ORDER BY created_at LIMIT ${len(args) + 1}"
-        rows = await self._run("list_optouts", lambda conn: conn.fetch(sql, *args, limit),
-                               tx=False)
+        rows = await self._list("list_optouts", "SELECT number, created_at, source, scope "
+                                "FROM optouts", account, number, "created_at", limit)
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def marketing_history(self, account: str, number: str,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aggregator.model import Encoding, Message, MessageStatus, SegmentSubmit, Sender, SenderKind
-from aggregator.store.base import AcceptResult
+from aggregator.store.base import AcceptResult, MessageFilter
 
 
 def message_row(m: Message) -> tuple[Any, ...]:
@@ -64,3 +64,12 @@ def row_to_message(row: Sequence[Any]) -> Message:
         next_attempt_at=row[21],
         expires_at=row[22],
     )
+
+
+def message_conditions(where: MessageFilter) -> list[tuple[str, Any]]:
+    """GET /v1/messages' filter as (column and comparison, value) pairs, for the fields that
+    are set; each backend adds its own placeholders."""
+    pairs = (("status =", where.status), ("dest =", where.to), ("reference =", where.reference),
+             ("created_at >=", where.since), ("created_at <", where.until),
+             ("id <", where.before))
+    return [(clause, value) for clause, value in pairs if value is not None]

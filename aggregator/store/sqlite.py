@@ -44,6 +44,7 @@ from aggregator.store.base import (
 from aggregator.store.rows import (
     accept_result,
     marketing_rows,
+    message_conditions,
     message_row,
     parts_rows,
     row_to_message,
@@ -382,13 +383,8 @@ class SqliteStore:
     async def list_consents(self, account: str, number: str | None,
                             limit: int) -> list[tuple[int, str, str, str, float, float]]:
         """(id, number, scope, source, consented_at, recorded_at), oldest first."""
-        sql = ("SELECT id, number, scope, source, consented_at, recorded_at FROM consents "
-               "WHERE account = ?")
-        args: list[Any] = [account]
-        if number is not None:
-            sql += " AND number = ?"
-            args.append(number)
-        rows = await asyncio.to_thread(self._read, sql + " ORDER BY id LIMIT ?", (*args, limit))
+        rows = await self._list("SELECT id, number, scope, source, consented_at, "
+                                "recorded_at FROM consents", account, number, "id", limit)
         return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def remove_optout_logged(self, account: str, number: str, removed_by: str,
@@ -401,13 +397,8 @@ class SqliteStore:
     async def list_optout_removals(self, account: str, number: str | None, limit: int
                                    ) -> list[tuple[str, float, str, float, str, str]]:
         """(number, opted_out_at, source, removed_at, removed_by, scope), oldest first."""
-        sql = ("SELECT number, opted_out_at, source, removed_at, removed_by, scope "
-               "FROM optout_removals WHERE account = ?")
-        args: list[Any] = [account]
-        if number is not None:
-            sql += " AND number = ?"
-            args.append(number)
-        rows = await asyncio.to_thread(self._read, sql + " ORDER BY id LIMIT ?", (*args, limit))
+        rows = await self._list("SELECT number, opted_out_at, source, removed_at, removed_by, "
+                                "scope FROM optout_removals", account, number, "id", limit)
         return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     # ---- retention (writes.erase_texts / purge_before) -------------------------------------
@@ -445,14 +436,20 @@ class SqliteStore:
     async def list_optouts(self, account: str, number: str | None,
                            limit: int) -> list[tuple[str, float, str, str]]:
         """(number, created_at, source, scope), oldest first."""
-        sql = "SELECT number, created_at, source, scope FROM optouts WHERE account = ?"
+        rows = await self._list("SELECT number, created_at, source, scope FROM optouts",
+                                account, number, "created_at", limit)
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def _list(self, select: str, account: str, number: str | None, order: str,
+                    limit: int) -> list[Any]:
+        """`select` for the account's rows (one number's, if given), by `order`."""
+        sql = f"{select} WHERE account = ?"
         args: list[Any] = [account]
         if number is not None:
             sql += " AND number = ?"
             args.append(number)
-        rows = await asyncio.to_thread(self._read, sql + " ORDER BY created_at LIMIT ?",
+        return await asyncio.to_thread(self._read, f"{sql} ORDER BY {order} LIMIT ?",
                                        (*args, limit))
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def marketing_history(self, account: str, number: str,
                                 since: float) -> tuple[int, float | None]:
@@ -544,15 +541,10 @@ class SqliteStore:
 
     async def list_messages(self, account: str, where: MessageFilter,
                             limit: int) -> list[Message]:
-        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE account = ?"
-        args: list[Any] = [account]
-        for clause, value in (("status = ?", where.status), ("dest = ?", where.to),
-                              ("reference = ?", where.reference),
-                              ("created_at >= ?", where.since), ("created_at < ?", where.until),
-                              ("id < ?", where.before)):
-            if value is not None:
-                sql += f" AND {clause}"
-                args.append(value)
+        conditions = message_conditions(where)
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE account = ?" + "".join(
+            f" AND {clause} ?" for clause, _ in conditions)
+        args = [account, *(value for _, value in conditions)]
         rows = await asyncio.to_thread(self._read, sql + " ORDER BY id DESC LIMIT ?",
                                        (*args, limit))
         return [row_to_message(r) for r in rows]
