@@ -183,15 +183,6 @@ class App:
     def _on_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
         self.delivers.on_deliver(bind, conn, pdu)
 
-    @property
-    def max_delivers(self) -> int:
-        """deliver_sm from providers handled at once (see delivers.py)."""
-        return self.delivers.max_delivers
-
-    @max_delivers.setter
-    def max_delivers(self, value: int) -> None:
-        self.delivers.max_delivers = value
-
     def _pool_of(self, bind: Bind) -> ProviderPool | None:
         """The pool a bind belongs to: the current one, or one draining after a reload."""
         pool = self.pools.get(bind.provider.name)
@@ -239,7 +230,7 @@ class App:
                              lambda: self.store.writes_queued)
         metrics.watch_buffer("dispatch", self.dispatcher.max_in_flight,
                              lambda: self.dispatcher.in_flight)
-        metrics.watch_buffer("provider_delivers", self.max_delivers,
+        metrics.watch_buffer("provider_delivers", self.delivers.max_delivers,
                              lambda: self.delivers.in_flight)
 
     # ---- lifecycle ------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ async def test_every_queue_bound_and_depth_is_in_metrics(tmp_path: Path) -> None
             "reassembly": 123,
             "smpp_submits": 7 * 9,
             "smpp_receipts": 7 * 9,
-            "provider_delivers": r.app.max_delivers,
+            "provider_delivers": r.app.delivers.max_delivers,
         }
         for buffer, bound in bounds.items():
             assert metric_value(snap, "smsagg_buffer_bound", buffer=buffer) == bound, buffer
@@ -216,7 +216,7 @@ async def test_receipts_beyond_the_deliver_bound_are_throttled(tmp_path: Path) -
     async with running(tmp_path) as r:
         before = metric_value(await scrape(r), "smsagg_receipts_total", provider="sim",
                         status="throttled") or 0.0
-        r.app.max_delivers = 0  # as if that many deliver_sm were being handled already
+        r.app.delivers.max_delivers = 0  # as if that many deliver_sm were being handled already
         status, body = await r.post({"to": "+38344123456", "from": "ACME", "text": "t"})
         assert status == 202
         await r.wait_status(body["id"], {"submitted"})
