@@ -425,13 +425,22 @@ class SqliteStore:
         few microseconds and never waits for the writer, where a thread hop costs ten times that
         (tests/bench_optout_gate.py). Busy (a WAL recovery): the threaded reader, which waits."""
         sql = "SELECT scope FROM optouts WHERE account = ? AND number = ?"
+        rows = self._point_rows(sql, (account, number))
+        if rows is None:
+            rows = await asyncio.to_thread(self._read, sql, (account, number))
+        return str(rows[0][0]) if rows else None
+
+    def _point_rows(self, sql: str, args: Sequence[Any]) -> list[Any] | None:
+        """A short read on the event loop's own connection; None when it is busy (a WAL
+        recovery), for the caller's threaded reader, which waits."""
         if self._point is None:
             raise StoreError("store is closed")
         try:
-            rows = self._point.execute(sql, (account, number)).fetchall()  # all: ends the read
+            return self._point.execute(sql, args).fetchall()  # all: ends the read
         except sqlite3.OperationalError:
-            rows = await asyncio.to_thread(self._read, sql, (account, number))
-        return str(rows[0][0]) if rows else None
+            return None
+        except sqlite3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
 
     async def list_optouts(self, account: str, number: str | None,
                            limit: int) -> list[tuple[str, float, str, str]]:
@@ -466,21 +475,17 @@ class SqliteStore:
         """For the rules checked at send time, in one read: which (account, number) of `keys`
         opted out (with the opt-out's scope), and when marketing was accepted for each of
         `marketing` since `since`."""
-        if not marketing and 0 < len(keys) <= POINT_KEYS and self._point is not None:
+        if not marketing and 0 < len(keys) <= POINT_KEYS:
             # The usual claim: a few transactional messages. One statement on the event loop's
             # connection, as optout_scope(): the thread hop cost more than the read (futex
             # wake-ups, the GIL handed back and forth); tests/bench_optout_gate.py.
             marks = ",".join(["(?, ?)"] * len(keys))
-            try:
-                rows = self._point.execute(  # CROSS JOIN: a primary-key search per number
-                    f"SELECT o.account, o.number, o.scope FROM (VALUES {marks}) AS k CROSS JOIN "
-                    "optouts AS o ON o.account = k.column1 AND o.number = k.column2",
-                    [v for key in keys for v in key]).fetchall()
+            rows = self._point_rows(  # CROSS JOIN: a primary-key search per number
+                f"SELECT o.account, o.number, o.scope FROM (VALUES {marks}) AS k CROSS JOIN "
+                "optouts AS o ON o.account = k.column1 AND o.number = k.column2",
+                [v for key in keys for v in key])
+            if rows is not None:
                 return {(r[0], r[1]): r[2] for r in rows}, {}
-            except sqlite3.OperationalError:
-                pass  # busy (a WAL recovery): the threaded reader, which waits
-            except sqlite3.Error as exc:
-                raise StoreError(f"reading opt-outs failed: {exc}") from exc
         return await asyncio.to_thread(self._send_rules_state, keys, marketing, since)
 
     def _send_rules_state(
