@@ -92,9 +92,33 @@ class ApiError(Exception):
         self.message = message
 
 
+_ID_RANDOM = 10  # random bytes in a message id
+# Random bytes drawn for this many ids at once: one getrandom() call per 256 ids instead of one
+# per id (new_message_id was 1.5% of the daemon's samples at 1,000 msg/s, most of it the call).
+_ID_POOL = 256 * _ID_RANDOM
+_id_pool = b""
+_id_used = 0
+
+
 def new_message_id() -> str:
-    """32 hex chars: 48-bit milliseconds (sortable) + 80 random bits. Fits SMPP's 65 octets."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+    """32 hex chars: 48-bit milliseconds (sortable; retention reads "created before" from
+    them) + 80 random bits. Fits SMPP's 65 octets. For the event loop's thread: the pool of
+    random bytes is not shared between threads."""
+    global _id_pool, _id_used
+    if _id_used >= len(_id_pool):
+        _id_pool, _id_used = os.urandom(_ID_POOL), 0
+    start = _id_used
+    _id_used = start + _ID_RANDOM
+    return f"{int(time.time() * 1000):012x}{_id_pool[start:start + _ID_RANDOM].hex()}"
+
+
+def _forget_id_pool() -> None:
+    """A forked child draws its own bytes: the parent's unused ones would repeat its ids."""
+    global _id_pool, _id_used
+    _id_pool, _id_used = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_id_pool)
 
 
 DECIMAL_ID_EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
