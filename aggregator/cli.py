@@ -11,6 +11,7 @@ from typing import Any
 
 from aggregator.config import Config, ConfigError, load_config, load_config_or_default
 from aggregator.eventloop import run_loop
+from aggregator.gctune import tune_collector
 from aggregator.log import get_logger, setup_logging
 
 
@@ -92,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.log.level, args.log_format or config.log.format,
                   config.log.log_numbers)
+    tune_collector()
     return run_loop(serve(config, args.drain_seconds, args.config))
 
 
@@ -102,6 +104,7 @@ def cmd_ingress_worker(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     setup_logging(config.log.level, config.log.format, config.log.log_numbers)
+    tune_collector()
     return run_loop(run_worker(config, args.config, args.rpc, args.port, args.node,
                                args.writer))
 
