@@ -8,9 +8,9 @@ the daemon collected about 20 times a second, moving them into the older generat
 they die and make those collections come round too. That was 8 % of the daemon's CPU in bench
 scenario f (thread CPU time measured in gc.callbacks). With YOUNG_THRESHOLD the objects under
 way fit in the youngest generation and a collection comes about once a minute at that load
-(daemon: 475 -> 451 µs a message in scenario f, alternate runs). Garbage in reference cycles
-waits for at most YOUNG_THRESHOLD net allocations, instead of 700, before it is freed; all
-other garbage is freed at once by reference counting, as before."""
+(the daemon's CPU in scenario f fell by 30-45 µs a message in alternate runs). Garbage in
+reference cycles waits for at most YOUNG_THRESHOLD net allocations, instead of 700, before it
+is freed; all other garbage is freed at once by reference counting, as before."""
 
 from __future__ import annotations
 
