@@ -1,7 +1,8 @@
-"""numbers.py's own steps for "+digits" (parse_plus_digits, number_type) give exactly what
-phonenumbers.parse and phonenumbers.number_type give: for numbers of every country calling code
-and length, with national prefixes and leading zeros, and every region's example numbers; and
-parse_normalised's answers equal the ones built from phonenumbers' public calls alone."""
+"""numbers.py's own steps for "+digits" (parse_plus_digits, region_of, number_type) give
+exactly what phonenumbers.parse, region_code_for_number and number_type give: for numbers of
+every country calling code and length, with national prefixes and leading zeros, and every
+region's example numbers; and parse_normalised's answers equal the ones built from
+phonenumbers' public calls alone."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from aggregator.numbers import (
     number_type,
     parse_normalised,
     parse_plus_digits,
+    region_of,
 )
 
 MAX_DIGITS = 16  # parse_normalised sends at most 17 characters ("+" and 16 digits)
@@ -86,6 +88,19 @@ def test_the_numbers_cover_every_country_code_and_the_prefix_cases() -> None:
 def test_parse_plus_digits_is_phonenumbers_parse() -> None:
     differ = [n for n in NUMBERS if _ours(n) != _library(n)]
     assert differ == []
+
+
+def test_region_of_is_phonenumbers_region_code_for_number() -> None:
+    shared: set[str | None] = set()
+    for norm in NUMBERS:
+        num = _library(norm)
+        if isinstance(num, int):
+            continue
+        expected = phonenumbers.region_code_for_number(num)
+        assert region_of(num) == expected, norm
+        if len(COUNTRY_CODE_TO_REGION_CODE[num.country_code]) > 1:
+            shared.add(expected)
+    assert {"US", "CA", "KZ", "RU", "GB", "JE", None} <= shared  # codes several regions share
 
 
 def test_number_type_is_phonenumbers_number_type() -> None:
