@@ -7,7 +7,7 @@ messages under way (coroutines, futures, dicts, messages) are about that many: a
 the daemon collected about 20 times a second, moving them into the older generations, where
 they die and make those collections come round too. That was 8 % of the daemon's CPU in bench
 scenario f (thread CPU time measured in gc.callbacks). With YOUNG_THRESHOLD the objects under
-way fit in the youngest generation and a collection comes about once a minute at that load
+way fit in the youngest generation and a collection comes every few seconds at that load
 (the daemon's CPU in scenario f fell by 30-45 µs a message in alternate runs). Garbage in
 reference cycles waits for at most YOUNG_THRESHOLD net allocations, instead of 700, before it
 is freed; all other garbage is freed at once by reference counting, as before."""
