@@ -42,9 +42,10 @@ class Bind:
         self._tls: ssl.SSLContext | None = None
         self._stopping = False
         self._g_up = metrics.bind_up.labels(provider.name, self.name)
-        self._g_window = metrics.window_in_use.labels(provider.name, self.name)
         self._g_up.set(0)
-        self._g_window.set(0)
+        # Read when scraped, not set on every submit and response.
+        metrics.window_in_use.labels(provider.name, self.name).set_function(
+            lambda: self.in_flight if self.up else 0)
 
     @property
     def up(self) -> bool:
@@ -83,12 +84,6 @@ class Bind:
         response. Raises WindowFull or NotBound."""
         assert self.conn is not None
         self.conn.request(pdu, future)
-        self._g_window.set(self.conn.session.in_flight)
-
-    def _window_freed(self) -> None:
-        if self.conn is not None:
-            self._g_window.set(self.conn.session.in_flight)
-        self._on_change()
 
     def _on_event(self, conn: SmppConnection, event: object) -> None:
         if isinstance(event, RequestReceived):
@@ -129,7 +124,7 @@ class Bind:
                 conn.close()
                 break
             self.conn = conn
-            conn.on_window_free = self._window_freed
+            conn.on_window_free = self._on_change
             delay = p.reconnect_min
             last_error = ""
             self._g_up.set(1)
@@ -140,7 +135,6 @@ class Bind:
                 self._on_up()
             reason = await conn.closed
             self._g_up.set(0)
-            self._g_window.set(0)
             self._on_change()
             if not self._stopping:
                 log.warning("bind_lost", provider=p.name, bind=self.name, reason=reason)
