@@ -31,13 +31,17 @@ class Bind:
         on_deliver: DeliverHandler,
         on_change: Callable[[], None],
         on_up: Callable[[], None] | None = None,
+        on_window_free: Callable[[], None] | None = None,
     ) -> None:
+        """`on_change`: the bind came up or went down; `on_window_free`: a response freed window
+        slots (default: `on_change`)."""
         self.provider = provider
         self.name = str(index)
         self.conn: SmppConnection | None = None
         self._on_deliver = on_deliver
         self._on_change = on_change
         self._on_up = on_up
+        self._on_window_free = on_window_free or on_change
         self._task: asyncio.Task[None] | None = None
         self._tls: ssl.SSLContext | None = None
         self._stopping = False
@@ -124,7 +128,7 @@ class Bind:
                 conn.close()
                 break
             self.conn = conn
-            conn.on_window_free = self._on_change
+            conn.on_window_free = self._on_window_free
             delay = p.reconnect_min
             last_error = ""
             self._g_up.set(1)

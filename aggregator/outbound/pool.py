@@ -171,13 +171,15 @@ class ProviderPool:
     NO_BIND_WAIT = 2.0  # seconds a submit waits for a bind to come up
     WINDOW_WAIT = 30.0  # seconds a submit waits for a free window slot
     EXPIRY_TICK = 0.5  # seconds between looks for queued submits past their deadline
+    HOLD_WINDOWS = 1  # submits a bind may have sent and not yet recorded, in windows
 
     def __init__(self, config: ProviderConfig, on_deliver: DeliverHandler) -> None:
         self.config = config
         self._on_deliver = on_deliver
         self.name = config.name
         self.binds = [
-            Bind(config, i + 1, on_deliver, self._wake, self._bind_up) for i in range(config.binds)
+            Bind(config, i + 1, on_deliver, self._wake, self._bind_up, self._pump)
+            for i in range(config.binds)
         ]
         self.breaker = CircuitBreaker(config.name, config.breaker_failures,
                                       config.breaker_cooldown)
@@ -197,11 +199,11 @@ class ProviderPool:
         # one waits for that commit instead of missing it (bounded by submits in flight). The
         # future is made only when a receipt waits (rarely: a future less a message).
         self._unrecorded: dict[str, asyncio.Future[None] | None] = {}
-        # A window slot is taken from the submit until its answer is a failure or, for an id,
-        # until the record of it commits: what an instance killed now would send again (sent,
-        # or answered and not recorded) stays within its windows. The parts of a message
-        # already holding a slot may use the session's free window regardless (else a message
-        # of more parts than the windows could never finish).
+        # A slot is taken from the submit until its answer is a failure or, for an id, until
+        # the record of it commits: what an instance killed now would send again (sent, or
+        # answered and not recorded) stays within HOLD_WINDOWS windows per bind. The parts of
+        # a message already holding a slot may use the session's free window regardless (else
+        # a message of more parts than the windows could never finish).
         self._slots: dict[str, tuple[Bind, str]] = {}  # provider_msg_id -> bind, message id
         self._taken: Counter[Bind] = Counter()  # slots taken per bind
         self._held_by: Counter[str] = Counter()  # answered ids held per message id
@@ -317,7 +319,7 @@ class ProviderPool:
                 task.add_done_callback(self._leaving.discard)
         while len(self.binds) < binds:
             bind = Bind(self.config, len(self.binds) + 1, self._on_deliver, self._wake,
-                        self._bind_up)
+                        self._bind_up, self._pump)
             self.binds.append(bind)
             if self._started:
                 bind.start(self._tls)
@@ -356,7 +358,8 @@ class ProviderPool:
                 series.remove(self.name)
 
     def _wake(self) -> None:
-        """A bind came up or went down, or window slots were freed."""
+        """A bind came up or went down. (Slots freed by a response only pump: the dispatcher
+        waits for no window, and waking it claimed from the store again on every response.)"""
         if self._queue and self.binds_up == 0:
             # With no bind left, what waited for a slot must learn it now and fail over, not
             # time out; what came while none was up waits for a reconnect until its deadline.
@@ -440,10 +443,10 @@ class ProviderPool:
             self.on_bind_up()
 
     def _best_bind(self, message_id: str | None = None) -> Bind | None:
-        """The bind with the most free window; slots held for records to commit count as
-        taken, except for the parts of `message_id` when it holds some already."""
+        """The bind with the most free window; submits sent and not yet recorded count against
+        HOLD_WINDOWS windows, except for the parts of `message_id` when it holds some already."""
         own = message_id is not None and message_id in self._held_by
-        window = self.config.window
+        window = self.config.window * self.HOLD_WINDOWS
         taken = self._taken
         best: Bind | None = None
         best_free = 0
