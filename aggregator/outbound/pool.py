@@ -171,7 +171,13 @@ class ProviderPool:
     NO_BIND_WAIT = 2.0  # seconds a submit waits for a bind to come up
     WINDOW_WAIT = 30.0  # seconds a submit waits for a free window slot
     EXPIRY_TICK = 0.5  # seconds between looks for queued submits past their deadline
-    HOLD_WINDOWS = 1  # submits a bind may have sent and not yet recorded, in windows
+    # Submits a bind may have sent and not yet recorded, in windows: `window` awaiting their
+    # submit_sm_resp (the session's own limit) and one window more answered whose record has
+    # not committed. With one (the window itself), a slot turned over once per round trip plus
+    # commit, which capped relaying at 20 slots / (submit RTT + record commit); the second
+    # window lets the next submits go while the records commit. What a SIGKILL sends again is
+    # at most HOLD_WINDOWS x the windows (docs/architecture.md, "Restart and SIGKILL").
+    HOLD_WINDOWS = 2
 
     def __init__(self, config: ProviderConfig, on_deliver: DeliverHandler) -> None:
         self.config = config
