@@ -46,7 +46,7 @@ class SubmitRequest:
     account: str = ""  # whose message: the queue for a free window is fair between accounts
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: one a segment (the shared constants are never changed)
 class SubmitResult:
     outcome: Outcome
     provider_msg_id: str | None = None  # normalised for receipt matching

@@ -81,7 +81,7 @@ class SessionState(Enum):
 # Events
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen, as ResponseReceived: made for every message
 class RequestReceived:
     """A data request from the peer on a bound session; answer it with `send_response`.
     `raw` is the whole PDU as received, for fields aiosmpplib decodes wrongly (UDH)."""
@@ -108,7 +108,7 @@ class BindFailed:
     status: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class ResponseReceived:
     """Response (or generic_nack) to a request we sent; `context` is what send_request got."""
 

@@ -325,7 +325,8 @@ async def open_client(
     bind_result: asyncio.Future[Event] = loop.create_future()
 
     def handler(conn: SmppConnection, event: Event) -> None:
-        if isinstance(event, Bound | BindFailed) and not bind_result.done():
+        # A tuple, not `Bound | BindFailed` (a union object made per event).
+        if isinstance(event, (Bound, BindFailed)) and not bind_result.done():
             bind_result.set_result(event)
         if on_event is not None:
             on_event(conn, event)
