@@ -356,6 +356,7 @@ async def open_client(
     if bind_result in done:
         result = bind_result.result()
         if isinstance(result, Bound):
+            conn.on_event = on_event  # bound: the caller's handler takes events directly
             return conn
         conn.close()
         assert isinstance(result, BindFailed)
