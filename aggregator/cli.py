@@ -11,7 +11,7 @@ from typing import Any
 
 from aggregator.config import Config, ConfigError, load_config, load_config_or_default
 from aggregator.eventloop import run_loop
-from aggregator.gctune import tune_collector
+from aggregator.gctune import settle_after_start, tune_collector
 from aggregator.log import get_logger, setup_logging
 
 
@@ -54,6 +54,7 @@ async def serve(config: Config, drain_seconds: float, config_path: str | None = 
         print(f"smsagg: cannot start: {exc}", file=sys.stderr)
         await app.stop(0)
         return 1
+    settle_after_start()
     waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait()),
                                       asyncio.create_task(app.failed.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

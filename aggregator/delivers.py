@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiosmpplib import DeliverSm, DeliverSmResp
+from aiosmpplib import DeliverSm
 
 from aggregator import metrics
 from aggregator.log import get_logger
@@ -25,7 +25,7 @@ from aggregator.receipts import (
 )
 from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import SmppConnection
-from aggregator.store.base import StoreError
+from aggregator.store.base import ReceiptResult, StoreError
 
 log = get_logger("smsagg.delivers")
 
@@ -43,68 +43,107 @@ class ProviderDelivers:
         self._pool_of = pool_of
         self.max_delivers = MAX_DELIVERS
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Receipts handed to the store without a task (ReceiptProcessor.apply_then), not yet
+        # answered; `_idle` is resolved when the last of them is.
+        self._handling = 0
+        self._idle: asyncio.Future[None] | None = None
 
     @property
     def in_flight(self) -> int:
         """deliver_sm being handled now (at most `max_delivers`)."""
-        return len(self._tasks)
+        return len(self._tasks) + self._handling
 
     def on_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
-        if len(self._tasks) >= self.max_delivers:
+        if self.in_flight >= self.max_delivers:
             metrics.receipts.labels(bind.provider.name, "throttled").inc()
             if not conn.closed.done():
-                resp = DeliverSmResp()
-                resp.command_status = CommandStatus.ESME_RTHROTTLED
-                conn.respond(pdu, resp)
+                conn.respond_deliver(pdu, CommandStatus.ESME_RTHROTTLED)
             return
-        task = asyncio.ensure_future(self._handle_deliver(bind, conn, pdu))
+        if isinstance(pdu, DeliverSm) and pdu.is_receipt():
+            update = self._receipt_update(bind, conn, pdu)
+            if update is None:
+                return
+            pool = self._pool_of(bind)
+            if pool is None or not pool.unrecorded(update.provider_msg_id):
+                # The usual receipt: applied and answered through callbacks, with no task.
+                self._apply_receipt(bind, conn, pdu, update)
+                return
+            coro: Coroutine[Any, Any, None] = self._after_record(bind, conn, pdu, update, pool)
+        else:
+            coro = self._handle_mo(bind, conn, pdu)
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle_deliver(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
-        """Apply a deliver_sm and answer it on `conn`, the connection it came on."""
+    async def _handle_mo(self, bind: Bind, conn: SmppConnection, pdu: Any) -> None:
+        """Store a mobile-originated deliver_sm and answer it on `conn`, the connection it came
+        on."""
         provider = bind.provider
-        if not isinstance(pdu, DeliverSm) or not pdu.is_receipt():
-            try:
-                await self.mo.handle(provider.name, pdu)
-            except StoreError as exc:  # not acknowledged: the operator sends it again
-                metrics.store_errors.labels("mo").inc()
-                log.error("mo_store_failed", provider=provider.name, error=str(exc))
-                return
-            if not conn.closed.done():
-                conn.respond(pdu, DeliverSmResp())
+        try:
+            await self.mo.handle(provider.name, pdu)
+        except StoreError as exc:  # not acknowledged: the operator sends it again
+            metrics.store_errors.labels("mo").inc()
+            log.error("mo_store_failed", provider=provider.name, error=str(exc))
             return
+        if not conn.closed.done():
+            conn.respond_deliver(pdu)
+
+    def _receipt_update(self, bind: Bind, conn: SmppConnection, pdu: Any) -> ReceiptUpdate | None:
+        """The receipt in `pdu`; None (answered, counted) when it cannot be parsed."""
+        provider = bind.provider
         tlvs = {p.tag: p.value for p in (pdu.optional_params or [])}
         parsed = parse_receipt(pdu.short_message or pdu.message_payload or "", tlvs)
         if parsed is None:
             metrics.receipts.labels(provider.name, "unparsable").inc()
             log.warning("receipt_unparsable", provider=provider.name, bind=bind.name)
             if not conn.closed.done():
-                conn.respond(pdu, DeliverSmResp())
-            return
-        update = ReceiptUpdate(
+                conn.respond_deliver(pdu)
+            return None
+        return ReceiptUpdate(
             provider=provider.name,
             provider_msg_id=normalise_receipt_id(parsed.provider_msg_id, provider.receipt_id),
             status=parsed.status,
             error=receipt_error(parsed),
             received_at=time.time(),
         )
-        pool = self._pool_of(bind)
-        try:
-            if pool is not None:
-                await pool.wait_recorded(update.provider_msg_id)
-            await self.receipts.apply(update)
-        except StoreError as exc:
-            # Not acknowledged: the operator sends it again.
-            log.error("receipt_store_failed", provider=provider.name, error=str(exc))
-            return
-        if not conn.closed.done():
-            conn.respond(pdu, DeliverSmResp())
+
+    async def _after_record(self, bind: Bind, conn: SmppConnection, pdu: Any,
+                            update: ReceiptUpdate, pool: ProviderPool) -> None:
+        """A receipt that overtook the commit of its own submit: applied once that commits."""
+        await pool.wait_recorded(update.provider_msg_id)
+        self._apply_receipt(bind, conn, pdu, update)
+
+    def _apply_receipt(self, bind: Bind, conn: SmppConnection, pdu: Any,
+                       update: ReceiptUpdate) -> None:
+        """Apply a receipt and answer it on `conn`, the connection it came on, once committed."""
+        self._handling += 1
+
+        def then(result: ReceiptResult | StoreError) -> None:
+            self._handled()
+            if isinstance(result, StoreError):
+                # Not acknowledged: the operator sends it again.
+                log.error("receipt_store_failed", provider=update.provider, error=str(result))
+            elif not conn.closed.done():
+                conn.respond_deliver(pdu)
+
+        self.receipts.apply_then(update, then)
+
+    def _handled(self) -> None:
+        self._handling -= 1
+        if not self._handling and self._idle is not None:
+            if not self._idle.done():
+                self._idle.set_result(None)
+            self._idle = None
 
     async def wait(self, timeout: float) -> None:
         """Until the deliver_sm being handled are done, or `timeout` seconds."""
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=timeout)
+        waiting: set[asyncio.Future[Any]] = set(self._tasks)
+        if self._handling:
+            if self._idle is None:
+                self._idle = asyncio.get_running_loop().create_future()
+            waiting.add(self._idle)
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
 
     async def cancel(self) -> None:
         """Stop handling the rest: unanswered, the providers send them again."""

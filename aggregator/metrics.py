@@ -344,6 +344,11 @@ cluster_rebalances = Counter(
     registry=REGISTRY,
 )
 
+gc_frozen = Gauge(
+    "smsagg_gc_frozen_objects",
+    "Objects kept out of garbage collection since start-up (gc.freeze; aggregator/gctune.py)",
+    registry=REGISTRY,
+)
 
 # ---- labelled children on the hot path (issue 20) ------------------------------------------
 # metric.labels(...) checks and joins its values and takes a lock on every call: 0.76 us against

@@ -31,20 +31,25 @@ class Bind:
         on_deliver: DeliverHandler,
         on_change: Callable[[], None],
         on_up: Callable[[], None] | None = None,
+        on_window_free: Callable[[], None] | None = None,
     ) -> None:
+        """`on_change`: the bind came up or went down; `on_window_free`: a response freed window
+        slots (default: `on_change`)."""
         self.provider = provider
         self.name = str(index)
         self.conn: SmppConnection | None = None
         self._on_deliver = on_deliver
         self._on_change = on_change
         self._on_up = on_up
+        self._on_window_free = on_window_free or on_change
         self._task: asyncio.Task[None] | None = None
         self._tls: ssl.SSLContext | None = None
         self._stopping = False
         self._g_up = metrics.bind_up.labels(provider.name, self.name)
-        self._g_window = metrics.window_in_use.labels(provider.name, self.name)
         self._g_up.set(0)
-        self._g_window.set(0)
+        # Read when scraped, not set on every submit and response.
+        metrics.window_in_use.labels(provider.name, self.name).set_function(
+            lambda: self.in_flight if self.up else 0)
 
     @property
     def up(self) -> bool:
@@ -83,12 +88,6 @@ class Bind:
         response. Raises WindowFull or NotBound."""
         assert self.conn is not None
         self.conn.request(pdu, future)
-        self._g_window.set(self.conn.session.in_flight)
-
-    def _window_freed(self) -> None:
-        if self.conn is not None:
-            self._g_window.set(self.conn.session.in_flight)
-        self._on_change()
 
     def _on_event(self, conn: SmppConnection, event: object) -> None:
         if isinstance(event, RequestReceived):
@@ -129,7 +128,7 @@ class Bind:
                 conn.close()
                 break
             self.conn = conn
-            conn.on_window_free = self._window_freed
+            conn.on_window_free = self._on_window_free
             delay = p.reconnect_min
             last_error = ""
             self._g_up.set(1)
@@ -140,7 +139,6 @@ class Bind:
                 self._on_up()
             reason = await conn.closed
             self._g_up.set(0)
-            self._g_window.set(0)
             self._on_change()
             if not self._stopping:
                 log.warning("bind_lost", provider=p.name, bind=self.name, reason=reason)

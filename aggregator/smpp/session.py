@@ -33,6 +33,7 @@ from aiosmpplib.state import SmppCommandStatus
 from aggregator.smpp.deliver_fast import decode_deliver_sm
 from aggregator.smpp.header import HEADER, HEADER_LENGTH
 from aggregator.smpp.querysm import QUERY_SM, QuerySm, QuerySmResp
+from aggregator.smpp.resp_fast import MESSAGE_ID_RESPONSES, decode_message_id_resp, deliver_sm_resp
 from aggregator.smpp.status import CommandStatus
 from aggregator.text import GSM7_CODECS
 
@@ -80,7 +81,7 @@ class SessionState(Enum):
 # Events
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen, as ResponseReceived: made for every message
 class RequestReceived:
     """A data request from the peer on a bound session; answer it with `send_response`.
     `raw` is the whole PDU as received, for fields aiosmpplib decodes wrongly (UDH)."""
@@ -107,7 +108,7 @@ class BindFailed:
     status: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__
 class ResponseReceived:
     """Response (or generic_nack) to a request we sent; `context` is what send_request got."""
 
@@ -210,26 +211,36 @@ _MESSAGE_COMMANDS: Final = frozenset({SUBMIT_SM, DELIVER_SM, DATA_SM, SUBMIT_MUL
 # Commands that only the session itself sends (start_bind / unbind / send_response).
 _RESERVED_COMMANDS: Final = frozenset({BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER, UNBIND})
 
-_TX: Final = frozenset({BindMode.TRANSMITTER, BindMode.TRANSCEIVER})
-_RX: Final = frozenset({BindMode.RECEIVER, BindMode.TRANSCEIVER})
+# Tuples, not sets: `mode in` compares by identity, where a set would hash the member through
+# Enum.__hash__, Python code run twice per message.
+_TX: Final = (BindMode.TRANSMITTER, BindMode.TRANSCEIVER)
+_RX: Final = (BindMode.RECEIVER, BindMode.TRANSCEIVER)
 # Which bind modes allow a request, keyed by the role of the side that SENDS it. Used both to
 # refuse a local send (NotBound) and to answer a peer's request with ESME_RINVBNDSTS.
 # Commands not listed (enquire_link) are allowed in every bound mode.
-_ALLOWED_MODES: Final[dict[tuple[Role, int], frozenset[BindMode]]] = {
+_ALLOWED_MODES: Final[dict[tuple[Role, int], tuple[BindMode, ...]]] = {
     (Role.CLIENT, SUBMIT_SM): _TX,
     (Role.CLIENT, DATA_SM): _TX,
     (Role.CLIENT, SUBMIT_MULTI): _TX,
     (Role.CLIENT, QUERY_SM): _TX,
     (Role.CLIENT, REPLACE_SM): _TX,
     (Role.CLIENT, CANCEL_SM): _TX,
-    (Role.CLIENT, DELIVER_SM): frozenset(),
+    (Role.CLIENT, DELIVER_SM): (),
     (Role.SERVER, DELIVER_SM): _RX,
     (Role.SERVER, DATA_SM): _RX,
     (Role.SERVER, ALERT_NOTIFICATION): _RX,
-    (Role.SERVER, SUBMIT_SM): frozenset(),
-    (Role.SERVER, QUERY_SM): frozenset(),  # an SMSC does not query its ESME
+    (Role.SERVER, SUBMIT_SM): (),
+    (Role.SERVER, QUERY_SM): (),  # an SMSC does not query its ESME
 }
 _PEER_ROLE: Final = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
+
+
+# _ALLOWED_MODES by the sender's role, then command id: a session looks its own and its peer's
+# up per PDU without hashing a (Role, int) key.
+_ALLOWED_BY_ROLE: Final[dict[Role, dict[int, tuple[BindMode, ...]]]] = {
+    role: {cmd: modes for (sender, cmd), modes in _ALLOWED_MODES.items() if sender is role}
+    for role in Role
+}
 
 # Known statuses become SmppCommandStatus (aiosmpplib's constructors insist on it); others
 # (vendor-specific 0x400-0x4FF, ...) are set as plain ints after decoding.
@@ -336,6 +347,8 @@ class SmppSession:
         self._opened_at = now
         self._last_rx = now
         self._enquire_outstanding = False
+        self._own_allowed = _ALLOWED_BY_ROLE[role]
+        self._peer_allowed = _ALLOWED_BY_ROLE[_PEER_ROLE[role]]
 
     # -- properties --------------------------------------------------------------------------
 
@@ -401,7 +414,7 @@ class SmppSession:
             raise SessionError(f"command 0x{command_id:08X} is not sent with send_request")
         if self.state is not SessionState.BOUND:
             raise NotBound(f"session is {self.state.name}")
-        allowed = _ALLOWED_MODES.get((self.role, command_id))
+        allowed = self._own_allowed.get(command_id)
         if allowed is not None and self.mode not in allowed:
             raise NotBound(f"command 0x{command_id:08X} not allowed for {self.role.value}"
                            f" bound as {self.mode}")
@@ -418,6 +431,13 @@ class SmppSession:
             return  # the connection is going away; nobody will read it
         response.sequence_num = request.sequence_num
         self._out += response.pdu()
+
+    def send_deliver_resp(self, seq: int, status: int = 0) -> None:
+        """send_response(request, DeliverSmResp(command_status=status)) for the deliver_sm
+        numbered `seq`, without building the object (resp_fast.py)."""
+        if self.state is SessionState.CLOSED:
+            return
+        self._out += deliver_sm_resp(seq, status)
 
     def unbind(self, now: float) -> None:
         if self.state is SessionState.UNBINDING:
@@ -563,7 +583,7 @@ class SmppSession:
     def _on_data_request(
         self, command_id: int, status: int, seq: int, data: bytes, events: list[Event]
     ) -> None:
-        allowed = _ALLOWED_MODES.get((_PEER_ROLE[self.role], command_id))
+        allowed = self._peer_allowed.get(command_id)
         if self.state is not SessionState.BOUND or (
             allowed is not None and self.mode not in allowed
         ):
@@ -635,8 +655,13 @@ class SmppSession:
             return  # leave the request to its timeout
         del self._pending[seq]
         cls = _PDU_CLASSES[command_id]
+        pdu = None
+        if command_id in MESSAGE_ID_RESPONSES:  # submit_sm_resp: the short cut (resp_fast.py)
+            known = _STATUSES.get(status)
+            pdu = decode_message_id_resp(cls, data, status if known is None else known, seq)
         try:
-            pdu = decode_pdu(cls, data, len(data), command_id, status, seq)
+            if pdu is None:
+                pdu = decode_pdu(cls, data, len(data), command_id, status, seq)
         except Exception as exc:  # aiosmpplib raises many types on bad bodies
             # Error responses usually come without a body (aiosmpplib's bind_resp decoder
             # requires one); a bodiless object still carries the status to the caller.

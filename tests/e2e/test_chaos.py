@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 
 from aggregator.model import FINAL_STATUSES
+from aggregator.outbound.pool import ProviderPool
 from simulator.load import LoadOptions, LoadResult, run_load
 from simulator.smsc import Smsc, SmscProfile
 from tests.helpers import API_KEY, AUTH, DEADLINE, daemon, free_port, write_daemon_config
@@ -39,6 +40,7 @@ from tests.hostile_helpers import (
 pytestmark = pytest.mark.slow
 
 BINDS, WINDOW = 2, 10
+HOLD_WINDOWS = ProviderPool.HOLD_WINDOWS  # a bind's submits sent and not yet recorded, in windows
 RESPONSE_TIMEOUT = 1.0
 RATE = 200.0  # messages per second offered by the load generator
 DAEMON_KILLS, SMSC_KILLS, SMSC_PAUSES = 3, 1, 1
@@ -133,7 +135,7 @@ async def test_chaos_under_load_loses_nothing(tmp_path: Path, http_workers: int)
             assert not load.done(), load  # it ended early: an exception, or the duration
             if kind == "daemon kill":
                 await smsagg.kill()
-                faults.append(Fault(kind, time.time(), BINDS * WINDOW))
+                faults.append(Fault(kind, time.time(), BINDS * WINDOW * HOLD_WINDOWS))
                 await smsagg.start()
             elif kind == "smsc kill":
                 unanswered = smsc.abort()
