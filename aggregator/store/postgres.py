@@ -92,6 +92,16 @@ GROUP_SIZE = 500  # writes committed in one transaction at most
 LATER_TTL = 0.1  # seconds a claim's next due time answers next_due_at
 SCOPE_BATCHES = 2  # batches of opt-out reads under way at once; the next waits for one
 RETRIES = 3  # deadlock / serialization failure: the transaction is run again
+# Session settings of every pooled connection. Each smsagg statement is an index lookup or a
+# short index range scan, driven by a few ids or one account; the planner must not choose a
+# sequential scan or a hash/merge join over a queue table from its statistics, which lag the
+# churn (a message's row goes through four versions in seconds; autovacuum analyses at most
+# once a minute; a fresh table's cached generic plans are made on its first rows, and dead
+# versions are not counted). Such plans read the whole table per claim, record or receipt
+# group: 584-704 µs of server CPU per relayed message in `python -m tests.bench_pg` became
+# (see docs/several-instances.md). A statement with no index to use still scans (the setting
+# only makes other plans preferred); count_by_status, a whole-table count, turns it back on.
+PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
 DB_NOW = "extract(epoch from clock_timestamp())::float8"
 
@@ -586,8 +596,9 @@ class PostgresStore:
                  pending=self.pending, lease_seconds=self.lease_seconds)
 
     def _settings(self) -> dict[str, str]:
-        """Its connections name the instance (and worker) in pg_stat_activity."""
-        return {"application_name": f"smsagg {self.instance}"[:63]}
+        """Its connections name the instance (and worker) in pg_stat_activity, and plan with
+        PLANNER_SETTINGS."""
+        return {"application_name": f"smsagg {self.instance}"[:63], **PLANNER_SETTINGS}
 
     async def _open_worker(self) -> None:
         """An ingress worker's store (`worker`): a pool for its accepts and the HTTP API's
@@ -1352,10 +1363,12 @@ class PostgresStore:
 
     async def count_by_status(self) -> dict[str, int]:
         async def op(conn: asyncpg.Connection) -> dict[str, int]:
+            # The whole table: a sequential scan is the plan (PLANNER_SETTINGS discourage it).
+            await conn.execute("SET LOCAL enable_seqscan = on")
             rows = await conn.fetch("SELECT status, count(*) FROM messages GROUP BY status")
             return {r[0]: r[1] for r in rows}
 
-        return await self._run("count_by_status", op, tx=False)
+        return await self._run("count_by_status", op)
 
     async def segments_of(self, message_id: str) -> list[tuple[int, str, str, str]]:
         """(seq, provider, provider_msg_id, status) of a message's parts; for tests and tools."""
