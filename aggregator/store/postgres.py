@@ -50,6 +50,7 @@ from aggregator.store.base import (
     StoreBusy,
     StoreError,
 )
+from aggregator.store.postgres_receipts import APPLY_RECEIPTS_FUNCTION
 from aggregator.store.rows import (
     accept_result,
     marketing_rows,
@@ -75,7 +76,7 @@ log = get_logger("smsagg.store.postgres")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4  # == len(MIGRATIONS)
+SCHEMA_VERSION = 5  # == len(MIGRATIONS)
 # pg_advisory_lock key held while migrating: two instances starting at once take turns.
 MIGRATION_LOCK = 0x736D_7367_0001
 NOTIFY_CHANNEL = "smsagg_due"
@@ -98,103 +99,13 @@ RETRIES = 3  # deadlock / serialization failure: the transaction is run again
 # churn (a message's row goes through four versions in seconds; autovacuum analyses at most
 # once a minute; a fresh table's cached generic plans are made on its first rows, and dead
 # versions are not counted). Such plans read the whole table per claim, record or receipt
-# group: 584-704 µs of server CPU per relayed message in `python -m tests.bench_pg` became
-# (see docs/several-instances.md). A statement with no index to use still scans (the setting
+# group, a cost that grows with the table: claim_due 142-152 -> 63-71 and record_submitted
+# 103-117 -> 44-60 server CPU-µs per message in `python -m tests.bench_pg_store --batch 10`,
+# and more in a longer run. A statement with no index to use still scans (the setting
 # only makes other plans preferred); count_by_status, a whole-table count, turns it back on.
 PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
 DB_NOW = "extract(epoch from clock_timestamp())::float8"
-
-# Receipts applied on the server, one call per group instead of 2-4 round trips per receipt.
-# Each (provider, id) is matched to a segment; the messages the final ones touch are locked in id
-# order (instances applying receipts at once never deadlock); then, in input order, the segment
-# takes the receipt's status and a message whose last part is in (or any part failed) becomes
-# final, with its outbox entries: the HTTP callback (the payload as writes.callback_payload
-# makes it, non-ASCII characters left as they are) and the SMPP receipt its receipt_mode asks
-# for. One row per input: the matched message (NULL: no match), and for a message made final
-# here its new status, whether it was pending and its notice's fields.
-_APPLY_RECEIPTS_FUNCTION = f"""
-    CREATE FUNCTION smsagg_apply_receipts(p_provider TEXT[], p_pid TEXT[], p_status TEXT[],
-                                          p_error TEXT[], p_at DOUBLE PRECISION[])
-    RETURNS TABLE (o_message TEXT, o_final TEXT, o_was_pending BOOLEAN, o_account TEXT,
-                   o_reference TEXT, o_callback_url TEXT, o_submitted_at DOUBLE PRECISION,
-                   o_provider TEXT, o_receipt_mode INTEGER, o_sender TEXT, o_dest TEXT,
-                   o_created_at DOUBLE PRECISION)
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        n INTEGER := coalesce(array_length(p_pid, 1), 0);
-        mids TEXT[] := array_fill(NULL::TEXT, ARRAY[n]);
-        seqs INTEGER[] := array_fill(NULL::INTEGER, ARRAY[n]);
-        k INTEGER;
-        found_id TEXT;
-        found_seq INTEGER;
-        parts INTEGER;
-        prior TEXT;
-        fin TEXT;
-    BEGIN
-        FOR k IN 1..n LOOP
-            SELECT s.message_id, s.seq INTO found_id, found_seq FROM segments s
-                WHERE s.provider = p_provider[k] AND s.provider_msg_id = p_pid[k] LIMIT 1;
-            IF FOUND THEN
-                mids[k] := found_id;
-                seqs[k] := found_seq;
-            END IF;
-        END LOOP;
-        PERFORM 1 FROM messages m WHERE m.id IN (SELECT u.mid FROM unnest(mids, p_status)
-            AS u(mid, st) WHERE u.mid IS NOT NULL AND u.st <> 'submitted')
-            ORDER BY m.id FOR UPDATE;
-        FOR k IN 1..n LOOP
-            o_message := mids[k];
-            o_final := NULL;
-            o_was_pending := FALSE;
-            IF mids[k] IS NULL OR p_status[k] = 'submitted' THEN  -- unmatched, intermediate
-                RETURN NEXT;
-                CONTINUE;
-            END IF;
-            UPDATE segments SET status = p_status[k], error = p_error[k], done_at = p_at[k]
-                WHERE message_id = mids[k] AND seq = seqs[k];
-            SELECT m.segments, m.status INTO parts, prior FROM messages m WHERE m.id = mids[k];
-            IF NOT FOUND OR prior IN ({", ".join(f"'{v}'" for v in sorted(FINAL_VALUES))}) THEN
-                RETURN NEXT;
-                CONTINUE;
-            END IF;
-            fin := NULL;
-            IF p_status[k] <> 'delivered' THEN
-                fin := p_status[k];  -- one part finally failed: the message did
-            ELSIF parts = 1 OR (SELECT count(*) FROM segments s WHERE s.message_id = mids[k]
-                                AND s.status = 'delivered') >= parts THEN
-                fin := 'delivered';
-            END IF;
-            IF fin IS NOT NULL THEN
-                UPDATE messages m SET status = fin, error = p_error[k], done_at = p_at[k],
-                    owner = NULL, lease_until = NULL WHERE m.id = mids[k]
-                    RETURNING m.account, m.reference, m.callback_url, m.submitted_at,
-                        m.provider, m.receipt_mode, m.sender, m.dest, m.created_at
-                    INTO o_account, o_reference, o_callback_url, o_submitted_at, o_provider,
-                        o_receipt_mode, o_sender, o_dest, o_created_at;
-                o_final := fin;
-                o_was_pending := prior IN ({", ".join(f"'{v}'" for v in PENDING)});
-                IF o_callback_url <> '' THEN
-                    INSERT INTO callbacks (message_id, url, payload, next_attempt_at)
-                    VALUES (mids[k], o_callback_url, '{{"id":' || to_json(mids[k])::TEXT
-                        || ',"status":' || to_json(fin)::TEXT
-                        || ',"reference":' || coalesce(to_json(o_reference)::TEXT, 'null')
-                        || ',"error":' || coalesce(to_json(p_error[k])::TEXT, 'null')
-                        || ',"done_at":' || to_json(to_char(to_timestamp(p_at[k])
-                            AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::TEXT || '}}',
-                        p_at[k]);
-                END IF;
-                IF o_receipt_mode = 1 OR (o_receipt_mode = 2 AND fin <> 'delivered') THEN
-                    INSERT INTO smpp_receipts (account, message_id, source, dest, status, error,
-                        submitted_at, done_at, next_attempt_at)
-                    VALUES (o_account, mids[k], o_sender, o_dest, fin, p_error[k],
-                        o_created_at, p_at[k], p_at[k]);
-                END IF;
-            END IF;
-            RETURN NEXT;
-        END LOOP;
-    END $$;
-    """
 
 MIGRATIONS: list[str] = [
     f"""
@@ -353,8 +264,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE optout_removals ADD COLUMN scope TEXT NOT NULL DEFAULT 'marketing'
         CHECK (scope IN ('marketing', 'all'));
     """,
-    # 2 -> 3: receipts applied in one round trip per group (see _apply_receipts).
-    _APPLY_RECEIPTS_FUNCTION,
+    # 2 -> 3: receipts applied in one round trip per group (see _apply_receipts): the function
+    # as schema 5 has it (postgres_receipts.py; the same contract as schema 3's, which step 5
+    # replaces in a database made before).
+    APPLY_RECEIPTS_FUNCTION,
     # 3 -> 4: fewer index entries per status change. A status change cannot be a HOT update
     # (status is in partial indexes' predicates), so each one adds an entry to every index
     # whose predicate the new row meets: 26 entries per relayed message become 18. The
@@ -371,6 +284,8 @@ MIGRATIONS: list[str] = [
     DROP INDEX messages_owned;
     CREATE INDEX messages_queued ON messages (owner, lease_until) WHERE status = 'queued';
     """,
+    # 4 -> 5: receipts of different single-part messages applied set-based (postgres_receipts).
+    APPLY_RECEIPTS_FUNCTION,
 ]
 
 _COLUMNS = [c.strip() for c in MESSAGE_COLUMNS.split(",")]
