@@ -50,7 +50,11 @@ from aggregator.store.base import (
     StoreBusy,
     StoreError,
 )
-from aggregator.store.postgres_receipts import APPLY_RECEIPTS_FUNCTION
+from aggregator.store.postgres_receipts import (
+    APPLY_RECEIPTS_FUNCTION,
+    NOTIFY_CALLBACKS_WHEN_INSERTED,
+    OUTBOX_CHANNEL,
+)
 from aggregator.store.rows import (
     accept_result,
     marketing_rows,
@@ -80,8 +84,8 @@ SCHEMA_VERSION = 5  # == len(MIGRATIONS)
 # pg_advisory_lock key held while migrating: two instances starting at once take turns.
 MIGRATION_LOCK = 0x736D_7367_0001
 NOTIFY_CHANNEL = "smsagg_due"
-# Payload "callbacks", or "smpp:ACCOUNT": an outbox entry was added (on any instance).
-OUTBOX_CHANNEL = "smsagg_outbox"
+# OUTBOX_CHANNEL (postgres_receipts), payload "callbacks", or "smpp:ACCOUNT": an outbox entry
+# was added (on any instance).
 # An instance started or left: the others read the live members now, not at their next heartbeat.
 MEMBERS_CHANNEL = "smsagg_members"
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server
@@ -284,8 +288,9 @@ MIGRATIONS: list[str] = [
     DROP INDEX messages_owned;
     CREATE INDEX messages_queued ON messages (owner, lease_until) WHERE status = 'queued';
     """,
-    # 4 -> 5: receipts of different single-part messages applied set-based (postgres_receipts).
-    APPLY_RECEIPTS_FUNCTION,
+    # 4 -> 5: receipts of different single-part messages applied set-based (postgres_receipts);
+    # an insert of no callbacks wakes no callback sender.
+    APPLY_RECEIPTS_FUNCTION + NOTIFY_CALLBACKS_WHEN_INSERTED,
 ]
 
 _COLUMNS = [c.strip() for c in MESSAGE_COLUMNS.split(",")]

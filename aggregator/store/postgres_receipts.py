@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from aggregator.store.writes import FINAL_VALUES, PENDING
 
+OUTBOX_CHANNEL = "smsagg_outbox"  # the store's outbox wake-ups (store/postgres.py)
+
 _FINALS = ", ".join(f"'{v}'" for v in sorted(FINAL_VALUES))
 _PENDING = ", ".join(f"'{v}'" for v in PENDING)
 # The callback's JSON body, as writes.callback_payload makes it, from a message id, its final
@@ -166,4 +168,20 @@ APPLY_RECEIPTS_FUNCTION = f"""
             RETURN NEXT;
         END LOOP;
     END $$;
+    """
+
+# The set-based path inserts callbacks in a statement that may insert none: the outbox wake-up
+# (a statement trigger) says "callbacks" only when rows were inserted, else every receipt group
+# would wake every instance's callback sender for nothing (68 reads a second at 1,000 msg/s).
+NOTIFY_CALLBACKS_WHEN_INSERTED = f"""
+    CREATE OR REPLACE FUNCTION smsagg_notify_callbacks() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM inserted) THEN
+                PERFORM pg_notify('{OUTBOX_CHANNEL}', 'callbacks');
+            END IF;
+            RETURN NULL;
+        END $$;
+    DROP TRIGGER callbacks_notify ON callbacks;
+    CREATE TRIGGER callbacks_notify AFTER INSERT ON callbacks REFERENCING NEW TABLE AS inserted
+        FOR EACH STATEMENT EXECUTE FUNCTION smsagg_notify_callbacks();
     """

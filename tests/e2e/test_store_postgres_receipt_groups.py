@@ -5,6 +5,7 @@ applied one at a time give (results, statuses, outbox entries)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
@@ -110,3 +111,21 @@ async def test_a_receipt_for_a_message_back_in_the_queue_leaves_pending(
     assert [r.final.status if r.final else None for r in results] == [DELIVERED, DELIVERED]
     assert store.pending == 0 and not store.pending_by_account
     assert await _statuses(store, waiting, sent) == ["delivered", "delivered"]
+
+
+async def test_a_group_that_adds_no_callback_wakes_no_callback_sender(pg_dsn: str) -> None:
+    heard: list[str | None] = []
+    woken = asyncio.Event()
+
+    def on_outbox(account: str | None) -> None:
+        heard.append(account)
+        woken.set()
+
+    async with opened_postgres(pg_dsn, on_outbox=on_outbox) as store:
+        quiet, called = make_message(), make_message(callback_url="https://example.com/cb")
+        await _submitted(store, quiet, called)
+        await store.apply_receipts([receipt(quiet, 1)])
+        await store.apply_receipts([receipt(called, 1)])
+        # Notifications arrive in commit order: one for the first group would come first.
+        await asyncio.wait_for(woken.wait(), 10)
+        assert heard == [None]
