@@ -1311,33 +1311,42 @@ class PostgresStore:
         writes.due_callbacks): of the oldest FAIR_SCAN due ones, at most that many per
         (account, destination)."""
         free = f"(c.owner IS NULL OR c.owner = $3 OR c.lease_until < {DB_NOW})"
+        # Held here with more than half a lease left: answered as they are, not leased again.
+        # The sender reads its in-flight callbacks again at every read; leasing them again made
+        # 2.5 row versions per callback (and row locks its deletes waited for), 1.0 now.
+        kept = f"coalesce(c.owner = $3 AND c.lease_until >= {DB_NOW} + $4 / 2, FALSE) AS kept"
 
         async def op(conn: asyncpg.Connection) -> list[CallbackJob]:
             if per_destination is None:
-                due = ("SELECT c.id, COALESCE(m.account, '') AS account FROM callbacks c "
-                       "LEFT JOIN messages m ON m.id = c.message_id "
+                due = (f"SELECT c.id, COALESCE(m.account, '') AS account, {kept} "
+                       "FROM callbacks c LEFT JOIN messages m ON m.id = c.message_id "
                        f"WHERE NOT c.given_up AND c.next_attempt_at <= $1 AND {free} "
                        "ORDER BY c.next_attempt_at, c.id LIMIT $2 FOR UPDATE OF c SKIP LOCKED")
                 args: tuple[Any, ...] = (now, limit, self.instance, self.lease_seconds)
             else:
                 # A window function cannot lock rows: the UPDATE below re-checks the lease on
                 # each row it takes, so another instance's fresh claim is skipped, not stolen.
-                due = ("SELECT id, account FROM (SELECT c.id, c.next_attempt_at, "
+                due = ("SELECT id, account, kept FROM (SELECT c.id, c.next_attempt_at, c.kept, "
                        "COALESCE(m.account, '') AS account, row_number() OVER (PARTITION BY "
                        "COALESCE(m.account, ''), lower(substring(c.url from '^[^:]*://[^/]*')) "
-                       "ORDER BY c.next_attempt_at, c.id) AS rank FROM (SELECT * FROM callbacks c "
+                       "ORDER BY c.next_attempt_at, c.id) AS rank FROM (SELECT c.*, "
+                       f"{kept} FROM callbacks c "
                        f"WHERE NOT c.given_up AND c.next_attempt_at <= $1 AND {free} "
                        "ORDER BY c.next_attempt_at, c.id LIMIT $5) c "
                        "LEFT JOIN messages m ON m.id = c.message_id) r "
                        "WHERE rank <= $6 ORDER BY next_attempt_at, id LIMIT $2")
                 args = (now, limit, self.instance, self.lease_seconds, FAIR_SCAN,
                         per_destination)
+            columns = "c.id, c.message_id, c.url, c.payload, c.attempts, c.next_attempt_at"
             rows = await conn.fetch(
-                f"WITH due AS ({due}) "
+                f"WITH due AS ({due}), taken AS ("
                 f"UPDATE callbacks c SET owner = $3, lease_until = {DB_NOW} + $4 FROM due "
-                f"WHERE c.id = due.id AND {free} "
-                "RETURNING c.id, c.message_id, c.url, c.payload, c.attempts, c.next_attempt_at, "
-                "due.account", *args)
+                f"WHERE c.id = due.id AND NOT due.kept AND {free} "
+                f"RETURNING {columns}, due.account), "
+                # Locked, so that one deleted (sent) since the read began is not answered.
+                f"held AS (SELECT {columns}, due.account FROM due JOIN callbacks c "
+                "ON c.id = due.id WHERE due.kept FOR UPDATE OF c SKIP LOCKED) "
+                "SELECT * FROM taken UNION ALL SELECT * FROM held", *args)
             rows = sorted(rows, key=lambda r: (r[5], r[0]))
             return [CallbackJob(r[0], r[1], r[2], r[3], r[4], r[6]) for r in rows]
 
