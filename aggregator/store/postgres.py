@@ -289,8 +289,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_queued ON messages (owner, lease_until) WHERE status = 'queued';
     """,
     # 4 -> 5: receipts of different single-part messages applied set-based (postgres_receipts);
-    # an insert of no callbacks wakes no callback sender.
-    APPLY_RECEIPTS_FUNCTION + NOTIFY_CALLBACKS_WHEN_INSERTED,
+    # an insert of no callbacks wakes no callback sender; the due index of an account holds
+    # the claim's whole order (next_attempt_at, id), so a claim reads the `limit` oldest due
+    # messages of the account instead of all of them, sorted: 3.3 -> 0.5 ms for 20 claimed
+    # out of a backlog of 8,000.
+    APPLY_RECEIPTS_FUNCTION + NOTIFY_CALLBACKS_WHEN_INSERTED + """
+    CREATE INDEX messages_due_account_ordered ON messages (account, next_attempt_at, id)
+        WHERE status IN ('accepted', 'scheduled');
+    DROP INDEX messages_due_account;
+    ALTER INDEX messages_due_account_ordered RENAME TO messages_due_account;
+    """,
 ]
 
 _COLUMNS = [c.strip() for c in MESSAGE_COLUMNS.split(",")]
