@@ -10,8 +10,9 @@ runs `python -m simulator.cli bench --store postgres --dsn ...` against it and p
 and accepted msg/s, accept p50/p99, smsagg's CPU-µs per relayed message (from the bench), the
 server's (utime + stime of the postmaster and every backend, exited ones included through the
 postmaster's cutime/cstime), and statements per relayed message. smsagg reaches the server
-through its unix socket (--tcp: TCP loopback). With --statements N, the N
-most frequent statements of each run follow, per relayed message. The machine is shared:
+through its unix socket (--tcp: TCP loopback). With --statements N, the N statements of each
+run that took the most execution time follow, with their calls and execution µs per relayed
+message (wall time: on a busy machine it includes waiting for a CPU). The machine is shared:
 throughput moves with the neighbours' load, CPU and statements per message much less."""
 
 from __future__ import annotations
@@ -62,12 +63,12 @@ class Run:
     instances: int
     result: dict[str, Any]
     server_cpu_s: float
-    statements: list[tuple[int, str]]  # (calls, query), most frequent first
+    statements: list[tuple[int, float, str]]  # (calls, execution ms, query), longest first
 
     def row(self) -> str:
         r = self.result
         n = max(1, r["relayed_total"])
-        calls = sum(c for c, _ in self.statements)
+        calls = sum(c for c, _, _ in self.statements)
         cpu = r["cpu_us_per_msg"]
         smsagg = " + ".join(f"{k} {v:.0f}" for k, v in cpu.items() if k != "total")
         return (f"| {self.scenario} | {self.instances} | {r['accepted_msg_s']:.0f} "
@@ -100,10 +101,11 @@ def run_one(server: PgServer, scenario: str, instances: int, duration: float,
         used = server_cpu(postmaster) - before
         result = json.loads(out.read_text())["scenarios"][0]
     rows = asyncio.run(_admin(
-        server.admin_dsn, "SELECT s.calls, s.query FROM pg_stat_statements s JOIN pg_database d "
-        "ON d.oid = s.dbid WHERE d.datname NOT IN ('postgres', 'template0', 'template1') "
-        "ORDER BY s.calls DESC"))
-    return Run(scenario, instances, result, used, [(r[0], r[1]) for r in rows])
+        server.admin_dsn, "SELECT s.calls, s.total_exec_time, s.query FROM pg_stat_statements s "
+        "JOIN pg_database d ON d.oid = s.dbid "
+        "WHERE d.datname NOT IN ('postgres', 'template0', 'template1') "
+        "ORDER BY s.total_exec_time DESC"))
+    return Run(scenario, instances, result, used, [(r[0], r[1], r[2]) for r in rows])
 
 
 def main() -> None:
@@ -133,9 +135,10 @@ def main() -> None:
         print(run.row())
     for run in runs if args.statements else []:
         n = max(1, run.result["relayed_total"])
-        print(f"\nscenario {run.scenario}, {run.instances} instance(s): statements per message")
-        for calls, query in run.statements[:args.statements]:
-            print(f"{calls / n:8.3f}  {' '.join(query.split())[:110]}")
+        print(f"\nscenario {run.scenario}, {run.instances} instance(s), per relayed message: "
+              "calls, execution µs, statement")
+        for calls, ms, query in run.statements[:args.statements]:
+            print(f"{calls / n:8.3f} {ms * 1000 / n:7.1f}  {' '.join(query.split())[:100]}")
 
 
 if __name__ == "__main__":

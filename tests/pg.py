@@ -11,15 +11,18 @@ import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+
+from aggregator.store.postgres import PostgresStore
 
 # The server itself lives in the simulator package (the bench starts one too).
 from simulator.pgserver import PgServer, start_server
 from simulator.pgserver import create_database as _create_database
 
-__all__ = ["PgServer", "create_database", "pg_dsn", "pg_server", "start_or_skip",
-           "start_server"]
+__all__ = ["PgServer", "create_database", "opened_postgres", "pg_dsn", "pg_server",
+           "start_or_skip", "start_server"]
 
 
 def start_or_skip() -> PgServer:
@@ -54,3 +57,15 @@ async def create_database(server: PgServer) -> str:
 async def pg_dsn(pg_server: PgServer) -> AsyncIterator[str]:
     """A DSN of a new, empty database for this test."""
     yield await create_database(pg_server)
+
+
+@contextlib.asynccontextmanager
+async def opened_postgres(dsn: str, instance: str = "a",
+                          **options: Any) -> AsyncIterator[PostgresStore]:
+    """A PostgresStore on `dsn` (options as its constructor's), open, closed at the end."""
+    store = PostgresStore(dsn, instance=instance, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
