@@ -83,12 +83,14 @@ class OpenFailed(msgspec.Struct, tag="open_failed", array_like=True):
 class Done(msgspec.Struct, tag="done", array_like=True):
     """The writer process to the daemon, once per round of group commits: the answers to the
     daemon's calls, the writer's figures (readiness, metrics), each commit's seconds, and how
-    the workers' writes changed the pending counts (per account; a cancel counts -1)."""
+    the workers' writes changed the pending counts (per account; a cancel counts -1), and the
+    earliest due time of the waiting messages they stored (None: none)."""
 
     figures: WriteFigures
     durations: list[float]
     answers: list[Answer]
     pending: dict[str, int]
+    due: float | None = None
 
 
 Wire = Call | Answers | Stop | Ready | OpenFailed | Done

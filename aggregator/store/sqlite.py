@@ -18,8 +18,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from aggregator import metrics
 from aggregator.log import get_logger
 from aggregator.model import (
     FINAL_STATUSES,
@@ -41,6 +43,7 @@ from aggregator.store.base import (
     SmppOutboxItem,
     StoreError,
 )
+from aggregator.store.coalesce import Coalescer
 from aggregator.store.rows import (
     accept_result,
     marketing_rows,
@@ -56,13 +59,37 @@ from aggregator.store.writes import (
     MESSAGE_COLUMNS,
     PENDING,
     TOOLS,
+    Submitted,
     connect,
     waiting_added,
     waiting_by_account,
+    waiting_due,
 )
 from aggregator.store.writes import recover as recover_claims
 
 log = get_logger("smsagg.store")
+
+
+@dataclass(slots=True)
+class DueWatch:
+    """A claim's read of the next due time, kept exact by the writes sent after the claim:
+    an accept can only make it sooner, to its own message's due time."""
+
+    known: bool = False  # the claim read it (it claimed fewer than its limit)
+    due: float | None = None  # what the claim read
+    sooner: float | None = None  # the earliest due time of what was accepted since
+
+    def read(self, due: float | None) -> None:
+        self.known, self.due = True, due
+
+    def accepted(self, due: float) -> None:
+        if self.sooner is None or due < self.sooner:
+            self.sooner = due
+
+    def next_due(self) -> float | None:
+        if self.due is None or self.sooner is None:
+            return self.sooner if self.due is None else self.due
+        return min(self.due, self.sooner)
 
 POINT_KEYS = 64  # send-time opt-out reads of at most this many numbers run on the event loop
 
@@ -90,6 +117,14 @@ class SqliteStore:
                                    max_writes_queued=max_writes_queued, on_commit=on_commit,
                                    on_lost=on_lost, on_pending=self._workers_changed)
         self._submit = self.writer.submit
+        # A loop turn's record_submitted calls go as one writer operation (store/coalesce.py):
+        # at 1,000 msg/s paced, 2 to 12 calls per operation instead of one each.
+        self._record: Coalescer[Submitted, str | None] = Coalescer(
+            "record_submitted_many",
+            lambda items: self._submit("record_submitted_many", items))
+        # What the writes sent since the last claim did to the next due time it read
+        # (next_due_at answers from it, sparing the dispatcher a second operation per claim).
+        self._due_watch: DueWatch | None = None
         self.pending = 0
         # The pending count per account (its own max_pending); accounts at 0 are dropped.
         self.pending_by_account: Counter[str] = Counter()
@@ -160,6 +195,7 @@ class SqliteStore:
         """Messages claimed (queued) by a dispatcher that is gone are due again: resend, never
         lose. How many. One instance, so every claim is this one's: open() does it before the
         writer starts; later, only a tool would."""
+        self._due_unknown()
         recovered: int = await self._submit("recover")
         return recovered
 
@@ -174,8 +210,10 @@ class SqliteStore:
             self._point.close()
             self._point = None
 
-    def _workers_changed(self, changes: dict[str, int]) -> None:
-        """The ingress workers' writes, straight to the writer: {account: pending change}."""
+    def _workers_changed(self, changes: dict[str, int], due: float | None) -> None:
+        """The ingress workers' writes, straight to the writer: {account: pending change}, and
+        the earliest due time of the waiting messages they stored."""
+        self._due_sooner(due)
         self.pending += sum(changes.values())
         self.pending_by_account.update(changes)
         for account in [a for a, n in self.pending_by_account.items() if n <= 0]:
@@ -189,6 +227,7 @@ class SqliteStore:
         tools: e.g. PRAGMA max_page_count (a full disk) or query_only (a read-only file)."""
         if name not in TOOLS:
             raise StoreError(f"no writer tool {name!r}")
+        self._due_unknown()
         return await self._submit(name, *args)
 
     # ---- writes ------------------------------------------------------------------------------
@@ -196,12 +235,14 @@ class SqliteStore:
     async def accept_many(self, messages: Sequence[Message]) -> None:
         """Insert several messages in one transaction: all are stored, or none."""
         rows = [message_row(m) for m in messages]
+        self._due_sooner(waiting_due(rows))
         await self._submit("accept_many", rows, marketing_rows(messages))
         self.pending += waiting_added("accept_many", (rows,), None)
         self.pending_by_account.update(waiting_by_account("accept_many", (rows,), None))
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         row = message_row(message)
+        self._due_sooner(waiting_due((row,)))
         prior = await self._submit("accept", row, idempotency_key)
         self.pending += waiting_added("accept", (row, idempotency_key), prior)
         self.pending_by_account.update(waiting_by_account("accept", (row,), prior))
@@ -210,7 +251,14 @@ class SqliteStore:
     async def claim_due(self, now: float, limit: int,
                         held: Mapping[str, int] | None = None) -> list[Message]:
         """`held`: messages per account the caller has in flight (fair shares)."""
-        rows, done = await self._submit("claim_due", now, limit, dict(held or {}))
+        watch = self._due_watch = DueWatch()  # from here: the writes sent after the claim
+        rows, done, looked, due = await self._submit("claim_due_next", now, limit,
+                                                     dict(held or {}))
+        if self._due_watch is watch:
+            if looked:
+                watch.read(due)
+            else:
+                self._due_watch = None
         messages = [row_to_message(r) for r in rows]
         for m in messages:
             if m.id in done:
@@ -218,6 +266,15 @@ class SqliteStore:
         return messages
 
     async def next_due_at(self) -> float | None:
+        """Answered from the last claim when it read the time (it claimed less than its
+        limit): the writes sent before the claim ran before it in the writer (one
+        connection's calls run in order), and of those sent since, accepts bring their due
+        times (DueWatch) and anything else (a reschedule, a hold, a release) sends this to the
+        writer. At 1,000 msg/s paced, one writer operation fewer per idle claim."""
+        watch, self._due_watch = self._due_watch, None
+        if watch is not None and watch.known:
+            metrics.store_next_due_reused.inc()
+            return watch.next_due()
         result: float | None = await self._submit("next_due_at")
         return result
 
@@ -226,8 +283,7 @@ class SqliteStore:
     ) -> None:
         # Not `self.pending -= await ...`: that reads the count before the await and writes
         # it back after, losing every accept counted meanwhile (the count drifted negative).
-        account = await self._submit("record_submitted", message_id, provider,
-                                     parts_rows(parts), now)
+        account = await self._record((message_id, provider, parts_rows(parts), now))
         if account is not None:
             self.pending -= 1
             self._less_pending(account)
@@ -241,15 +297,18 @@ class SqliteStore:
         error: str | None,
         count_attempt: bool = True,
     ) -> None:
+        self._due_unknown()
         await self._submit("reschedule", message_id, provider, parts_rows(parts), next_attempt_at,
                            error, count_attempt, time.time())
 
     async def hold(self, message_id: str, next_attempt_at: float, error: str) -> None:
         """A claimed message back to scheduled until `next_attempt_at` (a send-time rule)."""
+        self._due_unknown()
         await self._submit("hold", message_id, next_attempt_at, error)
 
     async def release_waiting(self, now: float) -> int:
         """A provider came back: messages waiting for one are due now."""
+        self._due_unknown()
         released: int = await self._submit("release_waiting", now)
         return released
 
@@ -299,6 +358,15 @@ class SqliteStore:
         notices: list[FinalNotice] = await self._submit(
             "expire_unreceipted", submitted_before, now, limit, error)
         return notices
+    def _due_sooner(self, due: float | None) -> None:
+        """A write sent now stores waiting messages, the earliest due at `due` (None: none)."""
+        if self._due_watch is not None and due is not None:
+            self._due_watch.accepted(due)
+
+    def _due_unknown(self) -> None:
+        """A write sent now may make messages due sooner, by how much is not known here."""
+        self._due_watch = None
+
     def _less_pending(self, account: str) -> None:
         left = self.pending_by_account[account] - 1
         if left > 0:

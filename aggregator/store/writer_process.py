@@ -36,6 +36,7 @@ from aggregator.store.writes import (
     connect,
     pending_change,
     prepare,
+    waiting_due,
 )
 from aggregator.wire import (
     Answer,
@@ -115,6 +116,7 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
             time.sleep(wait)
             stopping = _take(selector.select(0), listener, selector, batch)
         took: Counter[str] = Counter()  # per account
+        due: float | None = None  # the earliest due time of the workers' waiting messages
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
             group.run([op for _, op, _ in chunk])
@@ -122,6 +124,7 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
                 client.answers.append(_answer(op))
                 if not client.daemon and op.error is None:
                     took.update(pending_change(op.name, args, op.result))
+                    due = _sooner(due, op.name, args, op.result)
         for key in list(selector.get_map().values()):
             client = key.data
             if client is None or client.daemon or not client.answers:
@@ -134,10 +137,21 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
             client.answers = []
         if daemon.answers or durations or took:
             daemon_sock.sendall(
-                frame(Done(group.figures, durations[:], daemon.answers, dict(took))))
+                frame(Done(group.figures, durations[:], daemon.answers, dict(took), due)))
             durations.clear()
             daemon.answers = []
         last_group = time.monotonic()
+
+
+def _sooner(due: float | None, name: str, args: tuple[Any, ...], result: Any) -> float | None:
+    """`due`, or the due time of a waiting message a worker's accept stored, if sooner."""
+    if name == "accept" and result is None:
+        stored = waiting_due((args[0],))
+    elif name == "accept_many":
+        stored = waiting_due(args[0])
+    else:
+        return due
+    return stored if due is None or (stored is not None and stored < due) else due
 
 
 def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socket | None,

@@ -42,7 +42,7 @@ INSERT_MESSAGE = (
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES (?, ?, ?)"
 # Positions in a message row (MESSAGE_COLUMNS order) the writes read.
-_ID, _ACCOUNT, _DEST, _SEGMENTS, _CLASS, _STATUS, _CREATED = 0, 1, 2, 8, 10, 12, 17
+_ID, _ACCOUNT, _DEST, _SEGMENTS, _CLASS, _STATUS, _CREATED, _NEXT = 0, 1, 2, 8, 10, 12, 17, 21
 # Messages in these states wait to be sent: the daemon's pending count.
 WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
 _WAITING_VALUES = frozenset(status.value for status in WAITING)
@@ -216,6 +216,19 @@ def _claim_fairly(conn: sqlite3.Connection, now: float, limit: int, due: Sequenc
     return rows
 
 
+def claim_due_next(conn: sqlite3.Connection, now: float, limit: int,
+                   held: Mapping[str, int] | None = None,
+                   ) -> tuple[list[tuple[Any, ...]], dict[str, list[int]], bool, float | None]:
+    """claim_due, and when it claimed fewer than `limit` (the dispatcher then waits for the
+    next due time) also next_due_at after it: (rows, done, whether it looked, the time). One
+    operation where the dispatcher made two after each short claim (SqliteStore.next_due_at
+    answers from it while no write since could have made a message due sooner)."""
+    rows, done = claim_due(conn, now, limit, held)
+    if len(rows) >= limit:
+        return rows, done, False, None
+    return rows, done, True, next_due_at(conn)
+
+
 def next_due_at(conn: sqlite3.Connection) -> float | None:
     """The earliest due time of a waiting message: the earliest of each account's."""
     earliest: float | None = None
@@ -227,12 +240,15 @@ def next_due_at(conn: sqlite3.Connection) -> float | None:
     return earliest
 
 
+_INSERT_PART = ("INSERT OR REPLACE INTO segments "
+                "(message_id, seq, provider, provider_msg_id, status, submitted_at) "
+                "VALUES (?, ?, ?, ?, 'submitted', ?)")
+
+
 def _insert_parts(conn: sqlite3.Connection, message_id: str, provider: str, parts: Parts,
                   now: float) -> None:
     conn.executemany(
-        "INSERT OR REPLACE INTO segments "
-        "(message_id, seq, provider, provider_msg_id, status, submitted_at) "
-        "VALUES (?, ?, ?, ?, 'submitted', ?)",
+        _INSERT_PART,
         [(message_id, seq, provider, provider_msg_id, now) for seq, provider_msg_id in parts],
     )
 
@@ -241,6 +257,11 @@ def record_submitted(conn: sqlite3.Connection, message_id: str, provider: str, p
                      now: float) -> str | None:
     """The message's account if it was pending (it is submitted now), else None."""
     _insert_parts(conn, message_id, provider, parts, now)
+    return _mark_submitted(conn, message_id, provider, now)
+
+
+def _mark_submitted(conn: sqlite3.Connection, message_id: str, provider: str,
+                    now: float) -> str | None:
     # Never step back from final (a receipt may have got there first).
     row = conn.execute(
         "UPDATE messages SET status = 'submitted', provider = ?, submitted_at = ?, "
@@ -249,6 +270,23 @@ def record_submitted(conn: sqlite3.Connection, message_id: str, provider: str, p
         (provider, now, message_id),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+# (message_id, provider, parts, now): one record_submitted of a record_submitted_many.
+Submitted = tuple[str, str, Parts, float]
+
+
+def record_submitted_many(conn: sqlite3.Connection,
+                          items: Sequence[Submitted]) -> list[str | None]:
+    """record_submitted for each item, in order (SqliteStore gathers a loop turn's calls into
+    one operation): every part in one executemany, then each message's state."""
+    conn.executemany(
+        _INSERT_PART,
+        [(message_id, seq, provider, provider_msg_id, now)
+         for message_id, provider, parts, now in items for seq, provider_msg_id in parts],
+    )
+    return [_mark_submitted(conn, message_id, provider, now)
+            for message_id, provider, _, now in items]
 
 
 def reschedule(conn: sqlite3.Connection, message_id: str, provider: str | None, parts: Parts,
@@ -523,7 +561,8 @@ def remove_optout(conn: sqlite3.Connection, account: str, number: str) -> bool:
 
 OPS: dict[str, Callable[..., Any]] = {
     fn.__name__: fn for fn in (
-        accept_many, accept, claim_due, next_due_at, record_submitted, reschedule, finish,
+        accept_many, accept, claim_due, claim_due_next, next_due_at, record_submitted,
+        record_submitted_many, reschedule, finish,
         release_waiting, apply_receipts, due_callbacks, callbacks_done, callback_retry,
         callback_give_up, enqueue_callback, due_smpp_receipts, enqueue_smpp_mo,
         smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout, cancel, hold,
@@ -584,6 +623,12 @@ def waiting_added(name: str, args: Sequence[Any], result: Any) -> int:
     if name == "accept":
         return int(result is None and args[0][_STATUS] in _WAITING_VALUES)
     return sum(1 for row in args[0] if row[_STATUS] in _WAITING_VALUES)
+
+
+def waiting_due(rows: Sequence[Sequence[Any]]) -> float | None:
+    """The earliest due time of the waiting messages among message `rows`; None: none."""
+    times = [row[_NEXT] for row in rows if row[_STATUS] in _WAITING_VALUES]
+    return min(times) if times else None
 
 
 def waiting_by_account(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
