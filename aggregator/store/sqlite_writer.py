@@ -21,6 +21,7 @@ from aggregator.frames import frame
 from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.store.base import WRITE_FAILURE_WINDOW, StoreBusy, StoreError
+from aggregator.store.optout_count import Generation, generation_path
 from aggregator.store.writes import OPS, TOOLS, WriteFigures
 from aggregator.wire import Answers, Done, OpenFailed, Ready, Stop, Wire, signature
 
@@ -73,6 +74,7 @@ class WriterClient:
         ours, theirs = socket.socketpair()
         self._dir = tempfile.mkdtemp(prefix="smsagg-writer-")  # mode 0700: ours only
         address = os.path.join(self._dir, "writer.sock")
+        Generation(generation_path(address), create=True).close()  # for the process to map
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "aggregator.store.writer_process", str(theirs.fileno()),

@@ -28,8 +28,10 @@ from typing import Any
 
 from aggregator.frames import FrameReader, frame
 from aggregator.store.base import StoreError
+from aggregator.store.optout_count import Generation, generation_path
 from aggregator.store.writes import (
     OPS,
+    OPTOUT_WRITES,
     TOOLS,
     GroupWriter,
     Op,
@@ -95,10 +97,12 @@ GATHER_BELOW = 64
 
 
 def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: GroupWriter,
-          commit_batch: int, durations: list[float]) -> None:
+          commit_batch: int, durations: list[float],
+          optouts: Generation | None = None) -> None:
     """Until the daemon says stop or goes: take every request ready on every connection, run
     them as groups, answer each connection; tell the daemon how the workers' writes changed
-    the pending counts, with its own answers."""
+    the pending counts, with its own answers. `optouts`: counts the groups that write
+    opt-outs, for the readers' in-memory copies (optout_view.py)."""
     selector = selectors.DefaultSelector()
     daemon = _Client(daemon_sock, daemon=True)
     selector.register(daemon_sock, selectors.EVENT_READ, daemon)
@@ -119,7 +123,15 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
         due: float | None = None  # the earliest due time of the workers' waiting messages
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
-            group.run([op for _, op, _ in chunk])
+            ops = [op for _, op, _ in chunk]
+            if optouts is not None and any(op.name in OPTOUT_WRITES or op.bare for op in ops):
+                optouts.begin()  # readers' copies stop being current before the writes
+                try:
+                    group.run(ops)
+                finally:
+                    optouts.end()  # before any answer says the writes are done
+            else:
+                group.run(ops)
             for client, op, args in chunk:
                 client.answers.append(_answer(op))
                 if not client.daemon and op.error is None:
@@ -236,9 +248,10 @@ def main(argv: list[str]) -> int:
         return 1
     durations: list[float] = []
     group = GroupWriter(conn, durations.append)
+    optouts = Generation(generation_path(listen)) if listen else None  # the daemon made it
     sock.sendall(frame(Ready()))
     try:
-        serve(sock, listener, group, commit_batch, durations)
+        serve(sock, listener, group, commit_batch, durations, optouts)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone
     finally:

@@ -559,6 +559,10 @@ def remove_optout(conn: sqlite3.Connection, account: str, number: str) -> bool:
         "DELETE FROM optouts WHERE account = ? AND number = ?", (account, number)).rowcount)
 
 
+# The operations that write the optouts table: the writer process marks the groups that run
+# them for the readers' in-memory copies of it (optout_view.py).
+OPTOUT_WRITES = frozenset({"add_optout", "remove_optout", "remove_optout_logged"})
+
 OPS: dict[str, Callable[..., Any]] = {
     fn.__name__: fn for fn in (
         accept_many, accept, claim_due, claim_due_next, next_due_at, record_submitted,
