@@ -23,7 +23,7 @@ from aggregator.log import get_logger
 from aggregator.store.base import WRITE_FAILURE_WINDOW, StoreBusy, StoreError
 from aggregator.store.optout_count import Generation, generation_path
 from aggregator.store.writes import OPS, TOOLS, WriteFigures
-from aggregator.wire import Answers, Done, OpenFailed, Ready, Stop, Wire, signature
+from aggregator.wire import Answers, Done, OpenFailed, Ready, Signature, Stop, Wire, signature
 
 log = get_logger("smsagg.store")
 
@@ -54,6 +54,8 @@ class WriterClient:
         self.proc: subprocess.Popen[bytes] | None = None  # None when joined
         self._link: Link | None = None
         self._calls = Calls()  # by id; the link sends a turn's calls in one write
+        # Per operation name: how its calls travel, and its time's histogram.
+        self._ops: dict[str, tuple[Signature, Any]] = {}
         self._started: asyncio.Future[None] | None = None
         self._lost: str | None = None  # why the writer process is gone
         self._closed = True
@@ -193,11 +195,14 @@ class WriterClient:
             raise StoreError(self._lost)
         if self._queued >= self.max_writes_queued:
             raise StoreBusy("too many writes queued for the store")
-        fn = OPS.get(name) or TOOLS.get(name)
-        if fn is None:
-            raise StoreError(f"no store operation {name!r}")
-        timer = metrics.child(metrics.store_operation_seconds, "sqlite", name)
-        future = self._calls.send(self._link, name, args, signature(fn),
-                                  (timer, time.monotonic()))
+        known = self._ops.get(name)
+        if known is None:
+            fn = OPS.get(name) or TOOLS.get(name)
+            if fn is None:
+                raise StoreError(f"no store operation {name!r}")
+            known = self._ops[name] = (
+                signature(fn), metrics.store_operation_seconds.labels("sqlite", name))
+        sig, timer = known
+        future = self._calls.send(self._link, name, args, sig, (timer, time.monotonic()))
         self._queued += 1
         return future

@@ -24,7 +24,10 @@ import struct
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from aggregator.frames import FrameReader, frame
 from aggregator.store.base import StoreError
@@ -37,7 +40,6 @@ from aggregator.store.writes import (
     Op,
     connect,
     pending_change,
-    prepare,
     waiting_due,
 )
 from aggregator.wire import (
@@ -93,6 +95,12 @@ WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread befor
 # An operation waits at most GATHER_S longer; when a commit itself takes that long (a loaded
 # disk), nothing waits.
 GATHER_S = 0.002
+# What a call names, looked up once: the function, its arguments' decoder, whether it is a tool.
+Known = tuple[Callable[..., Any], msgspec.msgpack.Decoder[Any], bool]
+DAEMON_OPS: dict[str, Known] = {
+    name: (fn, signature(fn).args, name in TOOLS) for name, fn in (*OPS.items(), *TOOLS.items())
+}
+WORKERS_OPS = {name: DAEMON_OPS[name] for name in WORKER_OPS}
 GATHER_BELOW = 64
 
 
@@ -195,16 +203,15 @@ def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socke
                 break
             if not isinstance(request, Call):  # not a request: the peer is broken
                 continue
-            fn = OPS.get(request.op) or (TOOLS.get(request.op) if client.daemon else None)
-            if fn is not None and (client.daemon or request.op in WORKER_OPS):
+            known = (DAEMON_OPS if client.daemon else WORKERS_OPS).get(request.op)
+            if known is not None:
+                fn, decoder, bare = known
                 try:
-                    args = signature(fn).args.decode(request.args)
+                    args = decoder.decode(request.args)
                 except Exception as exc:  # arguments not of the operation's types
                     client.answers.append(failed(request.id, exc))
                     continue
-                op = Op(prepare(request.op, args), request.id, bare=request.op in TOOLS,
-                        name=request.op)
-                batch.append((client, op, args))
+                batch.append((client, Op(fn, args, request.id, bare, request.op), args))
             else:
                 client.answers.append(
                     failed(request.id, StoreError(f"no store operation {request.op!r}")))

@@ -332,12 +332,20 @@ def finish(
         prior_status = prior[0]
     if prior_status in FINAL_VALUES:
         return None, False
-    row = conn.execute(
-        "UPDATE messages SET status = ?, error = ?, done_at = ? WHERE id = ? "
-        "RETURNING account, reference, callback_url, submitted_at, provider, receipt_mode, "
-        "sender, dest, created_at",
-        (status.value, error, now, message_id),
-    ).fetchone()
+    row = conn.execute(_FINISH + "WHERE id = ? " + _FINISHED,
+                       (status.value, error, now, message_id)).fetchone()
+    return _finished(conn, message_id, status, error, now, row), prior_status in PENDING
+
+
+_FINISH = "UPDATE messages SET status = ?, error = ?, done_at = ? "
+_FINISHED = ("RETURNING account, reference, callback_url, submitted_at, provider, receipt_mode, "
+             "sender, dest, created_at")
+
+
+def _finished(conn: sqlite3.Connection, message_id: str, status: MessageStatus,
+              error: str | None, now: float, row: Sequence[Any]) -> FinalNotice:
+    """What a message made final needs (its callback, its SMPP receipt), from the row its
+    UPDATE returned (_FINISHED); its notice."""
     notice = FinalNotice(
         message_id=message_id,
         account=row[0],
@@ -362,7 +370,7 @@ def finish(
             "submitted_at, done_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row[0], message_id, row[6], row[7], status.value, error, row[8], now, now),
         )
-    return notice, prior_status in PENDING
+    return notice
 
 
 CANCELLED_ERROR = "cancelled by the client"
@@ -397,21 +405,36 @@ def apply_receipts(conn: sqlite3.Connection,
     return [_apply_receipt(conn, u) for u in updates]
 
 
+# A final receipt's part: found by the provider's id and updated in one statement. The
+# subquery keeps the old statement pair's choice of one part, should two share an id.
+_RECEIPT_PART = (
+    "UPDATE segments SET status = ?, error = ?, done_at = ? WHERE (message_id, seq) = "
+    "(SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ? LIMIT 1) "
+    "RETURNING message_id")
+# The usual final receipt: for a message submitted in one part, or one that failed, the
+# message is made final in the same statement that checks it; 2 statements a receipt, not 4.
+_RECEIPT_FINAL = (_FINISH + "WHERE id = ? AND status = 'submitted' AND (segments = 1 OR ?) "
+                  + _FINISHED)
+
+
 def _apply_receipt(conn: sqlite3.Connection, u: ReceiptUpdate) -> tuple[ReceiptResult, bool]:
-    row = conn.execute(
-        "SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ?",
-        (u.provider, u.provider_msg_id),
-    ).fetchone()
+    if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
+        row = conn.execute(
+            "SELECT message_id FROM segments WHERE provider = ? AND provider_msg_id = ?",
+            (u.provider, u.provider_msg_id),
+        ).fetchone()
+        found = None if row is None else str(row[0])
+        return ReceiptResult(u, matched=found is not None, message_id=found, final=None), False
+    row = conn.execute(_RECEIPT_PART, (u.status.value, u.error, u.received_at, u.provider,
+                                       u.provider_msg_id)).fetchone()
     if row is None:
         return ReceiptResult(u, matched=False, message_id=None, final=None), False
-    message_id, seq = row
-    if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
-        return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
-    conn.execute(
-        "UPDATE segments SET status = ?, error = ?, done_at = ? "
-        "WHERE message_id = ? AND seq = ?",
-        (u.status.value, u.error, u.received_at, message_id, seq),
-    )
+    message_id = row[0]
+    done = conn.execute(_RECEIPT_FINAL, (u.status.value, u.error, u.received_at, message_id,
+                                         u.status is not MessageStatus.DELIVERED)).fetchone()
+    if done is not None:  # it was submitted (not pending) and is final now
+        final = _finished(conn, message_id, u.status, u.error, u.received_at, done)
+        return ReceiptResult(u, matched=True, message_id=message_id, final=final), False
     msg = conn.execute(
         "SELECT segments, status FROM messages WHERE id = ?", (message_id,)
     ).fetchone()
@@ -654,12 +677,6 @@ def pending_change(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
     return Counter()
 
 
-def prepare(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
-    """The operation `name` with its arguments, ready to run on a connection."""
-    fn = OPS.get(name) or TOOLS[name]
-    return lambda conn: fn(conn, *args)
-
-
 # ---- tools: run on the writer's connection outside any transaction (SqliteStore.run_on_writer)
 
 # The PRAGMAs a tool may read or set: faults for tests (a full disk, a read-only file) and the
@@ -692,11 +709,15 @@ TOOLS: dict[str, Callable[..., Any]] = {fn.__name__: fn for fn in (pragma, trace
 # ---- group commit ------------------------------------------------------------------------------
 
 class Op:
-    __slots__ = ("bare", "error", "fn", "name", "ref", "result")
+    """One operation to run: `fn(conn, *args)` (a function of OPS or TOOLS; no closure per
+    operation)."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], ref: Any, bare: bool = False,
-                 name: str = ""):
+    __slots__ = ("args", "bare", "error", "fn", "name", "ref", "result")
+
+    def __init__(self, fn: Callable[..., Any], args: Sequence[Any], ref: Any,
+                 bare: bool = False, name: str = ""):
         self.fn = fn
+        self.args = args
         self.ref = ref  # the caller's handle: a future (thread) or a request id (process)
         self.bare = bare  # a tool: run outside any transaction (run_on_writer)
         self.name = name  # the operation's, in OPS
@@ -752,7 +773,7 @@ class GroupWriter:
             for op in batch:
                 if op.bare:
                     try:
-                        op.result = op.fn(conn)
+                        op.result = op.fn(conn, *op.args)
                     except Exception as exc:
                         op.error = exc
         try:
@@ -779,7 +800,7 @@ class GroupWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in batch:
-                op.result = op.fn(conn)
+                op.result = op.fn(conn, *op.args)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

@@ -15,7 +15,7 @@ from aggregator import metrics
 from aggregator.model import MessageStatus
 from aggregator.store.base import StoreError
 from aggregator.store.sqlite import SqliteStore
-from tests.store_helpers import NOW, PROVIDER, make_message, opened_sqlite, parts
+from tests.store_helpers import NOW, PROVIDER, make_message, opened_sqlite, parts, receipt
 
 
 @pytest.fixture
@@ -169,3 +169,23 @@ async def test_a_workers_accept_after_the_claim_makes_the_next_due_time_sooner(
         assert time.monotonic() < deadline, "the worker's accept never reached the daemon"
         await asyncio.sleep(0.01)
     assert await store.next_due_at() == NOW + 3
+
+
+async def test_a_final_receipt_for_a_submitted_message_takes_two_statements(
+    store: SqliteStore,
+) -> None:
+    """The part found and updated in one statement, the message checked and made final in
+    another (with its callback: a third)."""
+    m = make_message(callback_url="http://example.test/cb")
+    await store.accept(m, None)
+    await store.claim_due(NOW, 10)
+    await store.record_submitted(m.id, PROVIDER, parts(m, 1), NOW + 1)
+    await store.run_on_writer("trace", True)
+    [result] = await store.apply_receipts([receipt(m, 1)])
+    statements: list[str] = await store.run_on_writer("trace", False)
+    work = [s for s in statements if s not in ("BEGIN IMMEDIATE", "COMMIT")]
+    assert len(work) == 3, work
+    assert result.matched and result.final is not None
+    assert result.final.status is MessageStatus.DELIVERED
+    assert await store.count_by_status() == {"delivered": 1}
+    assert [job.message_id for job in await store.due_callbacks(NOW + 20, 10)] == [m.id]
