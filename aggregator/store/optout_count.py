@@ -7,10 +7,9 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import struct
 
 GENERATION_FILE = "optouts.gen"  # in the writer's directory, beside its socket
-_COUNT = struct.Struct("=Q")
+_SIZE = 8
 
 
 class Generation:
@@ -21,26 +20,28 @@ class Generation:
         fd = os.open(path, flags, 0o600)
         try:
             if create:
-                os.ftruncate(fd, _COUNT.size)
-            self._map = mmap.mmap(fd, _COUNT.size)
+                os.ftruncate(fd, _SIZE)
+            self._map = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
+        # One aligned 8-byte word: an index read, half the cost of struct.unpack_from.
+        self._word = memoryview(self._map).cast("Q")
 
     @property
     def value(self) -> int:
-        value: int = _COUNT.unpack_from(self._map)[0]
-        return value
+        return int(self._word[0])
 
     def begin(self) -> None:
         """A group that writes opt-outs starts (odd: readers read SQLite)."""
-        _COUNT.pack_into(self._map, 0, self.value | 1)
+        self._word[0] = self._word[0] | 1
 
     def end(self) -> None:
         """It is committed (or rolled back), before any of its answers is sent."""
-        _COUNT.pack_into(self._map, 0, (self.value | 1) + 1)
+        self._word[0] = (self._word[0] | 1) + 1
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            self._word.release()
             self._map.close()
 
 
