@@ -94,6 +94,7 @@ class DueWatch:
             return self.sooner if self.due is None else self.due
         return min(self.due, self.sooner)
 
+
 POINT_KEYS = 64  # send-time opt-out reads of at most this many numbers run on the event loop
 
 
@@ -384,6 +385,7 @@ class SqliteStore:
         notices: list[FinalNotice] = await self._submit(
             "expire_unreceipted", submitted_before, now, limit, error)
         return notices
+
     def _due_sooner(self, due: float | None) -> None:
         """A write sent now stores waiting messages, the earliest due at `due` (None: none)."""
         if self._due_watch is not None and due is not None:
