@@ -297,11 +297,20 @@ class SqliteStore:
         limit): the writes sent before the claim ran before it in the writer (one
         connection's calls run in order), and of those sent since, accepts bring their due
         times (DueWatch) and anything else (a reschedule, a hold, a release) sends this to the
-        writer. At 1,000 msg/s paced, one writer operation fewer per idle claim."""
-        watch, self._due_watch = self._due_watch, None
+        writer. At 1,000 msg/s paced, one writer operation fewer per idle claim.
+
+        It answers when the writer's round in progress is done, as the operation did: the
+        dispatcher's next claim then takes what that round stored. Answered at once, the
+        dispatcher claimed about twice as often, half as many messages each, and those smaller
+        batches cost more submit-record and receipt operations than the one saved."""
+        watch = self._due_watch
         if watch is not None and watch.known:
-            metrics.store_next_due_reused.inc()
-            return watch.next_due()
+            await self.writer.round_done()
+            if self._due_watch is watch:  # no write since that it cannot account for
+                self._due_watch = None
+                metrics.store_next_due_reused.inc()
+                return watch.next_due()
+        self._due_watch = None
         result: float | None = await self._submit("next_due_at")
         return result
 

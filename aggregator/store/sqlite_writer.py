@@ -57,6 +57,7 @@ class WriterClient:
         # Per operation name: how its calls travel, and its time's histogram.
         self._ops: dict[str, tuple[Signature, Any]] = {}
         self._started: asyncio.Future[None] | None = None
+        self._round: asyncio.Future[None] | None = None  # resolved by the next answers
         self._lost: str | None = None  # why the writer process is gone
         self._closed = True
         self._queued = 0  # writes sent and not yet answered
@@ -158,6 +159,23 @@ class WriterClient:
             tag = self._calls.answer(answer)
             if tag is not None:
                 tag[0].observe(now - tag[1])
+        self._next_round()
+
+    def _next_round(self) -> None:
+        waiting, self._round = self._round, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def round_done(self) -> asyncio.Future[None]:
+        """Resolves when the writer next answers (its round of groups in progress is done),
+        at once when nothing sent waits for an answer."""
+        if self._queued <= 0 or self._lost is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if self._round is None:
+            self._round = asyncio.get_running_loop().create_future()
+        return self._round
 
     def link_lost(self, link: Link) -> None:
         code = self.proc.poll() if self.proc is not None else None
@@ -170,6 +188,7 @@ class WriterClient:
         if self._started is not None and not self._started.done():
             self._started.set_exception(StoreError(self._lost))
         self._queued -= len(self._calls)
+        self._next_round()
         lost = self._lost
         self._calls.fail_all(lambda: StoreError(lost))
 

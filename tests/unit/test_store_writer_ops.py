@@ -189,3 +189,18 @@ async def test_a_final_receipt_for_a_submitted_message_takes_two_statements(
     assert result.final.status is MessageStatus.DELIVERED
     assert await store.count_by_status() == {"delivered": 1}
     assert [job.message_id for job in await store.due_callbacks(NOW + 20, 10)] == [m.id]
+
+
+async def test_next_due_from_the_claim_waits_for_the_writers_round_in_progress(
+    store: SqliteStore,
+) -> None:
+    """As the operation it replaces did: the dispatcher's next claim then takes what that
+    round stored, rather than claiming after each accept."""
+    await store.accept(make_message(next_attempt_at=NOW + 60), None)
+    assert await store.claim_due(NOW, 10) == []
+    accept = asyncio.ensure_future(store.accept(make_message(next_attempt_at=NOW + 9), None))
+    await asyncio.sleep(0)  # the accept is sent, not yet answered
+    assert not accept.done()
+    assert await store.next_due_at() == NOW + 9
+    assert accept.done()  # answered in the round next_due_at waited for
+    await accept
