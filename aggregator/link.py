@@ -112,22 +112,24 @@ class Calls:
         link.send(data)
         return future
 
-    def answer(self, answer: Answer) -> Any:
-        """Resolve the call `answer` is for; its tag if it succeeded, else None (a fault, or
-        a call no longer waited for)."""
+    def answer(self, answer: Answer) -> tuple[Any, bool] | None:
+        """Resolve the call `answer` is for: its tag and whether it succeeded; None for a call
+        not waited for."""
         waiting = self._waiting.pop(answer.id, None)
-        if waiting is None or waiting[0].done():
+        if waiting is None:
             return None
         future, sig, tag = waiting
+        if future.done():  # cancelled by its caller
+            return tag, False
         if answer.fault is not None:
             future.set_exception(fault_error(answer.fault))
-            return None
+            return tag, False
         try:
             future.set_result(sig.result.decode(answer.result))
         except Exception as exc:  # a result not of the declared type: the peer is broken
             future.set_exception(exc)
-            return None
-        return tag
+            return tag, False
+        return tag, True
 
     def fail_all(self, error: Callable[[], Exception]) -> None:
         for future, _, _ in self._waiting.values():

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from aggregator import metrics
 from aggregator.log import get_logger
 from aggregator.store.base import StoreError
+from aggregator.wire import OperationFailed
 
 log = get_logger("smsagg.store")
 
@@ -26,15 +27,29 @@ Result = TypeVar("Result")
 class Coalescer(Generic[Item, Result]):
     """`coalescer(item)` gives a future of that item's result. The items asked for in one loop
     turn go to `send` together, at the end of the turn, as one list; `send` returns a future of
-    their results in the same order. An error fails every caller of that group."""
+    their results in the same order. An error fails every caller of that group, unless there
+    is a `single` way and the operation failed on its own data (wire.OperationFailed, not a
+    fault of the store such as a locked or full database): then each item is sent again
+    alone, so that one bad item fails only its own caller."""
 
-    def __init__(self, op: str, send: Callable[[list[Item]], asyncio.Future[list[Result]]]
-                 ) -> None:
+    def __init__(self, op: str, send: Callable[[list[Item]], asyncio.Future[list[Result]]],
+                 single: Callable[[Item], asyncio.Future[Result]] | None = None) -> None:
         self.op = op  # the writer operation's name (the metric's label)
         self._send = send
+        self._single = single
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] | None = None
         self._calls = metrics.store_coalesced_calls.labels(op)
         self._ops = metrics.store_coalesced_ops.labels(op)
+
+    @property
+    def waiting(self) -> int:
+        """Calls asked for in this loop turn, not yet sent."""
+        return 0 if self._waiting is None else len(self._waiting)
+
+    def flush(self) -> None:
+        """Send what this loop turn gathered now (before the store closes)."""
+        if self._waiting:
+            self._flush()
 
     def __call__(self, item: Item) -> asyncio.Future[Result]:
         loop = asyncio.get_running_loop()
@@ -47,6 +62,8 @@ class Coalescer(Generic[Item, Result]):
 
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting or [], None
+        if not waiting:  # flush() sent them already
+            return
         self._calls.inc(len(waiting))
         self._ops.inc()
         try:
@@ -54,7 +71,41 @@ class Coalescer(Generic[Item, Result]):
         except Exception as exc:  # not sent (closed, too many writes queued): all fail
             _fail(waiting, exc)
             return
-        whole.add_done_callback(lambda done: _fan_out(self.op, waiting, done))
+        whole.add_done_callback(lambda done: self._fan_out(waiting, done))
+
+    def _fan_out(self, waiting: list[tuple[Item, asyncio.Future[Result]]],
+                 whole: asyncio.Future[list[Result]]) -> None:
+        exc = None if whole.cancelled() else whole.exception()
+        if exc is not None and self._single is not None and len(waiting) > 1 \
+                and isinstance(exc, OperationFailed):
+            log.debug("store_coalesced_alone", op=self.op, calls=len(waiting), error=str(exc))
+            for item, future in waiting:
+                if not future.done():
+                    _chain(self._single, item, future)
+            return
+        _fan_out(self.op, waiting, whole)
+
+
+def _chain(single: Callable[[Any], asyncio.Future[Any]], item: Any,
+           future: asyncio.Future[Any]) -> None:
+    """`item` sent alone, its outcome to `future`."""
+    try:
+        alone = single(item)
+    except Exception as exc:
+        future.set_exception(exc)
+        return
+
+    def done(alone: asyncio.Future[Any]) -> None:
+        if future.done():
+            return
+        if alone.cancelled():
+            future.cancel()
+        elif (error := alone.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(alone.result())
+
+    alone.add_done_callback(done)
 
 
 def _fan_out(op: str, waiting: list[tuple[Any, asyncio.Future[Any]]],

@@ -62,6 +62,7 @@ from aggregator.store.writes import (
     PENDING,
     TOOLS,
     WAITING,
+    Accepted,
     Submitted,
     connect,
     waiting_added,
@@ -125,7 +126,12 @@ class SqliteStore:
         # at 1,000 msg/s paced, 2 to 12 calls per operation instead of one each.
         self._record: Coalescer[Submitted, str | None] = Coalescer(
             "record_submitted_many",
-            lambda items: self._submit("record_submitted_many", items))
+            lambda items: self._submit("record_submitted_many", items, weight=len(items)))
+        # A loop turn's accepts likewise (accept_each): at 1,000 msg/s paced, 2.2 accepts per
+        # operation without ingress workers, 1.5 in a worker. A group that fails is sent
+        # again one accept per operation, so that one bad message fails only its own request.
+        self._accepts: Coalescer[Accepted, tuple[Any, ...] | None] = Coalescer(
+            "accept_each", self._send_accepts, lambda item: self._send_accepts([item], True))
         # What the writes sent since the last claim did to the next due time it read
         # (next_due_at answers from it, sparing the dispatcher a second operation per claim).
         self._due_watch: DueWatch | None = None
@@ -148,7 +154,9 @@ class SqliteStore:
 
     @property
     def writes_queued(self) -> int:
-        return self.writer.writes_queued
+        """Writes asked for and not yet answered: sent, or gathered for the end of this loop
+        turn (each call of a gathered operation counts)."""
+        return self.writer.writes_queued + self._accepts.waiting + self._record.waiting
 
     @property
     def max_writes_queued(self) -> int:
@@ -223,6 +231,8 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        self._accepts.flush()  # the writes already made are answered before the writer stops
+        self._record.flush()
         if self._optouts is not None:
             await self._optouts.close()
             self._optouts = None
@@ -265,15 +275,20 @@ class SqliteStore:
 
     async def accept(self, message: Message, idempotency_key: str | None) -> AcceptResult:
         row = message_row(message)
-        waiting = message.status in WAITING
-        if waiting and self._due_watch is not None:
-            self._due_watch.accepted(message.next_attempt_at)
-        prior = await self._submit("accept", row, idempotency_key)
-        if waiting and prior is None:  # stored (not an idempotent repeat): one more pending
+        prior = await self._accepts((row, idempotency_key))
+        if prior is None and message.status in WAITING:  # stored, not an idempotent repeat
             # Counted here rather than by waiting_by_account's Counter: ~5 µs an accept.
             self.pending += 1
             self.pending_by_account[message.account] += 1
         return accept_result(message, prior)
+
+    def _send_accepts(self, items: list[Accepted], alone: bool = False) -> asyncio.Future[Any]:
+        """Send accepts (Coalescer), telling the next-due watch when they are sent: a claim
+        sent earlier in this loop turn runs before them."""
+        self._due_sooner(waiting_due([row for row, _ in items]))
+        if alone:
+            return self._submit("accept", *items[0])
+        return self._submit("accept_each", items, weight=len(items))
 
     async def claim_due(self, now: float, limit: int,
                         held: Mapping[str, int] | None = None) -> list[Message]:

@@ -153,12 +153,15 @@ class WriterClient:
         """Resolve the answered calls, and observe each write's time, queued to committed
         (beside PostgreSQL's, by backend), here rather than in a done-callback per future:
         one clock read per frame and no loop callback per write."""
-        self._queued -= len(obj.answers)
         now = time.monotonic()
         for answer in obj.answers:
-            tag = self._calls.answer(answer)
-            if tag is not None:
-                tag[0].observe(now - tag[1])
+            outcome = self._calls.answer(answer)
+            if outcome is None:
+                continue
+            (timer, started, weight), ok = outcome
+            self._queued -= weight
+            if ok:
+                timer.observe(now - started)
         self._next_round()
 
     def _next_round(self) -> None:
@@ -187,7 +190,7 @@ class WriterClient:
         self.figures.failed(self._lost)
         if self._started is not None and not self._started.done():
             self._started.set_exception(StoreError(self._lost))
-        self._queued -= len(self._calls)
+        self._queued = 0  # every call fails below
         self._next_round()
         lost = self._lost
         self._calls.fail_all(lambda: StoreError(lost))
@@ -205,9 +208,10 @@ class WriterClient:
             return None
         return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
 
-    def submit(self, name: str, *args: Any) -> asyncio.Future[Any]:
+    def submit(self, name: str, *args: Any, weight: int = 1) -> asyncio.Future[Any]:
         """Send the write `name` (an operation of writes.OPS, or a tool of writes.TOOLS) with
-        its arguments; the future resolves after its group committed."""
+        its arguments; the future resolves after its group committed. `weight`: the writes it
+        counts as in writes_queued (the calls a gathered operation carries)."""
         if self._closed or self._link is None:
             raise StoreError("store is closed")
         if self._lost is not None:
@@ -222,6 +226,7 @@ class WriterClient:
             known = self._ops[name] = (
                 signature(fn), metrics.store_operation_seconds.labels("sqlite", name))
         sig, timer = known
-        future = self._calls.send(self._link, name, args, sig, (timer, time.monotonic()))
-        self._queued += 1
+        future = self._calls.send(self._link, name, args, sig,
+                                  (timer, time.monotonic(), weight))
+        self._queued += weight
         return future

@@ -78,8 +78,8 @@ class _Client:
 # A round's calls: who asked, the operation, its arguments (for the pending counts).
 Batch = list[tuple[_Client, Op, tuple[Any, ...]]]
 # What a worker may ask of the writer directly: its accepts and the HTTP API's writes.
-WORKER_OPS = frozenset({"accept", "accept_many", "cancel", "add_optout", "remove_optout",
-                        "remove_optout_logged", "add_consent"})
+WORKER_OPS = frozenset({"accept", "accept_each", "accept_many", "cancel", "add_optout",
+                        "remove_optout", "remove_optout_logged", "add_consent"})
 WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread before it is dropped
 # Commit gathering: a group of fewer than GATHER_BELOW operations that comes less than GATHER_S
 # after the last group was done waits (once, asleep, not woken by each arriving frame) until
@@ -167,6 +167,9 @@ def _sooner(due: float | None, name: str, args: tuple[Any, ...], result: Any) ->
     """`due`, or the due time of a waiting message a worker's accept stored, if sooner."""
     if name == "accept" and result is None:
         stored = waiting_due((args[0],))
+    elif name == "accept_each":
+        stored = waiting_due([row for (row, _), prior in zip(args[0], result, strict=True)
+                              if prior is None])
     elif name == "accept_many":
         stored = waiting_due(args[0])
     else:

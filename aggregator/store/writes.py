@@ -107,6 +107,17 @@ def accept(conn: sqlite3.Connection, row: tuple[Any, ...],
     return None
 
 
+# (row, idempotency_key): one accept of an accept_each.
+Accepted = tuple[tuple[Any, ...], str | None]
+
+
+def accept_each(conn: sqlite3.Connection,
+                items: Sequence[Accepted]) -> list[tuple[Any, ...] | None]:
+    """accept for each item, in order (SqliteStore gathers a loop turn's accepts into one
+    operation); each one's answer as accept's."""
+    return [accept(conn, row, key) for row, key in items]
+
+
 def claim_due(conn: sqlite3.Connection, now: float, limit: int,
               held: Mapping[str, int] | None = None,
               ) -> tuple[list[tuple[Any, ...]], dict[str, list[int]]]:
@@ -588,7 +599,7 @@ OPTOUT_WRITES = frozenset({"add_optout", "remove_optout", "remove_optout_logged"
 
 OPS: dict[str, Callable[..., Any]] = {
     fn.__name__: fn for fn in (
-        accept_many, accept, claim_due, claim_due_next, next_due_at, record_submitted,
+        accept_many, accept, accept_each, claim_due, claim_due_next, next_due_at, record_submitted,
         record_submitted_many, reschedule, finish,
         release_waiting, apply_receipts, due_callbacks, callbacks_done, callback_retry,
         callback_give_up, enqueue_callback, due_smpp_receipts, enqueue_smpp_mo,
@@ -672,6 +683,9 @@ def pending_change(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
     the waiting messages they stored, a cancel of a pending message takes one away."""
     if name in ("accept", "accept_many"):
         return waiting_by_account(name, args, result)
+    if name == "accept_each":
+        return Counter(row[_ACCOUNT] for (row, _), prior in zip(args[0], result, strict=True)
+                       if prior is None and row[_STATUS] in _WAITING_VALUES)
     if name == "cancel" and result[2]:  # (outcome, notice, was pending)
         return Counter({args[0]: -1})
     return Counter()

@@ -198,9 +198,81 @@ async def test_next_due_from_the_claim_waits_for_the_writers_round_in_progress(
     round stored, rather than claiming after each accept."""
     await store.accept(make_message(next_attempt_at=NOW + 60), None)
     assert await store.claim_due(NOW, 10) == []
+    accepted = store.pending
     accept = asyncio.ensure_future(store.accept(make_message(next_attempt_at=NOW + 9), None))
-    await asyncio.sleep(0)  # the accept is sent, not yet answered
+    while store.writer.writes_queued == 0:  # sent at the end of its loop turn
+        await asyncio.sleep(0)
     assert not accept.done()
     assert await store.next_due_at() == NOW + 9
-    assert accept.done()  # answered in the round next_due_at waited for
+    # Answered in the round next_due_at waited for (its caller's task may run later).
+    assert store.writer.writes_queued == 0
     await accept
+    assert store.pending == accepted + 1
+
+
+async def test_accepts_of_one_loop_turn_are_one_writer_op(store: SqliteStore) -> None:
+    ops = _value("smsagg_store_coalesced_ops_total", op="accept_each")
+    calls = _value("smsagg_store_coalesced_calls_total", op="accept_each")
+    messages = [make_message() for _ in range(10)]
+    tasks = [asyncio.ensure_future(store.accept(m, None)) for m in messages]
+    await asyncio.sleep(0)
+    assert store.writes_queued == 10  # gathered, each counted
+    results = await asyncio.gather(*tasks)
+    assert all(r.created for r in results)
+    assert _value("smsagg_store_coalesced_ops_total", op="accept_each") - ops == 1
+    assert _value("smsagg_store_coalesced_calls_total", op="accept_each") - calls == 10
+    assert store.pending == 10 and store.pending_by_account == {"shop": 10}
+    assert await store.count_by_status() == {"accepted": 10}
+    assert store.writes_queued == 0
+
+
+async def test_a_bad_accept_fails_only_its_own_caller(store: SqliteStore) -> None:
+    """A message id stored twice in one group: the group fails, then each accept is sent
+    alone and only the second of the two fails."""
+    first = make_message()
+    twin = make_message(message_id=first.id)
+    others = [make_message() for _ in range(3)]
+    results = await asyncio.gather(*(store.accept(m, None) for m in (first, *others, twin)),
+                                   return_exceptions=True)
+    assert [isinstance(r, StoreError) for r in results] == [False, False, False, False, True]
+    assert await store.count_by_status() == {"accepted": 4}
+    assert store.pending == 4
+
+
+async def test_a_workers_accepts_are_gathered_and_counted_by_the_daemon(
+    store: SqliteStore, tmp_path: Path,
+) -> None:
+    assert store.writer_address is not None
+    worker = SqliteStore(str(tmp_path / "smsagg.db"), join=store.writer_address)
+    await worker.open()
+    ops = _value("smsagg_store_coalesced_ops_total", op="accept_each")
+    try:
+        results = await asyncio.gather(*(worker.accept(make_message(), None) for _ in range(6)))
+    finally:
+        await worker.close()
+    assert all(r.created for r in results)
+    assert _value("smsagg_store_coalesced_ops_total", op="accept_each") - ops == 1
+    deadline = time.monotonic() + 5
+    while store.pending < 6:  # the writer's next answer to the daemon tells it
+        assert time.monotonic() < deadline, "the worker's accepts never reached the daemon"
+        await asyncio.sleep(0.01)
+    assert store.pending_by_account == {"shop": 6}
+
+
+async def test_a_store_fault_fails_the_group_of_accepts_without_resending_each(
+    store: SqliteStore,
+) -> None:
+    """A read-only (or locked, or full) database is no single message's fault: sending each
+    accept again alone would only make every request wait once more."""
+    singles = _ops("accept")
+    errors = store.writer.figures.write_errors
+    await store.run_on_writer("pragma", "query_only", 1)
+    try:
+        results = await asyncio.gather(*(store.accept(make_message(), None) for _ in range(4)),
+                                       return_exceptions=True)
+    finally:
+        await store.run_on_writer("pragma", "query_only", 0)
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert store.writer.figures.write_errors == errors + 1  # one group failed, once
+    assert _ops("accept") == singles
+    assert await store.count_by_status() == {}
