@@ -169,15 +169,18 @@ class WriterClient:
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
 
-    def round_done(self) -> asyncio.Future[None]:
-        """Resolves when the writer next answers (its round of groups in progress is done),
-        at once when nothing sent waits for an answer."""
-        if self._queued <= 0 or self._lost is not None:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def round_done(self, longest: float) -> asyncio.Future[None]:
+        """Resolves when the writer next answers (its round of groups in progress is done;
+        the ingress workers' groups count, the writer tells the daemon of each), or after
+        `longest` seconds when nothing comes (a quiet writer)."""
+        loop = asyncio.get_running_loop()
+        if self._lost is not None:
+            done: asyncio.Future[None] = loop.create_future()
             done.set_result(None)
             return done
         if self._round is None:
-            self._round = asyncio.get_running_loop().create_future()
+            self._round = loop.create_future()
+            loop.call_later(longest, self._next_round)
         return self._round
 
     def link_lost(self, link: Link) -> None:
