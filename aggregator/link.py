@@ -95,38 +95,44 @@ class Calls:
 
     def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._waiting: dict[int, tuple[asyncio.Future[Any], Signature]] = {}
+        self._waiting: dict[int, tuple[asyncio.Future[Any], Signature, Any]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def send(self, link: Link, op: str, args: tuple[Any, ...],
-             sig: Signature) -> asyncio.Future[Any]:
+             sig: Signature, tag: Any = None) -> asyncio.Future[Any]:
         """Send the call `op(*args)` over `link`; the future gets its result, decoded as `sig`
         says. The frame is made first, so arguments that do not encode raise here and leave
-        nothing waiting."""
+        nothing waiting. `tag`: the caller's, given back by answer()."""
         rid = next(self._ids)
         data = frame(call(rid, op, sig.complete(args)))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = (future, sig)
+        self._waiting[rid] = (future, sig, tag)
         link.send(data)
         return future
 
-    def answer(self, answer: Answer) -> None:
+    def answer(self, answer: Answer) -> tuple[Any, bool] | None:
+        """Resolve the call `answer` is for: its tag and whether it succeeded; None for a call
+        not waited for."""
         waiting = self._waiting.pop(answer.id, None)
-        if waiting is None or waiting[0].done():
-            return
-        future, sig = waiting
+        if waiting is None:
+            return None
+        future, sig, tag = waiting
+        if future.done():  # cancelled by its caller
+            return tag, False
         if answer.fault is not None:
             future.set_exception(fault_error(answer.fault))
-            return
+            return tag, False
         try:
             future.set_result(sig.result.decode(answer.result))
         except Exception as exc:  # a result not of the declared type: the peer is broken
             future.set_exception(exc)
+            return tag, False
+        return tag, True
 
     def fail_all(self, error: Callable[[], Exception]) -> None:
-        for future, _ in self._waiting.values():
+        for future, _, _ in self._waiting.values():
             if not future.done():
                 future.set_exception(error())
         self._waiting.clear()

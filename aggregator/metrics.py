@@ -314,6 +314,27 @@ store_operation_seconds = Histogram(
     "smsagg_store_operation_seconds", "Store operation time, call to commit, by backend",
     ["backend", "op"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
 )
+# The SQLite store's writer link (store/coalesce.py, store/sqlite.py).
+store_coalesced_calls = Counter(
+    "smsagg_store_coalesced_calls_total",
+    "Store calls sent to the SQLite writer gathered with the others of their loop turn",
+    ["op"], registry=REGISTRY,
+)
+store_coalesced_ops = Counter(
+    "smsagg_store_coalesced_ops_total",
+    "SQLite writer operations that carried a loop turn's gathered calls", ["op"],
+    registry=REGISTRY,
+)
+store_next_due_reused = Counter(
+    "smsagg_store_next_due_reused_total",
+    "Next-due reads (SQLite) answered from the claim that came before, no writer operation",
+    registry=REGISTRY,
+)
+store_optout_view = Counter(
+    "smsagg_store_optout_view_total",
+    "Accept-time opt-out reads (SQLite), by how: view (the in-memory copy), read (SQLite), "
+    "rebuild (the copy read again)", ["how"], registry=REGISTRY,
+)
 store_lease_takeovers = Counter(
     "smsagg_store_lease_takeovers_total",
     "Claimed messages returned to the queue because their owner's lease ran out",

@@ -37,9 +37,11 @@ ENCODER = msgspec.msgpack.Encoder()
 
 
 class Fault(msgspec.Struct, array_like=True, frozen=True):
-    """Why a call failed: "busy" (back-pressure, StoreBusy) or "store" (StoreError)."""
+    """Why a call failed: "busy" (back-pressure, StoreBusy), "store" (StoreError: the store,
+    e.g. a full disk or a locked file) or "op" (OperationFailed: the operation's own error,
+    e.g. a constraint its data broke, in a transaction of its own)."""
 
-    kind: Literal["busy", "store"]
+    kind: Literal["busy", "store", "op"]
     text: str
 
 
@@ -83,12 +85,14 @@ class OpenFailed(msgspec.Struct, tag="open_failed", array_like=True):
 class Done(msgspec.Struct, tag="done", array_like=True):
     """The writer process to the daemon, once per round of group commits: the answers to the
     daemon's calls, the writer's figures (readiness, metrics), each commit's seconds, and how
-    the workers' writes changed the pending counts (per account; a cancel counts -1)."""
+    the workers' writes changed the pending counts (per account; a cancel counts -1), and the
+    earliest due time of the waiting messages they stored (None: none)."""
 
     figures: WriteFigures
     durations: list[float]
     answers: list[Answer]
     pending: dict[str, int]
+    due: float | None = None
 
 
 Wire = Call | Answers | Stop | Ready | OpenFailed | Done
@@ -137,12 +141,19 @@ def failed(rid: int, exc: BaseException) -> Answer:
     """An exception as an answer: the caller raises StoreBusy or StoreError with its text."""
     if isinstance(exc, StoreBusy):
         return Answer(rid, fault=Fault("busy", str(exc)))
-    text = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-    return Answer(rid, fault=Fault("store", text))
+    if isinstance(exc, StoreError):
+        return Answer(rid, fault=Fault("store", str(exc)))
+    return Answer(rid, fault=Fault("op", f"{type(exc).__name__}: {exc}"))
+
+
+class OperationFailed(StoreError):
+    """A store operation failed on its own data (Fault "op"), not for the store's sake."""
 
 
 def fault_error(fault: Fault) -> StoreError:
-    return StoreBusy(fault.text) if fault.kind == "busy" else StoreError(fault.text)
+    if fault.kind == "busy":
+        return StoreBusy(fault.text)
+    return OperationFailed(fault.text) if fault.kind == "op" else StoreError(fault.text)
 
 
 # ---- what a worker asks of the daemon ---------------------------------------------------------

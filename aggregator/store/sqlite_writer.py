@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import shutil
 import socket
@@ -22,8 +21,9 @@ from aggregator.frames import frame
 from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.store.base import WRITE_FAILURE_WINDOW, StoreBusy, StoreError
+from aggregator.store.optout_count import Generation, generation_path
 from aggregator.store.writes import OPS, TOOLS, WriteFigures
-from aggregator.wire import Answers, Done, OpenFailed, Ready, Stop, Wire, signature
+from aggregator.wire import Answers, Done, OpenFailed, Ready, Signature, Stop, Wire, signature
 
 log = get_logger("smsagg.store")
 
@@ -35,13 +35,14 @@ class WriterClient:
     """One link to the writer process. `on_commit` gets each group commit's seconds (a
     metric); `on_lost` hears why, if the process ends while the store is open (nothing can be
     written any more); `on_pending` hears how the ingress workers' writes changed the pending
-    counts, per account."""
+    counts, per account, and the earliest due time of the waiting messages they stored."""
 
     def __init__(self, path: str, *, busy_timeout: float, commit_batch: int,
                  max_writes_queued: int,
                  on_commit: Callable[[float], None] | None = None,
                  on_lost: Callable[[str], None] | None = None,
-                 on_pending: Callable[[dict[str, int]], None] | None = None) -> None:
+                 on_pending: Callable[[dict[str, int], float | None], None] | None = None
+                 ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.commit_batch = commit_batch
@@ -53,7 +54,10 @@ class WriterClient:
         self.proc: subprocess.Popen[bytes] | None = None  # None when joined
         self._link: Link | None = None
         self._calls = Calls()  # by id; the link sends a turn's calls in one write
+        # Per operation name: how its calls travel, and its time's histogram.
+        self._ops: dict[str, tuple[Signature, Any]] = {}
         self._started: asyncio.Future[None] | None = None
+        self._round: asyncio.Future[None] | None = None  # resolved by the next answers
         self._lost: str | None = None  # why the writer process is gone
         self._closed = True
         self._queued = 0  # writes sent and not yet answered
@@ -73,6 +77,7 @@ class WriterClient:
         ours, theirs = socket.socketpair()
         self._dir = tempfile.mkdtemp(prefix="smsagg-writer-")  # mode 0700: ours only
         address = os.path.join(self._dir, "writer.sock")
+        Generation(generation_path(address), create=True).close()  # for the process to map
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "aggregator.store.writer_process", str(theirs.fileno()),
@@ -136,8 +141,8 @@ class WriterClient:
         if not isinstance(obj, Done):
             raise StoreError(f"unexpected message from the writer: {type(obj).__name__}")
         self.figures = obj.figures
-        if obj.pending and self._on_pending is not None:
-            self._on_pending(obj.pending)
+        if (obj.pending or obj.due is not None) and self._on_pending is not None:
+            self._on_pending(obj.pending, obj.due)
         if self._on_commit is not None:
             for seconds in obj.durations:
                 with contextlib.suppress(Exception):
@@ -145,9 +150,38 @@ class WriterClient:
         self._answered(obj)
 
     def _answered(self, obj: Answers | Done) -> None:
-        self._queued -= len(obj.answers)
+        """Resolve the answered calls, and observe each write's time, queued to committed
+        (beside PostgreSQL's, by backend), here rather than in a done-callback per future:
+        one clock read per frame and no loop callback per write."""
+        now = time.monotonic()
         for answer in obj.answers:
-            self._calls.answer(answer)
+            outcome = self._calls.answer(answer)
+            if outcome is None:
+                continue
+            (timer, started, weight), ok = outcome
+            self._queued -= weight
+            if ok:
+                timer.observe(now - started)
+        self._next_round()
+
+    def _next_round(self) -> None:
+        waiting, self._round = self._round, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def round_done(self, longest: float) -> asyncio.Future[None]:
+        """Resolves when the writer next answers (its round of groups in progress is done;
+        the ingress workers' groups count, the writer tells the daemon of each), or after
+        `longest` seconds when nothing comes (a quiet writer)."""
+        loop = asyncio.get_running_loop()
+        if self._lost is not None:
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        if self._round is None:
+            self._round = loop.create_future()
+            loop.call_later(longest, self._next_round)
+        return self._round
 
     def link_lost(self, link: Link) -> None:
         code = self.proc.poll() if self.proc is not None else None
@@ -159,7 +193,8 @@ class WriterClient:
         self.figures.failed(self._lost)
         if self._started is not None and not self._started.done():
             self._started.set_exception(StoreError(self._lost))
-        self._queued -= len(self._calls)
+        self._queued = 0  # every call fails below
+        self._next_round()
         lost = self._lost
         self._calls.fail_all(lambda: StoreError(lost))
 
@@ -176,25 +211,25 @@ class WriterClient:
             return None
         return error if time.monotonic() - at < WRITE_FAILURE_WINDOW else None
 
-    def submit(self, name: str, *args: Any) -> asyncio.Future[Any]:
+    def submit(self, name: str, *args: Any, weight: int = 1) -> asyncio.Future[Any]:
         """Send the write `name` (an operation of writes.OPS, or a tool of writes.TOOLS) with
-        its arguments; the future resolves after its group committed."""
+        its arguments; the future resolves after its group committed. `weight`: the writes it
+        counts as in writes_queued (the calls a gathered operation carries)."""
         if self._closed or self._link is None:
             raise StoreError("store is closed")
         if self._lost is not None:
             raise StoreError(self._lost)
         if self._queued >= self.max_writes_queued:
             raise StoreBusy("too many writes queued for the store")
-        fn = OPS.get(name) or TOOLS.get(name)
-        if fn is None:
-            raise StoreError(f"no store operation {name!r}")
-        future = self._calls.send(self._link, name, args, signature(fn))
-        self._queued += 1
-        future.add_done_callback(functools.partial(_observe, name, time.monotonic()))
+        known = self._ops.get(name)
+        if known is None:
+            fn = OPS.get(name) or TOOLS.get(name)
+            if fn is None:
+                raise StoreError(f"no store operation {name!r}")
+            known = self._ops[name] = (
+                signature(fn), metrics.store_operation_seconds.labels("sqlite", name))
+        sig, timer = known
+        future = self._calls.send(self._link, name, args, sig,
+                                  (timer, time.monotonic(), weight))
+        self._queued += weight
         return future
-
-
-def _observe(op: str, started: float, future: asyncio.Future[Any]) -> None:
-    """A write's time, queued to committed, beside PostgreSQL's (by backend)."""
-    if not future.cancelled() and future.exception() is None:
-        metrics.store_operation_seconds.labels("sqlite", op).observe(time.monotonic() - started)

@@ -24,18 +24,23 @@ import struct
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from aggregator.frames import FrameReader, frame
 from aggregator.store.base import StoreError
+from aggregator.store.optout_count import Generation, generation_path
 from aggregator.store.writes import (
     OPS,
+    OPTOUT_WRITES,
     TOOLS,
     GroupWriter,
     Op,
     connect,
     pending_change,
-    prepare,
+    waiting_due,
 )
 from aggregator.wire import (
     Answer,
@@ -73,8 +78,8 @@ class _Client:
 # A round's calls: who asked, the operation, its arguments (for the pending counts).
 Batch = list[tuple[_Client, Op, tuple[Any, ...]]]
 # What a worker may ask of the writer directly: its accepts and the HTTP API's writes.
-WORKER_OPS = frozenset({"accept", "accept_many", "cancel", "add_optout", "remove_optout",
-                        "remove_optout_logged", "add_consent"})
+WORKER_OPS = frozenset({"accept", "accept_each", "accept_many", "cancel", "add_optout",
+                        "remove_optout", "remove_optout_logged", "add_consent"})
 WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread before it is dropped
 # Commit gathering: a group of fewer than GATHER_BELOW operations that comes less than GATHER_S
 # after the last group was done waits (once, asleep, not woken by each arriving frame) until
@@ -90,14 +95,22 @@ WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread befor
 # An operation waits at most GATHER_S longer; when a commit itself takes that long (a loaded
 # disk), nothing waits.
 GATHER_S = 0.002
+# What a call names, looked up once: the function, its arguments' decoder, whether it is a tool.
+Known = tuple[Callable[..., Any], msgspec.msgpack.Decoder[Any], bool]
+DAEMON_OPS: dict[str, Known] = {
+    name: (fn, signature(fn).args, name in TOOLS) for name, fn in (*OPS.items(), *TOOLS.items())
+}
+WORKERS_OPS = {name: DAEMON_OPS[name] for name in WORKER_OPS}
 GATHER_BELOW = 64
 
 
 def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: GroupWriter,
-          commit_batch: int, durations: list[float]) -> None:
+          commit_batch: int, durations: list[float],
+          optouts: Generation | None = None) -> None:
     """Until the daemon says stop or goes: take every request ready on every connection, run
     them as groups, answer each connection; tell the daemon how the workers' writes changed
-    the pending counts, with its own answers."""
+    the pending counts, with its own answers. `optouts`: counts the groups that write
+    opt-outs, for the readers' in-memory copies (optout_view.py)."""
     selector = selectors.DefaultSelector()
     daemon = _Client(daemon_sock, daemon=True)
     selector.register(daemon_sock, selectors.EVENT_READ, daemon)
@@ -115,13 +128,23 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
             time.sleep(wait)
             stopping = _take(selector.select(0), listener, selector, batch)
         took: Counter[str] = Counter()  # per account
+        due: float | None = None  # the earliest due time of the workers' waiting messages
         for start in range(0, len(batch), commit_batch):
             chunk = batch[start:start + commit_batch]
-            group.run([op for _, op, _ in chunk])
+            ops = [op for _, op, _ in chunk]
+            if optouts is not None and any(op.name in OPTOUT_WRITES or op.bare for op in ops):
+                optouts.begin()  # readers' copies stop being current before the writes
+                try:
+                    group.run(ops)
+                finally:
+                    optouts.end()  # before any answer says the writes are done
+            else:
+                group.run(ops)
             for client, op, args in chunk:
                 client.answers.append(_answer(op))
                 if not client.daemon and op.error is None:
                     took.update(pending_change(op.name, args, op.result))
+                    due = _sooner(due, op.name, args, op.result)
         for key in list(selector.get_map().values()):
             client = key.data
             if client is None or client.daemon or not client.answers:
@@ -134,10 +157,24 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
             client.answers = []
         if daemon.answers or durations or took:
             daemon_sock.sendall(
-                frame(Done(group.figures, durations[:], daemon.answers, dict(took))))
+                frame(Done(group.figures, durations[:], daemon.answers, dict(took), due)))
             durations.clear()
             daemon.answers = []
         last_group = time.monotonic()
+
+
+def _sooner(due: float | None, name: str, args: tuple[Any, ...], result: Any) -> float | None:
+    """`due`, or the due time of a waiting message a worker's accept stored, if sooner."""
+    if name == "accept" and result is None:
+        stored = waiting_due((args[0],))
+    elif name == "accept_each":
+        stored = waiting_due([row for (row, _), prior in zip(args[0], result, strict=True)
+                              if prior is None])
+    elif name == "accept_many":
+        stored = waiting_due(args[0])
+    else:
+        return due
+    return stored if due is None or (stored is not None and stored < due) else due
 
 
 def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socket | None,
@@ -169,16 +206,15 @@ def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socke
                 break
             if not isinstance(request, Call):  # not a request: the peer is broken
                 continue
-            fn = OPS.get(request.op) or (TOOLS.get(request.op) if client.daemon else None)
-            if fn is not None and (client.daemon or request.op in WORKER_OPS):
+            known = (DAEMON_OPS if client.daemon else WORKERS_OPS).get(request.op)
+            if known is not None:
+                fn, decoder, bare = known
                 try:
-                    args = signature(fn).args.decode(request.args)
+                    args = decoder.decode(request.args)
                 except Exception as exc:  # arguments not of the operation's types
                     client.answers.append(failed(request.id, exc))
                     continue
-                op = Op(prepare(request.op, args), request.id, bare=request.op in TOOLS,
-                        name=request.op)
-                batch.append((client, op, args))
+                batch.append((client, Op(fn, args, request.id, bare, request.op), args))
             else:
                 client.answers.append(
                     failed(request.id, StoreError(f"no store operation {request.op!r}")))
@@ -222,9 +258,10 @@ def main(argv: list[str]) -> int:
         return 1
     durations: list[float] = []
     group = GroupWriter(conn, durations.append)
+    optouts = Generation(generation_path(listen)) if listen else None  # the daemon made it
     sock.sendall(frame(Ready()))
     try:
-        serve(sock, listener, group, commit_batch, durations)
+        serve(sock, listener, group, commit_batch, durations, optouts)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone
     finally:

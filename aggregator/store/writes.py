@@ -42,7 +42,7 @@ INSERT_MESSAGE = (
 )
 _LOG_MARKETING = "INSERT INTO marketing_log (account, number, sent_at) VALUES (?, ?, ?)"
 # Positions in a message row (MESSAGE_COLUMNS order) the writes read.
-_ID, _ACCOUNT, _DEST, _SEGMENTS, _CLASS, _STATUS, _CREATED = 0, 1, 2, 8, 10, 12, 17
+_ID, _ACCOUNT, _DEST, _SEGMENTS, _CLASS, _STATUS, _CREATED, _NEXT = 0, 1, 2, 8, 10, 12, 17, 21
 # Messages in these states wait to be sent: the daemon's pending count.
 WAITING = (MessageStatus.ACCEPTED, MessageStatus.SCHEDULED)
 _WAITING_VALUES = frozenset(status.value for status in WAITING)
@@ -105,6 +105,17 @@ def accept(conn: sqlite3.Connection, row: tuple[Any, ...],
     if row[_CLASS] == "marketing":  # frequency caps count what was accepted
         conn.execute(_LOG_MARKETING, (account, row[_DEST], created_at))
     return None
+
+
+# (row, idempotency_key): one accept of an accept_each.
+Accepted = tuple[tuple[Any, ...], str | None]
+
+
+def accept_each(conn: sqlite3.Connection,
+                items: Sequence[Accepted]) -> list[tuple[Any, ...] | None]:
+    """accept for each item, in order (SqliteStore gathers a loop turn's accepts into one
+    operation); each one's answer as accept's."""
+    return [accept(conn, row, key) for row, key in items]
 
 
 def claim_due(conn: sqlite3.Connection, now: float, limit: int,
@@ -216,6 +227,19 @@ def _claim_fairly(conn: sqlite3.Connection, now: float, limit: int, due: Sequenc
     return rows
 
 
+def claim_due_next(conn: sqlite3.Connection, now: float, limit: int,
+                   held: Mapping[str, int] | None = None,
+                   ) -> tuple[list[tuple[Any, ...]], dict[str, list[int]], bool, float | None]:
+    """claim_due, and when it claimed fewer than `limit` (the dispatcher then waits for the
+    next due time) also next_due_at after it: (rows, done, whether it looked, the time). One
+    operation where the dispatcher made two after each short claim (SqliteStore.next_due_at
+    answers from it while no write since could have made a message due sooner)."""
+    rows, done = claim_due(conn, now, limit, held)
+    if len(rows) >= limit:
+        return rows, done, False, None
+    return rows, done, True, next_due_at(conn)
+
+
 def next_due_at(conn: sqlite3.Connection) -> float | None:
     """The earliest due time of a waiting message: the earliest of each account's."""
     earliest: float | None = None
@@ -227,12 +251,15 @@ def next_due_at(conn: sqlite3.Connection) -> float | None:
     return earliest
 
 
+_INSERT_PART = ("INSERT OR REPLACE INTO segments "
+                "(message_id, seq, provider, provider_msg_id, status, submitted_at) "
+                "VALUES (?, ?, ?, ?, 'submitted', ?)")
+
+
 def _insert_parts(conn: sqlite3.Connection, message_id: str, provider: str, parts: Parts,
                   now: float) -> None:
     conn.executemany(
-        "INSERT OR REPLACE INTO segments "
-        "(message_id, seq, provider, provider_msg_id, status, submitted_at) "
-        "VALUES (?, ?, ?, ?, 'submitted', ?)",
+        _INSERT_PART,
         [(message_id, seq, provider, provider_msg_id, now) for seq, provider_msg_id in parts],
     )
 
@@ -241,6 +268,11 @@ def record_submitted(conn: sqlite3.Connection, message_id: str, provider: str, p
                      now: float) -> str | None:
     """The message's account if it was pending (it is submitted now), else None."""
     _insert_parts(conn, message_id, provider, parts, now)
+    return _mark_submitted(conn, message_id, provider, now)
+
+
+def _mark_submitted(conn: sqlite3.Connection, message_id: str, provider: str,
+                    now: float) -> str | None:
     # Never step back from final (a receipt may have got there first).
     row = conn.execute(
         "UPDATE messages SET status = 'submitted', provider = ?, submitted_at = ?, "
@@ -249,6 +281,23 @@ def record_submitted(conn: sqlite3.Connection, message_id: str, provider: str, p
         (provider, now, message_id),
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+# (message_id, provider, parts, now): one record_submitted of a record_submitted_many.
+Submitted = tuple[str, str, Parts, float]
+
+
+def record_submitted_many(conn: sqlite3.Connection,
+                          items: Sequence[Submitted]) -> list[str | None]:
+    """record_submitted for each item, in order (SqliteStore gathers a loop turn's calls into
+    one operation): every part in one executemany, then each message's state."""
+    conn.executemany(
+        _INSERT_PART,
+        [(message_id, seq, provider, provider_msg_id, now)
+         for message_id, provider, parts, now in items for seq, provider_msg_id in parts],
+    )
+    return [_mark_submitted(conn, message_id, provider, now)
+            for message_id, provider, _, now in items]
 
 
 def reschedule(conn: sqlite3.Connection, message_id: str, provider: str | None, parts: Parts,
@@ -294,12 +343,20 @@ def finish(
         prior_status = prior[0]
     if prior_status in FINAL_VALUES:
         return None, False
-    row = conn.execute(
-        "UPDATE messages SET status = ?, error = ?, done_at = ? WHERE id = ? "
-        "RETURNING account, reference, callback_url, submitted_at, provider, receipt_mode, "
-        "sender, dest, created_at",
-        (status.value, error, now, message_id),
-    ).fetchone()
+    row = conn.execute(_FINISH + "WHERE id = ? " + _FINISHED,
+                       (status.value, error, now, message_id)).fetchone()
+    return _finished(conn, message_id, status, error, now, row), prior_status in PENDING
+
+
+_FINISH = "UPDATE messages SET status = ?, error = ?, done_at = ? "
+_FINISHED = ("RETURNING account, reference, callback_url, submitted_at, provider, receipt_mode, "
+             "sender, dest, created_at")
+
+
+def _finished(conn: sqlite3.Connection, message_id: str, status: MessageStatus,
+              error: str | None, now: float, row: Sequence[Any]) -> FinalNotice:
+    """What a message made final needs (its callback, its SMPP receipt), from the row its
+    UPDATE returned (_FINISHED); its notice."""
     notice = FinalNotice(
         message_id=message_id,
         account=row[0],
@@ -324,7 +381,7 @@ def finish(
             "submitted_at, done_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row[0], message_id, row[6], row[7], status.value, error, row[8], now, now),
         )
-    return notice, prior_status in PENDING
+    return notice
 
 
 CANCELLED_ERROR = "cancelled by the client"
@@ -359,21 +416,36 @@ def apply_receipts(conn: sqlite3.Connection,
     return [_apply_receipt(conn, u) for u in updates]
 
 
+# A final receipt's part: found by the provider's id and updated in one statement. The
+# subquery keeps the old statement pair's choice of one part, should two share an id.
+_RECEIPT_PART = (
+    "UPDATE segments SET status = ?, error = ?, done_at = ? WHERE (message_id, seq) = "
+    "(SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ? LIMIT 1) "
+    "RETURNING message_id")
+# The usual final receipt: for a message submitted in one part, or one that failed, the
+# message is made final in the same statement that checks it; 2 statements a receipt, not 4.
+_RECEIPT_FINAL = (_FINISH + "WHERE id = ? AND status = 'submitted' AND (segments = 1 OR ?) "
+                  + _FINISHED)
+
+
 def _apply_receipt(conn: sqlite3.Connection, u: ReceiptUpdate) -> tuple[ReceiptResult, bool]:
-    row = conn.execute(
-        "SELECT message_id, seq FROM segments WHERE provider = ? AND provider_msg_id = ?",
-        (u.provider, u.provider_msg_id),
-    ).fetchone()
+    if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
+        row = conn.execute(
+            "SELECT message_id FROM segments WHERE provider = ? AND provider_msg_id = ?",
+            (u.provider, u.provider_msg_id),
+        ).fetchone()
+        found = None if row is None else str(row[0])
+        return ReceiptResult(u, matched=found is not None, message_id=found, final=None), False
+    row = conn.execute(_RECEIPT_PART, (u.status.value, u.error, u.received_at, u.provider,
+                                       u.provider_msg_id)).fetchone()
     if row is None:
         return ReceiptResult(u, matched=False, message_id=None, final=None), False
-    message_id, seq = row
-    if u.status is MessageStatus.SUBMITTED:  # intermediate (enroute, accepted): note only
-        return ReceiptResult(u, matched=True, message_id=message_id, final=None), False
-    conn.execute(
-        "UPDATE segments SET status = ?, error = ?, done_at = ? "
-        "WHERE message_id = ? AND seq = ?",
-        (u.status.value, u.error, u.received_at, message_id, seq),
-    )
+    message_id = row[0]
+    done = conn.execute(_RECEIPT_FINAL, (u.status.value, u.error, u.received_at, message_id,
+                                         u.status is not MessageStatus.DELIVERED)).fetchone()
+    if done is not None:  # it was submitted (not pending) and is final now
+        final = _finished(conn, message_id, u.status, u.error, u.received_at, done)
+        return ReceiptResult(u, matched=True, message_id=message_id, final=final), False
     msg = conn.execute(
         "SELECT segments, status FROM messages WHERE id = ?", (message_id,)
     ).fetchone()
@@ -521,9 +593,14 @@ def remove_optout(conn: sqlite3.Connection, account: str, number: str) -> bool:
         "DELETE FROM optouts WHERE account = ? AND number = ?", (account, number)).rowcount)
 
 
+# The operations that write the optouts table: the writer process marks the groups that run
+# them for the readers' in-memory copies of it (optout_view.py).
+OPTOUT_WRITES = frozenset({"add_optout", "remove_optout", "remove_optout_logged"})
+
 OPS: dict[str, Callable[..., Any]] = {
     fn.__name__: fn for fn in (
-        accept_many, accept, claim_due, next_due_at, record_submitted, reschedule, finish,
+        accept_many, accept, accept_each, claim_due, claim_due_next, next_due_at, record_submitted,
+        record_submitted_many, reschedule, finish,
         release_waiting, apply_receipts, due_callbacks, callbacks_done, callback_retry,
         callback_give_up, enqueue_callback, due_smpp_receipts, enqueue_smpp_mo,
         smpp_receipt_done, smpp_receipt_retry, add_optout, remove_optout, cancel, hold,
@@ -586,6 +663,12 @@ def waiting_added(name: str, args: Sequence[Any], result: Any) -> int:
     return sum(1 for row in args[0] if row[_STATUS] in _WAITING_VALUES)
 
 
+def waiting_due(rows: Sequence[Sequence[Any]]) -> float | None:
+    """The earliest due time of the waiting messages among message `rows`; None: none."""
+    times = [row[_NEXT] for row in rows if row[_STATUS] in _WAITING_VALUES]
+    return min(times) if times else None
+
+
 def waiting_by_account(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
     """waiting_added() per account: the per-account pending counts."""
     if name == "accept":
@@ -600,15 +683,12 @@ def pending_change(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
     the waiting messages they stored, a cancel of a pending message takes one away."""
     if name in ("accept", "accept_many"):
         return waiting_by_account(name, args, result)
+    if name == "accept_each":
+        return Counter(row[_ACCOUNT] for (row, _), prior in zip(args[0], result, strict=True)
+                       if prior is None and row[_STATUS] in _WAITING_VALUES)
     if name == "cancel" and result[2]:  # (outcome, notice, was pending)
         return Counter({args[0]: -1})
     return Counter()
-
-
-def prepare(name: str, args: Sequence[Any]) -> Callable[[sqlite3.Connection], Any]:
-    """The operation `name` with its arguments, ready to run on a connection."""
-    fn = OPS.get(name) or TOOLS[name]
-    return lambda conn: fn(conn, *args)
 
 
 # ---- tools: run on the writer's connection outside any transaction (SqliteStore.run_on_writer)
@@ -643,11 +723,15 @@ TOOLS: dict[str, Callable[..., Any]] = {fn.__name__: fn for fn in (pragma, trace
 # ---- group commit ------------------------------------------------------------------------------
 
 class Op:
-    __slots__ = ("bare", "error", "fn", "name", "ref", "result")
+    """One operation to run: `fn(conn, *args)` (a function of OPS or TOOLS; no closure per
+    operation)."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], ref: Any, bare: bool = False,
-                 name: str = ""):
+    __slots__ = ("args", "bare", "error", "fn", "name", "ref", "result")
+
+    def __init__(self, fn: Callable[..., Any], args: Sequence[Any], ref: Any,
+                 bare: bool = False, name: str = ""):
         self.fn = fn
+        self.args = args
         self.ref = ref  # the caller's handle: a future (thread) or a request id (process)
         self.bare = bare  # a tool: run outside any transaction (run_on_writer)
         self.name = name  # the operation's, in OPS
@@ -703,7 +787,7 @@ class GroupWriter:
             for op in batch:
                 if op.bare:
                     try:
-                        op.result = op.fn(conn)
+                        op.result = op.fn(conn, *op.args)
                     except Exception as exc:
                         op.error = exc
         try:
@@ -730,7 +814,7 @@ class GroupWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in batch:
-                op.result = op.fn(conn)
+                op.result = op.fn(conn, *op.args)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
