@@ -31,6 +31,12 @@ PROCESS_START_TIMEOUT = 30.0  # seconds for the writer process to open the datab
 PROCESS_STOP_TIMEOUT = 30.0  # seconds for it to answer what is queued and exit
 
 
+# The writer operations that carry a loop turn's calls of one Store operation are timed under
+# that operation's name, as PostgreSQL's are (one `op` label per operation on both backends).
+STORE_OPERATION = {"accept_each": "accept", "record_submitted_many": "record_submitted",
+                   "claim_due_next": "claim_due"}
+
+
 class WriterClient:
     """One link to the writer process. `on_commit` gets each group commit's seconds (a
     metric); `on_lost` hears why, if the process ends while the store is open (nothing can be
@@ -227,7 +233,8 @@ class WriterClient:
             if fn is None:
                 raise StoreError(f"no store operation {name!r}")
             known = self._ops[name] = (
-                signature(fn), metrics.store_operation_seconds.labels("sqlite", name))
+                signature(fn),
+                metrics.store_operation_seconds.labels("sqlite", STORE_OPERATION.get(name, name)))
         sig, timer = known
         future = self._calls.send(self._link, name, args, sig,
                                   (timer, time.monotonic(), weight))
