@@ -129,6 +129,7 @@ class StoreConfig:
     path: str = "smsagg.db"
     max_pending: int = 200_000
     commit_batch: int = 1000
+    commit_gather_ms: float = 5.0  # SQLite: how long a small group waits for company
     # Keys given that no longer do anything: one line each, for a warning.
     ignored: tuple[str, ...] = ()
     # The share of max_pending one account may fill unless it sets its own max_pending.
@@ -465,6 +466,7 @@ def _parse_store(r: Reader, environ: Mapping[str, str]) -> StoreConfig:
         path=r.string("path", nonempty=True),
         max_pending=r.integer("max_pending", lo=1),
         commit_batch=r.integer("commit_batch", lo=1),
+        commit_gather_ms=r.number("commit_gather_ms", ge=0, le=50),
         ignored=(STORE_WRITER_IGNORED,) if r.given("writer") else (),
         account_pending_share=r.number("account_pending_share", gt=0, le=1),
         backend=backend,

@@ -37,7 +37,8 @@ def build_store(config: Config, *, on_commit: Callable[[float], None] | None = N
         built.on_members = on_members
         built.held = held
         return built
-    return SqliteStore(store.path, commit_batch=store.commit_batch, on_commit=on_commit,
+    return SqliteStore(store.path, commit_batch=store.commit_batch,
+                       commit_gather=store.commit_gather_ms / 1000, on_commit=on_commit,
                        on_lost=on_lost, on_accepted=on_accepted)
 
 

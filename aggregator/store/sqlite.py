@@ -56,6 +56,7 @@ from aggregator.store.rows import (
 )
 from aggregator.store.sqlite_schema import open_database
 from aggregator.store.sqlite_writer import WriterClient
+from aggregator.store.writer_process import GATHER_S
 from aggregator.store.writes import (
     BUSY_TIMEOUT,
     MESSAGE_COLUMNS,
@@ -105,7 +106,7 @@ ROUND_WAIT = 0.005
 class SqliteStore:
     backend = "sqlite"
 
-    def __init__(self, path: str, *, commit_batch: int = 1000,
+    def __init__(self, path: str, *, commit_batch: int = 1000, commit_gather: float = GATHER_S,
                  max_writes_queued: int = 50_000, busy_timeout: float = BUSY_TIMEOUT,
                  on_commit: Callable[[float], None] | None = None,
                  on_lost: Callable[[str], None] | None = None,
@@ -122,6 +123,7 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         self._on_accepted = on_accepted
         self.writer = WriterClient(path, busy_timeout=busy_timeout, commit_batch=commit_batch,
+                                   commit_gather=commit_gather,
                                    max_writes_queued=max_writes_queued, on_commit=on_commit,
                                    on_lost=on_lost, on_pending=self._workers_changed)
         self._submit = self.writer.submit

@@ -22,6 +22,7 @@ from aggregator.link import Calls, Link
 from aggregator.log import get_logger
 from aggregator.store.base import WRITE_FAILURE_WINDOW, StoreBusy, StoreError
 from aggregator.store.optout_count import Generation, generation_path
+from aggregator.store.writer_process import GATHER_S
 from aggregator.store.writes import OPS, TOOLS, WriteFigures
 from aggregator.wire import Answers, Done, OpenFailed, Ready, Signature, Stop, Wire, signature
 
@@ -44,7 +45,7 @@ class WriterClient:
     counts, per account, and the earliest due time of the waiting messages they stored."""
 
     def __init__(self, path: str, *, busy_timeout: float, commit_batch: int,
-                 max_writes_queued: int,
+                 max_writes_queued: int, commit_gather: float = GATHER_S,
                  on_commit: Callable[[float], None] | None = None,
                  on_lost: Callable[[str], None] | None = None,
                  on_pending: Callable[[dict[str, int], float | None], None] | None = None
@@ -52,6 +53,7 @@ class WriterClient:
         self.path = path
         self.busy_timeout = busy_timeout
         self.commit_batch = commit_batch
+        self.commit_gather = commit_gather  # seconds; writer_process.GATHER_S says why
         self.max_writes_queued = max_writes_queued
         self._on_commit = on_commit
         self._on_lost = on_lost
@@ -87,7 +89,8 @@ class WriterClient:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "aggregator.store.writer_process", str(theirs.fileno()),
-                 self.path, repr(self.busy_timeout), str(self.commit_batch), address],
+                 self.path, repr(self.busy_timeout), str(self.commit_batch),
+                 repr(self.commit_gather), address],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
             )
         finally:

@@ -5,7 +5,7 @@ every statement and the writer must win it back from the busy loop each time, so
 thousand messages per second group commits spent most of their time waiting for the GIL, not
 for the disk. Here the writer has a process, and so a GIL, to itself.
 
-    python -m aggregator.store.writer_process FD PATH BUSY_TIMEOUT COMMIT_BATCH [LISTEN]
+    python -m aggregator.store.writer_process FD PATH BUSY_TIMEOUT COMMIT_BATCH GATHER [LISTEN]
 
 FD is a connected stream socket to the daemon. The messages are wire.py's: the daemon sends
 `Call`s (any operation of writes.py) and a `Stop` after its last; each round of groups is
@@ -81,20 +81,20 @@ Batch = list[tuple[_Client, Op, tuple[Any, ...]]]
 WORKER_OPS = frozenset({"accept", "accept_each", "accept_many", "cancel", "add_optout",
                         "remove_optout", "remove_optout_logged", "add_consent"})
 WORKER_SEND_TIMEOUT = 5.0  # seconds a worker may leave its answers unread before it is dropped
-# Commit gathering: a group of fewer than GATHER_BELOW operations that comes less than GATHER_S
-# after the last group was done waits (once, asleep, not woken by each arriving frame) until
-# GATHER_S has passed, for more before its commit: groups start at most every GATHER_S while
-# traffic is dense, a lone request after a quiet spell is not delayed, and when commits are
-# slow (a loaded disk) nothing waits. Each commit costs about 90 µs of CPU (mostly fdatasync's)
-# and at 1,000 msg/s a loop turn found one or two operations. 2 ms rather than 1: accepts paced
-# 1 ms apart take 0.19-0.24 commits each instead of 0.35-0.39, and 80-93 µs of writer CPU
-# instead of 130. Not more: relaying waits for the writer twice per message (its claim, and its
-# submitted state before the dispatcher's slot is free again), so with 2 binds x window 10 a
-# 4 ms gather capped relaying at 1,300-1,700 msg/s (scenario a relayed 61 % of what it
-# accepted, against 86 % with 2 ms), although it cut scenario f's CPU further (622 -> 536 µs).
-# An operation waits at most GATHER_S longer; when a commit itself takes that long (a loaded
-# disk), nothing waits.
-GATHER_S = 0.002
+# Commit gathering: a group of fewer than GATHER_BELOW operations that comes less than the
+# gather time ([store] commit_gather_ms, default GATHER_S) after the last group was done waits
+# (once, asleep, not woken by each arriving frame) until that time has passed, for more before
+# its commit: groups start at most every gather time while traffic is dense, a lone request
+# after a quiet spell is not delayed, a caller alone (each call waiting for the answer to the
+# last) stops being delayed after one wait that found no company, and when commits are slow
+# (a loaded disk) nothing waits. A commit costs a few hundred µs of CPU here (WAL writes,
+# fdatasync, and the loop turns and frames around it in both processes), and at 1,000 msg/s a
+# loop turn finds one or two operations. Measured in `smsagg-sim bench --scenarios a,d,f
+# --workers 1`, 10 s each, one run per value on a quiet machine (f CPU-µs/msg; d accept p99;
+# a relayed msg/s): 2 ms 617, 7.6 ms, 2,092; 4 ms 479, 10.7 ms, 1,943; 5 ms 452, 10.8 ms,
+# 1,865; 6 ms 459, 12.8 ms, 1,934. Relaying waits for the writer on its way out (the
+# submitted state before the window slot is free again), so a longer gather costs some of it.
+GATHER_S = 0.005
 # What a call names, looked up once: the function, its arguments' decoder, whether it is a tool.
 Known = tuple[Callable[..., Any], msgspec.msgpack.Decoder[Any], bool]
 DAEMON_OPS: dict[str, Known] = {
@@ -106,7 +106,7 @@ GATHER_BELOW = 64
 
 def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: GroupWriter,
           commit_batch: int, durations: list[float],
-          optouts: Generation | None = None) -> None:
+          optouts: Generation | None = None, gather: float = GATHER_S) -> None:
     """Until the daemon says stop or goes: take every request ready on every connection, run
     them as groups, answer each connection; tell the daemon how the workers' writes changed
     the pending counts, with its own answers. `optouts`: counts the groups that write
@@ -118,15 +118,20 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
         selector.register(listener, selectors.EVENT_READ, None)
     stopping = False
     last_group = 0.0  # when the last group was done (monotonic)
+    company = True  # the last wait found company, or calls came together since: wait again
     while not stopping:
         batch: Batch = []
         stopping = _take(selector.select(), listener, selector, batch)
-        wait = last_group + GATHER_S - time.monotonic()
-        if not stopping and 0 < len(batch) < GATHER_BELOW and wait > 0:
+        wait = last_group + gather - time.monotonic()
+        company = company or len(batch) > 1
+        if not stopping and 0 < len(batch) < GATHER_BELOW and wait > 0 and company:
             # A small group soon after the last: let company arrive before paying for its
-            # commit (see GATHER_S).
+            # commit (see GATHER_S). A wait that found none (one caller at a time, each
+            # waiting for its answer) is not repeated until calls come together again.
+            alone = len(batch)
             time.sleep(wait)
             stopping = _take(selector.select(0), listener, selector, batch)
+            company = len(batch) > alone
         took: Counter[str] = Counter()  # per account
         due: float | None = None  # the earliest due time of the workers' waiting messages
         for start in range(0, len(batch), commit_batch):
@@ -244,7 +249,8 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     fd, path, busy_timeout, commit_batch = int(argv[0]), argv[1], float(argv[2]), int(argv[3])
-    listen = argv[4] if len(argv) > 4 else ""
+    gather = float(argv[4])
+    listen = argv[5] if len(argv) > 5 else ""
     sock = socket.socket(fileno=fd)
     listener: socket.socket | None = None
     if listen:  # in a directory only the daemon's user can open
@@ -261,7 +267,7 @@ def main(argv: list[str]) -> int:
     optouts = Generation(generation_path(listen)) if listen else None  # the daemon made it
     sock.sendall(frame(Ready()))
     try:
-        serve(sock, listener, group, commit_batch, durations, optouts)
+        serve(sock, listener, group, commit_batch, durations, optouts, gather)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the daemon is gone
     finally:
