@@ -66,7 +66,11 @@ class OptoutView:
     def scopes(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str] | None:
         """Which of `keys` opted out (with the scope); None: read SQLite."""
         if self._at != self._generation.value:
+            # Counted as a miss like scope()'s: a daemon whose ingress workers make every
+            # accept checks only here, and would otherwise never read its copy.
+            self._missed()
             return None
+        self._views.inc()
         found = self._scopes
         return {key: found[key] for key in keys if key in found}
 

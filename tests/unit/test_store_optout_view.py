@@ -125,3 +125,20 @@ async def test_a_table_too_big_to_copy_is_read_each_time(
         await asyncio.sleep(0)
     assert _count("view") == views
     assert _count("rebuild") == rebuilds
+
+
+async def test_send_time_checks_alone_bring_the_copy_in(store: SqliteStore) -> None:
+    """A daemon whose ingress workers make every accept checks opt-outs only at send time:
+    those checks must bring the copy in too, and then answer from it."""
+    await store.add_optout(ACCOUNT, "+38344555555", "api", NOW, "all")
+    keys = [(ACCOUNT, "+38344555555"), (ACCOUNT, "+38344444444")]
+    rebuilds = _count("rebuild")
+    deadline = time.monotonic() + 5
+    while True:
+        views = _count("view")
+        assert await store.send_rules_state(keys, [], NOW) == ({keys[0]: "all"}, {})
+        if _count("view") > views:
+            break
+        assert time.monotonic() < deadline, "send-time checks never read the copy"
+        await asyncio.sleep(0.001)
+    assert _count("rebuild") > rebuilds
