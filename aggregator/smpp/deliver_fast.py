@@ -22,8 +22,9 @@ from aiosmpplib.codec import find_codec_info
 from aiosmpplib.protocol import DEFAULT_ENCODING, DeliverSm, OptionalParam, PhoneNumber
 from aiosmpplib.state import SmppDataCoding, tag_data_type
 
-_MESSAGE_PAYLOAD = 0x0424
-_HEADER_LENGTH = 16
+from aggregator.smpp.fields import MESSAGE_PAYLOAD
+from aggregator.smpp.header import HEADER_LENGTH
+
 _TAG_LENGTH = struct.Struct("!HH")
 _INT_FORMATS = {1: struct.Struct("!B"), 2: struct.Struct("!H"), 4: struct.Struct("!I")}
 _TONS = {int(t): t for t in TON}
@@ -82,7 +83,7 @@ def _tlvs(pdu: bytes, index: int) -> list[OptionalParam] | None:
         tag, length = tag_length(pdu, index)
         index += 4
         kind = _tag_type(tag)
-        if tag == _MESSAGE_PAYLOAD:
+        if tag == MESSAGE_PAYLOAD:
             return None
         if kind is int:
             unpack = _INT_FORMATS.get(length)
@@ -109,7 +110,7 @@ def decode_deliver_sm(pdu: bytes, command_status: Any, seq: int,
 
 def _decode(pdu: bytes, command_status: Any, seq: int,
             codecs: dict[str, CodecInfo]) -> DeliverSm | None:
-    service_type, index = _c_string(pdu, _HEADER_LENGTH)
+    service_type, index = _c_string(pdu, HEADER_LENGTH)
     source = _number(pdu, index)
     if source is None or len(service_type) > 5:
         return None

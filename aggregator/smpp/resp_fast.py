@@ -9,10 +9,10 @@ from typing import Any, Final
 
 from aiosmpplib import DeliverSmResp, SubmitSmResp
 
-from aggregator.smpp.header import HEADER, HEADER_LENGTH
+from aggregator.smpp.header import DELIVER_SM, HEADER, HEADER_LENGTH, RESP_BIT, SUBMIT_SM
 
-SUBMIT_SM_RESP: Final = 0x80000004
-DELIVER_SM_RESP: Final = 0x80000005
+SUBMIT_SM_RESP: Final = SUBMIT_SM | RESP_BIT
+DELIVER_SM_RESP: Final = DELIVER_SM | RESP_BIT
 # The response classes this module decodes, by command id.
 MESSAGE_ID_RESPONSES: Final[dict[int, Any]] = {
     SUBMIT_SM_RESP: SubmitSmResp,

@@ -31,7 +31,24 @@ from aiosmpplib.protocol import (
 from aiosmpplib.state import SmppCommandStatus
 
 from aggregator.smpp.deliver_fast import decode_deliver_sm
-from aggregator.smpp.header import HEADER, HEADER_LENGTH
+from aggregator.smpp.header import (
+    ALERT_NOTIFICATION,
+    BIND_RECEIVER,
+    BIND_TRANSCEIVER,
+    BIND_TRANSMITTER,
+    CANCEL_SM,
+    DATA_SM,
+    DELIVER_SM,
+    ENQUIRE_LINK,
+    GENERIC_NACK,
+    HEADER,
+    HEADER_LENGTH,
+    REPLACE_SM,
+    RESP_BIT,
+    SUBMIT_MULTI,
+    SUBMIT_SM,
+    UNBIND,
+)
 from aggregator.smpp.querysm import QUERY_SM, QuerySm, QuerySmResp
 from aggregator.smpp.resp_fast import MESSAGE_ID_RESPONSES, decode_message_id_resp, deliver_sm_resp
 from aggregator.smpp.status import CommandStatus
@@ -42,21 +59,6 @@ Pdu: TypeAlias = SmppMessage
 
 MAX_SEQUENCE: Final = 0x7FFFFFFF
 
-# Command ids (plain ints: dict lookups on the hot path stay cheap).
-GENERIC_NACK: Final = 0x80000000
-BIND_RECEIVER: Final = 0x00000001
-BIND_TRANSMITTER: Final = 0x00000002
-SUBMIT_SM: Final = 0x00000004
-DELIVER_SM: Final = 0x00000005
-UNBIND: Final = 0x00000006
-REPLACE_SM: Final = 0x00000007
-CANCEL_SM: Final = 0x00000008
-BIND_TRANSCEIVER: Final = 0x00000009
-ENQUIRE_LINK: Final = 0x00000015
-SUBMIT_MULTI: Final = 0x00000021
-ALERT_NOTIFICATION: Final = 0x00000102
-DATA_SM: Final = 0x00000103
-RESP_BIT: Final = 0x80000000
 
 class Role(Enum):
     CLIENT = "client"
@@ -245,7 +247,6 @@ _ALLOWED_BY_ROLE: Final[dict[Role, dict[int, tuple[BindMode, ...]]]] = {
 # Known statuses become SmppCommandStatus (aiosmpplib's constructors insist on it); others
 # (vendor-specific 0x400-0x4FF, ...) are set as plain ints after decoding.
 _STATUSES: Final[dict[int, Any]] = {int(s): s for s in SmppCommandStatus}
-_DELIVER_SM: Final = 0x00000005
 _ROK_STATUS: Final = SmppCommandStatus.ESME_ROK
 
 # What an outstanding request is, to decide what its response or timeout means.
@@ -591,7 +592,7 @@ class SmppSession:
             self._respond_error(command_id, CommandStatus.ESME_RINVBNDSTS, seq)
             return
         pdu = (decode_deliver_sm(data, request_status(status), seq, _CODECS)
-               if command_id == _DELIVER_SM else None)  # receipts' fast path (deliver_fast.py)
+               if command_id == DELIVER_SM else None)  # receipts' fast path (deliver_fast.py)
         try:
             if pdu is None:
                 pdu = decode_pdu(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)

@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 from aggregator.smpp.fields import RawSubmit, parse_submit
-from aggregator.smpp.header import HEADER
-from aggregator.smpp.session import RESP_BIT, SUBMIT_SM
+from aggregator.smpp.header import HEADER, RESP_BIT, SUBMIT_SM
 from aggregator.smpp.status import CommandStatus
 from aggregator.text import ESM_CLASS_UDHI, parse_udh
 from simulator.smsc.records import ReceivedSubmit
