@@ -50,6 +50,7 @@ from aggregator.store.factory import build_store
 log = get_logger("smsagg.app")
 
 GAUGE_INTERVAL = 5.0
+QUEUE_STATES = ("accepted", "queued", "submitted")  # the queue_depth gauge's
 # Sections a reload does not apply: what they say is used at start-up only.
 RESTART_ONLY = ("http", "store", "messages", "callbacks", "log", "smpp", "metrics", "policy")
 
@@ -211,8 +212,8 @@ class App:
     async def _update_gauges(self) -> None:
         while True:
             try:
-                counts = await self.store.count_by_status()
-                for state in ("accepted", "queued", "submitted"):
+                counts = await self.store.count_by_status(QUEUE_STATES)
+                for state in QUEUE_STATES:
                     metrics.queue_depth.labels(state).set(counts.get(state, 0))
             except StoreError:
                 pass

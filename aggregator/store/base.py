@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -362,8 +362,9 @@ class Store(Protocol):
         """An HTTP POST for the callback sender that is not about a message (e.g. an MO)."""
         ...
 
-    async def count_by_status(self) -> dict[str, int]:
-        """Messages per status."""
+    async def count_by_status(self, states: Collection[str] | None = None) -> dict[str, int]:
+        """Messages per status. `states`: the ones the caller reads; a store may count only
+        those (cheaper where indexes serve them)."""
         ...
 
     async def claim_overdue_segments(

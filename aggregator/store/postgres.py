@@ -1289,7 +1289,7 @@ class PostgresStore:
                                tx=False)
         return [row_to_message(r) for r in rows]
 
-    async def count_by_status(self) -> dict[str, int]:
+    async def count_by_status(self, states: Collection[str] | None = None) -> dict[str, int]:
         async def op(conn: asyncpg.Connection) -> dict[str, int]:
             # The whole table: a sequential scan is the plan (PLANNER_SETTINGS discourage it).
             await conn.execute("SET LOCAL enable_seqscan = on")

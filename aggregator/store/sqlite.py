@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,22 @@ from aggregator.store.writes import (
 from aggregator.store.writes import recover as recover_claims
 
 log = get_logger("smsagg.store")
+
+_COUNT_ALL = "SELECT status, COUNT(*) FROM messages GROUP BY status"  # the whole table
+# The statuses not final, each counted on its partial index (sqlite_schema.py, 5 -> 6).
+_OPEN = frozenset({"accepted", "scheduled", "queued", "submitted"})
+_COUNT_OPEN = (
+    "SELECT status, COUNT(*) FROM messages INDEXED BY messages_due_account "
+    "WHERE status IN ('accepted', 'scheduled') GROUP BY status "
+    "UNION ALL SELECT 'queued', COUNT(*) FROM messages INDEXED BY messages_queued "
+    "WHERE status = 'queued' "
+    "UNION ALL SELECT 'submitted', COUNT(*) FROM messages INDEXED BY messages_submitted "
+    "WHERE status = 'submitted'")
+_PENDING_BY_ACCOUNT = (
+    "SELECT account, COUNT(*) FROM (SELECT account FROM messages "
+    "INDEXED BY messages_due_account WHERE status IN ('accepted', 'scheduled') "
+    "UNION ALL SELECT account FROM messages INDEXED BY messages_queued "
+    "WHERE status = 'queued') GROUP BY account")
 
 
 @dataclass(slots=True)
@@ -197,11 +213,10 @@ class SqliteStore:
         self._reader = await asyncio.to_thread(connect, self.path, self.busy_timeout)
         self._point = await asyncio.to_thread(connect, self.path, 0.0)  # busy: never waits
         self._optouts = self._optout_view(self._join or self.writer.address)
-        counts = await self.count_by_status()
+        counts = await self.count_by_status(PENDING)
         self.pending = sum(counts.get(s, 0) for s in PENDING)
         self.pending_by_account = Counter(dict(await asyncio.to_thread(
-            self._read, "SELECT account, COUNT(*) FROM messages WHERE status IN "
-            f"({','.join('?' * len(PENDING))}) GROUP BY account", PENDING)))
+            self._read, _PENDING_BY_ACCOUNT, ())))
 
     def _optout_view(self, writer_address: str | None) -> OptoutView | None:
         """The in-memory opt-outs, kept current by the writer process's count beside its
@@ -691,20 +706,21 @@ class SqliteStore:
                                        (*args, limit))
         return [row_to_message(r) for r in rows]
 
-    async def count_by_status(self) -> dict[str, int]:
+    async def count_by_status(self, states: Collection[str] | None = None) -> dict[str, int]:
+        """Messages per status; with `states` all of them not final (what is waiting, queued
+        or submitted: the gauges, the pending count), only those, read from their partial
+        indexes instead of the whole table."""
+        sql = _COUNT_OPEN if states is not None and _OPEN.issuperset(states) else _COUNT_ALL
         if self._reader is None:
             conn = await asyncio.to_thread(connect, self.path)
             try:
-                rows = conn.execute(
-                    "SELECT status, COUNT(*) FROM messages GROUP BY status"
-                ).fetchall()
+                rows = conn.execute(sql).fetchall()
             finally:
                 conn.close()
         else:
-            rows = await asyncio.to_thread(
-                self._read, "SELECT status, COUNT(*) FROM messages GROUP BY status", ()
-            )
-        return {status: count for status, count in rows}
+            rows = await asyncio.to_thread(self._read, sql, ())
+        return {status: count for status, count in rows
+                if count and (states is None or status in states)}
 
     async def segments_of(self, message_id: str) -> list[tuple[int, str, str, str]]:
         """(seq, provider, provider_msg_id, status) of a message's parts; for tests and tools."""
