@@ -38,6 +38,13 @@ def parts_rows(parts: Sequence[SegmentSubmit]) -> list[tuple[int, str]]:
     return [(p.seq, p.provider_msg_id) for p in parts]
 
 
+# The enum members by value: a dict lookup, where calling the enum class cost 0.34 µs each,
+# a third of row_to_message's 2.75 µs (every claimed message goes through it in the daemon).
+_KINDS = {kind.value: kind for kind in SenderKind}
+_ENCODINGS = {encoding.value: encoding for encoding in Encoding}
+_STATUSES = {status.value: status for status in MessageStatus}
+
+
 def row_to_message(row: Sequence[Any]) -> Message:
     """A row of the messages table (MESSAGE_COLUMNS order) as a Message."""
     return Message(
@@ -45,14 +52,14 @@ def row_to_message(row: Sequence[Any]) -> Message:
         account=row[1],
         to=row[2],
         region=row[3],
-        sender=Sender(row[4], SenderKind(row[5])),
+        sender=Sender(row[4], _KINDS.get(row[5]) or SenderKind(row[5])),
         text=row[6],
-        encoding=Encoding(row[7]),
+        encoding=_ENCODINGS.get(row[7]) or Encoding(row[7]),
         segments=row[8],
         concat_ref=row[9],
         message_class=row[10],
         receipt_mode=row[11],
-        status=MessageStatus(row[12]),
+        status=_STATUSES.get(row[12]) or MessageStatus(row[12]),
         callback_url=row[13],
         reference=row[14],
         provider=row[15],

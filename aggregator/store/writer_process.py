@@ -38,6 +38,7 @@ from aggregator.store.writes import (
     TOOLS,
     GroupWriter,
     Op,
+    accepted_waiting,
     connect,
     pending_change,
     waiting_due,
@@ -148,8 +149,7 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
             for client, op, args in chunk:
                 client.answers.append(_answer(op))
                 if not client.daemon and op.error is None:
-                    took.update(pending_change(op.name, args, op.result))
-                    due = _sooner(due, op.name, args, op.result)
+                    due = _took(took, due, op.name, args, op.result)
         for key in list(selector.get_map().values()):
             client = key.data
             if client is None or client.daemon or not client.answers:
@@ -166,6 +166,22 @@ def serve(daemon_sock: socket.socket, listener: socket.socket | None, group: Gro
             durations.clear()
             daemon.answers = []
         last_group = time.monotonic()
+
+
+def _took(took: Counter[str], due: float | None, name: str, args: tuple[Any, ...],
+          result: Any) -> float | None:
+    """Count what a worker's operation changed in `took` (the pending counts per account);
+    the earliest due time of the waiting messages stored so far. A single accept, the usual
+    one, on a path of its own: 0.36 µs, where pending_change and _sooner cost 2.1."""
+    if name == "accept":
+        stored = accepted_waiting(args[0], result)
+        if stored is None:
+            return due
+        account, at = stored
+        took[account] += 1
+        return at if due is None or at < due else due
+    took.update(pending_change(name, args, result))
+    return _sooner(due, name, args, result)
 
 
 def _sooner(due: float | None, name: str, args: tuple[Any, ...], result: Any) -> float | None:
@@ -226,17 +242,26 @@ def _take(ready: list[tuple[selectors.SelectorKey, int]], listener: socket.socke
     return stopping
 
 
+READ_SIZE = 1 << 20  # bytes a recv asks for
+
+
 def _read(client: _Client) -> tuple[list[object], bool]:
-    """The requests waiting on a readable connection, and whether it closed."""
+    """The requests waiting on a readable connection, and whether it closed. A recv that gave
+    less than it asked for took all there was: no second recv that only says "nothing more"
+    (one syscall and one exception fewer per connection and loop turn; what comes later makes
+    the connection readable again)."""
     requests: list[object] = []
     try:
-        data = client.sock.recv(1 << 20)
+        data = client.sock.recv(READ_SIZE)
         if not data:
             return requests, True
         requests += client.reader.feed(data)
-        while more := client.sock.recv(1 << 20, socket.MSG_DONTWAIT):
-            requests += client.reader.feed(more)
-        return requests, True  # recv gave b"": closed after what it sent
+        while len(data) == READ_SIZE:
+            data = client.sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+            if not data:
+                return requests, True  # closed after what it sent
+            requests += client.reader.feed(data)
+        return requests, False
     except BlockingIOError:
         return requests, False
     except Exception:  # reset, or a frame that is not ours (too big, garbled): drop it

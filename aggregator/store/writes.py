@@ -663,6 +663,14 @@ def waiting_added(name: str, args: Sequence[Any], result: Any) -> int:
     return sum(1 for row in args[0] if row[_STATUS] in _WAITING_VALUES)
 
 
+def accepted_waiting(row: Sequence[Any], result: Any) -> tuple[str, float] | None:
+    """The account and due time of the waiting message an `accept` (of `row`, answered
+    `result`) stored; None when it stored none (an idempotent repeat, a message not waiting)."""
+    if result is not None or row[_STATUS] not in _WAITING_VALUES:
+        return None
+    return row[_ACCOUNT], row[_NEXT]
+
+
 def waiting_due(rows: Sequence[Sequence[Any]]) -> float | None:
     """The earliest due time of the waiting messages among message `rows`; None: none."""
     times = [row[_NEXT] for row in rows if row[_STATUS] in _WAITING_VALUES]
