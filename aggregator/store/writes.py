@@ -404,8 +404,11 @@ def cancel(conn: sqlite3.Connection, account: str, message_id: str,
 
 
 def release_waiting(conn: sqlite3.Connection, now: float) -> int:
+    # On the waiting messages' index: no whole-table scan (the writer holds every write
+    # meanwhile) at each bind that comes up.
     return conn.execute(
-        "UPDATE messages SET next_attempt_at = ? WHERE status = 'accepted' "
+        "UPDATE messages INDEXED BY messages_due_account SET next_attempt_at = ? "
+        "WHERE status IN ('accepted', 'scheduled') AND status = 'accepted' "
         "AND next_attempt_at > ? AND error = ?",
         (now, now, NO_PROVIDER),
     ).rowcount
