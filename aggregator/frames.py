@@ -60,14 +60,20 @@ class FrameReader:
         self._buf = bytearray()
         self._need = LEN.size  # bytes _buf must hold before a frame in it is whole
 
-    def feed(self, data: bytes) -> list[Wire]:
-        self._buf += data
-        if len(self._buf) < self._need:  # a big frame arriving in pieces: no copy, no parse
-            return []
-        out, pos, error = split(bytes(self._buf))
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Wire]:
+        """The frames `data` completes (copied: the caller may reuse its buffer)."""
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:  # a big frame arriving in pieces: no parse
+                return []
+            whole = bytes(self._buf)
+            self._buf.clear()
+        else:  # the usual read: whole frames, copied once
+            whole = bytes(data)
+        out, pos, error = split(whole)
         if error is not None:
             raise error
-        del self._buf[:pos]
+        self._buf += memoryview(whole)[pos:]
         self._need = LEN.size
         if len(self._buf) >= LEN.size:
             self._need += LEN.unpack_from(self._buf)[0]
