@@ -27,31 +27,15 @@ import tempfile
 import time
 from typing import Any
 
-from aggregator import model
 from aggregator.frames import FrameReader, frame
 from aggregator.model import Message, MessageStatus, ReceiptUpdate
 from aggregator.store.rows import message_row
 from aggregator.store.sqlite_schema import open_database
 from aggregator.store.writes import OPS
 from aggregator.wire import Done, Ready, call, signature
+from tests.bench_store_ops import _cpu, _message
 
 PROVIDER = "opA"
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _message(i: int, now: float) -> Message:
-    return Message(
-        id=f"{int(now * 1000):012x}{i:020x}", account="shop", to=f"+38344{i % 997:06d}",
-        region=None, sender=model.Sender("ACME", model.SenderKind.ALPHANUMERIC),
-        text="Your code is 1234", encoding=model.Encoding.GSM7, segments=1, concat_ref=0,
-        message_class="transactional", created_at=now, next_attempt_at=now,
-        expires_at=now + 86_400,
-    )
 
 
 class Driver:
