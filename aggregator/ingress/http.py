@@ -13,6 +13,7 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -81,7 +82,17 @@ def error_response(status: int, code: ErrorCode | str, message: str,
     )
 
 
+# msgspec's JSON decoder first: 1.6 -> 0.2 µs for a single-message body. What it accepts it
+# decodes as json.loads does; everything it refuses (NaN, lone surrogates, a BOM, UTF-16,
+# 1e400, nesting, bad bytes) goes to json.loads, whose answer (or error) stands.
+_DECODE = msgspec.json.Decoder().decode
+
+
 def _json_loads(raw: bytes) -> Any:
+    try:
+        return _DECODE(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
