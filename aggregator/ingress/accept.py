@@ -33,9 +33,11 @@ FULL_LOG_EVERY = 10.0  # seconds between log lines for one account's refusals at
 log = get_logger("smsagg.accept")
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SubmitInput:
-    """A message as an upstream handed it to us, already decoded from HTTP or SMPP."""
+    """A message as an upstream handed it to us, already decoded from HTTP or SMPP. Not
+    frozen: one is made per message, and a frozen dataclass sets each of its 12 fields through
+    object.__setattr__ (1.6 -> 0.5 µs). Nothing changes one once made (replace() copies)."""
 
     to: str
     sender: str

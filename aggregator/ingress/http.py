@@ -13,6 +13,7 @@ from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -81,7 +82,17 @@ def error_response(status: int, code: ErrorCode | str, message: str,
     )
 
 
+# msgspec's JSON decoder first: 1.6 -> 0.2 µs for a single-message body. What it accepts it
+# decodes as json.loads does; everything it refuses (NaN, lone surrogates, a BOM, UTF-16,
+# 1e400, nesting, bad bytes) goes to json.loads, whose answer (or error) stands.
+_DECODE = msgspec.json.Decoder().decode
+
+
 def _json_loads(raw: bytes) -> Any:
+    try:
+        return _DECODE(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
@@ -149,6 +160,34 @@ def parse_submit(body: object, idempotency_key: str | None,
     callback_url whose literal address ``callback_policy`` forbids)."""
     if not isinstance(body, dict):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "body must be a JSON object")
+    if not _plain_fields(body):
+        _check_fields(body)
+    return _submit_input(body, idempotency_key, callback_policy)
+
+
+_REQUIRED = tuple(name for name, (_, required) in _FIELDS.items() if required)
+
+
+def _plain_fields(body: dict[str, Any]) -> bool:
+    """Whether every field of `body` is known, null or of exactly its type, and storable, and
+    every required one is there: then _check_fields finds nothing, and one pass over the
+    body's own fields (three, most often) says so (with SubmitInput not frozen: parse_submit
+    6.0 -> 1.8-2.6 µs for a three-field body)."""
+    for key, value in body.items():
+        spec = _FIELDS.get(key)
+        if spec is None:
+            return False
+        if value is None:
+            continue
+        if type(value) is not spec[0]:  # exactly: a bool is no int here, nor an int a bool
+            return False
+        if type(value) is str and not _is_unicode(value):
+            return False
+    return all(body.get(name) is not None for name in _REQUIRED)
+
+
+def _check_fields(body: dict[str, Any]) -> None:
+    """The fields' names and types; raises ApiError(400) naming the first wrong one."""
     for key in body:
         if key not in _FIELDS:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown field '{key}'")
@@ -164,6 +203,11 @@ def parse_submit(body: object, idempotency_key: str | None,
         if isinstance(value, str) and not _is_unicode(value):  # JSON "\ud800": unstorable
             raise ApiError(400, ErrorCode.BAD_REQUEST,
                            f"field '{name}' contains an unpaired surrogate")
+
+
+def _submit_input(body: dict[str, Any], idempotency_key: str | None,
+                  callback_policy: CallbackPolicy | None) -> SubmitInput:
+    """The rest of parse_submit, once the fields' names and types are right."""
     message_class = body.get("class")  # None: the account's default_class (policy/classes.py)
     if message_class is not None and message_class not in MESSAGE_CLASSES:
         raise ApiError(400, ErrorCode.BAD_REQUEST,
@@ -237,6 +281,9 @@ class HttpApi:
                         if a.max_http_tps is not None}
         self._max_body = max_body_bytes
         self._ready = ready
+        # The logger itself, not the module's lazy proxy, for the line every accept may log:
+        # a debug call that logs nothing costs 0.2 µs through it, 1.1 through the proxy.
+        self._log = log.bind()
 
     def set_accounts(self, accounts: tuple[AccountConfig, ...]) -> None:
         """Take a reloaded set of accounts: keys of removed accounts stop working at once; a
@@ -396,8 +443,8 @@ class HttpApi:
         result = await self._acceptor.accept(account, item)
         m = result.message
         metrics.accept_latency.observe(time.perf_counter() - started)
-        log.debug("accepted", message_id=m.id, account=account, to=m.to, segments=m.segments,
-                  replay=not result.created)
+        self._log.debug("accepted", message_id=m.id, account=account, to=m.to,
+                        segments=m.segments, replay=not result.created)
         return {"id": m.id, "status": accepted_status(m), "segments": m.segments,
                 "encoding": m.encoding.value}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,10 @@ from aggregator.wire import DAEMON_CALLS, Answers, Call, Signature, Wire, answer
 log = get_logger("smsagg.rpc")
 
 STATUS_EVERY = 0.5  # seconds between a worker's status calls (its metrics, the pending count)
+# Status calls per metrics report: the text every 2 s, the counts every 0.5. A report is the
+# whole registry's exposition (about 1 ms of CPU), 2 % of a worker's samples at 1,000 msg/s
+# when every call carried one. A scrape through a worker reports first (`report`).
+REPORT_EVERY = 4
 
 
 class WorkerServer:
@@ -75,7 +80,8 @@ class WorkerServer:
             args = sig.args.decode(obj.args)
             result: Any = None
             if obj.op == "status":  # the worker's metrics in, the pending counts out
-                if link in self._reports:  # not after it disconnected: no stale figures
+                # Not after it disconnected (no stale figures); "": no new report this time.
+                if link in self._reports and args[0]:
                     self._reports[link] = args[0]
                 result = self._pending()
             elif obj.op == "metrics":
@@ -100,11 +106,13 @@ class DaemonClient:
         self._on_status = on_status
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._status_task: asyncio.Task[None] | None = None
+        self._report: Callable[[], str] = lambda: ""
 
     @classmethod
     async def connect(cls, path: str, report: Callable[[], str],
                       on_status: Callable[[int, dict[str, int]], None]) -> DaemonClient:
         client = cls(on_status)
+        client._report = report
         await asyncio.get_running_loop().create_unix_connection(lambda: client._link, path)
         client._status_task = asyncio.create_task(client._status(report))
         return client
@@ -139,9 +147,17 @@ class DaemonClient:
         if not self.lost.done():
             self.lost.set_result(None)
 
+    async def report(self) -> None:
+        """A status call with this worker's metrics now (before a scrape it serves)."""
+        pending, by_account = await self.call("status", self._report())
+        self._on_status(pending, by_account)
+
     async def _status(self, report: Callable[[], str]) -> None:
-        while not self.lost.done():
+        for calls in itertools.count():
+            if self.lost.done():
+                return
             with contextlib.suppress(StoreError):
-                pending, by_account = await self.call("status", report())
+                text = report() if calls % REPORT_EVERY == 0 else ""
+                pending, by_account = await self.call("status", text)
                 self._on_status(pending, by_account)
             await asyncio.sleep(STATUS_EVERY)

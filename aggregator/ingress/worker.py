@@ -61,6 +61,7 @@ async def run_worker(config: Config, config_path: str | None, rpc_path: str, por
                                                                        config.store))
 
     async def exposition() -> bytes:
+        await remote.report()  # this worker's figures as of now, not of its last report
         text: str = await remote.call("metrics")
         return text.encode()
 

@@ -110,7 +110,9 @@ MoKind: TypeAlias = Literal["optout", "help", "other"]
 ALLOW: Final = Allow()
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of its 15 fields through object.__setattr__, and one
+# is built per accepted message (1.9 -> 0.5 µs). Nothing changes one after it is made.
+@dataclass(slots=True)
 class PolicyInput:
     region: str | None
     number_type: str  # "mobile", "fixed_line", "fixed_line_or_mobile", ... (numbers.Destination)

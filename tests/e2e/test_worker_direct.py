@@ -45,7 +45,8 @@ async def send(http: aiohttp.ClientSession, base: str) -> list[str]:
 
 async def counted_direct(http: aiohttp.ClientSession, base: str, backend: str) -> None:
     """Every accept call counted as stored by the worker itself (one per message, one for the
-    batch), once its status report (every 0.5 s) reached the daemon's merged metrics."""
+    batch), once its status report (every 2 s, or before a scrape it serves) reached the
+    daemon's merged metrics."""
 
     async def done() -> bool:
         async with http.get(f"{base}/metrics") as r:
