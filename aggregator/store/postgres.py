@@ -480,6 +480,10 @@ class PostgresStore:
         self._failing_since = 0.0  # monotonic: when lease renewal began to fail
         self.pending_by_account: Counter[str] = Counter()  # `pending` per account
         self.worker = False  # an ingress worker's store: see _open_worker
+        # Hears (provider, its message ids) as soon as records of submits commit: the pool
+        # frees their window slots then (pool.recorded; the dispatcher's own call after is a
+        # no-op).
+        self.on_recorded: Callable[[str, list[str]], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -866,12 +870,16 @@ class PostgresStore:
         try:
             for attempt in range(RETRIES):
                 try:
-                    async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                    pool = self._pool
+                    conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+                    try:
                         if tx:
                             async with conn.transaction():
                                 result = await fn(conn)
                         else:
                             result = await fn(conn)
+                    finally:
+                        self._release(pool, conn)
                     break
                 except _RETRY:
                     if attempt == RETRIES - 1:
@@ -889,6 +897,20 @@ class PostgresStore:
         self._last_ok_at = done
         metrics.store_operation_seconds.labels("postgres", op).observe(done - started)
         return result
+
+    def _release(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        """`conn` back to `pool`, in a task of its own: asyncpg's release goes through a
+        shielded task, three loop turns the caller (a commit whose writers wait, a claim) need
+        not wait for."""
+        task = asyncio.ensure_future(pool.release(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("store_release_failed", backend="postgres",
+                        error=self._brief(task.exception()))  # type: ignore[arg-type]
 
     # ---- accept ------------------------------------------------------------------------------
 
@@ -921,22 +943,30 @@ class PostgresStore:
         return result
 
     def _start_groups(self, lane: _Lane) -> None:
-        """Once per loop turn: the writes waiting go as groups, unless enough groups are
-        being committed; then the next starts as one ends, with all that came meanwhile."""
+        """A group task started now takes, at its first step (the next loop turn), every write
+        of its lane made in this turn; while enough groups are being committed, the next
+        starts as one ends, with all that came meanwhile. (Started here, not from a callback
+        scheduled for the next turn: a loop turn less between a submit's answer and its
+        record, which holds the submit's window slot.)"""
         if lane.writes and not lane.flush_scheduled and lane.groups < lane.max_groups:
             lane.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_writes, lane)
-
-    def _flush_writes(self, lane: _Lane) -> None:
-        lane.flush_scheduled = False
-        while lane.writes and lane.groups < lane.max_groups:
-            group, lane.writes = lane.writes[:GROUP_SIZE], lane.writes[GROUP_SIZE:]
             lane.groups += 1
-            task = asyncio.ensure_future(self._commit_group(lane, group))
+            task = asyncio.ensure_future(self._commit_group(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _commit_group(self, lane: _Lane, group: list[_Write]) -> None:
+    async def _commit_group(self, lane: _Lane) -> None:
+        lane.flush_scheduled = False
+        group, lane.writes = lane.writes[:GROUP_SIZE], lane.writes[GROUP_SIZE:]
+        try:
+            if group:
+                self._start_groups(lane)  # more than a group waits: the next one starts too
+                await self._commit(group)
+        finally:
+            lane.groups -= 1
+            self._start_groups(lane)
+
+    async def _commit(self, group: list[_Write]) -> None:
         try:
             try:
                 results = await self._run("group", lambda conn: _write_all(conn, group),
@@ -951,6 +981,8 @@ class PostgresStore:
             for item, result in zip(group, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
+            if self.on_recorded is not None and group[0].op == "record_submitted":
+                self._tell_recorded(group)
         except BaseException as exc:
             for item in group:
                 if not item.future.done():
@@ -958,9 +990,15 @@ class PostgresStore:
                                               else StoreError("store is closing"))
             if not isinstance(exc, Exception):
                 raise
-        finally:
-            lane.groups -= 1
-            self._start_groups(lane)
+
+    def _tell_recorded(self, group: Sequence[_Write]) -> None:
+        """The records of a group committed: their window slots are free now, a loop turn
+        before each submitter's task resumes to free them."""
+        assert self.on_recorded is not None
+        for item in group:
+            if item.op == "record_submitted":
+                _, provider, parts, _ = item.args
+                self.on_recorded(provider, [p.provider_msg_id for p in parts])
 
     async def _commit_alone(self, item: _Write) -> None:
         try:
