@@ -107,7 +107,11 @@ RETRIES = 3  # deadlock / serialization failure: the transaction is run again
 # 103-117 -> 44-60 server CPU-µs per message in `python -m tests.bench_pg_store --batch 10`,
 # and more in a longer run. A statement with no index to use still scans (the setting
 # only makes other plans preferred); count_by_status, a whole-table count, turns it back on.
-PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
+# JIT off: a statement with no index to use gets the disabled seqscan's cost (1e10), far over
+# jit_above_cost, and was compiled on every call (SELECT max(version) FROM smsagg_schema: 100 ms
+# of server CPU at each ingress worker's start, 0.1 ms without); smsagg's statements are short.
+PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off",
+                    "jit": "off"}
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
 DB_NOW = "extract(epoch from clock_timestamp())::float8"
 
