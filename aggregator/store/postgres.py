@@ -454,9 +454,12 @@ class PostgresStore:
         # its window slot until the record commits). Each lane has a quarter of the pool less
         # two connections (2 of 10), as have the opt-out reads: the two left and whatever a lane
         # does not use serve claims, other reads and lease renewal without waiting.
+        # Receipts have a lane of their own with one group at a time: the receipts that come
+        # while a group commits go together in the next (set-based, postgres_receipts.py: the
+        # server's CPU per receipt falls with the group's size).
         groups = max(1, (pool_size - 2) // 4)
         self._lanes = {"accept": _Lane(groups), "other": _Lane(groups),
-                       "record_submitted": _Lane(groups)}
+                       "record_submitted": _Lane(groups), "apply_receipts": _Lane(1)}
         self._tasks: set[asyncio.Task[None]] = set()
         # Opt-out reads of the accept path asked in the same loop turns go as one statement.
         self._scope_reads: dict[tuple[str, str], asyncio.Future[str | None]] = {}
