@@ -5,11 +5,11 @@ claim costs in loop turns, not in server time.
 
 On a loaded daemon every loop turn between an operation's start and its caller's resumption
 waits for the other work of that turn (the bench's scenario a: 1-3 ms a turn). Here a callback
-burns `--busy-ms` of CPU every turn, and accept, claim_due, record_submitted and apply_receipts
-run one at a time against a throw-away server (simulator/pgserver.py); their p50/p90 latency,
-less the same figures with an idle loop, is about the turns they take times `--busy-ms`
-(also printed: the turns from call to return, the server's time included). The server's own
-time is the idle figure. Run with PYTHONPATH pointing at another tree to compare
+burns `--busy-ms` of CPU every turn, and optout_scope, accept, claim_due, record_submitted and
+apply_receipts run one at a time against a throw-away server (simulator/pgserver.py); their
+p50/p90 latency, less the same figures with an idle loop, is about the turns they take times
+`--busy-ms` (also printed: the turns from call to return, the server's time included). The
+server's own time is the idle figure. Run with PYTHONPATH pointing at another tree to compare
 (the script uses only the store's public methods)."""
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ async def _rounds(store: PostgresStore, ops: int, busy: Busy, base: int) -> dict
         for i in range(ops):
             now = time.time()
             m = _message(base + i, now)
+            await _timed(lat, "optout_scope", store.optout_scope(m.account, m.to), busy)
             await _timed(lat, "accept", store.accept(m, None), busy)
             claimed = await store.claim_due(now + 1, 1)
             await _timed(lat, "record_submitted", store.record_submitted(

@@ -462,7 +462,7 @@ class PostgresStore:
                        "record_submitted": _Lane(groups), "apply_receipts": _Lane(1)}
         self._tasks: set[asyncio.Task[None]] = set()
         # Opt-out reads of the accept path asked in the same loop turns go as one statement.
-        self._scope_reads: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._scope_reads: dict[tuple[str, str], list[asyncio.Future[str | None]]] = {}
         self._scope_batches = 0
         self._scope_flush = False
         # The last claim's earliest later due time: (monotonic, _due_changes then, the time).
@@ -1508,52 +1508,57 @@ class PostgresStore:
     async def optout_scope(self, account: str, number: str) -> str | None:
         """The scope of the number's opt-out, None without one (a primary-key read). Every
         accept asks: the reads asked while earlier ones are under way go together, in one
-        statement (one connection, one round trip for all)."""
+        statement (one connection, one round trip for all). Each reader awaits a future of
+        its own (a reader cancelled cancels only its own), not a shared one through
+        asyncio.shield: two loop turns less per read."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         key = (account, number)
-        future = self._scope_reads.get(key)
-        if future is None:
-            future = self._scope_reads[key] = asyncio.get_running_loop().create_future()
+        readers = self._scope_reads.get(key)
+        if readers is None:
+            self._scope_reads[key] = [future]
             self._start_scope_reads()
+        else:
+            readers.append(future)
         started = time.monotonic()
-        scope: str | None = await asyncio.shield(future)
+        scope = await future
         metrics.store_operation_seconds.labels("postgres", "optout_scope").observe(
             time.monotonic() - started)
         return scope
 
     def _start_scope_reads(self) -> None:
+        """As _start_groups: a batch's task, started now, takes at its first step every read
+        asked until then."""
         if self._scope_reads and not self._scope_flush and self._scope_batches < SCOPE_BATCHES:
             self._scope_flush = True
-            asyncio.get_running_loop().call_soon(self._flush_scope_reads)
+            self._scope_batches += 1
+            task = asyncio.ensure_future(self._read_scopes())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    def _flush_scope_reads(self) -> None:
+    async def _read_scopes(self) -> None:
         self._scope_flush = False
-        if not self._scope_reads or self._scope_batches >= SCOPE_BATCHES:
-            return
         batch, self._scope_reads = self._scope_reads, {}
-        self._scope_batches += 1
-        task = asyncio.ensure_future(self._read_scopes(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _read_scopes(self, batch: dict[tuple[str, str], asyncio.Future[str | None]]
-                           ) -> None:
         keys = list(batch)
         try:
-            rows = await self._run("optout_scopes", lambda conn: conn.fetch(
-                "SELECT k.a, k.n, o.scope FROM unnest($1::text[], $2::text[]) AS k(a, n) "
-                "JOIN optouts o ON o.account = k.a AND o.number = k.n",
-                [k[0] for k in keys], [k[1] for k in keys]), tx=False)
+            if keys:
+                rows = await self._run("optout_scopes", lambda conn: conn.fetch(
+                    "SELECT k.a, k.n, o.scope FROM unnest($1::text[], $2::text[]) AS k(a, n) "
+                    "JOIN optouts o ON o.account = k.a AND o.number = k.n",
+                    [k[0] for k in keys], [k[1] for k in keys]), tx=False)
         except Exception as exc:
-            for future in batch.values():  # each reader its own exception (own traceback)
-                if not future.done():
-                    future.set_exception(type(exc)(str(exc)) if isinstance(exc, StoreError)
-                                         else exc)
-                future.exception()  # a reader that went away leaves no "never retrieved"
+            for readers in batch.values():
+                for future in readers:  # each reader its own exception (own traceback)
+                    if not future.done():
+                        future.set_exception(type(exc)(str(exc))
+                                             if isinstance(exc, StoreError) else exc)
+                        future.exception()  # retrieved: its reader may be gone meanwhile
         else:
-            scopes = {(r[0], r[1]): r[2] for r in rows}
-            for key, future in batch.items():
-                if not future.done():
-                    future.set_result(scopes.get(key))
+            scopes = {(r[0], r[1]): r[2] for r in rows} if keys else {}
+            for key, readers in batch.items():
+                scope = scopes.get(key)
+                for future in readers:
+                    if not future.done():
+                        future.set_result(scope)
         finally:
             self._scope_batches -= 1
             self._start_scope_reads()
