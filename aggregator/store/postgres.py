@@ -383,7 +383,7 @@ class _Lane:
     max_groups: int
     writes: list[_Write] = field(default_factory=list)
     groups: int = 0
-    flush_scheduled: bool = False  # for this loop turn
+    flush_scheduled: bool = False  # a group task started has not taken the writes yet
 
 
 class _Refused(StoreError):
