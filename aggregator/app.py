@@ -71,7 +71,8 @@ class App:
             on_accepted=lambda: self.dispatcher.wake(),
             on_outbox=lambda account: (self.callbacks.wake() if account is None
                                        else self._wake_smpp(account)),
-            on_members=self._members_changed, held=lambda: self.dispatcher.holding)
+            on_members=self._members_changed, held=lambda: self.dispatcher.holding,
+            on_recorded=self._recorded)
         # The live instances sharing the store (PostgreSQL), sorted; () alone: whole limits.
         self._members: tuple[str, ...] = ()
         self.routes = RouteTable(Route.from_config(r) for r in config.routes)
@@ -137,6 +138,11 @@ class App:
         # stops and exits 1, so that its supervisor restarts it.
         self.failed = asyncio.Event()
         self.failure = ""
+
+    def _recorded(self, provider: str, provider_msg_ids: list[str]) -> None:
+        pool = self.pools.get(provider)
+        if pool is not None:
+            pool.recorded(provider_msg_ids)
 
     @staticmethod
     def _max_in_flight(config: Config) -> int:

@@ -19,6 +19,7 @@ def build_store(config: Config, *, on_commit: Callable[[float], None] | None = N
                 on_outbox: Callable[[str | None], None] | None = None,
                 on_members: Callable[[tuple[str, ...]], None] | None = None,
                 held: Callable[[], Collection[str]] | None = None,
+                on_recorded: Callable[[str, list[str]], None] | None = None,
                 ) -> SqliteStore | PostgresStore:
     """SQLite (the embedded default) or PostgreSQL (several instances share it). `on_lost`:
     the SQLite writer process ended; `on_accepted`: messages were stored that wait to be sent
@@ -26,7 +27,8 @@ def build_store(config: Config, *, on_commit: Callable[[float], None] | None = N
     another instance added a callback (None) or an SMPP receipt for an account (PostgreSQL);
     `on_members`: the live instances' names, sorted, at open and on every change (PostgreSQL;
     SQLite is one instance); `held`: the ids of the claimed messages the dispatcher has in hand
-    (PostgreSQL renews only their leases)."""
+    (PostgreSQL renews only their leases); `on_recorded`: (provider, message ids) whose submit
+    records committed (PostgreSQL: their window slots are freed at once)."""
     store = config.store
     if store.backend == "postgres":
         from aggregator.store.postgres import PostgresStore  # asyncpg only when used
@@ -36,6 +38,7 @@ def build_store(config: Config, *, on_commit: Callable[[float], None] | None = N
                               on_accepted=on_accepted, on_outbox=on_outbox)
         built.on_members = on_members
         built.held = held
+        built.on_recorded = on_recorded
         return built
     return SqliteStore(store.path, commit_batch=store.commit_batch,
                        commit_gather=store.commit_gather_ms / 1000, on_commit=on_commit,

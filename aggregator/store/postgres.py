@@ -107,7 +107,11 @@ RETRIES = 3  # deadlock / serialization failure: the transaction is run again
 # 103-117 -> 44-60 server CPU-µs per message in `python -m tests.bench_pg_store --batch 10`,
 # and more in a longer run. A statement with no index to use still scans (the setting
 # only makes other plans preferred); count_by_status, a whole-table count, turns it back on.
-PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
+# JIT off: a statement with no index to use gets the disabled seqscan's cost (1e10), far over
+# jit_above_cost, and was compiled on every call (SELECT max(version) FROM smsagg_schema: 100 ms
+# of server CPU at each ingress worker's start, 0.1 ms without); smsagg's statements are short.
+PLANNER_SETTINGS = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off",
+                    "jit": "off"}
 # The database's clock as epoch seconds: leases never depend on instances' clocks agreeing.
 DB_NOW = "extract(epoch from clock_timestamp())::float8"
 
@@ -379,7 +383,7 @@ class _Lane:
     max_groups: int
     writes: list[_Write] = field(default_factory=list)
     groups: int = 0
-    flush_scheduled: bool = False  # for this loop turn
+    flush_scheduled: bool = False  # a group task started has not taken the writes yet
 
 
 class _Refused(StoreError):
@@ -450,12 +454,15 @@ class PostgresStore:
         # its window slot until the record commits). Each lane has a quarter of the pool less
         # two connections (2 of 10), as have the opt-out reads: the two left and whatever a lane
         # does not use serve claims, other reads and lease renewal without waiting.
+        # Receipts have a lane of their own with one group at a time: the receipts that come
+        # while a group commits go together in the next (set-based, postgres_receipts.py: the
+        # server's CPU per receipt falls with the group's size).
         groups = max(1, (pool_size - 2) // 4)
         self._lanes = {"accept": _Lane(groups), "other": _Lane(groups),
-                       "record_submitted": _Lane(groups)}
+                       "record_submitted": _Lane(groups), "apply_receipts": _Lane(1)}
         self._tasks: set[asyncio.Task[None]] = set()
         # Opt-out reads of the accept path asked in the same loop turns go as one statement.
-        self._scope_reads: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._scope_reads: dict[tuple[str, str], list[asyncio.Future[str | None]]] = {}
         self._scope_batches = 0
         self._scope_flush = False
         # The last claim's earliest later due time: (monotonic, _due_changes then, the time).
@@ -480,6 +487,10 @@ class PostgresStore:
         self._failing_since = 0.0  # monotonic: when lease renewal began to fail
         self.pending_by_account: Counter[str] = Counter()  # `pending` per account
         self.worker = False  # an ingress worker's store: see _open_worker
+        # Hears (provider, its message ids) as soon as records of submits commit: the pool
+        # frees their window slots then (pool.recorded; the dispatcher's own call after is a
+        # no-op).
+        self.on_recorded: Callable[[str, list[str]], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -866,12 +877,16 @@ class PostgresStore:
         try:
             for attempt in range(RETRIES):
                 try:
-                    async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                    pool = self._pool
+                    conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+                    try:
                         if tx:
                             async with conn.transaction():
                                 result = await fn(conn)
                         else:
                             result = await fn(conn)
+                    finally:
+                        self._release(pool, conn)
                     break
                 except _RETRY:
                     if attempt == RETRIES - 1:
@@ -889,6 +904,20 @@ class PostgresStore:
         self._last_ok_at = done
         metrics.store_operation_seconds.labels("postgres", op).observe(done - started)
         return result
+
+    def _release(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        """`conn` back to `pool`, in a task of its own: asyncpg's release goes through a
+        shielded task, three loop turns the caller (a commit whose writers wait, a claim) need
+        not wait for."""
+        task = asyncio.ensure_future(pool.release(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("store_release_failed", backend="postgres",
+                        error=self._brief(task.exception()))  # type: ignore[arg-type]
 
     # ---- accept ------------------------------------------------------------------------------
 
@@ -921,22 +950,30 @@ class PostgresStore:
         return result
 
     def _start_groups(self, lane: _Lane) -> None:
-        """Once per loop turn: the writes waiting go as groups, unless enough groups are
-        being committed; then the next starts as one ends, with all that came meanwhile."""
+        """A group task started now takes, at its first step (the next loop turn), every write
+        of its lane made in this turn; while enough groups are being committed, the next
+        starts as one ends, with all that came meanwhile. (Started here, not from a callback
+        scheduled for the next turn: a loop turn less between a submit's answer and its
+        record, which holds the submit's window slot.)"""
         if lane.writes and not lane.flush_scheduled and lane.groups < lane.max_groups:
             lane.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_writes, lane)
-
-    def _flush_writes(self, lane: _Lane) -> None:
-        lane.flush_scheduled = False
-        while lane.writes and lane.groups < lane.max_groups:
-            group, lane.writes = lane.writes[:GROUP_SIZE], lane.writes[GROUP_SIZE:]
             lane.groups += 1
-            task = asyncio.ensure_future(self._commit_group(lane, group))
+            task = asyncio.ensure_future(self._commit_group(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _commit_group(self, lane: _Lane, group: list[_Write]) -> None:
+    async def _commit_group(self, lane: _Lane) -> None:
+        lane.flush_scheduled = False
+        group, lane.writes = lane.writes[:GROUP_SIZE], lane.writes[GROUP_SIZE:]
+        try:
+            if group:
+                self._start_groups(lane)  # more than a group waits: the next one starts too
+                await self._commit(group)
+        finally:
+            lane.groups -= 1
+            self._start_groups(lane)
+
+    async def _commit(self, group: list[_Write]) -> None:
         try:
             try:
                 results = await self._run("group", lambda conn: _write_all(conn, group),
@@ -951,6 +988,8 @@ class PostgresStore:
             for item, result in zip(group, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
+            if self.on_recorded is not None and group[0].op == "record_submitted":
+                self._tell_recorded(group)
         except BaseException as exc:
             for item in group:
                 if not item.future.done():
@@ -958,9 +997,15 @@ class PostgresStore:
                                               else StoreError("store is closing"))
             if not isinstance(exc, Exception):
                 raise
-        finally:
-            lane.groups -= 1
-            self._start_groups(lane)
+
+    def _tell_recorded(self, group: Sequence[_Write]) -> None:
+        """The records of a group committed: their window slots are free now, a loop turn
+        before each submitter's task resumes to free them."""
+        assert self.on_recorded is not None
+        for item in group:
+            if item.op == "record_submitted":
+                _, provider, parts, _ = item.args
+                self.on_recorded(provider, [p.provider_msg_id for p in parts])
 
     async def _commit_alone(self, item: _Write) -> None:
         try:
@@ -1463,52 +1508,57 @@ class PostgresStore:
     async def optout_scope(self, account: str, number: str) -> str | None:
         """The scope of the number's opt-out, None without one (a primary-key read). Every
         accept asks: the reads asked while earlier ones are under way go together, in one
-        statement (one connection, one round trip for all)."""
+        statement (one connection, one round trip for all). Each reader awaits a future of
+        its own (a reader cancelled cancels only its own), not a shared one through
+        asyncio.shield: two loop turns less per read."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         key = (account, number)
-        future = self._scope_reads.get(key)
-        if future is None:
-            future = self._scope_reads[key] = asyncio.get_running_loop().create_future()
+        readers = self._scope_reads.get(key)
+        if readers is None:
+            self._scope_reads[key] = [future]
             self._start_scope_reads()
+        else:
+            readers.append(future)
         started = time.monotonic()
-        scope: str | None = await asyncio.shield(future)
+        scope = await future
         metrics.store_operation_seconds.labels("postgres", "optout_scope").observe(
             time.monotonic() - started)
         return scope
 
     def _start_scope_reads(self) -> None:
+        """As _start_groups: a batch's task, started now, takes at its first step every read
+        asked until then."""
         if self._scope_reads and not self._scope_flush and self._scope_batches < SCOPE_BATCHES:
             self._scope_flush = True
-            asyncio.get_running_loop().call_soon(self._flush_scope_reads)
+            self._scope_batches += 1
+            task = asyncio.ensure_future(self._read_scopes())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    def _flush_scope_reads(self) -> None:
+    async def _read_scopes(self) -> None:
         self._scope_flush = False
-        if not self._scope_reads or self._scope_batches >= SCOPE_BATCHES:
-            return
         batch, self._scope_reads = self._scope_reads, {}
-        self._scope_batches += 1
-        task = asyncio.ensure_future(self._read_scopes(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _read_scopes(self, batch: dict[tuple[str, str], asyncio.Future[str | None]]
-                           ) -> None:
         keys = list(batch)
         try:
-            rows = await self._run("optout_scopes", lambda conn: conn.fetch(
-                "SELECT k.a, k.n, o.scope FROM unnest($1::text[], $2::text[]) AS k(a, n) "
-                "JOIN optouts o ON o.account = k.a AND o.number = k.n",
-                [k[0] for k in keys], [k[1] for k in keys]), tx=False)
+            if keys:
+                rows = await self._run("optout_scopes", lambda conn: conn.fetch(
+                    "SELECT k.a, k.n, o.scope FROM unnest($1::text[], $2::text[]) AS k(a, n) "
+                    "JOIN optouts o ON o.account = k.a AND o.number = k.n",
+                    [k[0] for k in keys], [k[1] for k in keys]), tx=False)
         except Exception as exc:
-            for future in batch.values():  # each reader its own exception (own traceback)
-                if not future.done():
-                    future.set_exception(type(exc)(str(exc)) if isinstance(exc, StoreError)
-                                         else exc)
-                future.exception()  # a reader that went away leaves no "never retrieved"
+            for readers in batch.values():
+                for future in readers:  # each reader its own exception (own traceback)
+                    if not future.done():
+                        future.set_exception(type(exc)(str(exc))
+                                             if isinstance(exc, StoreError) else exc)
+                        future.exception()  # retrieved: its reader may be gone meanwhile
         else:
-            scopes = {(r[0], r[1]): r[2] for r in rows}
-            for key, future in batch.items():
-                if not future.done():
-                    future.set_result(scopes.get(key))
+            scopes = {(r[0], r[1]): r[2] for r in rows} if keys else {}
+            for key, readers in batch.items():
+                scope = scopes.get(key)
+                for future in readers:
+                    if not future.done():
+                        future.set_result(scope)
         finally:
             self._scope_batches -= 1
             self._start_scope_reads()
