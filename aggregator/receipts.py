@@ -246,12 +246,12 @@ class ReceiptProcessor:
 
     def _account(self, result: ReceiptResult) -> None:
         u = result.update
-        metrics.child(metrics.receipts, u.provider, u.status.value).inc()
+        metrics.batched(metrics.receipts, u.provider, u.status.value).inc()
         final = result.final
         if final is not None:
-            metrics.child(metrics.messages_final, final.status.value).inc()
+            metrics.batched(metrics.messages_final, final.status.value).inc()
             if final.submitted_at is not None:
-                metrics.child(metrics.receipt_latency, u.provider).observe(
+                metrics.batched(metrics.receipt_latency, u.provider).observe(
                     max(0.0, final.done_at - final.submitted_at)
                 )
             self._on_final(final)

@@ -196,8 +196,8 @@ class ProviderPool:
         self._queue: FairQueue[_Queued] = FairQueue(_account_of)
         self._token_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
-        self._latency = metrics.submit_latency.labels(self.name)
-        self._ok = metrics.submits.labels(self.name, "ok")
+        self._latency = metrics.batched(metrics.submit_latency, self.name)
+        self._ok = metrics.batched(metrics.submits, self.name, "ok")
         self.on_bind_change: Callable[[], None] | None = None
         self.on_bind_up: Callable[[], None] | None = None
         # Ids answered in submit_sm_resp whose store record is not committed yet: a receipt for

@@ -30,7 +30,7 @@ from aiosmpplib.protocol import (
 )
 from aiosmpplib.state import SmppCommandStatus
 
-from aggregator.smpp.deliver_fast import decode_deliver_sm
+from aggregator.smpp.deliver_fast import decode_deliver_sm, decode_receipt
 from aggregator.smpp.header import (
     ALERT_NOTIFICATION,
     BIND_RECEIVER,
@@ -322,7 +322,10 @@ class SmppSession:
         bind_timeout: float = 10.0,
         max_pdu_length: int = 65536,
         first_sequence_num: int = 1,
+        lean_receipts: bool = False,
     ) -> None:
+        """`lean_receipts`: a delivery receipt's deliver_sm is handed on as a ReceiptPdu
+        (deliver_fast.py: its text and TLVs only) rather than a DeliverSm, when that decodes."""
         if window < 1:
             raise ValueError("window must be at least 1")
         if not 1 <= first_sequence_num <= MAX_SEQUENCE:
@@ -338,6 +341,7 @@ class SmppSession:
         self.idle_timeout = idle_timeout
         self.bind_timeout = bind_timeout
         self.max_pdu_length = max_pdu_length
+        self.lean_receipts = lean_receipts
         self._seq = first_sequence_num
         self._in = bytearray()
         self._out = bytearray()
@@ -591,8 +595,12 @@ class SmppSession:
             # Also during our UNBINDING: refusing makes the peer keep the message for later.
             self._respond_error(command_id, CommandStatus.ESME_RINVBNDSTS, seq)
             return
-        pdu = (decode_deliver_sm(data, request_status(status), seq, _CODECS)
-               if command_id == DELIVER_SM else None)  # receipts' fast path (deliver_fast.py)
+        pdu: Any = None
+        if command_id == DELIVER_SM:  # receipts' fast paths (deliver_fast.py)
+            if self.lean_receipts:
+                pdu = decode_receipt(data, seq, _CODECS)
+            if pdu is None:
+                pdu = decode_deliver_sm(data, request_status(status), seq, _CODECS)
         try:
             if pdu is None:
                 pdu = decode_pdu(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
