@@ -227,6 +227,11 @@ dispatch_claimed = Counter(
     "Messages the dispatcher took from the store, per account (fair shares between accounts)",
     ["account"], registry=REGISTRY,
 )
+dispatch_claims = Counter(
+    "smsagg_dispatch_claims_total",
+    "Claims that took messages from the store (smsagg_dispatch_claimed_total / this: messages "
+    "per claim; [messages] claim_gather_ms)", registry=REGISTRY,
+)
 dispatch_in_flight = Gauge("smsagg_dispatch_in_flight",
                            "Messages the dispatcher is handling now, per account", ["account"],
                            registry=REGISTRY)
