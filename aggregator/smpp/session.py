@@ -272,6 +272,8 @@ def _status_of(status: int) -> Any:
 
 
 _CODECS = GSM7_CODECS
+# By PDU class: is it a SubmitSm (or a DeliverSm), whose text the session encodes with _CODECS?
+_CODED: dict[type, bool] = {}
 
 
 def request_status(status: int) -> Any:
@@ -718,7 +720,11 @@ class SmppSession:
         while seq in pending:  # only after a wrap with a very old request still outstanding
             seq = seq + 1 if seq < MAX_SEQUENCE else 1
         pdu.sequence_num = seq
-        if isinstance(pdu, SubmitSm):  # and DeliverSm: text not yet encoded takes the fast coder
+        kind_of = type(pdu)
+        coded = _CODED.get(kind_of)
+        if coded is None:  # isinstance on aiosmpplib's ABC classes: 0.5 us a submit, so once
+            coded = _CODED[kind_of] = isinstance(pdu, SubmitSm)
+        if coded:  # and DeliverSm: text not yet encoded takes the fast coder
             pdu.set_encoding_info("gsm0338", _CODECS)
         self._out += pdu.pdu()  # encode before registering: a local encode error leaves no trace
         self._seq = seq + 1 if seq < MAX_SEQUENCE else 1
