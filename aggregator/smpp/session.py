@@ -555,8 +555,13 @@ class SmppSession:
         if self.state is SessionState.CLOSED or not data:
             return events
         self._last_rx = now
-        buf = self._in
-        buf += data
+        held = self._in
+        if held:  # the start of a PDU from an earlier read
+            held += data
+            buf = bytes(held)
+            held.clear()
+        else:  # the usual read: whole PDUs, sliced from it with one copy each (not two)
+            buf = data if type(data) is bytes else bytes(data)
         end = len(buf)
         pos = 0
         handlers = _HANDLERS
@@ -567,11 +572,10 @@ class SmppSession:
                 self._nack(CommandStatus.ESME_RINVCMDLEN, seq)
                 events.append(ProtocolError(f"invalid command_length {length}", "remote"))
                 self._close("invalid command_length", events)
-                buf.clear()
                 return events
             if end - pos < length:
                 break
-            pdu_bytes = bytes(buf[pos : pos + length])
+            pdu_bytes = buf[pos : pos + length]
             pos += length
             handler = handlers.get(command_id)
             if handler is None:
@@ -580,9 +584,9 @@ class SmppSession:
                 continue
             handler(self, command_id, status, seq, pdu_bytes, events)
             if self.closed:
-                buf.clear()
                 return events
-        del buf[:pos]
+        if pos < end:
+            held += buf[pos:]
         return events
 
     # Handlers: (self, command_id, command_status, sequence_num, pdu bytes, events out).
