@@ -7,7 +7,8 @@ Run by hand, on this tree and on another, back to back, to compare:
     PYTHONPATH=. python tests/bench_outbound_path.py [--rate 1000] [--seconds 10] [--rounds 3]
 
 Prints CPU microseconds (user + system, this process: what `smsagg run` spends with
-[http] workers = 1) per relayed message for each round, and the best.
+[http] workers = 1), read and write system calls and wake-ups per relayed message for each
+round, and the best CPU figure.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ _ids = itertools.count(1)
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _counts() -> tuple[int, int, int]:
+    """This process's read and write system calls (/proc/self/io) and voluntary context
+    switches (its waits for the next event: wake-ups)."""
+    io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    waits = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+    return int(io["syscr"]), int(io["syscw"]), waits
 
 
 def _message(now: float) -> Message:
@@ -74,10 +83,14 @@ async def _until_delivered(target: float, timeout: float) -> None:
 
 async def _round(app: App, count: int, rate: float) -> float:
     before = _delivered()
-    cpu = _cpu()
+    cpu, counts = _cpu(), _counts()
     await _pace(app, count, rate)
     await _until_delivered(before + count, 60)
-    return (_cpu() - cpu) / count * 1e6
+    used = (_cpu() - cpu) / count * 1e6
+    reads, writes, waits = ((b - a) / count for a, b in zip(counts, _counts(), strict=True))
+    print(f"{used:.1f} CPU-us a message ({count} at {rate:g}/s); a message: {reads:.2f} reads, "
+          f"{writes:.2f} writes, {waits:.2f} wake-ups", file=sys.stderr)
+    return used
 
 
 async def main(rate: float, seconds: float, rounds: int) -> None:
@@ -101,8 +114,6 @@ async def main(rate: float, seconds: float, rounds: int) -> None:
             results = []
             for _ in range(rounds):
                 results.append(await _round(app, count, rate))
-                print(f"{results[-1]:.1f} CPU-us a message ({count} at {rate:g}/s)",
-                      file=sys.stderr)
             print(f"best {min(results):.1f}, median {sorted(results)[len(results) // 2]:.1f} "
                   f"CPU-us a message")
             await app.stop(2.0)
