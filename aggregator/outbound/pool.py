@@ -456,9 +456,15 @@ class ProviderPool:
         best: Bind | None = None
         best_free = 0
         for bind in self.binds:
-            free = bind.free_window
-            if not own:
-                free = min(free, window - taken.get(bind, 0))
+            if own:
+                free = bind.free_window
+            else:
+                free = window - taken.get(bind, 0)
+                if free <= best_free:
+                    continue  # its held slots leave it no better: its session is not asked
+                session_free = bind.free_window
+                if session_free < free:
+                    free = session_free
             if free > best_free:
                 best, best_free = bind, free
         return best
