@@ -460,8 +460,8 @@ class ProviderPool:
                 free = bind.free_window
             else:
                 free = window - taken.get(bind, 0)
-                if free <= best_free:
-                    continue  # its held slots leave it no better: its session is not asked
+                if free <= best_free:  # held slots leave it no better: its session is not
+                    continue  # asked (2 binds, all slots held: 0.96 -> 0.20 us a call)
                 session_free = bind.free_window
                 if session_free < free:
                     free = session_free
