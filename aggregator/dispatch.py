@@ -153,15 +153,16 @@ class Dispatcher:
                 metrics.dispatch_claims.inc()
             if len(batch) < min(free, CLAIM_BATCH):
                 await self._sleep_or_wake(await self._idle_wait())
-                await self._gather_claims(claim_started)
+                if batch:  # an empty claim (an idle look) has no company to gather for
+                    await self._gather_claims(claim_started)
 
     async def _gather_claims(self, claim_started: float) -> None:
-        """After a claim that took all that was due, the next starts no sooner than
-        [messages] claim_gather_ms after it: at paced rates one claim then takes the messages
-        of several accepts, and they go out, are recorded and have their receipts applied in
-        fewer, bigger batches. Scenario f: 20 ms took about 15 us a message off the daemon and
-        a few off the writer (docs/performance.md); a message waits at most that much longer,
-        and only while claims follow each other that closely."""
+        """After a claim that took messages and all that was due, the next starts no sooner
+        than [messages] claim_gather_ms after it: at paced rates one claim then takes the
+        messages of several accepts, and they go out, are recorded and have their receipts
+        applied in fewer, bigger batches. Scenario f: 20 ms took about 15 us a message off the
+        daemon and a few off the writer (docs/performance.md); a message waits at most that
+        much longer, and only while claims that take messages follow each other that closely."""
         gap = self._config.claim_gather_ms / 1000 - (time.monotonic() - claim_started)
         if gap > 0 and not self._stopping:
             self._log_debug("claim_gather", wait_ms=round(gap * 1000, 1))
