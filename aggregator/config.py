@@ -164,6 +164,7 @@ class MessagesConfig:
     receipt_timeout: float = 48 * 3600.0
     keep_text: str = "always"  # always | until_final | never (kept only until submitted)
     retention_days: int = 365  # final messages' metadata is purged this long after creation
+    claim_gather_ms: float = 20.0  # the dispatcher's claims at paced rates: at most one per this
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -540,6 +541,7 @@ def _parse_messages(r: Reader) -> MessagesConfig:
         receipt_timeout=r.number("receipt_timeout", gt=0),
         keep_text=r.string("keep_text", choices=KEEP_TEXT_MODES),
         retention_days=r.integer("retention_days", lo=1, hi=36500),
+        claim_gather_ms=r.number("claim_gather_ms", ge=0, le=1000),
     )
 
 

@@ -23,6 +23,7 @@ from aggregator.receipts import (
     parse_receipt,
     receipt_error,
 )
+from aggregator.smpp.deliver_fast import ReceiptPdu
 from aggregator.smpp.status import CommandStatus
 from aggregator.smpp.transport import SmppConnection
 from aggregator.store.base import ReceiptResult, StoreError
@@ -59,8 +60,9 @@ class ProviderDelivers:
             if not conn.closed.done():
                 conn.respond_deliver(pdu, CommandStatus.ESME_RTHROTTLED)
             return
-        if isinstance(pdu, DeliverSm) and pdu.is_receipt():
-            update = self._receipt_update(bind, conn, pdu)
+        lean = type(pdu) is ReceiptPdu
+        if lean or (isinstance(pdu, DeliverSm) and pdu.is_receipt()):
+            update = self._receipt_update(bind, conn, pdu, lean)
             if update is None:
                 return
             pool = self._pool_of(bind)
@@ -88,11 +90,16 @@ class ProviderDelivers:
         if not conn.closed.done():
             conn.respond_deliver(pdu)
 
-    def _receipt_update(self, bind: Bind, conn: SmppConnection, pdu: Any) -> ReceiptUpdate | None:
-        """The receipt in `pdu`; None (answered, counted) when it cannot be parsed."""
+    def _receipt_update(self, bind: Bind, conn: SmppConnection, pdu: Any,
+                        lean: bool) -> ReceiptUpdate | None:
+        """The receipt in `pdu` (a ReceiptPdu when `lean`, else a DeliverSm); None (answered,
+        counted) when it cannot be parsed."""
         provider = bind.provider
-        tlvs = {p.tag: p.value for p in (pdu.optional_params or [])}
-        parsed = parse_receipt(pdu.short_message or pdu.message_payload or "", tlvs)
+        if lean:
+            parsed = parse_receipt(pdu.text, pdu.tlvs)
+        else:
+            tlvs = {p.tag: p.value for p in (pdu.optional_params or [])}
+            parsed = parse_receipt(pdu.short_message or pdu.message_payload or "", tlvs)
         if parsed is None:
             metrics.receipts.labels(provider.name, "unparsable").inc()
             log.warning("receipt_unparsable", provider=provider.name, bind=bind.name)

@@ -74,6 +74,10 @@ class Dispatcher:
         # Messages in flight per account: the store's claim shares free slots fairly by it.
         self._held: dict[str, int] = {}
         self._watched: set[str] = set()  # accounts whose in-flight gauge reads _held
+        self._accept_to_submit = metrics.batched(metrics.accept_to_submit)
+        # The logger's debug, looked up once: through the module's lazy proxy it cost about
+        # 1.5 us a message even with debug off (a no-op then).
+        self._log_debug = log.bind().debug
 
     @property
     def in_flight(self) -> int:
@@ -124,6 +128,7 @@ class Dispatcher:
                 await self._slot_free.wait()
                 continue
             self._wake.clear()
+            claim_started = time.monotonic()
             try:
                 batch = await self._store.claim_due(self.clock(), min(free, CLAIM_BATCH),
                                                     self._held)
@@ -144,8 +149,24 @@ class Dispatcher:
                 task.add_done_callback(functools.partial(self._done, message.id, message.account))
             for account, count in claimed.items():  # once per account a claim, not a message
                 metrics.child(metrics.dispatch_claimed, account).inc(count)
+            if batch:
+                metrics.dispatch_claims.inc()
             if len(batch) < min(free, CLAIM_BATCH):
                 await self._sleep_or_wake(await self._idle_wait())
+                if batch:  # an empty claim (an idle look) has no company to gather for
+                    await self._gather_claims(claim_started)
+
+    async def _gather_claims(self, claim_started: float) -> None:
+        """After a claim that took messages and all that was due, the next starts no sooner
+        than [messages] claim_gather_ms after it: at paced rates one claim then takes the
+        messages of several accepts, and they go out, are recorded and have their receipts
+        applied in fewer, bigger batches. Scenario f: 20 ms took about 15 us a message off the
+        daemon and a few off the writer (docs/performance.md); a message waits at most that
+        much longer, and only while claims that take messages follow each other that closely."""
+        gap = self._config.claim_gather_ms / 1000 - (time.monotonic() - claim_started)
+        if gap > 0 and not self._stopping:
+            self._log_debug("claim_gather", wait_ms=round(gap * 1000, 1))
+            await asyncio.sleep(gap)
 
     async def _screen(self, batch: list[Message]) -> dict[str, Verdict]:
         """The send-time rules' verdicts on a claimed batch; when their state cannot be read,
@@ -275,9 +296,9 @@ class Dispatcher:
                     except StoreError:
                         await self._durably(message, self._store.record_submitted, message.id,
                                             pool.name, sent, now)
-                    metrics.accept_to_submit.observe(max(0.0, self.clock() - message.created_at))
-                    log.debug("submitted", message_id=message.id, provider=pool.name,
-                              to=message.to, segments=len(encoded.parts))
+                    self._accept_to_submit.observe(max(0.0, self.clock() - message.created_at))
+                    self._log_debug("submitted", message_id=message.id, provider=pool.name,
+                                    to=message.to, segments=len(encoded.parts))
                     return
                 final = next((f for f in failures if f.outcome is Outcome.FINAL), None)
                 if final is not None:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class _FlushBatches:
+    """Registered first, so collected first: what the hot paths counted in batches (`batched`,
+    at the end of this module) is in the metrics before the registry reads them."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        flush_batches()
+        return []
+
+
+REGISTRY.register(_FlushBatches())
 
 # 1 ms to 60 s, roughly x2.5 per step.
 LATENCY_BUCKETS = (
@@ -211,6 +227,11 @@ dispatch_claimed = Counter(
     "Messages the dispatcher took from the store, per account (fair shares between accounts)",
     ["account"], registry=REGISTRY,
 )
+dispatch_claims = Counter(
+    "smsagg_dispatch_claims_total",
+    "Claims that took messages from the store (smsagg_dispatch_claimed_total / this: messages "
+    "per claim; [messages] claim_gather_ms)", registry=REGISTRY,
+)
 dispatch_in_flight = Gauge("smsagg_dispatch_in_flight",
                            "Messages the dispatcher is handling now, per account", ["account"],
                            registry=REGISTRY)
@@ -388,3 +409,80 @@ def child(metric: Counter | Gauge | Histogram, *values: str) -> Any:
             _CHILDREN.clear()
         found = _CHILDREN[key] = metric.labels(*values)
     return found
+
+
+# ---- batched counts on the hot path (issue 20) --------------------------------------------
+# A Counter.inc takes a lock and checks its argument, a Histogram.observe also walks its
+# buckets: 0.33 and 0.7 us a call against 0.05 and 0.15 here, 6 calls a relayed message. The
+# batches are added to their metric whenever the registry is collected (a scrape, a worker's
+# report, a test's get_sample_value), so what is read is exact. For the event loop's thread only.
+
+
+class CounterBatch:
+    """inc() counted here; added to the counter (or labelled child) when the registry is read."""
+
+    __slots__ = ("_n", "_target")
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._n = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self._n += amount
+
+    def flush(self) -> None:
+        n = self._n
+        if n:
+            self._n = 0.0
+            self._target.inc(n)
+
+
+class HistogramBatch:
+    """observe() counted here per bucket; added to the histogram (or labelled child) when the
+    registry is read. Same buckets as Histogram.observe: the first bound >= the value."""
+
+    __slots__ = ("_bounds", "_buckets", "_counts", "_sum", "_target_sum")
+
+    def __init__(self, target: Any) -> None:
+        self._bounds: list[float] = list(target._upper_bounds)
+        self._buckets: list[Any] = target._buckets
+        self._target_sum: Any = target._sum
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        self._counts = [0] * len(counts)
+        total, self._sum = self._sum, 0.0
+        for bucket, n in zip(self._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+        self._target_sum.inc(total)
+
+
+_BATCHES: dict[tuple[int, tuple[str, ...]], CounterBatch | HistogramBatch] = {}
+
+
+def batched(metric: Any, *values: str) -> Any:
+    """A CounterBatch or HistogramBatch for metric.labels(*values) (the metric itself without
+    values), remembered and never dropped (callers may keep it): only for metrics whose label
+    values are a small bounded set and whose children are never removed."""
+    key = (id(metric), values)
+    found = _BATCHES.get(key)
+    if found is None:
+        target = metric.labels(*values) if values else metric
+        found = _BATCHES[key] = (HistogramBatch(target) if isinstance(metric, Histogram)
+                                 else CounterBatch(target))
+    return found
+
+
+def flush_batches() -> None:
+    """Add every batch to its metric (the registry does this before it is read)."""
+    for batch in list(_BATCHES.values()):
+        batch.flush()

@@ -108,6 +108,7 @@ class Bind:
                     response_timeout=p.response_timeout,
                     enquire_link_interval=p.enquire_link_interval, bind_timeout=p.bind_timeout,
                     on_event=self._on_event, ssl=self._tls, server_hostname=p.tls_server_name,
+                    lean_receipts=True,  # receipts come as ReceiptPdu (delivers.py reads them)
                 )
             except (OSError, TimeoutError, BindError, ConnectionLost) as exc:
                 reason = _failure_reason(exc)

@@ -60,6 +60,8 @@ class CircuitBreaker:
         return True
 
     def success(self) -> None:
+        if self.state is BreakerState.CLOSED and not self.failures and not self._probe_out:
+            return  # the usual answer: nothing to change (one a message)
         self.failures = 0
         self._probe_out = False
         self._set(BreakerState.CLOSED)

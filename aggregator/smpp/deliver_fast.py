@@ -18,12 +18,13 @@ from codecs import CodecInfo
 from typing import Any
 
 from aiosmpplib import NPI, TON
-from aiosmpplib.codec import find_codec_info
+from aiosmpplib.codec import GSM_BASIC_DECODE_MAP, find_codec_info
 from aiosmpplib.protocol import DEFAULT_ENCODING, DeliverSm, OptionalParam, PhoneNumber
 from aiosmpplib.state import SmppDataCoding, tag_data_type
 
 from aggregator.smpp.fields import MESSAGE_PAYLOAD
 from aggregator.smpp.header import HEADER_LENGTH
+from aggregator.text import GSM7_CODEC
 
 _TAG_LENGTH = struct.Struct("!HH")
 _INT_FORMATS = {1: struct.Struct("!B"), 2: struct.Struct("!H"), 4: struct.Struct("!I")}
@@ -75,8 +76,23 @@ def _codec(encoding: str, codecs: dict[str, CodecInfo]) -> CodecInfo:
     return codec
 
 
-def _tlvs(pdu: bytes, index: int) -> list[OptionalParam] | None:
-    params: list[OptionalParam] = []
+# The octets GSM 03.38 decodes to the same ASCII character (letters, digits, space and most
+# punctuation): a text of only these, as receipts are, decodes as ASCII in one call (a receipt's
+# text 3.2 -> 0.3 us here).
+_SAME_IN_ASCII = bytes(b for b in range(0x80) if GSM_BASIC_DECODE_MAP.get(b) == chr(b))
+
+
+def _text(raw: bytes, codec: CodecInfo) -> str:
+    """`raw` decoded with `codec`."""
+    if codec is GSM7_CODEC and not raw.translate(None, _SAME_IN_ASCII):
+        return raw.decode("ascii")
+    text: str = codec.decode(raw)[0]
+    return text
+
+
+def _tlv_values(pdu: bytes, index: int) -> list[tuple[int, object]] | None:
+    """(tag, value) of each TLV from `index` on, valued as aiosmpplib values them."""
+    params: list[tuple[int, object]] = []
     end = len(pdu)
     tag_length = _TAG_LENGTH.unpack_from
     while index < end:
@@ -89,14 +105,19 @@ def _tlvs(pdu: bytes, index: int) -> list[OptionalParam] | None:
             unpack = _INT_FORMATS.get(length)
             if unpack is None:
                 return None
-            params.append(_optional(tag, unpack.unpack_from(pdu, index)[0]))
+            params.append((tag, unpack.unpack_from(pdu, index)[0]))
         elif kind is bool:
-            params.append(_optional(tag, True))
+            params.append((tag, True))
         else:
             text = pdu[index:index + length].decode("ascii")
-            params.append(_optional(tag, text[:-1] if text.endswith("\0") else text))
+            params.append((tag, text[:-1] if text.endswith("\0") else text))
         index += length
     return params
+
+
+def _tlvs(pdu: bytes, index: int) -> list[OptionalParam] | None:
+    values = _tlv_values(pdu, index)
+    return None if values is None else [_optional(tag, value) for tag, value in values]
 
 
 def decode_deliver_sm(pdu: bytes, command_status: Any, seq: int,
@@ -131,7 +152,7 @@ def _decode(pdu: bytes, command_status: Any, seq: int,
     raw = pdu[index:index + sm_length]
     if len(raw) != sm_length or not sm_length:
         return None
-    short_message = codec.decode(raw)[0]
+    short_message = _text(raw, codec)
     params = _tlvs(pdu, index + sm_length)
     if params is None or not short_message:
         return None
@@ -149,3 +170,67 @@ def _decode(pdu: bytes, command_status: Any, seq: int,
         _parsed_receipt=None,
     )
     return message
+
+
+class ReceiptPdu:
+    """A delivery receipt's deliver_sm decoded only as far as a receipt is read: its text (as
+    DeliverSm.short_message) and its TLVs by tag (the last of a repeated tag, as a dict made
+    from DeliverSm.optional_params). What a session with `lean_receipts` hands on instead of a
+    DeliverSm: no PhoneNumber, OptionalParam or DeliverSm objects (decoded and parsed as a
+    receipt, 11.6-12.2 -> 8.1-8.5 us here on the loaded machine; test_receipt_lean.py)."""
+
+    __slots__ = ("sequence_num", "text", "tlvs")
+
+    def __init__(self, sequence_num: int, text: str, tlvs: dict[int, object]) -> None:
+        self.sequence_num = sequence_num
+        self.text = text
+        self.tlvs = tlvs
+
+
+def decode_receipt(pdu: bytes, seq: int, codecs: dict[str, CodecInfo]) -> ReceiptPdu | None:
+    """The ReceiptPdu of a whole deliver_sm (header included) that is a delivery receipt and that
+    decode_deliver_sm decodes; None for anything else (an MO, or a shape it declines)."""
+    try:
+        return _receipt(pdu, seq, codecs)
+    except Exception:  # a short or odd body: the full path decides what it is
+        return None
+
+
+def _address_end(pdu: bytes, index: int) -> int | None:
+    """Where the address at `index` (ton, npi, NUL-ended ASCII) ends; None where _number
+    declines it."""
+    if pdu[index] not in _TONS or pdu[index + 1] not in _NPIS:
+        return None
+    end = pdu.index(b"\0", index + 2)
+    if end - index - 2 > 20:
+        return None
+    pdu[index + 2:end].decode("ascii")  # raises, as _c_string does, on a non-ASCII octet
+    return end + 1
+
+
+def _receipt(pdu: bytes, seq: int, codecs: dict[str, CodecInfo]) -> ReceiptPdu | None:
+    # The checks of _decode, in its order, without building what a receipt does not read.
+    service_type, index = _c_string(pdu, HEADER_LENGTH)
+    source_end = _address_end(pdu, index)
+    if source_end is None or len(service_type) > 5:
+        return None
+    destination_end = _address_end(pdu, source_end)
+    if destination_end is None:
+        return None
+    index = destination_end
+    esm_class = pdu[index]
+    if esm_class & 0x3C != 0x04:
+        return None  # not a receipt (DeliverSm.is_receipt)
+    if esm_class & 0x40 or pdu[index + 3] or pdu[index + 4]:
+        return None
+    index += 10
+    data_coding, sm_length = pdu[index - 3], pdu[index - 1]
+    encoding = _ENCODINGS[data_coding] if data_coding else DEFAULT_ENCODING  # KeyError: None
+    raw = pdu[index:index + sm_length]
+    if len(raw) != sm_length or not sm_length:
+        return None
+    text = _text(raw, _codec(encoding, codecs))
+    values = _tlv_values(pdu, index + sm_length)
+    if values is None or not text:
+        return None
+    return ReceiptPdu(seq, text, dict(values))

@@ -30,7 +30,7 @@ from aiosmpplib.protocol import (
 )
 from aiosmpplib.state import SmppCommandStatus
 
-from aggregator.smpp.deliver_fast import decode_deliver_sm
+from aggregator.smpp.deliver_fast import decode_deliver_sm, decode_receipt
 from aggregator.smpp.header import (
     ALERT_NOTIFICATION,
     BIND_RECEIVER,
@@ -272,6 +272,8 @@ def _status_of(status: int) -> Any:
 
 
 _CODECS = GSM7_CODECS
+# By PDU class: is it a SubmitSm (or a DeliverSm), whose text the session encodes with _CODECS?
+_CODED: dict[type, bool] = {}
 
 
 def request_status(status: int) -> Any:
@@ -322,7 +324,10 @@ class SmppSession:
         bind_timeout: float = 10.0,
         max_pdu_length: int = 65536,
         first_sequence_num: int = 1,
+        lean_receipts: bool = False,
     ) -> None:
+        """`lean_receipts`: a delivery receipt's deliver_sm is handed on as a ReceiptPdu
+        (deliver_fast.py: its text and TLVs only) rather than a DeliverSm, when that decodes."""
         if window < 1:
             raise ValueError("window must be at least 1")
         if not 1 <= first_sequence_num <= MAX_SEQUENCE:
@@ -338,6 +343,7 @@ class SmppSession:
         self.idle_timeout = idle_timeout
         self.bind_timeout = bind_timeout
         self.max_pdu_length = max_pdu_length
+        self.lean_receipts = lean_receipts
         self._seq = first_sequence_num
         self._in = bytearray()
         self._out = bytearray()
@@ -549,8 +555,13 @@ class SmppSession:
         if self.state is SessionState.CLOSED or not data:
             return events
         self._last_rx = now
-        buf = self._in
-        buf += data
+        held = self._in
+        if held:  # the start of a PDU from an earlier read
+            held += data
+            buf = bytes(held)
+            held.clear()
+        else:  # the usual read: whole PDUs, sliced from it with one copy each (not two)
+            buf = data if type(data) is bytes else bytes(data)
         end = len(buf)
         pos = 0
         handlers = _HANDLERS
@@ -561,11 +572,10 @@ class SmppSession:
                 self._nack(CommandStatus.ESME_RINVCMDLEN, seq)
                 events.append(ProtocolError(f"invalid command_length {length}", "remote"))
                 self._close("invalid command_length", events)
-                buf.clear()
                 return events
             if end - pos < length:
                 break
-            pdu_bytes = bytes(buf[pos : pos + length])
+            pdu_bytes = buf[pos : pos + length]
             pos += length
             handler = handlers.get(command_id)
             if handler is None:
@@ -574,9 +584,9 @@ class SmppSession:
                 continue
             handler(self, command_id, status, seq, pdu_bytes, events)
             if self.closed:
-                buf.clear()
                 return events
-        del buf[:pos]
+        if pos < end:
+            held += buf[pos:]
         return events
 
     # Handlers: (self, command_id, command_status, sequence_num, pdu bytes, events out).
@@ -591,8 +601,12 @@ class SmppSession:
             # Also during our UNBINDING: refusing makes the peer keep the message for later.
             self._respond_error(command_id, CommandStatus.ESME_RINVBNDSTS, seq)
             return
-        pdu = (decode_deliver_sm(data, request_status(status), seq, _CODECS)
-               if command_id == DELIVER_SM else None)  # receipts' fast path (deliver_fast.py)
+        pdu: Any = None
+        if command_id == DELIVER_SM:  # receipts' fast paths (deliver_fast.py)
+            if self.lean_receipts:
+                pdu = decode_receipt(data, seq, _CODECS)
+            if pdu is None:
+                pdu = decode_deliver_sm(data, request_status(status), seq, _CODECS)
         try:
             if pdu is None:
                 pdu = decode_pdu(_PDU_CLASSES[command_id], data, len(data), command_id, status, seq)
@@ -710,7 +724,11 @@ class SmppSession:
         while seq in pending:  # only after a wrap with a very old request still outstanding
             seq = seq + 1 if seq < MAX_SEQUENCE else 1
         pdu.sequence_num = seq
-        if isinstance(pdu, SubmitSm):  # and DeliverSm: text not yet encoded takes the fast coder
+        kind_of = type(pdu)
+        coded = _CODED.get(kind_of)
+        if coded is None:  # isinstance on aiosmpplib's ABC classes: 0.5 us a submit, so once
+            coded = _CODED[kind_of] = isinstance(pdu, SubmitSm)
+        if coded:  # and DeliverSm: text not yet encoded takes the fast coder
             pdu.set_encoding_info("gsm0338", _CODECS)
         self._out += pdu.pdu()  # encode before registering: a local encode error leaves no trace
         self._seq = seq + 1 if seq < MAX_SEQUENCE else 1

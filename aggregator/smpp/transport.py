@@ -317,10 +317,12 @@ async def open_client(
     on_event: EventHandler | None = None,
     ssl: _ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    lean_receipts: bool = False,
 ) -> SmppConnection:
     """Connect and bind. Raises BindError, TimeoutError (bind timeout) or ConnectionLost; with
     ``ssl`` the connection is TLS (``server_hostname``: SNI and the name to verify, default
-    ``host``), and a failed handshake raises ssl.SSLError."""
+    ``host``), and a failed handshake raises ssl.SSLError. ``lean_receipts``: see
+    SmppSession."""
     loop = asyncio.get_running_loop()
     bind_result: asyncio.Future[Event] = loop.create_future()
 
@@ -338,6 +340,7 @@ async def open_client(
         response_timeout=response_timeout,
         enquire_link_interval=enquire_link_interval,
         bind_timeout=bind_timeout,
+        lean_receipts=lean_receipts,
     )
     tls: dict[str, Any] = {}
     if ssl is not None:

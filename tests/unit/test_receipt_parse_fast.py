@@ -3,13 +3,11 @@ it for everything, in less time for the usual receipt (both TLVs)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from aggregator.receipts import (
-    _ERR_RE,
-    _ID_RE,
-    _STAT_RE,
     _STAT_TO_STATUS,
     _STATE_NAMES,
     _STATE_TO_STATUS,
@@ -22,6 +20,12 @@ from aggregator.receipts import (
 
 TEXT = ("id:0123456789abcdef sub:001 dlvrd:001 submit date:2612041640 done date:2612041640 "
         "stat:DELIVRD err:000 text:")
+
+
+# The searches as they were, each with its `\b` (parse_receipt checks the boundary itself).
+_ID_RE = re.compile(r"\bid:(\S+)", re.IGNORECASE)
+_STAT_RE = re.compile(r"\bstat:(\w+)", re.IGNORECASE)
+_ERR_RE = re.compile(r"\berr:(\w+)", re.IGNORECASE)
 
 
 def searching_everything(text: str, tlvs: dict[int, Any]) -> ParsedReceipt | None:
@@ -53,6 +57,12 @@ CASES: list[tuple[str, dict[int, Any]]] = [
     ("id:1 stat:WHATEVER", {}),
     ("", {RECEIPTED_MESSAGE_ID: "x", MESSAGE_STATE: 8, NETWORK_ERROR_CODE: 7}),
     ("", {}),
+    # Word boundaries: a field name inside a word is not the field.
+    ("xid:1 aerr:5 _stat:UNDELIV id:2 stat:DELIVRD err:7", {}),
+    ("éid:1 ÿerr:2 ĳstat:EXPIRED İD:3 ſtat:REJECTD ERR:abc", {}),
+    ("-id:9,stat:ACCEPTD;err:", {}),
+    ("id: 5 stat: DELIVRD err: 1 id:6 stat:EXPIRED err:2", {}),
+    ("submit date:2612041640 xstat:DELIVRD", {RECEIPTED_MESSAGE_ID: "x"}),
 ]
 
 
