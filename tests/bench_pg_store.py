@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,7 +36,7 @@ from aggregator.model import (
     SenderKind,
 )
 from aggregator.store.postgres import PostgresStore
-from simulator.pgserver import create_database, start_server
+from simulator.pgserver import PgServer, create_database, start_server
 from tests.bench_pg import server_cpu
 
 T = TypeVar("T")
@@ -43,7 +44,8 @@ PROVIDER = "opA"
 STEPS = ("accept", "claim_due", "record_submitted", "apply_receipts")
 
 
-def _message(i: int, now: float) -> Message:
+def bench_message(i: int, now: float) -> Message:
+    """Message `i` of a bench run: single-part, waiting, to a Kosovo number."""
     return Message(
         id=f"{int(now * 1000):012x}{i:020x}", account="bench", to=f"+3834412{i % 100000:05d}",
         sender=Sender("Shop", SenderKind.ALPHANUMERIC), text="hello world", encoding=Encoding.GSM7,
@@ -61,7 +63,7 @@ async def _round(store: PostgresStore, start: int, batch: int, cpu: dict[str, fl
         cpu[name] += server_cpu(postmaster) - before
         return result
 
-    messages = [_message(start + k, now) for k in range(batch)]
+    messages = [bench_message(start + k, now) for k in range(batch)]
     await step("accept", asyncio.gather(*(store.accept(m, None) for m in messages)))
     claimed = await step("claim_due", store.claim_due(now + 1, batch))
     await step("record_submitted", asyncio.gather(*(
@@ -73,33 +75,41 @@ async def _round(store: PostgresStore, start: int, batch: int, cpu: dict[str, fl
     return len(claimed)
 
 
-async def run(messages: int, batch: int, vacuum: bool, settings: str) -> None:
+@asynccontextmanager
+async def throwaway_store(settings: str = "") -> AsyncIterator[tuple[PostgresStore, PgServer, str]]:
+    """A PostgresStore open on a fresh database of a throw-away server (`settings`: more
+    server options), that server and the database's DSN; all gone afterwards."""
     server = start_server(settings)
     try:
-        postmaster = int((Path(server.root) / "data" / "postmaster.pid").read_text().split()[0])
         dsn = await create_database(server.admin_dsn, server.socket_dsn)
         store = PostgresStore(dsn, instance="bench", pool_size=10)
         await store.open()
-        cpu = dict.fromkeys(STEPS, 0.0)
         try:
-            await _round(store, 0, batch, dict.fromkeys(STEPS, 0.0), postmaster)
-            if vacuum:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    await conn.execute("VACUUM ANALYZE")
-                finally:
-                    await conn.close()
-            done = 0
-            started = time.process_time()
-            total_before = server_cpu(postmaster)
-            while done < messages:
-                done += await _round(store, batch + done, batch, cpu, postmaster)
-            total = server_cpu(postmaster) - total_before
-            client = time.process_time() - started
+            yield store, server, dsn
         finally:
             await store.close()
     finally:
         server.discard()
+
+
+async def run(messages: int, batch: int, vacuum: bool, settings: str) -> None:
+    async with throwaway_store(settings) as (store, server, dsn):
+        postmaster = int((Path(server.root) / "data" / "postmaster.pid").read_text().split()[0])
+        cpu = dict.fromkeys(STEPS, 0.0)
+        await _round(store, 0, batch, dict.fromkeys(STEPS, 0.0), postmaster)
+        if vacuum:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("VACUUM ANALYZE")
+            finally:
+                await conn.close()
+        done = 0
+        started = time.process_time()
+        total_before = server_cpu(postmaster)
+        while done < messages:
+            done += await _round(store, batch + done, batch, cpu, postmaster)
+        total = server_cpu(postmaster) - total_before
+        client = time.process_time() - started
     print(f"{done} messages in rounds of {batch}: server CPU-µs per message")
     for name in STEPS:
         print(f"  {name:18s} {cpu[name] * 1e6 / done:6.0f}")

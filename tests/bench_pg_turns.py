@@ -19,27 +19,9 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-from aggregator.model import (
-    Encoding,
-    Message,
-    MessageStatus,
-    ReceiptUpdate,
-    SegmentSubmit,
-    Sender,
-    SenderKind,
-)
+from aggregator.model import MessageStatus, ReceiptUpdate, SegmentSubmit
 from aggregator.store.postgres import PostgresStore
-from simulator.pgserver import create_database, start_server
-
-PROVIDER = "opA"
-
-
-def _message(i: int, now: float) -> Message:
-    return Message(
-        id=f"{int(now * 1000):012x}{i:020x}", account="bench", to=f"+3834412{i % 100000:05d}",
-        sender=Sender("Shop", SenderKind.ALPHANUMERIC), text="hello world", encoding=Encoding.GSM7,
-        segments=1, concat_ref=7, created_at=now, next_attempt_at=now, expires_at=now + 86_400,
-        callback_url=None)
+from tests.bench_pg_store import PROVIDER, bench_message, throwaway_store
 
 
 class Busy:
@@ -80,7 +62,7 @@ async def _rounds(store: PostgresStore, ops: int, busy: Busy, base: int) -> dict
     try:
         for i in range(ops):
             now = time.time()
-            m = _message(base + i, now)
+            m = bench_message(base + i, now)
             await _timed(lat, "optout_scope", store.optout_scope(m.account, m.to), busy)
             await _timed(lat, "accept", store.accept(m, None), busy)
             claimed = await store.claim_due(now + 1, 1)
@@ -101,19 +83,10 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def run(ops: int, busy_ms: float) -> None:
-    server = start_server()
-    try:
-        dsn = await create_database(server.admin_dsn, server.socket_dsn)
-        store = PostgresStore(dsn, instance="bench", pool_size=10)
-        await store.open()
-        try:
-            await _rounds(store, 20, Busy(0), 0)  # warm: connections, prepared statements
-            idle = await _rounds(store, ops, Busy(0), 100)
-            busy = await _rounds(store, ops, Busy(busy_ms), 100 + ops)
-        finally:
-            await store.close()
-    finally:
-        server.discard()
+    async with throwaway_store() as (store, _, _):
+        await _rounds(store, 20, Busy(0), 0)  # warm: connections, prepared statements
+        idle = await _rounds(store, ops, Busy(0), 100)
+        busy = await _rounds(store, ops, Busy(busy_ms), 100 + ops)
     print(f"{ops} operations each, one at a time; ms p50 / p90, idle loop and with "
           f"{busy_ms} ms of other work a loop turn")
     for name in idle:

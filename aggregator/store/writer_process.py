@@ -187,10 +187,9 @@ def _took(took: Counter[str], due: float | None, name: str, args: tuple[Any, ...
 
 
 def _sooner(due: float | None, name: str, args: tuple[Any, ...], result: Any) -> float | None:
-    """`due`, or the due time of a waiting message a worker's accept stored, if sooner."""
-    if name == "accept" and result is None:
-        stored = waiting_due((args[0],))
-    elif name == "accept_each":
+    """`due`, or the due time of a waiting message a worker's group of accepts stored, if
+    sooner (a single accept: _took)."""
+    if name == "accept_each":
         stored = waiting_due([row for (row, _), prior in zip(args[0], result, strict=True)
                               if prior is None])
     elif name == "accept_many":

@@ -683,9 +683,8 @@ def waiting_due(rows: Sequence[Sequence[Any]]) -> float | None:
 def waiting_by_account(name: str, args: Sequence[Any], result: Any) -> Counter[str]:
     """waiting_added() per account: the per-account pending counts."""
     if name == "accept":
-        row = args[0]
-        waiting = result is None and row[_STATUS] in _WAITING_VALUES
-        return Counter({row[_ACCOUNT]: 1} if waiting else {})
+        stored = accepted_waiting(args[0], result)
+        return Counter({stored[0]: 1} if stored is not None else {})
     return Counter(row[_ACCOUNT] for row in args[0] if row[_STATUS] in _WAITING_VALUES)
 
 
